@@ -1,0 +1,139 @@
+"""Effects: the commands the core gives the shell.
+
+Each is a frozen dataclass of plain values.  The shell performs them in the
+order given; results that matter to the core come back as events (a ``Spawn``
+is answered by ``ProcessStarted`` or ``SpawnFailed`` before any other event).
+
+This module must never do IO.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Effect:
+    """Base of all effects."""
+
+
+@dataclass(frozen=True)
+class Spawn(Effect):
+    """Start one process for slot (task, instance) in a new process group.
+
+    ``argv[0]`` is the program (searched on ``env['PATH']``); ``procname``,
+    when set, replaces the argv[0] the program sees.  ``env`` is the whole
+    environment.  ``user``/``group``/``cwd`` are applied in the child before
+    exec.  ``pidfile``, when set, is written with the child's pid.
+    """
+
+    task: str
+    instance: int
+    generation: int
+    argv: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    user: str | None = None
+    group: str | None = None
+    procname: str | None = None
+    pidfile: str | None = None
+
+
+@dataclass(frozen=True)
+class Signal(Effect):
+    """Send ``signal`` (a name such as ``"SIGTERM"``) to process group ``pid``.
+
+    With ``group=False`` only the process ``pid`` itself gets it (event
+    actions such as a reload on SIGHUP are meant for the daemon, not for
+    every process of its group).
+    """
+
+    task: str
+    instance: int
+    pid: int
+    signal: str
+    group: bool = True
+
+
+@dataclass(frozen=True)
+class RunCommand(Effect):
+    """Run a task's named command once (an event action), not supervised.
+
+    Answered by ``CommandExited`` when it ends.
+    """
+
+    task: str
+    instance: int
+    name: str
+    argv: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    user: str | None = None
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class Watch(Effect):
+    """Watch ``paths`` and report changes as ``FileChanged(key=key)``.
+
+    ``kind`` is ``"file"`` (the paths as given), ``"executable"`` (the single
+    path is a program name to resolve on ``search_path``) or ``"python"``
+    (the single path is a script: watch it and every module it imports from
+    outside the Python installation).  A new ``Watch`` for a key replaces the
+    old one.
+    """
+
+    key: str
+    kind: str
+    paths: tuple[str, ...]
+    search_path: str = ""
+
+
+@dataclass(frozen=True)
+class Unwatch(Effect):
+    """Stop watching what was watched under ``key``."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class ArmTimer(Effect):
+    """Send ``TimerFired`` at monotonic time ``at`` (``None``: no timer due).
+
+    There is one timer: each ``ArmTimer`` replaces the previous one.
+    """
+
+    at: float | None
+
+
+@dataclass(frozen=True)
+class Log(Effect):
+    """Log ``message`` at ``level`` (``debug``, ``info``, ``warning``, ``error``)."""
+
+    level: str
+    message: str
+    task: str | None = None
+
+
+@dataclass(frozen=True)
+class Reply(Effect):
+    """Answer control request ``request`` with an HTTP-like status and body."""
+
+    request: int
+    code: int
+    body: Any = None
+
+
+@dataclass(frozen=True)
+class Exit(Effect):
+    """Every task is stopped: exit with ``code``, or re-execute (``reset``)."""
+
+    code: int = 0
+    reset: bool = False
+
+
+EFFECT_TYPES: dict[str, type[Effect]] = {
+    cls.__name__: cls
+    for cls in (Spawn, Signal, RunCommand, Watch, Unwatch, ArmTimer, Log, Reply, Exit)
+}

@@ -1,0 +1,174 @@
+"""Events: the facts the shell reports to the core.
+
+Every event is a frozen dataclass of plain values (str, int, float, bool,
+None, tuples and dicts of those) carrying its own time ``at`` (monotonic
+seconds, stamped by the shell).  Everything nondeterministic -- time, pids,
+file contents, the environment, the host name -- reaches the core only here,
+so a recorded list of events replays exactly.
+
+This module must never do IO or read a clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of all events; ``at`` is the monotonic time it happened."""
+
+    at: float
+
+
+@dataclass(frozen=True)
+class Booted(Event):
+    """The daemon started (or re-executed itself).
+
+    ``environ`` is the daemon's environment, the base of every task's context;
+    ``host``/``fqdn`` the host names; ``pid``/``ppid`` the daemon's own ids.
+    """
+
+    environ: dict[str, str] = field(default_factory=dict)
+    host: str = "localhost"
+    fqdn: str = "localhost"
+    pid: int = 0
+    ppid: int = 0
+
+
+@dataclass(frozen=True)
+class ConfigLoaded(Event):
+    """A valid config and the current roles were read.
+
+    ``config`` is the validated, normalized config (see ``taskforce.config``);
+    ``roles`` the roles file's role names in file order, or ``None`` when there
+    is no roles file; ``role_values`` its ``name=value`` lines; ``source`` says
+    what prompted the load (``"start"``, ``"config"``, ``"roles"``,
+    ``"request"``).
+    """
+
+    config: dict[str, Any] = field(default_factory=dict)
+    roles: tuple[str, ...] | None = None
+    role_values: dict[str, str] = field(default_factory=dict)
+    source: str = "start"
+
+
+@dataclass(frozen=True)
+class ConfigRejected(Event):
+    """A config or roles file failed to load; nothing that runs may change."""
+
+    source: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class ProcessStarted(Event):
+    """The ``Spawn`` for (task, instance, generation) produced ``pid``.
+
+    Its process group id is ``pid`` (every task leads its own group).
+    """
+
+    task: str = ""
+    instance: int = 0
+    generation: int = 0
+    pid: int = 0
+
+
+@dataclass(frozen=True)
+class SpawnFailed(Event):
+    """The ``Spawn`` for (task, instance, generation) failed before exec."""
+
+    task: str = ""
+    instance: int = 0
+    generation: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class ProcessExited(Event):
+    """A process the core started was reaped.
+
+    Exactly one of ``exit_code`` and ``signal`` (a name, ``"SIGKILL"``) is set.  ``group_alive`` says
+    whether other members of its process group were still alive when it was
+    reaped (a shell wrapper's children, say); if so a ``GroupEmptied`` for
+    ``pid`` follows once they are gone.
+    """
+
+    pid: int = 0
+    exit_code: int | None = None
+    signal: str | None = None
+    group_alive: bool = False
+
+
+@dataclass(frozen=True)
+class GroupEmptied(Event):
+    """The last member of process group ``pgid`` is gone."""
+
+    pgid: int = 0
+
+
+@dataclass(frozen=True)
+class CommandExited(Event):
+    """A helper command run by a ``RunCommand`` effect finished."""
+
+    task: str = ""
+    name: str = ""
+    pid: int = 0
+    exit_code: int | None = None
+    signal: str | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class FileChanged(Event):
+    """A path watched under ``key`` (see ``Watch``) changed, appeared or went."""
+
+    key: str = ""
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class TimerFired(Event):
+    """The time asked for by the last ``ArmTimer`` has come."""
+
+
+@dataclass(frozen=True)
+class StopRequested(Event):
+    """Stop every task and exit (``reset``: then re-execute)."""
+
+    reset: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ControlRequested(Event):
+    """An operator asked for a change through the control path.
+
+    ``action`` names it (``control``, ``count``, ``restart``, ``signal``,
+    ``event``); ``args`` holds its parameters; ``request`` is an opaque id
+    echoed in the ``Reply`` effect.
+    """
+
+    request: int = 0
+    action: str = ""
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__: cls
+    for cls in (
+        Booted,
+        ConfigLoaded,
+        ConfigRejected,
+        ProcessStarted,
+        SpawnFailed,
+        ProcessExited,
+        GroupEmptied,
+        CommandExited,
+        FileChanged,
+        TimerFired,
+        StopRequested,
+        ControlRequested,
+    )
+}

@@ -1,0 +1,92 @@
+"""The lifecycle of one process slot, declared once with ``transitions``.
+
+Everything that decides which state a slot may move to lives in TRANSITIONS
+below; the supervisor picks *which* trigger to pull (policy), this table says
+whether it is allowed and where it leads (mechanism).  A trigger that is not
+allowed from the slot's state raises ``transitions.MachineError`` before
+anything changes, so a policy bug can never leave a slot half-updated.
+
+One ``Machine`` is built at import and shared by every slot.  It has no
+callbacks: the supervisor records effects itself, so pulling a trigger only
+changes ``slot.state``.  This module must never do IO.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from transitions import Machine
+
+
+class SlotState(enum.Enum):
+    STOPPED = "stopped"  #: no process, and none wanted yet
+    WAITING = "waiting"  #: wanted, held back by requirements or start_delay
+    STARTING = "starting"  #: spawn asked for, pid not yet known
+    RUNNING = "running"  #: its process is alive
+    STOPPING = "stopping"  #: asked to stop, waiting for it to exit
+    DRAINING = "draining"  #: leader gone, other group members being killed
+    EXITED = "exited"  #: process and group gone; what next is being decided
+    BACKOFF = "backoff"  #: failed fast, restart delayed
+    DONE = "done"  #: a ``once`` task that has finished; not started again
+
+
+S = SlotState
+
+#: (trigger, sources, destination) -- the whole lifecycle.
+TRANSITIONS: tuple[tuple[str, tuple[SlotState, ...], SlotState], ...] = (
+    ("hold", (S.STOPPED, S.EXITED, S.BACKOFF, S.DONE), S.WAITING),
+    ("release", (S.WAITING, S.BACKOFF, S.EXITED, S.DONE), S.STOPPED),
+    ("spawn", (S.STOPPED, S.WAITING, S.BACKOFF, S.EXITED, S.DONE), S.STARTING),
+    ("spawned", (S.STARTING,), S.RUNNING),
+    ("spawn_failed", (S.STARTING,), S.EXITED),
+    ("stop", (S.RUNNING,), S.STOPPING),
+    ("leader_exited", (S.RUNNING, S.STOPPING), S.DRAINING),
+    ("exited", (S.RUNNING, S.STOPPING, S.DRAINING), S.EXITED),
+    ("back_off", (S.EXITED,), S.BACKOFF),
+    ("finish", (S.EXITED,), S.DONE),
+)
+
+#: States in which the slot has a live process group.
+LIVE_STATES = frozenset({S.RUNNING, S.STOPPING, S.DRAINING})
+
+
+class _Lifecycle:
+    """Holds the one shared machine."""
+
+    def __init__(self) -> None:
+        self.machine = Machine(
+            model=None,
+            states=list(SlotState),
+            transitions=[
+                {"trigger": trigger, "source": list(sources), "dest": dest}
+                for trigger, sources, dest in TRANSITIONS
+            ],
+            initial=SlotState.STOPPED,
+            auto_transitions=False,
+            ignore_invalid_triggers=False,
+            model_override=False,
+        )
+
+    def attach(self, slot: Any) -> None:
+        self.machine.add_model(slot, initial=SlotState.STOPPED)
+
+    def detach(self, slot: Any) -> None:
+        self.machine.remove_model(slot)
+
+    def fire(self, slot: Any, trigger: str) -> None:
+        """Move ``slot`` by ``trigger``; raises MachineError if not allowed."""
+        self.machine.events[trigger].trigger(slot)
+
+
+LIFECYCLE = _Lifecycle()
+
+
+def table() -> list[tuple[str, str, str]]:
+    """The transition table as read back from the machine, for docs and tests."""
+    rows = []
+    for trigger, event in LIFECYCLE.machine.events.items():
+        for source, transitions_from in event.transitions.items():
+            for transition in transitions_from:
+                rows.append((trigger, source, transition.dest))
+    return sorted(rows)

@@ -1,0 +1,404 @@
+"""What each task is, once its context is built: the specs the supervisor runs.
+
+``build(config, facts, roles, role_values)`` turns a validated, normalized
+config (see ``taskforce.config``) into one ``TaskSpec`` per task, with one
+``ProcessSpec`` per slot.  Two slots whose ``ProcessSpec`` are equal would run
+the same process, which is how a reload decides what to restart.
+
+Context precedence (later wins): the daemon's environment (less any inherited
+``Task_*``), the built-ins, top-level ``defines``, top-level ``role_defines``
+of each active role, the task's ``defines``, the task's ``role_defines``.
+Then defaults fill only names still absent: the task's ``role_defaults``, the
+task's ``defaults``, top-level ``role_defaults``, top-level ``defaults``.
+Active roles apply in roles-file order, so a later role wins.
+
+This module must never do IO: the environment and host names arrive as data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from taskforce.core.context import (
+    ContextError,
+    as_text,
+    expand,
+    expand_all,
+    resolve,
+    resolve_one,
+)
+
+CONTROLS = ("wait", "once", "event", "nowait", "adopt", "suspend", "off")
+#: Controls whose slots run until stopped and are restarted when they exit.
+DAEMON_CONTROLS = frozenset({"wait", "nowait", "adopt"})
+
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "stop_timeout": 5.0,
+    "stable_after": 1.0,
+    "backoff_initial": 0.5,
+    "backoff_max": 30.0,
+}
+
+
+class SpecError(ValueError):
+    """A config value that cannot be built; ``path`` locates it."""
+
+    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What the core knows of the host, from the ``Booted`` event."""
+
+    environ: Mapping[str, str] = field(default_factory=dict)
+    host: str = "localhost"
+    fqdn: str = "localhost"
+    pid: int = 0
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """Everything that makes one slot's process what it is."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: str | None = None
+    user: str | None = None
+    group: str | None = None
+    procname: str | None = None
+    pidfile: str | None = None
+
+
+@dataclass(frozen=True)
+class Action:
+    """An event's action: run a named command, or send a signal."""
+
+    command: str | None = None
+    signal: str | None = None
+
+    def describe(self) -> str:
+        return f"command {self.command!r}" if self.command else f"signal {self.signal}"
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """A watched happening (``self``, ``file_change``, ``python``, ``external``)."""
+
+    index: int
+    type: str
+    action: Action
+    paths: tuple[str, ...] = ()
+    name: str | None = None  # external events
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    control: str
+    count: int
+    in_scope: bool
+    requires: tuple[str, ...]
+    start_delay: float
+    time_limit: float | None
+    stop_timeout: float
+    processes: tuple[ProcessSpec, ...]
+    commands: Mapping[str, tuple[str, ...]]
+    events: tuple[EventSpec, ...]
+    stop_action: Action | None
+    restart_action: Action | None
+    onexit: tuple[tuple[str, str], ...]
+    search_path: str = ""
+
+    def process(self, instance: int) -> ProcessSpec:
+        """The spec of slot ``instance`` (slots beyond the built ones reuse the last)."""
+        return self.processes[min(instance, len(self.processes) - 1)]
+
+
+@dataclass(frozen=True)
+class Settings:
+    stop_timeout: float
+    stable_after: float
+    backoff_initial: float
+    backoff_max: float
+
+
+def settings_of(config: Mapping[str, Any]) -> Settings:
+    raw = {**DEFAULT_SETTINGS, **(config.get("settings") or {})}
+    return Settings(
+        stop_timeout=float(raw["stop_timeout"]),
+        stable_after=float(raw["stable_after"]),
+        backoff_initial=float(raw["backoff_initial"]),
+        backoff_max=float(raw["backoff_max"]),
+    )
+
+
+def in_scope(task: Mapping[str, Any], roles: tuple[str, ...] | None, ctx: Mapping[str, Any]) -> bool:
+    """Whether a task belongs on this host: no roles file, or a shared role."""
+    if roles is None:
+        return True
+    wanted = [as_text(r) for r in resolve(task.get("roles"), ctx)]
+    return not wanted or any(role in roles for role in wanted)
+
+
+def _layer(ctx: dict[str, Any], values: Mapping[str, Any] | None, *, fill: bool) -> None:
+    for key, value in (values or {}).items():
+        if not fill or key not in ctx:
+            ctx[key] = as_text(value)
+
+
+def _role_layers(
+    by_role: Mapping[str, Mapping[str, Any]] | None, roles: tuple[str, ...] | None
+) -> list[Mapping[str, Any]]:
+    if not roles or not by_role:
+        return []
+    return [by_role[role] for role in roles if role in by_role]
+
+
+def task_context(
+    name: str,
+    task: Mapping[str, Any],
+    config: Mapping[str, Any],
+    facts: HostFacts,
+    roles: tuple[str, ...] | None,
+    role_values: Mapping[str, str],
+) -> dict[str, str | None]:
+    """The context of ``task`` before ``Task_instance`` is set."""
+    ctx: dict[str, str | None] = {
+        key: value for key, value in facts.environ.items() if not key.startswith("Task_")
+    }
+    ctx.update(
+        Task_name=name,
+        Task_host=facts.host,
+        Task_fqdn=facts.fqdn,
+        Task_ppid=str(facts.pid),
+        Task_pid=None,
+        Task_instance=None,
+    )
+    for role in roles or ():
+        ctx[f"Task_role_{role}"] = role_values.get(role, "1")
+    for key in ("user", "group", "pidfile", "cwd", "procname"):
+        if task.get(key) is not None:
+            ctx[f"Task_{key}"] = as_text(resolve_one(task[key], ctx))
+    _layer(ctx, config.get("defines"), fill=False)
+    for layer in _role_layers(config.get("role_defines"), roles):
+        _layer(ctx, layer, fill=False)
+    _layer(ctx, task.get("defines"), fill=False)
+    for layer in _role_layers(task.get("role_defines"), roles):
+        _layer(ctx, layer, fill=False)
+    for layer in reversed(_role_layers(task.get("role_defaults"), roles)):
+        _layer(ctx, layer, fill=True)
+    _layer(ctx, task.get("defaults"), fill=True)
+    for layer in reversed(_role_layers(config.get("role_defaults"), roles)):
+        _layer(ctx, layer, fill=True)
+    _layer(ctx, config.get("defaults"), fill=True)
+    return ctx
+
+
+def _text_value(value: Any, ctx: Mapping[str, str | None]) -> str | None:
+    raw = resolve_one(value, ctx)
+    return None if raw is None else expand(as_text(raw) or "", ctx)
+
+
+def _number(value: Any, ctx: Mapping[str, str | None], default: float | None) -> float | None:
+    raw = resolve_one(value, ctx, default)
+    if raw is None or isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return None if raw is None else float(raw)
+    text = expand(as_text(raw) or "", ctx)
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        raise ContextError(f"expected a number, got {text!r}") from None
+
+
+def _action(event: Mapping[str, Any], ctx: Mapping[str, str | None]) -> Action:
+    command = resolve_one(event.get("command"), ctx)
+    signal = resolve_one(event.get("signal"), ctx)
+    return Action(command=as_text(command), signal=as_text(signal))
+
+
+def _process_spec(task: Mapping[str, Any], ctx: dict[str, str | None]) -> ProcessSpec:
+    argv = tuple(expand_all(resolve(task["commands"]["start"], ctx), ctx))
+    if not argv:
+        raise SpecError(("commands", "start"), "start command is empty")
+    env: dict[str, str] = {}
+    for key, value in ctx.items():
+        if value is not None:
+            text = expand(value, ctx)
+            if text is not None:
+                env[key] = text
+    return ProcessSpec(
+        argv=argv,
+        env=env,
+        cwd=_text_value(task.get("cwd"), ctx),
+        user=_text_value(task.get("user"), ctx),
+        group=_text_value(task.get("group"), ctx),
+        procname=_text_value(task.get("procname"), ctx),
+        pidfile=_text_value(task.get("pidfile"), ctx),
+    )
+
+
+def _build_task(
+    name: str,
+    task: Mapping[str, Any],
+    config: Mapping[str, Any],
+    settings: Settings,
+    facts: HostFacts,
+    roles: tuple[str, ...] | None,
+    role_values: Mapping[str, str],
+) -> TaskSpec:
+    ctx = task_context(name, task, config, facts, roles, role_values)
+    control = as_text(resolve_one(task.get("control"), ctx, "wait")) or "wait"
+    if control not in CONTROLS:
+        raise SpecError(("control",), f"unknown control {control!r}")
+    count = resolve_one(task.get("count"), ctx, 1)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise SpecError(("count",), f"count must be a whole number >= 0, got {count!r}")
+    scoped = control != "off" and in_scope(task, roles, ctx)
+    requires = tuple(expand_all(resolve(task.get("requires"), ctx), ctx))
+    start_delay = _number(task.get("start_delay"), ctx, 0.0) or 0.0
+    time_limit = _number(task.get("time_limit"), ctx, None) or None
+    stop_timeout = _number(task.get("stop_timeout"), ctx, settings.stop_timeout)
+    processes = []
+    for instance in range(max(count, 1)):
+        slot_ctx = dict(ctx, Task_instance=str(instance))
+        processes.append(_process_spec(task, slot_ctx))
+    first_ctx = dict(ctx, Task_instance="0")
+    commands = {
+        cmd: tuple(expand_all(resolve(argv, first_ctx), first_ctx))
+        for cmd, argv in sorted(task["commands"].items())
+    }
+    events: list[EventSpec] = []
+    stop_action = restart_action = None
+    for index, event in enumerate(task.get("events") or ()):
+        kind = as_text(resolve_one(event.get("type"), ctx)) or ""
+        try:
+            action = _action(event, ctx)
+        except ContextError as exc:
+            raise SpecError(("events", index), str(exc)) from None
+        if kind == "stop":
+            stop_action = action
+        elif kind == "restart":
+            restart_action = action
+        elif kind == "file_change":
+            paths = tuple(expand_all(resolve(event.get("path"), first_ctx), first_ctx))
+            events.append(EventSpec(index, kind, action, paths=paths))
+        elif kind in ("self", "python"):
+            events.append(EventSpec(index, kind, action, paths=processes[0].argv))
+        elif kind == "external":
+            events.append(EventSpec(index, kind, action, name=as_text(event.get("name"))))
+        else:
+            raise SpecError(("events", index, "type"), f"unknown event type {kind!r}")
+    onexit = []
+    for index, item in enumerate(task.get("onexit") or ()):
+        kind = as_text(resolve_one(item.get("type"), ctx, "start")) or "start"
+        target = as_text(resolve_one(item.get("task"), ctx)) or ""
+        if kind != "start":
+            raise SpecError(("onexit", index, "type"), f"unknown onexit type {kind!r}")
+        onexit.append((kind, target))
+    return TaskSpec(
+        name=name,
+        control=control,
+        count=count,
+        in_scope=scoped,
+        requires=requires,
+        start_delay=start_delay,
+        time_limit=time_limit,
+        stop_timeout=stop_timeout if stop_timeout is not None else settings.stop_timeout,
+        processes=tuple(processes),
+        commands=commands,
+        events=tuple(events),
+        stop_action=stop_action,
+        restart_action=restart_action,
+        onexit=tuple(onexit),
+        search_path=processes[0].env.get("PATH", ""),
+    )
+
+
+def build(
+    config: Mapping[str, Any],
+    facts: HostFacts,
+    roles: tuple[str, ...] | None,
+    role_values: Mapping[str, str] | None = None,
+) -> dict[str, TaskSpec]:
+    """One TaskSpec per task; raises SpecError with the key path of a bad value."""
+    settings = settings_of(config)
+    tasks: Mapping[str, Mapping[str, Any]] = config.get("tasks") or {}
+    specs: dict[str, TaskSpec] = {}
+    for name in sorted(tasks):
+        try:
+            specs[name] = _build_task(
+                name, tasks[name], config, settings, facts, roles, role_values or {}
+            )
+        except SpecError as exc:
+            raise SpecError(("tasks", name, *exc.path), exc.message) from None
+        except ContextError as exc:
+            raise SpecError(("tasks", name), str(exc)) from None
+    for name, spec in specs.items():
+        for index, required in enumerate(spec.requires):
+            if required not in specs:
+                raise SpecError(
+                    ("tasks", name, "requires", index), f"requires unknown task {required!r}"
+                )
+            if required == name:
+                raise SpecError(("tasks", name, "requires", index), "a task cannot require itself")
+        for index, (_, target) in enumerate(spec.onexit):
+            if target not in specs:
+                raise SpecError(("tasks", name, "onexit", index, "task"), f"unknown task {target!r}")
+    cycle = find_cycle(specs)
+    if cycle:
+        raise SpecError(
+            ("tasks", cycle[0], "requires"), "dependency cycle: " + " -> ".join(cycle)
+        )
+    return specs
+
+
+def find_cycle(specs: Mapping[str, TaskSpec]) -> list[str] | None:
+    """A requires cycle as a list of names (first repeated last), or None."""
+    colour: dict[str, int] = {}
+
+    def visit(name: str, trail: list[str]) -> list[str] | None:
+        colour[name] = 1
+        trail.append(name)
+        for required in specs[name].requires:
+            if required not in specs:
+                continue
+            if colour.get(required) == 1:
+                return trail[trail.index(required) :] + [required]
+            if required not in colour:
+                found = visit(required, trail)
+                if found:
+                    return found
+        trail.pop()
+        colour[name] = 2
+        return None
+
+    for name in sorted(specs):
+        if name not in colour:
+            found = visit(name, [])
+            if found:
+                return found
+    return None
+
+
+def start_order(specs: Mapping[str, TaskSpec]) -> list[str]:
+    """Names with every task after the tasks it requires; ties by name."""
+    order: list[str] = []
+    placed: set[str] = set()
+
+    def place(name: str) -> None:
+        if name in placed:
+            return
+        placed.add(name)
+        for required in sorted(specs[name].requires):
+            if required in specs:
+                place(required)
+        order.append(name)
+
+    for name in sorted(specs):
+        place(name)
+    return order

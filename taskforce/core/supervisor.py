@@ -1,0 +1,724 @@
+"""The supervisor: every decision taskforce makes, as a pure function of events.
+
+``Supervisor.handle(event)`` returns the effects the shell must perform.  The
+supervisor reads no clock (time is ``event.at``), touches no process and no
+file, and iterates in sorted order, so the same events always give the same
+effects -- which is what lets a recorded run be replayed and a simulated one
+be trusted.
+
+How it decides: every event updates facts (a process exited, a config
+arrived, a timer came due), then ``_converge`` walks the tasks in dependency
+order and moves each slot towards what its task wants (run ``count``
+processes, or none), through the lifecycle declared in ``lifecycle``.  Being
+level-triggered rather than edge-triggered is what makes it hard to lose a
+process: whatever happened, the next pass compares want with have.
+
+This module must never do IO, read a clock or draw unseeded random numbers.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from taskforce.core import effects as fx
+from taskforce.core import events as ev
+from taskforce.core.lifecycle import LIFECYCLE, LIVE_STATES, SlotState
+from taskforce.core.model import (
+    DAEMON_CONTROLS,
+    Action,
+    HostFacts,
+    ProcessSpec,
+    Settings,
+    SpecError,
+    TaskSpec,
+    build,
+    settings_of,
+    start_order,
+)
+
+S = SlotState
+
+
+@dataclass(eq=False)
+class Slot:
+    """One process slot of a task: ``Task_instance`` ``instance``."""
+
+    task: str
+    instance: int
+    state: SlotState = S.STOPPED
+    generation: int = 0
+    pid: int | None = None
+    spec: ProcessSpec | None = None
+    started_at: float | None = None
+    exited_at: float | None = None
+    last_exit: str | None = None
+    restarts: int = 0
+    fails: int = 0
+    #: why the slot is stopping: "stop" (stay down), "restart" (come back)
+    #: or "finish" (a once task that is done)
+    intent: str | None = None
+    #: why it last started, stopped or restarted -- for the operator
+    reason: str = ""
+    waiting_on: tuple[str, ...] = ()
+    #: deadline by purpose ("ready", "limit", "kill", "retry")
+    timers: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE_STATES or self.state is S.STARTING
+
+
+@dataclass(eq=False)
+class TaskState:
+    spec: TaskSpec
+    slots: list[Slot] = field(default_factory=list)
+    removed: bool = False
+    #: once/event tasks: a run is wanted
+    run_requested: bool = False
+    #: overrides from the control path, in force until the next config event
+    control_override: str | None = None
+    count_override: int | None = None
+    waiting_on: tuple[str, ...] = ()
+
+    @property
+    def control(self) -> str:
+        return self.control_override or self.spec.control
+
+    @property
+    def count(self) -> int:
+        return self.spec.count if self.count_override is None else self.count_override
+
+
+def describe_exit(exit_code: int | None, signal: str | None) -> str:
+    if signal:
+        return f"killed by {signal}"
+    return "exited ok" if exit_code == 0 else f"exited {exit_code}"
+
+
+def _spec_diff(old: ProcessSpec, new: ProcessSpec) -> str:
+    """Which parts of a process spec differ, for the restart reason."""
+    parts = []
+    for name in ("argv", "cwd", "user", "group", "procname", "pidfile"):
+        if getattr(old, name) != getattr(new, name):
+            parts.append(name)
+    if old.env != new.env:
+        keys = sorted(
+            key
+            for key in set(old.env) | set(new.env)
+            if old.env.get(key) != new.env.get(key)
+        )
+        shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+        parts.append(f"environment ({shown})")
+    return ", ".join(parts) or "spec"
+
+
+class Supervisor:
+    """The pure core.  Feed it events with ``handle``; perform what it returns."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.facts = HostFacts()
+        self.config: dict[str, Any] = {}
+        self.roles: tuple[str, ...] | None = None
+        self.role_values: dict[str, str] = {}
+        self.settings: Settings = settings_of({})
+        self.tasks: dict[str, TaskState] = {}
+        self.order: list[str] = []
+        self.dependents: dict[str, tuple[str, ...]] = {}
+        self.shutdown: str | None = None  # None, "stop" or "reset"
+        self.exited = False
+        self.counters: dict[str, int] = {
+            "starts": 0,
+            "restarts": 0,
+            "exits": 0,
+            "spawn_failures": 0,
+            "reloads": 0,
+            "reload_errors": 0,
+        }
+        self._by_pid: dict[int, Slot] = {}
+        self._watches: dict[str, fx.Watch] = {}
+        self._heap: list[tuple[float, int, str, int, int, str]] = []
+        self._seq = 0
+        self._generation = 0
+        self._armed: float | None = None
+        self._out: list[fx.Effect] = []
+
+    # ------------------------------------------------------------------ API
+
+    def handle(self, event: ev.Event) -> tuple[fx.Effect, ...]:
+        """Take one event; return the effects to perform, in order."""
+        self._out = []
+        if event.at > self.now:
+            self.now = event.at
+        if not self.exited:
+            self._run_due_timers()
+            handler = getattr(self, "_on_" + type(event).__name__)
+            handler(event)
+            self._converge()
+            self._arm_timer()
+        out, self._out = tuple(self._out), []
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When the core next needs a ``TimerFired`` (None: never)."""
+        self._drop_stale_timers()
+        return self._heap[0][0] if self._heap else None
+
+    def slot(self, task: str, instance: int) -> Slot | None:
+        state = self.tasks.get(task)
+        if state is None or instance >= len(state.slots):
+            return None
+        return state.slots[instance]
+
+    def live_pids(self) -> dict[int, tuple[str, int]]:
+        """Every live process group leader the core knows, by pid."""
+        return {pid: (slot.task, slot.instance) for pid, slot in sorted(self._by_pid.items())}
+
+    # --------------------------------------------------------------- events
+
+    def _on_Booted(self, event: ev.Booted) -> None:
+        self.facts = HostFacts(
+            environ=dict(event.environ), host=event.host, fqdn=event.fqdn, pid=event.pid
+        )
+        self._log("info", f"taskforce started as pid {event.pid} on {event.host}")
+
+    def _on_ConfigLoaded(self, event: ev.ConfigLoaded) -> None:
+        roles = tuple(event.roles) if event.roles is not None else None
+        try:
+            specs = build(event.config, self.facts, roles, event.role_values)
+        except SpecError as exc:
+            # The shell validates before sending; this guards replayed logs.
+            self.counters["reload_errors"] += 1
+            path = ".".join(str(p) for p in exc.path)
+            self._log("error", f"config rejected: {path}: {exc.message}")
+            return
+        first = not self.tasks and not self.config
+        if not first:
+            self.counters["reloads"] += 1
+        roles_changed = roles != self.roles
+        self.config = dict(event.config)
+        self.roles = roles
+        self.role_values = dict(event.role_values)
+        self.settings = settings_of(self.config)
+        self._apply_specs(specs, roles_changed=roles_changed and not first, source=event.source)
+
+    def _on_ConfigRejected(self, event: ev.ConfigRejected) -> None:
+        self.counters["reload_errors"] += 1
+        self._log("error", f"{event.source}: {event.error}; nothing was changed")
+
+    def _on_ProcessStarted(self, event: ev.ProcessStarted) -> None:
+        slot = self.slot(event.task, event.instance)
+        if slot is None or slot.generation != event.generation or slot.state is not S.STARTING:
+            # Cannot happen under the spawn contract; never lose the process.
+            self._log("error", f"unexpected process {event.pid} for {event.task}; killing it")
+            self._emit(fx.Signal(event.task, event.instance, event.pid, "SIGKILL"))
+            return
+        LIFECYCLE.fire(slot, "spawned")
+        slot.pid = event.pid
+        slot.started_at = self.now
+        self._by_pid[event.pid] = slot
+        task = self.tasks[event.task]
+        self.counters["starts"] += 1
+        if task.spec.start_delay > 0:
+            self._set_timer(slot, "ready", self.now + task.spec.start_delay)
+        if task.spec.time_limit:
+            self._set_timer(
+                slot, "limit", self.now + task.spec.start_delay + task.spec.time_limit
+            )
+        level = "debug" if slot.fails > 1 else "info"
+        self._log(level, f"{self._name(slot)} started as pid {event.pid} ({slot.reason})", slot.task)
+
+    def _on_SpawnFailed(self, event: ev.SpawnFailed) -> None:
+        slot = self.slot(event.task, event.instance)
+        if slot is None or slot.generation != event.generation or slot.state is not S.STARTING:
+            return
+        LIFECYCLE.fire(slot, "spawn_failed")
+        self.counters["spawn_failures"] += 1
+        slot.last_exit = f"failed to start: {event.error}"
+        slot.exited_at = self.now
+        slot.started_at = self.now
+        self._after_exit(slot, failed=True)
+
+    def _on_ProcessExited(self, event: ev.ProcessExited) -> None:
+        slot = self._by_pid.get(event.pid)
+        if slot is None:
+            return
+        slot.last_exit = describe_exit(event.exit_code, event.signal)
+        slot.exited_at = self.now
+        self.counters["exits"] += 1
+        if event.group_alive:
+            LIFECYCLE.fire(slot, "leader_exited")
+            if "kill" not in slot.timers:
+                # The leader died on its own and left members behind: they
+                # must be gone before a replacement may start.
+                self._emit(fx.Signal(slot.task, slot.instance, event.pid, "SIGTERM"))
+                self._set_timer(slot, "kill", self.now + self.tasks[slot.task].spec.stop_timeout)
+            self._log(
+                "info",
+                f"{self._name(slot)} (pid {event.pid}) {slot.last_exit}; "
+                "waiting for the rest of its process group",
+                slot.task,
+            )
+            return
+        self._process_gone(slot)
+
+    def _on_GroupEmptied(self, event: ev.GroupEmptied) -> None:
+        slot = self._by_pid.get(event.pgid)
+        if slot is not None and slot.state is S.DRAINING:
+            self._process_gone(slot)
+
+    def _on_CommandExited(self, event: ev.CommandExited) -> None:
+        outcome = event.error or describe_exit(event.exit_code, event.signal)
+        level = "info" if event.exit_code == 0 else "warning"
+        self._log(level, f"{event.task}: command {event.name!r} {outcome}", event.task)
+
+    def _on_FileChanged(self, event: ev.FileChanged) -> None:
+        name, _, index = event.key.partition("#")
+        task = self.tasks.get(name)
+        if task is None or task.removed or not task.spec.in_scope or not index.isdigit():
+            return
+        for spec in task.spec.events:
+            if spec.index == int(index):
+                self._fire_action(task, spec.action, f"{event.path} changed")
+
+    def _on_TimerFired(self, event: ev.TimerFired) -> None:
+        pass  # due timers already ran in handle()
+
+    def _on_StopRequested(self, event: ev.StopRequested) -> None:
+        mode = "reset" if event.reset else "stop"
+        if self.shutdown == "stop":
+            return
+        self.shutdown = mode
+        what = "reset: stopping every task, then restarting" if event.reset else "stopping every task"
+        self._log("info", f"{what} ({event.reason or 'requested'})")
+
+    def _on_ControlRequested(self, event: ev.ControlRequested) -> None:
+        self._emit(fx.Reply(event.request, 404, f"unknown action {event.action!r}"))
+
+    # --------------------------------------------------------------- config
+
+    def _apply_specs(self, specs: dict[str, TaskSpec], *, roles_changed: bool, source: str) -> None:
+        for name in sorted(set(self.tasks) - set(specs)):
+            task = self.tasks[name]
+            if not task.removed:
+                task.removed = True
+                self._log("info", f"{name}: removed from the config; stopping", name)
+        for name, spec in specs.items():
+            task = self.tasks.get(name)
+            if task is None:
+                task = self.tasks[name] = TaskState(spec=spec)
+                task.run_requested = spec.control == "once"
+                continue
+            old = task.spec
+            task.spec = spec
+            task.removed = False
+            task.control_override = task.count_override = None
+            if spec.in_scope != old.in_scope:
+                why = "roles changed" if roles_changed else "config changed"
+                where = "in scope" if spec.in_scope else "out of scope"
+                self._log("info", f"{name}: now {where} ({why})", name)
+                if spec.in_scope:
+                    task.run_requested = spec.control == "once"
+            if spec.control != old.control:
+                task.run_requested = spec.control == "once"
+        self.order = start_order({n: t.spec for n, t in self.tasks.items() if not t.removed})
+        # Removed tasks still drain; keep them after everything else.
+        self.order += sorted(n for n, t in self.tasks.items() if t.removed)
+        deps: dict[str, list[str]] = {}
+        for name in self.order:
+            for required in self.tasks[name].spec.requires:
+                deps.setdefault(required, []).append(name)
+        self.dependents = {name: tuple(sorted(found)) for name, found in deps.items()}
+        self._update_watches()
+
+    def _update_watches(self) -> None:
+        wanted: dict[str, fx.Watch] = {}
+        for name in sorted(self.tasks):
+            task = self.tasks[name]
+            if task.removed or not task.spec.in_scope:
+                continue
+            for spec in task.spec.events:
+                key = f"{name}#{spec.index}"
+                if spec.type == "file_change":
+                    wanted[key] = fx.Watch(key, "file", spec.paths)
+                elif spec.type == "self":
+                    wanted[key] = fx.Watch(
+                        key, "executable", spec.paths[:1], task.spec.search_path
+                    )
+                elif spec.type == "python":
+                    wanted[key] = fx.Watch(key, "python", spec.paths, task.spec.search_path)
+        for key in sorted(set(self._watches) - set(wanted)):
+            self._emit(fx.Unwatch(key))
+        for key in sorted(wanted):
+            if self._watches.get(key) != wanted[key]:
+                self._emit(wanted[key])
+        self._watches = wanted
+
+    # -------------------------------------------------------------- actions
+
+    def _fire_action(self, task: TaskState, action: Action, why: str) -> None:
+        name = task.spec.name
+        if action.signal:
+            self._log("info", f"{name}: {why}; sending {action.signal}", name)
+            for slot in task.slots:
+                if slot.state is S.RUNNING and slot.pid is not None:
+                    self._emit(fx.Signal(name, slot.instance, slot.pid, action.signal, group=False))
+            return
+        command = action.command or ""
+        if command in task.spec.commands and command != "start":
+            self._log("info", f"{name}: {why}; running command {command!r}", name)
+            self._run_command(task, command)
+        elif command == "start":
+            self._log("info", f"{name}: {why}; starting", name)
+            self._request_run(task, why)
+        elif command == "stop":
+            if task.control in ("once", "event"):
+                self._log("warning", f"{name}: {why}; 'stop' ignored for a {task.control} task", name)
+                return
+            self._log("info", f"{name}: {why}; restarting", name)
+            for slot in task.slots:
+                self._stop_slot(task, slot, "restart", f"restarted: {why}")
+
+    def _run_command(self, task: TaskState, command: str) -> None:
+        spec = task.spec.process(0)
+        self._emit(
+            fx.RunCommand(
+                task=task.spec.name,
+                instance=0,
+                name=command,
+                argv=task.spec.commands[command],
+                env=dict(spec.env),
+                cwd=spec.cwd,
+                user=spec.user,
+                group=spec.group,
+            )
+        )
+
+    def _request_run(self, task: TaskState, why: str) -> None:
+        task.run_requested = True
+        for slot in task.slots:
+            if slot.state is S.DONE:
+                LIFECYCLE.fire(slot, "release")
+                slot.reason = why
+
+    # -------------------------------------------------------------- converge
+
+    def _wants_run(self, task: TaskState) -> bool:
+        if self.shutdown or task.removed or not task.spec.in_scope:
+            return False
+        control = task.control
+        if control in DAEMON_CONTROLS:
+            return True
+        if control in ("once", "event"):
+            return task.run_requested
+        return False  # suspend, off
+
+    def _converge(self) -> None:
+        for name in self.order:
+            task = self.tasks[name]
+            want = task.count if self._wants_run(task) else 0
+            while len(task.slots) < want:
+                slot = Slot(task=name, instance=len(task.slots))
+                LIFECYCLE.attach(slot)
+                task.slots.append(slot)
+            gate = self._gate(task) if want else ()
+            if gate != task.waiting_on:
+                task.waiting_on = gate
+                if gate:
+                    self._log("info", f"{name}: waiting on {', '.join(gate)}", name)
+            for slot in task.slots:
+                if slot.instance < want:
+                    self._keep_running(task, slot, gate)
+                else:
+                    self._keep_stopped(task, slot)
+            while task.slots and task.slots[-1].instance >= want and task.slots[-1].state in (
+                S.STOPPED,
+                S.DONE,
+            ):
+                LIFECYCLE.detach(task.slots.pop())
+        self._forget_removed()
+        if self.shutdown and not self.exited and not self._by_pid and not any(
+            slot.state is S.STARTING for task in self.tasks.values() for slot in task.slots
+        ):
+            self.exited = True
+            self._log("info", "every task has stopped")
+            self._emit(fx.Exit(0, reset=self.shutdown == "reset"))
+
+    def _forget_removed(self) -> None:
+        gone = [n for n, t in self.tasks.items() if t.removed and not t.slots]
+        for name in gone:
+            del self.tasks[name]
+            self.order.remove(name)
+
+    def _gate(self, task: TaskState) -> tuple[str, ...]:
+        """What ``task`` waits on before it may start (empty: nothing)."""
+        waits = []
+        for name in task.spec.requires:
+            required = self.tasks.get(name)
+            why = self._unsatisfied(required)
+            if why:
+                waits.append(f"{name} ({why})")
+        return tuple(waits)
+
+    def _unsatisfied(self, task: TaskState | None) -> str | None:
+        if task is None or task.removed:
+            return "not in the config"
+        if not task.spec.in_scope:
+            return "off" if task.spec.control == "off" else "out of scope"
+        control = task.control
+        if control == "off":
+            return "off"
+        if control in ("suspend", "event"):
+            return None
+        if control == "once":
+            if all(slot.state is S.DONE for slot in task.slots) and task.slots:
+                return None
+            return "not finished"
+        for slot in task.slots[: task.count]:
+            if slot.state is not S.RUNNING:
+                return "not running"
+            if "ready" in slot.timers:
+                return "in its start_delay"
+        if len(task.slots) < task.count:
+            return "not running"
+        return None
+
+    def _keep_running(self, task: TaskState, slot: Slot, gate: tuple[str, ...]) -> None:
+        spec = task.spec.process(slot.instance)
+        state = slot.state
+        if state is S.RUNNING:
+            if slot.spec != spec and slot.intent is None and slot.spec is not None:
+                why = f"config changed: {_spec_diff(slot.spec, spec)}"
+                self._stop_slot(task, slot, "restart", f"restarted: {why}")
+            return
+        if state in (S.STARTING, S.STOPPING, S.DRAINING):
+            return
+        if state is S.BACKOFF and "retry" in slot.timers and slot.spec == spec:
+            return
+        if state is S.DONE and (slot.spec == spec or task.control != "once"):
+            return
+        if slot.spec is not None and slot.spec != spec:
+            slot.fails = 0  # a changed config is a fresh attempt
+        if gate:
+            if state is not S.WAITING:
+                LIFECYCLE.fire(slot, "hold")
+            slot.waiting_on = gate
+            return
+        slot.waiting_on = ()
+        self._spawn(task, slot, spec)
+
+    def _keep_stopped(self, task: TaskState, slot: Slot) -> None:
+        state = slot.state
+        if state is S.RUNNING:
+            if self.shutdown and self._has_live_dependents(task.spec.name):
+                return
+            why = self._stop_reason(task)
+            self._stop_slot(task, slot, "stop", why)
+        elif state in (S.STOPPING, S.DRAINING):
+            slot.intent = "stop"
+        elif state in (S.WAITING, S.BACKOFF, S.EXITED) or (state is S.DONE and task.removed):
+            slot.timers.pop("retry", None)
+            LIFECYCLE.fire(slot, "release")
+
+    def _stop_reason(self, task: TaskState) -> str:
+        if self.shutdown:
+            return "stopped: taskforce is " + ("resetting" if self.shutdown == "reset" else "exiting")
+        if task.removed:
+            return "stopped: removed from the config"
+        if not task.spec.in_scope:
+            return "stopped: " + ("control is off" if task.spec.control == "off" else "out of scope")
+        if task.control in ("suspend", "off"):
+            return f"stopped: control is {task.control}"
+        return "stopped: count reduced"
+
+    def _has_live_dependents(self, name: str) -> bool:
+        for dependent in self.dependents.get(name, ()):
+            task = self.tasks.get(dependent)
+            if task and any(slot.live for slot in task.slots):
+                return True
+        return False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def _spawn(self, task: TaskState, slot: Slot, spec: ProcessSpec) -> None:
+        if slot.state is S.EXITED or slot.generation:
+            if not slot.reason.startswith(("restarted", "started")):
+                slot.reason = "restarted: " + (slot.reason or "exited")
+            slot.restarts += 1
+            self.counters["restarts"] += 1
+        elif not slot.reason:
+            slot.reason = "started"
+        LIFECYCLE.fire(slot, "spawn")
+        self._generation += 1
+        slot.generation = self._generation
+        slot.spec = spec
+        slot.intent = None
+        slot.timers.clear()
+        self._emit(
+            fx.Spawn(
+                task=slot.task,
+                instance=slot.instance,
+                generation=slot.generation,
+                argv=spec.argv,
+                env=dict(spec.env),
+                cwd=spec.cwd,
+                user=spec.user,
+                group=spec.group,
+                procname=spec.procname,
+            )
+        )
+
+    def _stop_slot(self, task: TaskState, slot: Slot, intent: str, reason: str) -> None:
+        if slot.state in (S.STOPPING, S.DRAINING):
+            if intent == "stop":
+                slot.intent = "stop"
+            return
+        if slot.state is not S.RUNNING or slot.pid is None:
+            return
+        LIFECYCLE.fire(slot, "stop")
+        slot.intent = intent
+        slot.reason = reason
+        slot.timers.pop("ready", None)
+        slot.timers.pop("limit", None)
+        use_restart = intent == "restart" or self.shutdown == "reset"
+        action = (task.spec.restart_action if use_restart else None) or task.spec.stop_action
+        name = task.spec.name
+        if action and action.signal:
+            self._emit(fx.Signal(name, slot.instance, slot.pid, action.signal))
+        elif action and action.command in task.spec.commands:
+            self._run_command(task, action.command or "")
+        else:
+            self._emit(fx.Signal(name, slot.instance, slot.pid, "SIGTERM"))
+        self._set_timer(slot, "kill", self.now + task.spec.stop_timeout)
+        self._log("info", f"{self._name(slot)} (pid {slot.pid}) {reason}", name)
+
+    def _process_gone(self, slot: Slot) -> None:
+        LIFECYCLE.fire(slot, "exited")
+        assert slot.pid is not None
+        self._by_pid.pop(slot.pid, None)
+        pid, slot.pid = slot.pid, None
+        slot.timers.clear()
+        self._after_exit(slot, failed=False, pid=pid)
+
+    def _after_exit(self, slot: Slot, *, failed: bool, pid: int | None = None) -> None:
+        task = self.tasks[slot.task]
+        name = self._name(slot)
+        ran = self.now - (slot.started_at or self.now)
+        what = f"{name} (pid {pid}) {slot.last_exit} after {ran:.2f}s" if pid else f"{name} {slot.last_exit}"
+        if slot.intent == "stop" or not self._wants_run(task) or slot.instance >= task.count:
+            self._log("info", what, slot.task)
+            LIFECYCLE.fire(slot, "release")
+        elif slot.intent == "restart":
+            self._log("info", what, slot.task)
+            slot.fails = 0  # deliberate; the next start is immediate
+        elif slot.intent == "finish" or (task.control in ("once", "event") and not failed):
+            self._log("info", what, slot.task)
+            LIFECYCLE.fire(slot, "finish")
+            slot.reason = f"finished: {slot.last_exit}"
+        elif ran >= self.settings.stable_after and not failed:
+            if slot.fails:
+                self._log("info", f"{what}; it had run stably, backoff reset", slot.task)
+            else:
+                self._log("warning", f"{what}; restarting", slot.task)
+            slot.fails = 0
+            slot.reason = slot.last_exit or "exited"
+        else:
+            slot.fails += 1
+            delay = min(
+                self.settings.backoff_max,
+                self.settings.backoff_initial * (2 ** (slot.fails - 1)),
+            )
+            if slot.fails == 1:
+                self._log(
+                    "warning",
+                    f"{what}; failing fast, restarting with backoff from "
+                    f"{delay:g}s up to {self.settings.backoff_max:g}s (logged once)",
+                    slot.task,
+                )
+            else:
+                self._log("debug", f"{what}; retry {slot.fails} in {delay:g}s", slot.task)
+            LIFECYCLE.fire(slot, "back_off")
+            slot.reason = f"backoff step {slot.fails} after: {slot.last_exit}"
+            self._set_timer(slot, "retry", self.now + delay)
+        slot.intent = None if slot.state is not S.EXITED else slot.intent
+        if not self.shutdown and not any(s.live for s in task.slots):
+            self._onexit(task)
+
+    def _onexit(self, task: TaskState) -> None:
+        for kind, target_name in task.spec.onexit:
+            target = self.tasks.get(target_name)
+            if target is None or target.removed or not target.spec.in_scope:
+                self._log("warning", f"{task.spec.name}: onexit target {target_name!r} is not in scope")
+                continue
+            if target.control not in ("once", "event"):
+                self._log(
+                    "warning",
+                    f"{task.spec.name}: onexit target {target_name!r} is not a once or event task",
+                )
+                continue
+            if kind == "start":
+                self._request_run(target, f"started: onexit of {task.spec.name}")
+
+    # --------------------------------------------------------------- timers
+
+    def _set_timer(self, slot: Slot, purpose: str, at: float) -> None:
+        slot.timers[purpose] = at
+        self._seq += 1
+        heapq.heappush(self._heap, (at, self._seq, slot.task, slot.instance, slot.generation, purpose))
+
+    def _timer_slot(self, entry: tuple[float, int, str, int, int, str]) -> Slot | None:
+        at, _, task, instance, generation, purpose = entry
+        slot = self.slot(task, instance)
+        if slot is None or slot.generation != generation or slot.timers.get(purpose) != at:
+            return None
+        return slot
+
+    def _drop_stale_timers(self) -> None:
+        while self._heap and self._timer_slot(self._heap[0]) is None:
+            heapq.heappop(self._heap)
+
+    def _run_due_timers(self) -> None:
+        while self._heap and self._heap[0][0] <= self.now:
+            entry = heapq.heappop(self._heap)
+            slot = self._timer_slot(entry)
+            if slot is None:
+                continue
+            purpose = entry[5]
+            del slot.timers[purpose]
+            task = self.tasks[slot.task]
+            if purpose == "kill" and slot.pid is not None:
+                self._log("warning", f"{self._name(slot)} (pid {slot.pid}) did not stop; SIGKILL", slot.task)
+                self._emit(fx.Signal(slot.task, slot.instance, slot.pid, "SIGKILL"))
+            elif purpose == "limit":
+                if task.control in ("once", "event"):
+                    self._stop_slot(task, slot, "finish", "stopped: time_limit reached")
+                else:
+                    self._stop_slot(task, slot, "restart", "restarted: time_limit reached")
+            # "ready" and "retry" only open gates: _converge does the rest.
+
+    def _arm_timer(self) -> None:
+        due = self.next_deadline()
+        if due != self._armed:
+            self._armed = due
+            self._emit(fx.ArmTimer(due))
+
+    # -------------------------------------------------------------- helpers
+
+    def _emit(self, effect: fx.Effect) -> None:
+        self._out.append(effect)
+
+    def _log(self, level: str, message: str, task: str | None = None) -> None:
+        self._out.append(fx.Log(level, message, task))
+
+    @staticmethod
+    def _name(slot: Slot) -> str:
+        return f"{slot.task}[{slot.instance}]"
+
+
+def run(events: Iterable[ev.Event]) -> list[tuple[fx.Effect, ...]]:
+    """Feed ``events`` to a fresh supervisor; the effects of each, in order."""
+    core = Supervisor()
+    return [core.handle(event) for event in events]
