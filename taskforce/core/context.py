@@ -72,17 +72,24 @@ def resolve(value: Any, ctx: Context) -> list[Any]:
     return [value]
 
 
-def resolve_one(value: Any, ctx: Context, default: Any = None) -> Any:
+_REQUIRED: Any = object()
+
+
+def resolve_one(value: Any, ctx: Context, default: Any = _REQUIRED) -> Any:
     """The single value a possibly conditional ``value`` stands for.
 
-    ``None`` (key absent) gives ``default``; a conditional that leaves no
-    value or several raises ContextError.
+    ``None`` (key absent) gives ``default`` (None when none is given).  A
+    conditional that leaves no value gives ``default`` too when one is given
+    -- ``start_delay: {SLOW: 5}`` is 0 unless SLOW is set -- and otherwise
+    raises ContextError, as does one that leaves several.
     """
     if value is None:
-        return default
+        return None if default is _REQUIRED else default
     if not isinstance(value, (Mapping, list, tuple)):
         return value
     found = resolve(value, ctx)
+    if not found and default is not _REQUIRED:
+        return default
     if len(found) != 1:
         raise ContextError(
             "conditional value resolved to "

@@ -183,7 +183,7 @@ def task_context(
         ctx[f"Task_role_{role}"] = role_values.get(role, "1")
     for key in ("user", "group", "pidfile", "cwd", "procname"):
         if task.get(key) is not None:
-            ctx[f"Task_{key}"] = as_text(resolve_one(task[key], ctx))
+            ctx[f"Task_{key}"] = as_text(resolve_one(task[key], ctx, None))
     _layer(ctx, config.get("defines"), fill=False)
     for layer in _role_layers(config.get("role_defines"), roles):
         _layer(ctx, layer, fill=False)
@@ -200,7 +200,7 @@ def task_context(
 
 
 def _text_value(value: Any, ctx: Mapping[str, str | None]) -> str | None:
-    raw = resolve_one(value, ctx)
+    raw = resolve_one(value, ctx, None)
     return None if raw is None else expand(as_text(raw) or "", ctx)
 
 
@@ -275,7 +275,10 @@ def _build_task(
     events: list[EventSpec] = []
     stop_action = restart_action = None
     for index, event in enumerate(task.get("events") or ()):
-        kind = as_text(resolve_one(event.get("type"), ctx)) or ""
+        try:
+            kind = as_text(resolve_one(event.get("type"), ctx)) or ""
+        except ContextError as exc:
+            raise SpecError(("events", index, "type"), str(exc)) from None
         try:
             action = _action(event, ctx)
         except ContextError as exc:
@@ -358,47 +361,54 @@ def build(
 
 
 def find_cycle(specs: Mapping[str, TaskSpec]) -> list[str] | None:
-    """A requires cycle as a list of names (first repeated last), or None."""
-    colour: dict[str, int] = {}
+    """A requires cycle as a list of names (first repeated last), or None.
 
-    def visit(name: str, trail: list[str]) -> list[str] | None:
-        colour[name] = 1
-        trail.append(name)
-        for required in specs[name].requires:
-            if required not in specs:
+    Iterative, so a chain of thousands of tasks cannot exhaust the stack.
+    """
+    done: set[str] = set()
+    for root in sorted(specs):
+        if root in done:
+            continue
+        trail: list[str] = [root]
+        on_trail = {root}
+        todo = [iter(specs[root].requires)]
+        while todo:
+            required = next(todo[-1], None)
+            if required is None:
+                todo.pop()
+                finished = trail.pop()
+                on_trail.discard(finished)
+                done.add(finished)
                 continue
-            if colour.get(required) == 1:
+            if required not in specs or required in done:
+                continue
+            if required in on_trail:
                 return trail[trail.index(required) :] + [required]
-            if required not in colour:
-                found = visit(required, trail)
-                if found:
-                    return found
-        trail.pop()
-        colour[name] = 2
-        return None
-
-    for name in sorted(specs):
-        if name not in colour:
-            found = visit(name, [])
-            if found:
-                return found
+            trail.append(required)
+            on_trail.add(required)
+            todo.append(iter(specs[required].requires))
     return None
 
 
 def start_order(specs: Mapping[str, TaskSpec]) -> list[str]:
-    """Names with every task after the tasks it requires; ties by name."""
+    """Names with every task after the tasks it requires; ties by name.
+
+    Assumes no cycle (``build`` rejects them); iterative like ``find_cycle``.
+    """
     order: list[str] = []
     placed: set[str] = set()
-
-    def place(name: str) -> None:
-        if name in placed:
-            return
-        placed.add(name)
-        for required in sorted(specs[name].requires):
-            if required in specs:
-                place(required)
-        order.append(name)
-
-    for name in sorted(specs):
-        place(name)
+    for root in sorted(specs):
+        if root in placed:
+            continue
+        placed.add(root)
+        stack = [(root, iter(sorted(specs[root].requires)))]
+        while stack:
+            name, pending = stack[-1]
+            required = next(pending, None)
+            if required is None:
+                stack.pop()
+                order.append(name)
+            elif required in specs and required not in placed:
+                placed.add(required)
+                stack.append((required, iter(sorted(specs[required].requires))))
     return order

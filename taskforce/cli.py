@@ -1,0 +1,308 @@
+"""The ``taskforce`` command line: options, logging, pidfile, daemonizing.
+
+Options and defaults follow the original taskforce.  Exit codes:
+
+- 0: normal exit (including after SIGTERM/SIGINT), ``-V``, a signal sent by
+  ``-R``/``-S``, a valid config under ``-C``;
+- 1: a bad config (``-C`` or at start-up), a bad roles file, a failed
+  ``-R``/``-S``, bad arguments (argparse uses 2 for those, as usual);
+- 2: the pidfile is held by a live taskforce;
+- 3: taskforce failed while running.
+
+This module never decides anything about tasks; it only sets the stage for
+``taskforce.daemon``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import logging
+import logging.handlers
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from taskforce import __version__
+from taskforce.config import ConfigError, check_roles_against, load_config, load_roles
+
+DEFAULT_CONFIG = "/usr/local/etc/taskforce.conf"
+DEFAULT_ROLES = ("/var/local/etc/tf_roles.conf", "/usr/local/etc/tf_roles.conf")
+DEFAULT_PIDFILE = "/var/run/taskforce.pid"
+
+EXIT_OK, EXIT_BAD, EXIT_PIDFILE, EXIT_FAILED = 0, 1, 2, 3
+
+log = logging.getLogger("taskforce")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="taskforce",
+        description="Start daemons from one config, keep them running, and restart "
+        "exactly what a change affects.",
+    )
+    parser.add_argument("-V", "--version", action="store_true", help="print the version and exit")
+    parser.add_argument("-v", "--verbose", action="store_true", help="verbose (debug) logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    parser.add_argument(
+        "-e", "--log-stderr", action="store_true", help="log to stderr instead of syslog"
+    )
+    parser.add_argument("-L", "--logging-name", metavar="NAME", help="name to log under")
+    parser.add_argument("-b", "--background", action="store_true", help="run in the background")
+    parser.add_argument(
+        "-p",
+        "--pidfile",
+        metavar="PIDFILE",
+        help=f'pidfile; default none, or {DEFAULT_PIDFILE} with -b, -R or -S; "-" means none',
+    )
+    parser.add_argument(
+        "-f",
+        "--config-file",
+        metavar="CONFIG",
+        default=DEFAULT_CONFIG,
+        help=f"config file, watched for changes (default {DEFAULT_CONFIG})",
+    )
+    parser.add_argument(
+        "-r",
+        "--roles-file",
+        metavar="ROLES",
+        help="roles file, watched for changes (default: the first readable of "
+        + ", ".join(DEFAULT_ROLES)
+        + '; "-" means none: every task is in scope)',
+    )
+    parser.add_argument(
+        "-C", "--check-config", action="store_true", help="check the config and exit; starts nothing"
+    )
+    parser.add_argument(
+        "-R", "--reset", action="store_true", help="make the running taskforce stop all and restart"
+    )
+    parser.add_argument(
+        "-S", "--stop", action="store_true", help="make the running taskforce stop all and exit"
+    )
+    parser.add_argument(
+        "--expires", metavar="SECS", type=float, help="stop all and exit after SECS seconds"
+    )
+    return parser
+
+
+def pick_roles_file(option: str | None) -> str | None:
+    if option is not None:
+        return None if option in ("", "-") else option
+    for candidate in DEFAULT_ROLES:
+        if os.access(candidate, os.R_OK):
+            return candidate
+    return None
+
+
+def pick_pidfile(args: argparse.Namespace) -> str | None:
+    if args.pidfile is not None:
+        return None if args.pidfile in ("", "-") else str(args.pidfile)
+    if args.background or args.reset or args.stop:
+        return DEFAULT_PIDFILE
+    return None
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    name = args.logging_name or "taskforce"
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    handler: logging.Handler
+    if args.log_stderr:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    else:
+        address = next((p for p in ("/dev/log", "/var/run/log") if os.path.exists(p)), None)
+        if address is None:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        else:
+            handler = logging.handlers.SysLogHandler(address=address)
+            handler.setFormatter(logging.Formatter(f"{name}[%(process)d]: %(message)s"))
+    root = logging.getLogger("taskforce")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def signal_running(pidfile: str, signum: int) -> int:
+    """-R / -S: signal the taskforce that holds ``pidfile``."""
+    what = "reset" if signum == signal.SIGHUP else "stop"
+    try:
+        with open(pidfile) as handle:
+            text = handle.read().strip()
+        pid = int(text)
+    except FileNotFoundError:
+        print(f"taskforce: cannot {what}: no pidfile {pidfile}", file=sys.stderr)
+        return EXIT_BAD
+    except (OSError, ValueError) as exc:
+        print(f"taskforce: cannot {what}: bad pidfile {pidfile}: {exc}", file=sys.stderr)
+        return EXIT_BAD
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        print(f"taskforce: cannot {what}: pid {pid} from {pidfile} is not running", file=sys.stderr)
+        return EXIT_BAD
+    except PermissionError:
+        print(f"taskforce: cannot {what}: not allowed to signal pid {pid}", file=sys.stderr)
+        return EXIT_BAD
+    return EXIT_OK
+
+
+class PidfileHeld(Exception):
+    pass
+
+
+class Pidfile:
+    """A pidfile claimed with an exclusive lock, so a stale one is taken over
+    safely and a live owner is always detected."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def claim(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                try:
+                    with open(self.path) as handle:
+                        owner = handle.read().strip() or "?"
+                except OSError:
+                    owner = "?"
+                raise PidfileHeld(
+                    f"taskforce is already running as pid {owner} (pidfile {self.path})"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self, *, remove: bool) -> None:
+        if self.fd is None:
+            return
+        if remove:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        os.close(self.fd)
+        self.fd = None
+
+
+def daemonize(keep_stderr: bool) -> None:
+    """Detach from the terminal: double fork, new session, / as cwd.
+
+    With ``-e`` the caller asked for logs on stderr, so stderr is kept.
+    """
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1) if keep_stderr else (0, 1, 2):
+        os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
+
+
+def check_config(config_path: str, roles_path: str | None) -> int:
+    """-C: validate and report; never starts anything."""
+    try:
+        roles = load_roles(roles_path)
+        if roles.warning:
+            print(f"taskforce: warning: {roles.warning}", file=sys.stderr)
+        config = load_config(config_path, roles=roles.names, role_values=roles.values)
+        check_roles_against(config, roles)
+    except ConfigError as exc:
+        for error in getattr(exc, "errors", None) or [exc]:
+            print(f"taskforce: {error}", file=sys.stderr)
+        return EXIT_BAD
+    except OSError as exc:
+        print(f"taskforce: {exc.filename or config_path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD
+    tasks = config.get("tasks", {})
+    print(f"{config_path}: ok, {len(tasks)} task{'s' if len(tasks) != 1 else ''}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.version:
+        print(f"taskforce {__version__}")
+        return EXIT_OK
+    pidfile_path = pick_pidfile(args)
+    if pidfile_path is not None:
+        pidfile_path = os.path.abspath(pidfile_path)
+    roles_path = pick_roles_file(args.roles_file)
+    if args.reset or args.stop:
+        if pidfile_path is None:
+            print("taskforce: -R and -S need a pidfile", file=sys.stderr)
+            return EXIT_BAD
+        return signal_running(pidfile_path, signal.SIGHUP if args.reset else signal.SIGTERM)
+    if args.check_config:
+        return check_config(args.config_file, roles_path)
+
+    # Validate before detaching, so a bad config is reported to the user.
+    status = check_config_quietly(args.config_file, roles_path)
+    if status is not None:
+        print(f"taskforce: {status}", file=sys.stderr)
+        return EXIT_BAD
+    if args.background and not os.environ.get("TASKFORCE_REEXEC"):
+        # Paths were given relative to where we were started; keep them so.
+        args.config_file = os.path.abspath(args.config_file)
+        roles_path = os.path.abspath(roles_path) if roles_path else None
+        daemonize(keep_stderr=args.log_stderr)
+    os.environ.pop("TASKFORCE_REEXEC", None)
+    setup_logging(args)
+    pidfile = Pidfile(pidfile_path) if pidfile_path else None
+    if pidfile is not None:
+        try:
+            pidfile.claim()
+        except PidfileHeld as exc:
+            log.error("%s", exc)
+            print(f"taskforce: {exc}", file=sys.stderr)
+            return EXIT_PIDFILE
+        except OSError as exc:
+            log.error("cannot claim pidfile %s: %s", pidfile_path, exc)
+            print(f"taskforce: cannot claim pidfile {pidfile_path}: {exc}", file=sys.stderr)
+            return EXIT_PIDFILE
+    return run_daemon(args, roles_path, pidfile)
+
+
+def check_config_quietly(config_path: str, roles_path: str | None) -> str | None:
+    try:
+        roles = load_roles(roles_path)
+        load_config(config_path, roles=roles.names, role_values=roles.values)
+    except ConfigError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"{exc.filename or config_path}: {exc.strerror or exc}"
+    return None
+
+
+def run_daemon(args: argparse.Namespace, roles_path: str | None, pidfile: Pidfile | None) -> int:
+    from taskforce.daemon import Daemon, reexec
+
+    daemon = Daemon(args.config_file, roles_path, expires=args.expires)
+    try:
+        outcome = daemon.run()
+    except Exception:
+        if pidfile is not None:
+            pidfile.release(remove=True)
+        return EXIT_FAILED
+    if outcome.reset:
+        if pidfile is not None:
+            pidfile.release(remove=False)
+        log.info("re-executing")
+        logging.shutdown()
+        reexec()
+    if pidfile is not None:
+        pidfile.release(remove=True)
+    log.info("exiting")
+    return outcome.code

@@ -1,0 +1,328 @@
+"""The shell: one event loop that turns OS happenings into events for the core
+and performs the effects the core returns.
+
+It sleeps in a single blocking ``select`` when nothing is due: signals reach
+it through a wake-up pipe, timers through the select timeout.  It holds no
+policy -- what to start, stop or restart is always the core's answer -- and
+it must never let an OS failure escape as an exception through the core:
+failures become events (``SpawnFailed``) or log lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from taskforce import process
+from taskforce.config import ConfigError, load_config, load_roles
+from taskforce.core import effects as fx
+from taskforce.core import events as ev
+from taskforce.core.supervisor import Supervisor
+from taskforce.watch import Watcher, make_watcher
+
+log = logging.getLogger("taskforce")
+
+_LOG_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+#: While a process group drains after its leader died, how often to look at
+#: it when no SIGCHLD can tell us (members that are not our descendants).
+DRAIN_POLL = 0.1
+
+
+class Daemon:
+    """Runs the core against the real host until it asks to exit."""
+
+    def __init__(
+        self,
+        config_path: str,
+        roles_path: str | None,
+        *,
+        expires: float | None = None,
+        recorder: Callable[[ev.Event, tuple[fx.Effect, ...]], None] | None = None,
+        watcher: Watcher | None = None,
+    ) -> None:
+        self.config_path = config_path
+        self.roles_path = roles_path
+        self.core = Supervisor()
+        self.selector = selectors.DefaultSelector()
+        self.recorder = recorder
+        self.expires_at = time.monotonic() + expires if expires is not None else None
+        self.timer_at: float | None = None
+        self.exit_effect: fx.Exit | None = None
+        self.pending_signals: deque[int] = deque()
+        self.leaders: set[int] = set()
+        self.commands: dict[int, tuple[str, str]] = {}
+        self.draining: set[int] = set()
+        self.watcher = watcher if watcher is not None else make_watcher()
+        self.watched_inputs: dict[str, str] = {}
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        self.watcher.attach(self.selector)
+        self.subreaper = False
+
+    # ------------------------------------------------------------ start-up
+
+    def _install_signals(self) -> None:
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._note_signal)
+
+    def _note_signal(self, signum: int, frame: Any) -> None:
+        # Runs between bytecodes; only note it, the loop does the work.
+        self.pending_signals.append(signum)
+
+    def boot_events(self) -> list[ev.Event]:
+        """The first events: who we are, then the config (or an error)."""
+        now = time.monotonic()
+        return [
+            ev.Booted(
+                at=now,
+                environ=dict(os.environ),
+                host=socket.gethostname(),
+                fqdn=socket.getfqdn(),
+                pid=os.getpid(),
+                ppid=os.getppid(),
+            ),
+            self.load_inputs("start"),
+        ]
+
+    def load_inputs(self, source: str) -> ev.Event:
+        """Read the roles and config files; ConfigLoaded or ConfigRejected."""
+        try:
+            roles = load_roles(self.roles_path)
+            if roles.warning:
+                log.warning(roles.warning)
+            config = load_config(self.config_path, roles=roles.names, role_values=roles.values)
+        except ConfigError as exc:
+            return ev.ConfigRejected(at=time.monotonic(), source=source, error=str(exc))
+        except OSError as exc:
+            where = exc.filename or self.config_path
+            error = f"{where}: {exc.strerror or exc}"
+            return ev.ConfigRejected(at=time.monotonic(), source=source, error=error)
+        return ev.ConfigLoaded(
+            at=time.monotonic(),
+            config=config,
+            roles=roles.names,
+            role_values=dict(roles.values),
+            source=source,
+        )
+
+    # ---------------------------------------------------------------- loop
+
+    def run(self) -> fx.Exit:
+        """Supervise until the core says every task has stopped."""
+        self.subreaper = process.become_subreaper()
+        self._install_signals()
+        self._watch_inputs()
+        try:
+            for event in self.boot_events():
+                self.feed(event)
+            while self.exit_effect is None:
+                self._wait_and_dispatch()
+        except BaseException:
+            log.exception("taskforce failed; stopping every task it started")
+            self.emergency_stop()
+            raise
+        finally:
+            self.watcher.close()
+            signal.set_wakeup_fd(-1)
+        return self.exit_effect
+
+    def _timeout(self) -> float | None:
+        deadlines = [at for at in (self.timer_at, self.expires_at) if at is not None]
+        if self.draining and not self.subreaper:
+            deadlines.append(time.monotonic() + DRAIN_POLL)
+        watch_due = self.watcher.next_deadline()
+        if watch_due is not None:
+            deadlines.append(watch_due)
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _wait_and_dispatch(self) -> None:
+        try:
+            ready = self.selector.select(self._timeout())
+        except InterruptedError:
+            ready = []
+        for key, _ in ready:
+            key.data()
+        self._handle_signals()
+        now = time.monotonic()
+        if self.draining:
+            self._check_draining()
+        if self.expires_at is not None and now >= self.expires_at:
+            self.expires_at = None
+            self.feed(ev.StopRequested(at=now, reason="--expires reached"))
+        for key, path in self.watcher.take_changes(time.monotonic()):
+            self._on_file_change(key, path)
+        if self.timer_at is not None and time.monotonic() >= self.timer_at:
+            self.timer_at = None
+            self.feed(ev.TimerFired(at=time.monotonic()))
+
+    def _on_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _handle_signals(self) -> None:
+        reap = False
+        while self.pending_signals:
+            signum = self.pending_signals.popleft()
+            if signum == signal.SIGCHLD:
+                reap = True
+            elif signum in (signal.SIGTERM, signal.SIGINT):
+                name = signal.Signals(signum).name
+                self.feed(ev.StopRequested(at=time.monotonic(), reason=f"got {name}"))
+            elif signum == signal.SIGHUP:
+                self.feed(ev.StopRequested(at=time.monotonic(), reset=True, reason="got SIGHUP"))
+        if reap:
+            self._reap()
+
+    def _reap(self) -> None:
+        for pid, code, signame in process.reap():
+            now = time.monotonic()
+            if pid in self.leaders:
+                self.leaders.discard(pid)
+                alive = process.group_alive(pid)
+                if alive:
+                    self.draining.add(pid)
+                self.feed(ev.ProcessExited(now, pid, code, signame, group_alive=alive))
+            elif pid in self.commands:
+                task, name = self.commands.pop(pid)
+                self.feed(ev.CommandExited(now, task, name, pid, code, signame))
+            # Anything else is an orphan we adopted as subreaper: reaped, done.
+        if self.draining:
+            self._check_draining()
+
+    def _check_draining(self) -> None:
+        for pgid in sorted(self.draining):
+            if not process.group_alive(pgid):
+                self.draining.discard(pgid)
+                self.feed(ev.GroupEmptied(time.monotonic(), pgid))
+
+    # ------------------------------------------------------------- inputs
+
+    def _watch_inputs(self) -> None:
+        """The config and roles files are watched like any task's file."""
+        self.watcher.watch(fx.Watch("@config", "file", (self.config_path,)))
+        if self.roles_path:
+            self.watcher.watch(fx.Watch("@roles", "file", (self.roles_path,)))
+
+    def _on_file_change(self, key: str, path: str) -> None:
+        if key in ("@config", "@roles"):
+            self.reload("config" if key == "@config" else "roles")
+        else:
+            self.feed(ev.FileChanged(time.monotonic(), key, path))
+
+    def reload(self, source: str = "request") -> ev.Event:
+        """Re-read config and roles; the core applies or ignores the result."""
+        event = self.load_inputs(source)
+        self.feed(event)
+        return event
+
+    # ------------------------------------------------------------- effects
+
+    def feed(self, event: ev.Event) -> None:
+        """Hand ``event`` to the core and perform its effects.
+
+        Results of a ``Spawn`` are fed back before anything else, as the core
+        requires.
+        """
+        queue: deque[ev.Event] = deque([event])
+        while queue:
+            current = queue.popleft()
+            effects = self.core.handle(current)
+            if self.recorder is not None:
+                self.recorder(current, effects)
+            for effect in effects:
+                result = self.perform(effect)
+                if result is not None:
+                    queue.append(result)
+
+    def perform(self, effect: fx.Effect) -> ev.Event | None:
+        if isinstance(effect, fx.Spawn):
+            return self._spawn(effect)
+        if isinstance(effect, fx.Signal):
+            process.send_signal(effect.pid, effect.signal, group=effect.group)
+        elif isinstance(effect, fx.ArmTimer):
+            self.timer_at = effect.at
+        elif isinstance(effect, fx.Log):
+            prefix = ""
+            log.log(_LOG_LEVELS.get(effect.level, logging.INFO), "%s%s", prefix, effect.message)
+        elif isinstance(effect, fx.RunCommand):
+            self._run_command(effect)
+        elif isinstance(effect, fx.Watch):
+            self.watcher.watch(effect)
+        elif isinstance(effect, fx.Unwatch):
+            self.watcher.unwatch(effect.key)
+        elif isinstance(effect, fx.Exit):
+            self.exit_effect = effect
+        return None
+
+    def _spawn(self, effect: fx.Spawn) -> ev.Event:
+        try:
+            pid = process.spawn(
+                effect.argv,
+                effect.env,
+                cwd=effect.cwd,
+                user=effect.user,
+                group=effect.group,
+                procname=effect.procname,
+            )
+        except (process.SpawnError, OSError) as exc:
+            return ev.SpawnFailed(
+                time.monotonic(), effect.task, effect.instance, effect.generation, str(exc)
+            )
+        self.leaders.add(pid)
+        return ev.ProcessStarted(
+            time.monotonic(), effect.task, effect.instance, effect.generation, pid
+        )
+
+    def _run_command(self, effect: fx.RunCommand) -> None:
+        try:
+            pid = process.spawn(
+                effect.argv, effect.env, cwd=effect.cwd, user=effect.user, group=effect.group
+            )
+        except (process.SpawnError, OSError) as exc:
+            self.feed(
+                ev.CommandExited(time.monotonic(), effect.task, effect.name, 0, None, None, str(exc))
+            )
+            return
+        self.commands[pid] = (effect.task, effect.name)
+
+    def emergency_stop(self) -> None:
+        """The loop itself failed: leave nothing running behind us."""
+        groups = sorted(self.leaders | self.draining | set(self.commands))
+        for pgid in groups:
+            process.send_signal(pgid, "SIGTERM", group=True)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and any(process.group_alive(g) for g in groups):
+            process.reap()
+            time.sleep(0.02)
+        for pgid in groups:
+            process.send_signal(pgid, "SIGKILL", group=True)
+        process.reap()
+
+
+def reexec() -> None:
+    """Replace this process with a fresh taskforce, same arguments."""
+    os.environ["TASKFORCE_REEXEC"] = "1"
+    argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+    os.execv(sys.executable, [sys.executable, *argv[1:]])

@@ -1,0 +1,220 @@
+"""Processes: start them in their own group, signal them, reap them.
+
+``spawn`` forks and execs one program with the environment, identity and
+working directory it is given, in a new process group led by the child.  It
+returns only once the exec has happened or failed: a pipe closed on exec
+carries any error from the child, so a bad ``cwd`` or an unknown user comes
+back as a ``SpawnError`` naming the cause, never as a crash of the daemon.
+
+This module holds no policy: it never decides what to start, stop or retry.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import grp
+import os
+import pwd
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+
+#: Dispositions Python changes at start-up that a child must not inherit.
+_RESET_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ", "SIGXFZ") if hasattr(signal, name)
+)
+
+
+class SpawnError(Exception):
+    """The child could not be started; the message says why."""
+
+
+def _child(
+    argv: Sequence[str],
+    env: dict[str, str],
+    cwd: str | None,
+    user: str | None,
+    group: str | None,
+    procname: str | None,
+    stdout: int | None,
+    report: int,
+) -> None:
+    """Runs in the forked child: set up, then exec.  Never returns."""
+    stage = "setup"
+    try:
+        os.setpgid(0, 0)
+        for signum in _RESET_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        stage = "stdin"
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        if stdout is not None:
+            os.dup2(stdout, 1)
+            os.dup2(stdout, 2)
+        if null > 2:
+            os.close(null)
+        if group is not None:
+            stage = f"group {group!r}"
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        else:
+            gid = None
+        if user is not None:
+            stage = f"user {user!r}"
+            entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+            target_gid = entry.pw_gid if gid is None else gid
+            os.initgroups(entry.pw_name, target_gid)
+            os.setgid(target_gid)
+            os.setuid(entry.pw_uid)
+        elif gid is not None:
+            os.setgroups([gid])
+            os.setgid(gid)
+        if cwd is not None:
+            stage = f"cwd {cwd!r}"
+            os.chdir(cwd)
+        os.closerange(3, report)
+        os.closerange(report + 1, 65536)
+        env["Task_pid"] = str(os.getpid())
+        stage = f"exec {argv[0]!r}"
+        args = [procname if procname else argv[0], *argv[1:]]
+        os.execvpe(argv[0], args, env)
+    except BaseException as exc:  # noqa: BLE001 -- everything must reach the parent
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if isinstance(exc, KeyError):
+            detail = "not found"
+        try:
+            os.write(report, f"{stage}: {detail}".encode(errors="replace")[:4000])
+        finally:
+            os._exit(127)
+
+
+def spawn(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    cwd: str | None = None,
+    user: str | None = None,
+    group: str | None = None,
+    procname: str | None = None,
+    stdout: int | None = None,
+) -> int:
+    """Start ``argv`` in a new process group; its pid, or SpawnError."""
+    if not argv:
+        raise SpawnError("empty command")
+    read_end, write_end = os.pipe()  # both close on exec
+    child_env = dict(env)
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        _child(argv, child_env, cwd, user, group, procname, stdout, write_end)
+    os.close(write_end)
+    try:
+        # Also set here, so the group exists before we might signal it.
+        os.setpgid(pid, pid)
+    except OSError:
+        pass  # the child already exec'd (EACCES) or died (ESRCH); both fine
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(read_end, 4096)
+        except InterruptedError:
+            continue
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(read_end)
+    if chunks:
+        _wait_quietly(pid)
+        raise SpawnError(b"".join(chunks).decode(errors="replace"))
+    return pid
+
+
+def _wait_quietly(pid: int) -> None:
+    while True:
+        try:
+            os.waitpid(pid, 0)
+            return
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return
+
+
+def send_signal(pid: int, signame: str, *, group: bool) -> bool:
+    """Send ``signame`` to group ``pid`` (or the process); False if it is gone."""
+    signum = getattr(signal, signame)
+    try:
+        if group:
+            os.killpg(pid, signum)
+        else:
+            os.kill(pid, signum)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, not ours to signal (a setuid child); nothing to do
+    return True
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether process group ``pgid`` still has a member."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap() -> list[tuple[int, int | None, str | None]]:
+    """Every child that has ended, as (pid, exit code, signal name)."""
+    done = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        if pid == 0:
+            break
+        if os.WIFSIGNALED(status):
+            signum = os.WTERMSIG(status)
+            try:
+                name = signal.Signals(signum).name
+            except ValueError:
+                name = f"signal {signum}"
+            done.append((pid, None, name))
+        else:
+            done.append((pid, os.waitstatus_to_exitcode(status), None))
+    return done
+
+
+def become_subreaper() -> bool:
+    """On Linux, adopt orphaned descendants so that they are reaped here too.
+
+    A task that double-forks would otherwise leave its daemon parented to
+    init, out of our sight; as subreaper we still get its SIGCHLD.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    pr_set_child_subreaper = 36
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return bool(libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError as exc:
+        return exc.errno != errno.ESRCH
+    return True

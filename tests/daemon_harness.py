@@ -1,0 +1,182 @@
+"""Run a real taskforce daemon against a config in a temporary folder.
+
+Tests look at the processes it starts through /proc (children carry a marker
+in their argv), wait for conditions with a deadline, and on teardown make
+sure nothing the test started is left alive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+DEFAULT_DEADLINE = 10.0
+
+
+def wait_for(
+    condition: Callable[[], T], timeout: float = DEFAULT_DEADLINE, what: str = "condition"
+) -> T:
+    """Poll ``condition`` until it returns something truthy, or fail."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def proc_table() -> dict[int, tuple[int, int, str, str]]:
+    """pid -> (ppid, pgid, state, cmdline) for every process."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                stat = handle.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        rest = stat[stat.rindex(")") + 2 :].split()
+        table[int(entry)] = (int(rest[1]), int(rest[2]), rest[0], cmdline)
+    return table
+
+
+class Daemon:
+    """One taskforce process under test."""
+
+    def __init__(self, root: Path, marker: str) -> None:
+        self.root = root
+        self.marker = marker
+        self.config = root / "taskforce.conf"
+        self.roles = root / "roles"
+        self.log = root / "taskforce.log"
+        self.pidfile = root / "taskforce.pid"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def write_config(self, text: str | dict[str, Any]) -> None:
+        data = text if isinstance(text, str) else json.dumps(text, indent=1)
+        tmp = self.config.with_suffix(".tmp")
+        tmp.write_text(textwrap.dedent(data))
+        os.replace(tmp, self.config)
+
+    def write_roles(self, *roles: str) -> None:
+        tmp = self.roles.with_suffix(".tmp")
+        tmp.write_text("".join(f"{role}\n" for role in roles))
+        os.replace(tmp, self.roles)
+
+    def command(self, *extra: str) -> list[str]:
+        roles = str(self.roles) if self.roles.exists() else "-"
+        return [
+            sys.executable,
+            "-m",
+            "taskforce",
+            "-e",
+            "-v",
+            "-f",
+            str(self.config),
+            "-r",
+            roles,
+            "--expires",
+            "300",
+            *extra,
+        ]
+
+    def start(self, *extra: str, env: dict[str, str] | None = None) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.command(*extra),
+                stdout=log,
+                stderr=log,
+                cwd=self.root,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+            )
+
+    @property
+    def own_pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_log(self, text: str, timeout: float = DEFAULT_DEADLINE) -> None:
+        wait_for(lambda: text in self.log_text(), timeout, f"log line {text!r}")
+
+    def processes(self, name: str | None = None) -> dict[int, str]:
+        """Live, non-zombie processes carrying the marker (and ``name``)."""
+        found = {}
+        for pid, (_, _, state, cmdline) in proc_table().items():
+            if self.marker in cmdline and state != "Z" and pid != self.own_pid:
+                if name is None or f" {name} " in f" {cmdline} ":
+                    found[pid] = cmdline
+        return found
+
+    def pids(self, name: str) -> set[int]:
+        return set(self.processes(name))
+
+    def wait_pids(self, name: str, count: int, timeout: float = DEFAULT_DEADLINE) -> set[int]:
+        return wait_for(
+            lambda: (lambda p: p if len(p) == count else None)(self.pids(name)),
+            timeout,
+            f"{count} process(es) of {name}",
+        )
+
+    def stop(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def cleanup(self) -> list[str]:
+        """Kill whatever is left; the names of what had to be killed."""
+        leftovers = []
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                leftovers.append(f"taskforce pid {self.proc.pid} ignored SIGTERM")
+                self.proc.kill()
+                self.proc.wait(5)
+        for pid, cmdline in self.processes().items():
+            leftovers.append(f"{pid} {cmdline}")
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return leftovers
+
+
+SLEEP = "import time; time.sleep(1000)"
+IGNORE_TERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(1000)"
+
+
+def task(marker: str, name: str, code: str = SLEEP, **keys: Any) -> dict[str, Any]:
+    """A task running Python ``code``; its argv shows ``marker`` and ``name``."""
+    return {"commands": {"start": [sys.executable, "-c", code, marker, name]}, **keys}
+
+
+def shell_task(marker: str, name: str, script: str, **keys: Any) -> dict[str, Any]:
+    """A task running ``sh -c script``; ``$0`` is the marker, ``$1`` the name."""
+    return {"commands": {"start": ["sh", "-c", script, marker, name]}, **keys}
