@@ -25,6 +25,7 @@ from typing import Any
 
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
+from taskforce.core.control import handle_control
 from taskforce.core.lifecycle import LIFECYCLE, LIVE_STATES, SlotState
 from taskforce.core.model import (
     DAEMON_CONTROLS,
@@ -229,7 +230,8 @@ class Supervisor:
                 slot, "limit", self.now + task.spec.start_delay + task.spec.time_limit
             )
         level = "debug" if slot.fails > 1 else "info"
-        self._log(level, f"{self._name(slot)} started as pid {event.pid} ({slot.reason})", slot.task)
+        why = f" ({slot.reason})" if slot.reason != "started" else ""
+        self._log(level, f"{self._name(slot)} started as pid {event.pid}{why}", slot.task)
 
     def _on_SpawnFailed(self, event: ev.SpawnFailed) -> None:
         slot = self.slot(event.task, event.instance)
@@ -296,7 +298,7 @@ class Supervisor:
         self._log("info", f"{what} ({event.reason or 'requested'})")
 
     def _on_ControlRequested(self, event: ev.ControlRequested) -> None:
-        self._emit(fx.Reply(event.request, 404, f"unknown action {event.action!r}"))
+        handle_control(self, event)
 
     # --------------------------------------------------------------- config
 
@@ -535,10 +537,19 @@ class Supervisor:
         return "stopped: count reduced"
 
     def _has_live_dependents(self, name: str) -> bool:
-        for dependent in self.dependents.get(name, ()):
+        """Whether anything that requires ``name``, directly or through
+        others (a finished ``once`` task in between, say), still runs."""
+        seen = {name}
+        todo = list(self.dependents.get(name, ()))
+        while todo:
+            dependent = todo.pop()
+            if dependent in seen:
+                continue
+            seen.add(dependent)
             task = self.tasks.get(dependent)
             if task and any(slot.live for slot in task.slots):
                 return True
+            todo.extend(self.dependents.get(dependent, ()))
         return False
 
     # ------------------------------------------------------------ lifecycle
