@@ -220,14 +220,19 @@ class Daemon:
     # ------------------------------------------------------------- inputs
 
     def _watch_inputs(self) -> None:
-        """The config and roles files are watched like any task's file."""
+        """The config and roles files are watched like any task's file, and
+        so is taskforce's own code: a new version means a reset."""
         self.watcher.watch(fx.Watch("@config", "file", (self.config_path,)))
         if self.roles_path:
             self.watcher.watch(fx.Watch("@roles", "file", (self.roles_path,)))
+        self.watcher.watch(fx.Watch("@code", "file", own_code_files()))
 
     def _on_file_change(self, key: str, path: str) -> None:
         if key in ("@config", "@roles"):
             self.reload("config" if key == "@config" else "roles")
+        elif key == "@code":
+            reason = f"taskforce's own code changed ({path})"
+            self.feed(ev.StopRequested(time.monotonic(), reset=True, reason=reason))
         else:
             self.feed(ev.FileChanged(time.monotonic(), key, path))
 
@@ -319,6 +324,16 @@ class Daemon:
         for pgid in groups:
             process.send_signal(pgid, "SIGKILL", group=True)
         process.reap()
+
+
+def own_code_files() -> tuple[str, ...]:
+    """Every Python file of the taskforce package as it is installed."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        found.extend(os.path.join(folder, name) for name in sorted(files) if name.endswith(".py"))
+    return tuple(found)
 
 
 def reexec() -> None:

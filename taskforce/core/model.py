@@ -10,7 +10,10 @@ Context precedence (later wins): the daemon's environment (less any inherited
 of each active role, the task's ``defines``, the task's ``role_defines``.
 Then defaults fill only names still absent: the task's ``role_defaults``, the
 task's ``defaults``, top-level ``role_defaults``, top-level ``defaults``.
-Active roles apply in roles-file order, so a later role wins.
+Active roles apply in roles-file order, so a later role wins.  Each active
+role also sets ``Task_role_<name>`` (its ``name=value`` value, else "1") in
+every context, for tags and conditions; a process's environment carries only
+those of the roles its own task lists.
 
 This module must never do IO: the environment and host names arrive as data.
 """
@@ -221,12 +224,19 @@ def _action(event: Mapping[str, Any], ctx: Mapping[str, str | None]) -> Action:
     return Action(command=as_text(command), signal=as_text(signal))
 
 
-def _process_spec(task: Mapping[str, Any], ctx: dict[str, str | None]) -> ProcessSpec:
+def _process_spec(
+    task: Mapping[str, Any], ctx: dict[str, str | None], own_roles: frozenset[str]
+) -> ProcessSpec:
     argv = tuple(expand_all(resolve(task["commands"]["start"], ctx), ctx))
     if not argv:
         raise SpecError(("commands", "start"), "start command is empty")
     env: dict[str, str] = {}
     for key, value in ctx.items():
+        # Task_role_<name> reaches a process only for the roles its task is
+        # labelled with: otherwise every roles edit would change every
+        # task's environment and restart the whole host.
+        if key.startswith("Task_role_") and key[10:] not in own_roles:
+            continue
         if value is not None:
             text = expand(value, ctx)
             if text is not None:
@@ -263,10 +273,11 @@ def _build_task(
     start_delay = _number(task.get("start_delay"), ctx, 0.0) or 0.0
     time_limit = _number(task.get("time_limit"), ctx, None) or None
     stop_timeout = _number(task.get("stop_timeout"), ctx, settings.stop_timeout)
+    own_roles = frozenset(as_text(r) or "" for r in resolve(task.get("roles"), ctx))
     processes = []
     for instance in range(max(count, 1)):
         slot_ctx = dict(ctx, Task_instance=str(instance))
-        processes.append(_process_spec(task, slot_ctx))
+        processes.append(_process_spec(task, slot_ctx, own_roles))
     first_ctx = dict(ctx, Task_instance="0")
     commands = {
         cmd: tuple(expand_all(resolve(argv, first_ctx), first_ctx))

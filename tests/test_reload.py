@@ -1,0 +1,234 @@
+"""Live reload of the config and roles files against a real daemon: exactly the
+affected processes change, and a broken file changes nothing."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+from daemon_harness import Daemon, task, wait_for
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+def many(marker: str, n: int, **extra: dict) -> dict:
+    return {f"t{i:03d}": task(marker, f"t{i:03d}") for i in range(n)} | extra
+
+
+def snapshot(daemon: Daemon, names: list[str]) -> dict[str, set[int]]:
+    return {name: daemon.pids(name) for name in names}
+
+
+def start_many(daemon: Daemon, n: int, **extra: dict) -> dict[str, set[int]]:
+    m = daemon.marker
+    daemon.write_config({"tasks": many(m, n, **extra)})
+    daemon.start()
+    names = sorted(many(m, n, **extra))
+    wait_for(lambda: all(len(daemon.pids(n)) == 1 for n in names), what="all tasks running")
+    return snapshot(daemon, names)
+
+
+def test_changing_one_task_restarts_only_it(daemon: Daemon) -> None:
+    m = daemon.marker
+    before = start_many(daemon, 20)
+    config = {"tasks": many(m, 20)}
+    config["tasks"]["t007"]["defines"] = {"NEW_SETTING": "1"}
+    daemon.write_config(config)
+    wait_for(lambda: daemon.pids("t007") and daemon.pids("t007") != before["t007"], what="t007 restarted")
+    after = snapshot(daemon, sorted(before))
+    changed = sorted(name for name in before if before[name] != after[name])
+    assert changed == ["t007"]
+    daemon.wait_log("t007[0] started as pid")
+    assert "config changed: environment (NEW_SETTING)" in daemon.log_text()
+
+
+def test_add_and_remove_tasks(daemon: Daemon) -> None:
+    m = daemon.marker
+    before = start_many(daemon, 5)
+    config = {"tasks": many(m, 5)}
+    del config["tasks"]["t001"]
+    config["tasks"]["fresh"] = task(m, "fresh")
+    daemon.write_config(config)
+    daemon.wait_pids("fresh", 1)
+    wait_for(lambda: not daemon.pids("t001"), what="t001 stopped")
+    for name in ("t000", "t002", "t003", "t004"):
+        assert daemon.pids(name) == before[name]
+    daemon.wait_log("t001: removed from the config; stopping")
+
+
+def test_count_up_and_down_touches_only_the_slots_that_differ(daemon: Daemon) -> None:
+    m = daemon.marker
+    daemon.write_config({"tasks": {"pool": task(m, "pool", count=2)}})
+    daemon.start()
+    two = daemon.wait_pids("pool", 2)
+    daemon.write_config({"tasks": {"pool": task(m, "pool", count=4)}})
+    four = daemon.wait_pids("pool", 4)
+    assert two <= four
+    daemon.write_config({"tasks": {"pool": task(m, "pool", count=1)}})
+    one = daemon.wait_pids("pool", 1)
+    assert one <= two, "slot 0 keeps its process"
+
+
+def test_broken_config_changes_nothing_then_the_fix_applies(daemon: Daemon) -> None:
+    m = daemon.marker
+    before = start_many(daemon, 5)
+    daemon.write_config('{"tasks": {"t000": {"commands": {"start": ["x"]}, "bogus_key": 1}}}')
+    daemon.wait_log("bogus_key")
+    daemon.wait_log("nothing was changed")
+    assert snapshot(daemon, sorted(before)) == before
+    daemon.write_config('{"tasks": {"t000": {"control": off, "commands": {"start": ["x"]}}}}')
+    daemon.wait_log('quote it')
+    assert snapshot(daemon, sorted(before)) == before
+    config = {"tasks": many(m, 5)}
+    config["tasks"]["t004"]["count"] = 2
+    daemon.write_config(config)
+    daemon.wait_pids("t004", 2)
+    after = snapshot(daemon, sorted(before))
+    assert {k: v for k, v in after.items() if k != "t004"} == {
+        k: v for k, v in before.items() if k != "t004"
+    }
+
+
+def test_roles_file_migrates_tasks_live(daemon: Daemon) -> None:
+    m = daemon.marker
+    daemon.write_roles("web")
+    daemon.write_config(
+        {
+            "tasks": {
+                "web": task(m, "web", roles=["web"]),
+                "db": task(m, "db", roles=["db"]),
+                "both": task(m, "both"),
+            }
+        }
+    )
+    daemon.start()
+    (web,) = daemon.wait_pids("web", 1)
+    (both,) = daemon.wait_pids("both", 1)
+    assert not daemon.pids("db")
+    daemon.write_roles("db")
+    daemon.wait_pids("db", 1)
+    wait_for(lambda: not daemon.pids("web"), what="web stopped")
+    assert daemon.pids("both") == {both}
+    daemon.wait_log("web: now out of scope (roles changed)")
+
+
+def test_role_values_reach_the_context(daemon: Daemon) -> None:
+    m = daemon.marker
+    out = daemon.root / "role.txt"
+    daemon.roles.write_text("shard=3\nweb\n")
+    code = (
+        "import os, sys, time; open(sys.argv[1], 'w').write("
+        "os.environ['Task_role_shard'] + ' ' + os.environ['Task_role_web']); time.sleep(1000)"
+    )
+    daemon.write_config(
+        {
+            "tasks": {
+                "sharded": {
+                    "roles": ["shard", "web"],
+                    "commands": {"start": [sys.executable, "-c", code, str(out), m]},
+                }
+            }
+        }
+    )
+    daemon.start()
+    wait_for(lambda: out.exists() and out.read_text(), what="role values written")
+    assert out.read_text() == "3 1"
+
+
+def test_file_change_event_restarts_the_task(daemon: Daemon) -> None:
+    m = daemon.marker
+    watched = daemon.root / "app.settings"
+    watched.write_text("one\n")
+    daemon.write_config(
+        {
+            "tasks": {
+                "app": task(m, "app", events=[{"type": "file_change", "path": str(watched), "command": "stop"}]),
+                "other": task(m, "other"),
+            }
+        }
+    )
+    daemon.start()
+    (app,) = daemon.wait_pids("app", 1)
+    (other,) = daemon.wait_pids("other", 1)
+    tmp = watched.with_suffix(".tmp")
+    tmp.write_text("two\n")
+    os.replace(tmp, watched)  # as editors and sed -i save
+    wait_for(lambda: daemon.pids("app") and daemon.pids("app") != {app}, what="app restarted")
+    assert daemon.pids("other") == {other}
+    assert "app.settings changed" in daemon.log_text()
+
+
+def test_python_event_restarts_when_an_imported_module_changes(daemon: Daemon) -> None:
+    m = daemon.marker
+    app_dir = daemon.root / "app"
+    app_dir.mkdir()
+    (app_dir / "helper.py").write_text("VALUE = 1\n")
+    (app_dir / "main.py").write_text("import sys, time\nimport helper\ntime.sleep(1000)\n")
+    daemon.write_config(
+        {
+            "tasks": {
+                "py": {
+                    "commands": {"start": [sys.executable, str(app_dir / "main.py"), m, "py"]},
+                    "events": [{"type": "python", "command": "stop"}],
+                }
+            }
+        }
+    )
+    daemon.start()
+    (first,) = daemon.wait_pids("py", 1)
+    daemon.wait_log("py[0] started")
+    (app_dir / "helper.py").write_text("VALUE = 2\n")
+    wait_for(lambda: daemon.pids("py") and daemon.pids("py") != {first}, what="py restarted")
+    assert "helper.py changed" in daemon.log_text()
+
+
+def test_signal_action_sends_signal_without_restart(daemon: Daemon) -> None:
+    m = daemon.marker
+    watched = daemon.root / "reload.me"
+    watched.write_text("x")
+    hup_log = daemon.root / "hups"
+    code = (
+        "import signal, sys, time\n"
+        "def on_hup(*_):\n    open(sys.argv[1], 'a').write('hup\\n')\n"
+        "signal.signal(signal.SIGHUP, on_hup)\n"
+        "open(sys.argv[1], 'a').write('ready\\n')\n"
+        "while True: time.sleep(1)\n"
+    )
+    daemon.write_config(
+        {
+            "tasks": {
+                "hup": {
+                    "commands": {"start": [sys.executable, "-c", code, str(hup_log), m, "hup"]},
+                    "events": [{"type": "file_change", "path": str(watched), "signal": "HUP"}],
+                }
+            }
+        }
+    )
+    daemon.start()
+    (pid,) = daemon.wait_pids("hup", 1)
+    wait_for(lambda: hup_log.exists() and "ready" in hup_log.read_text(), what="handler installed")
+    watched.write_text("y")
+    wait_for(lambda: "hup" in hup_log.read_text().split(), what="SIGHUP delivered")
+    assert daemon.pids("hup") == {pid}
+
+
+def test_own_code_change_resets_the_daemon(daemon: Daemon) -> None:
+    import shutil
+
+    import taskforce
+
+    m = daemon.marker
+    copy = daemon.root / "lib"
+    shutil.copytree(os.path.dirname(taskforce.__file__), copy / "taskforce",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    daemon.write_config({"tasks": {"a": task(m, "a")}})
+    daemon.start(env={"PYTHONPATH": str(copy)})
+    (first,) = daemon.wait_pids("a", 1)
+    daemon.wait_log("a[0] started")
+    version = copy / "taskforce" / "__init__.py"
+    version.write_text(version.read_text() + "\n# a new release\n")
+    wait_for(lambda: daemon.pids("a") and daemon.pids("a") != {first}, what="a restarted by the reset")
+    daemon.wait_log("own code changed")
+    daemon.wait_log("re-executing")
+    assert daemon.log_text().count("taskforce started as pid") == 2
