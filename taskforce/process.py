@@ -17,6 +17,7 @@ import errno
 import grp
 import os
 import pwd
+import resource
 import signal
 import sys
 from collections.abc import Mapping, Sequence
@@ -31,6 +32,27 @@ class SpawnError(Exception):
     """The child could not be started; the message says why."""
 
 
+#: A resource limit to set: (name as in the config, soft, hard); None is
+#: unlimited.
+Limit = tuple[str, int | None, int | None]
+
+
+def _rlimit_number(name: str) -> int:
+    """``nofile`` -> ``resource.RLIMIT_NOFILE``."""
+    number = getattr(resource, f"RLIMIT_{name.upper()}", None)
+    if number is None:
+        raise ValueError("not supported on this host")
+    return int(number)
+
+
+def _set_limit(name: str, soft: int | None, hard: int | None) -> None:
+    infinity = resource.RLIM_INFINITY
+    resource.setrlimit(
+        _rlimit_number(name),
+        (infinity if soft is None else soft, infinity if hard is None else hard),
+    )
+
+
 def _child(
     argv: Sequence[str],
     env: dict[str, str],
@@ -40,6 +62,8 @@ def _child(
     procname: str | None,
     stdout: int | None,
     report: int,
+    umask: int | None = None,
+    limits: Sequence[Limit] = (),
 ) -> None:
     """Runs in the forked child: set up, then exec.  Never returns."""
     stage = "setup"
@@ -56,6 +80,14 @@ def _child(
             os.dup2(stdout, 2)
         if null > 2:
             os.close(null)
+        if umask is not None:
+            stage = f"umask {umask:03o}"
+            os.umask(umask)
+        for name, soft, hard in limits:
+            # Before the privilege drop: raising a hard limit needs root.
+            shown = " ".join("unlimited" if v is None else str(v) for v in (soft, hard))
+            stage = f"limits.{name} (soft, hard: {shown})"
+            _set_limit(name, soft, hard)
         if group is not None:
             stage = f"group {group!r}"
             gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
@@ -99,8 +131,14 @@ def spawn(
     group: str | None = None,
     procname: str | None = None,
     stdout: int | None = None,
+    umask: int | None = None,
+    limits: Sequence[Limit] = (),
 ) -> int:
-    """Start ``argv`` in a new process group; its pid, or SpawnError."""
+    """Start ``argv`` in a new process group; its pid, or SpawnError.
+
+    ``stdout`` (an fd) becomes the child's stdout and stderr; ``umask`` and
+    ``limits`` are set in the child before the privilege drop and the exec.
+    """
     if not argv:
         raise SpawnError("empty command")
     read_end, write_end = os.pipe()  # both close on exec
@@ -108,7 +146,7 @@ def spawn(
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
-        _child(argv, child_env, cwd, user, group, procname, stdout, write_end)
+        _child(argv, child_env, cwd, user, group, procname, stdout, write_end, umask, limits)
     os.close(write_end)
     try:
         # Also set here, so the group exists before we might signal it.
@@ -170,7 +208,7 @@ def group_alive(pgid: int) -> bool:
 
 def reap() -> list[tuple[int, int | None, str | None]]:
     """Every child that has ended, as (pid, exit code, signal name)."""
-    done = []
+    done: list[tuple[int, int | None, str | None]] = []
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)

@@ -54,8 +54,14 @@ def test_count_gives_each_slot_its_instance(daemon: Daemon) -> None:
             pool={
                 "count": 3,
                 "commands": {
-                    "start": [sys.executable, "-c", "import time; time.sleep(1000)", m, "pool",
-                              "slot-{Task_instance}"]
+                    "start": [
+                        sys.executable,
+                        "-c",
+                        "import time; time.sleep(1000)",
+                        m,
+                        "pool",
+                        "slot-{Task_instance}",
+                    ]
                 },
             }
         )
@@ -115,19 +121,25 @@ def test_onexit_runs_a_once_task_again(daemon: Daemon) -> None:
     count_file = daemon.root / "report-runs"
     daemon.write_config(
         tasks(
-            worker=shell_task(m, "worker", "sleep 0.2", onexit=[{"type": "start", "task": "report"}]),
+            worker=shell_task(
+                m, "worker", "sleep 0.2", onexit=[{"type": "start", "task": "report"}]
+            ),
             report=shell_task(m, "report", f"echo run >> {count_file}", control="once"),
         )
     )
     daemon.start()
     # report runs once at start, then again each time worker exits.
-    wait_for(lambda: count_file.exists() and len(count_file.read_text().split()) >= 3,
-             what="report re-run by onexit")
+    wait_for(
+        lambda: count_file.exists() and len(count_file.read_text().split()) >= 3,
+        what="report re-run by onexit",
+    )
 
 
 def test_stop_escalates_to_sigkill_for_a_task_ignoring_sigterm(daemon: Daemon) -> None:
     m = daemon.marker
-    daemon.write_config({"settings": {"stop_timeout": 0.5}, **tasks(stubborn=task(m, "stubborn", IGNORE_TERM))})
+    daemon.write_config(
+        {"settings": {"stop_timeout": 0.5}, **tasks(stubborn=task(m, "stubborn", IGNORE_TERM))}
+    )
     daemon.start()
     (pid,) = daemon.wait_pids("stubborn", 1)
     wait_for(lambda: ignores_sigterm(pid), what="the child to ignore SIGTERM")
@@ -139,12 +151,15 @@ def test_stop_escalates_to_sigkill_for_a_task_ignoring_sigterm(daemon: Daemon) -
 
 
 def grandchildren(daemon: Daemon) -> set[int]:
-    return {p for p, cmd in daemon.processes("grandchild").items() if cmd.startswith(sys.executable)}
+    return {
+        p for p, cmd in daemon.processes("grandchild").items() if cmd.startswith(sys.executable)
+    }
 
 
 def wait_grandchild(daemon: Daemon) -> set[int]:
-    return wait_for(lambda: (lambda g: g if len(g) == 1 else None)(grandchildren(daemon)),
-                    what="one grandchild")
+    return wait_for(
+        lambda: (lambda g: g if len(g) == 1 else None)(grandchildren(daemon)), what="one grandchild"
+    )
 
 
 def test_shutdown_kills_shell_wrapper_grandchildren_and_leaves_no_zombie(daemon: Daemon) -> None:
@@ -152,7 +167,9 @@ def test_shutdown_kills_shell_wrapper_grandchildren_and_leaves_no_zombie(daemon:
     py = sys.executable
     daemon.write_config(
         tasks(
-            wrapper=shell_task(m, "wrapper", f"{py} -c 'import time; time.sleep(1000)' $0 grandchild & sleep 1000"),
+            wrapper=shell_task(
+                m, "wrapper", f"{py} -c 'import time; time.sleep(1000)' $0 grandchild & sleep 1000"
+            ),
             dependent=task(m, "dependent", requires="wrapper"),
         )
     )
@@ -163,7 +180,9 @@ def test_shutdown_kills_shell_wrapper_grandchildren_and_leaves_no_zombie(daemon:
     assert not daemon.processes()
     text = daemon.log_text()
     assert text.index("dependent[0] (pid") < text.index("wrapper[0] (pid"), "dependents stop first"
-    zombies = [p for p, (ppid, _, state, _) in proc_table().items() if ppid == daemon.pid and state == "Z"]
+    zombies = [
+        p for p, (ppid, _, state, _) in proc_table().items() if ppid == daemon.pid and state == "Z"
+    ]
     assert not zombies
 
 
@@ -171,7 +190,11 @@ def test_leader_death_waits_for_group_before_replacing(daemon: Daemon) -> None:
     m = daemon.marker
     py = sys.executable
     daemon.write_config(
-        tasks(wrapper=shell_task(m, "wrapper", f"{py} -c 'import time; time.sleep(1000)' $0 grandchild & wait"))
+        tasks(
+            wrapper=shell_task(
+                m, "wrapper", f"{py} -c 'import time; time.sleep(1000)' $0 grandchild & wait"
+            )
+        )
     )
     daemon.start()
     (child,) = wait_grandchild(daemon)
@@ -256,8 +279,8 @@ def test_procname_sets_argv0_and_context_reaches_environment(daemon: Daemon) -> 
                             sys.executable,
                             "-c",
                             "import os, sys, time; e = os.environ; open(sys.argv[1], 'w').write("
-                            "' '.join([e['greeting'], e['Task_instance'], e['Task_pid'], str(os.getpid())]));"
-                            " time.sleep(1000)",
+                            "' '.join([e['greeting'], e['Task_instance'], e['Task_pid'],"
+                            " str(os.getpid())])); time.sleep(1000)",
                             str(out),
                         ]
                     },
@@ -286,7 +309,7 @@ def test_check_config_starts_nothing(daemon: Daemon) -> None:
 @pytest.mark.parametrize(
     ("config", "expected"),
     [
-        ('{"tasks": {"a": {"control": off, "commands": {"start": ["x"]}}}}', 'quote it'),
+        ('{"tasks": {"a": {"control": off, "commands": {"start": ["x"]}}}}', "quote it"),
         ('{"tasks": {"a": {"commands": {"stop": ["x"]}}}}', "start"),
         ('{"tasks": {"a": {"requires": "nope", "commands": {"start": ["x"]}}}}', "nope"),
         ('{"tasks": {"a": {"comands": {"start": ["x"]}}}}', "comands"),
@@ -314,23 +337,34 @@ def test_background_pidfile_stop_and_reset(daemon: Daemon) -> None:
     m = daemon.marker
     daemon.write_config(tasks(a=task(m, "a")))
     pidfile = str(daemon.pidfile)
+
     def background() -> int:
         with open(daemon.log, "ab") as log:
-            return subprocess.run(daemon.command("-b", "-p", pidfile), stdout=log, stderr=log, timeout=30).returncode
+            return subprocess.run(
+                daemon.command("-b", "-p", pidfile), stdout=log, stderr=log, timeout=30
+            ).returncode
 
     assert background() == 0
     try:
-        pid = wait_for(lambda: daemon.pidfile.exists() and daemon.pidfile.read_text().strip(), what="pidfile")
+        pid = wait_for(
+            lambda: daemon.pidfile.exists() and daemon.pidfile.read_text().strip(), what="pidfile"
+        )
         daemon_pid = int(pid)
         (a,) = daemon.wait_pids("a", 1)
         # A second one detaches first, so it reports the clash in the log.
         assert background() == 0
         daemon.wait_log(f"already running as pid {daemon_pid}")
-        reset = subprocess.run(daemon.command("-R", "-p", pidfile), capture_output=True, text=True, timeout=30)
+        reset = subprocess.run(
+            daemon.command("-R", "-p", pidfile), capture_output=True, text=True, timeout=30
+        )
         assert reset.returncode == 0, reset.stderr
         wait_for(lambda: daemon.pids("a") and daemon.pids("a") != {a}, what="a restarted by reset")
-        assert wait_for(lambda: daemon.pidfile.exists() and daemon.pidfile.read_text().strip()) == pid
-        stop = subprocess.run(daemon.command("-S", "-p", pidfile), capture_output=True, text=True, timeout=30)
+        assert (
+            wait_for(lambda: daemon.pidfile.exists() and daemon.pidfile.read_text().strip()) == pid
+        )
+        stop = subprocess.run(
+            daemon.command("-S", "-p", pidfile), capture_output=True, text=True, timeout=30
+        )
         assert stop.returncode == 0, stop.stderr
         wait_for(lambda: not daemon.pidfile.exists(), what="pidfile removed")
         wait_for(lambda: not daemon.processes(), what="tasks stopped")
@@ -341,7 +375,9 @@ def test_background_pidfile_stop_and_reset(daemon: Daemon) -> None:
                 os.kill(int(daemon.pidfile.read_text()), signal.SIGKILL)
             except (ValueError, ProcessLookupError):
                 pass
-    failed = subprocess.run(daemon.command("-S", "-p", pidfile), capture_output=True, text=True, timeout=30)
+    failed = subprocess.run(
+        daemon.command("-S", "-p", pidfile), capture_output=True, text=True, timeout=30
+    )
     assert failed.returncode == 1
     assert "no pidfile" in failed.stderr
 
@@ -351,7 +387,9 @@ def test_live_pidfile_owner_is_a_clear_error(daemon: Daemon) -> None:
     daemon.write_config(tasks(a=task(m, "a")))
     daemon.start("-p", str(daemon.pidfile))
     daemon.wait_pids("a", 1)
-    second = subprocess.run(daemon.command("-p", str(daemon.pidfile)), capture_output=True, text=True, timeout=30)
+    second = subprocess.run(
+        daemon.command("-p", str(daemon.pidfile)), capture_output=True, text=True, timeout=30
+    )
     assert second.returncode == 2
     assert f"already running as pid {daemon.pid}" in second.stderr
     assert len(daemon.pids("a")) == 1

@@ -35,7 +35,9 @@ def test_changing_one_task_restarts_only_it(daemon: Daemon) -> None:
     config = {"tasks": many(m, 20)}
     config["tasks"]["t007"]["defines"] = {"NEW_SETTING": "1"}
     daemon.write_config(config)
-    wait_for(lambda: daemon.pids("t007") and daemon.pids("t007") != before["t007"], what="t007 restarted")
+    wait_for(
+        lambda: daemon.pids("t007") and daemon.pids("t007") != before["t007"], what="t007 restarted"
+    )
     after = snapshot(daemon, sorted(before))
     changed = sorted(name for name in before if before[name] != after[name])
     assert changed == ["t007"]
@@ -78,7 +80,7 @@ def test_broken_config_changes_nothing_then_the_fix_applies(daemon: Daemon) -> N
     daemon.wait_log("nothing was changed")
     assert snapshot(daemon, sorted(before)) == before
     daemon.write_config('{"tasks": {"t000": {"control": off, "commands": {"start": ["x"]}}}}')
-    daemon.wait_log('quote it')
+    daemon.wait_log("quote it")
     assert snapshot(daemon, sorted(before)) == before
     config = {"tasks": many(m, 5)}
     config["tasks"]["t004"]["count"] = 2
@@ -143,7 +145,11 @@ def test_file_change_event_restarts_the_task(daemon: Daemon) -> None:
     daemon.write_config(
         {
             "tasks": {
-                "app": task(m, "app", events=[{"type": "file_change", "path": str(watched), "command": "stop"}]),
+                "app": task(
+                    m,
+                    "app",
+                    events=[{"type": "file_change", "path": str(watched), "command": "stop"}],
+                ),
                 "other": task(m, "other"),
             }
         }
@@ -220,15 +226,20 @@ def test_own_code_change_resets_the_daemon(daemon: Daemon) -> None:
 
     m = daemon.marker
     copy = daemon.root / "lib"
-    shutil.copytree(os.path.dirname(taskforce.__file__), copy / "taskforce",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        os.path.dirname(taskforce.__file__),
+        copy / "taskforce",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     daemon.write_config({"tasks": {"a": task(m, "a")}})
     daemon.start(env={"PYTHONPATH": str(copy)})
     (first,) = daemon.wait_pids("a", 1)
     daemon.wait_log("a[0] started")
     version = copy / "taskforce" / "__init__.py"
     version.write_text(version.read_text() + "\n# a new release\n")
-    wait_for(lambda: daemon.pids("a") and daemon.pids("a") != {first}, what="a restarted by the reset")
+    wait_for(
+        lambda: daemon.pids("a") and daemon.pids("a") != {first}, what="a restarted by the reset"
+    )
     daemon.wait_log("own code changed")
     daemon.wait_log("re-executing")
     assert daemon.log_text().count("taskforce started as pid") == 2

@@ -26,6 +26,13 @@ class Spawn(Effect):
     when set, replaces the argv[0] the program sees.  ``env`` is the whole
     environment.  ``user``/``group``/``cwd`` are applied in the child before
     exec.  ``pidfile``, when set, is written with the child's pid.
+
+    ``output`` says where stdout and stderr go: ``inherit`` (the daemon's),
+    ``discard``, ``log`` (taskforce's log, each line prefixed
+    ``task[instance]``) or ``file`` (``output_file``, rotated when it would
+    pass ``output_max_bytes``, keeping ``output_backups`` old files).
+    ``umask`` and ``limits`` ((name, soft, hard), None for unlimited) are set
+    in the child before the privilege drop.
     """
 
     task: str
@@ -38,6 +45,12 @@ class Spawn(Effect):
     group: str | None = None
     procname: str | None = None
     pidfile: str | None = None
+    output: str = "inherit"
+    output_file: str | None = None
+    output_max_bytes: int = 10 * 1024 * 1024
+    output_backups: int = 5
+    umask: int | None = None
+    limits: tuple[tuple[str, int | None, int | None], ...] = ()
 
 
 @dataclass(frozen=True)

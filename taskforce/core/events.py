@@ -89,10 +89,10 @@ class SpawnFailed(Event):
 class ProcessExited(Event):
     """A process the core started was reaped.
 
-    Exactly one of ``exit_code`` and ``signal`` (a name, ``"SIGKILL"``) is set.  ``group_alive`` says
-    whether other members of its process group were still alive when it was
-    reaped (a shell wrapper's children, say); if so a ``GroupEmptied`` for
-    ``pid`` follows once they are gone.
+    Exactly one of ``exit_code`` and ``signal`` (a name, ``"SIGKILL"``) is
+    set.  ``group_alive`` says whether other members of its process group
+    were still alive when it was reaped (a shell wrapper's children, say);
+    if so a ``GroupEmptied`` for ``pid`` follows once they are gone.
     """
 
     pid: int = 0

@@ -88,5 +88,5 @@ def table() -> list[tuple[str, str, str]]:
     for trigger, event in LIFECYCLE.machine.events.items():
         for source, transitions_from in event.transitions.items():
             for transition in transitions_from:
-                rows.append((trigger, source, transition.dest))
+                rows.append((trigger, source, str(transition.dest)))
     return sorted(rows)

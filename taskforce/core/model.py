@@ -20,6 +20,7 @@ This module must never do IO: the environment and host names arrive as data.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,19 @@ from taskforce.core.context import (
 CONTROLS = ("wait", "once", "event", "nowait", "adopt", "suspend", "off")
 #: Controls whose slots run until stopped and are restarted when they exit.
 DAEMON_CONTROLS = frozenset({"wait", "nowait", "adopt"})
+
+#: Where a task's stdout and stderr go, besides ``{file: PATH, ...}``.
+OUTPUT_MODES = ("inherit", "discard", "log")
+#: ``output`` when neither the task nor ``settings.output`` says.
+DEFAULT_OUTPUT = "log"
+OUTPUT_FILE_KEYS = ("file", "max_bytes", "backups")
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+DEFAULT_BACKUPS = 5
+#: Resource limits a task may set (``RLIMIT_<NAME>``).
+LIMIT_NAMES = ("as", "core", "cpu", "fsize", "memlock", "nofile", "nproc", "stack")
+ENVIRONMENTS = ("inherit", "clean")
+#: What a ``clean`` environment keeps of the daemon's.
+CLEAN_ENVIRONMENT_KEEPS = ("PATH",)
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "stop_timeout": 5.0,
@@ -75,6 +89,16 @@ class ProcessSpec:
     group: str | None = None
     procname: str | None = None
     pidfile: str | None = None
+    #: ``inherit``, ``discard``, ``log`` or ``file`` (then ``output_file``,
+    #: rotated at ``output_max_bytes`` keeping ``output_backups`` old files).
+    #: The dataclass default is no capture; a config's default is ``log``.
+    output: str = "inherit"
+    output_file: str | None = None
+    output_max_bytes: int = DEFAULT_MAX_BYTES
+    output_backups: int = DEFAULT_BACKUPS
+    umask: int | None = None
+    #: (name, soft, hard), sorted by name; None is unlimited.
+    limits: tuple[tuple[str, int | None, int | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -140,7 +164,9 @@ def settings_of(config: Mapping[str, Any]) -> Settings:
     )
 
 
-def in_scope(task: Mapping[str, Any], roles: tuple[str, ...] | None, ctx: Mapping[str, Any]) -> bool:
+def in_scope(
+    task: Mapping[str, Any], roles: tuple[str, ...] | None, ctx: Mapping[str, Any]
+) -> bool:
     """Whether a task belongs on this host: no roles file, or a shared role."""
     if roles is None:
         return True
@@ -170,9 +196,41 @@ def task_context(
     roles: tuple[str, ...] | None,
     role_values: Mapping[str, str],
 ) -> dict[str, str | None]:
-    """The context of ``task`` before ``Task_instance`` is set."""
+    """The context of ``task`` before ``Task_instance`` is set.
+
+    With ``environment: clean`` the daemon's environment contributes only
+    ``CLEAN_ENVIRONMENT_KEEPS``.  The choice may itself be conditional, so it
+    is read from the full context, which is then built again without it.
+    """
+    ctx = _context(name, task, config, facts.environ, facts, roles, role_values)
+    if task.get("environment") is None:
+        return ctx
+    try:
+        choice = expand(as_text(resolve_one(task["environment"], ctx, "inherit")) or "", ctx)
+    except ContextError as exc:
+        raise SpecError(("environment",), str(exc)) from None
+    if choice not in ENVIRONMENTS:
+        raise SpecError(
+            ("environment",),
+            f"environment must be one of {', '.join(ENVIRONMENTS)}, got {choice!r}",
+        )
+    if choice == "inherit":
+        return ctx
+    kept = {key: facts.environ[key] for key in CLEAN_ENVIRONMENT_KEEPS if key in facts.environ}
+    return _context(name, task, config, kept, facts, roles, role_values)
+
+
+def _context(
+    name: str,
+    task: Mapping[str, Any],
+    config: Mapping[str, Any],
+    environ: Mapping[str, str],
+    facts: HostFacts,
+    roles: tuple[str, ...] | None,
+    role_values: Mapping[str, str],
+) -> dict[str, str | None]:
     ctx: dict[str, str | None] = {
-        key: value for key, value in facts.environ.items() if not key.startswith("Task_")
+        key: value for key, value in environ.items() if not key.startswith("Task_")
     }
     ctx.update(
         Task_name=name,
@@ -218,6 +276,107 @@ def _number(value: Any, ctx: Mapping[str, str | None], default: float | None) ->
         raise ContextError(f"expected a number, got {text!r}") from None
 
 
+_SIZE = re.compile(r"\s*(\d+)\s*(?:([kmgt])(?:i?b)?)?\s*\Z", re.IGNORECASE)
+_UNLIMITED = ("unlimited", "infinity")
+
+
+def parse_size(value: Any) -> int:
+    """A whole number >= 0, or text such as ``512K``, ``10M``, ``1GiB`` (1024s)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return int(value)
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"expected a whole number >= 0 (or with K, M, G, T), got {value!r}")
+    scale = 1 << 10 * " kmgt".index((match.group(2) or " ").lower())
+    return int(match.group(1)) * scale
+
+
+def parse_limit(value: Any) -> int | None:
+    """A resource limit: ``parse_size``, or None for ``unlimited``."""
+    if isinstance(value, str) and value.strip().lower() in _UNLIMITED:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError:
+        raise ValueError(f"expected a whole number >= 0 or 'unlimited', got {value!r}") from None
+
+
+def parse_umask(value: Any) -> int:
+    """A umask: text in octal (``"022"``, ``"0o022"``) or its number (18)."""
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str):
+        text = value.strip().lower().removeprefix("0o")
+        if text and all(ch in "01234567" for ch in text):
+            number = int(text, 8)
+    if number is None or not 0 <= number <= 0o777:
+        raise ValueError(f'expected an octal umask from 000 to 777, such as "022", got {value!r}')
+    return number
+
+
+def _plain(value: Any, ctx: Mapping[str, str | None]) -> Any:
+    """A possibly conditional scalar; text has its tags expanded."""
+    raw = resolve_one(value, ctx, None)
+    return expand(raw, ctx) if isinstance(raw, str) else raw
+
+
+def _output(value: Any, ctx: Mapping[str, str | None]) -> tuple[str, str | None, int, int]:
+    """(mode, file, max_bytes, backups) of an ``output`` value."""
+    if isinstance(value, Mapping) and "file" in value:
+        path = _text_value(value["file"], ctx)
+        if not path or not path.startswith("/"):
+            raise SpecError(
+                ("output", "file"), f"output file must be an absolute path, got {path!r}"
+            )
+        max_bytes = _plain(value.get("max_bytes"), ctx)
+        try:
+            max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else parse_size(max_bytes)
+        except ValueError as exc:
+            raise SpecError(("output", "max_bytes"), str(exc)) from None
+        if max_bytes < 1:
+            raise SpecError(("output", "max_bytes"), "max_bytes must be > 0")
+        backups = _plain(value.get("backups"), ctx)
+        try:
+            backups = DEFAULT_BACKUPS if backups is None else parse_size(backups)
+        except ValueError as exc:
+            raise SpecError(("output", "backups"), str(exc)) from None
+        return "file", path, max_bytes, backups
+    mode = as_text(_plain(value, ctx)) or DEFAULT_OUTPUT
+    if mode not in OUTPUT_MODES:
+        raise SpecError(
+            ("output",),
+            f"output must be one of {', '.join(OUTPUT_MODES)} or {{file: PATH}}, got {mode!r}",
+        )
+    return mode, None, DEFAULT_MAX_BYTES, DEFAULT_BACKUPS
+
+
+def _limits(
+    value: Any, ctx: Mapping[str, str | None]
+) -> tuple[tuple[str, int | None, int | None], ...]:
+    if not value:
+        return ()
+    if not isinstance(value, Mapping):
+        raise SpecError(("limits",), "limits must be a mapping of resource names to values")
+    out = []
+    for name in sorted(value):
+        if name not in LIMIT_NAMES:
+            raise SpecError(("limits", name), f"unknown resource limit {name!r}")
+        item = value[name]
+        try:
+            if isinstance(item, Mapping) and ("soft" in item or "hard" in item):
+                soft = parse_limit(_plain(item.get("soft"), ctx))
+                hard = parse_limit(_plain(item.get("hard"), ctx))
+            else:
+                soft = hard = parse_limit(_plain(item, ctx))
+        except (ValueError, ContextError) as exc:
+            raise SpecError(("limits", name), str(exc)) from None
+        if hard is not None and (soft is None or soft > hard):
+            raise SpecError(("limits", name), f"soft limit {soft} is above hard limit {hard}")
+        out.append((name, soft, hard))
+    return tuple(out)
+
+
 def _action(event: Mapping[str, Any], ctx: Mapping[str, str | None]) -> Action:
     command = resolve_one(event.get("command"), ctx)
     signal = resolve_one(event.get("signal"), ctx)
@@ -225,7 +384,10 @@ def _action(event: Mapping[str, Any], ctx: Mapping[str, str | None]) -> Action:
 
 
 def _process_spec(
-    task: Mapping[str, Any], ctx: dict[str, str | None], own_roles: frozenset[str]
+    task: Mapping[str, Any],
+    ctx: dict[str, str | None],
+    own_roles: frozenset[str],
+    settings_output: Any = None,
 ) -> ProcessSpec:
     argv = tuple(expand_all(resolve(task["commands"]["start"], ctx), ctx))
     if not argv:
@@ -241,6 +403,16 @@ def _process_spec(
             text = expand(value, ctx)
             if text is not None:
                 env[key] = text
+    output = task.get("output")
+    if output is None:
+        output = settings_output
+    mode, output_file, max_bytes, backups = _output(output, ctx)
+    umask = None
+    if task.get("umask") is not None:
+        try:
+            umask = parse_umask(_plain(task["umask"], ctx))
+        except ValueError as exc:
+            raise SpecError(("umask",), str(exc)) from None
     return ProcessSpec(
         argv=argv,
         env=env,
@@ -249,6 +421,12 @@ def _process_spec(
         group=_text_value(task.get("group"), ctx),
         procname=_text_value(task.get("procname"), ctx),
         pidfile=_text_value(task.get("pidfile"), ctx),
+        output=mode,
+        output_file=output_file,
+        output_max_bytes=max_bytes,
+        output_backups=backups,
+        umask=umask,
+        limits=_limits(task.get("limits"), ctx),
     )
 
 
@@ -275,9 +453,10 @@ def _build_task(
     stop_timeout = _number(task.get("stop_timeout"), ctx, settings.stop_timeout)
     own_roles = frozenset(as_text(r) or "" for r in resolve(task.get("roles"), ctx))
     processes = []
+    settings_output = (config.get("settings") or {}).get("output")
     for instance in range(max(count, 1)):
         slot_ctx = dict(ctx, Task_instance=str(instance))
-        processes.append(_process_spec(task, slot_ctx, own_roles))
+        processes.append(_process_spec(task, slot_ctx, own_roles, settings_output))
     first_ctx = dict(ctx, Task_instance="0")
     commands = {
         cmd: tuple(expand_all(resolve(argv, first_ctx), first_ctx))
@@ -362,12 +541,12 @@ def build(
                 raise SpecError(("tasks", name, "requires", index), "a task cannot require itself")
         for index, (_, target) in enumerate(spec.onexit):
             if target not in specs:
-                raise SpecError(("tasks", name, "onexit", index, "task"), f"unknown task {target!r}")
+                raise SpecError(
+                    ("tasks", name, "onexit", index, "task"), f"unknown task {target!r}"
+                )
     cycle = find_cycle(specs)
     if cycle:
-        raise SpecError(
-            ("tasks", cycle[0], "requires"), "dependency cycle: " + " -> ".join(cycle)
-        )
+        raise SpecError(("tasks", cycle[0], "requires"), "dependency cycle: " + " -> ".join(cycle))
     return specs
 
 

@@ -102,14 +102,15 @@ def describe_exit(exit_code: int | None, signal: str | None) -> str:
 def _spec_diff(old: ProcessSpec, new: ProcessSpec) -> str:
     """Which parts of a process spec differ, for the restart reason."""
     parts = []
-    for name in ("argv", "cwd", "user", "group", "procname", "pidfile"):
+    for name in ("argv", "cwd", "user", "group", "procname", "pidfile", "umask", "limits"):
         if getattr(old, name) != getattr(new, name):
             parts.append(name)
+    output_fields = ("output", "output_file", "output_max_bytes", "output_backups")
+    if any(getattr(old, name) != getattr(new, name) for name in output_fields):
+        parts.append("output")
     if old.env != new.env:
         keys = sorted(
-            key
-            for key in set(old.env) | set(new.env)
-            if old.env.get(key) != new.env.get(key)
+            key for key in set(old.env) | set(new.env) if old.env.get(key) != new.env.get(key)
         )
         shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
         parts.append(f"environment ({shown})")
@@ -226,9 +227,7 @@ class Supervisor:
         if task.spec.start_delay > 0:
             self._set_timer(slot, "ready", self.now + task.spec.start_delay)
         if task.spec.time_limit:
-            self._set_timer(
-                slot, "limit", self.now + task.spec.start_delay + task.spec.time_limit
-            )
+            self._set_timer(slot, "limit", self.now + task.spec.start_delay + task.spec.time_limit)
         level = "debug" if slot.fails > 1 else "info"
         why = f" ({slot.reason})" if slot.reason != "started" else ""
         self._log(level, f"{self._name(slot)} started as pid {event.pid}{why}", slot.task)
@@ -294,7 +293,9 @@ class Supervisor:
         if self.shutdown == "stop":
             return
         self.shutdown = mode
-        what = "reset: stopping every task, then restarting" if event.reset else "stopping every task"
+        what = (
+            "reset: stopping every task, then restarting" if event.reset else "stopping every task"
+        )
         self._log("info", f"{what} ({event.reason or 'requested'})")
 
     def _on_ControlRequested(self, event: ev.ControlRequested) -> None:
@@ -309,11 +310,12 @@ class Supervisor:
                 task.removed = True
                 self._log("info", f"{name}: removed from the config; stopping", name)
         for name, spec in specs.items():
-            task = self.tasks.get(name)
-            if task is None:
-                task = self.tasks[name] = TaskState(spec=spec)
-                task.run_requested = spec.control == "once"
+            existing = self.tasks.get(name)
+            if existing is None:
+                fresh = self.tasks[name] = TaskState(spec=spec)
+                fresh.run_requested = spec.control == "once"
                 continue
+            task = existing
             old = task.spec
             task.spec = spec
             task.removed = False
@@ -347,9 +349,7 @@ class Supervisor:
                 if spec.type == "file_change":
                     wanted[key] = fx.Watch(key, "file", spec.paths)
                 elif spec.type == "self":
-                    wanted[key] = fx.Watch(
-                        key, "executable", spec.paths[:1], task.spec.search_path
-                    )
+                    wanted[key] = fx.Watch(key, "executable", spec.paths[:1], task.spec.search_path)
                 elif spec.type == "python":
                     wanted[key] = fx.Watch(key, "python", spec.paths, task.spec.search_path)
         for key in sorted(set(self._watches) - set(wanted)):
@@ -378,7 +378,9 @@ class Supervisor:
             self._request_run(task, why)
         elif command == "stop":
             if task.control in ("once", "event"):
-                self._log("warning", f"{name}: {why}; 'stop' ignored for a {task.control} task", name)
+                self._log(
+                    "warning", f"{name}: {why}; 'stop' ignored for a {task.control} task", name
+                )
                 return
             self._log("info", f"{name}: {why}; restarting", name)
             for slot in task.slots:
@@ -436,14 +438,24 @@ class Supervisor:
                     self._keep_running(task, slot, gate)
                 else:
                     self._keep_stopped(task, slot)
-            while task.slots and task.slots[-1].instance >= want and task.slots[-1].state in (
-                S.STOPPED,
-                S.DONE,
+            while (
+                task.slots
+                and task.slots[-1].instance >= want
+                and task.slots[-1].state
+                in (
+                    S.STOPPED,
+                    S.DONE,
+                )
             ):
                 LIFECYCLE.detach(task.slots.pop())
         self._forget_removed()
-        if self.shutdown and not self.exited and not self._by_pid and not any(
-            slot.state is S.STARTING for task in self.tasks.values() for slot in task.slots
+        if (
+            self.shutdown
+            and not self.exited
+            and not self._by_pid
+            and not any(
+                slot.state is S.STARTING for task in self.tasks.values() for slot in task.slots
+            )
         ):
             self.exited = True
             self._log("info", "every task has stopped")
@@ -527,11 +539,15 @@ class Supervisor:
 
     def _stop_reason(self, task: TaskState) -> str:
         if self.shutdown:
-            return "stopped: taskforce is " + ("resetting" if self.shutdown == "reset" else "exiting")
+            return "stopped: taskforce is " + (
+                "resetting" if self.shutdown == "reset" else "exiting"
+            )
         if task.removed:
             return "stopped: removed from the config"
         if not task.spec.in_scope:
-            return "stopped: " + ("control is off" if task.spec.control == "off" else "out of scope")
+            return "stopped: " + (
+                "control is off" if task.spec.control == "off" else "out of scope"
+            )
         if task.control in ("suspend", "off"):
             return f"stopped: control is {task.control}"
         return "stopped: count reduced"
@@ -579,6 +595,12 @@ class Supervisor:
                 user=spec.user,
                 group=spec.group,
                 procname=spec.procname,
+                output=spec.output,
+                output_file=spec.output_file,
+                output_max_bytes=spec.output_max_bytes,
+                output_backups=spec.output_backups,
+                umask=spec.umask,
+                limits=spec.limits,
             )
         )
 
@@ -618,7 +640,11 @@ class Supervisor:
         task = self.tasks[slot.task]
         name = self._name(slot)
         ran = self.now - (slot.started_at or self.now)
-        what = f"{name} (pid {pid}) {slot.last_exit} after {ran:.2f}s" if pid else f"{name} {slot.last_exit}"
+        what = (
+            f"{name} (pid {pid}) {slot.last_exit} after {ran:.2f}s"
+            if pid
+            else f"{name} {slot.last_exit}"
+        )
         if slot.intent == "stop" or not self._wants_run(task) or slot.instance >= task.count:
             self._log("info", what, slot.task)
             LIFECYCLE.fire(slot, "release")
@@ -662,7 +688,9 @@ class Supervisor:
         for kind, target_name in task.spec.onexit:
             target = self.tasks.get(target_name)
             if target is None or target.removed or not target.spec.in_scope:
-                self._log("warning", f"{task.spec.name}: onexit target {target_name!r} is not in scope")
+                self._log(
+                    "warning", f"{task.spec.name}: onexit target {target_name!r} is not in scope"
+                )
                 continue
             if target.control not in ("once", "event"):
                 self._log(
@@ -678,7 +706,9 @@ class Supervisor:
     def _set_timer(self, slot: Slot, purpose: str, at: float) -> None:
         slot.timers[purpose] = at
         self._seq += 1
-        heapq.heappush(self._heap, (at, self._seq, slot.task, slot.instance, slot.generation, purpose))
+        heapq.heappush(
+            self._heap, (at, self._seq, slot.task, slot.instance, slot.generation, purpose)
+        )
 
     def _timer_slot(self, entry: tuple[float, int, str, int, int, str]) -> Slot | None:
         at, _, task, instance, generation, purpose = entry
@@ -701,7 +731,11 @@ class Supervisor:
             del slot.timers[purpose]
             task = self.tasks[slot.task]
             if purpose == "kill" and slot.pid is not None:
-                self._log("warning", f"{self._name(slot)} (pid {slot.pid}) did not stop; SIGKILL", slot.task)
+                self._log(
+                    "warning",
+                    f"{self._name(slot)} (pid {slot.pid}) did not stop; SIGKILL",
+                    slot.task,
+                )
                 self._emit(fx.Signal(slot.task, slot.instance, slot.pid, "SIGKILL"))
             elif purpose == "limit":
                 if task.control in ("once", "event"):

@@ -1,0 +1,397 @@
+"""What the supervisor knows, as plain data for operators: status, health,
+metrics, and the plan of a config that has not been applied.
+
+Every function here reads a ``Supervisor`` and returns JSON-able values (or
+Prometheus text); none of them changes it.  ``plan`` works on a throw-away
+copy of the supervisor, so what it predicts is what the core itself would
+do -- there is no second copy of the policy to drift out of step.
+
+Times stay on the core's monotonic clock (``started_at``); the shell knows
+the offset to the wall clock and converts them.  This module must never do
+IO, read a clock, or change the supervisor it is given.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from taskforce.core import events as ev
+from taskforce.core.lifecycle import LIFECYCLE, SlotState
+from taskforce.core.model import DAEMON_CONTROLS, build
+
+if TYPE_CHECKING:
+    from taskforce.core.supervisor import Slot, Supervisor, TaskState
+
+S = SlotState
+
+#: Summary states of a task, worst first where several slots disagree
+#: (``task_state``); also the label values of ``taskforce_tasks``.
+TASK_STATES = (
+    "backoff",
+    "waiting",
+    "stopping",
+    "starting",
+    "running",
+    "done",
+    "idle",
+    "suspended",
+    "stopped",
+    "off",
+    "out_of_scope",
+    "removed",
+)
+
+
+# ---------------------------------------------------------------- status
+
+
+def slot_status(slot: Slot) -> dict[str, Any]:
+    """One slot, with only the keys that apply (as the original did)."""
+    out: dict[str, Any] = {"instance": slot.instance, "state": slot.state.value}
+    if slot.pid is not None:
+        out["pid"] = slot.pid
+    if slot.started_at is not None:
+        out["started_at"] = slot.started_at
+    if slot.exited_at is not None:
+        out["exited_at"] = slot.exited_at
+    if slot.last_exit is not None:
+        out["exit"] = slot.last_exit
+    out["restarts"] = slot.restarts
+    if slot.fails:
+        out["backoff_step"] = slot.fails
+    if "retry" in slot.timers:
+        out["retry_at"] = slot.timers["retry"]
+    if "kill" in slot.timers:
+        # The original's flag for "a SIGKILL escalation is pending".
+        out["exit_pending"] = True
+        out["kill_at"] = slot.timers["kill"]
+    if slot.intent:
+        out["intent"] = slot.intent
+    if slot.waiting_on:
+        out["waiting_on"] = list(slot.waiting_on)
+    if slot.reason:
+        out["reason"] = slot.reason
+    return out
+
+
+def task_state(sup: Supervisor, task: TaskState) -> str:
+    """A one-word summary of a task (one of ``TASK_STATES``)."""
+    if task.removed:
+        return "removed"
+    if not task.spec.in_scope:
+        return "off" if task.spec.control == "off" else "out_of_scope"
+    control = task.control
+    if control == "off":
+        return "off"
+    states = {slot.state for slot in task.slots}
+    if states & {S.BACKOFF, S.EXITED}:
+        return "backoff"
+    if S.WAITING in states:
+        return "waiting"
+    if states & {S.STOPPING, S.DRAINING}:
+        return "stopping"
+    if S.STARTING in states:
+        return "starting"
+    running = sum(1 for slot in task.slots if slot.state is S.RUNNING)
+    if control == "suspend":
+        return "suspended" if not running else "stopping"
+    if control in ("once", "event"):
+        if running:
+            return "running"
+        if task.slots and states == {S.DONE}:
+            return "done"
+        return "idle"
+    if sup.shutdown and not running:
+        return "stopped"
+    if task.count == 0:
+        return "idle"
+    return "running" if running >= task.count else "stopped"
+
+
+def task_status(sup: Supervisor, task: TaskState) -> dict[str, Any]:
+    spec = task.spec
+    overrides: dict[str, Any] = {}
+    if task.control_override is not None:
+        overrides["control"] = task.control_override
+    if task.count_override is not None:
+        overrides["count"] = task.count_override
+    out: dict[str, Any] = {
+        "control": task.control,
+        "count": task.count,
+        "state": task_state(sup, task),
+        "in_scope": spec.in_scope,
+        "configured": {"control": spec.control, "count": spec.count},
+        # Made through the control path; in force until the next config event.
+        "overrides": overrides,
+        "requires": list(spec.requires),
+        "waiting_on": list(task.waiting_on),
+        "restarts": sum(slot.restarts for slot in task.slots),
+        "processes": [slot_status(slot) for slot in task.slots],
+    }
+    if task.removed:
+        out["removed"] = True
+    return out
+
+
+def tasks_status(sup: Supervisor) -> dict[str, Any]:
+    """Every task the core knows (out-of-scope ones too), by name."""
+    return {name: task_status(sup, sup.tasks[name]) for name in sorted(sup.tasks)}
+
+
+# ---------------------------------------------------------------- health
+
+
+def health(sup: Supervisor) -> dict[str, Any]:
+    """``status`` is "ok" when every process that should run does.
+
+    "degraded" lists the slots that should run but do not (failing, held
+    back by a requirement, not started), "stopping" means taskforce is
+    shutting down.  A probe reads ``healthy``.
+    """
+    problems: dict[str, str] = {}
+    running = 0
+    for name in sorted(sup.tasks):
+        task = sup.tasks[name]
+        running += sum(1 for slot in task.slots if slot.state is S.RUNNING)
+        if not sup._wants_run(task):
+            continue
+        daemon = task.control in DAEMON_CONTROLS
+        for instance in range(task.count):
+            slot = task.slots[instance] if instance < len(task.slots) else None
+            where = f"{name}[{instance}]"
+            if slot is None:
+                problems[where] = "not started"
+            elif slot.state in (S.RUNNING, S.STARTING):
+                continue
+            elif not daemon and slot.state is S.DONE:
+                continue
+            elif slot.state is S.WAITING:
+                problems[where] = "waiting on " + ", ".join(slot.waiting_on)
+            else:
+                problems[where] = slot.state.value + (f" ({slot.reason})" if slot.reason else "")
+    if sup.shutdown:
+        status = "stopping"
+    else:
+        status = "degraded" if problems else "ok"
+    return {
+        "status": status,
+        "healthy": status == "ok",
+        "tasks": len(sup.tasks),
+        "running": running,
+        "problems": problems,
+    }
+
+
+# --------------------------------------------------------------- metrics
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))
+
+
+_COUNTERS = (
+    ("starts", "taskforce_starts_total", "Processes started."),
+    ("restarts", "taskforce_restarts_total", "Processes restarted (any reason)."),
+    ("exits", "taskforce_exits_total", "Processes that exited (any reason)."),
+    ("spawn_failures", "taskforce_spawn_failures_total", "Processes that failed to start."),
+    ("reloads", "taskforce_reloads_total", "Configs or roles applied after the first."),
+    ("reload_errors", "taskforce_reload_errors_total", "Configs or roles rejected."),
+)
+
+
+def metrics_text(sup: Supervisor, extra: Mapping[str, float] | None = None) -> str:
+    """The Prometheus text exposition (format 0.0.4) of the core's figures.
+
+    ``extra`` adds the shell's own figures by metric name; a name ending in
+    ``_total`` is a counter, anything else a gauge.
+    """
+    lines: list[str] = []
+
+    def family(name: str, kind: str, text: str) -> None:
+        lines.append(f"# HELP {name} {text}")
+        lines.append(f"# TYPE {name} {kind}")
+
+    by_task_state = dict.fromkeys(TASK_STATES, 0)
+    by_slot_state = {state.value: 0 for state in SlotState}
+    for name in sorted(sup.tasks):
+        task = sup.tasks[name]
+        by_task_state[task_state(sup, task)] += 1
+        for slot in task.slots:
+            by_slot_state[slot.state.value] += 1
+    family("taskforce_tasks", "gauge", "Tasks by summary state.")
+    for state, count in by_task_state.items():
+        lines.append(f'taskforce_tasks{{state="{state}"}} {count}')
+    family("taskforce_slots", "gauge", "Process slots by lifecycle state.")
+    for state, count in by_slot_state.items():
+        lines.append(f'taskforce_slots{{state="{state}"}} {count}')
+    for key, metric, text in _COUNTERS:
+        family(metric, "counter", text)
+        lines.append(f"{metric} {sup.counters.get(key, 0)}")
+    family("taskforce_task_restarts_total", "counter", "Restarts of each task's slots.")
+    for name in sorted(sup.tasks):
+        restarts = sum(slot.restarts for slot in sup.tasks[name].slots)
+        lines.append(f'taskforce_task_restarts_total{{task="{_label(name)}"}} {restarts}')
+    family("taskforce_task_running", "gauge", "Running processes of each task.")
+    for name in sorted(sup.tasks):
+        running = sum(1 for slot in sup.tasks[name].slots if slot.state is S.RUNNING)
+        lines.append(f'taskforce_task_running{{task="{_label(name)}"}} {running}')
+    family("taskforce_stopping", "gauge", "1 while taskforce is stopping every task.")
+    lines.append(f"taskforce_stopping {1 if sup.shutdown else 0}")
+    for metric in sorted(extra or {}):
+        kind = "counter" if metric.endswith("_total") else "gauge"
+        family(metric, kind, metric.replace("_", " ").replace("taskforce ", "", 1) + ".")
+        lines.append(f"{metric} {_number((extra or {})[metric])}")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ plan
+
+
+def _shadow(sup: Supervisor) -> Supervisor:
+    """A copy of ``sup`` that can be fed events without touching ``sup``.
+
+    Containers are copied one level down and every task and slot is copied,
+    so nothing the copy changes is shared.  The copied slots are attached to
+    the lifecycle machine; ``_release`` detaches them.
+    """
+    shadow = copy.copy(sup)
+    for key, value in vars(sup).items():
+        if isinstance(value, (dict, list, set)):
+            setattr(shadow, key, copy.copy(value))
+    slots: dict[int, Slot] = {}
+    shadow.tasks = {}
+    try:
+        for name, task in sup.tasks.items():
+            twin = copy.copy(task)
+            twin.slots = []
+            shadow.tasks[name] = twin
+            for slot in task.slots:
+                # A fresh Slot (not copy.copy): the machine binds methods to
+                # each model it holds, and those must not point at ``slot``.
+                copied = dataclasses.replace(slot, timers=dict(slot.timers))
+                LIFECYCLE.attach(copied)
+                copied.state = slot.state
+                twin.slots.append(copied)
+                slots[id(slot)] = copied
+    except BaseException:
+        _release(shadow)
+        raise
+    shadow._by_pid = {pid: slots[id(slot)] for pid, slot in sup._by_pid.items()}
+    shadow._out = []
+    return shadow
+
+
+def _release(shadow: Supervisor) -> None:
+    for task in shadow.tasks.values():
+        for slot in task.slots:
+            LIFECYCLE.detach(slot)
+
+
+def _holds(slot: Slot | None) -> bool:
+    """Whether a slot runs, or is about to, and is meant to stay."""
+    if slot is None:
+        return False
+    if slot.state in (S.STOPPING, S.DRAINING):
+        return slot.intent == "restart"
+    return slot.state in (S.RUNNING, S.STARTING, S.WAITING, S.BACKOFF, S.EXITED)
+
+
+def _start_reason(before: TaskState | None, after: TaskState, slot: Slot) -> str:
+    if before is None or before.removed:
+        return "new in the config"
+    old, new = before.spec, after.spec
+    if new.in_scope and not old.in_scope:
+        return "now in scope"
+    if before.control_override is not None and before.control_override != new.control:
+        return f"control override {before.control_override!r} ends (config: {new.control})"
+    if old.control != new.control:
+        return f"control {old.control} -> {new.control}"
+    if before.count != after.count:
+        return f"count {before.count} -> {after.count}"
+    if slot.state is S.WAITING and slot.waiting_on:
+        return "will start after " + ", ".join(slot.waiting_on)
+    return slot.reason or "started"
+
+
+def plan(
+    sup: Supervisor,
+    config: Mapping[str, Any],
+    roles: tuple[str, ...] | None,
+    role_values: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """What applying ``config`` (with ``roles``) would start, stop and restart.
+
+    Raises ``model.SpecError`` when the config cannot be built.  The answer
+    is ``{"start": [...], "stop": [...], "restart": [...], "unchanged": [...]}``;
+    each change is ``{"task", "instances", "why"}``.  Like a real reload, it
+    ends every override made through the control path.
+    """
+    values = dict(sup.role_values if role_values is None else role_values)
+    specs = build(config, sup.facts, roles, values)
+    shadow = _shadow(sup)
+    try:
+        shadow.handle(
+            ev.ConfigLoaded(
+                at=sup.now, config=dict(config), roles=roles, role_values=values, source="plan"
+            )
+        )
+        changes: dict[str, dict[tuple[str, str], list[int]]] = {
+            "start": {},
+            "stop": {},
+            "restart": {},
+        }
+        unchanged = []
+        for name in sorted(set(sup.tasks) | set(specs)):
+            before = sup.tasks.get(name)
+            after = shadow.tasks.get(name)
+            found = False
+            size = max(len(before.slots) if before else 0, len(after.slots) if after else 0)
+            for instance in range(size):
+                old = before.slots[instance] if before and instance < len(before.slots) else None
+                new = after.slots[instance] if after and instance < len(after.slots) else None
+                kind, why = _change(before, after, old, new)
+                if kind:
+                    changes[kind].setdefault((name, why), []).append(instance)
+                    found = True
+            if not found:
+                unchanged.append(name)
+    finally:
+        _release(shadow)
+    out: dict[str, Any] = {
+        kind: [
+            {"task": name, "instances": instances, "why": why}
+            for (name, why), instances in sorted(found.items())
+        ]
+        for kind, found in changes.items()
+    }
+    out["unchanged"] = unchanged
+    return out
+
+
+def _change(
+    before: TaskState | None, after: TaskState | None, old: Slot | None, new: Slot | None
+) -> tuple[str | None, str]:
+    if new is not None and after is not None:
+        if new.state is S.STOPPING and new.intent == "restart":
+            if old is not None and old.state is S.RUNNING:
+                return "restart", new.reason
+        elif new.state in (S.STARTING, S.WAITING) and not _holds(old):
+            return "start", _start_reason(before, after, new)
+        elif new.state in (S.STOPPING, S.DRAINING) and _holds(old):
+            return "stop", new.reason
+    if _holds(old) and not _holds(new):
+        if old is not None and old.state is S.RUNNING and new is not None:
+            return "stop", new.reason
+        return "stop", "no longer wanted"
+    return None, ""
