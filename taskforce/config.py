@@ -48,7 +48,20 @@ from typing import Any
 import yaml
 
 from taskforce.core.codec import freeze
-from taskforce.core.model import CONTROLS, HostFacts, SpecError, TaskSpec, build
+from taskforce.core.model import (
+    CONTROLS,
+    ENVIRONMENTS,
+    LIMIT_NAMES,
+    OUTPUT_FILE_KEYS,
+    OUTPUT_MODES,
+    HostFacts,
+    SpecError,
+    TaskSpec,
+    build,
+    parse_limit,
+    parse_size,
+    parse_umask,
+)
 
 # The C loader is much faster; safe_load semantics either way.
 _Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -76,6 +89,10 @@ TASK_KEYS = (
     "role_defaults",
     "events",
     "onexit",
+    "output",
+    "umask",
+    "limits",
+    "environment",
 )
 SETTINGS_KEYS = (
     "http",
@@ -84,6 +101,7 @@ SETTINGS_KEYS = (
     "stable_after",
     "backoff_initial",
     "backoff_max",
+    "pidfile_timeout",
     "record",
     "output",
 )
@@ -714,7 +732,9 @@ class _Checker:
                         self.error(role_path, f"{role!r} is not a role name")
                     names.append(str(role))
                 out[key] = tuple(names)
-            elif key in ("stop_timeout", "stable_after", "backoff_initial", "backoff_max"):
+            elif key in (
+                "stop_timeout", "stable_after", "backoff_initial", "backoff_max", "pidfile_timeout"
+            ):
                 if item is None:
                     continue  # null means the default; the core would choke on it
                 self.number(item, sub, tags=False)
@@ -724,9 +744,8 @@ class _Checker:
                     self.type_error(sub, item, "a file path or null", quote=False)
                 out[key] = item
             elif key == "output":
-                if item is not None and not isinstance(item, dict):
-                    self.type_error(sub, item, "a mapping")
-                out[key] = freeze(item)
+                if item is not None:
+                    out[key] = self.output(item, sub)
         low: Any = out.get("backoff_initial")
         high: Any = out.get("backoff_max")
         if _is_num(low) and _is_num(high) and high < low:
@@ -829,7 +848,140 @@ class _Checker:
                 out[key] = self.events(value, sub, commands)
             elif key == "onexit":
                 out[key] = self.onexit(value, sub)
+            elif key == "output":
+                out[key] = self.output(value, sub)
+            elif key == "umask":
+                out[key] = self.conditional(value, sub, self.umask, multi=False)
+            elif key == "limits":
+                out[key] = self.limits(value, sub)
+            elif key == "environment":
+                out[key] = self.conditional(
+                    value,
+                    sub,
+                    lambda v, p: self.choice(v, p, ENVIRONMENTS, "environment"),
+                    multi=False,
+                )
         return out
+
+    # -- output, umask, limits -----------------------------------------------
+
+    def output(self, value: Any, path: KeyPath) -> Any:
+        """``inherit``/``discard``/``log``, or ``{file: PATH, max_bytes, backups}``."""
+        if isinstance(value, dict) and any(key in value for key in OUTPUT_FILE_KEYS):
+            self.keys(value, path, OUTPUT_FILE_KEYS, "output")
+            out: dict[str, Any] = {}
+            for key, item in value.items():
+                sub = (*path, key)
+                if key == "file":
+                    out[key] = self.conditional(item, sub, self.output_file, multi=False)
+                elif key == "max_bytes":
+                    out[key] = self.size(item, sub, positive=True)
+                elif key == "backups":
+                    out[key] = self.size(item, sub, positive=False)
+                else:
+                    out[key] = freeze(item)
+            if value.get("file") is None:
+                self.error(path, "output to a file needs file: PATH")
+            return out
+
+        def leaf(item: Any, sub: KeyPath) -> Any:
+            if isinstance(item, (list, tuple)):
+                item = freeze(item)
+            elif isinstance(item, str) and "{" in item:
+                return item  # expanded by the core, then checked again
+            elif item == "file":
+                self.error(sub, "output: file needs a path", "write output: {file: PATH}")
+                return item
+            if isinstance(item, str) and item in OUTPUT_MODES:
+                return item
+            hint = self.quote_hint(sub, item) if isinstance(item, bool) else None
+            self.error(
+                sub,
+                f"output must be one of {', '.join(OUTPUT_MODES)} or {{file: PATH}}; "
+                f"got {_describe(item)}",
+                hint or _suggest(item, OUTPUT_MODES),
+            )
+            return item
+
+        if isinstance(value, (list, tuple)):
+            return leaf(value, path)
+        return self.conditional(value, path, leaf, multi=False)
+
+    def output_file(self, value: Any, path: KeyPath) -> Any:
+        value = self.text(value, path, numbers=False, what="a file path")
+        # With tags, the core checks the expanded path.
+        if isinstance(value, str) and "{" not in value and not value.startswith("/"):
+            self.error(path, f"output file must be an absolute path, got {value!r}")
+        return value
+
+    def size(self, value: Any, path: KeyPath, *, positive: bool) -> Any:
+        """A byte count or count: a whole number, ``10M``, or a ``{tag}``."""
+        if isinstance(value, str) and "{" in value:
+            return value
+        try:
+            number = parse_size(value)
+        except ValueError as exc:
+            self.error(path, str(exc))
+            return value
+        if positive and number == 0:
+            self.error(path, "must be > 0")
+        return value
+
+    def umask(self, value: Any, path: KeyPath) -> Any:
+        if isinstance(value, str) and "{" in value:
+            return value
+        raw = self.raws.get(path)
+        if isinstance(value, int) and not isinstance(value, bool) and raw is not None:
+            # 022 is octal to YAML 1.1 (18); 22 is decimal 22, which as a
+            # umask would be 026: almost certainly not what was meant.
+            if value != 0 and not raw.lstrip("+").startswith("0"):
+                self.error(
+                    path,
+                    f"a umask is octal, but YAML reads {raw} as the decimal number {value}",
+                    f'quote it: "0{raw}"' if raw.isdigit() else None,
+                )
+                return value
+        try:
+            parse_umask(value)
+        except ValueError as exc:
+            self.error(path, str(exc))
+        return value
+
+    def limits(self, value: Any, path: KeyPath) -> Any:
+        """``{nofile: 4096, core: unlimited, stack: {soft: 8M, hard: 64M}}``."""
+        if not isinstance(value, dict):
+            self.type_error(path, value, "a mapping of resource names to limits", quote=False)
+            return freeze(value)
+        self.keys(value, path, LIMIT_NAMES, "limits")
+        out: dict[str, Any] = {}
+        for name, item in value.items():
+            sub = (*path, name)
+            if isinstance(item, dict):
+                self.keys(item, sub, ("soft", "hard"), "limit")
+                for bound in ("soft", "hard"):
+                    if bound not in item:
+                        self.error(sub, f"a limit given as a mapping needs {bound}")
+                    else:
+                        self.limit_value(item[bound], (*sub, bound))
+                soft, hard = _literal_limit(item.get("soft")), _literal_limit(item.get("hard"))
+                if soft is not _MISSING and hard is not _MISSING:
+                    if hard is not None and (soft is None or soft > hard):
+                        self.error(
+                            sub, f"soft limit {item['soft']} is above hard limit {item['hard']}"
+                        )
+                out[name] = freeze(item)
+            else:
+                out[name] = self.limit_value(item, sub)
+        return out
+
+    def limit_value(self, value: Any, path: KeyPath) -> Any:
+        if isinstance(value, str) and "{" in value:
+            return value
+        try:
+            parse_limit(value)
+        except ValueError as exc:
+            self.error(path, str(exc))
+        return value
 
     def commands(self, value: Any, path: KeyPath, present: bool) -> dict[str, Any]:
         if not present or value is None:
@@ -1045,6 +1197,16 @@ class _Checker:
                     f"role {role!r} is not in settings.all_roles",
                     _suggest(role, declared) or "add it to settings.all_roles",
                 )
+
+
+def _literal_limit(value: Any) -> Any:
+    """A limit as a number (None: unlimited), or _MISSING when it has tags or is bad."""
+    if isinstance(value, str) and "{" in value:
+        return _MISSING
+    try:
+        return parse_limit(value)
+    except ValueError:
+        return _MISSING
 
 
 def _one_or_many(value: Any) -> Any:

@@ -21,8 +21,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from taskforce import process
+from taskforce import output, pidwatch, process
 from taskforce.config import ConfigError, load_config, load_roles
+from taskforce.control import ControlServer, Options  # --- control server
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.supervisor import Supervisor
@@ -53,6 +54,7 @@ class Daemon:
         expires: float | None = None,
         recorder: Callable[[ev.Event, tuple[fx.Effect, ...]], None] | None = None,
         watcher: Watcher | None = None,
+        control: Options | None = None,
     ) -> None:
         self.config_path = config_path
         self.roles_path = roles_path
@@ -73,7 +75,14 @@ class Daemon:
         os.set_blocking(self._wake_w, False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
         self.watcher.attach(self.selector)
+        # --- nowait/adopt: daemons found through pidfiles
+        self.pidwatch = pidwatch.ProcessWatch(self._watched_exit)
+        self.pidwatch.attach(self.selector)
         self.subreaper = False
+        #: The control path (status and control over HTTP), on this selector.
+        self.control = ControlServer(self, control)  # --- control server
+        #: Task output pipes, read on this selector (see taskforce.output).
+        self.output = output.Output(self.selector)
 
     # ------------------------------------------------------------ start-up
 
@@ -139,28 +148,40 @@ class Daemon:
             self.emergency_stop()
             raise
         finally:
+            self.control.close()  # --- control server: flush replies, remove sockets
+            self.output.close()
             self.watcher.close()
             signal.set_wakeup_fd(-1)
         return self.exit_effect
 
     def _timeout(self) -> float | None:
+        if self.output.busy:
+            return 0.0  # output lines wait to be written; come straight back
         deadlines = [at for at in (self.timer_at, self.expires_at) if at is not None]
         if self.draining and not self.subreaper:
             deadlines.append(time.monotonic() + DRAIN_POLL)
         watch_due = self.watcher.next_deadline()
         if watch_due is not None:
             deadlines.append(watch_due)
+        pid_due = self.pidwatch.next_deadline()
+        if pid_due is not None:
+            deadlines.append(pid_due)
+        control_due = self.control.next_deadline()  # --- control server
+        if control_due is not None:
+            deadlines.append(control_due)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
 
     def _wait_and_dispatch(self) -> None:
+        self.control.tick(time.monotonic())  # --- control server: answer queued requests
         try:
             ready = self.selector.select(self._timeout())
         except InterruptedError:
             ready = []
-        for key, _ in ready:
-            key.data()
+        for selected, _ in ready:
+            selected.data()
+        self.output.pump()
         self._handle_signals()
         now = time.monotonic()
         if self.draining:
@@ -168,6 +189,7 @@ class Daemon:
         if self.expires_at is not None and now >= self.expires_at:
             self.expires_at = None
             self.feed(ev.StopRequested(at=now, reason="--expires reached"))
+        self.pidwatch.poll(time.monotonic())
         for key, path in self.watcher.take_changes(time.monotonic()):
             self._on_file_change(key, path)
         if self.timer_at is not None and time.monotonic() >= self.timer_at:
@@ -251,6 +273,7 @@ class Daemon:
         requires.
         """
         queue: deque[ev.Event] = deque([event])
+        self.control.changed()  # --- control server: what it caches is stale now
         while queue:
             current = queue.popleft()
             effects = self.core.handle(current)
@@ -277,11 +300,37 @@ class Daemon:
             self.watcher.watch(effect)
         elif isinstance(effect, fx.Unwatch):
             self.watcher.unwatch(effect.key)
+        elif isinstance(effect, fx.ReadPidfile):
+            pid, error = pidwatch.read_pidfile(effect.path)
+            return ev.PidfileRead(
+                time.monotonic(), effect.task, effect.instance, effect.generation, pid, error
+            )
+        elif isinstance(effect, fx.WatchProcess):
+            self._watch_process(effect.pid)
+        elif isinstance(effect, fx.Reply):
+            self.control.reply(effect)  # --- control server
         elif isinstance(effect, fx.Exit):
             self.exit_effect = effect
         return None
 
+    def _watch_process(self, pid: int) -> None:
+        if pidwatch.is_our_child(pid):
+            self.leaders.add(pid)  # reaped on SIGCHLD like any child
+        elif not self.pidwatch.watch(pid):
+            self.feed(ev.ProcessExited(time.monotonic(), pid))
+
+    def _watched_exit(self, pid: int) -> None:
+        # Not our child: its exit status is not ours to know.
+        self.feed(ev.ProcessExited(time.monotonic(), pid))
+
     def _spawn(self, effect: fx.Spawn) -> ev.Event:
+        try:
+            # --- output capture: a pipe (or /dev/null) for stdout and stderr
+            stdout, output_done = self.output.prepare(effect)
+        except OSError as exc:
+            return ev.SpawnFailed(
+                time.monotonic(), effect.task, effect.instance, effect.generation, str(exc)
+            )
         try:
             pid = process.spawn(
                 effect.argv,
@@ -290,11 +339,16 @@ class Daemon:
                 user=effect.user,
                 group=effect.group,
                 procname=effect.procname,
+                stdout=stdout,
+                umask=effect.umask,
+                limits=effect.limits,
             )
         except (process.SpawnError, OSError) as exc:
+            output_done(False)
             return ev.SpawnFailed(
                 time.monotonic(), effect.task, effect.instance, effect.generation, str(exc)
             )
+        output_done(True)
         self.leaders.add(pid)
         return ev.ProcessStarted(
             time.monotonic(), effect.task, effect.instance, effect.generation, pid
@@ -307,7 +361,9 @@ class Daemon:
             )
         except (process.SpawnError, OSError) as exc:
             self.feed(
-                ev.CommandExited(time.monotonic(), effect.task, effect.name, 0, None, None, str(exc))
+                ev.CommandExited(
+                    time.monotonic(), effect.task, effect.name, 0, None, None, str(exc)
+                )
             )
             return
         self.commands[pid] = (effect.task, effect.name)
@@ -329,7 +385,7 @@ class Daemon:
 def own_code_files() -> tuple[str, ...]:
     """Every Python file of the taskforce package as it is installed."""
     root = os.path.dirname(os.path.abspath(__file__))
-    found = []
+    found: list[str] = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if d != "__pycache__")
         found.extend(os.path.join(folder, name) for name in sorted(files) if name.endswith(".py"))

@@ -317,14 +317,14 @@ def test_settings_are_normalized() -> None:
       stop_timeout: 2
       stable_after: null
       record: /var/log/tf.events
-      output: {dir: /var/log, keep: [1, 2]}
+      output: {file: "/var/log/{Task_name}.log", max_bytes: 1M}
       http: [{listen: "127.0.0.1:3210", certfile: /etc/tf.pem, timeout: 3}]
     tasks: {}
     """
     settings = load_config_text(dedent(text), "x")["settings"]
     assert settings["all_roles"] == ("web", "db")
     assert "stable_after" not in settings  # null means the default
-    assert settings["output"] == {"dir": "/var/log", "keep": (1, 2)}
+    assert settings["output"] == {"file": "/var/log/{Task_name}.log", "max_bytes": "1M"}
     assert settings["http"][0]["listen"] == "127.0.0.1:3210"
 
 
@@ -777,7 +777,7 @@ def test_onexit_errors() -> None:
         ("{stop_timeout: -1}", "settings.stop_timeout", "must be >= 0", None),
         ("{stable_after: '{x}'}", "settings.stable_after", "expected a number", None),
         ("{record: 5}", "settings.record", "expected a file path or null", None),
-        ("{output: [a]}", "settings.output", "expected a mapping", None),
+        ("{output: [a]}", "settings.output", "output must be one of", None),
         ("{all_roles: [web, 'a b']}", "settings.all_roles[1]", "'a b' is not a role name", None),
         (
             "{backoff_initial: 10, backoff_max: 5}",

@@ -35,9 +35,10 @@ from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.context import ContextError
 from taskforce.core.lifecycle import SlotState
-from taskforce.core.model import CONTROLS, in_scope, task_context
+from taskforce.core.model import CONTROLS, SpecError, _build_task
 
 if TYPE_CHECKING:
+    from taskforce.core.model import TaskSpec
     from taskforce.core.supervisor import Supervisor, TaskState
 
 S = SlotState
@@ -104,40 +105,60 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def _role_scoped(sup: Supervisor, task: TaskState) -> bool:
-    """Whether the roles put ``task`` on this host, whatever its control.
-
-    The model folds ``control: off`` into ``in_scope``; turning such a task
-    on through the control path needs the roles' answer alone.
-    """
-    raw = (sup.config.get("tasks") or {}).get(task.spec.name)
+def _built(sup: Supervisor, task: TaskState, control: str, count: int) -> TaskSpec | None:
+    """``task`` built again as if configured with ``control`` and ``count``."""
+    name = task.spec.name
+    raw = (sup.config.get("tasks") or {}).get(name)
     if not isinstance(raw, Mapping):
-        return False
+        return None
+    # "off" by override keeps the roles' scope; the control says it is off.
+    if control == "off":
+        control = task.spec.control
+    changed = {**raw, "control": control, "count": max(count, task.spec.count)}
     try:
-        ctx = task_context(task.spec.name, raw, sup.config, sup.facts, sup.roles, sup.role_values)
-        return in_scope(raw, sup.roles, ctx)
-    except (ContextError, TypeError, ValueError):
-        return False
+        return _build_task(
+            name, changed, sup.config, sup.settings, sup.facts, sup.roles, sup.role_values
+        )
+    except (SpecError, ContextError, TypeError, ValueError, KeyError):
+        return None  # it built before, so this cannot happen
+
+
+def _refresh_spec(sup: Supervisor, task: TaskState) -> None:
+    """Rebuild what the overrides change in ``task.spec``: scope and slots.
+
+    The model folds ``control: off`` into ``in_scope`` and builds one
+    ``ProcessSpec`` per configured slot, so turning a configured-off task on,
+    or raising its count, needs the task built again with the override (each
+    new slot gets its own ``Task_instance``).  Control and count stay as
+    configured in the spec: the overrides live in ``TaskState``.
+    """
+    built = _built(sup, task, task.control, task.count)
+    if built is not None:
+        task.spec = dataclasses.replace(
+            task.spec, in_scope=built.in_scope, processes=built.processes
+        )
 
 
 def _set_control(sup: Supervisor, task: TaskState, control: str) -> None:
     previous = task.control
     task.control_override = None if control == task.spec.control else control
-    if task.spec.control == "off" or not task.spec.in_scope:
-        # Configured off: the spec says out of scope; the override decides.
-        wanted = control != "off" and _role_scoped(sup, task)
-        if wanted != task.spec.in_scope:
-            task.spec = dataclasses.replace(task.spec, in_scope=wanted)
-    if control != previous:
-        task.run_requested = control == "once"
+    _refresh_spec(sup, task)
+    name = task.spec.name
+    sup._log("info", f"{name}: control {previous} -> {control} (control request)", name)
+    task.run_requested = control == "once"
+    if control in ("off", "suspend"):
         for slot in task.slots:
-            if slot.state is S.RUNNING or slot.state is S.WAITING:
-                slot.reason = f"control request: control {previous} -> {control}"
-    sup._log(
-        "info",
-        f"{task.spec.name}: control {previous} -> {control} (control request)",
-        task.spec.name,
-    )
+            sup._stop_slot(task, slot, "stop", f"stopped: control request (control {control})")
+
+
+def _set_count(sup: Supervisor, task: TaskState, count: int) -> None:
+    previous = task.count
+    task.count_override = None if count == task.spec.count else count
+    _refresh_spec(sup, task)
+    name = task.spec.name
+    sup._log("info", f"{name}: count {previous} -> {count} (control request)", name)
+    for slot in task.slots[count:]:
+        sup._stop_slot(task, slot, "stop", f"stopped: control request (count {count})")
 
 
 # ---------------------------------------------------------------- actions
@@ -196,13 +217,7 @@ def _count(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
     if failed:
         return 404, _lines(results)
     for task, number in changes:
-        previous = task.count
-        task.count_override = None if number == task.spec.count else number
-        sup._log(
-            "info",
-            f"{task.spec.name}: count {previous} -> {number} (control request)",
-            task.spec.name,
-        )
+        _set_count(sup, task, number)
     return (202 if changes else 200), _lines(results)
 
 
@@ -221,32 +236,36 @@ def _start(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
         if task is None:
             raise _Refused(404, f"{name}: not found")
         tasks.append(task)
-    results = []
-    changed = False
+    results: list[tuple[str, str]] = []
+    plan: list[tuple[TaskState, str | None]] = []
     for task in sorted(tasks, key=lambda t: t.spec.name):
         name = task.spec.name
         if task.control in ("off", "suspend") or not task.spec.in_scope:
             configured = task.spec.control
             target = configured if configured not in ("off", "suspend") else "wait"
-            if target == "off" or not _role_scoped(sup, task):
+            built = _built(sup, task, target, task.count)
+            if built is None or not built.in_scope:
                 results.append((name, "out of scope"))
-                continue
-            _set_control(sup, task, target)
-            results.append((name, f"ok (control {target})"))
-            changed = True
+            else:
+                results.append((name, f"ok (control {target})"))
+                plan.append((task, target))
         elif task.control in ("once", "event"):
             if any(slot.live for slot in task.slots):
                 results.append((name, "already running"))
-                continue
-            sup._log("info", f"{name}: started by control request", name)
-            sup._request_run(task, "started: control request")
-            results.append((name, "ok"))
-            changed = True
+            else:
+                results.append((name, "ok"))
+                plan.append((task, None))
         else:
             results.append((name, "no change"))
     if any(result == "out of scope" for _, result in results):
         return 409, _lines(results)
-    return (202 if changed else 200), _lines(results)
+    for chosen, control in plan:
+        if control is not None:
+            _set_control(sup, chosen, control)
+        else:
+            sup._log("info", f"{chosen.spec.name}: started by control request", chosen.spec.name)
+            sup._request_run(chosen, "started: control request")
+    return (202 if plan else 200), _lines(results)
 
 
 def _instance(task: TaskState, args: Mapping[str, Any]) -> int | None:

@@ -70,6 +70,29 @@ class Signal(Effect):
 
 
 @dataclass(frozen=True)
+class ReadPidfile(Effect):
+    """Read ``path`` for slot (task, instance); answered at once by ``PidfileRead``."""
+
+    task: str
+    instance: int
+    generation: int
+    path: str
+
+
+@dataclass(frozen=True)
+class WatchProcess(Effect):
+    """Report the exit of ``pid`` (not started by a ``Spawn``) as ``ProcessExited``.
+
+    Used for a daemon found through its pidfile: reaped here when it is our
+    descendant, otherwise watched (pidfd, or polling where there is none).
+    """
+
+    task: str
+    instance: int
+    pid: int
+
+
+@dataclass(frozen=True)
 class RunCommand(Effect):
     """Run a task's named command once (an event action), not supervised.
 
@@ -148,5 +171,17 @@ class Exit(Effect):
 
 EFFECT_TYPES: dict[str, type[Effect]] = {
     cls.__name__: cls
-    for cls in (Spawn, Signal, RunCommand, Watch, Unwatch, ArmTimer, Log, Reply, Exit)
+    for cls in (
+        Spawn,
+        Signal,
+        ReadPidfile,
+        WatchProcess,
+        RunCommand,
+        Watch,
+        Unwatch,
+        ArmTimer,
+        Log,
+        Reply,
+        Exit,
+    )
 }

@@ -102,6 +102,21 @@ class ProcessExited(Event):
 
 
 @dataclass(frozen=True)
+class PidfileRead(Event):
+    """The answer to ``ReadPidfile``: the live, verified pid it names, or None.
+
+    ``error`` says why there is none (no file, no such process, a process
+    younger than the file -- a recycled pid).
+    """
+
+    task: str = ""
+    instance: int = 0
+    generation: int = 0
+    pid: int | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class GroupEmptied(Event):
     """The last member of process group ``pgid`` is gone."""
 
@@ -164,6 +179,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ProcessStarted,
         SpawnFailed,
         ProcessExited,
+        PidfileRead,
         GroupEmptied,
         CommandExited,
         FileChanged,

@@ -23,6 +23,7 @@ class SlotState(enum.Enum):
     STOPPED = "stopped"  #: no process, and none wanted yet
     WAITING = "waiting"  #: wanted, held back by requirements or start_delay
     STARTING = "starting"  #: spawn asked for, pid not yet known
+    PROBING = "probing"  #: reading a pidfile: to adopt a process, or a daemon's pid
     RUNNING = "running"  #: its process is alive
     STOPPING = "stopping"  #: asked to stop, waiting for it to exit
     DRAINING = "draining"  #: leader gone, other group members being killed
@@ -37,8 +38,13 @@ S = SlotState
 TRANSITIONS: tuple[tuple[str, tuple[SlotState, ...], SlotState], ...] = (
     ("hold", (S.STOPPED, S.EXITED, S.BACKOFF, S.DONE), S.WAITING),
     ("release", (S.WAITING, S.BACKOFF, S.EXITED, S.DONE), S.STOPPED),
-    ("spawn", (S.STOPPED, S.WAITING, S.BACKOFF, S.EXITED, S.DONE), S.STARTING),
+    ("spawn", (S.STOPPED, S.WAITING, S.BACKOFF, S.EXITED, S.DONE, S.PROBING), S.STARTING),
     ("spawned", (S.STARTING,), S.RUNNING),
+    ("probe", (S.STOPPED, S.WAITING, S.BACKOFF, S.EXITED, S.DONE), S.PROBING),
+    ("launched", (S.RUNNING,), S.PROBING),
+    ("found", (S.PROBING,), S.RUNNING),
+    ("lost", (S.PROBING,), S.EXITED),
+    ("abandon", (S.RUNNING,), S.STOPPED),
     ("spawn_failed", (S.STARTING,), S.EXITED),
     ("stop", (S.RUNNING,), S.STOPPING),
     ("leader_exited", (S.RUNNING, S.STOPPING), S.DRAINING),

@@ -56,6 +56,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "stable_after": 1.0,
     "backoff_initial": 0.5,
     "backoff_max": 30.0,
+    "pidfile_timeout": 5.0,
 }
 
 
@@ -152,6 +153,7 @@ class Settings:
     stable_after: float
     backoff_initial: float
     backoff_max: float
+    pidfile_timeout: float
 
 
 def settings_of(config: Mapping[str, Any]) -> Settings:
@@ -161,6 +163,7 @@ def settings_of(config: Mapping[str, Any]) -> Settings:
         stable_after=float(raw["stable_after"]),
         backoff_initial=float(raw["backoff_initial"]),
         backoff_max=float(raw["backoff_max"]),
+        pidfile_timeout=float(raw["pidfile_timeout"]),
     )
 
 
@@ -443,6 +446,8 @@ def _build_task(
     control = as_text(resolve_one(task.get("control"), ctx, "wait")) or "wait"
     if control not in CONTROLS:
         raise SpecError(("control",), f"unknown control {control!r}")
+    if control in ("nowait", "adopt") and task.get("pidfile") is None:
+        raise SpecError(("control",), f"control {control!r} needs a pidfile to find the daemon by")
     count = resolve_one(task.get("count"), ctx, 1)
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise SpecError(("count",), f"count must be a whole number >= 0, got {count!r}")

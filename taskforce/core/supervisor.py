@@ -64,12 +64,25 @@ class Slot:
     #: why it last started, stopped or restarted -- for the operator
     reason: str = ""
     waiting_on: tuple[str, ...] = ()
-    #: deadline by purpose ("ready", "limit", "kill", "retry")
+    #: deadline by purpose ("ready", "limit", "kill", "retry", "pidfile")
     timers: dict[str, float] = field(default_factory=dict)
+    #: nowait/adopt: "launcher" (its start command runs), "daemon" (the pid
+    #: came from the pidfile), "adopt" (probing for a process to adopt)
+    phase: str | None = None
+    #: adopt: the pidfile was looked at once since taskforce started
+    adopt_checked: bool = False
+    #: when the current pidfile wait gives up
+    pidfile_deadline: float = 0.0
 
     @property
     def live(self) -> bool:
-        return self.state in LIVE_STATES or self.state is S.STARTING
+        return self.state in LIVE_STATES or self.state in (S.STARTING, S.PROBING)
+
+    @property
+    def signal_group(self) -> bool:
+        # A daemon found through its pidfile may share a group with others
+        # (its launcher's, say): signal the process itself, never the group.
+        return self.phase != "daemon"
 
 
 @dataclass(eq=False)
@@ -96,6 +109,8 @@ class TaskState:
 def describe_exit(exit_code: int | None, signal: str | None) -> str:
     if signal:
         return f"killed by {signal}"
+    if exit_code is None:
+        return "exited (status unknown: not our child)"
     return "exited ok" if exit_code == 0 else f"exited {exit_code}"
 
 
@@ -249,6 +264,9 @@ class Supervisor:
             return
         slot.last_exit = describe_exit(event.exit_code, event.signal)
         slot.exited_at = self.now
+        if slot.phase == "launcher" and slot.state is S.RUNNING:
+            self._launcher_exited(slot, event)
+            return
         self.counters["exits"] += 1
         if event.group_alive:
             LIFECYCLE.fire(slot, "leader_exited")
@@ -265,6 +283,71 @@ class Supervisor:
             )
             return
         self._process_gone(slot)
+
+    def _launcher_exited(self, slot: Slot, event: ev.ProcessExited) -> None:
+        """A nowait/adopt start command ended: on success, find its daemon."""
+        self._by_pid.pop(event.pid, None)
+        slot.pid = None
+        if event.exit_code != 0:
+            # Members it left in its group are its own business to clean up;
+            # we never saw a daemon, so this is a failed start.
+            LIFECYCLE.fire(slot, "exited")
+            slot.timers.clear()
+            slot.phase = None
+            self._after_exit(slot, failed=True, pid=event.pid)
+            return
+        LIFECYCLE.fire(slot, "launched")
+        self._log("debug", f"{self._name(slot)}: start command done; reading its pidfile", slot.task)
+        slot.timers.pop("limit", None)
+        slot.timers.pop("ready", None)
+        slot.pidfile_deadline = self.now + self.settings.pidfile_timeout
+        self._read_pidfile(slot)
+
+    def _read_pidfile(self, slot: Slot) -> None:
+        task = self.tasks[slot.task]
+        path = task.spec.process(slot.instance).pidfile or ""
+        self._emit(fx.ReadPidfile(slot.task, slot.instance, slot.generation, path))
+
+    def _on_PidfileRead(self, event: ev.PidfileRead) -> None:
+        slot = self.slot(event.task, event.instance)
+        if slot is None or slot.generation != event.generation or slot.state is not S.PROBING:
+            return
+        task = self.tasks[slot.task]
+        name = self._name(slot)
+        if event.pid is not None:
+            LIFECYCLE.fire(slot, "found")
+            adopted = slot.phase == "adopt"
+            slot.phase = "daemon"
+            slot.pid = event.pid
+            slot.started_at = self.now
+            slot.timers.pop("pidfile", None)
+            self._by_pid[event.pid] = slot
+            self._emit(fx.WatchProcess(slot.task, slot.instance, event.pid))
+            if adopted:
+                slot.reason = "adopted: running before taskforce started"
+            else:
+                self.counters["starts"] += 1
+            if task.spec.start_delay > 0:
+                self._set_timer(slot, "ready", self.now + task.spec.start_delay)
+            if task.spec.time_limit:
+                self._set_timer(
+                    slot, "limit", self.now + task.spec.start_delay + task.spec.time_limit
+                )
+            what = "adopted" if adopted else "daemon running as"
+            self._log("info", f"{name} {what} pid {event.pid}", slot.task)
+            return
+        if slot.phase == "adopt":
+            self._log("info", f"{name}: nothing to adopt ({event.error}); starting it", slot.task)
+            slot.phase = None
+            self._spawn(task, slot, task.spec.process(slot.instance))
+            return
+        if self.now < slot.pidfile_deadline:
+            self._set_timer(slot, "pidfile", min(self.now + 0.1, slot.pidfile_deadline))
+            return
+        LIFECYCLE.fire(slot, "lost")
+        slot.phase = None
+        slot.last_exit = f"no daemon after its start command: {event.error}"
+        self._after_exit(slot, failed=True)
 
     def _on_GroupEmptied(self, event: ev.GroupEmptied) -> None:
         slot = self._by_pid.get(event.pgid)
@@ -508,7 +591,7 @@ class Supervisor:
                 why = f"config changed: {_spec_diff(slot.spec, spec)}"
                 self._stop_slot(task, slot, "restart", f"restarted: {why}")
             return
-        if state in (S.STARTING, S.STOPPING, S.DRAINING):
+        if state in (S.STARTING, S.STOPPING, S.DRAINING, S.PROBING):
             return
         if state is S.BACKOFF and "retry" in slot.timers and slot.spec == spec:
             return
@@ -522,12 +605,33 @@ class Supervisor:
             slot.waiting_on = gate
             return
         slot.waiting_on = ()
+        if task.control == "adopt" and not slot.adopt_checked and spec.pidfile:
+            # Once per slot per taskforce run: is it running from before?
+            slot.adopt_checked = True
+            LIFECYCLE.fire(slot, "probe")
+            self._generation += 1
+            slot.generation = self._generation
+            slot.spec = spec
+            slot.phase = "adopt"
+            self._read_pidfile(slot)
+            return
         self._spawn(task, slot, spec)
 
     def _keep_stopped(self, task: TaskState, slot: Slot) -> None:
         state = slot.state
         if state is S.RUNNING:
             if self.shutdown and self._has_live_dependents(task.spec.name):
+                return
+            if self.shutdown and task.control == "adopt" and slot.phase == "daemon":
+                self._log(
+                    "info", f"{self._name(slot)} (pid {slot.pid}) left running for adoption",
+                    task.spec.name,
+                )
+                LIFECYCLE.fire(slot, "abandon")
+                if slot.pid is not None:
+                    self._by_pid.pop(slot.pid, None)
+                slot.pid = None
+                slot.timers.clear()
                 return
             why = self._stop_reason(task)
             self._stop_slot(task, slot, "stop", why)
@@ -571,7 +675,7 @@ class Supervisor:
     # ------------------------------------------------------------ lifecycle
 
     def _spawn(self, task: TaskState, slot: Slot, spec: ProcessSpec) -> None:
-        if slot.state is S.EXITED or slot.generation:
+        if slot.started_at is not None:
             if not slot.reason.startswith(("restarted", "started")):
                 slot.reason = "restarted: " + (slot.reason or "exited")
             slot.restarts += 1
@@ -583,6 +687,7 @@ class Supervisor:
         slot.generation = self._generation
         slot.spec = spec
         slot.intent = None
+        slot.phase = "launcher" if task.control in ("nowait", "adopt") and spec.pidfile else None
         slot.timers.clear()
         self._emit(
             fx.Spawn(
@@ -620,11 +725,13 @@ class Supervisor:
         action = (task.spec.restart_action if use_restart else None) or task.spec.stop_action
         name = task.spec.name
         if action and action.signal:
-            self._emit(fx.Signal(name, slot.instance, slot.pid, action.signal))
+            self._emit(
+                fx.Signal(name, slot.instance, slot.pid, action.signal, group=slot.signal_group)
+            )
         elif action and action.command in task.spec.commands:
             self._run_command(task, action.command or "")
         else:
-            self._emit(fx.Signal(name, slot.instance, slot.pid, "SIGTERM"))
+            self._emit(fx.Signal(name, slot.instance, slot.pid, "SIGTERM", group=slot.signal_group))
         self._set_timer(slot, "kill", self.now + task.spec.stop_timeout)
         self._log("info", f"{self._name(slot)} (pid {slot.pid}) {reason}", name)
 
@@ -736,7 +843,11 @@ class Supervisor:
                     f"{self._name(slot)} (pid {slot.pid}) did not stop; SIGKILL",
                     slot.task,
                 )
-                self._emit(fx.Signal(slot.task, slot.instance, slot.pid, "SIGKILL"))
+                self._emit(
+                    fx.Signal(slot.task, slot.instance, slot.pid, "SIGKILL", group=slot.signal_group)
+                )
+            elif purpose == "pidfile" and slot.state is S.PROBING:
+                self._read_pidfile(slot)
             elif purpose == "limit":
                 if task.control in ("once", "event"):
                     self._stop_slot(task, slot, "finish", "stopped: time_limit reached")

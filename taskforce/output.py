@@ -1,0 +1,403 @@
+"""Task output: where each process's stdout and stderr go (shell side).
+
+One pipe per spawned process carries its stdout and stderr (merged).  The
+read end is non-blocking and registered on the daemon's selector; each
+readiness reads one chunk (``CHUNK``), writes the complete lines to the sink
+and holds a partial last line for the next read.  A pipe belongs to the one
+process it was made for: lines of an old process and of its replacement never
+meet inside a line, and a pipe is read to EOF (which may come after its
+process exited, when a grandchild still holds it) before it is closed.  At
+EOF a held partial line is written out, completed with a newline.
+
+Bounds, so a chatty task can neither stall supervision nor grow memory:
+
+- per pipe at most ``CHUNK`` unwritten bytes plus a partial line shorter than
+  ``MAX_LINE``; a longer line is cut into ``MAX_LINE`` pieces, each but the
+  last ending with ``LONG_LINE_MARK``;
+- per turn of the loop at most one chunk is read from a pipe, and at most
+  ``LOG_LINES_PER_TURN`` lines are logged from it; complete lines still
+  waiting after that are a *backlog*: the pipe is taken off the selector
+  (the writer then blocks on its full pipe: backpressure) and the loop comes
+  back without sleeping (``busy``) until the backlog is written.
+
+Sinks: ``inherit`` (no pipe: the daemon's own stdout and stderr), ``discard``
+(``/dev/null``), ``log`` (each line through ``logging.getLogger(
+"taskforce.output")`` at info level, prefixed ``task[instance] ``), ``file``
+(appended to a file shared by every process that names the same path; when a
+write would take it past ``max_bytes`` it is rotated at a line boundary,
+PATH -> PATH.1 -> ... -> PATH.backups).
+
+This module decides nothing about processes: it never starts, signals or
+waits for one.  Failures to write are logged (once until writing works
+again) and the lines dropped; they never reach the core.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import selectors
+from collections.abc import Callable
+
+from taskforce.core.effects import Spawn
+
+log = logging.getLogger("taskforce")
+output_log = logging.getLogger("taskforce.output")
+
+#: Bytes read from a pipe per readiness.
+CHUNK = 64 * 1024
+#: A line longer than this is written in pieces of this size.
+MAX_LINE = 64 * 1024
+#: Ends every piece of a cut line but the last.
+LONG_LINE_MARK = b" [taskforce: line continues]\n"
+#: Lines logged from one pipe per turn of the loop (``log`` mode).
+LOG_LINES_PER_TURN = 64
+#: Kernel buffer asked for each pipe (Linux): fewer wake-ups for a fast
+#: writer.  It is kernel memory, bounded, and the request may be refused.
+PIPE_SIZE = 1024 * 1024
+#: A file dropped by rotation is freed this much per turn of the loop:
+#: freeing a large file at once can block for a tenth of a second or more.
+SHRINK_STEP = 4 * 1024 * 1024
+
+
+class FileSink:
+    """One output file with size-based rotation, shared by path.
+
+    The file that rotation drops (the oldest backup, or the file itself with
+    no backups) is unlinked while an fd still holds it, and that fd is handed
+    to ``retire``, which frees it bit by bit.
+    """
+
+    def __init__(
+        self, path: str, max_bytes: int, backups: int, retire: Callable[[int], None]
+    ) -> None:
+        self.path = path
+        self.retire = retire
+        self.max_bytes = max(1, max_bytes)
+        self.backups = max(0, backups)
+        self.users = 0
+        self.failing = False
+        self.fd = self._open()
+        self.size = os.fstat(self.fd).st_size
+
+    def _open(self) -> int:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        return os.open(self.path, flags, 0o644)
+
+    def write(self, data: bytes | bytearray) -> None:
+        """Append ``data`` (whole lines); rotate between lines when full."""
+        try:
+            while data:
+                room = self.max_bytes - self.size
+                if len(data) <= room:
+                    self._write_all(data)
+                    break
+                cut = data.rfind(b"\n", 0, max(room, 0)) + 1
+                if cut == 0 and self.size == 0:
+                    # One line longer than max_bytes: it goes whole into a
+                    # fresh file rather than being split.
+                    cut = data.find(b"\n") + 1 or len(data)
+                if cut:
+                    self._write_all(data[:cut])
+                    data = data[cut:]
+                self._rotate()
+            if self.failing:
+                self.failing = False
+                log.info("output file %s: writing again", self.path)
+        except OSError as exc:
+            if not self.failing:
+                self.failing = True
+                log.error("output file %s: %s; output is dropped", self.path, exc.strerror or exc)
+
+    def _write_all(self, data: bytes | bytearray) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            self.size += written
+            view = view[written:]
+
+    def _rotate(self) -> None:
+        # PATH may be gone (removed or moved away by hand): then the rotation
+        # just starts a new PATH.
+        old = self.fd
+        if self.backups == 0:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            doomed: int | None = old
+        else:
+            oldest = f"{self.path}.{self.backups}"
+            try:
+                doomed = os.open(oldest, os.O_WRONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                doomed = None
+            else:
+                os.unlink(oldest)
+            for index in range(self.backups - 1, 0, -1):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(f"{self.path}.{index}", f"{self.path}.{index + 1}")
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(self.path, f"{self.path}.1")
+        self.fd = self._open()
+        self.size = os.fstat(self.fd).st_size
+        if doomed != old:
+            os.close(old)
+        if doomed is not None:
+            self.retire(doomed)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class Capture:
+    """The read end of one process's output pipe and where its lines go."""
+
+    def __init__(
+        self,
+        owner: Output,
+        fd: int,
+        label: str,
+        sink: FileSink | None,
+    ) -> None:
+        self.owner = owner
+        self.fd = fd
+        self.label = label
+        #: None: lines go to the log.
+        self.sink = sink
+        self.buf = bytearray()
+        self.eof = False
+        self.reading = False
+        self.closed = False
+
+    # -- reading -----------------------------------------------------------
+
+    def start(self) -> None:
+        self._set_reading(True)
+
+    def _set_reading(self, on: bool) -> None:
+        if on != self.reading:
+            if on:
+                self.owner.selector.register(self.fd, selectors.EVENT_READ, self.on_readable)
+            else:
+                self.owner.selector.unregister(self.fd)
+            self.reading = on
+
+    def on_readable(self) -> None:
+        self.read_once()
+        self.work()
+
+    def read_once(self) -> bool:
+        """One read; False when nothing was there (or at EOF)."""
+        try:
+            data = os.read(self.fd, CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            log.warning("output of %s: read failed: %s", self.label, exc)
+            data = b""
+        if not data:
+            self.eof = True
+            return False
+        self.buf += data
+        return True
+
+    # -- writing -----------------------------------------------------------
+
+    def work(self, *, budget: bool = True) -> None:
+        """Write what is complete; pause, resume or finish the pipe."""
+        self._write_lines(budget)
+        if self._has_lines():
+            self._set_reading(False)
+            self.owner.backlog.add(self)
+            return
+        self.owner.backlog.discard(self)
+        if self.eof:
+            self.finish()
+        else:
+            self._set_reading(True)
+
+    def _has_lines(self) -> bool:
+        return b"\n" in self.buf or len(self.buf) >= MAX_LINE
+
+    def _write_lines(self, budget: bool) -> None:
+        buf = self.buf
+        end = buf.rfind(b"\n") + 1
+        if end:
+            if self.sink is not None:
+                self.sink.write(buf[:end])
+                del buf[:end]
+            else:
+                del buf[: self._log_lines(end, budget)]
+        # A line that never ends is written in pieces, marked as such.
+        while len(buf) >= MAX_LINE and b"\n" not in buf:
+            piece = bytes(buf[:MAX_LINE]) + LONG_LINE_MARK
+            del buf[:MAX_LINE]
+            if self.sink is not None:
+                self.sink.write(piece)
+            else:
+                self._log_text(piece)
+
+    def _log_lines(self, end: int, budget: bool) -> int:
+        """Log lines of ``buf[:end]``; how many bytes were consumed."""
+        buf = self.buf
+        if not output_log.isEnabledFor(logging.INFO):
+            return end
+        start = 0
+        limit = LOG_LINES_PER_TURN if budget else -1
+        while start < end and limit != 0:
+            stop = buf.index(b"\n", start) + 1
+            self._log_text(buf[start:stop])
+            start = stop
+            limit -= 1
+        return start
+
+    def _log_text(self, line: bytes | bytearray) -> None:
+        text = bytes(line).decode(errors="replace").rstrip("\n")
+        output_log.info("%s %s", self.label, text.removesuffix("\r"))
+
+    def finish(self) -> None:
+        """EOF: write all that is left, a partial line with a newline; close."""
+        if self.closed:
+            return
+        self._write_lines(budget=False)
+        if self.buf:
+            rest = bytes(self.buf) + b"\n"
+            self.buf.clear()
+            if self.sink is not None:
+                self.sink.write(rest)
+            else:
+                self._log_text(rest)
+        self._set_reading(False)
+        self.owner.backlog.discard(self)
+        os.close(self.fd)
+        self.closed = True
+        self.owner.release(self)
+
+    def drain(self) -> None:
+        """Read what is in the pipe now, write it all, close.
+
+        Bounded: a straggler still writing cannot keep us here.
+        """
+        for _ in range(PIPE_SIZE // CHUNK + 2):
+            if self.eof or not self.read_once():
+                break
+            self._write_lines(budget=False)
+        self.finish()
+
+
+class Output:
+    """Every capture of a daemon, and the sinks they share."""
+
+    def __init__(self, selector: selectors.BaseSelector) -> None:
+        self.selector = selector
+        self.captures: set[Capture] = set()
+        self.backlog: set[Capture] = set()
+        self.files: dict[str, FileSink] = {}
+        #: Unlinked files being freed: [fd, size left].
+        self.shrinking: list[list[int]] = []
+        self._null: int | None = None
+
+    def prepare(self, spawn: Spawn) -> tuple[int | None, Callable[[bool], None]]:
+        """Before ``spawn``: the fd to give the child as stdout and stderr
+        (None: inherit), and ``done(started)`` to call once the spawn
+        succeeded or failed.  Raises OSError (an output file that cannot be
+        opened)."""
+        task, instance, mode, path = spawn.task, spawn.instance, spawn.output, spawn.output_file
+        if mode == "inherit":
+            return None, _nothing
+        if mode == "discard":
+            if self._null is None:
+                self._null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+            return self._null, _nothing
+        if mode not in ("log", "file") or (mode == "file" and not path):
+            raise OSError(f"output {mode!r} for {task}[{instance}] is not usable")
+        read_end, write_end = os.pipe()  # both close on exec
+        sink = None
+        if mode == "file":
+            assert path is not None
+            try:
+                sink = self._file(path, spawn.output_max_bytes, spawn.output_backups)
+            except OSError as exc:
+                os.close(read_end)
+                os.close(write_end)
+                raise OSError(f"output file {path}: {exc.strerror or exc}") from None
+        os.set_blocking(read_end, False)
+        if hasattr(fcntl, "F_SETPIPE_SZ"):
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(read_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        if sink is not None:
+            sink.users += 1
+        capture = Capture(self, read_end, f"{task}[{instance}]", sink)
+
+        def done(started: bool) -> None:
+            os.close(write_end)  # the child has its copy; EOF when it is gone
+            self.captures.add(capture)
+            if started:
+                capture.start()
+            else:
+                capture.drain()
+
+        return write_end, done
+
+    def _file(self, path: str, max_bytes: int, backups: int) -> FileSink:
+        sink = self.files.get(path)
+        if sink is None:
+            sink = self.files[path] = FileSink(path, max_bytes, backups, self._retire)
+        else:
+            sink.max_bytes, sink.backups = max(1, max_bytes), max(0, backups)
+        return sink
+
+    def release(self, capture: Capture) -> None:
+        self.captures.discard(capture)
+        sink = capture.sink
+        if sink is not None:
+            sink.users -= 1
+            if sink.users <= 0 and self.files.get(sink.path) is sink:
+                del self.files[sink.path]
+                sink.close()
+
+    def _retire(self, fd: int) -> None:
+        try:
+            self.shrinking.append([fd, os.fstat(fd).st_size])
+        except OSError:
+            os.close(fd)
+
+    @property
+    def busy(self) -> bool:
+        """Lines wait to be written or files to be freed: the loop must not sleep."""
+        return bool(self.backlog or self.shrinking)
+
+    def pump(self) -> None:
+        """One turn of work for each pipe with a backlog and each dropped file."""
+        for capture in list(self.backlog):
+            capture.work()
+        for entry in list(self.shrinking):
+            fd, size = entry
+            entry[1] = size = max(0, size - SHRINK_STEP)
+            try:
+                if size:
+                    os.ftruncate(fd, size)
+            except OSError:
+                size = 0
+            if not size:
+                os.close(fd)
+                self.shrinking.remove(entry)
+
+    def close(self) -> None:
+        """The daemon is leaving: write out everything there is, close all."""
+        for capture in list(self.captures):
+            capture.drain()
+        for sink in list(self.files.values()):
+            sink.close()
+        self.files.clear()
+        for fd, _ in self.shrinking:
+            os.close(fd)
+        self.shrinking.clear()
+        if self._null is not None:
+            os.close(self._null)
+            self._null = None
+
+
+def _nothing(started: bool) -> None:
+    pass

@@ -1,0 +1,155 @@
+"""Self-daemonizing programs: ``nowait`` finds them by pidfile and restarts
+them when they die; ``adopt`` also takes over one that is already running."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from daemon_harness import Daemon, wait_for
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+#: Forks twice, detaches, writes its pidfile, lives on; the launcher exits 0.
+SELF_DAEMONIZING = """
+import os, sys, time
+pidfile = sys.argv[1]
+if os.fork():
+    os._exit(0)
+os.setsid()
+if os.fork():
+    os._exit(0)
+time.sleep(0.05)  # the launcher is long gone before the pidfile appears
+with open(pidfile + ".tmp", "w") as handle:
+    handle.write(f"{os.getpid()}\\n")
+os.replace(pidfile + ".tmp", pidfile)
+time.sleep(1000)
+"""
+
+
+def config(daemon: Daemon, control: str, pidfile: Path) -> dict:
+    return {
+        "tasks": {
+            "forker": {
+                "control": control,
+                "pidfile": str(pidfile),
+                "commands": {
+                    "start": [sys.executable, "-c", SELF_DAEMONIZING, str(pidfile), daemon.marker]
+                },
+            }
+        }
+    }
+
+
+def pidfile_pid(pidfile: Path) -> int | None:
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if os.path.exists(f"/proc/{pid}") else None
+
+
+def kill_quietly(pid: int | None) -> None:
+    """SIGKILL ``pid`` (not our child: init reaps it) and wait until it is gone."""
+    if pid is None:
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+
+    def gone() -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            return True
+
+    wait_for(gone, what=f"pid {pid} to die")
+
+
+def test_nowait_daemon_is_found_and_restarted_when_it_dies(daemon: Daemon) -> None:
+    pidfile = daemon.root / "forker.pid"
+    daemon.write_config(config(daemon, "nowait", pidfile))
+    daemon.start()
+    first = wait_for(lambda: pidfile_pid(pidfile), what="the daemon's pidfile")
+    daemon.wait_log(f"forker[0] daemon running as pid {first}")
+    os.kill(first, signal.SIGKILL)
+    second = wait_for(
+        lambda: (lambda p: p if p and p != first else None)(pidfile_pid(pidfile)),
+        what="a new daemon",
+    )
+    daemon.wait_log(f"forker[0] daemon running as pid {second}")
+    assert daemon.stop() == 0
+    wait_for(lambda: not os.path.exists(f"/proc/{second}"), what="the daemon stopped with us")
+
+
+def test_nowait_start_command_failing_is_a_failed_start(daemon: Daemon) -> None:
+    daemon.write_config(
+        {
+            "tasks": {
+                "bad": {
+                    "control": "nowait",
+                    "pidfile": str(daemon.root / "never.pid"),
+                    "commands": {"start": ["sh", "-c", "exit 4", daemon.marker]},
+                }
+            }
+        }
+    )
+    daemon.start()
+    daemon.wait_log("bad[0] (pid")
+    daemon.wait_log("failing fast")
+
+
+def test_adopt_keeps_the_same_pid_across_a_reset(daemon: Daemon) -> None:
+    pidfile = daemon.root / "forker.pid"
+    daemon.write_config(config(daemon, "adopt", pidfile))
+    daemon.start("-p", str(daemon.pidfile))
+    pid = wait_for(lambda: pidfile_pid(pidfile), what="the daemon's pidfile")
+    daemon.wait_log(f"daemon running as pid {pid}")
+    os.kill(daemon.pid, signal.SIGHUP)
+    daemon.wait_log("left running for adoption")
+    daemon.wait_log(f"forker[0] adopted pid {pid}")
+    assert pidfile_pid(pidfile) == pid
+    # Shutdown leaves an adopted daemon running, for the next taskforce.
+    assert daemon.stop() == 0
+    try:
+        assert os.path.exists(f"/proc/{pid}")
+        daemon.proc = None
+        daemon.start()
+        wait_for(lambda: daemon.log_text().count(f"forker[0] adopted pid {pid}") == 2,
+                 what="the new taskforce adopting it")
+    finally:
+        daemon.stop()
+        kill_quietly(pid)
+
+
+def test_a_recycled_pid_is_not_adopted(daemon: Daemon) -> None:
+    pidfile = daemon.root / "forker.pid"
+    pidfile.write_text("1\n")
+    old = time.time() - 3600
+    # A live process younger than the pidfile: the pid was reused.
+    impostor = subprocess.Popen(["sleep", "1000"])
+    try:
+        pidfile.write_text(f"{impostor.pid}\n")
+        os.utime(pidfile, (old, old))
+        daemon.write_config(config(daemon, "adopt", pidfile))
+        daemon.start()
+        daemon.wait_log("started after the pidfile was written (a reused pid)")
+        new = wait_for(
+            lambda: (lambda p: p if p and p != impostor.pid else None)(pidfile_pid(pidfile)),
+            what="a daemon of our own",
+        )
+        daemon.wait_log(f"daemon running as pid {new}")
+        assert impostor.poll() is None, "the impostor must be left alone"
+        daemon.stop()  # an adopt daemon is left running: ours to clean up
+    finally:
+        impostor.kill()
+        impostor.wait()
+        if pidfile_pid(pidfile) != impostor.pid:
+            kill_quietly(pidfile_pid(pidfile))
