@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from taskforce import __version__
 from taskforce.config import ConfigError, check_roles_against, load_config, load_roles
@@ -73,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
         + '; "-" means none: every task is in scope)',
     )
     parser.add_argument(
-        "-C", "--check-config", action="store_true", help="check the config and exit; starts nothing"
+        "-C",
+        "--check-config",
+        action="store_true",
+        help="check the config and exit; starts nothing",
     )
     parser.add_argument(
         "-R", "--reset", action="store_true", help="make the running taskforce stop all and restart"
@@ -83,6 +87,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--expires", metavar="SECS", type=float, help="stop all and exit after SECS seconds"
+    )
+    # --- event log (replay with `taskforce replay FILE`)
+    parser.add_argument(
+        "--record", metavar="FILE", help="record every event and effect to FILE (JSON Lines)"
+    )
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="with -C: also print which tasks this host would run",
+    )
+    # --- control server (issue 5): overrides settings.http[0], as in the original
+    parser.add_argument(
+        "-w",
+        "--http",
+        metavar="LISTEN",
+        help="serve status and control here: a Unix socket path (with a '/'), or "
+        "[host]:port (default port 8080, 8443 with -c); empty means /var/run/s.taskforce",
+    )
+    parser.add_argument(
+        "-c", "--certfile", metavar="CERTFILE", help="PEM certificate and key: serve over TLS"
+    )
+    parser.add_argument(
+        "-A", "--allow-control", action="store_true", help="allow /manage/... requests"
     )
     return parser
 
@@ -231,8 +258,23 @@ def check_config(config_path: str, roles_path: str | None) -> int:
     return EXIT_OK
 
 
+SUBCOMMANDS = ("replay", "simulate", "plan")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        from taskforce.tools import main as tools_main
+
+        return tools_main(argv)
     args = build_parser().parse_args(argv)
+    if args.record:
+        args.record = os.path.abspath(args.record)
+    # --- control server: paths made absolute before -b changes directory
+    if args.http is not None and "/" in args.http:
+        args.http = os.path.abspath(args.http)
+    if args.certfile:
+        args.certfile = os.path.abspath(args.certfile)
     if args.version:
         print(f"taskforce {__version__}")
         return EXIT_OK
@@ -246,7 +288,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_BAD
         return signal_running(pidfile_path, signal.SIGHUP if args.reset else signal.SIGTERM)
     if args.check_config:
-        return check_config(args.config_file, roles_path)
+        status = check_config(args.config_file, roles_path)
+        if status == EXIT_OK and args.plan:
+            from taskforce.tools import scope_plan
+
+            return scope_plan(args.config_file, [roles_path or "-"])
+        return status
 
     # Validate before detaching, so a bad config is reported to the user.
     status = check_config_quietly(args.config_file, roles_path)
@@ -286,16 +333,47 @@ def check_config_quietly(config_path: str, roles_path: str | None) -> str | None
     return None
 
 
+def start_recorder(args: argparse.Namespace, daemon: Any) -> Any:
+    """The event log, from --record or settings.record (read at start)."""
+    from taskforce.core.snapshot import snapshot
+    from taskforce.eventlog import Recorder, config_digest
+
+    path = args.record
+    if path is None:
+        try:
+            settings = load_config(args.config_file).get("settings") or {}
+        except (ConfigError, OSError):
+            settings = {}
+        path = settings.get("record")
+    if not path:
+        return None
+    path = os.path.abspath(path)
+    recorder = Recorder(
+        path, snapshot=lambda: snapshot(daemon.core), config_sha256=config_digest(args.config_file)
+    )
+    daemon.recorder = recorder
+    log.info("recording every event to %s", path)
+    return recorder
+
+
 def run_daemon(args: argparse.Namespace, roles_path: str | None, pidfile: Pidfile | None) -> int:
     from taskforce.daemon import Daemon, reexec
 
-    daemon = Daemon(args.config_file, roles_path, expires=args.expires)
+    from taskforce.control import Options  # --- control server
+
+    control = Options(listen=args.http, certfile=args.certfile, allow_control=args.allow_control)
+    daemon = Daemon(args.config_file, roles_path, expires=args.expires, control=control)
+    recorder = start_recorder(args, daemon)
     try:
         outcome = daemon.run()
     except Exception:
+        if recorder is not None:
+            recorder.close()
         if pidfile is not None:
             pidfile.release(remove=True)
         return EXIT_FAILED
+    if recorder is not None:
+        recorder.close()
     if outcome.reset:
         if pidfile is not None:
             pidfile.release(remove=False)

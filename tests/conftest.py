@@ -23,3 +23,5 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
     finally:
         leftovers = instance.cleanup()
     assert not leftovers, f"left running after the test: {leftovers}"
+    problems = instance.replay_problems()
+    assert not problems, f"the recorded run did not replay: {problems}"

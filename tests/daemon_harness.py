@@ -7,6 +7,7 @@ sure nothing the test started is left alive.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -67,6 +68,7 @@ class Daemon:
         self.roles = root / "roles"
         self.log = root / "taskforce.log"
         self.pidfile = root / "taskforce.pid"
+        self.events = root / "events.jsonl"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def write_config(self, text: str | dict[str, Any]) -> None:
@@ -94,6 +96,8 @@ class Daemon:
             roles,
             "--expires",
             "300",
+            "--record",
+            str(self.events),
             *extra,
         ]
 
@@ -147,6 +151,17 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
+
+    def replay_problems(self) -> list[str]:
+        """Replay every recorded log of this daemon; what did not match."""
+        from taskforce.tools import replay
+
+        problems = []
+        for path in sorted(self.root.glob("events.jsonl*")):
+            out = io.StringIO()
+            if replay(str(path), out=out) != 0:
+                problems.append(f"{path.name}: {out.getvalue()}")
+        return problems
 
     def cleanup(self) -> list[str]:
         """Kill whatever is left; the names of what had to be killed."""

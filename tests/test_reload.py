@@ -242,4 +242,4 @@ def test_own_code_change_resets_the_daemon(daemon: Daemon) -> None:
     )
     daemon.wait_log("own code changed")
     daemon.wait_log("re-executing")
-    assert daemon.log_text().count("taskforce started as pid") == 2
+    wait_for(lambda: daemon.log_text().count("taskforce started as pid") == 2, what="a new start")

@@ -513,9 +513,13 @@ class Supervisor:
                 task.slots.append(slot)
             gate = self._gate(task) if want else ()
             if gate != task.waiting_on:
+                # Info when what it waits on changes, not each time the reason
+                # does (a crash-looping requirement would flood the log).
+                before = {item.split(" ", 1)[0] for item in task.waiting_on}
+                level = "info" if {item.split(" ", 1)[0] for item in gate} != before else "debug"
                 task.waiting_on = gate
                 if gate:
-                    self._log("info", f"{name}: waiting on {', '.join(gate)}", name)
+                    self._log(level, f"{name}: waiting on {', '.join(gate)}", name)
             for slot in task.slots:
                 if slot.instance < want:
                     self._keep_running(task, slot, gate)
