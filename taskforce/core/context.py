@@ -24,6 +24,9 @@ from collections.abc import Mapping
 from typing import Any
 
 MAX_PASSES = 10
+#: How much longer than the original text an expansion may grow: a define
+#: that refers to itself would otherwise grow fourfold on every pass.
+MAX_GROWTH = 64 * 1024
 _TAG = re.compile(r"\{(\w+)\}")
 _WHOLE_TAG = re.compile(r"\{(\w+)\}\Z")
 
@@ -36,6 +39,8 @@ class ContextError(ValueError):
 
 def expand(text: str, ctx: Context) -> str | None:
     """``text`` with every known ``{name}`` replaced, repeatedly."""
+    original = text
+    limit = len(text) + MAX_GROWTH
     for _ in range(MAX_PASSES):
         if "{" not in text:
             return text
@@ -50,6 +55,11 @@ def expand(text: str, ctx: Context) -> str | None:
         new = _TAG.sub(_sub, text)
         if new == text:
             return text
+        if len(new) > limit:
+            raise ContextError(
+                f"{original[:40]!r} expands to over {limit} characters "
+                "(does a define refer to itself?)"
+            )
         text = new
     return text
 

@@ -171,9 +171,12 @@ class Supervisor:
         if event.at > self.now:
             self.now = event.at
         if not self.exited:
-            self._run_due_timers()
+            # The event first: it is the newest fact.  A timer that came due
+            # while the shell was busy must not act on a process this very
+            # event reports gone (a SIGKILL to a reaped, maybe reused, pid).
             handler = getattr(self, "_on_" + type(event).__name__)
             handler(event)
+            self._run_due_timers()
             self._converge()
             self._arm_timer()
         out, self._out = tuple(self._out), []
@@ -345,6 +348,7 @@ class Supervisor:
             self._set_timer(slot, "pidfile", min(self.now + 0.1, slot.pidfile_deadline))
             return
         LIFECYCLE.fire(slot, "lost")
+        slot.exited_at = self.now
         slot.phase = None
         slot.last_exit = f"no daemon after its start command: {event.error}"
         self._after_exit(slot, failed=True)
@@ -599,7 +603,11 @@ class Supervisor:
             return
         if state is S.BACKOFF and "retry" in slot.timers and slot.spec == spec:
             return
-        if state is S.DONE and (slot.spec == spec or task.control != "once"):
+        if (
+            state is S.DONE
+            and task.control in ("once", "event")
+            and (slot.spec == spec or task.control == "event")
+        ):
             return
         if slot.spec is not None and slot.spec != spec:
             slot.fails = 0  # a changed config is a fresh attempt
@@ -750,7 +758,10 @@ class Supervisor:
     def _after_exit(self, slot: Slot, *, failed: bool, pid: int | None = None) -> None:
         task = self.tasks[slot.task]
         name = self._name(slot)
-        ran = self.now - (slot.started_at or self.now)
+        # Until the leader exited: a wrapper whose children drained for a
+        # while still failed fast.
+        ended = self.now if slot.exited_at is None else slot.exited_at
+        ran = 0.0 if slot.started_at is None else ended - slot.started_at
         what = (
             f"{name} (pid {pid}) {slot.last_exit} after {ran:.2f}s"
             if pid
@@ -852,7 +863,8 @@ class Supervisor:
                 )
             elif purpose == "pidfile" and slot.state is S.PROBING:
                 self._read_pidfile(slot)
-            elif purpose == "limit":
+            elif purpose == "limit" and not self.shutdown:
+                # (At shutdown the stop order decides when it goes.)
                 if task.control in ("once", "event"):
                     self._stop_slot(task, slot, "finish", "stopped: time_limit reached")
                 else:

@@ -1,0 +1,682 @@
+"""A deterministic world for the pure core: fake clock, processes and files.
+
+``Simulation`` drives a real ``taskforce.core.supervisor.Supervisor`` the way
+the shell does -- it turns happenings into events, feeds them, and performs
+the effects that come back -- but every happening is make-believe: time moves
+only when ``advance`` is called, processes are rows in a table, and files
+change only when ``touch`` is called.  The property tests and the example
+tests use it to run hours of supervision in milliseconds, and every step is
+recorded in ``log`` so a run can be replayed (``replay``) against a fresh core.
+
+Contract kept with the core (the shell's contract, made exact):
+
+- a ``Spawn`` is answered by ``ProcessStarted`` (or ``SpawnFailed``, for a
+  program listed in ``failing``) before any other event is fed, and so is a
+  ``ReadPidfile`` (by ``PidfileRead``, from the fake ``pidfiles``);
+- the consequences of performing effects (a signal that kills, a command that
+  finishes) are fed afterwards, at the same time, in the order they arose;
+- a process the core started is reaped: its death becomes ``ProcessExited``
+  (``group_alive`` when members of its group remain, then ``GroupEmptied``
+  when the last goes); one it did not start is reported only once watched
+  (``WatchProcess``);
+- there is one timer: each ``ArmTimer`` replaces it, and it is fed back as
+  ``TimerFired`` when ``advance`` reaches it (or at once when it is already
+  due); ``stall`` lets the clock run on without it, as a busy shell would.
+
+Breaches of the shell contract by the core -- a signal for a process group
+with no member left, a second live process in one slot -- are recorded in
+``violations`` rather than raised, so a test can report them with the log.
+
+This module must never touch the OS: it imports no ``os``, ``time``,
+``subprocess``, ``signal``, ``socket``, ``select``, ``logging`` or ``random``
+(``tests/test_core_purity.py`` checks), reads no clock, starts no process and
+opens no file.  Everything it does is a function of the calls
+made on it, so two runs with the same calls are identical.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from taskforce.core import effects as fx
+from taskforce.core import events as ev
+from taskforce.core.codec import freeze
+from taskforce.core.supervisor import Supervisor
+
+#: Exits on SIGTERM, SIGINT, SIGQUIT and SIGKILL; other signals are handled.
+TERM = "term"
+#: Ignores SIGTERM (and SIGINT, SIGQUIT): only SIGKILL ends it.
+IGNORE_TERM = "ignore_term"
+#: A shell wrapper: the leader has a grandchild in its process group that
+#: outlives the leader unless the whole group is signalled (or it is killed).
+WRAPPER = "wrapper"
+#: A shell wrapper whose grandchild also ignores SIGTERM: only SIGKILL ends it.
+STUBBORN_WRAPPER = "stubborn_wrapper"
+#: A launcher (``nowait``/``adopt``): it starts a daemon in a session of its
+#: own, writes the daemon's pid to the pidfile (the ``Task_pidfile`` of its
+#: environment) and exits 0.  The daemon exits on SIGTERM.
+DAEMONIZE = "daemonize"
+
+BEHAVIOURS = (TERM, IGNORE_TERM, WRAPPER, STUBBORN_WRAPPER, DAEMONIZE)
+
+_STOPPING_SIGNALS = frozenset({"SIGTERM", "SIGINT", "SIGQUIT"})
+
+#: Marks an argument as "leave it as it is".
+_KEEP: Any = object()
+
+FIRST_PID = 1000
+
+
+class Delivery(NamedTuple):
+    """A signal a fake process received: when, which, and whether group-wide."""
+
+    at: float
+    signal: str
+    group: bool
+
+
+@dataclass
+class FakeProcess:
+    """One row of the fake process table.
+
+    ``pgid`` is the pid of the group leader (the process the core spawned);
+    grandchildren of a wrapper share it.  ``alive`` turns False when the
+    process dies; ``reaped`` turns True when the core has been told (a
+    leader's ``ProcessExited``) -- until then a dead leader is a zombie and
+    still holds its process group.  ``received`` lists a ``Delivery`` for
+    every signal the process got, from the core or from the test.  ``child``
+    is False for a process the core did not spawn (a daemon found through
+    its pidfile): its exit is reported only when watched (``WatchProcess``),
+    and without an exit status.
+    """
+
+    pid: int
+    pgid: int
+    task: str
+    instance: int
+    generation: int
+    argv: tuple[str, ...]
+    behaviour: str
+    started_at: float
+    alive: bool = True
+    reaped: bool = False
+    exit_code: int | None = None
+    signal: str | None = None
+    died_at: float | None = None
+    received: list[Delivery] = field(default_factory=list)
+    child: bool = True
+
+    @property
+    def leader(self) -> bool:
+        return self.pid == self.pgid
+
+    @property
+    def present(self) -> bool:
+        """Still in the process table: alive, or a leader not yet reaped."""
+        return self.alive or (self.leader and not self.reaped)
+
+    def dies_of(self, signal: str) -> bool:
+        if signal == "SIGKILL":
+            return True
+        if signal not in _STOPPING_SIGNALS:
+            return False  # handled (SIGHUP reloads, SIGUSR1...)
+        if self.behaviour == IGNORE_TERM:
+            return False
+        if self.behaviour == STUBBORN_WRAPPER and not self.leader:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class _Reap:
+    """Queued: tell the core that leader ``pid`` died (built when fed)."""
+
+    pid: int
+
+
+class Violation(NamedTuple):
+    """The core broke the shell contract while handling ``event``.
+
+    ``kind`` is ``"signal-to-nothing"`` (a ``Signal`` for a pid or group with
+    no member left) or ``"second-process"`` (a ``Spawn`` for a slot whose
+    previous process group is still there).
+    """
+
+    at: float
+    kind: str
+    event: ev.Event
+    effect: fx.Effect
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Divergence(NamedTuple):
+    """Where a replay first differed from the recording: ``log[step]``."""
+
+    step: int
+    event: ev.Event
+    recorded: tuple[fx.Effect, ...]
+    replayed: tuple[fx.Effect, ...]
+
+
+Step = tuple[ev.Event, tuple[fx.Effect, ...]]
+EffectObserver = Callable[["Simulation", ev.Event, fx.Effect], None]
+
+
+class Simulation:
+    """The core under a fake clock, a fake process table and fake files.
+
+    ``behaviours`` maps a task name to how its processes react to signals
+    (``TERM`` by default); ``failing`` holds program names (``argv[0]``)
+    whose spawn fails.  Both may be changed between calls.  ``observers``
+    are called with every effect just before it is performed, with the
+    world as it is at that moment.  The clock reads ``start`` (0.0) at first.
+    """
+
+    def __init__(
+        self,
+        behaviours: Mapping[str, str] | None = None,
+        failing: Iterable[str] = (),
+        *,
+        start: float = 0.0,
+        host: str = "sim",
+        fqdn: str = "sim.example.org",
+        daemon_pid: int = 1,
+        max_steps_per_call: int = 100_000,
+    ) -> None:
+        self.core = Supervisor()
+        self.now = start
+        self.behaviours: dict[str, str] = dict(behaviours or {})
+        self.failing: set[str] = set(failing)
+        self.host = host
+        self.fqdn = fqdn
+        self.daemon_pid = daemon_pid
+        self.max_steps_per_call = max_steps_per_call
+        self.processes: dict[int, FakeProcess] = {}
+        self.timer: float | None = None
+        self.watches: dict[str, fx.Watch] = {}
+        #: the fake file system's pidfiles: path -> the pid written there
+        self.pidfiles: dict[str, int] = {}
+        #: pids of processes not spawned by the core whose exit is reported
+        self.watched_pids: set[int] = set()
+        self.finished: fx.Exit | None = None
+        self.log: list[Step] = []
+        self.logs: list[tuple[float, fx.Log]] = []
+        self.replies: list[fx.Reply] = []
+        self.commands: list[tuple[float, fx.RunCommand]] = []
+        self.violations: list[Violation] = []
+        self.observers: list[EffectObserver] = []
+        self.config: dict[str, Any] = {}
+        self.roles: tuple[str, ...] | None = None
+        self._next_pid = FIRST_PID
+        self._urgent: deque[ev.Event] = deque()
+        self._queue: deque[ev.Event | _Reap] = deque()
+
+    # ------------------------------------------------------------- driving
+
+    def boot(
+        self,
+        config: Mapping[str, Any],
+        roles: Iterable[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        role_values: Mapping[str, str] | None = None,
+    ) -> None:
+        """Start the daemon: ``Booted`` then ``ConfigLoaded(source="start")``."""
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin"} if environ is None else dict(environ)
+        self._push(
+            ev.Booted(
+                at=self.now,
+                environ=env,
+                host=self.host,
+                fqdn=self.fqdn,
+                pid=self.daemon_pid,
+                ppid=0,
+            )
+        )
+        self._load(config, roles, role_values, source="start")
+
+    def reload(
+        self,
+        config: Mapping[str, Any] | None = None,
+        roles: Any = _KEEP,
+        role_values: Mapping[str, str] | None = None,
+    ) -> None:
+        """A new config and/or roles were read.
+
+        Omit ``config`` to keep the current one (a roles change); omit
+        ``roles`` to keep the current roles (``None`` means no roles file).
+        """
+        source = "config" if config is not None else "roles"
+        cfg = self.config if config is None else config
+        new_roles = self.roles if roles is _KEEP else roles
+        self._load(cfg, new_roles, role_values, source=source)
+
+    def reject(self, error: str = "bad config", source: str = "config") -> None:
+        """A config or roles file failed to load."""
+        self._push(ev.ConfigRejected(at=self.now, source=source, error=error))
+
+    def request_stop(self, reset: bool = False, reason: str = "") -> None:
+        """SIGTERM/SIGINT (or SIGHUP with ``reset``) reached the daemon."""
+        self._push(ev.StopRequested(at=self.now, reset=reset, reason=reason))
+
+    def control(self, request: int, action: str, args: Mapping[str, Any] | None = None) -> None:
+        """An operator's request arrived on the control path (see ``replies``)."""
+        self._push(
+            ev.ControlRequested(
+                at=self.now, request=request, action=action, args=freeze(dict(args or {}))
+            )
+        )
+
+    def kill(self, pid: int, signal: str = "SIGKILL") -> None:
+        """Someone else sends ``signal`` to process ``pid`` alone."""
+        self._deliver(pid, signal, group=False)
+        self._drain()
+
+    def kill_group(self, pgid: int, signal: str = "SIGKILL") -> None:
+        """Someone else sends ``signal`` to process group ``pgid``."""
+        for proc in self._members(pgid):
+            self._deliver(proc.pid, signal, group=True)
+        self._drain()
+
+    def exit(self, pid: int, code: int = 0) -> None:
+        """Process ``pid`` exits by itself with ``code``."""
+        proc = self.processes[pid]
+        if proc.alive:
+            self._die(proc, exit_code=code)
+        self._drain()
+
+    def add_process(
+        self,
+        task: str,
+        instance: int = 0,
+        argv: tuple[str, ...] = ("daemon",),
+        pidfile: str | None = None,
+        behaviour: str = TERM,
+    ) -> int:
+        """A process taskforce did not start (one to adopt), in its own session."""
+        pid = self._allocate_pid()
+        self.processes[pid] = FakeProcess(
+            pid=pid,
+            pgid=pid,
+            task=task,
+            instance=instance,
+            generation=0,
+            argv=argv,
+            behaviour=behaviour,
+            started_at=self.now,
+            child=False,
+        )
+        if pidfile is not None:
+            self.pidfiles[pidfile] = pid
+        return pid
+
+    def touch(self, path: str) -> None:
+        """``path`` changed: a ``FileChanged`` for every watch covering it."""
+        for key in sorted(self.watches):
+            if _covers(self.watches[key], path):
+                self._queue.append(ev.FileChanged(at=self.now, key=key, path=path))
+        self._drain()
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock on, firing every timer that comes due on the way."""
+        if seconds < 0:
+            raise ValueError("time only moves forward")
+        target = self.now + seconds
+        self._drain()
+        while self.timer is not None and self.timer <= target and not self.finished:
+            self.now = max(self.now, self.timer)
+            self.timer = None
+            self._queue.append(ev.TimerFired(at=self.now))
+            self._drain()
+        self.now = target
+
+    def stall(self, seconds: float) -> None:
+        """The shell is busy: the clock moves on and nothing is delivered.
+
+        Timers that come due meanwhile are overdue; the next call delivers
+        its own event first (stamped with the later time), then them --
+        which is how a real event loop that was held up behaves.
+        """
+        if seconds < 0:
+            raise ValueError("time only moves forward")
+        self.now += seconds
+
+    def settle(self, max_time: float = 600.0) -> bool:
+        """Advance until no timer is pending, or ``max_time`` has passed.
+
+        Returns True when the core is quiet (no timer pending) at the end.
+        """
+        limit = self.now + max_time
+        self._drain()
+        while self.timer is not None and not self.finished:
+            if self.timer > limit:
+                self.advance(limit - self.now)
+                return False
+            self.advance(max(0.0, self.timer - self.now))
+        return True
+
+    # ------------------------------------------------------------- queries
+
+    def running(self) -> dict[tuple[str, int], int]:
+        """Live group leaders by (task, instance)."""
+        return {
+            (proc.task, proc.instance): proc.pid
+            for proc in sorted(self.processes.values(), key=lambda p: p.pid)
+            if proc.leader and proc.alive
+        }
+
+    def alive(self) -> list[FakeProcess]:
+        """Every live process, leaders and grandchildren, by pid."""
+        return [p for _, p in sorted(self.processes.items()) if p.alive]
+
+    def groups(self) -> dict[int, tuple[str, int]]:
+        """Process groups that still have a member (zombie leaders count)."""
+        out: dict[int, tuple[str, int]] = {}
+        for _, proc in sorted(self.processes.items()):
+            if proc.present:
+                out.setdefault(proc.pgid, (proc.task, proc.instance))
+        return dict(sorted(out.items()))
+
+    def effects(self, kind: type[fx.Effect] | None = None) -> list[tuple[float, fx.Effect]]:
+        """Every effect so far (of type ``kind``), with the time it was given."""
+        return [
+            (event.at, effect)
+            for event, effects in self.log
+            for effect in effects
+            if kind is None or isinstance(effect, kind)
+        ]
+
+    def spawns(self, task: str | None = None) -> list[tuple[float, fx.Spawn]]:
+        return [
+            (at, e)
+            for at, e in self.effects(fx.Spawn)
+            if isinstance(e, fx.Spawn) and (task is None or e.task == task)
+        ]
+
+    def signals(self, task: str | None = None) -> list[tuple[float, fx.Signal]]:
+        return [
+            (at, e)
+            for at, e in self.effects(fx.Signal)
+            if isinstance(e, fx.Signal) and (task is None or e.task == task)
+        ]
+
+    def messages(self, level: str | None = None, task: str | None = None) -> list[str]:
+        return [
+            log.message
+            for _, log in self.logs
+            if (level is None or log.level == level) and (task is None or log.task == task)
+        ]
+
+    # ------------------------------------------------------------ internals
+
+    def _load(
+        self,
+        config: Mapping[str, Any],
+        roles: Iterable[str] | None,
+        role_values: Mapping[str, str] | None,
+        source: str,
+    ) -> None:
+        self.config = freeze(dict(config))
+        self.roles = None if roles is None else tuple(roles)
+        self._push(
+            ev.ConfigLoaded(
+                at=self.now,
+                config=self.config,
+                roles=self.roles,
+                role_values=dict(role_values or {}),
+                source=source,
+            )
+        )
+
+    def _push(self, event: ev.Event) -> None:
+        self._queue.append(event)
+        self._drain()
+
+    def _drain(self) -> None:
+        steps = 0
+        while True:
+            item: ev.Event | _Reap
+            if self._urgent:
+                item = self._urgent.popleft()
+            elif self._queue:
+                item = self._queue.popleft()
+            elif self.timer is not None and self.timer <= self.now and not self.finished:
+                self.timer = None
+                item = ev.TimerFired(at=self.now)
+            else:
+                return
+            steps += 1
+            if steps > self.max_steps_per_call:
+                raise RuntimeError(f"no quiet point after {steps} steps: a livelock?")
+            event = self._reap(item) if isinstance(item, _Reap) else item
+            if event is not None:
+                self._feed(event)
+
+    def _reap(self, item: _Reap) -> ev.ProcessExited | None:
+        proc = self.processes[item.pid]
+        if proc.reaped:
+            return None
+        proc.reaped = True
+        return ev.ProcessExited(
+            at=self.now,
+            pid=proc.pid,
+            exit_code=proc.exit_code,
+            signal=proc.signal,
+            group_alive=any(m.alive for m in self._members(proc.pgid)),
+        )
+
+    def _feed(self, event: ev.Event) -> None:
+        effects = self.core.handle(event)
+        self.log.append((event, effects))
+        for effect in effects:
+            for observer in self.observers:
+                observer(self, event, effect)
+            self._perform(event, effect)
+
+    def _perform(self, event: ev.Event, effect: fx.Effect) -> None:
+        if isinstance(effect, fx.Spawn):
+            self._spawn(event, effect)
+        elif isinstance(effect, fx.Signal):
+            self._signal(event, effect)
+        elif isinstance(effect, fx.ArmTimer):
+            self.timer = effect.at
+        elif isinstance(effect, fx.ReadPidfile):
+            self._urgent.append(self._read_pidfile(effect))
+        elif isinstance(effect, fx.WatchProcess):
+            proc = self.processes.get(effect.pid)
+            if proc is None or not proc.alive:
+                self._queue.append(ev.ProcessExited(at=self.now, pid=effect.pid))
+            else:
+                self.watched_pids.add(effect.pid)
+        elif isinstance(effect, fx.RunCommand):
+            self.commands.append((self.now, effect))
+            pid = self._allocate_pid()
+            self._queue.append(
+                ev.CommandExited(
+                    at=self.now, task=effect.task, name=effect.name, pid=pid, exit_code=0
+                )
+            )
+        elif isinstance(effect, fx.Watch):
+            self.watches[effect.key] = effect
+        elif isinstance(effect, fx.Unwatch):
+            self.watches.pop(effect.key, None)
+        elif isinstance(effect, fx.Log):
+            self.logs.append((self.now, effect))
+        elif isinstance(effect, fx.Reply):
+            self.replies.append(effect)
+        elif isinstance(effect, fx.Exit):
+            self.finished = effect
+            self.timer = None
+        else:  # pragma: no cover - a new effect type needs a line here
+            raise TypeError(f"the simulator cannot perform {effect!r}")
+
+    def _read_pidfile(self, read: fx.ReadPidfile) -> ev.PidfileRead:
+        pid = self.pidfiles.get(read.path)
+        error = ""
+        if pid is None:
+            error = f"{read.path}: No such file or directory"
+        elif pid not in self.processes or not self.processes[pid].alive:
+            error, pid = f"no process {pid}", None
+        return ev.PidfileRead(
+            at=self.now,
+            task=read.task,
+            instance=read.instance,
+            generation=read.generation,
+            pid=pid,
+            error=error,
+        )
+
+    def _allocate_pid(self) -> int:
+        pid = self._next_pid
+        self._next_pid += 1
+        return pid
+
+    def _violation(self, kind: str, event: ev.Event, effect: fx.Effect, message: str) -> None:
+        text = f"t={self.now:g} on {type(event).__name__}: {message}"
+        self.violations.append(Violation(self.now, kind, event, effect, text))
+
+    def _spawn(self, event: ev.Event, spawn: fx.Spawn) -> None:
+        for proc in self.processes.values():
+            if proc.present and (proc.task, proc.instance) == (spawn.task, spawn.instance):
+                self._violation(
+                    "second-process",
+                    event,
+                    spawn,
+                    f"Spawn for {spawn.task}[{spawn.instance}] while pid {proc.pid} "
+                    f"(group {proc.pgid}) of that slot is still there",
+                )
+                break
+        if spawn.argv and spawn.argv[0] in self.failing:
+            self._urgent.append(
+                ev.SpawnFailed(
+                    at=self.now,
+                    task=spawn.task,
+                    instance=spawn.instance,
+                    generation=spawn.generation,
+                    error=f"{spawn.argv[0]}: No such file or directory",
+                )
+            )
+            return
+        behaviour = self.behaviours.get(spawn.task, TERM)
+        if behaviour not in BEHAVIOURS:
+            raise ValueError(f"unknown behaviour {behaviour!r} for {spawn.task}")
+        pid = self._allocate_pid()
+        self.processes[pid] = FakeProcess(
+            pid=pid,
+            pgid=pid,
+            task=spawn.task,
+            instance=spawn.instance,
+            generation=spawn.generation,
+            argv=spawn.argv,
+            behaviour=behaviour,
+            started_at=self.now,
+        )
+        if behaviour == DAEMONIZE:
+            daemon = self.add_process(
+                spawn.task,
+                spawn.instance,
+                spawn.argv,
+                pidfile=spawn.env.get("Task_pidfile"),
+            )
+            self.processes[daemon].generation = spawn.generation
+            self._die(self.processes[pid], exit_code=0)
+        if behaviour in (WRAPPER, STUBBORN_WRAPPER):
+            child = self._allocate_pid()
+            self.processes[child] = FakeProcess(
+                pid=child,
+                pgid=pid,
+                task=spawn.task,
+                instance=spawn.instance,
+                generation=spawn.generation,
+                argv=spawn.argv[-1:],
+                behaviour=behaviour,
+                started_at=self.now,
+            )
+        self._urgent.append(
+            ev.ProcessStarted(
+                at=self.now,
+                task=spawn.task,
+                instance=spawn.instance,
+                generation=spawn.generation,
+                pid=pid,
+            )
+        )
+
+    def _signal(self, event: ev.Event, signal: fx.Signal) -> None:
+        if signal.group:
+            targets = [p for p in self._members(signal.pid) if p.present]
+        else:
+            proc = self.processes.get(signal.pid)
+            targets = [proc] if proc is not None and proc.present else []
+        if not targets:
+            what = "group" if signal.group else "pid"
+            self._violation(
+                "signal-to-nothing",
+                event,
+                signal,
+                f"{signal.signal} to {what} {signal.pid} ({signal.task}[{signal.instance}]) "
+                "which has no member left",
+            )
+            return
+        for proc in targets:
+            self._deliver(proc.pid, signal.signal, group=signal.group)
+
+    def _deliver(self, pid: int, signal: str, *, group: bool) -> None:
+        proc = self.processes.get(pid)
+        if proc is None or not proc.alive:
+            return
+        proc.received.append(Delivery(self.now, signal, group))
+        if proc.dies_of(signal):
+            self._die(proc, signal=signal)
+
+    def _die(
+        self, proc: FakeProcess, *, exit_code: int | None = None, signal: str | None = None
+    ) -> None:
+        proc.alive = False
+        proc.exit_code = exit_code
+        proc.signal = signal
+        proc.died_at = self.now
+        if not proc.child:
+            if proc.pid in self.watched_pids:
+                self.watched_pids.discard(proc.pid)
+                proc.reaped = True
+                self._queue.append(ev.ProcessExited(at=self.now, pid=proc.pid))
+            else:
+                proc.reaped = True
+            return
+        if proc.leader:
+            self._queue.append(_Reap(proc.pid))
+            return
+        leader = self.processes[proc.pgid]
+        if leader.reaped and not any(m.alive for m in self._members(proc.pgid)):
+            # The core was told the group outlived its leader; now it is empty.
+            self._queue.append(ev.GroupEmptied(at=self.now, pgid=proc.pgid))
+
+    def _members(self, pgid: int) -> list[FakeProcess]:
+        return [p for _, p in sorted(self.processes.items()) if p.pgid == pgid]
+
+
+def _covers(watch: fx.Watch, path: str) -> bool:
+    for watched in watch.paths:
+        if path == watched or path.startswith(watched.rstrip("/") + "/"):
+            return True
+        if watch.kind == "executable" and "/" not in watched:
+            folder, _, base = path.rpartition("/")
+            if base == watched and folder in watch.search_path.split(":"):
+                return True
+    return False
+
+
+def replay(log: Iterable[Step]) -> Divergence | None:
+    """Feed the recorded events to a fresh core; the first step that differs."""
+    core = Supervisor()
+    for step, (event, recorded) in enumerate(log):
+        replayed = core.handle(event)
+        if replayed != recorded:
+            return Divergence(step, event, recorded, replayed)
+    return None

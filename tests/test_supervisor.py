@@ -1,0 +1,573 @@
+"""Example-based tests of the core's behaviour, through ``taskforce.simulator``.
+
+Each test boots a small config in a simulated world, does to it what the
+world would (time passes, a process dies, a file changes, a new config
+arrives) and checks the effects the core asked for: what it spawned and
+signalled, when, and what it logged.  No real process, clock or file is
+involved, so every test is exact about time and runs in milliseconds.
+
+The clock starts at 100.0 (a real monotonic clock is never 0; see
+``test_a_process_started_at_time_zero_has_a_run_time``).
+
+Some tests keep, in their docstring, the minimal event sequence of a core
+bug they once caught.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import Any, cast
+
+import pytest
+
+from taskforce.core import effects as fx
+from taskforce.core import events as ev
+from taskforce.core.codec import freeze
+from taskforce.simulator import (
+    DAEMONIZE,
+    IGNORE_TERM,
+    STUBBORN_WRAPPER,
+    WRAPPER,
+    Simulation,
+    replay,
+)
+
+T0 = 100.0
+
+
+def task(*argv: str, **settings: Any) -> dict[str, Any]:
+    return {"commands": {"start": argv or ("/usr/bin/prog",)}, **settings}
+
+
+def config(**tasks: dict[str, Any]) -> dict[str, Any]:
+    return cast(
+        dict[str, Any],
+        freeze(
+            {
+                "tasks": tasks,
+                "settings": {},
+                "defines": {},
+                "role_defines": {},
+                "defaults": {},
+                "role_defaults": {},
+            }
+        ),
+    )
+
+
+def boot(
+    cfg: dict[str, Any],
+    behaviours: dict[str, str] | None = None,
+    roles: tuple[str, ...] | None = None,
+    failing: tuple[str, ...] = (),
+    start: float = T0,
+) -> Simulation:
+    sim = Simulation(behaviours, failing, start=start)
+    _MADE.append(sim)
+    sim.boot(cfg, roles=roles)
+    return sim
+
+
+def spawn_times(sim: Simulation, name: str) -> list[float]:
+    return [at for at, _ in sim.spawns(name)]
+
+
+def pid_of(sim: Simulation, name: str, instance: int = 0) -> int:
+    return sim.running()[(name, instance)]
+
+
+def next_timer(sim: Simulation) -> None:
+    """Advance exactly to the armed timer."""
+    assert sim.timer is not None, "no timer armed"
+    sim.advance(sim.timer - sim.now)
+
+
+_MADE: list[Simulation] = []
+
+
+@pytest.fixture(autouse=True)
+def _every_run_replays() -> Any:
+    """Whatever a test did, its recorded run replays to the same effects."""
+    _MADE.clear()
+    yield
+    for sim in _MADE:
+        assert replay(sim.log) is None
+
+
+def assert_contract(sim: Simulation) -> None:
+    assert not sim.violations, [str(v) for v in sim.violations]
+
+
+# ------------------------------------------------------- restart and backoff
+
+
+def test_a_stable_process_is_restarted_at_once() -> None:
+    sim = boot(config(web=task("/usr/bin/web")))
+    sim.advance(5.0)
+    sim.kill(pid_of(sim, "web"))
+    assert spawn_times(sim, "web") == [T0, T0 + 5.0]
+    assert ("web", 0) in sim.running()
+    assert_contract(sim)
+
+
+def test_a_fast_failer_is_restarted_with_doubling_backoff() -> None:
+    sim = boot(config(web=task("/usr/bin/web")))
+    for _ in range(5):
+        sim.kill(pid_of(sim, "web"))  # dies the moment it starts
+        next_timer(sim)
+    times = spawn_times(sim, "web")
+    gaps = [round(b - a, 6) for a, b in pairwise(times)]
+    assert gaps == [0.5, 1.0, 2.0, 4.0, 8.0]
+    assert_contract(sim)
+
+
+def test_backoff_is_capped() -> None:
+    cfg = freeze({**config(web=task("/usr/bin/web")), "settings": {"backoff_max": 3.0}})
+    sim = boot(cfg)
+    for _ in range(5):
+        sim.exit(pid_of(sim, "web"), 1)
+        next_timer(sim)
+    times = spawn_times(sim, "web")
+    assert [round(b - a, 6) for a, b in pairwise(times)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+def test_backoff_resets_after_a_stable_run() -> None:
+    sim = boot(config(web=task("/usr/bin/web")))
+    sim.exit(pid_of(sim, "web"), 1)
+    next_timer(sim)  # +0.5
+    sim.exit(pid_of(sim, "web"), 1)
+    next_timer(sim)  # +1.0
+    sim.advance(3.0)  # now it runs stably
+    sim.exit(pid_of(sim, "web"), 1)
+    restarted = sim.now
+    assert spawn_times(sim, "web")[-1] == restarted  # at once
+    sim.exit(pid_of(sim, "web"), 1)  # and fails fast again: from the start
+    next_timer(sim)
+    assert spawn_times(sim, "web")[-1] == pytest.approx(restarted + 0.5)
+    assert any("backoff reset" in m for m in sim.messages(task="web"))
+
+
+def test_a_crash_loop_is_warned_about_once() -> None:
+    sim = boot(config(web=task("/usr/bin/web")))
+    for _ in range(8):
+        sim.exit(pid_of(sim, "web"), 1)
+        next_timer(sim)
+    warnings = sim.messages("warning", task="web")
+    assert len(warnings) == 1, warnings
+    assert "backoff" in warnings[0]
+    assert len(spawn_times(sim, "web")) == 9
+
+
+def test_a_spawn_failure_backs_off_too() -> None:
+    sim = boot(config(web=task("/opt/missing/web")), failing=("/opt/missing/web",))
+    sim.advance(0.5)
+    sim.advance(1.0)
+    assert spawn_times(sim, "web") == [T0, T0 + 0.5, T0 + 1.5]
+    assert sim.running() == {}
+
+
+# --------------------------------------------------------- once and requires
+
+
+def test_once_runs_once_and_its_dependent_waits_for_it_to_finish() -> None:
+    sim = boot(
+        config(
+            migrate=task("/usr/bin/migrate", control="once"),
+            app=task("/usr/bin/app", requires=("migrate",)),
+        )
+    )
+    assert [s.task for _, s in sim.spawns()] == ["migrate"]
+    assert any("migrate" in m for m in sim.messages(task="app")), "app says what it waits on"
+    sim.advance(3.0)
+    assert spawn_times(sim, "app") == []
+    sim.exit(pid_of(sim, "migrate"), 0)
+    assert spawn_times(sim, "app") == [T0 + 3.0]
+    sim.advance(120.0)
+    assert spawn_times(sim, "migrate") == [T0]
+    assert set(sim.running()) == {("app", 0)}
+
+
+def test_requires_waits_for_the_requirement_and_its_start_delay() -> None:
+    sim = boot(
+        config(
+            db=task("/usr/bin/db", start_delay=2.0),
+            app=task("/usr/bin/app", requires=("db",)),
+            web=task("/usr/bin/web", requires=("app",)),
+        )
+    )
+    assert spawn_times(sim, "db") == [T0]
+    sim.advance(1.9)
+    assert spawn_times(sim, "app") == []
+    sim.advance(0.1)
+    assert spawn_times(sim, "app") == [T0 + 2.0]
+    assert spawn_times(sim, "web") == [T0 + 2.0]
+    order = [s.task for _, s in sim.spawns()]
+    assert order == ["db", "app", "web"]
+
+
+def test_a_requirement_restarting_does_not_stop_its_dependents() -> None:
+    sim = boot(config(db=task("/usr/bin/db"), app=task("/usr/bin/app", requires=("db",))))
+    app = pid_of(sim, "app")
+    sim.advance(5.0)
+    sim.kill(pid_of(sim, "db"))
+    assert pid_of(sim, "app") == app
+    assert sim.signals("app") == []
+
+
+# ----------------------------------------------------------------- time_limit
+
+
+def test_time_limit_restarts_a_wait_task() -> None:
+    sim = boot(config(job=task("/usr/bin/job", time_limit=10.0)))
+    sim.advance(25.0)
+    assert [(at, s.signal) for at, s in sim.signals("job")] == [
+        (T0 + 10.0, "SIGTERM"),
+        (T0 + 20.0, "SIGTERM"),
+    ]
+    assert spawn_times(sim, "job") == [T0, T0 + 10.0, T0 + 20.0]
+    assert any("time_limit" in m for m in sim.messages(task="job"))
+
+
+def test_time_limit_ends_a_once_task_for_good() -> None:
+    sim = boot(
+        config(
+            scan=task("/usr/bin/scan", control="once", time_limit=10.0),
+            report=task("/usr/bin/report", requires=("scan",)),
+        )
+    )
+    sim.advance(60.0)
+    assert [(at, s.signal) for at, s in sim.signals("scan")] == [(T0 + 10.0, "SIGTERM")]
+    assert spawn_times(sim, "scan") == [T0]
+    assert spawn_times(sim, "report") == [T0 + 10.0]  # finished counts, however it ended
+
+
+# --------------------------------------------------------------------- onexit
+
+
+def test_onexit_runs_a_once_task_again() -> None:
+    sim = boot(
+        config(
+            notify=task("/usr/bin/notify", control="once"),
+            web=task("/usr/bin/web", onexit=({"type": "start", "task": "notify"},)),
+        )
+    )
+    sim.exit(pid_of(sim, "notify"), 0)
+    assert spawn_times(sim, "notify") == [T0]
+    sim.advance(5.0)
+    sim.kill(pid_of(sim, "web"))
+    assert spawn_times(sim, "notify") == [T0, T0 + 5.0]
+    assert spawn_times(sim, "web") == [T0, T0 + 5.0]
+    assert any("onexit" in m for m in sim.messages(task="notify"))
+
+
+# ---------------------------------------------------------------------- count
+
+
+def test_count_starts_one_process_per_instance_with_its_own_argv() -> None:
+    sim = boot(config(worker=task("/usr/bin/worker", "--id", "{Task_instance}", count=3)))
+    spawns = [s for _, s in sim.spawns("worker")]
+    assert [s.instance for s in spawns] == [0, 1, 2]
+    assert [s.argv for s in spawns] == [("/usr/bin/worker", "--id", str(i)) for i in range(3)]
+    assert [s.env["Task_instance"] for s in spawns] == ["0", "1", "2"]
+    assert len(set(sim.running().values())) == 3
+
+
+def test_lowering_count_stops_only_the_extra_slots() -> None:
+    cfg = config(worker=task("/usr/bin/worker", "{Task_instance}", count=3))
+    sim = boot(cfg)
+    before = sim.running()
+    sim.advance(5.0)
+    sim.reload(config(worker=task("/usr/bin/worker", "{Task_instance}", count=1)))
+    assert [s.instance for _, s in sim.signals("worker")] == [1, 2]
+    assert sim.running() == {("worker", 0): before[("worker", 0)]}
+
+
+# --------------------------------------------------------------------- stopping
+
+
+def test_stop_escalates_to_sigkill_after_the_stop_timeout() -> None:
+    sim = boot(config(stubborn=task("/usr/bin/stubborn")), behaviours={"stubborn": IGNORE_TERM})
+    sim.advance(5.0)
+    sim.request_stop()
+    assert sim.finished is None
+    sim.advance(4.9)
+    assert sim.finished is None
+    sim.advance(0.1)
+    assert [(at, s.signal) for at, s in sim.signals("stubborn")] == [
+        (T0 + 5.0, "SIGTERM"),
+        (T0 + 10.0, "SIGKILL"),
+    ]
+    assert sim.finished == fx.Exit(0, reset=False)
+    assert sim.groups() == {}
+
+
+def test_a_wrapper_leaving_a_grandchild_is_not_replaced_until_its_group_is_empty() -> None:
+    sim = boot(config(svc=task("/bin/sh", "-c", "svcd")), behaviours={"svc": STUBBORN_WRAPPER})
+    sim.advance(5.0)
+    leader = pid_of(sim, "svc")
+    sim.exit(leader, 1)  # the shell dies; its grandchild lingers, ignoring SIGTERM
+    assert sim.running() == {}
+    assert sim.groups() == {leader: ("svc", 0)}
+    assert [(s.signal, s.group) for _, s in sim.signals("svc")] == [("SIGTERM", True)]
+    sim.advance(4.9)
+    assert spawn_times(sim, "svc") == [T0]
+    sim.advance(0.1)
+    assert [(s.signal, s.group) for _, s in sim.signals("svc")][-1] == ("SIGKILL", True)
+    emptied = [i for i, (e, _) in enumerate(sim.log) if isinstance(e, ev.GroupEmptied)]
+    respawned = [i for i, (_, f) in enumerate(sim.log) if any(isinstance(x, fx.Spawn) for x in f)]
+    assert emptied and respawned[-1] >= emptied[0]
+    assert spawn_times(sim, "svc") == [T0, T0 + 10.0]
+    assert_contract(sim)
+
+
+def test_a_wrapper_is_stopped_with_its_whole_group() -> None:
+    sim = boot(config(svc=task("/bin/sh", "-c", "svcd")), behaviours={"svc": WRAPPER})
+    sim.advance(2.0)
+    sim.request_stop()
+    assert sim.finished is not None
+    assert not [p for p in sim.processes.values() if p.alive]
+
+
+def test_shutdown_stops_dependents_before_their_requirements_then_exits() -> None:
+    sim = boot(
+        config(
+            db=task("/usr/bin/db"),
+            app=task("/usr/bin/app", requires=("db",)),
+            web=task("/usr/bin/web", requires=("app",)),
+            cron=task("/usr/bin/cron"),
+        ),
+        behaviours={"app": IGNORE_TERM},
+    )
+    sim.advance(5.0)
+    sim.request_stop()
+    first = {(s.task, s.signal) for at, s in sim.signals() if at == T0 + 5.0}
+    assert first == {("web", "SIGTERM"), ("app", "SIGTERM"), ("cron", "SIGTERM")}
+    assert ("db", 0) in sim.running(), "db waits while app (which needs it) still runs"
+    sim.settle()
+    order = [(at, s.task, s.signal) for at, s in sim.signals()]
+    assert order[-2:] == [(T0 + 10.0, "app", "SIGKILL"), (T0 + 10.0, "db", "SIGTERM")]
+    assert sim.finished == fx.Exit(0, reset=False)
+    assert any(isinstance(f, fx.Exit) for f in sim.log[-1][1])
+    assert sim.groups() == {}
+
+
+def test_reset_stops_everything_and_exits_for_reexec() -> None:
+    sim = boot(config(web=task("/usr/bin/web")))
+    sim.request_stop(reset=True)
+    assert sim.finished == fx.Exit(0, reset=True)
+
+
+# ----------------------------------------------------------------------- reload
+
+
+def test_a_reload_restarts_only_the_task_whose_argv_changed() -> None:
+    cfg = dict(
+        a=task("/usr/bin/a"),
+        b=task("/usr/bin/b", "--v1", requires=("a",)),
+        c=task("/usr/bin/c", requires=("b",)),
+    )
+    sim = boot(config(**cfg))
+    sim.advance(10.0)
+    before = sim.running()
+    sim.reload(config(**{**cfg, "b": task("/usr/bin/b", "--v2", requires=("a",))}))
+    after = sim.running()
+    assert {s.task for _, s in sim.signals()} == {"b"}
+    assert after[("a", 0)] == before[("a", 0)]
+    assert after[("c", 0)] == before[("c", 0)]
+    assert after[("b", 0)] != before[("b", 0)]
+    assert sim.spawns("b")[-1][1].argv == ("/usr/bin/b", "--v2")
+    assert any("argv" in m for m in sim.messages(task="b"))
+
+
+def test_a_reload_that_changes_nothing_touches_nothing() -> None:
+    cfg = config(a=task("/usr/bin/a"), b=task("/usr/bin/b", requires=("a",)))
+    sim = boot(cfg)
+    mark = len(sim.log)
+    sim.reload(cfg)
+    assert [f for _, fs in sim.log[mark:] for f in fs if not isinstance(f, fx.Log)] == []
+
+
+def test_a_rejected_config_changes_nothing() -> None:
+    sim = boot(config(a=task("/usr/bin/a")))
+    before = sim.running()
+    sim.reject("tasks.a.count: expected a number")
+    sim.reload(config(a=task("/usr/bin/a"), b=task("/usr/bin/b", requires=("nope",))))
+    assert sim.running() == before
+    assert len(sim.spawns()) == 1
+    assert len(sim.messages("error")) == 2
+
+
+def test_a_requirement_that_is_off_makes_the_dependent_wait_and_say_so() -> None:
+    sim = boot(
+        config(db=task("/usr/bin/db", control="off"), app=task("/usr/bin/app", requires=("db",)))
+    )
+    assert sim.spawns() == []
+    waiting = [m for m in sim.messages(task="app") if "waiting" in m]
+    assert waiting and "db" in waiting[-1] and "off" in waiting[-1]
+    sim.reload(config(db=task("/usr/bin/db"), app=task("/usr/bin/app", requires=("db",))))
+    assert [s.task for _, s in sim.spawns()] == ["db", "app"]
+
+
+def test_a_requirement_out_of_scope_makes_the_dependent_wait_and_say_so() -> None:
+    cfg = config(
+        db=task("/usr/bin/db", roles=("dbhost",)),
+        app=task("/usr/bin/app", requires=("db",)),
+    )
+    sim = boot(cfg, roles=("web",))
+    assert sim.spawns() == []
+    waiting = [m for m in sim.messages(task="app") if "waiting" in m]
+    assert waiting and "db" in waiting[-1] and "out of scope" in waiting[-1]
+    sim.reload(roles=("web", "dbhost"))
+    assert [s.task for _, s in sim.spawns()] == ["db", "app"]
+    sim.advance(5.0)
+    sim.reload(roles=("web",))
+    assert {s.task for _, s in sim.signals()} == {"db"}, "only db leaves; app keeps running"
+
+
+# ----------------------------------------------------------------- file events
+
+
+def test_a_file_change_with_command_stop_restarts_the_task() -> None:
+    sim = boot(
+        config(
+            ntpd=task(
+                "/usr/sbin/ntpd",
+                events=({"type": "file_change", "path": ("/etc/ntp.conf",), "command": "stop"},),
+            )
+        )
+    )
+    assert sim.watches["ntpd#0"].paths == ("/etc/ntp.conf",)
+    sim.advance(10.0)
+    old = pid_of(sim, "ntpd")
+    sim.touch("/etc/motd")
+    assert sim.signals() == []
+    sim.touch("/etc/ntp.conf")
+    assert [(s.pid, s.signal, s.group) for _, s in sim.signals()] == [(old, "SIGTERM", True)]
+    assert spawn_times(sim, "ntpd") == [T0, T0 + 10.0]
+    assert pid_of(sim, "ntpd") != old
+
+
+def test_a_file_change_with_signal_hup_signals_only_the_leader() -> None:
+    sim = boot(
+        config(
+            web=task(
+                "/bin/sh",
+                "-c",
+                "httpd",
+                events=({"type": "file_change", "path": ("/etc/httpd.conf",), "signal": "SIGHUP"},),
+            )
+        ),
+        behaviours={"web": WRAPPER},
+    )
+    leader = pid_of(sim, "web")
+    sim.advance(3.0)
+    sim.touch("/etc/httpd.conf")
+    assert [(s.pid, s.signal, s.group) for _, s in sim.signals()] == [(leader, "SIGHUP", False)]
+    members = [p for p in sim.processes.values() if p.pgid == leader]
+    assert [[d.signal for d in p.received] for p in members] == [["SIGHUP"], []]
+    assert pid_of(sim, "web") == leader
+    assert spawn_times(sim, "web") == [T0]
+
+
+# -------------------------------------------------------------- the simulator
+
+
+def test_the_simulator_answers_spawn_first_and_allocates_pids_in_order() -> None:
+    sim = boot(config(a=task("/usr/bin/a"), b=task("/usr/bin/b", count=2)))
+    kinds = [type(e).__name__ for e, _ in sim.log]
+    assert kinds == ["Booted", "ConfigLoaded", "ProcessStarted", "ProcessStarted", "ProcessStarted"]
+    assert sorted(sim.running().values()) == [1000, 1001, 1002]
+
+
+def test_the_simulator_plays_a_daemonizing_launcher() -> None:
+    sim = boot(
+        config(ntpd=task("/usr/sbin/ntpd", control="nowait", pidfile="/run/ntpd.pid")),
+        behaviours={"ntpd": DAEMONIZE},
+    )
+    launcher = sim.spawns("ntpd")[0][1]
+    daemon = sim.pidfiles["/run/ntpd.pid"]
+    assert sim.running() == {("ntpd", 0): daemon}
+    assert not sim.processes[daemon].child
+    assert sim.core.live_pids() == sim.groups() == {daemon: ("ntpd", 0)}
+    assert launcher.argv == ("/usr/sbin/ntpd",)
+    sim.request_stop()
+    assert sim.finished is not None and sim.groups() == {}
+    assert_contract(sim)
+
+
+def test_replay_finds_the_first_differing_step() -> None:
+    sim = boot(config(a=task("/usr/bin/a")))
+    sim.advance(3.0)
+    sim.kill(pid_of(sim, "a"))
+    log = list(sim.log)
+    assert replay(log) is None
+    event, effects = log[3]
+    log[3] = (event, effects[:-1])
+    divergence = replay(log)
+    assert divergence is not None and divergence.step == 3
+
+
+# --------------------------------------------------------------- core bugs
+
+
+def test_once_task_switched_to_wait_runs_again() -> None:
+    """ConfigLoaded(a: once) -> ProcessStarted(a) -> ProcessExited(a, 0)
+    -> ConfigLoaded(a: wait): no Spawn, ever; the slot stays DONE."""
+    sim = boot(config(a=task("/usr/bin/a", control="once")))
+    sim.exit(pid_of(sim, "a"), 0)
+    sim.reload(config(a=task("/usr/bin/a", control="wait")))
+    sim.settle()
+    assert ("a", 0) in sim.running()
+
+
+def test_time_limit_during_shutdown_keeps_the_order() -> None:
+    """db (time_limit 3), app requires db and ignores SIGTERM.  At +1
+    StopRequested: SIGTERM app only (right).  At +3 TimerFired: SIGTERM db
+    although app is still alive (wrong: dependents first)."""
+    sim = boot(
+        config(db=task("/usr/bin/db", time_limit=3.0), app=task("/usr/bin/app", requires=("db",))),
+        behaviours={"app": IGNORE_TERM},
+    )
+    sim.advance(1.0)
+    sim.request_stop()
+    sim.settle()
+    db_stop = next(at for at, s in sim.signals("db"))
+    app_gone = next(at for at, s in sim.signals("app") if s.signal == "SIGKILL")
+    assert db_stop >= app_gone
+
+
+def test_late_exit_report_does_not_fire_stale_kill() -> None:
+    """a ignores SIGTERM; a reload stops it at T (kill due T+5).  It exits at
+    T+5.2 but the shell, held up, reports ProcessExited(at=T+5.2) with no
+    TimerFired before it: the core emits Signal(SIGKILL, pid) for the pid it
+    is being told was reaped (pid reuse hazard), and logs 'did not stop'."""
+    sim = boot(config(a=task("/usr/bin/a", "v1")), behaviours={"a": IGNORE_TERM})
+    sim.advance(10.0)
+    sim.reload(config(a=task("/usr/bin/a", "v2")))
+    old = [p for p in sim.processes.values() if p.alive][0].pid
+    sim.stall(5.2)
+    sim.exit(old, 0)
+    assert not sim.violations, [str(v) for v in sim.violations]
+    assert not any("did not stop" in m for m in sim.messages())
+
+
+def test_a_process_started_at_time_zero_has_a_run_time() -> None:
+    """Booted(at=0) ConfigLoaded(at=0) ProcessStarted(at=0) ProcessExited(at=10):
+    logged 'after 0.00s; failing fast', restarted at 10.5 instead of 10."""
+    sim = boot(config(a=task("/usr/bin/a")), start=0.0)
+    sim.advance(10.0)
+    sim.kill(pid_of(sim, "a"))
+    assert spawn_times(sim, "a") == [0.0, 10.0]
+
+
+def test_a_fast_failing_wrapper_is_backed_off() -> None:
+    """svc is a shell wrapper whose grandchild ignores SIGTERM.  Its shell
+    exits 1 at once, the group drains for the stop timeout (5 s), then
+    GroupEmptied: the core computes 'ran 5 s', calls it stable, restarts at
+    once and logs a 'restarting' warning on every round."""
+    sim = boot(config(svc=task("/bin/sh", "-c", "svcd")), behaviours={"svc": STUBBORN_WRAPPER})
+    for _ in range(3):
+        sim.exit(pid_of(sim, "svc"), 1)
+        sim.settle(max_time=30.0)
+    warnings = sim.messages("warning", task="svc")
+    assert len([w for w in warnings if "restarting" in w or "backoff" in w]) == 1, warnings
