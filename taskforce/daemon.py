@@ -67,6 +67,8 @@ class Daemon:
         self.pending_signals: deque[int] = deque()
         self.leaders: set[int] = set()
         self.commands: dict[int, tuple[str, str]] = {}
+        self.exec_reports: dict[int, int] = {}
+        self.exec_errors: dict[int, str] = {}
         self.draining: set[int] = set()
         self.watcher = watcher if watcher is not None else make_watcher()
         self.watched_inputs: dict[str, str] = {}
@@ -222,10 +224,11 @@ class Daemon:
             now = time.monotonic()
             if pid in self.leaders:
                 self.leaders.discard(pid)
+                error = self._exec_report(pid, exited=True)
                 alive = process.group_alive(pid)
                 if alive:
                     self.draining.add(pid)
-                self.feed(ev.ProcessExited(now, pid, code, signame, group_alive=alive))
+                self.feed(ev.ProcessExited(now, pid, code, signame, group_alive=alive, error=error))
             elif pid in self.commands:
                 task, name = self.commands.pop(pid)
                 self.feed(ev.CommandExited(now, task, name, pid, code, signame))
@@ -313,6 +316,25 @@ class Daemon:
             self.exit_effect = effect
         return None
 
+    def _exec_report(self, pid: int, *, exited: bool = False) -> str:
+        """Read ``pid``'s exec report if it is complete; the error, if any."""
+        fd = self.exec_reports.get(pid)
+        if fd is None:
+            return self.exec_errors.pop(pid, "") if exited else ""
+        if exited:
+            os.set_blocking(fd, True)  # the child is gone: end of file is here
+        try:
+            error = process.read_report(fd)
+        except BlockingIOError:
+            return ""
+        self.selector.unregister(fd)
+        del self.exec_reports[pid]
+        if exited:
+            return error or ""
+        if error:
+            self.exec_errors[pid] = error
+        return ""
+
     def _watch_process(self, pid: int) -> None:
         if pidwatch.is_our_child(pid):
             self.leaders.add(pid)  # reaped on SIGCHLD like any child
@@ -332,7 +354,7 @@ class Daemon:
                 time.monotonic(), effect.task, effect.instance, effect.generation, str(exc)
             )
         try:
-            pid = process.spawn(
+            pid, report = process.start(
                 effect.argv,
                 effect.env,
                 cwd=effect.cwd,
@@ -350,6 +372,10 @@ class Daemon:
             )
         output_done(True)
         self.leaders.add(pid)
+        # Whether the exec worked is told by the report pipe, read when it
+        # is ready (or when the child is reaped, whichever comes first).
+        self.exec_reports[pid] = report
+        self.selector.register(report, selectors.EVENT_READ, lambda: self._exec_report(pid))
         return ev.ProcessStarted(
             time.monotonic(), effect.task, effect.instance, effect.generation, pid
         )

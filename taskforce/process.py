@@ -12,7 +12,6 @@ This module holds no policy: it never decides what to start, stop or retry.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import grp
 import os
@@ -138,6 +137,64 @@ def spawn(
 
     ``stdout`` (an fd) becomes the child's stdout and stderr; ``umask`` and
     ``limits`` are set in the child before the privilege drop and the exec.
+    Returns once the exec has happened or failed (see ``start``).
+    """
+    pid, report = start(
+        argv,
+        env,
+        cwd=cwd,
+        user=user,
+        group=group,
+        procname=procname,
+        stdout=stdout,
+        umask=umask,
+        limits=limits,
+    )
+    os.set_blocking(report, True)
+    error = read_report(report)
+    if error is not None:
+        _wait_quietly(pid)
+        raise SpawnError(error)
+    return pid
+
+
+def read_report(fd: int) -> str | None:
+    """Read a child's exec report to its end and close it: the error, or None.
+
+    With ``fd`` non-blocking, raises BlockingIOError if the child has neither
+    exec'd nor failed yet (the fd is then left open).
+    """
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except InterruptedError:
+            continue
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks).decode(errors="replace") if chunks else None
+
+
+def start(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    cwd: str | None = None,
+    user: str | None = None,
+    group: str | None = None,
+    procname: str | None = None,
+    stdout: int | None = None,
+    umask: int | None = None,
+    limits: Sequence[Limit] = (),
+) -> tuple[int, int]:
+    """Fork ``argv`` in a new process group without waiting for its exec.
+
+    Returns the pid and the read end of its exec report (non-blocking): it
+    reaches end of file when the exec succeeds, and carries the error first
+    when anything before the exec fails (the child then exits 127).  Not
+    waiting lets children exec in parallel with the next fork.
     """
     if not argv:
         raise SpawnError("empty command")
@@ -153,20 +210,8 @@ def spawn(
         os.setpgid(pid, pid)
     except OSError:
         pass  # the child already exec'd (EACCES) or died (ESRCH); both fine
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(read_end, 4096)
-        except InterruptedError:
-            continue
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(read_end)
-    if chunks:
-        _wait_quietly(pid)
-        raise SpawnError(b"".join(chunks).decode(errors="replace"))
-    return pid
+    os.set_blocking(read_end, False)
+    return pid, read_end
 
 
 def _wait_quietly(pid: int) -> None:
@@ -240,7 +285,9 @@ def become_subreaper() -> bool:
         return False
     pr_set_child_subreaper = 36
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # The running process's own symbols include libc's; ctypes.util
+        # would cost a megabyte and an ldconfig run to find the same.
+        libc = ctypes.CDLL(None, use_errno=True)
         return bool(libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False

@@ -98,6 +98,17 @@ def _find(sup: Supervisor, name: Any) -> TaskState | None:
     return None if task is None or task.removed else task
 
 
+def _whole(text: str, *, signed: bool = False) -> int | None:
+    """``text`` as a whole number of at most 9 digits, or None.
+
+    ASCII digits only: ``str.isdigit`` accepts "²", which ``int`` refuses.
+    """
+    digits = text[1:] if signed and text[:1] in ("+", "-") else text
+    if not digits or len(digits) > 9 or not (digits.isascii() and digits.isdigit()):
+        return None
+    return int(text)
+
+
 def _text(value: Any) -> str:
     """A parameter value as text (the shell sends the first of repeated ones)."""
     if isinstance(value, (list, tuple)):
@@ -196,7 +207,7 @@ def _count(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
     for name in sorted(args, key=str):
         task = _find(sup, name)
         value = _text(args[name]).strip()
-        number = int(value) if value.lstrip("+-").isdigit() and len(value) < 12 else None
+        number = _whole(value, signed=True)
         if number is None:
             results.append((str(name), f'bad count "{value}"'))
             failed = True
@@ -273,9 +284,9 @@ def _instance(task: TaskState, args: Mapping[str, Any]) -> int | None:
     if raw is None or raw == "":
         return None
     text = _text(raw).strip()
-    if not text.isdigit() or len(text) > 9:
+    instance = _whole(text)
+    if instance is None:
         raise _Refused(400, f"bad instance '{text}'")
-    instance = int(text)
     if instance >= max(task.count, len(task.slots)):
         raise _Refused(404, f"{task.spec.name}: no instance {instance} (count {task.count})")
     return instance

@@ -99,6 +99,9 @@ class ProcessExited(Event):
     exit_code: int | None = None
     signal: str | None = None
     group_alive: bool = False
+    #: set when the child failed before its exec (bad cwd, unknown user,
+    #: no such program): the process never ran
+    error: str = ""
 
 
 @dataclass(frozen=True)

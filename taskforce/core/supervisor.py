@@ -162,6 +162,8 @@ class Supervisor:
         self._generation = 0
         self._armed: float | None = None
         self._out: list[fx.Effect] = []
+        self._dirty: set[str] = set()
+        self._all_dirty = True
 
     # ------------------------------------------------------------------ API
 
@@ -174,6 +176,7 @@ class Supervisor:
             # The event first: it is the newest fact.  A timer that came due
             # while the shell was busy must not act on a process this very
             # event reports gone (a SIGKILL to a reaped, maybe reused, pid).
+            self._touch_for(event)
             handler = getattr(self, "_on_" + type(event).__name__)
             handler(event)
             self._run_due_timers()
@@ -266,8 +269,11 @@ class Supervisor:
         if slot is None:
             return
         slot.last_exit = describe_exit(event.exit_code, event.signal)
+        if event.error:
+            slot.last_exit = f"failed to start: {event.error}"
+            self.counters["spawn_failures"] += 1
         slot.exited_at = self.now
-        if slot.phase == "launcher" and slot.state is S.RUNNING:
+        if slot.phase == "launcher" and slot.state is S.RUNNING and not event.error:
             self._launcher_exited(slot, event)
             return
         self.counters["exits"] += 1
@@ -285,7 +291,7 @@ class Supervisor:
                 slot.task,
             )
             return
-        self._process_gone(slot)
+        self._process_gone(slot, failed=bool(event.error))
 
     def _launcher_exited(self, slot: Slot, event: ev.ProcessExited) -> None:
         """A nowait/adopt start command ended: on success, find its daemon."""
@@ -300,7 +306,9 @@ class Supervisor:
             self._after_exit(slot, failed=True, pid=event.pid)
             return
         LIFECYCLE.fire(slot, "launched")
-        self._log("debug", f"{self._name(slot)}: start command done; reading its pidfile", slot.task)
+        self._log(
+            "debug", f"{self._name(slot)}: start command done; reading its pidfile", slot.task
+        )
         slot.timers.pop("limit", None)
         slot.timers.pop("ready", None)
         slot.pidfile_deadline = self.now + self.settings.pidfile_timeout
@@ -489,6 +497,7 @@ class Supervisor:
         )
 
     def _request_run(self, task: TaskState, why: str) -> None:
+        self._touch(task.spec.name)
         task.run_requested = True
         for slot in task.slots:
             if slot.state is S.DONE:
@@ -507,8 +516,37 @@ class Supervisor:
             return task.run_requested
         return False  # suspend, off
 
+    def _touch_for(self, event: ev.Event) -> None:
+        """Mark what ``event`` can change for the converge pass."""
+        if isinstance(event, (ev.ProcessStarted, ev.SpawnFailed, ev.PidfileRead)):
+            self._touch(event.task)
+        elif isinstance(event, (ev.ProcessExited, ev.GroupEmptied)):
+            slot = self._by_pid.get(
+                event.pid if isinstance(event, ev.ProcessExited) else event.pgid
+            )
+            if slot is not None:
+                self._touch(slot.task)
+        elif isinstance(event, ev.FileChanged):
+            self._touch(event.key.partition("#")[0])
+        elif not isinstance(event, (ev.TimerFired, ev.CommandExited)):
+            self._touch()
+
+    def _touch(self, name: str | None = None) -> None:
+        """Mark a task (None: every task) for the next converge pass."""
+        if name is None:
+            self._all_dirty = True
+        else:
+            self._dirty.add(name)
+
     def _converge(self) -> None:
+        # Only tasks an event touched, and what depends on them, can have
+        # anything to do; at shutdown the stop order spans every task.
+        everything = self._all_dirty or self.shutdown is not None
+        dirty = self._dirty
         for name in self.order:
+            if not everything and name not in dirty:
+                continue
+            dirty.update(self.dependents.get(name, ()))
             task = self.tasks[name]
             want = task.count if self._wants_run(task) else 0
             while len(task.slots) < want:
@@ -539,6 +577,8 @@ class Supervisor:
                 )
             ):
                 LIFECYCLE.detach(task.slots.pop())
+        self._dirty = set()
+        self._all_dirty = False
         self._forget_removed()
         if (
             self.shutdown
@@ -593,6 +633,8 @@ class Supervisor:
 
     def _keep_running(self, task: TaskState, slot: Slot, gate: tuple[str, ...]) -> None:
         spec = task.spec.process(slot.instance)
+        if slot.spec is not spec and slot.spec == spec:
+            slot.spec = spec  # same process after a reload: compare by identity from now on
         state = slot.state
         if state is S.RUNNING:
             if slot.spec != spec and slot.intent is None and slot.spec is not None:
@@ -636,7 +678,8 @@ class Supervisor:
                 return
             if self.shutdown and task.control == "adopt" and slot.phase == "daemon":
                 self._log(
-                    "info", f"{self._name(slot)} (pid {slot.pid}) left running for adoption",
+                    "info",
+                    f"{self._name(slot)} (pid {slot.pid}) left running for adoption",
                     task.spec.name,
                 )
                 LIFECYCLE.fire(slot, "abandon")
@@ -747,13 +790,13 @@ class Supervisor:
         self._set_timer(slot, "kill", self.now + task.spec.stop_timeout)
         self._log("info", f"{self._name(slot)} (pid {slot.pid}) {reason}", name)
 
-    def _process_gone(self, slot: Slot) -> None:
+    def _process_gone(self, slot: Slot, *, failed: bool = False) -> None:
         LIFECYCLE.fire(slot, "exited")
         assert slot.pid is not None
         self._by_pid.pop(slot.pid, None)
         pid, slot.pid = slot.pid, None
         slot.timers.clear()
-        self._after_exit(slot, failed=False, pid=pid)
+        self._after_exit(slot, failed=failed, pid=None if failed else pid)
 
     def _after_exit(self, slot: Slot, *, failed: bool, pid: int | None = None) -> None:
         task = self.tasks[slot.task]
@@ -851,6 +894,7 @@ class Supervisor:
                 continue
             purpose = entry[5]
             del slot.timers[purpose]
+            self._touch(slot.task)
             task = self.tasks[slot.task]
             if purpose == "kill" and slot.pid is not None:
                 self._log(
@@ -859,7 +903,9 @@ class Supervisor:
                     slot.task,
                 )
                 self._emit(
-                    fx.Signal(slot.task, slot.instance, slot.pid, "SIGKILL", group=slot.signal_group)
+                    fx.Signal(
+                        slot.task, slot.instance, slot.pid, "SIGKILL", group=slot.signal_group
+                    )
                 )
             elif purpose == "pidfile" and slot.state is S.PROBING:
                 self._read_pidfile(slot)
