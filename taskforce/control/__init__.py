@@ -1,0 +1,15 @@
+"""The control path: an HTTP/1.1 server for status and control on the
+daemon's own event loop (Unix socket, TCP, TLS).
+
+``ControlServer`` is what the daemon holds; ``Options`` carries the command
+line's ``-w``/``-c``/``-A``.  The endpoints are in ``api``, one connection's
+bytes in ``http``, listening sockets in ``listen``.  Nothing in this package
+decides about tasks: changes go to the core as events.
+"""
+
+from __future__ import annotations
+
+from taskforce.control.listen import DEFAULT_LISTEN, Options, Service
+from taskforce.control.server import ControlServer
+
+__all__ = ["DEFAULT_LISTEN", "ControlServer", "Options", "Service"]

@@ -1,0 +1,384 @@
+"""The control server's endpoints: a request in, a ``Response`` out.
+
+Paths, parameters, codes and texts follow the original taskforce's HTTP
+service, so its clients keep working:
+
+- ``/status/version``, ``/status/config``, ``/status/tasks`` (JSON; ``fmt``
+  must be json, ``indent=N`` pretty-prints) are always allowed, as are the
+  new ``/status/health`` (200 when every wanted process runs, else 503) and
+  ``/metrics`` (Prometheus text);
+- ``/manage/...`` needs ``allow_control`` (403 ``Control not permitted on
+  this path``): the original's ``control``, ``count``, ``reload``, ``stop``,
+  ``reset``, and new ``start``, ``restart``, ``signal``, ``event`` and
+  ``plan``;
+- parameters come from the query merged with a form body, the query winning,
+  and only the first value of each counts;
+- an unknown path is a 404 naming it.
+
+Requests that change something go to the core as ``ControlRequested``
+events; the core's ``Reply`` is the answer.  Nothing here decides about
+tasks.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import platform
+import time
+from collections.abc import Callable
+from email.parser import BytesParser
+from email.policy import HTTP
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+from taskforce import __version__
+from taskforce.config import ConfigError, load_config_text, signal_name
+from taskforce.control.http import Request, Response, text
+from taskforce.control.listen import Service
+from taskforce.core import events as ev
+from taskforce.core import status
+from taskforce.core.model import SpecError
+
+if TYPE_CHECKING:
+    from taskforce.control.server import ControlServer
+
+Params = dict[str, list[str]]
+JSON = "application/json"
+METRICS = "text/plain; version=0.0.4; charset=utf-8"
+#: More fields than this in one request is an error, not work to do.
+MAX_FIELDS = 2000
+
+
+class ParseError(ValueError):
+    pass
+
+
+def handle(server: ControlServer, request: Request, service: Service) -> Response:
+    """Answer one complete request."""
+    if request.method not in ("GET", "POST", "HEAD"):
+        return text(
+            405,
+            f"method {request.method} not allowed; use GET or POST\n",
+            headers=[("Allow", "GET, HEAD, POST")],
+        )
+    path = request.path
+    reader = STATUS.get(path)
+    if reader is not None:
+        try:
+            params = _params(request)
+        except ParseError as exc:
+            return text(400, f"Parse error -- {exc}\n")
+        return _status(server, path, reader, params, service)
+    if path.startswith("/manage/"):
+        if not service.allow_control:
+            return text(403, "Control not permitted on this path\n")
+        action = MANAGE.get(path)
+        if action is None:
+            return text(404, f"Unknown control path -- {request.target}\n")
+        try:
+            params = _params(request)
+        except ParseError as exc:
+            return text(400, f"Parse error -- {exc}\n")
+        return action(server, request, params)
+    return text(404, f"{request.target} not found")
+
+
+# ------------------------------------------------------------- parameters
+
+
+def _params(request: Request) -> Params:
+    """The query merged over the form body (the query wins)."""
+    params: Params = {}
+    if request.method == "POST" and request.body:
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media == "application/x-www-form-urlencoded":
+            params.update(_parse_qs(request.body.decode("utf-8", "replace")))
+        elif media == "multipart/form-data":
+            params.update(_multipart(request))
+    params.update(_parse_qs(request.query))
+    return params
+
+
+def _parse_qs(query: str) -> Params:
+    try:
+        return parse_qs(query, keep_blank_values=True, max_num_fields=MAX_FIELDS)
+    except ValueError as exc:
+        raise ParseError(str(exc)) from None
+
+
+def _multipart(request: Request) -> Params:
+    head = f"Content-Type: {request.headers['content-type']}\r\n\r\n".encode("latin-1")
+    try:
+        message = BytesParser(policy=HTTP).parsebytes(head + request.body)
+        if not message.is_multipart():
+            raise ParseError("multipart body without parts")
+        params: Params = {}
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            if not isinstance(name, str):
+                continue
+            payload = part.get_payload(decode=True)
+            value = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+            params.setdefault(name, []).append(value)
+            if len(params) > MAX_FIELDS:
+                raise ParseError("too many fields")
+    except (ValueError, LookupError, TypeError) as exc:
+        raise ParseError(str(exc)) from None
+    return params
+
+
+def _first(params: Params, name: str) -> str | None:
+    values = params.get(name)
+    return values[0] if values else None
+
+
+# ----------------------------------------------------------------- status
+
+
+def _status(
+    server: ControlServer,
+    path: str,
+    reader: Callable[[ControlServer, Service], tuple[int, Any]],
+    params: Params,
+    service: Service,
+) -> Response:
+    if path == "/metrics":
+        key: Any = (path, service.allow_control)
+        if key not in server.turn_cache:
+            body = status.metrics_text(server.daemon.core, server.figures())
+            server.turn_cache[key] = Response(200, body.encode(), METRICS)
+        return server.turn_cache[key]
+    fmt = (_first(params, "fmt") or "json").lower()
+    if fmt != "json":
+        return text(415, f'Invalid fmt request "{fmt}", supported formats are: json\n')
+    indent_text = _first(params, "indent")
+    indent = None
+    if indent_text:
+        digits = indent_text.strip()
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > 2 or int(digits) > 16:
+            return text(400, f"bad indent {indent_text!r}: expected a whole number up to 16\n")
+        indent = int(digits)
+    key = (path, indent, service.allow_control)
+    cached = server.cache.get(key)
+    if cached is None:
+        code, data = reader(server, service)
+        separators = (",", ":") if indent is None else None
+        body = json.dumps(data, indent=indent, separators=separators, default=_jsonable) + "\n"
+        cached = server.cache[key] = Response(code, body.encode(), JSON)
+    return cached
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    return str(value)
+
+
+_PLATFORM: dict[str, Any] = {}
+
+
+def _version(server: ControlServer, service: Service) -> tuple[int, Any]:
+    if not _PLATFORM:
+        uname = platform.uname()
+        _PLATFORM.update(system=uname.system, platform=platform.platform(), release=uname.release)
+    info: dict[str, Any] = {"system": _PLATFORM["system"]}
+    if service.allow_control:
+        info.update(platform=_PLATFORM["platform"], release=_PLATFORM["release"])
+    return 200, {"taskforce": __version__, "python": platform.python_version(), "platform": info}
+
+
+def _config(server: ControlServer, service: Service) -> tuple[int, Any]:
+    return 200, dict(server.daemon.core.config)
+
+
+@functools.lru_cache(maxsize=16384)
+def _iso(wall_ms: int) -> str:
+    # Cached: a slot's start time is shown on every status request.
+    moment = datetime.datetime.fromtimestamp(wall_ms / 1000).astimezone()
+    return moment.isoformat(timespec="milliseconds")
+
+
+_OFFSET = [0.0]
+
+
+def _offset(now_mono: float, now_wall: float) -> float:
+    """Wall clock minus monotonic clock, kept steady between requests.
+
+    Read afresh each time it would jitter in the last digit shown; it is
+    only replaced when the wall clock really moved (NTP step, manual set).
+    """
+    offset = now_wall - now_mono
+    if abs(offset - _OFFSET[0]) > 0.01:
+        _OFFSET[0] = offset
+    return _OFFSET[0]
+
+
+def wall_clock(tasks: dict[str, Any], now_mono: float, now_wall: float) -> dict[str, Any]:
+    """Turn the core's monotonic times into the original's wall-clock fields."""
+    offset = _offset(now_mono, now_wall)
+    for task in tasks.values():
+        for slot in task["processes"]:
+            for what in ("started", "exited"):
+                at = slot.pop(f"{what}_at", None)
+                if at is not None:
+                    wall_ms = round((at + offset) * 1000)
+                    slot[f"{what}_t"] = wall_ms / 1000
+                    slot[what] = _iso(wall_ms)
+            for what in ("retry", "kill"):
+                # Absolute, so that a cached answer stays true.
+                at = slot.pop(f"{what}_at", None)
+                if at is not None:
+                    slot[f"{what}_t"] = round(at + offset, 3)
+    return tasks
+
+
+def _tasks(server: ControlServer, service: Service) -> tuple[int, Any]:
+    tasks = status.tasks_status(server.daemon.core)
+    return 200, wall_clock(tasks, time.monotonic(), time.time())
+
+
+def _health(server: ControlServer, service: Service) -> tuple[int, Any]:
+    report = status.health(server.daemon.core)
+    return (200 if report["healthy"] else 503), report
+
+
+STATUS: dict[str, Callable[[ControlServer, Service], tuple[int, Any]]] = {
+    "/status/version": _version,
+    "/status/config": _config,
+    "/status/tasks": _tasks,
+    "/status/health": _health,
+    "/metrics": _health,  # answered in _status; listed so the path is known
+}
+
+
+# ----------------------------------------------------------------- manage
+
+
+def _reply(server: ControlServer, action: str, args: dict[str, Any]) -> Response:
+    reply = server.control(action, args)
+    if reply is None:
+        return text(503, "taskforce is exiting\n")
+    if isinstance(reply.body, str):
+        return text(reply.code, reply.body)
+    return Response(reply.code, (json.dumps(reply.body) + "\n").encode(), JSON)
+
+
+def _pairs(server: ControlServer, request: Request, params: Params, action: str) -> Response:
+    # Every parameter names a task (the original's shape: ?web=off&db=wait).
+    args = {name: values[0] for name, values in sorted(params.items())}
+    return _reply(server, action, args)
+
+
+def _control(server: ControlServer, request: Request, params: Params) -> Response:
+    return _pairs(server, request, params, "control")
+
+
+def _count(server: ControlServer, request: Request, params: Params) -> Response:
+    return _pairs(server, request, params, "count")
+
+
+def _start(server: ControlServer, request: Request, params: Params) -> Response:
+    names = tuple(params.get("task", ()))
+    if not names:
+        return text(400, "missing parameter 'task'\n")
+    return _reply(server, "start", {"tasks": names})
+
+
+def _restart(server: ControlServer, request: Request, params: Params) -> Response:
+    args = {"task": _first(params, "task"), "instance": _first(params, "instance")}
+    return _reply(server, "restart", args)
+
+
+def _signal(server: ControlServer, request: Request, params: Params) -> Response:
+    raw = _first(params, "signal")
+    if not raw:
+        return text(400, "missing parameter 'signal'\n")
+    name = signal_name(raw)
+    if name is None:
+        return text(400, f"bad signal '{raw}'\n")
+    args = {"task": _first(params, "task"), "signal": name, "instance": _first(params, "instance")}
+    return _reply(server, "signal", args)
+
+
+def _event(server: ControlServer, request: Request, params: Params) -> Response:
+    return _reply(server, "event", {"name": _first(params, "name")})
+
+
+def _header_value(message: str) -> str:
+    line = message.strip().splitlines()[0] if message.strip() else ""
+    return line.encode("latin-1", "replace").decode("latin-1")[:300]
+
+
+def _reload(server: ControlServer, request: Request, params: Params) -> Response:
+    event = server.daemon.reload("request")
+    if isinstance(event, ev.ConfigRejected):
+        outcome = "rejected: " + _header_value(event.error)
+    else:
+        outcome = "applied"
+    return text(
+        202,
+        "Taskforce config reload initiated\n",
+        headers=[("X-Taskforce-Reload", outcome)],
+    )
+
+
+def _shutdown(reset: bool) -> Callable[[ControlServer, Request, Params], Response]:
+    def handler(server: ControlServer, request: Request, params: Params) -> Response:
+        def stop() -> None:
+            server.daemon.feed(
+                ev.StopRequested(at=time.monotonic(), reset=reset, reason="control request")
+            )
+
+        word = "reset" if reset else "exit"
+        return text(202, f"Taskforce {word} initiated\n", after=stop)
+
+    return handler
+
+
+def _plan(server: ControlServer, request: Request, params: Params) -> Response:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        posted = (_first(params, "config") or "").encode()
+    else:
+        posted = request.body
+    if not posted.strip():
+        return text(400, "no config posted: send the config text as the request body\n")
+    try:
+        config_text = posted.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return text(400, f"the posted config is not UTF-8 text (byte {exc.start})\n")
+    core = server.daemon.core
+    roles, role_values = core.roles, dict(core.role_values)
+    roles_param = _first(params, "roles")
+    if roles_param is not None:
+        roles = None if roles_param.strip() == "-" else tuple(roles_param.replace(",", " ").split())
+        role_values = {}
+    try:
+        config = load_config_text(
+            config_text, "<posted config>", roles, role_values, facts=core.facts
+        )
+        answer = status.plan(core, config, roles, role_values)
+    except ConfigError as exc:
+        errors = getattr(exc, "errors", None) or [exc]
+        return text(400, "".join(f"{error}\n" for error in errors))
+    except SpecError as exc:
+        where = ".".join(str(p) for p in exc.path)
+        return text(400, f"<posted config>: {where}: {exc.message}\n")
+    answer["roles"] = list(roles) if roles is not None else None
+    return Response(200, (json.dumps(answer, indent=1) + "\n").encode(), JSON)
+
+
+MANAGE: dict[str, Callable[[ControlServer, Request, Params], Response]] = {
+    "/manage/control": _control,
+    "/manage/count": _count,
+    "/manage/reload": _reload,
+    "/manage/stop": _shutdown(reset=False),
+    "/manage/reset": _shutdown(reset=True),
+    "/manage/start": _start,
+    "/manage/restart": _restart,
+    "/manage/signal": _signal,
+    "/manage/event": _event,
+    "/manage/plan": _plan,
+}

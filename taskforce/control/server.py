@@ -1,0 +1,300 @@
+"""The control server: listeners, connections and the work queue, all on the
+daemon's one event loop.
+
+The daemon calls ``tick(now)`` on every turn of its loop and sleeps no longer
+than ``next_deadline()``; sockets are registered on its selector, whose
+callbacks only move bytes.  Complete requests wait in a queue and are
+answered in ``tick`` within a time budget per turn, so that between two
+batches the loop always gets back to reaping children and firing timers: a
+flood of requests slows the requests, never the supervision.
+
+Control requests become ``ControlRequested`` events for the core; its
+``Reply`` effect comes back through ``reply`` while the event is being fed,
+so every request is answered in the same turn.  The server decides nothing
+about tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import selectors
+import socket
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from taskforce.control import api
+from taskforce.control.http import Connection, Response, text
+from taskforce.control.listen import Listener, ListenError, Options, Service, services
+from taskforce.core import effects as fx
+from taskforce.core import events as ev
+
+if TYPE_CHECKING:
+    from taskforce.daemon import Daemon
+
+log = logging.getLogger("taskforce")
+
+#: Most connections open at once, over every listener.  When full, idle
+#: keep-alive connections make room; failing that, new ones are turned away.
+MAX_CONNECTIONS = 512
+#: Connections accepted per listener wake-up.
+ACCEPT_BATCH = 128
+#: Time spent answering queued requests per turn of the loop (at least one
+#: request is always answered).
+BUDGET = 0.010
+#: A listener that failed (address in use, certificate missing) is retried.
+RETRY = 5.0
+#: Flushing replies when the daemon exits takes no longer than this.
+FLUSH_AT_EXIT = 1.0
+#: Request bodies: a posted config for ``/manage/plan``, form data elsewhere.
+PLAN_BODY_LIMIT = 4 * 1024 * 1024
+BODY_LIMIT = 64 * 1024
+
+
+class ControlServer:
+    """Every listener and connection of the control path."""
+
+    def __init__(self, daemon: Daemon, options: Options | None = None) -> None:
+        self.daemon = daemon
+        self.options = options or Options()
+        self.selector: selectors.BaseSelector = daemon.selector
+        self.listeners: list[Listener | None] = []
+        self.wanted: list[Service] = []
+        self.retry_at: float | None = None
+        self.conns: set[Connection] = set()
+        self.work: deque[Connection] = deque()
+        self.again: set[Connection] = set()
+        self.stats = {"requests": 0, "rejected": 0, "timeouts": 0, "turned_away": 0}
+        self.started = time.monotonic()
+        #: answers computed from the core, valid until it is next fed
+        self.cache: dict[Any, Response] = {}
+        #: answers that also show the server's own figures: valid for a turn
+        self.turn_cache: dict[Any, Response] = {}
+        self._config: object = None
+        self._configured = False
+        self._replies: dict[int, fx.Reply | None] = {}
+        self._next_request = 0
+
+    # ----------------------------------------------------------- the loop
+
+    def next_deadline(self) -> float | None:
+        """When ``tick`` is next due without any socket activity."""
+        if self.work or self.again or not self._configured:
+            return 0.0
+        due = [c.deadline for c in self.conns if c.deadline is not None]
+        if self.retry_at is not None:
+            due.append(self.retry_at)
+        return min(due) if due else None
+
+    def tick(self, now: float) -> None:
+        """One turn: follow the config, expire, answer queued requests."""
+        self.turn_cache.clear()
+        core = self.daemon.core
+        if not self._configured or core.config is not self._config:
+            self._configured = True
+            self._config = core.config
+            self._configure()
+        elif self.retry_at is not None and now >= self.retry_at:
+            self._open_missing()
+        for conn in list(self.again):
+            self.again.discard(conn)
+            conn.on_ready()
+        for conn in [c for c in self.conns if c.deadline is not None and c.deadline <= now]:
+            conn.expire()
+        self._answer()
+
+    def _answer(self) -> None:
+        start = time.perf_counter()
+        first = True
+        while self.work and (first or time.perf_counter() - start < BUDGET):
+            conn = self.work.popleft()
+            if conn.closed or conn.request is None:
+                continue
+            first = False
+            self.stats["requests"] += 1
+            try:
+                response = api.handle(self, conn.request, conn.service)
+            except Exception:
+                log.exception("control: %s %s failed", conn.request.method, conn.request.target)
+                response = Response(500, close=True)
+            conn.respond(response)
+            if response.after is not None:
+                response.after()
+
+    def changed(self) -> None:
+        """The core is about to be fed: cached answers are stale."""
+        self.cache.clear()
+
+    def enqueue(self, conn: Connection) -> None:
+        self.work.append(conn)
+
+    def forget(self, conn: Connection) -> None:
+        self.conns.discard(conn)
+        self.again.discard(conn)
+
+    def body_limit(self, path: str) -> int:
+        return PLAN_BODY_LIMIT if path == "/manage/plan" else BODY_LIMIT
+
+    # --------------------------------------------------------- the core
+
+    def control(self, action: str, args: dict[str, Any]) -> fx.Reply | None:
+        """Feed a ``ControlRequested`` to the core; its ``Reply`` (None if none came)."""
+        self._next_request += 1
+        request = self._next_request
+        self._replies[request] = None
+        try:
+            self.daemon.feed(
+                ev.ControlRequested(at=time.monotonic(), request=request, action=action, args=args)
+            )
+        finally:
+            reply = self._replies.pop(request, None)
+        return reply
+
+    def reply(self, effect: fx.Reply) -> None:
+        """The core answered a control request (called from ``Daemon.perform``)."""
+        if effect.request in self._replies:
+            self._replies[effect.request] = effect
+
+    # --------------------------------------------------------- listeners
+
+    def _configure(self) -> None:
+        core = self.daemon.core
+        try:
+            wanted = services(core.config, self.options, core.facts, core.roles, core.role_values)
+        except ListenError as exc:
+            log.error("control: %s; keeping the current listeners", exc)
+            return
+        if wanted == self.wanted:
+            if self.retry_at is not None:
+                self._open_missing()
+            return
+        old = self.listeners
+        self.wanted = wanted
+        self.listeners = []
+        for index, service in enumerate(wanted):
+            keep = old[index] if index < len(old) else None
+            if keep is not None and keep.service == service:
+                self.listeners.append(keep)
+                old[index] = None
+            else:
+                self.listeners.append(None)
+        for listener in old:
+            if listener is not None:
+                self._close_listener(listener)
+        self._open_missing()
+
+    def _open_missing(self) -> None:
+        self.retry_at = None
+        for index, service in enumerate(self.wanted):
+            if self.listeners[index] is not None:
+                continue
+            try:
+                listener = Listener(service)
+            except (ListenError, OSError) as exc:
+                log.error("control: %s; retrying every %gs", exc, RETRY)
+                self.retry_at = time.monotonic() + RETRY
+                continue
+            self.listeners[index] = listener
+            self.selector.register(
+                listener.sock, selectors.EVENT_READ, lambda lst=listener: self._accept(lst)
+            )
+            allowed = "control allowed" if service.allow_control else "status only"
+            log.info("control: listening on %s (%s)", listener.address, allowed)
+
+    def _close_listener(self, listener: Listener) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(listener.sock)
+        listener.close()
+
+    def _accept(self, listener: Listener) -> None:
+        try:
+            self._accept_some(listener)
+        except Exception:
+            # A bug here must never take supervision down with it.
+            log.exception("control: accepting on %s failed", listener.address)
+
+    def _accept_some(self, listener: Listener) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, _ = listener.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # EMFILE and friends: say so, and let the loop go on.
+                log.warning("control: accept on %s failed: %s", listener.address, exc)
+                return
+            if len(self.conns) >= MAX_CONNECTIONS and not self._make_room():
+                self.stats["turned_away"] += 1
+                with contextlib.suppress(OSError):
+                    if listener.tls is None:
+                        sock.setblocking(False)
+                        sock.send(
+                            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                            b"Connection: close\r\n\r\n"
+                        )
+                    sock.close()
+                continue
+            sock.setblocking(False)
+            if sock.family != socket.AF_UNIX:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                conn = Connection(self, sock, listener)
+            except (OSError, ValueError) as exc:
+                log.warning("control: cannot take a connection on %s: %s", listener.address, exc)
+                with contextlib.suppress(OSError):
+                    sock.close()
+                continue
+            self.conns.add(conn)
+            conn.on_ready()
+
+    def _make_room(self) -> bool:
+        """Close the idle keep-alive connection that has waited longest."""
+        idle = [
+            c for c in self.conns if c.fresh and not c.queued and not c.out and not c.handshaking
+        ]
+        if not idle:
+            return False
+        min(idle, key=lambda c: c.deadline or 0.0).close()
+        return True
+
+    # ------------------------------------------------------------ figures
+
+    def figures(self) -> dict[str, float]:
+        """The server's own metrics, for ``/metrics``."""
+        return {
+            "taskforce_uptime_seconds": round(time.monotonic() - self.started, 3),
+            "taskforce_http_connections": len(self.conns),
+            "taskforce_http_listeners": sum(1 for lst in self.listeners if lst is not None),
+            "taskforce_http_requests_total": self.stats["requests"],
+            "taskforce_http_rejected_total": self.stats["rejected"],
+            "taskforce_http_timeouts_total": self.stats["timeouts"],
+            "taskforce_http_turned_away_total": self.stats["turned_away"],
+        }
+
+    # ------------------------------------------------------------ the end
+
+    def close(self) -> None:
+        """Send what is queued (briefly), close everything, remove sockets."""
+        for listener in self.listeners:
+            if listener is not None:
+                self._close_listener(listener)
+        self.listeners = []
+        for conn in list(self.work):
+            if not conn.closed:
+                conn.respond(text(503, "taskforce is exiting\n", close=True))
+        self.work.clear()
+        deadline = time.monotonic() + FLUSH_AT_EXIT
+        while True:
+            pending = [c for c in self.conns if c.out and not c.closed]
+            left = deadline - time.monotonic()
+            if not pending or left <= 0:
+                break
+            with selectors.DefaultSelector() as waiter:
+                for conn in pending:
+                    waiter.register(conn.sock, selectors.EVENT_WRITE, conn)
+                for key, _ in waiter.select(min(left, 0.05)):
+                    key.data._flush()
+        for conn in list(self.conns):
+            conn.close()

@@ -1,0 +1,213 @@
+"""tfctl against a real daemon: every command, on a Unix socket and over TLS,
+with the exit codes scripts rely on (0 done, 1 refused, 2 usage, 3 cannot
+connect) and clear messages when nothing listens or control is not allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from daemon_harness import Daemon, shell_task, task, wait_for
+from test_control import answers, needs_linux, short_dir, start_daemon, start_tls_daemon
+
+from taskforce import tfctl
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """tfctl in this process: (exit code, stdout, stderr)."""
+    try:
+        code = tfctl.main(list(argv))
+    except SystemExit as exc:  # argparse's usage errors
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@needs_linux
+def test_every_command_over_a_unix_socket(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = daemon.marker
+    hups, poked = daemon.root / "hups", daemon.root / "poked"
+    defs = {
+        "a": task(m, "a", count=2),
+        "h": shell_task(m, "h", f"trap 'echo hup >> {hups}' HUP; while :; do sleep 0.05; done"),
+        "p": {
+            "commands": {
+                "start": [sys.executable, "-c", "import time; time.sleep(1000)", m, "p"],
+                "poke": ["sh", "-c", f"echo poked >> {poked}"],
+            },
+            "events": [{"type": "external", "name": "poke", "command": "poke"}],
+        },
+        "dormant": task(m, "dormant", control="off"),
+    }
+    sock = start_daemon(daemon, defs)
+    daemon.wait_pids("a", 2)
+    daemon.wait_pids("h", 1)
+    daemon.wait_pids("p", 1)
+    s = ("-s", sock)
+
+    code, out, _ = run(capsys, *s, "status")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["TASK", "STATE", "PID", "UPTIME", "RESTARTS", "INFO"]
+    assert any(line.startswith("a[0]") and " running " in line for line in lines)
+    assert any(line.startswith("dormant") and " off " in line for line in lines)
+    code, out, _ = run(capsys, *s, "status", "--json", "a")
+    assert code == 0 and list(json.loads(out)) == ["a"]
+    code, _, err = run(capsys, *s, "status", "nope")
+    assert code == 1 and "no such task: nope" in err
+
+    code, out, _ = run(capsys, *s, "stop", "a")
+    assert (code, out) == (0, "a\tok\n")
+    wait_for(lambda: not daemon.pids("a"), what="a stopped")
+    code, out, _ = run(capsys, *s, "status", "a")
+    assert "override control=off (config: wait) until the next reload" in out
+    code, out, _ = run(capsys, *s, "start", "a", "dormant")
+    assert (code, out) == (0, "a\tok (control wait)\ndormant\tok (control wait)\n")
+    daemon.wait_pids("a", 2)
+    daemon.wait_pids("dormant", 1)
+
+    before = daemon.pids("a")
+    code, out, _ = run(capsys, *s, "restart", "a[1]")
+    assert (code, out) == (0, "a[1]\trestarting\n")
+    wait_for(lambda: len(daemon.pids("a") - before) == 1, what="a[1] restarted")
+    code, _, err = run(capsys, *s, "restart", "nope")
+    assert code == 1 and "nope: not found" in err
+
+    code, out, _ = run(capsys, *s, "signal", "HUP", "h")
+    assert code == 0 and "sent SIGHUP" in out
+    wait_for(lambda: hups.exists(), what="h got SIGHUP")
+    code, _, err = run(capsys, *s, "signal", "NOPE", "h")
+    assert code == 1 and "bad signal 'NOPE'" in err
+
+    assert run(capsys, *s, "control", "a=suspend")[:2] == (0, "a\tok\n")
+    code, _, err = run(capsys, *s, "control", "a=bogus", "h=off")
+    assert code == 1 and "a\tbad control 'bogus'" in err
+    assert daemon.pids("h"), "a refused request changes nothing"
+    assert run(capsys, *s, "control", "a=wait")[:2] == (0, "a\tok\n")
+    assert run(capsys, *s, "count", "a=3")[:2] == (0, "a\tok\n")
+    daemon.wait_pids("a", 3)
+    code, _, err = run(capsys, *s, "count", "a=zero")
+    assert code == 1 and 'a\tbad count "zero"' in err
+
+    assert run(capsys, *s, "event", "poke")[:2] == (0, "p\tcommand 'poke'\n")
+    wait_for(lambda: poked.exists(), what="the external event's command")
+    code, _, err = run(capsys, *s, "event", "unheard")
+    assert code == 1 and "unheard" in err
+
+    new = daemon.root / "new.conf"
+    new.write_text(json.dumps({"tasks": {**defs, "extra": task(m, "extra")}}))
+    code, out, _ = run(capsys, *s, "plan", "-f", str(new))
+    assert code == 0
+    assert "start    extra[0]  new in the config" in out
+    assert "stop     a[2]  stopped: count reduced" in out, "the reload ends the count override"
+    code, out, _ = run(capsys, *s, "plan", "-f", str(new), "--json")
+    assert code == 0 and json.loads(out)["start"][-1]["task"] == "extra"
+    bad = daemon.root / "bad.conf"
+    bad.write_text("tasks: {x: {commands: {}}}\n")
+    code, _, err = run(capsys, *s, "plan", "-f", str(bad))
+    assert code == 1 and f"{bad}:1: tasks.x.commands" in err
+    assert run(capsys, *s, "plan", "-f", str(daemon.root / "missing"))[0] == 2
+    assert not daemon.pids("extra"), "plan applies nothing"
+
+    code, out, _ = run(capsys, *s, "health")
+    assert code == 0 and out.startswith("ok")
+    code, out, _ = run(capsys, *s, "version")
+    assert code == 0 and "taskforce" in json.loads(out)
+
+    code, out, _ = run(capsys, *s, "reload")
+    assert (code, out) == (0, "Taskforce config reload initiated\n")
+    daemon.wait_pids("a", 2)  # the reload ended the count override
+    good = daemon.config.read_text()
+    daemon.write_config("tasks: [broken\n")
+    code, _, err = run(capsys, *s, "reload")
+    assert code == 1 and "rejected" in err and "nothing was changed" in err
+    daemon.write_config(good)
+
+    before = daemon.pids("a")
+    assert run(capsys, *s, "reset")[:2] == (0, "Taskforce reset initiated\n")
+    wait_for(lambda: len(daemon.pids("a") - before) == 2 and answers(sock), what="reset")
+    assert run(capsys, *s, "shutdown")[:2] == (0, "Taskforce exit initiated\n")
+    assert daemon.proc is not None and daemon.proc.wait(20) == 0
+    code, _, err = run(capsys, *s, "status")
+    assert code == 3 and "cannot connect" in err
+
+
+def test_exit_codes_without_a_daemon(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = str(tmp_path / "none.sock")
+    code, _, err = run(capsys, "-s", missing, "status")
+    assert code == 3
+    assert f"cannot connect to {missing}" in err and "taskforce -w PATH" in err
+    monkeypatch.setenv("TASKFORCE_SOCKET", missing)
+    code, _, err = run(capsys, "reload")
+    assert code == 3 and missing in err, "TASKFORCE_SOCKET is the default"
+    monkeypatch.delenv("TASKFORCE_SOCKET")
+    assert tfctl.build_parser().parse_args(["status"]).socket == "/var/run/s.taskforce"
+    assert run(capsys, "-s", missing, "control", "a")[0] == 2
+    assert run(capsys, "-s", missing, "frobnicate")[0] == 2
+    assert run(capsys)[0] == 2
+    code, _, err = run(capsys, "-s", "127.0.0.1:1", "status")
+    assert code == 3 and "cannot connect to 127.0.0.1:1" in err
+
+
+@needs_linux
+def test_control_not_allowed_is_a_clear_refusal(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = daemon.marker
+    sock = start_daemon(daemon, {"a": task(m, "a")}, allow=False)
+    daemon.wait_pids("a", 1)
+    code, _, err = run(capsys, "-s", sock, "stop", "a")
+    assert code == 1
+    assert "Control not permitted on this path" in err and "-A" in err
+    assert run(capsys, "-s", sock, "status")[0] == 0
+    assert daemon.pids("a")
+
+
+@needs_linux
+def test_tfctl_over_tls(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    m = daemon.marker
+    address, ca = start_tls_daemon(daemon, {"a": task(m, "a")})
+    daemon.wait_pids("a", 1)
+    code, out, _ = run(capsys, "-s", address, "--cafile", ca, "status")
+    assert code == 0 and "a[0]" in out
+    code, _, err = run(capsys, "-s", address, "status")
+    assert code == 3 and "TLS" in err, "an unknown certificate is refused"
+    assert run(capsys, "-s", address, "-k", "stop", "a")[:2] == (0, "a\tok\n")
+    wait_for(lambda: not daemon.pids("a"), what="a stopped over TLS")
+    assert run(capsys, "-s", address, "--cafile", ca, "shutdown")[0] == 0
+    assert daemon.proc is not None and daemon.proc.wait(20) == 0
+
+
+@needs_linux
+def test_tfctl_as_a_command(daemon: Daemon, tmp_path: Path) -> None:
+    m = daemon.marker
+    sock = start_daemon(daemon, {"a": task(m, "a")})
+    daemon.wait_pids("a", 1)
+    env = {**os.environ, "TASKFORCE_SOCKET": sock}
+    done = subprocess.run(
+        [sys.executable, "-m", "taskforce.tfctl", "status"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0 and "a[0]" in done.stdout
+    nowhere = {**env, "TASKFORCE_SOCKET": str(short_dir(tmp_path) / "nothing")}
+    done = subprocess.run(
+        [sys.executable, "-m", "taskforce.tfctl", "status"],
+        capture_output=True,
+        text=True,
+        env=nowhere,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 3 and "cannot connect" in done.stderr
