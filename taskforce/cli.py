@@ -19,7 +19,6 @@ import argparse
 import errno
 import fcntl
 import logging
-import logging.handlers
 import os
 import signal
 import sys
@@ -144,7 +143,9 @@ def setup_logging(args: argparse.Namespace) -> None:
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         else:
-            handler = logging.handlers.SysLogHandler(address=address)
+            from logging.handlers import SysLogHandler  # only for syslog: costs memory
+
+            handler = SysLogHandler(address=address)
             handler.setFormatter(logging.Formatter(f"{name}[%(process)d]: %(message)s"))
     root = logging.getLogger("taskforce")
     root.handlers[:] = [handler]
@@ -296,10 +297,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
 
     # Validate before detaching, so a bad config is reported to the user.
-    status = check_config_quietly(args.config_file, roles_path)
-    if status is not None:
-        print(f"taskforce: {status}", file=sys.stderr)
+    problem, settings = check_config_quietly(args.config_file, roles_path)
+    if problem is not None:
+        print(f"taskforce: {problem}", file=sys.stderr)
         return EXIT_BAD
+    if args.record is None and settings.get("record"):
+        args.record = os.path.abspath(str(settings["record"]))
     if args.background and not os.environ.get("TASKFORCE_REEXEC"):
         # Paths were given relative to where we were started; keep them so.
         args.config_file = os.path.abspath(args.config_file)
@@ -322,15 +325,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_daemon(args, roles_path, pidfile)
 
 
-def check_config_quietly(config_path: str, roles_path: str | None) -> str | None:
+def check_config_quietly(
+    config_path: str, roles_path: str | None
+) -> tuple[str | None, dict[str, Any]]:
+    """The config's first error (or None), and its settings."""
     try:
         roles = load_roles(roles_path)
-        load_config(config_path, roles=roles.names, role_values=roles.values)
+        config = load_config(config_path, roles=roles.names, role_values=roles.values)
     except ConfigError as exc:
-        return str(exc)
+        return str(exc), {}
     except OSError as exc:
-        return f"{exc.filename or config_path}: {exc.strerror or exc}"
-    return None
+        return f"{exc.filename or config_path}: {exc.strerror or exc}", {}
+    return None, dict(config.get("settings") or {})
 
 
 def start_recorder(args: argparse.Namespace, daemon: Any) -> Any:
@@ -339,12 +345,6 @@ def start_recorder(args: argparse.Namespace, daemon: Any) -> Any:
     from taskforce.eventlog import Recorder, config_digest
 
     path = args.record
-    if path is None:
-        try:
-            settings = load_config(args.config_file).get("settings") or {}
-        except (ConfigError, OSError):
-            settings = {}
-        path = settings.get("record")
     if not path:
         return None
     path = os.path.abspath(path)
@@ -357,9 +357,8 @@ def start_recorder(args: argparse.Namespace, daemon: Any) -> Any:
 
 
 def run_daemon(args: argparse.Namespace, roles_path: str | None, pidfile: Pidfile | None) -> int:
+    from taskforce.control.options import Options  # --- control server
     from taskforce.daemon import Daemon, reexec
-
-    from taskforce.control import Options  # --- control server
 
     control = Options(listen=args.http, certfile=args.certfile, allow_control=args.allow_control)
     daemon = Daemon(args.config_file, roles_path, expires=args.expires, control=control)

@@ -32,7 +32,6 @@ fails here is reported and ignored by the caller, so what runs stays as it is.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import functools
 import gc
 import json
@@ -195,6 +194,8 @@ def _suggest(word: Any, choices: Iterable[str]) -> str | None:
     if not isinstance(word, str):
         return None
     choices = [choice for choice in choices if isinstance(choice, str)]
+    import difflib  # only on an error: not worth its memory in every daemon
+
     found = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     if not found:
         lowered = {choice.lower(): choice for choice in choices}

@@ -23,7 +23,7 @@ from typing import Any
 
 from taskforce import output, pidwatch, process
 from taskforce.config import ConfigError, load_config, load_roles
-from taskforce.control import ControlServer, Options  # --- control server
+from taskforce.control.options import Options  # --- control server
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.supervisor import Supervisor
@@ -82,7 +82,7 @@ class Daemon:
         self.pidwatch.attach(self.selector)
         self.subreaper = False
         #: The control path (status and control over HTTP), on this selector.
-        self.control = ControlServer(self, control)  # --- control server
+        self.control = LazyControl(self, control)  # --- control server
         #: Task output pipes, read on this selector (see taskforce.output).
         self.output = output.Output(self.selector)
 
@@ -406,6 +406,45 @@ class Daemon:
         for pgid in groups:
             process.send_signal(pgid, "SIGKILL", group=True)
         process.reap()
+
+
+class LazyControl:
+    """Stands in for the control server until a listener is configured
+    (``-w`` or ``settings.http``): only then are HTTP and TLS loaded."""
+
+    def __init__(self, daemon: Daemon, options: Options | None) -> None:
+        self.daemon = daemon
+        self.options = options or Options()
+        self.server: Any = None
+
+    def _wanted(self) -> bool:
+        if self.server is None and (
+            self.options.listen is not None
+            or (self.daemon.core.config.get("settings") or {}).get("http")
+        ):
+            from taskforce.control import ControlServer
+
+            self.server = ControlServer(self.daemon, self.options)
+        return self.server is not None
+
+    def next_deadline(self) -> float | None:
+        return self.server.next_deadline() if self._wanted() else None
+
+    def tick(self, now: float) -> None:
+        if self._wanted():
+            self.server.tick(now)
+
+    def changed(self) -> None:
+        if self.server is not None:
+            self.server.changed()
+
+    def reply(self, effect: fx.Reply) -> None:
+        if self.server is not None:
+            self.server.reply(effect)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
 
 
 def own_code_files() -> tuple[str, ...]:

@@ -31,7 +31,6 @@ from taskforce.core.snapshot import restore
 from taskforce.core.supervisor import Supervisor
 from taskforce.eventlog import Marker, Step, read_log
 
-
 # ---------------------------------------------------------------- replay
 
 

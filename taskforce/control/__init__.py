@@ -9,7 +9,21 @@ decides about tasks: changes go to the core as events.
 
 from __future__ import annotations
 
-from taskforce.control.listen import DEFAULT_LISTEN, Options, Service
-from taskforce.control.server import ControlServer
+from typing import Any
+
+from taskforce.control.options import Options
 
 __all__ = ["DEFAULT_LISTEN", "ControlServer", "Options", "Service"]
+
+
+def __getattr__(name: str) -> Any:
+    # The server, HTTP and TLS load only when a listener is configured.
+    if name == "ControlServer":
+        from taskforce.control.server import ControlServer
+
+        return ControlServer
+    if name in ("DEFAULT_LISTEN", "Service"):
+        from taskforce.control import listen
+
+        return getattr(listen, name)
+    raise AttributeError(name)

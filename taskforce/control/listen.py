@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from taskforce.control.options import Options
 from taskforce.core.context import ContextError, as_text, expand, resolve_one
 from taskforce.core.model import HostFacts, task_context
 
@@ -56,14 +57,6 @@ class Service:
     def is_unix(self) -> bool:
         return "/" in self.listen
 
-
-@dataclass(frozen=True)
-class Options:
-    """The command line's say: ``-w LISTEN``, ``-c CERTFILE``, ``-A``."""
-
-    listen: str | None = None
-    certfile: str | None = None
-    allow_control: bool = False
 
 
 def _value(value: Any, ctx: Mapping[str, str | None]) -> Any:

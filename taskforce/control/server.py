@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from taskforce.control import api
 from taskforce.control.http import Connection, Response, text
-from taskforce.control.listen import Listener, ListenError, Options, Service, services
+from taskforce.control.listen import Listener, ListenError, Service, services
+from taskforce.control.options import Options
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 

@@ -136,7 +136,7 @@ def restore(data: dict[str, Any]) -> Supervisor:
         effect = decode(watch)
         assert isinstance(effect, fx.Watch)
         core._watches[key] = effect
-    core._heap = [tuple(entry) for entry in data["heap"]]  # type: ignore[misc]
+    core._heap = [tuple(entry) for entry in data["heap"]]
     core._seq = data["seq"]
     core._generation = data["generation"]
     core._armed = data["armed"]
