@@ -76,6 +76,7 @@ TASK_KEYS = (
     "count",
     "time_limit",
     "stop_timeout",
+    "check_interval",
     "user",
     "group",
     "cwd",
@@ -828,7 +829,7 @@ class _Checker:
                 )
             elif key == "requires":
                 out[key] = self.names(value, sub, name, "requires")
-            elif key in ("start_delay", "time_limit", "stop_timeout"):
+            elif key in ("start_delay", "time_limit", "stop_timeout", "check_interval"):
                 out[key] = self.conditional(value, sub, self.number, multi=False)
             elif key == "count":
                 out[key] = self.conditional(value, sub, self.count, multi=False)

@@ -66,7 +66,7 @@ class Daemon:
         self.exit_effect: fx.Exit | None = None
         self.pending_signals: deque[int] = deque()
         self.leaders: set[int] = set()
-        self.commands: dict[int, tuple[str, str]] = {}
+        self.commands: dict[int, tuple[str, str, int]] = {}
         self.exec_reports: dict[int, int] = {}
         self.exec_errors: dict[int, str] = {}
         self.draining: set[int] = set()
@@ -230,8 +230,10 @@ class Daemon:
                     self.draining.add(pid)
                 self.feed(ev.ProcessExited(now, pid, code, signame, group_alive=alive, error=error))
             elif pid in self.commands:
-                task, name = self.commands.pop(pid)
-                self.feed(ev.CommandExited(now, task, name, pid, code, signame))
+                task, name, instance = self.commands.pop(pid)
+                self.feed(
+                    ev.CommandExited(now, task, name, pid, code, signame, instance=instance)
+                )
             # Anything else is an orphan we adopted as subreaper: reaped, done.
         if self.draining:
             self._check_draining()
@@ -298,7 +300,7 @@ class Daemon:
             prefix = ""
             log.log(_LOG_LEVELS.get(effect.level, logging.INFO), "%s%s", prefix, effect.message)
         elif isinstance(effect, fx.RunCommand):
-            self._run_command(effect)
+            return self._run_command(effect)
         elif isinstance(effect, fx.Watch):
             self.watcher.watch(effect)
         elif isinstance(effect, fx.Unwatch):
@@ -380,19 +382,24 @@ class Daemon:
             time.monotonic(), effect.task, effect.instance, effect.generation, pid
         )
 
-    def _run_command(self, effect: fx.RunCommand) -> None:
+    def _run_command(self, effect: fx.RunCommand) -> ev.Event | None:
         try:
             pid = process.spawn(
                 effect.argv, effect.env, cwd=effect.cwd, user=effect.user, group=effect.group
             )
         except (process.SpawnError, OSError) as exc:
-            self.feed(
-                ev.CommandExited(
-                    time.monotonic(), effect.task, effect.name, 0, None, None, str(exc)
-                )
+            return ev.CommandExited(
+                time.monotonic(),
+                effect.task,
+                effect.name,
+                0,
+                None,
+                None,
+                str(exc),
+                instance=effect.instance,
             )
-            return
-        self.commands[pid] = (effect.task, effect.name)
+        self.commands[pid] = (effect.task, effect.name, effect.instance)
+        return None
 
     def emergency_stop(self) -> None:
         """The loop itself failed: leave nothing running behind us."""

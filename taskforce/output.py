@@ -27,6 +27,15 @@ Sinks: ``inherit`` (no pipe: the daemon's own stdout and stderr), ``discard``
 write would take it past ``max_bytes`` it is rotated at a line boundary,
 PATH -> PATH.1 -> ... -> PATH.backups).
 
+Recent lines: for every task whose output is captured (``log`` and
+``file``), the most recent lines (at most ``RECENT_LINES`` and
+``RECENT_BYTES``) are kept in a ``Recent`` ring, each with a sequence number,
+its instance and the wall-clock time it was read, for ``tfctl logs``.  The
+ring holds the blocks of lines as they were written (one per write, so a
+fast writer costs one append per chunk, not one per line) and drops the
+oldest when the newer ones alone fill it: its memory stays under
+``RECENT_BYTES`` plus one block.
+
 This module decides nothing about processes: it never starts, signals or
 waits for one.  Failures to write are logged (once until writing works
 again) and the lines dropped; they never reach the core.
@@ -39,7 +48,10 @@ import fcntl
 import logging
 import os
 import selectors
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 from taskforce.core.effects import Spawn
 
@@ -60,6 +72,13 @@ PIPE_SIZE = 1024 * 1024
 #: A file dropped by rotation is freed this much per turn of the loop:
 #: freeing a large file at once can block for a tenth of a second or more.
 SHRINK_STEP = 4 * 1024 * 1024
+#: Recent lines kept per task for ``tfctl logs``: this many lines at most,
+#: and no more than this many bytes of them, whichever is reached first.
+RECENT_LINES = 1000
+RECENT_BYTES = 256 * 1024
+#: Rings of tasks without a running process are forgotten, longest idle
+#: first, once there are more rings than this.
+MAX_RINGS = 1024
 
 
 class FileSink:
@@ -150,6 +169,103 @@ class FileSink:
         os.close(self.fd)
 
 
+class Block(NamedTuple):
+    """Whole lines written at once by one process: ``data`` ends with a newline."""
+
+    first: int  # sequence number of its first line
+    lines: int
+    instance: int
+    time: float  # wall clock, when they were read
+    data: bytes | bytearray
+
+
+class Line(NamedTuple):
+    seq: int
+    instance: int
+    time: float
+    text: str
+
+
+class Recent:
+    """The most recent captured lines of one task, numbered from 1."""
+
+    def __init__(self) -> None:
+        self.blocks: deque[Block] = deque()
+        #: Sequence number of the next line to come.
+        self.next = 1
+        self.lines = 0
+        self.bytes = 0
+        #: Captures (pipes) feeding this ring now.
+        self.users = 0
+
+    def add(self, data: bytes | bytearray, instance: int) -> None:
+        """Keep ``data``, whole lines each ending with a newline, as it is:
+        the caller must not change it afterwards."""
+        count = data.count(b"\n")
+        if not count:
+            return
+        block = Block(self.next, count, instance, time.time(), data)
+        self.next += count
+        self.lines += count
+        self.bytes += len(block.data)
+        blocks = self.blocks
+        blocks.append(block)
+        # Drop the oldest block while the newer ones alone fill the ring.
+        while len(blocks) > 1:
+            oldest = blocks[0]
+            if (
+                self.lines - oldest.lines < RECENT_LINES
+                and self.bytes - len(oldest.data) < RECENT_BYTES
+            ):
+                break
+            blocks.popleft()
+            self.lines -= oldest.lines
+            self.bytes -= len(oldest.data)
+
+    @property
+    def last_time(self) -> float:
+        return self.blocks[-1].time if self.blocks else 0.0
+
+    def _newest_first(self) -> Iterator[Line]:
+        """The lines kept, newest first (at most RECENT_LINES and RECENT_BYTES)."""
+        count = size = 0
+        for block in reversed(self.blocks):
+            pieces = block.data.split(b"\n")
+            pieces.pop()  # after the last newline: nothing
+            for index in range(len(pieces) - 1, -1, -1):
+                piece = pieces[index]
+                count += 1
+                size += len(piece) + 1
+                if count > RECENT_LINES or (size > RECENT_BYTES and count > 1):
+                    return
+                text = piece.decode(errors="replace").removesuffix("\r")
+                yield Line(block.first + index, block.instance, block.time, text)
+
+    def read(
+        self, since: int | None = None, instance: int | None = None, limit: int | None = None
+    ) -> tuple[list[Line], int]:
+        """Lines from ``since`` on (all kept lines without it), of ``instance``
+        only if given, at most the last ``limit``; oldest first.  Also how many
+        lines from ``since`` on are no longer kept (0 without ``since``);
+        with ``instance`` that count is of every instance's lines."""
+        found: list[Line] = []
+        oldest = self.next
+        for line in self._newest_first():
+            if since is not None and line.seq < since:
+                oldest = since
+                break
+            oldest = line.seq
+            if limit is not None and len(found) >= limit:
+                if since is None:
+                    break
+                continue
+            if instance is None or line.instance == instance:
+                found.append(line)
+        found.reverse()
+        dropped = 0 if since is None else max(0, oldest - max(since, 1))
+        return found, dropped
+
+
 class Capture:
     """The read end of one process's output pipe and where its lines go."""
 
@@ -159,12 +275,17 @@ class Capture:
         fd: int,
         label: str,
         sink: FileSink | None,
+        recent: Recent | None = None,
+        instance: int = 0,
     ) -> None:
         self.owner = owner
         self.fd = fd
         self.label = label
         #: None: lines go to the log.
         self.sink = sink
+        #: The task's recent lines, which every line written also goes to.
+        self.recent = recent
+        self.instance = instance
         self.buf = bytearray()
         self.eof = False
         self.reading = False
@@ -225,18 +346,27 @@ class Capture:
         end = buf.rfind(b"\n") + 1
         if end:
             if self.sink is not None:
-                self.sink.write(buf[:end])
-                del buf[:end]
+                lines = buf[:end]
+                self.sink.write(lines)
             else:
-                del buf[: self._log_lines(end, budget)]
+                done = self._log_lines(end, budget)
+                lines = buf[:done]
+            if self.recent is not None:
+                self.recent.add(lines, self.instance)
+            del buf[: len(lines)]
         # A line that never ends is written in pieces, marked as such.
         while len(buf) >= MAX_LINE and b"\n" not in buf:
             piece = bytes(buf[:MAX_LINE]) + LONG_LINE_MARK
             del buf[:MAX_LINE]
-            if self.sink is not None:
-                self.sink.write(piece)
-            else:
-                self._log_text(piece)
+            self._write_one(piece)
+
+    def _write_one(self, line: bytes) -> None:
+        if self.sink is not None:
+            self.sink.write(line)
+        else:
+            self._log_text(line)
+        if self.recent is not None:
+            self.recent.add(line, self.instance)
 
     def _log_lines(self, end: int, budget: bool) -> int:
         """Log lines of ``buf[:end]``; how many bytes were consumed."""
@@ -264,10 +394,7 @@ class Capture:
         if self.buf:
             rest = bytes(self.buf) + b"\n"
             self.buf.clear()
-            if self.sink is not None:
-                self.sink.write(rest)
-            else:
-                self._log_text(rest)
+            self._write_one(rest)
         self._set_reading(False)
         self.owner.backlog.discard(self)
         os.close(self.fd)
@@ -294,6 +421,8 @@ class Output:
         self.captures: set[Capture] = set()
         self.backlog: set[Capture] = set()
         self.files: dict[str, FileSink] = {}
+        #: Recent lines of each task whose output is captured.
+        self.recent: dict[str, Recent] = {}
         #: Unlinked files being freed: [fd, size left].
         self.shrinking: list[list[int]] = []
         self._null: int | None = None
@@ -328,7 +457,9 @@ class Output:
                 fcntl.fcntl(read_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         if sink is not None:
             sink.users += 1
-        capture = Capture(self, read_end, f"{task}[{instance}]", sink)
+        recent = self._recent(task)
+        recent.users += 1
+        capture = Capture(self, read_end, f"{task}[{instance}]", sink, recent, instance)
 
         def done(started: bool) -> None:
             os.close(write_end)  # the child has its copy; EOF when it is gone
@@ -348,8 +479,21 @@ class Output:
             sink.max_bytes, sink.backups = max(1, max_bytes), max(0, backups)
         return sink
 
+    def _recent(self, task: str) -> Recent:
+        recent = self.recent.get(task)
+        if recent is None:
+            if len(self.recent) >= MAX_RINGS:
+                idle = [name for name, ring in self.recent.items() if not ring.users]
+                idle.sort(key=lambda name: self.recent[name].last_time)
+                for name in idle[: len(self.recent) - MAX_RINGS + 1]:
+                    del self.recent[name]
+            recent = self.recent[task] = Recent()
+        return recent
+
     def release(self, capture: Capture) -> None:
         self.captures.discard(capture)
+        if capture.recent is not None:
+            capture.recent.users -= 1
         sink = capture.sink
         if sink is not None:
             sink.users -= 1

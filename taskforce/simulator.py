@@ -204,6 +204,8 @@ class Simulation:
         self.pidfiles: dict[str, int] = {}
         #: pids of processes not spawned by the core whose exit is reported
         self.watched_pids: set[int] = set()
+        #: exit code of each (task, command name) run by a RunCommand (default 0)
+        self.command_codes: dict[tuple[str, str], int] = {}
         self.finished: fx.Exit | None = None
         self.log: list[Step] = []
         self.logs: list[tuple[float, fx.Log]] = []
@@ -496,9 +498,15 @@ class Simulation:
         elif isinstance(effect, fx.RunCommand):
             self.commands.append((self.now, effect))
             pid = self._allocate_pid()
+            code = self.command_codes.get((effect.task, effect.name), 0)
             self._queue.append(
                 ev.CommandExited(
-                    at=self.now, task=effect.task, name=effect.name, pid=pid, exit_code=0
+                    at=self.now,
+                    task=effect.task,
+                    name=effect.name,
+                    pid=pid,
+                    exit_code=code,
+                    instance=effect.instance,
                 )
             )
         elif isinstance(effect, fx.Watch):

@@ -18,6 +18,7 @@ Only the standard library is used, so tfctl runs wherever Python does.
 from __future__ import annotations
 
 import argparse
+import datetime
 import http.client
 import json
 import os
@@ -30,6 +31,8 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 DEFAULT_SOCKET = "/var/run/s.taskforce"
+#: ``logs -f`` asks for new lines this often (seconds).
+FOLLOW_POLL = 0.5
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
@@ -309,6 +312,8 @@ def run(args: argparse.Namespace, client: Client) -> int:
         return _finish(code, headers, body, client.address)
     if command == "plan":
         return _plan(args, client)
+    if command == "logs":
+        return _logs(args, client)
     params: list[tuple[str, str]] = []
     path = ""
     if command in ("start", "stop"):
@@ -370,6 +375,61 @@ def _plan(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK
 
 
+def _task_instance(text: str) -> tuple[str, str | None]:
+    """``web:2`` or ``web[2]`` -> ("web", "2"); ``web`` -> ("web", None)."""
+    name, instance = _split_slot(text)
+    if instance is None:
+        head, colon, tail = text.rpartition(":")
+        if colon and head and tail.isascii() and tail.isdigit():
+            name, instance = head, tail
+    if not name or instance is not None and not (instance.isascii() and instance.isdigit()):
+        raise Usage(f"expected TASK or TASK:INSTANCE, got {text!r}")
+    return name, instance
+
+
+def format_log_line(task: str, line: dict[str, Any]) -> str:
+    """``time task[instance] text``, the time local, to the millisecond."""
+    moment = datetime.datetime.fromtimestamp(line["time"])
+    return f"{moment.isoformat(timespec='milliseconds')} {task}[{line['instance']}] {line['text']}"
+
+
+def _logs(args: argparse.Namespace, client: Client) -> int:
+    name, instance = _task_instance(args.task)
+    if args.lines < 0:
+        raise Usage(f"-n wants a number of lines >= 0, got {args.lines}")
+    params = [("task", name)] + ([("instance", instance)] if instance is not None else [])
+    asked = [*params, ("lines", str(args.lines))]
+    try:
+        while True:
+            code, headers, body = client.request("GET", "/status/logs", asked)
+            if code >= 400:
+                return _finish(code, headers, body, client.address)
+            answer = json.loads(body)
+            if answer["dropped"]:
+                print(
+                    f"tfctl: {answer['dropped']} lines of {name} were dropped before "
+                    "they could be shown",
+                    file=sys.stderr,
+                )
+            for line in answer["lines"]:
+                print(format_log_line(name, line))
+            sys.stdout.flush()
+            if not args.follow:
+                return EXIT_OK
+            since = int(answer["next"])
+            if asked[-1][0] == "since" and since < int(asked[-1][1]):
+                # Numbered afresh: taskforce was restarted.
+                since = 1
+            asked = [*params, ("since", str(since))]
+            time.sleep(FOLLOW_POLL)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:
+        # The reader went away (``| head``): done, quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
 # ------------------------------------------------------------ command line
 
 
@@ -429,6 +489,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--roles", metavar="ROLES", help='plan for these roles (comma-separated; "-": none)'
     )
     plan.add_argument("--json", action="store_true", help="print the JSON plan")
+    logs = sub.add_parser("logs", help="a task's recent output lines; -f: follow them")
+    logs.add_argument("task", metavar="TASK[:INSTANCE]")
+    logs.add_argument(
+        "-n", "--lines", type=int, default=50, metavar="N", help="show the last N (default 50)"
+    )
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="go on printing new lines until interrupted"
+    )
     return parser
 
 

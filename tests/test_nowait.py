@@ -153,3 +153,23 @@ def test_a_recycled_pid_is_not_adopted(daemon: Daemon) -> None:
         impostor.wait()
         if pidfile_pid(pidfile) != impostor.pid:
             kill_quietly(pidfile_pid(pidfile))
+
+
+def test_a_failing_health_check_restarts_a_nowait_daemon(daemon: Daemon) -> None:
+    pidfile = daemon.root / "forker.pid"
+    sick = daemon.root / "sick"
+    cfg = config(daemon, "nowait", pidfile)
+    cfg["tasks"]["forker"]["commands"]["check"] = ["sh", "-c", f"! test -e {sick}"]
+    cfg["tasks"]["forker"]["check_interval"] = 0.3
+    daemon.write_config(cfg)
+    daemon.start()
+    first = wait_for(lambda: pidfile_pid(pidfile), what="the daemon's pidfile")
+    daemon.wait_log(f"daemon running as pid {first}")
+    sick.write_text("")
+    daemon.wait_log("restarted: health check exited 1")
+    sick.unlink()
+    second = wait_for(
+        lambda: (lambda p: p if p and p != first else None)(pidfile_pid(pidfile)),
+        what="a new daemon",
+    )
+    daemon.wait_log(f"daemon running as pid {second}")

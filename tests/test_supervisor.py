@@ -571,3 +571,38 @@ def test_a_fast_failing_wrapper_is_backed_off() -> None:
         sim.settle(max_time=30.0)
     warnings = sim.messages("warning", task="svc")
     assert len([w for w in warnings if "restarting" in w or "backoff" in w]) == 1, warnings
+
+
+# ---------------------------------------------------------------- health checks
+
+
+def checked(**settings: Any) -> dict[str, Any]:
+    return {"commands": {"start": ("/usr/sbin/svc",), "check": ("/usr/bin/probe",)}, **settings}
+
+
+def test_a_passing_health_check_runs_on_its_interval_and_restarts_nothing() -> None:
+    sim = boot(config(svc=checked(check_interval=10)))
+    first = pid_of(sim, "svc")
+    sim.advance(35)
+    runs = [at for at, command in sim.commands if command.name == "check"]
+    assert runs == [T0 + 10, T0 + 20, T0 + 30]
+    assert pid_of(sim, "svc") == first
+    assert_contract(sim)
+
+
+def test_a_failing_health_check_restarts_the_slot_with_its_reason() -> None:
+    sim = boot(config(svc=checked(check_interval=10)))
+    first = pid_of(sim, "svc")
+    sim.command_codes[("svc", "check")] = 2
+    sim.advance(10)
+    second = pid_of(sim, "svc")
+    assert second != first
+    assert any("health check exited 2" in message for message in sim.messages())
+    assert sim.core.counters["check_failures"] == 1
+    assert_contract(sim)
+
+
+def test_a_check_is_not_run_without_a_check_command() -> None:
+    sim = boot(config(svc=task("/usr/sbin/svc", check_interval=1)))
+    sim.advance(10)
+    assert not sim.commands

@@ -5,7 +5,8 @@ service, so its clients keep working:
 
 - ``/status/version``, ``/status/config``, ``/status/tasks`` (JSON; ``fmt``
   must be json, ``indent=N`` pretty-prints) are always allowed, as are the
-  new ``/status/health`` (200 when every wanted process runs, else 503) and
+  new ``/status/health`` (200 when every wanted process runs, else 503),
+  ``/status/logs`` (a task's recent output lines, never cached) and
   ``/metrics`` (Prometheus text);
 - ``/manage/...`` needs ``allow_control`` (403 ``Control not permitted on
   this path``): the original's ``control``, ``count``, ``reload``, ``stop``,
@@ -40,6 +41,7 @@ from taskforce.control.listen import Service
 from taskforce.core import events as ev
 from taskforce.core import status
 from taskforce.core.model import SpecError
+from taskforce.output import Recent
 
 if TYPE_CHECKING:
     from taskforce.control.server import ControlServer
@@ -160,6 +162,8 @@ def _status(
         if not (digits.isascii() and digits.isdigit()) or len(digits) > 2 or int(digits) > 16:
             return text(400, f"bad indent {indent_text!r}: expected a whole number up to 16\n")
         indent = int(digits)
+    if path == "/status/logs":
+        return _logs(server, params, indent)
     key = (path, indent, service.allow_control)
     cached = server.cache.get(key)
     if cached is None:
@@ -244,11 +248,61 @@ def _health(server: ControlServer, service: Service) -> tuple[int, Any]:
     return (200 if report["healthy"] else 503), report
 
 
+#: Most digits of a number parameter of ``/status/logs``.
+_MAX_DIGITS = 18
+
+
+def _logs(server: ControlServer, params: Params, indent: int | None) -> Response:
+    """``/status/logs?task=NAME[&instance=N][&since=SEQ][&lines=N]``: the
+    task's recent captured lines (see ``taskforce.output.Recent``), oldest
+    first, with ``next`` (the sequence number to ask ``since`` next time)
+    and ``dropped`` (lines from ``since`` on no longer kept)."""
+    name = _first(params, "task")
+    if not name:
+        return text(400, "missing parameter 'task'\n")
+    numbers: dict[str, int | None] = {}
+    for key in ("instance", "since", "lines"):
+        raw = _first(params, key)
+        digits = (raw or "").strip()
+        if not digits:
+            numbers[key] = None
+        elif digits.isascii() and digits.isdigit() and len(digits) <= _MAX_DIGITS:
+            numbers[key] = int(digits)
+        else:
+            return text(400, f"bad {key} {raw!r}: expected a whole number\n")
+    task = server.daemon.core.tasks.get(name)
+    if task is None:
+        return text(404, f"no such task: {name}\n")
+    modes = {process.output for process in task.spec.processes}
+    if not modes & {"log", "file"}:
+        mode = ", ".join(sorted(modes))
+        return text(
+            409, f"output of {name} is not captured (output: {mode}); only log and file are kept\n"
+        )
+    recent = server.daemon.output.recent.get(name)
+    if recent is None:  # nothing captured yet
+        recent = Recent()
+    lines, dropped = recent.read(numbers["since"], numbers["instance"], numbers["lines"])
+    data = {
+        "task": name,
+        "next": recent.next,
+        "lines": [
+            {"seq": seq, "instance": instance, "time": round(at, 3), "text": line}
+            for seq, instance, at, line in lines
+        ],
+        "dropped": dropped,
+    }
+    separators = (",", ":") if indent is None else None
+    body = json.dumps(data, indent=indent, separators=separators) + "\n"
+    return Response(200, body.encode(), JSON)
+
+
 STATUS: dict[str, Callable[[ControlServer, Service], tuple[int, Any]]] = {
     "/status/version": _version,
     "/status/config": _config,
     "/status/tasks": _tasks,
     "/status/health": _health,
+    "/status/logs": _health,  # answered in _status; listed so the path is known
     "/metrics": _health,  # answered in _status; listed so the path is known
 }
 

@@ -136,6 +136,7 @@ class CommandExited(Event):
     exit_code: int | None = None
     signal: str | None = None
     error: str = ""
+    instance: int = 0
 
 
 @dataclass(frozen=True)

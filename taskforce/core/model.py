@@ -51,6 +51,9 @@ ENVIRONMENTS = ("inherit", "clean")
 #: What a ``clean`` environment keeps of the daemon's.
 CLEAN_ENVIRONMENT_KEEPS = ("PATH",)
 
+#: Seconds between health checks when a task has ``commands.check``.
+DEFAULT_CHECK_INTERVAL = 30.0
+
 DEFAULT_SETTINGS: dict[str, Any] = {
     "stop_timeout": 5.0,
     "stable_after": 1.0,
@@ -134,6 +137,8 @@ class TaskSpec:
     start_delay: float
     time_limit: float | None
     stop_timeout: float
+    #: seconds between runs of ``commands.check`` while a slot runs (None: no check)
+    check_interval: float | None
     processes: tuple[ProcessSpec, ...]
     commands: Mapping[str, tuple[str, ...]]
     events: tuple[EventSpec, ...]
@@ -456,6 +461,9 @@ def _build_task(
     start_delay = _number(task.get("start_delay"), ctx, 0.0) or 0.0
     time_limit = _number(task.get("time_limit"), ctx, None) or None
     stop_timeout = _number(task.get("stop_timeout"), ctx, settings.stop_timeout)
+    check_interval = None
+    if "check" in task["commands"]:
+        check_interval = _number(task.get("check_interval"), ctx, DEFAULT_CHECK_INTERVAL)
     own_roles = frozenset(as_text(r) or "" for r in resolve(task.get("roles"), ctx))
     processes = []
     settings_output = (config.get("settings") or {}).get("output")
@@ -507,6 +515,7 @@ def _build_task(
         start_delay=start_delay,
         time_limit=time_limit,
         stop_timeout=stop_timeout if stop_timeout is not None else settings.stop_timeout,
+        check_interval=check_interval or None,
         processes=tuple(processes),
         commands=commands,
         events=tuple(events),

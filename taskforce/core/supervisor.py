@@ -154,6 +154,7 @@ class Supervisor:
             "spawn_failures": 0,
             "reloads": 0,
             "reload_errors": 0,
+            "check_failures": 0,
         }
         self._by_pid: dict[int, Slot] = {}
         self._watches: dict[str, fx.Watch] = {}
@@ -245,10 +246,7 @@ class Supervisor:
         self._by_pid[event.pid] = slot
         task = self.tasks[event.task]
         self.counters["starts"] += 1
-        if task.spec.start_delay > 0:
-            self._set_timer(slot, "ready", self.now + task.spec.start_delay)
-        if task.spec.time_limit:
-            self._set_timer(slot, "limit", self.now + task.spec.start_delay + task.spec.time_limit)
+        self._arm_running_timers(task, slot)
         level = "debug" if slot.fails > 1 else "info"
         why = f" ({slot.reason})" if slot.reason != "started" else ""
         self._log(level, f"{self._name(slot)} started as pid {event.pid}{why}", slot.task)
@@ -338,12 +336,7 @@ class Supervisor:
                 slot.reason = "adopted: running before taskforce started"
             else:
                 self.counters["starts"] += 1
-            if task.spec.start_delay > 0:
-                self._set_timer(slot, "ready", self.now + task.spec.start_delay)
-            if task.spec.time_limit:
-                self._set_timer(
-                    slot, "limit", self.now + task.spec.start_delay + task.spec.time_limit
-                )
+            self._arm_running_timers(task, slot)
             what = "adopted" if adopted else "daemon running as"
             self._log("info", f"{name} {what} pid {event.pid}", slot.task)
             return
@@ -366,10 +359,37 @@ class Supervisor:
         if slot is not None and slot.state is S.DRAINING:
             self._process_gone(slot)
 
+    def _arm_running_timers(self, task: TaskState, slot: Slot) -> None:
+        """Deadlines of a slot whose process (or daemon) now runs."""
+        spec = task.spec
+        if spec.start_delay > 0:
+            self._set_timer(slot, "ready", self.now + spec.start_delay)
+        if spec.time_limit:
+            self._set_timer(slot, "limit", self.now + spec.start_delay + spec.time_limit)
+        if spec.check_interval and slot.phase != "launcher":
+            self._set_timer(slot, "check", self.now + spec.check_interval)
+
     def _on_CommandExited(self, event: ev.CommandExited) -> None:
         outcome = event.error or describe_exit(event.exit_code, event.signal)
-        level = "info" if event.exit_code == 0 else "warning"
+        failed = bool(event.error) or event.exit_code != 0
+        if event.name == "check":
+            self._check_done(event, failed, outcome)
+            return
+        level = "warning" if failed else "info"
         self._log(level, f"{event.task}: command {event.name!r} {outcome}", event.task)
+
+    def _check_done(self, event: ev.CommandExited, failed: bool, outcome: str) -> None:
+        """A health check ended: restart the slot if it failed, else check again later."""
+        slot = self.slot(event.task, event.instance)
+        task = self.tasks.get(event.task)
+        if slot is None or task is None or slot.state is not S.RUNNING:
+            return  # the slot moved on while the check ran
+        self._touch(event.task)
+        if failed:
+            self.counters["check_failures"] += 1
+            self._stop_slot(task, slot, "restart", f"restarted: health check {outcome}")
+        elif task.spec.check_interval:
+            self._set_timer(slot, "check", self.now + task.spec.check_interval)
 
     def _on_FileChanged(self, event: ev.FileChanged) -> None:
         name, _, index = event.key.partition("#")
@@ -481,12 +501,12 @@ class Supervisor:
             for slot in task.slots:
                 self._stop_slot(task, slot, "restart", f"restarted: {why}")
 
-    def _run_command(self, task: TaskState, command: str) -> None:
-        spec = task.spec.process(0)
+    def _run_command(self, task: TaskState, command: str, instance: int = 0) -> None:
+        spec = task.spec.process(instance)
         self._emit(
             fx.RunCommand(
                 task=task.spec.name,
-                instance=0,
+                instance=instance,
                 name=command,
                 argv=task.spec.commands[command],
                 env=dict(spec.env),
@@ -774,8 +794,8 @@ class Supervisor:
         LIFECYCLE.fire(slot, "stop")
         slot.intent = intent
         slot.reason = reason
-        slot.timers.pop("ready", None)
-        slot.timers.pop("limit", None)
+        for purpose in ("ready", "limit", "check"):
+            slot.timers.pop(purpose, None)
         use_restart = intent == "restart" or self.shutdown == "reset"
         action = (task.spec.restart_action if use_restart else None) or task.spec.stop_action
         name = task.spec.name
@@ -909,6 +929,8 @@ class Supervisor:
                 )
             elif purpose == "pidfile" and slot.state is S.PROBING:
                 self._read_pidfile(slot)
+            elif purpose == "check" and slot.state is S.RUNNING and "check" in task.spec.commands:
+                self._run_command(task, "check", slot.instance)
             elif purpose == "limit" and not self.shutdown:
                 # (At shutdown the stop order decides when it goes.)
                 if task.control in ("once", "event"):
