@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 _SLOW_IS_FINE = [HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -41,3 +42,25 @@ settings.register_profile(
 )
 
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+# A failing property test leaves its shrunk run behind as an event log, so it
+# can be replayed (``taskforce replay FILE --timeline``) and then kept under
+# tests/logs/ as a regression case.
+FAILURES = os.path.join(os.path.dirname(__file__), "failures")
+
+
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+    if call.when != "call" or call.excinfo is None:
+        return
+    from taskforce.eventlog import write_steps
+    from taskforce.simulator import Simulation
+
+    sim = Simulation.latest
+    if sim is None or not sim.log:
+        return
+    os.makedirs(FAILURES, exist_ok=True)
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in item.nodeid.split("::")[-1])
+    path = os.path.join(FAILURES, f"{name}.jsonl")
+    write_steps(path, sim.log, note=f"failing run of {item.nodeid}")
+    item.add_report_section("call", "failing run", f"saved as {path}")

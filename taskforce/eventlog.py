@@ -21,7 +21,7 @@ import json
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,6 +147,20 @@ class Recorder:
         self.lines.put(_STOP)
         self.thread.join(timeout=10)
         self.file.close()
+
+
+def write_steps(
+    path: str, steps: Iterable[tuple[ev.Event, tuple[fx.Effect, ...]]], *, note: str = ""
+) -> None:
+    """Write ``(event, effects)`` steps (a simulated run, say) as a log file."""
+    with open(path, "w", encoding="utf-8") as handle:
+        header = {"taskforce_eventlog": FORMAT, "taskforce": __version__, "seed": 0, "part": 0}
+        if note:
+            header["note"] = note
+        handle.write(json.dumps(header) + "\n")
+        for number, (event, effects) in enumerate(steps):
+            line = {"step": number, "event": encode(event), "effects": [encode(e) for e in effects]}
+            handle.write(json.dumps(line, separators=(",", ":")) + "\n")
 
 
 @dataclass

@@ -171,12 +171,18 @@ EffectObserver = Callable[["Simulation", ev.Event, fx.Effect], None]
 class Simulation:
     """The core under a fake clock, a fake process table and fake files.
 
+    ``Simulation.latest`` is the most recently made one: after a failing
+    property test it holds the (shrunk) run, which the test suite saves as a
+    log file to replay and keep as a regression case.
+
     ``behaviours`` maps a task name to how its processes react to signals
     (``TERM`` by default); ``failing`` holds program names (``argv[0]``)
     whose spawn fails.  Both may be changed between calls.  ``observers``
     are called with every effect just before it is performed, with the
     world as it is at that moment.  The clock reads ``start`` (0.0) at first.
     """
+
+    latest: Simulation | None = None
 
     def __init__(
         self,
@@ -190,6 +196,7 @@ class Simulation:
         max_steps_per_call: int = 100_000,
     ) -> None:
         self.core = Supervisor()
+        Simulation.latest = self
         self.now = start
         self.behaviours: dict[str, str] = dict(behaviours or {})
         self.failing: set[str] = set(failing)

@@ -301,18 +301,21 @@ def diff_plan(
             source="plan",
         )
     )
-    print_plan(effects, out)
+    print_plan(core, effects, out)
     return 0
 
 
-def print_plan(effects: Iterable[fx.Effect], out: Any) -> None:
+def print_plan(core: Supervisor, effects: Iterable[fx.Effect], out: Any) -> None:
+    """What ``effects`` (the answer to a new config) start, stop and restart."""
+    effects = list(effects)
     starts = sorted({f"{e.task}[{e.instance}]" for e in effects if isinstance(e, fx.Spawn)})
-    stops = sorted(
-        {f"{e.task}[{e.instance}]" for e in effects if isinstance(e, fx.Signal)} - set(starts)
-    )
-    restarts = sorted(
-        {f"{e.task}[{e.instance}]" for e in effects if isinstance(e, fx.Signal)} & set(starts)
-    )
+    stops, restarts = [], []
+    for effect in effects:
+        if isinstance(effect, fx.Signal):
+            slot = core.slot(effect.task, effect.instance)
+            name = f"{effect.task}[{effect.instance}]"
+            (restarts if slot is not None and slot.intent == "restart" else stops).append(name)
+    stops, restarts = sorted(set(stops)), sorted(set(restarts))
     print("start:   " + (", ".join(starts) or "nothing"), file=out)
     print("stop:    " + (", ".join(stops) or "nothing"), file=out)
     print("restart: " + (", ".join(restarts) or "nothing"), file=out)
