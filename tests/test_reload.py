@@ -138,7 +138,39 @@ def test_role_values_reach_the_context(daemon: Daemon) -> None:
     assert out.read_text() == "3 1"
 
 
-def test_file_change_event_restarts_the_task(daemon: Daemon) -> None:
+BACKENDS = pytest.mark.parametrize("backend", ["inotify", "poll"])
+
+
+def watcher_env(backend: str) -> dict[str, str]:
+    return {"TASKFORCE_WATCHER": backend}
+
+
+def test_two_hundred_tasks_one_changed_exactly_one_pid_changes(daemon: Daemon) -> None:
+    m = daemon.marker
+
+    def sleeper(name: str, seconds: str = "1000") -> dict:
+        # procname puts the marker and the name in argv[0]; sleep ignores it.
+        return {"procname": f"{m} {name}", "commands": {"start": ["sleep", seconds]}}
+
+    names = [f"s{i:03d}" for i in range(200)]
+    daemon.write_config({"tasks": {name: sleeper(name) for name in names}})
+    daemon.start()
+    wait_for(lambda: len(daemon.processes()) == 200, timeout=60, what="200 tasks running")
+    before = {pid: cmd.split()[1] for pid, cmd in daemon.processes().items()}
+    changed = {name: sleeper(name) for name in names}
+    changed["s123"] = sleeper("s123", "999")
+    daemon.write_config({"tasks": changed})
+    wait_for(
+        lambda: any(cmd.endswith("s123 999") for cmd in daemon.processes().values()),
+        what="s123 restarted",
+    )
+    after = {pid: cmd.split()[1] for pid, cmd in daemon.processes().items()}
+    assert len(after) == 200
+    assert set(before) - set(after) == {pid for pid, name in before.items() if name == "s123"}
+
+
+@BACKENDS
+def test_file_change_event_restarts_the_task(daemon: Daemon, backend: str) -> None:
     m = daemon.marker
     watched = daemon.root / "app.settings"
     watched.write_text("one\n")
@@ -154,7 +186,7 @@ def test_file_change_event_restarts_the_task(daemon: Daemon) -> None:
             }
         }
     )
-    daemon.start()
+    daemon.start(env=watcher_env(backend))
     (app,) = daemon.wait_pids("app", 1)
     (other,) = daemon.wait_pids("other", 1)
     tmp = watched.with_suffix(".tmp")
@@ -165,7 +197,10 @@ def test_file_change_event_restarts_the_task(daemon: Daemon) -> None:
     assert "app.settings changed" in daemon.log_text()
 
 
-def test_python_event_restarts_when_an_imported_module_changes(daemon: Daemon) -> None:
+@BACKENDS
+def test_python_event_restarts_when_an_imported_module_changes(
+    daemon: Daemon, backend: str
+) -> None:
     m = daemon.marker
     app_dir = daemon.root / "app"
     app_dir.mkdir()
@@ -181,7 +216,7 @@ def test_python_event_restarts_when_an_imported_module_changes(daemon: Daemon) -
             }
         }
     )
-    daemon.start()
+    daemon.start(env=watcher_env(backend))
     (first,) = daemon.wait_pids("py", 1)
     daemon.wait_log("py[0] started")
     (app_dir / "helper.py").write_text("VALUE = 2\n")
