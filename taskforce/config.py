@@ -439,6 +439,18 @@ class _Checker:
             return f'quote it: "{raw}"'
         return None
 
+    def string_key(self, key: Any, path: KeyPath, what: str) -> bool:
+        """Whether a mapping key is a string; if not (``1:``, ``on:``), say so."""
+        if isinstance(key, str):
+            return True
+        raw = self.key_raws.get(path)
+        self.error(
+            path,
+            f"{what} must be a string, got {_describe(key)}",
+            f'quote it: "{raw}"' if raw is not None else None,
+        )
+        return False
+
     def type_error(self, path: KeyPath, value: Any, expected: str, *, quote: bool = True) -> None:
         """``quote``: whether quoting what was written could be the fix."""
         hint = self.quote_hint(path, value) if quote else None
@@ -449,14 +461,9 @@ class _Checker:
         allowed = tuple(allowed)
         for key in value:
             sub = (*path, key)
-            if not isinstance(key, str):
-                raw = self.key_raws.get(sub)
-                self.error(
-                    sub,
-                    f"{what} key {raw if raw is not None else key!r} is not a string",
-                    f'quote it: "{raw}"' if raw is not None else None,
-                )
-            elif key not in allowed:
+            if not self.string_key(key, sub, f"a {what} key"):
+                continue
+            if key not in allowed:
                 hint = _suggest(key, allowed)
                 if hint is None and what == "top-level" and key in TASK_KEYS:
                     hint = "task keys belong under tasks.NAME"
@@ -484,15 +491,9 @@ class _Checker:
             out: dict[Any, Any] = {}
             for key, item in value.items():
                 sub = (*path, key)
-                if not isinstance(key, str):
-                    raw = self.key_raws.get(sub)
-                    self.error(
-                        sub,
-                        "a conditional value's keys are context variable names, "
-                        f"got {_describe(key)}",
-                        f'quote it: "{raw}"' if raw is not None else None,
-                    )
-                elif item is None:
+                if not self.string_key(key, sub, "a conditional value's key (a context name)"):
+                    continue
+                if item is None:
                     self.error(sub, "conditional value is null, so it adds nothing")
                 else:
                     out[key] = self.conditional(item, sub, leaf, multi=True)
@@ -604,13 +605,7 @@ class _Checker:
         out: dict[str, Any] = {}
         for key, item in value.items():
             sub = (*path, key)
-            if not isinstance(key, str):
-                raw = self.key_raws.get(sub)
-                self.error(
-                    sub,
-                    f"a {what} name must be a string, got {_describe(key)}",
-                    f'quote it: "{raw}"' if raw is not None else None,
-                )
+            if not self.string_key(key, sub, f"a {what} name"):
                 continue
             if not key or "=" in key or "\0" in key:
                 self.error(sub, f"{key!r} cannot be an environment variable name")
@@ -650,13 +645,7 @@ class _Checker:
         out: dict[str, dict[str, Any]] = {}
         for role, item in value.items():
             sub = (*path, role)
-            if not isinstance(role, str):
-                raw = self.key_raws.get(sub)
-                self.error(
-                    sub,
-                    f"a role name must be a string, got {_describe(role)}",
-                    f'quote it: "{raw}"' if raw is not None else None,
-                )
+            if not self.string_key(role, sub, "a role name"):
                 continue
             self.role_name(role, sub)
             out[role] = self.scalar_map(item, sub, what.removeprefix("role_"))
@@ -997,13 +986,7 @@ class _Checker:
         out: dict[str, Any] = {}
         for cname, argv in value.items():
             sub = (*path, cname)
-            if not isinstance(cname, str):
-                raw = self.key_raws.get(sub)
-                self.error(
-                    sub,
-                    f"a command name must be a string, got {_describe(cname)}",
-                    f'quote it: "{raw}"' if raw is not None else None,
-                )
+            if not self.string_key(cname, sub, "a command name"):
                 continue
             if argv is None or argv == [] or argv == "":
                 self.error(sub, f"command {cname!r} is empty")

@@ -12,7 +12,6 @@ This module holds no policy: it never decides what to start, stop or retry.
 from __future__ import annotations
 
 import ctypes
-import errno
 import grp
 import os
 import pwd
@@ -20,6 +19,7 @@ import resource
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 #: Dispositions Python changes at start-up that a child must not inherit.
 _RESET_SIGNALS = tuple(
@@ -121,35 +121,14 @@ def _child(
             os._exit(127)
 
 
-def spawn(
-    argv: Sequence[str],
-    env: Mapping[str, str],
-    *,
-    cwd: str | None = None,
-    user: str | None = None,
-    group: str | None = None,
-    procname: str | None = None,
-    stdout: int | None = None,
-    umask: int | None = None,
-    limits: Sequence[Limit] = (),
-) -> int:
+def spawn(argv: Sequence[str], env: Mapping[str, str], **options: Any) -> int:
     """Start ``argv`` in a new process group; its pid, or SpawnError.
 
     ``stdout`` (an fd) becomes the child's stdout and stderr; ``umask`` and
     ``limits`` are set in the child before the privilege drop and the exec.
     Returns once the exec has happened or failed (see ``start``).
     """
-    pid, report = start(
-        argv,
-        env,
-        cwd=cwd,
-        user=user,
-        group=group,
-        procname=procname,
-        stdout=stdout,
-        umask=umask,
-        limits=limits,
-    )
+    pid, report = start(argv, env, **options)
     os.set_blocking(report, True)
     error = read_report(report)
     if error is not None:
@@ -291,15 +270,3 @@ def become_subreaper() -> bool:
         return bool(libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
-
-
-def exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError as exc:
-        return exc.errno != errno.ESRCH
-    return True

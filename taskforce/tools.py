@@ -309,7 +309,8 @@ def print_plan(core: Supervisor, effects: Iterable[fx.Effect], out: Any) -> None
     """What ``effects`` (the answer to a new config) start, stop and restart."""
     effects = list(effects)
     starts = sorted({f"{e.task}[{e.instance}]" for e in effects if isinstance(e, fx.Spawn)})
-    stops, restarts = [], []
+    stops: list[str] = []
+    restarts: list[str] = []
     for effect in effects:
         if isinstance(effect, fx.Signal):
             slot = core.slot(effect.task, effect.instance)
