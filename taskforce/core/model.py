@@ -526,6 +526,25 @@ def _build_task(
     )
 
 
+def _hashable(value: Any) -> Any:
+    """``value`` as nested tuples, usable as a dictionary key."""
+    if isinstance(value, Mapping):
+        return ("{", tuple(sorted((key, _hashable(item)) for key, item in value.items())))
+    if isinstance(value, (list, tuple)):
+        return ("[", tuple(_hashable(item) for item in value))
+    return value
+
+
+#: Specs already built, by (name, the task's config, everything shared).  A
+#: task's spec is a pure function of those, so a reload rebuilds only the
+#: tasks whose inputs changed, and the shell's validation and the core's
+#: build of the same config build each task once.  Bounded: cleared when it
+#: outgrows ``_BUILT_MAX``.
+_BUILT: dict[tuple[str, Any, int], TaskSpec] = {}
+_SHARED: dict[Any, int] = {}
+_BUILT_MAX = 8192
+
+
 def build(
     config: Mapping[str, Any],
     facts: HostFacts,
@@ -535,10 +554,30 @@ def build(
     """One TaskSpec per task; raises SpecError with the key path of a bad value."""
     settings = settings_of(config)
     tasks: Mapping[str, Mapping[str, Any]] = config.get("tasks") or {}
+    if len(_BUILT) > _BUILT_MAX:
+        _BUILT.clear()
+        _SHARED.clear()
+    shared = _hashable(
+        (
+            {key: config.get(key) for key in ("defines", "role_defines", "defaults")},
+            config.get("role_defaults"),
+            config.get("settings"),
+            facts.environ,
+            (facts.host, facts.fqdn, facts.pid),
+            roles,
+            role_values,
+        )
+    )
+    shared_id = _SHARED.setdefault(shared, len(_SHARED))
     specs: dict[str, TaskSpec] = {}
     for name in sorted(tasks):
+        key = (name, _hashable(tasks[name]), shared_id)
+        cached = _BUILT.get(key)
+        if cached is not None:
+            specs[name] = cached
+            continue
         try:
-            specs[name] = _build_task(
+            specs[name] = _BUILT[key] = _build_task(
                 name, tasks[name], config, settings, facts, roles, role_values or {}
             )
         except SpecError as exc:

@@ -78,7 +78,7 @@ class Watcher:
     #: Name of the backend (``BACKENDS``).
     backend = "none"
 
-    def __init__(self, settle: float = 0.1) -> None:
+    def __init__(self, settle: float = 0.05) -> None:
         #: Quiet time after the last event before a change is reported.
         self.settle = settle
         #: Seconds between polls; ``None`` for event-driven backends.
@@ -254,7 +254,7 @@ def _build(choice: str, settle: float, poll_interval: float) -> Watcher:
 
 
 def make_watcher(
-    backend: str | None = None, *, settle: float = 0.1, poll_interval: float = 1.0
+    backend: str | None = None, *, settle: float = 0.05, poll_interval: float = 1.0
 ) -> Watcher:
     """The watcher for this host, chosen once.
 
