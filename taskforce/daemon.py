@@ -10,6 +10,7 @@ failures become events (``SpawnFailed``) or log lines.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import selectors
@@ -143,6 +144,9 @@ class Daemon:
         try:
             for event in self.boot_events():
                 self.feed(event)
+            # What exists now (modules, the config) lives as long as we do:
+            # keep it out of the collector's way, so collections stay short.
+            gc.freeze()
             while self.exit_effect is None:
                 self._wait_and_dispatch()
         except BaseException:

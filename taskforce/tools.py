@@ -52,7 +52,7 @@ def replay(path: str, *, out: Any = sys.stdout) -> int:
                 continue
             effects = core.handle(item.event)
             if len(effects) != len(item.effects) or not all(
-                matches(effect, plain) for effect, plain in zip(effects, item.effects)
+                matches(effect, plain) for effect, plain in zip(effects, item.effects, strict=True)
             ):
                 produced = [encode(effect) for effect in effects]
                 print(f"divergence at step {item.number}", file=out)

@@ -58,7 +58,7 @@ def _same(value: Any, plain: Any) -> bool:
         return (
             isinstance(plain, list)
             and len(value) == len(plain)
-            and all(_same(item, other) for item, other in zip(value, plain))
+            and all(_same(item, other) for item, other in zip(value, plain, strict=True))
         )
     if isinstance(value, dict):
         # Most dicts (an environment) hold plain strings: compare at C speed

@@ -80,8 +80,8 @@ class _Lifecycle:
         for trigger, event in self.machine.events.items():
             for source, transitions_from in event.transitions.items():
                 for transition in transitions_from:
-                    dest = self.machine.get_state(transition.dest).value
-                    self.moves[(SlotState[source], trigger)] = dest
+                    # Declared with SlotState members, so states are named by them.
+                    self.moves[(SlotState[source], trigger)] = SlotState[str(transition.dest)]
 
     def attach(self, slot: Any) -> None:
         # Not ``add_model``: that decorates every slot with a method per
