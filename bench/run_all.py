@@ -32,6 +32,11 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "idle": ([], ["--seconds", "10"]),
     "memory": ([], []),
     "startup": ([], ["--runs", "1"]),
+    "reaction": (
+        [],
+        ["--repeats", "10", "--config-repeats", "4", "--poll-repeats", "8", "--idle-seconds", "8"],
+    ),
+    "replay_speed": ([], ["--events", "200000", "--sizes", "50000"]),
 }
 
 
