@@ -724,7 +724,11 @@ class _Checker:
                     names.append(str(role))
                 out[key] = tuple(names)
             elif key in (
-                "stop_timeout", "stable_after", "backoff_initial", "backoff_max", "pidfile_timeout"
+                "stop_timeout",
+                "stable_after",
+                "backoff_initial",
+                "backoff_max",
+                "pidfile_timeout",
             ):
                 if item is None:
                     continue  # null means the default; the core would choke on it

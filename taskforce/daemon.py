@@ -235,9 +235,7 @@ class Daemon:
                 self.feed(ev.ProcessExited(now, pid, code, signame, group_alive=alive, error=error))
             elif pid in self.commands:
                 task, name, instance = self.commands.pop(pid)
-                self.feed(
-                    ev.CommandExited(now, task, name, pid, code, signame, instance=instance)
-                )
+                self.feed(ev.CommandExited(now, task, name, pid, code, signame, instance=instance))
             # Anything else is an orphan we adopted as subreaper: reaped, done.
         if self.draining:
             self._check_draining()

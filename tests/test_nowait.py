@@ -122,8 +122,10 @@ def test_adopt_keeps_the_same_pid_across_a_reset(daemon: Daemon) -> None:
         assert os.path.exists(f"/proc/{pid}")
         daemon.proc = None
         daemon.start()
-        wait_for(lambda: daemon.log_text().count(f"forker[0] adopted pid {pid}") == 2,
-                 what="the new taskforce adopting it")
+        wait_for(
+            lambda: daemon.log_text().count(f"forker[0] adopted pid {pid}") == 2,
+            what="the new taskforce adopting it",
+        )
     finally:
         daemon.stop()
         kill_quietly(pid)

@@ -58,7 +58,6 @@ class Service:
         return "/" in self.listen
 
 
-
 def _value(value: Any, ctx: Mapping[str, str | None]) -> Any:
     raw = resolve_one(value, ctx, None)
     if isinstance(raw, str):
