@@ -68,6 +68,9 @@ _Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 KeyPath = tuple[Any, ...]
 
 TOP_KEYS = ("tasks", "settings", "defines", "role_defines", "defaults", "role_defaults")
+#: The most slots one task may have (as the control path allows).
+MAX_COUNT = 10_000
+
 TASK_KEYS = (
     "commands",
     "control",
@@ -261,6 +264,12 @@ def _yaml_error(exc: yaml.YAMLError, source: str, text: str) -> ConfigError:
     mark = getattr(exc, "problem_mark", None)
     line = mark.line + 1 if mark is not None else None
     problem = getattr(exc, "problem", None) or str(exc)
+    if isinstance(exc, yaml.reader.ReaderError):
+        # A character YAML refuses (a control character, say): the reader
+        # knows only its offset.
+        line = text.count("\n", 0, exc.position) + 1
+        character = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        problem = f"character {character!r} is not allowed in YAML"
     context = getattr(exc, "context", None)
     context_mark = getattr(exc, "context_mark", None)
     message = f"YAML syntax error: {problem}"
@@ -571,6 +580,11 @@ class _Checker:
             self.type_error(path, value, "a whole number >= 0", quote=False)
         elif value < 0:
             self.error(path, f"must be >= 0, got {value}")
+        elif value > MAX_COUNT:
+            # Every slot gets its spec built up front: a typo must not take
+            # the daemon's memory.
+            self.error(path, f"must be at most {MAX_COUNT}, got {value}")
+            return MAX_COUNT
         return value
 
     def role_name(self, value: Any, path: KeyPath) -> Any:
@@ -1466,7 +1480,9 @@ def parse_roles(text: str, source: str) -> Roles:
     values: dict[str, str] = {}
     lines: dict[str, int] = {}
     errors: list[ConfigError] = []
-    for number, raw in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" only: splitlines() would also split at form feeds
+    # and Unicode separators and throw the line numbers off.
+    for number, raw in enumerate(text.split("\n"), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

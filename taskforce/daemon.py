@@ -42,6 +42,8 @@ _LOG_LEVELS = {
 #: While a process group drains after its leader died, how often to look at
 #: it when no SIGCHLD can tell us (members that are not our descendants).
 DRAIN_POLL = 0.1
+#: The longest single wait (a day): select() refuses timeouts near 2**31 ms.
+MAX_WAIT = 86400.0
 
 
 class Daemon:
@@ -177,7 +179,9 @@ class Daemon:
             deadlines.append(control_due)
         if not deadlines:
             return None
-        return max(0.0, min(deadlines) - time.monotonic())
+        # A deadline weeks away (a long time_limit) is beyond what the wait
+        # call accepts; waking once a day until then costs nothing.
+        return min(MAX_WAIT, max(0.0, min(deadlines) - time.monotonic()))
 
     def _wait_and_dispatch(self) -> None:
         self.control.tick(time.monotonic())  # --- control server: answer queued requests
@@ -219,7 +223,7 @@ class Daemon:
                 name = signal.Signals(signum).name
                 self.feed(ev.StopRequested(at=time.monotonic(), reason=f"got {name}"))
             elif signum == signal.SIGHUP:
-                self.feed(ev.StopRequested(at=time.monotonic(), reset=True, reason="got SIGHUP"))
+                self.request_reset("got SIGHUP")
         if reap:
             self._reap()
 
@@ -260,10 +264,27 @@ class Daemon:
         if key in ("@config", "@roles"):
             self.reload("config" if key == "@config" else "roles")
         elif key == "@code":
-            reason = f"taskforce's own code changed ({path})"
-            self.feed(ev.StopRequested(time.monotonic(), reset=True, reason=reason))
+            self.request_reset(f"taskforce's own code changed ({path})")
         else:
             self.feed(ev.FileChanged(time.monotonic(), key, path))
+
+    def request_reset(self, reason: str) -> bool:
+        """Stop all and re-execute -- only if the files on disk would load.
+
+        The re-executed taskforce starts from the config and roles files; if
+        they are broken it could run nothing, so the reset is refused and
+        everything keeps running.
+        """
+        loaded = self.load_inputs("reset")
+        if isinstance(loaded, ev.ConfigRejected):
+            self.feed(
+                ev.ConfigRejected(
+                    loaded.at, "reset", f"reset refused, {loaded.error}; nothing was stopped"
+                )
+            )
+            return False
+        self.feed(ev.StopRequested(time.monotonic(), reset=True, reason=reason))
+        return True
 
     def reload(self, source: str = "request") -> ev.Event:
         """Re-read config and roles; the core applies or ignores the result."""

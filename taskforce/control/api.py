@@ -381,9 +381,12 @@ def _reload(server: ControlServer, request: Request, params: Params) -> Response
 def _shutdown(reset: bool) -> Callable[[ControlServer, Request, Params], Response]:
     def handler(server: ControlServer, request: Request, params: Params) -> Response:
         def stop() -> None:
-            server.daemon.feed(
-                ev.StopRequested(at=time.monotonic(), reset=reset, reason="control request")
-            )
+            if reset:
+                server.daemon.request_reset("control request")
+            else:
+                server.daemon.feed(
+                    ev.StopRequested(at=time.monotonic(), reset=False, reason="control request")
+                )
 
         word = "reset" if reset else "exit"
         return text(202, f"Taskforce {word} initiated\n", after=stop)

@@ -526,6 +526,25 @@ def _build_task(
     )
 
 
+class _Hashed:
+    """A hashable value whose hash is computed once (it is big: the whole
+    environment, and it takes part in every task's cache key)."""
+
+    __slots__ = ("value", "hash")
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self.hash = hash(value)
+
+    def __hash__(self) -> int:
+        return self.hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Hashed) and (
+            self is other or (self.hash == other.hash and self.value == other.value)
+        )
+
+
 def _hashable(value: Any) -> Any:
     """``value`` as nested tuples, usable as a dictionary key."""
     if isinstance(value, Mapping):
@@ -538,11 +557,10 @@ def _hashable(value: Any) -> Any:
 #: Specs already built, by (name, the task's config, everything shared).  A
 #: task's spec is a pure function of those, so a reload rebuilds only the
 #: tasks whose inputs changed, and the shell's validation and the core's
-#: build of the same config build each task once.  Bounded: cleared when it
-#: outgrows ``_BUILT_MAX``.
-_BUILT: dict[tuple[str, Any, int], TaskSpec] = {}
-_SHARED: dict[Any, int] = {}
-_BUILT_MAX = 8192
+#: build of the same config build each task once.  Only the specs of the last
+#: two builds are kept (validation, then the core), so reloads never grow it.
+_BUILT: dict[tuple[str, Any, Any], TaskSpec] = {}
+_PREVIOUS: dict[tuple[str, Any, Any], TaskSpec] = {}
 
 
 def build(
@@ -554,36 +572,37 @@ def build(
     """One TaskSpec per task; raises SpecError with the key path of a bad value."""
     settings = settings_of(config)
     tasks: Mapping[str, Mapping[str, Any]] = config.get("tasks") or {}
-    if len(_BUILT) > _BUILT_MAX:
-        _BUILT.clear()
-        _SHARED.clear()
-    shared = _hashable(
-        (
-            {key: config.get(key) for key in ("defines", "role_defines", "defaults")},
-            config.get("role_defaults"),
-            config.get("settings"),
-            facts.environ,
-            (facts.host, facts.fqdn, facts.pid),
-            roles,
-            role_values,
+    global _BUILT, _PREVIOUS
+    shared = _Hashed(
+        _hashable(
+            (
+                {key: config.get(key) for key in ("defines", "role_defines", "defaults")},
+                config.get("role_defaults"),
+                config.get("settings"),
+                facts.environ,
+                (facts.host, facts.fqdn, facts.pid),
+                roles,
+                role_values,
+            )
         )
     )
-    shared_id = _SHARED.setdefault(shared, len(_SHARED))
+    built: dict[tuple[str, Any, Any], TaskSpec] = {}
     specs: dict[str, TaskSpec] = {}
     for name in sorted(tasks):
-        key = (name, _hashable(tasks[name]), shared_id)
-        cached = _BUILT.get(key)
+        key = (name, _hashable(tasks[name]), shared)
+        cached = _BUILT.get(key) or _PREVIOUS.get(key)
         if cached is not None:
-            specs[name] = cached
+            specs[name] = built[key] = cached
             continue
         try:
-            specs[name] = _BUILT[key] = _build_task(
+            specs[name] = built[key] = _build_task(
                 name, tasks[name], config, settings, facts, roles, role_values or {}
             )
         except SpecError as exc:
             raise SpecError(("tasks", name, *exc.path), exc.message) from None
         except ContextError as exc:
             raise SpecError(("tasks", name), str(exc)) from None
+    _PREVIOUS, _BUILT = _BUILT, built
     for name, spec in specs.items():
         for index, required in enumerate(spec.requires):
             if required not in specs:
