@@ -125,24 +125,26 @@ def describe_effect(effect: dict[str, Any]) -> str | None:
     return None
 
 
+def print_step(
+    at: float, event: ev.Event, effects: list[dict[str, Any]], names: dict[int, str], out: Any
+) -> None:
+    """One step of a history: what happened, then what was done about it."""
+    described = [text for text in map(describe_effect, effects) if text]
+    if isinstance(event, ev.TimerFired) and not described:
+        return  # a timer that changed nothing says nothing
+    print(f"{at:10.3f}s  {describe_event(event, names)}", file=out)
+    for text in described:
+        print(f"{'':12}-> {text}", file=out)
+
+
 def timeline(path: str, *, out: Any = sys.stdout) -> int:
     names: dict[int, str] = {}
     first: float | None = None
     try:
         for item in read_log(path):
-            if not isinstance(item, Step):
-                continue
-            event = item.event
-            if isinstance(event, ev.TimerFired) and not any(
-                describe_effect(e) for e in item.effects
-            ):
-                continue
-            first = event.at if first is None else first
-            print(f"{event.at - first:10.3f}s  {describe_event(event, names)}", file=out)
-            for effect in item.effects:
-                text = describe_effect(effect)
-                if text:
-                    print(f"{'':12}-> {text}", file=out)
+            if isinstance(item, Step):
+                first = item.event.at if first is None else first
+                print_step(item.event.at - first, item.event, item.effects, names, out)
     except (OSError, ValueError) as exc:
         print(f"taskforce replay: {exc}", file=out)
         return 2
@@ -166,7 +168,6 @@ def simulate(
         return 1
     sim = Simulation()
     sim.boot(config, roles.names, role_values=roles.values)
-    done = 0
     for entry in sorted(script, key=lambda item: float(item.get("at", 0))):
         sim.advance(max(0.0, float(entry.get("at", 0)) - sim.now))
         try:
@@ -177,16 +178,7 @@ def simulate(
     sim.settle(max_time=60.0)
     names: dict[int, str] = {}
     for event, effects in sim.log:
-        if isinstance(event, ev.TimerFired) and not any(
-            describe_effect(encode(e)) for e in effects
-        ):
-            continue
-        print(f"{event.at:10.3f}s  {describe_event(event, names)}", file=out)
-        for effect in effects:
-            text = describe_effect(encode(effect))
-            if text:
-                print(f"{'':12}-> {text}", file=out)
-        done += 1
+        print_step(event.at, event, [encode(effect) for effect in effects], names, out)
     running = sim.running()
     print(f"\nrunning at {sim.now:.3f}s:", file=out)
     for (task, instance), pid in sorted(running.items()):
