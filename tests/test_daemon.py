@@ -42,6 +42,8 @@ def test_requires_starts_in_order_after_start_delay(daemon: Daemon) -> None:
     daemon.start()
     daemon.wait_pids("first", 1)
     daemon.wait_pids("second", 1)
+    # A process exists a moment before taskforce logs that it started it.
+    daemon.wait_log("second[0] started")
     text = daemon.log_text()
     assert text.index("first[0] started") < text.index("second[0] started")
     assert "second: waiting on first" in text
