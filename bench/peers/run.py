@@ -67,6 +67,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The /proc readers are the ones every benchmark here uses.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import (  # noqa: E402
+    context_switches,
+    cpu_seconds,
+    memory_kib,
+    read_bytes,
+    stat_fields,
+    threads,
+)
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: How often a wait for a new process looks: often enough for millisecond
 #: figures, seldom enough not to compete with the daemon for the CPU.
@@ -87,22 +98,6 @@ class Void(Exception):
 # ---------------------------------------------------------------- /proc
 
 
-def read_bytes(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError:
-        return None
-
-
-def stat_fields(pid: int) -> list[bytes] | None:
-    """``/proc/PID/stat`` from field 3 (state) on; None when gone."""
-    data = read_bytes(f"/proc/{pid}/stat")
-    if data is None:
-        return None
-    return data[data.rindex(b")") + 2 :].split()
-
-
 def start_ticks(pid: int) -> int | None:
     fields = stat_fields(pid)
     return int(fields[19]) if fields else None
@@ -117,49 +112,6 @@ def age(pid: int) -> float:
     """Seconds since ``pid`` started (0 when it is gone)."""
     ticks = start_ticks(pid)
     return 0.0 if ticks is None else max(0.0, (uptime_ticks() - ticks) / CLK_TCK)
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = stat_fields(pid)
-    if fields is None:
-        raise ProcessLookupError(pid)
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def threads(pid: int) -> list[int]:
-    try:
-        return sorted(int(tid) for tid in os.listdir(f"/proc/{pid}/task"))
-    except OSError:
-        return []
-
-
-def context_switches(pid: int) -> tuple[int, int]:
-    """(voluntary, involuntary), summed over every thread of ``pid``."""
-    voluntary = involuntary = 0
-    for tid in threads(pid):
-        data = read_bytes(f"/proc/{pid}/task/{tid}/status") or b""
-        for line in data.decode(errors="replace").splitlines():
-            if line.startswith("voluntary_ctxt_switches:"):
-                voluntary += int(line.split()[1])
-            elif line.startswith("nonvoluntary_ctxt_switches:"):
-                involuntary += int(line.split()[1])
-    return voluntary, involuntary
-
-
-def memory_kib(pid: int) -> dict[str, int]:
-    data = read_bytes(f"/proc/{pid}/smaps_rollup")
-    if data is None:
-        raise ProcessLookupError(pid)
-    values: dict[str, int] = {}
-    for line in data.decode().splitlines():
-        parts = line.split()
-        if len(parts) >= 3 and parts[0].endswith(":") and parts[2] == "kB":
-            values[parts[0][:-1]] = int(parts[1])
-    return {
-        "rss": values.get("Rss", 0),
-        "pss": values.get("Pss", 0),
-        "uss": values.get("Private_Clean", 0) + values.get("Private_Dirty", 0),
-    }
 
 
 def children(pid: int) -> list[int]:
