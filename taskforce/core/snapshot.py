@@ -28,11 +28,32 @@ _SLOT_FIELDS = tuple(
 )
 
 
+_SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
+#: field names by dataclass (None: not a dataclass), looked up once per class
+_FIELD_NAMES: dict[type[Any], tuple[str, ...] | None] = {}
+
+
 def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out = {"__class__": type(value).__name__}
-        for fld in dataclasses.fields(value):
-            out[fld.name] = _plain(getattr(value, fld.name))
+    # The exact common types first: a checkpoint of a big config walks
+    # tens of thousands of values, and it is taken while supervision waits.
+    kind = type(value)
+    if kind in _SCALAR_TYPES:
+        return value
+    if kind is tuple or kind is list:
+        return [_plain(item) for item in value]
+    if kind is dict:
+        return {key: _plain(item) for key, item in value.items()}
+    if kind not in _FIELD_NAMES:
+        _FIELD_NAMES[kind] = (
+            tuple(fld.name for fld in dataclasses.fields(kind))
+            if dataclasses.is_dataclass(kind)
+            else None
+        )
+    names = _FIELD_NAMES[kind]
+    if names is not None:
+        out = {"__class__": kind.__name__}
+        for name in names:
+            out[name] = _plain(getattr(value, name))
         return out
     if isinstance(value, (tuple, list)):
         return [_plain(item) for item in value]
@@ -122,12 +143,7 @@ def restore(data: dict[str, Any]) -> Supervisor:
             if slot.pid is not None:
                 core._by_pid[slot.pid] = slot
         core.tasks[name] = task
-    core.order = list(data["order"])
-    deps: dict[str, list[str]] = {}
-    for name in core.order:
-        for required in core.tasks[name].spec.requires:
-            deps.setdefault(required, []).append(name)
-    core.dependents = {name: tuple(sorted(found)) for name, found in deps.items()}
+    core._set_order(list(data["order"]))
     core.shutdown = data["shutdown"]
     core.exited = data["exited"]
     core.counters = dict(data["counters"])

@@ -19,7 +19,7 @@ This module must never do IO, read a clock or draw unseeded random numbers.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,13 +76,18 @@ class Slot:
 
     @property
     def live(self) -> bool:
-        return self.state in LIVE_STATES or self.state in (S.STARTING, S.PROBING)
+        return self.state in _HAS_PROCESS
 
     @property
     def signal_group(self) -> bool:
         # A daemon found through its pidfile may share a group with others
         # (its launcher's, say): signal the process itself, never the group.
         return self.phase != "daemon"
+
+
+#: states with a process (or one on its way); a tuple, as membership by
+#: identity is cheaper than hashing an Enum member
+_HAS_PROCESS = (*sorted(LIVE_STATES, key=lambda state: state.name), S.STARTING, S.PROBING)
 
 
 @dataclass(eq=False)
@@ -144,6 +149,7 @@ class Supervisor:
         self.settings: Settings = settings_of({})
         self.tasks: dict[str, TaskState] = {}
         self.order: list[str] = []
+        self._rank: dict[str, int] = {}
         self.dependents: dict[str, tuple[str, ...]] = {}
         self.shutdown: str | None = None  # None, "stop" or "reset"
         self.exited = False
@@ -178,8 +184,7 @@ class Supervisor:
             # while the shell was busy must not act on a process this very
             # event reports gone (a SIGKILL to a reaped, maybe reused, pid).
             self._touch_for(event)
-            handler = getattr(self, "_on_" + type(event).__name__)
-            handler(event)
+            _HANDLERS[type(event)](self, event)
             self._run_due_timers()
             self._converge()
             self._arm_timer()
@@ -443,15 +448,20 @@ class Supervisor:
                     task.run_requested = spec.control == "once"
             if spec.control != old.control:
                 task.run_requested = spec.control == "once"
-        self.order = start_order({n: t.spec for n, t in self.tasks.items() if not t.removed})
+        order = start_order({n: t.spec for n, t in self.tasks.items() if not t.removed})
         # Removed tasks still drain; keep them after everything else.
-        self.order += sorted(n for n, t in self.tasks.items() if t.removed)
+        self._set_order(order + sorted(n for n, t in self.tasks.items() if t.removed))
+        self._update_watches()
+
+    def _set_order(self, order: list[str]) -> None:
+        """Set the start order, and what follows from it."""
+        self.order = order
+        self._rank = {name: index for index, name in enumerate(order)}
         deps: dict[str, list[str]] = {}
-        for name in self.order:
+        for name in order:
             for required in self.tasks[name].spec.requires:
                 deps.setdefault(required, []).append(name)
         self.dependents = {name: tuple(sorted(found)) for name, found in deps.items()}
-        self._update_watches()
 
     def _update_watches(self) -> None:
         wanted: dict[str, fx.Watch] = {}
@@ -558,15 +568,32 @@ class Supervisor:
         else:
             self._dirty.add(name)
 
+    def _visit_order(self) -> list[str]:
+        """The tasks this converge pass visits, in start order.
+
+        Only tasks an event touched, and what requires them (transitively),
+        can have anything to do; at shutdown the stop order spans every task.
+        Nothing in a pass touches a task, so the set is known before it.
+        """
+        if self._all_dirty or self.shutdown is not None:
+            return list(self.order)
+        rank = self._rank
+        if len(self._dirty) == 1:  # the usual case: one task, maybe nothing requires it
+            (name,) = self._dirty
+            if name not in self.dependents:
+                return [name] if name in rank else []
+        todo = [name for name in self._dirty if name in rank]
+        seen = set(todo)
+        while todo:
+            for dependent in self.dependents.get(todo.pop(), ()):
+                if dependent not in seen and dependent in rank:
+                    seen.add(dependent)
+                    todo.append(dependent)
+        return sorted(seen, key=rank.__getitem__)
+
     def _converge(self) -> None:
-        # Only tasks an event touched, and what depends on them, can have
-        # anything to do; at shutdown the stop order spans every task.
-        everything = self._all_dirty or self.shutdown is not None
-        dirty = self._dirty
-        for name in self.order:
-            if not everything and name not in dirty:
-                continue
-            dirty.update(self.dependents.get(name, ()))
+        forget = []
+        for name in self._visit_order():
             task = self.tasks[name]
             want = task.count if self._wants_run(task) else 0
             while len(task.slots) < want:
@@ -597,9 +624,14 @@ class Supervisor:
                 )
             ):
                 LIFECYCLE.detach(task.slots.pop())
+            if task.removed and not task.slots:
+                forget.append(name)
         self._dirty = set()
         self._all_dirty = False
-        self._forget_removed()
+        if forget:
+            for name in forget:
+                del self.tasks[name]
+            self._set_order([name for name in self.order if name not in forget])
         if (
             self.shutdown
             and not self.exited
@@ -611,12 +643,6 @@ class Supervisor:
             self.exited = True
             self._log("info", "every task has stopped")
             self._emit(fx.Exit(0, reset=self.shutdown == "reset"))
-
-    def _forget_removed(self) -> None:
-        gone = [n for n, t in self.tasks.items() if t.removed and not t.slots]
-        for name in gone:
-            del self.tasks[name]
-            self.order.remove(name)
 
     def _gate(self, task: TaskState) -> tuple[str, ...]:
         """What ``task`` waits on before it may start (empty: nothing)."""
@@ -652,26 +678,29 @@ class Supervisor:
         return None
 
     def _keep_running(self, task: TaskState, slot: Slot, gate: tuple[str, ...]) -> None:
-        spec = task.spec.process(slot.instance)
+        processes = task.spec.processes  # (TaskSpec.process, inlined: it runs for every slot)
+        spec = processes[slot.instance] if slot.instance < len(processes) else processes[-1]
         if slot.spec is not spec and slot.spec == spec:
             slot.spec = spec  # same process after a reload: compare by identity from now on
+        # (A spec's __eq__ compares every field; identity is all that is left.)
+        same = slot.spec is spec
         state = slot.state
         if state is S.RUNNING:
-            if slot.spec != spec and slot.intent is None and slot.spec is not None:
+            if not same and slot.intent is None and slot.spec is not None:
                 why = f"config changed: {_spec_diff(slot.spec, spec)}"
                 self._stop_slot(task, slot, "restart", f"restarted: {why}")
             return
         if state in (S.STARTING, S.STOPPING, S.DRAINING, S.PROBING):
             return
-        if state is S.BACKOFF and "retry" in slot.timers and slot.spec == spec:
+        if state is S.BACKOFF and "retry" in slot.timers and same:
             return
         if (
             state is S.DONE
             and task.control in ("once", "event")
-            and (slot.spec == spec or task.control == "event")
+            and (same or task.control == "event")
         ):
             return
-        if slot.spec is not None and slot.spec != spec:
+        if slot.spec is not None and not same:
             slot.fails = 0  # a changed config is a fresh attempt
         if gate:
             if state is not S.WAITING:
@@ -956,6 +985,12 @@ class Supervisor:
     @staticmethod
     def _name(slot: Slot) -> str:
         return f"{slot.task}[{slot.instance}]"
+
+
+#: each event type's handler, ``Supervisor._on_<EventType>``
+_HANDLERS: dict[type[Any], Callable[[Supervisor, Any], None]] = {
+    cls: getattr(Supervisor, "_on_" + name) for name, cls in ev.EVENT_TYPES.items()
+}
 
 
 def run(events: Iterable[ev.Event]) -> list[tuple[fx.Effect, ...]]:
