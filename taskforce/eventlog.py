@@ -4,7 +4,10 @@ A log is JSON Lines.  Each file opens with a header line, then (in every
 file after the first) a snapshot of the core's whole state, then one line per
 step: the event and the effects the core answered with.  Files rotate by
 size; because each rotated file starts with a snapshot, any one of them
-replays on its own.
+replays on its own.  Every 8 MiB of steps (more for a big state: see
+``Checkpoints``) a snapshot is written again, as a checkpoint: replay checks
+the state it reached against it, and can start there, so a long file
+replays in parallel segments.
 
 ``Recorder`` is called by the daemon after every step.  It never blocks
 supervision: lines go to a bounded queue drained by one writer thread, which
@@ -25,6 +28,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from taskforce import __version__
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
@@ -33,9 +38,50 @@ from taskforce.core.codec import decode, encode
 FORMAT = 1
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_BACKUPS = 3
+DEFAULT_CHECKPOINT_BYTES = 8 * 1024 * 1024
 QUEUE_LINES = 100_000
 _ROTATE = object()
 _STOP = object()
+
+
+def step_line(number: int, event: ev.Event, effects: Iterable[fx.Effect]) -> str:
+    """One step, as a log line (without its newline)."""
+    return json.dumps(
+        {"step": number, "event": encode(event), "effects": [encode(e) for e in effects]},
+        separators=(",", ":"),
+    )
+
+
+def snapshot_line(state: dict[str, Any]) -> str:
+    return json.dumps({"snapshot": state}, separators=(",", ":"))
+
+
+class Checkpoints:
+    """Says when a checkpoint is due: after every ``every`` bytes of steps (0:
+    never), or more, so that checkpoints are at most 1/16 of the log.
+
+    A checkpoint is taken while supervision waits (about 50 ms for 1,000
+    tasks), so a big state is written less often.
+    """
+
+    def __init__(self, every: int = DEFAULT_CHECKPOINT_BYTES, *, ratio: int = 16) -> None:
+        self.every = every
+        self.ratio = ratio
+        self.interval = every
+        self.since = 0
+
+    def wrote(self, size: int) -> bool:
+        """Count a step line of ``size`` bytes; whether a checkpoint is now due."""
+        self.since += size
+        if self.every and self.since >= self.interval:
+            self.since = 0
+            return True
+        return False
+
+    def taken(self, size: int) -> None:
+        """A checkpoint of ``size`` bytes was written."""
+        self.since = 0
+        self.interval = max(self.every, self.ratio * size)
 
 
 def config_digest(path: str) -> str:
@@ -57,8 +103,10 @@ class Recorder:
         config_sha256: str = "",
         max_bytes: int = DEFAULT_MAX_BYTES,
         backups: int = DEFAULT_BACKUPS,
+        checkpoints: Checkpoints | None = None,
     ) -> None:
         self.path = path
+        self.checkpoints = Checkpoints() if checkpoints is None else checkpoints
         self.snapshot = snapshot
         self.max_bytes = max_bytes
         self.backups = backups
@@ -79,18 +127,21 @@ class Recorder:
         self.thread.start()
 
     def __call__(self, event: ev.Event, effects: tuple[fx.Effect, ...]) -> None:
-        line = json.dumps(
-            {"step": self.step, "event": encode(event), "effects": [encode(e) for e in effects]},
-            separators=(",", ":"),
-        )
+        line = step_line(self.step, event, effects)
         self.step += 1
         self._put(line)
+        checkpoint = self.checkpoints.wrote(len(line) + 1)
         if self.bytes >= self.max_bytes:
             self.part += 1
-            state = json.dumps({"snapshot": self.snapshot()}, separators=(",", ":"))
+            state = snapshot_line(self.snapshot())
             self.bytes = 0
+            self.checkpoints.taken(len(state))
             self._put(_ROTATE)
             self._put(json.dumps({**self.header, "part": self.part}))
+            self._put(state)
+        elif checkpoint:
+            state = snapshot_line(self.snapshot())
+            self.checkpoints.taken(len(state))
             self._put(state)
 
     def _put(self, item: object) -> None:
@@ -150,20 +201,36 @@ class Recorder:
 
 
 def write_steps(
-    path: str, steps: Iterable[tuple[ev.Event, tuple[fx.Effect, ...]]], *, note: str = ""
+    path: str,
+    steps: Iterable[tuple[ev.Event, tuple[fx.Effect, ...]]],
+    *,
+    note: str = "",
+    snapshot: Callable[[], dict[str, Any]] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> None:
-    """Write ``(event, effects)`` steps (a simulated run, say) as a log file."""
+    """Write ``(event, effects)`` steps (a simulated run, say) as a log file.
+
+    With ``snapshot`` (the core's state once the step just taken from
+    ``steps`` is handled), checkpoints are written as the Recorder does, or
+    as ``checkpoints`` says.
+    """
+    if checkpoints is None:
+        checkpoints = Checkpoints(DEFAULT_CHECKPOINT_BYTES if snapshot is not None else 0)
     with open(path, "w", encoding="utf-8") as handle:
         header = {"taskforce_eventlog": FORMAT, "taskforce": __version__, "seed": 0, "part": 0}
         if note:
             header["note"] = note
         handle.write(json.dumps(header) + "\n")
         for number, (event, effects) in enumerate(steps):
-            line = {"step": number, "event": encode(event), "effects": [encode(e) for e in effects]}
-            handle.write(json.dumps(line, separators=(",", ":")) + "\n")
+            line = step_line(number, event, effects)
+            handle.write(line + "\n")
+            if checkpoints.wrote(len(line) + 1) and snapshot is not None:
+                state = snapshot_line(snapshot())
+                checkpoints.taken(len(state))
+                handle.write(state + "\n")
 
 
-@dataclass
+@dataclass(slots=True)
 class Step:
     """One recorded step: its number, the event, the effects as recorded (plain)."""
 
@@ -172,36 +239,95 @@ class Step:
     effects: list[dict[str, Any]]
 
 
-@dataclass
+@dataclass(slots=True)
 class Marker:
-    """A non-step line: ``header``, ``snapshot`` or ``gap``."""
+    """A non-step line: ``header``, ``snapshot`` or ``gap``; ``where`` names its place."""
 
     kind: str
     data: Any
-    line: int
+    where: str
+    offset: int
 
 
-def read_log(path: str) -> Iterator[Step | Marker]:
-    """Stream a log file's lines as steps and markers, in order."""
-    with open(path, encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
+SNAPSHOT_PREFIX = b'{"snapshot"'
+
+
+def _parse(raw: bytes) -> Any:
+    # orjson parses a log line about 2.5 times as fast as ``json``; it refuses
+    # what it does not know (NaN, integers past 64 bits), which ``json``
+    # writes and reads, so those lines take the slow road.
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
+_MARKERS = ("snapshot", "taskforce_eventlog", "gap")
+
+
+def _line(raw: bytes) -> Step | tuple[str, Any] | None:
+    """A step, a marker's (kind, data), or None for a blank line."""
+    try:
+        data = _parse(raw)
+    except json.JSONDecodeError as exc:
+        if not raw.strip():
+            return None
+        raise ValueError(f"not JSON: {exc.msg}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8: {exc.reason}") from None
+    if type(data) is not dict:
+        raise ValueError("not an object")
+    if "step" in data:
+        try:
+            return Step(data["step"], decode(data["event"]), data["effects"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not an event: {exc}") from None
+    for kind in _MARKERS:
+        if kind in data:
+            return kind, (data if kind == "taskforce_eventlog" else data[kind])
+    raise ValueError("unknown line")
+
+
+def read_log(path: str, *, start: int = 0, stop: int | None = None) -> Iterator[Step | Marker]:
+    """Stream a log file's lines as steps and markers, in order.
+
+    From byte ``start`` (the beginning of a line); with ``stop``, up to and
+    including the first snapshot that begins at or after byte ``stop``.
+    Places are ``file:line``, or ``file@byte`` when not read from the start.
+    """
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        offset = start
+        for number, raw in enumerate(handle, start=1):
+            here = offset
+            offset += len(raw)
             try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not JSON: {exc.msg}") from None
-            if "step" in data:
-                try:
-                    event = decode(data["event"])
-                except (KeyError, TypeError) as exc:
-                    raise ValueError(f"{path}:{number}: not an event: {exc}") from None
-                yield Step(data["step"], event, data["effects"])
-            elif "taskforce_eventlog" in data:
-                yield Marker("header", data, number)
-            elif "snapshot" in data:
-                yield Marker("snapshot", data["snapshot"], number)
-            elif "gap" in data:
-                yield Marker("gap", data["gap"], number)
-            else:
-                raise ValueError(f"{path}:{number}: unknown line")
+                item = _line(raw)
+            except ValueError as exc:
+                raise ValueError(f"{_where(path, start, number, here)}: {exc}") from None
+            if isinstance(item, Step):
+                yield item
+            elif item is not None:
+                kind, data = item
+                where = _where(path, start, number, here)
+                yield Marker("header" if kind == "taskforce_eventlog" else kind, data, where, here)
+                if kind == "snapshot" and stop is not None and here >= stop:
+                    return
+
+
+def _where(path: str, start: int, number: int, offset: int) -> str:
+    return f"{path}:{number}" if start == 0 else f"{path}@{offset}"
+
+
+def find_checkpoint(path: str, begin: int) -> int | None:
+    """Where the first snapshot line at or after byte ``begin`` starts (None: none)."""
+    with open(path, "rb") as handle:
+        if begin > 0:
+            handle.seek(begin - 1)
+            handle.readline()  # the rest of the line ``begin`` falls in
+        offset = handle.tell()
+        for raw in handle:
+            if raw.startswith(SNAPSHOT_PREFIX):
+                return offset
+            offset += len(raw)
+    return None

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -27,56 +29,184 @@ from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.codec import encode, matches
 from taskforce.core.model import SpecError, build
-from taskforce.core.snapshot import restore
+from taskforce.core.snapshot import restore, snapshot
 from taskforce.core.supervisor import Supervisor
-from taskforce.eventlog import Marker, Step, read_log
+from taskforce.eventlog import (
+    DEFAULT_CHECKPOINT_BYTES,
+    Marker,
+    Step,
+    find_checkpoint,
+    read_log,
+)
 
 # ---------------------------------------------------------------- replay
 
 
-def replay(path: str, *, out: Any = sys.stdout) -> int:
-    core = Supervisor()
-    steps = 0
+def replay(path: str, *, out: Any = sys.stdout, jobs: int = 1) -> int:
+    """Check that ``path`` replays exactly; 0 if it does, 1 if not, 2 if unreadable.
+
+    With ``jobs`` above 1 and checkpoints in the log, the file is cut at
+    checkpoints into that many segments, replayed side by side: each starts
+    from the checkpoint it begins at, and checks the state it reaches
+    against the checkpoint the next one begins at, so the whole file is
+    checked exactly as one replay would check it.
+    """
     try:
-        for item in read_log(path):
-            if isinstance(item, Marker):
-                if item.kind == "snapshot":
-                    core = restore(item.data)
-                elif item.kind == "gap":
-                    print(
-                        f"{path}:{item.line}: {item.data} steps were not recorded "
-                        f"(the disk fell behind); {steps} steps matched before it",
-                        file=out,
-                    )
-                    return 1
-                continue
-            effects = core.handle(item.event)
-            if len(effects) != len(item.effects) or not all(
-                matches(effect, plain) for effect, plain in zip(effects, item.effects, strict=True)
-            ):
-                produced = [encode(effect) for effect in effects]
-                print(f"divergence at step {item.number}", file=out)
-                print(f"  event:    {json.dumps(encode(item.event))}", file=out)
-                _print_effect_diff(item.effects, produced, out)
-                print(f"{steps} steps matched before it", file=out)
-                return 1
-            steps += 1
-    except (OSError, ValueError) as exc:
+        size = os.path.getsize(path)
+    except OSError as exc:
         print(f"taskforce replay: {exc}", file=out)
         return 2
-    print(f"{path}: {steps} steps replayed, every effect matched", file=out)
+    bounds = [size * index // jobs for index in range(jobs)] if jobs > 1 else [0]
+    bounds.append(size)
+    segments = list(zip(bounds, bounds[1:], strict=False))
+    results: list[dict[str, Any]] = []
+    pool = None
+    pending = []
+    try:
+        if len(segments) > 1:
+            # "spawn": a fresh interpreter per worker, whatever threads the
+            # caller runs (a fork would copy their locks mid-use).
+            pool = multiprocessing.get_context("spawn").Pool(len(segments) - 1)
+            pending = [
+                pool.apply_async(replay_segment, (path, begin, end)) for begin, end in segments[1:]
+            ]
+        results.append(replay_segment(path, *segments[0]))
+        for job in pending:
+            if results[-1]["rc"] != 0:
+                break  # the first failure is the verdict; the rest need not finish
+            results.append(job.get())
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    matched = 0
+    for result in results:
+        if result["rc"] != 0:
+            for line in result["report"]:
+                print(line, file=out)
+            if result["rc"] == 1:
+                print(f"{matched + result['steps']} steps matched before it", file=out)
+            return int(result["rc"])
+        matched += result["steps"]
+    checkpoints = sum(result["checkpoints"] for result in results)
+    print(
+        f"{path}: {matched} steps replayed, every effect matched"
+        + (f", and the state at {checkpoints} checkpoints" if checkpoints else ""),
+        file=out,
+    )
     return 0
 
 
-def _print_effect_diff(expected: list[Any], actual: list[Any], out: Any) -> None:
-    width = max(len(expected), len(actual))
-    for index in range(width):
+def auto_jobs(path: str) -> int:
+    """One process per CPU, when the log holds a few checkpoints' worth for each."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return 1
+    return max(1, min(cpus, size // (4 * DEFAULT_CHECKPOINT_BYTES)))
+
+
+def replay_segment(path: str, begin: int, end: int) -> dict[str, Any]:
+    """Replay the part of ``path`` from the first checkpoint at or after byte
+    ``begin`` (the file's start if ``begin`` is 0) to the first at or after
+    ``end``; what matched, or the report of what did not."""
+    core = Supervisor()
+    steps = checkpoints = 0
+    fresh = True  # nothing replayed yet: a snapshot sets the state
+    report: list[str] = []
+    result = {"rc": 0, "steps": 0, "checkpoints": 0, "report": report}
+    try:
+        start = 0 if begin == 0 else find_checkpoint(path, begin)
+        if start is None or (start >= end and begin > 0):
+            return result  # no checkpoint in this part: the one before covers it
+        for item in read_log(path, start=start, stop=end if end > start else None):
+            if isinstance(item, Marker):
+                if item.kind == "snapshot":
+                    if fresh:
+                        core = restore(item.data)
+                        fresh = False
+                        continue
+                    differences = state_differences(item.data, snapshot(core))
+                    if differences:
+                        report.append(f"{item.where}: the state differs from the checkpoint")
+                        report.extend(f"  {line}" for line in differences)
+                        return {**result, "rc": 1, "steps": steps}
+                    checkpoints += 1
+                elif item.kind == "gap":
+                    report.append(
+                        f"{item.where}: {item.data} steps were not recorded (the disk fell behind)"
+                    )
+                    return {**result, "rc": 1, "steps": steps}
+                continue
+            fresh = False
+            effects = core.handle(item.event)
+            if not _all_match(effects, item.effects):
+                produced = [encode(effect) for effect in effects]
+                report.append(f"divergence at step {item.number}")
+                report.append(f"  event:    {json.dumps(encode(item.event))}")
+                report.extend(_effect_diff(item.effects, produced))
+                return {**result, "rc": 1, "steps": steps}
+            steps += 1
+    except (OSError, ValueError) as exc:
+        report.append(f"taskforce replay: {exc}")
+        return {**result, "rc": 2, "steps": steps}
+    return {**result, "steps": steps, "checkpoints": checkpoints}
+
+
+def _all_match(effects: tuple[fx.Effect, ...], recorded: list[dict[str, Any]]) -> bool:
+    if len(effects) != len(recorded):
+        return False
+    for index, effect in enumerate(effects):
+        if not matches(effect, recorded[index]):
+            return False
+    return True
+
+
+def state_differences(expected: Any, actual: Any, *, limit: int = 8) -> list[str]:
+    """Where two snapshots differ, as ``path: expected ..., replayed ...`` lines.
+
+    ``actual`` is passed through JSON first, as ``expected`` was written.
+    """
+    found: list[str] = []
+    _differences(expected, json.loads(json.dumps(actual)), "", found, limit)
+    return found
+
+
+def _differences(expected: Any, actual: Any, path: str, found: list[str], limit: int) -> None:
+    if len(found) >= limit or (expected == actual and type(expected) is type(actual)):
+        return
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        for key in list(expected) + [key for key in actual if key not in expected]:
+            where = f"{path}.{key}" if path else str(key)
+            _differences(expected.get(key, _ABSENT), actual.get(key, _ABSENT), where, found, limit)
+    elif isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual):
+        for index, (want, got) in enumerate(zip(expected, actual, strict=True)):
+            _differences(want, got, f"{path}[{index}]", found, limit)
+    else:
+        found.append(f"{path or '(all)'}: recorded {_shown(expected)}, replayed {_shown(actual)}")
+
+
+_ABSENT = object()
+
+
+def _shown(value: Any) -> str:
+    return "nothing" if value is _ABSENT else json.dumps(value)[:200]
+
+
+def _effect_diff(expected: list[Any], actual: list[Any]) -> list[str]:
+    lines = []
+    for index in range(max(len(expected), len(actual))):
         want = expected[index] if index < len(expected) else None
         got = actual[index] if index < len(actual) else None
         mark = " " if want == got else "!"
-        print(f" {mark} expected: {json.dumps(want)}", file=out)
+        lines.append(f" {mark} expected: {json.dumps(want)}")
         if want != got:
-            print(f"   actual:   {json.dumps(got)}", file=out)
+            lines.append(f"   actual:   {json.dumps(got)}")
+    return lines
 
 
 # --------------------------------------------------------------- timeline
@@ -329,6 +459,14 @@ def main(argv: Sequence[str]) -> int:
     rep = commands.add_parser("replay", help="check a recorded event log replays exactly")
     rep.add_argument("log")
     rep.add_argument("--timeline", action="store_true", help="print the run as a timeline")
+    rep.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=0,
+        help="replay segments between checkpoints in this many processes "
+        "(default: one per CPU for a long log, else 1)",
+    )
     sim = commands.add_parser("simulate", help="what taskforce would do, without doing it")
     sim.add_argument("-f", "--config-file", required=True)
     sim.add_argument("-r", "--roles-file")
@@ -339,7 +477,11 @@ def main(argv: Sequence[str]) -> int:
     plan.add_argument("--against", metavar="LOG", help="a recorded run to diff against")
     args = parser.parse_args(argv)
     if args.command == "replay":
-        return timeline(args.log) if args.timeline else replay(args.log)
+        if args.timeline:
+            return timeline(args.log)
+        if args.jobs < 0:
+            parser.error("--jobs must be 0 (automatic) or more")
+        return replay(args.log, jobs=args.jobs or auto_jobs(args.log))
     if args.command == "simulate":
         return simulate(args.config_file, _roles(args.roles_file), args.script)
     if args.against:
