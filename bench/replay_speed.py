@@ -2,33 +2,36 @@
 
 A log of ``--events`` events (one million by default) is made by simulating
 a realistic run with ``taskforce.simulator`` -- the real core, a fake clock,
-fake processes -- and writing every step in the event log's format (the
-header line, then ``{"step", "event", "effects"}`` lines, each value through
-``taskforce.core.codec.encode``, as ``taskforce.eventlog.Recorder`` writes
-them).  The run: 16 tasks, 25 slots (services watching their config files,
-a pool of web workers that requires a service and has a start delay,
-workers with a time limit and a role, a crash-looping task, a task reloaded
-by SIGHUP on a file change, a once task); at random simulated times,
-processes are killed or crash, watched files change, and now and then the
-config is edited (one task changed), a broken config is rejected or the
-host's roles change.  Timers (start delays, back-offs, time limits) fire as
-the clock moves.  Generating is timed apart.
+fake processes -- and writing every step in the event log's format through
+``taskforce.eventlog.step_line``, with a checkpoint (a snapshot of the
+core) every 8 MiB as ``taskforce.eventlog.Recorder`` writes them.  The run:
+16 tasks, 25 slots (services watching their config files, a pool of web
+workers that requires a service and has a start delay, workers with a time
+limit and a role, a crash-looping task, a task reloaded by SIGHUP on a file
+change, a once task); at random simulated times, processes are killed or
+crash, watched files change, and now and then the config is edited (one
+task changed), a broken config is rejected or the host's roles change.
+Timers (start delays, back-offs, time limits) fire as the clock moves.
+Generating is timed apart.
 
 The first ``--sizes`` events of the same run are written to shorter logs
 (100,000 and 300,000 by default) at the same time, to show the replay's
 memory does not grow with the log's length.
 
 Each log is replayed by ``taskforce.tools.replay`` in a fresh process (the
-package byte-compiled, as installed); timed there, from the first line read
-to the verdict (interpreter start-up and imports apart), and its peak RSS
-during the replay (``VmHWM``, reset after the imports through
-``/proc/self/clear_refs``; the whole process's peak from ``wait4`` too).
-The replay must end with every effect matched.
+package byte-compiled, as installed) as ``taskforce replay FILE`` runs it:
+one process per CPU for a long log, each replaying a segment between
+checkpoints.  The longest is replayed again in one process, for the cost of
+the replay itself.  Timed from the first line read to the verdict
+(interpreter start-up and imports apart); memory is the peak RSS of any one
+process (``VmHWM`` of the first, reset after the imports through
+``/proc/self/clear_refs``; the workers' from ``getrusage``).  Every replay
+must end with every effect and every checkpoint matched.
 
 If the target is missed (or with ``--profile always``), the replay of the
-shortest log is run again under cProfile, and the time is broken down by
-layer (reading + decoding, the core, encoding the produced effects to compare
-them) with the top functions.
+shortest log is run again in one process under cProfile, and the time is
+broken down by layer (reading + decoding, the core, comparing the produced
+effects, checking checkpoints) with the top functions.
 
     python bench/replay_speed.py [--events 1000000] [--sizes 100000,300000]
         [--profile auto|always|never] [--keep DIR] [--json]
@@ -78,12 +81,14 @@ try:  # reset the peak (VmHWM) to the current RSS: the peak of the replay alone
 except OSError:
     reset = False
 out = io.StringIO()
-rc = replay(sys.argv[1], out=out)
+rc = replay(sys.argv[1], out=out, jobs=int(sys.argv[2]))
 t2 = time.perf_counter()
 json.dump({"rc": rc, "output": out.getvalue(), "import_s": t1 - t0, "replay_s": t2 - t1,
            "rss_imports_kib": rss_imports, "hwm_reset": reset,
            "replay_peak_kib": status("VmHWM") if reset else None,
-           "rss_end_kib": status("VmRSS")}, sys.stdout)
+           "rss_end_kib": status("VmRSS"),
+           "workers_peak_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss},
+          sys.stdout)
 """
 
 #: The same under cProfile: the time by layer and the top functions.
@@ -97,7 +102,8 @@ rc = replay(sys.argv[1], out=out)
 profile.disable()
 stats = pstats.Stats(profile).stats
 total = sum(
-    v[3] for k, v in stats.items() if k[0].endswith("taskforce/tools.py") and k[2] == "replay"
+    v[3] for k, v in stats.items()
+    if k[0].endswith("taskforce/tools.py") and k[2] == "replay_segment"
 )
 def where(key):
     path, line, name = key
@@ -108,12 +114,12 @@ def where(key):
     return f"{path}:{line}({name})"
 layers = {
     "read_log": ("taskforce/eventlog.py", "read_log"),
-    "json.loads": ("json/__init__.py", "loads"),
+    "orjson.loads": ("~", "<orjson.loads>"),
     "codec.decode": ("taskforce/core/codec.py", "decode"),
     "Supervisor.handle": ("taskforce/core/supervisor.py", "handle"),
     "lifecycle.fire": ("taskforce/core/lifecycle.py", "fire"),
-    "codec.encode": ("taskforce/core/codec.py", "encode"),
-    "logging": ("logging/__init__.py", "debug"),
+    "codec.matches": ("taskforce/core/codec.py", "matches"),
+    "checkpoints": ("taskforce/tools.py", "state_differences"),
 }
 found = {}
 for label, (suffix, name) in layers.items():
@@ -182,10 +188,13 @@ class Generator:
     def __init__(self, seed: int, paths: dict[int, Path]) -> None:
         from taskforce import __version__
         from taskforce.config import load_config_text
-        from taskforce.core.codec import encode
+        from taskforce.core.snapshot import snapshot
+        from taskforce.eventlog import Checkpoints, snapshot_line, step_line
         from taskforce.simulator import Simulation
 
-        self.encode = encode
+        self.step_line = step_line
+        self.checkpoint_line = lambda: snapshot_line(snapshot(self.sim.core))
+        self.checkpoints = Checkpoints()
         self.load = load_config_text
         self.rng = random.Random(seed)
         self.sim = Simulation()
@@ -214,24 +223,26 @@ class Generator:
 
     def flush(self) -> None:
         sim = self.sim
-        encode = self.encode
         limit = max(self.files)
+        due = False
         for event, effects in sim.log:
             if self.steps >= limit:
                 break
-            line = json.dumps(
-                {
-                    "step": self.steps,
-                    "event": encode(event),
-                    "effects": [encode(e) for e in effects],
-                },
-                separators=(",", ":"),
-            )
+            line = self.step_line(self.steps, event, effects)
             for size, handle in self.files.items():
                 if self.steps < size:
                     handle.write(line + "\n")
+            due = self.checkpoints.wrote(len(line) + 1) or due
             self.kinds[type(event).__name__] += 1
             self.steps += 1
+        if due:
+            # As the daemon's Recorder writes them, but after this batch of
+            # steps: the simulation's core has already handled all of it.
+            line = self.checkpoint_line()
+            self.checkpoints.taken(len(line))
+            for size, handle in self.files.items():
+                if self.steps < size:
+                    handle.write(line + "\n")
         sim.log.clear()
         sim.logs.clear()
         sim.commands.clear()
@@ -299,11 +310,13 @@ def generate(args: argparse.Namespace, root: Path) -> tuple[dict[int, Path], dic
     }
 
 
-def replay_once(path: Path, env: dict[str, str], cwd: Path, timeout: float) -> dict[str, Any]:
+def replay_once(
+    path: Path, env: dict[str, str], cwd: Path, timeout: float, jobs: int
+) -> dict[str, Any]:
     """Replay ``path`` in a fresh process; its own timings and its peak RSS."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-c", REPLAY_CHILD, str(path)],
+        [sys.executable, "-c", REPLAY_CHILD, str(path), str(jobs)],
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         env=env,
@@ -344,10 +357,11 @@ def profile_once(path: Path, env: dict[str, str], cwd: Path, timeout: float) -> 
 
 
 def peak_kib(result: dict[str, Any]) -> int:
-    """Peak RSS of the replay itself (VmHWM reset after the imports), else of
-    the whole process (``wait4``)."""
+    """Peak RSS of any one process of the replay: the first (VmHWM reset after
+    the imports, else its whole life from ``wait4``) or a worker's."""
     peak = result.get("replay_peak_kib")
-    return int(peak if peak is not None else result["maxrss_kib"])
+    first = peak if peak is not None else result["maxrss_kib"]
+    return int(max(first, result.get("workers_peak_kib") or 0))
 
 
 def measure(args: argparse.Namespace) -> Report:
@@ -373,26 +387,37 @@ def measure(args: argparse.Namespace) -> Report:
         if gen["violations"]:
             report.notes.append(f"the simulator saw {gen['violations']} shell-contract violations")
 
-        results: dict[int, dict[str, Any]] = {}
-        for size, path in sorted(paths.items()):
-            r = replay_once(path, env, root, args.timeout)
+        from taskforce.tools import auto_jobs
+
+        def replay_row(size: int, jobs: int) -> dict[str, Any]:
+            r = replay_once(paths[size], env, root, args.timeout, jobs)
             r["events"] = size
+            r["jobs"] = jobs
             r["bytes"] = gen["bytes"][size]
             r["events_per_s"] = size / r["replay_s"]
-            results[size] = r
             report.row(
-                f"replay {size:>9,} events ({r['bytes'] / 2**20:,.0f} MiB)",
+                f"replay {size:>9,} events ({r['bytes'] / 2**20:,.0f} MiB), {jobs} process"
+                + ("es" if jobs > 1 else ""),
                 f"{r['replay_s']:6.1f} s = {r['events_per_s']:8,.0f} events/s  "
                 f"({r['bytes'] / r['replay_s'] / 2**20:.1f} MiB/s); "
-                f"peak RSS {peak_kib(r) / 1024:.1f} MiB "
-                f"(after imports {r['rss_imports_kib'] / 1024:.1f}, process peak "
-                f"{r['maxrss_kib'] / 1024:.1f}); "
+                f"peak RSS of one process {peak_kib(r) / 1024:.1f} MiB "
+                f"(after imports {r['rss_imports_kib'] / 1024:.1f}); "
                 f"start-up + imports {r['import_s'] * 1000:.0f} ms",
             )
+            return r
+
+        # As `taskforce replay FILE` runs: one process per CPU for a long log.
+        results = {size: replay_row(size, auto_jobs(str(paths[size]))) for size in sorted(paths)}
         report.figures["replays"] = results
+        # And in one process, for the cost per event of the replay itself.
+        single = replay_row(max(paths), 1)
+        report.figures["single_process"] = single
         longest = results[max(results)]
+        # Memory, like with like: the shortest and the longest log, each in one process.
         shortest = results[min(results)]
-        growth = (peak_kib(longest) - peak_kib(shortest)) / 1024
+        if shortest["jobs"] != 1:
+            shortest = replay_row(min(results), 1)
+        growth = (peak_kib(single) - peak_kib(shortest)) / 1024
         report.checks.append(
             common.Check(
                 f"replay speed, {args.events:,} events",
@@ -405,13 +430,18 @@ def measure(args: argparse.Namespace) -> Report:
         if len(results) > 1:
             report.checks.append(
                 check(
-                    f"peak RSS growth, {min(results):,} -> {max(results):,} events",
+                    f"peak RSS growth, {min(results):,} -> {max(results):,} events, one process",
                     round(growth, 2),
                     TARGET_RSS_GROWTH_MIB,
                     "MiB",
                 )
             )
 
+        report.row(
+            "  one process against the parallel replay",
+            f"{single['events_per_s']:,.0f} events/s; "
+            f"{longest['events_per_s'] / single['events_per_s']:.2f}x with {longest['jobs']}",
+        )
         missed = longest["events_per_s"] < TARGET_EVENTS_PER_S
         if args.profile == "always" or (args.profile == "auto" and missed):
             size = min(results)
@@ -420,17 +450,23 @@ def measure(args: argparse.Namespace) -> Report:
             total = prof["total_s"]
             report.row(f"[cProfile, replay of {size:,} events: {total:.1f} s profiled]", "")
             layers = prof["layers"]
-            compare = layers["codec.encode"]
-            rest = total - layers["read_log"] - layers["Supervisor.handle"] - compare
+            compare = layers["codec.matches"]
+            rest = (
+                total
+                - layers["read_log"]
+                - layers["Supervisor.handle"]
+                - compare
+                - layers["checkpoints"]
+            )
             for label, value in (
-                ("reading: read_log (json.loads + codec.decode)", layers["read_log"]),
-                ("  json.loads", layers["json.loads"]),
+                ("reading: read_log (orjson.loads + codec.decode)", layers["read_log"]),
+                ("  orjson.loads", layers["orjson.loads"]),
                 ("  codec.decode", layers["codec.decode"]),
                 ("the core: Supervisor.handle", layers["Supervisor.handle"]),
                 ("  lifecycle.fire (transitions)", layers["lifecycle.fire"]),
-                ("  logging.debug calls", layers["logging"]),
-                ("comparing: codec.encode of the produced effects", compare),
-                ("the rest (replay loop, list compare)", rest),
+                ("comparing: codec.matches of the produced effects", compare),
+                ("checking the state at checkpoints", layers["checkpoints"]),
+                ("the rest (replay loop)", rest),
             ):
                 report.row(f"  {label}", f"{value:6.2f} s  {value / total * 100:5.1f}%")
             report.row("  top 15 by own time", "ncalls     own s   cumul s")

@@ -4,4 +4,5 @@ import sys
 
 from taskforce.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a replay worker imports it
+    sys.exit(main())

@@ -123,7 +123,7 @@ def replay_segment(path: str, begin: int, end: int) -> dict[str, Any]:
         start = 0 if begin == 0 else find_checkpoint(path, begin)
         if start is None or (start >= end and begin > 0):
             return result  # no checkpoint in this part: the one before covers it
-        for item in read_log(path, start=start, stop=end if end > start else None):
+        for item in read_log(path, start=start, stop=end):
             if isinstance(item, Marker):
                 if item.kind == "snapshot":
                     if fresh:
