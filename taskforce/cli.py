@@ -301,8 +301,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem is not None:
         print(f"taskforce: {problem}", file=sys.stderr)
         return EXIT_BAD
-    if args.record is None and settings.get("record"):
-        args.record = os.path.abspath(str(settings["record"]))
+    record = settings.get("record")
+    args.record_sizes = {}
+    if isinstance(record, dict):  # {file: PATH, max_bytes: 64M, ...}
+        from taskforce.core.model import parse_size
+
+        args.record_sizes = {key: parse_size(v) for key, v in record.items() if key != "file"}
+        record = record.get("file")
+    if args.record is None and record:
+        args.record = os.path.abspath(str(record))
     if args.background and not os.environ.get("TASKFORCE_REEXEC"):
         # Paths were given relative to where we were started; keep them so.
         args.config_file = os.path.abspath(args.config_file)
@@ -342,14 +349,33 @@ def check_config_quietly(
 def start_recorder(args: argparse.Namespace, daemon: Any) -> Any:
     """The event log, from --record or settings.record (read at start)."""
     from taskforce.core.snapshot import snapshot
-    from taskforce.eventlog import Recorder, config_digest
+    from taskforce.eventlog import (
+        DEFAULT_BACKUPS,
+        DEFAULT_CHECKPOINT_BYTES,
+        DEFAULT_MAX_BYTES,
+        Checkpoints,
+        Recorder,
+        config_digest,
+    )
 
     path = args.record
     if not path:
         return None
     path = os.path.abspath(path)
+    sizes = getattr(args, "record_sizes", {})
     recorder = Recorder(
-        path, snapshot=lambda: snapshot(daemon.core), config_sha256=config_digest(args.config_file)
+        path,
+        snapshot=lambda: snapshot(daemon.core),
+        config_sha256=config_digest(args.config_file),
+        max_bytes=sizes.get("max_bytes", DEFAULT_MAX_BYTES),
+        backups=sizes.get("backups", DEFAULT_BACKUPS),
+        # Set by the operator, the interval is used as given; by default it
+        # grows with a big state, so checkpoints stay a small part of the log.
+        checkpoints=(
+            Checkpoints(sizes["checkpoint_bytes"], ratio=0)
+            if "checkpoint_bytes" in sizes
+            else Checkpoints(DEFAULT_CHECKPOINT_BYTES)
+        ),
     )
     daemon.recorder = recorder
     log.info("recording every event to %s", path)

@@ -109,6 +109,7 @@ SETTINGS_KEYS = (
     "output",
 )
 HTTP_KEYS = ("listen", "certfile", "allow_control", "timeout")
+RECORD_KEYS = ("file", "max_bytes", "backups", "checkpoint_bytes")
 EVENT_TYPES = ("self", "file_change", "python", "stop", "restart", "external")
 EVENT_KEYS = ("type", "command", "signal", "path", "name")
 ONEXIT_KEYS = ("type", "task")
@@ -749,9 +750,14 @@ class _Checker:
                 self.number(item, sub, tags=False)
                 out[key] = float(item) if isinstance(item, str) and _is_float(item) else item
             elif key == "record":
-                if item is not None and not isinstance(item, str):
-                    self.type_error(sub, item, "a file path or null", quote=False)
-                out[key] = item
+                if isinstance(item, dict):
+                    out[key] = self.record(item, sub)
+                elif item is not None and not isinstance(item, str):
+                    self.type_error(
+                        sub, item, "a file path, {file: PATH, max_bytes: ...} or null", quote=False
+                    )
+                else:
+                    out[key] = item
             elif key == "output":
                 if item is not None:
                     out[key] = self.output(item, sub)
@@ -761,6 +767,26 @@ class _Checker:
             self.error(
                 (*path, "backoff_max"), f"backoff_max ({high}) is below backoff_initial ({low})"
             )
+        return out
+
+    def record(self, value: dict[Any, Any], path: KeyPath) -> dict[str, Any]:
+        """``{file: PATH, max_bytes: 64M, backups: 3, checkpoint_bytes: 8M}``."""
+        self.keys(value, path, RECORD_KEYS, "record")
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            sub = (*path, key)
+            if key == "file":
+                if not isinstance(item, str) or not item:
+                    self.type_error(sub, item, "a file path", quote=False)
+                out[key] = item
+            elif key in RECORD_KEYS:
+                if isinstance(item, str) and "{" in item:
+                    self.error(sub, "settings take no {tags}")
+                    continue
+                self.size(item, sub, positive=key == "max_bytes")
+                out[key] = item
+        if "file" not in value:
+            self.error(path, "record needs file: PATH")
         return out
 
     def http(self, value: Any, path: KeyPath) -> tuple[dict[str, Any], ...]:

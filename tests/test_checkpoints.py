@@ -7,11 +7,14 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from daemon_harness import Daemon, task, wait_for
 
 from taskforce import tools
 from taskforce.core.codec import freeze
@@ -227,3 +230,62 @@ def test_the_command_line_replays_in_parallel_and_refuses_bad_jobs(recorded: Pat
     bad = subprocess.run([*command, "--jobs", "-1"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2
     assert "--jobs" in bad.stderr
+
+
+def test_a_real_run_with_checkpoints_replays_in_parallel(daemon: Daemon) -> None:
+    """Kills, a watched file, a config edit and a roles edit, recorded by the
+    daemon in 64 KiB files with a checkpoint every 2 KiB (settings.record),
+    replay file by file with no divergence, in one process and in three."""
+    m = daemon.marker
+    watched = daemon.root / "app.conf"
+    watched.write_text("1\n")
+
+    def config(count: int) -> dict:
+        return {
+            "settings": {
+                "record": {
+                    "file": "ignored.jsonl",
+                    "max_bytes": "64K",
+                    "backups": 5,
+                    "checkpoint_bytes": "2K",
+                }
+            },
+            "tasks": {
+                "db": task(
+                    m,
+                    "db",
+                    events=[{"type": "file_change", "path": str(watched), "command": "stop"}],
+                ),
+                "web": task(m, "web", count=count, requires="db"),
+                "batch": task(m, "batch", roles=["batch"]),
+            },
+        }
+
+    daemon.write_roles("batch")
+    daemon.write_config(config(2))
+    daemon.start()
+    daemon.wait_pids("web", 2)
+    daemon.wait_pids("batch", 1)
+    for _ in range(3):
+        (victim,) = list(daemon.wait_pids("web", 2))[:1]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda v=victim: v not in daemon.pids("web") and len(daemon.pids("web")) == 2)
+    (db,) = daemon.wait_pids("db", 1)
+    watched.write_text("2\n")
+    wait_for(lambda: daemon.pids("db") and db not in daemon.pids("db"), what="db restarted")
+    daemon.write_config(config(3))
+    daemon.wait_pids("web", 3)
+    daemon.write_roles()
+    wait_for(lambda: not daemon.pids("batch"), what="batch stopped by the roles edit")
+    assert daemon.stop() == 0
+    assert not (daemon.root / "ignored.jsonl").exists(), "--record names the file"
+    files = sorted(daemon.root.glob("events.jsonl*"))
+    assert 2 <= len(files) <= 6, f"rotated at 64K, 5 kept: {files}"
+    checked = 0
+    for path in files:
+        one = replayed(path, 1)
+        assert one[0] == 0, one[1]
+        assert replayed(path, 3) == one
+        if "checkpoints" in one[1]:
+            checked += int(one[1].split("the state at ")[1].split()[0])
+    assert checked >= 3

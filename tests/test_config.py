@@ -776,7 +776,27 @@ def test_onexit_errors() -> None:
         ("{http: [{listen: /s, port: 1}]}", "settings.http[0].port", "unknown http service", None),
         ("{stop_timeout: -1}", "settings.stop_timeout", "must be >= 0", None),
         ("{stable_after: '{x}'}", "settings.stable_after", "expected a number", None),
-        ("{record: 5}", "settings.record", "expected a file path or null", None),
+        ("{record: 5}", "settings.record", "expected a file path, {file: PATH", None),
+        ("{record: {max_bytes: 1M}}", "settings.record", "record needs file: PATH", None),
+        ("{record: {file: /e, max_bytes: 0}}", "settings.record.max_bytes", "must be > 0", None),
+        (
+            "{record: {file: /e, backups: lots}}",
+            "settings.record.backups",
+            "expected a whole",
+            None,
+        ),
+        (
+            "{record: {file: /e, checkpoint_bytes: '{x}'}}",
+            "settings.record.checkpoint_bytes",
+            "settings take no",
+            None,
+        ),
+        (
+            "{record: {file: /e, checkpoint: 1M}}",
+            "settings.record.checkpoint",
+            "unknown record key",
+            'did you mean "checkpoint_bytes"?',
+        ),
         ("{output: [a]}", "settings.output", "output must be one of", None),
         ("{all_roles: [web, 'a b']}", "settings.all_roles[1]", "'a b' is not a role name", None),
         (

@@ -52,6 +52,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "TOP_KEYS": ("Top level", "heading"),
     "SETTINGS_KEYS": ("Settings keys", "heading"),
     "HTTP_KEYS": ("Settings keys", "heading"),
+    "RECORD_KEYS": ("Settings keys", "row"),
     "TASK_KEYS": ("Task keys", "heading"),
     "CONTROLS": ("Controls", "row"),
     "EVENT_TYPES": ("Event types and actions", "heading"),
