@@ -12,9 +12,11 @@ replays in parallel segments.
 ``Recorder`` is called by the daemon after every step.  It never blocks
 supervision: lines go to a bounded queue drained by one writer thread, which
 touches nothing but its queue and its files; if the disk falls behind and the
-queue fills, steps are dropped and a ``gap`` line says how many.
+queue fills, steps are dropped and a ``gap`` line says how many.  (A
+checkpoint is the exception: the state is copied while the daemon waits.)
 
-``read_steps`` streams a log back without holding it in memory.
+``read_log`` streams a log back without holding it in memory, from any line
+on; ``find_checkpoint`` finds where a segment of it can start.
 """
 
 from __future__ import annotations

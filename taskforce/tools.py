@@ -1,8 +1,9 @@
 """``taskforce replay``, ``taskforce simulate`` and ``taskforce plan``.
 
 - replay: feed a recorded event log to a fresh core and check, step by step,
-  that it answers with exactly the recorded effects; or print the run as a
-  readable timeline.
+  that it answers with exactly the recorded effects, and at each checkpoint
+  that it holds exactly the recorded state (a long log in segments between
+  checkpoints, one process each); or print the run as a readable timeline.
 - simulate: run a config through the real core with a fake clock, process
   table and file system, following a script of happenings, and print what
   taskforce would do.  Nothing is started.
