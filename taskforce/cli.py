@@ -265,9 +265,13 @@ SUBCOMMANDS = ("replay", "simulate", "plan")
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
+        from taskforce.tfctl import reader_gone
         from taskforce.tools import main as tools_main
 
-        return tools_main(argv)
+        try:
+            return tools_main(argv)
+        except BrokenPipeError:
+            return reader_gone()
     args = build_parser().parse_args(argv)
     if args.record:
         args.record = os.path.abspath(args.record)

@@ -424,10 +424,6 @@ def _logs(args: argparse.Namespace, client: Client) -> int:
             time.sleep(FOLLOW_POLL)
     except KeyboardInterrupt:
         return EXIT_OK
-    except BrokenPipeError:
-        # The reader went away (``| head``): done, quietly.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
 
 
 # ------------------------------------------------------------ command line
@@ -500,12 +496,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def reader_gone() -> int:
+    """Our output's reader went away (``| head``): done, quietly.
+
+    Standard output is pointed at /dev/null so that the interpreter's own
+    flush at exit does not fail again.
+    """
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     client = Client(args.socket, timeout=args.timeout, cafile=args.cafile, insecure=args.insecure)
     try:
         return run(args, client)
+    except BrokenPipeError:  # `tfctl logs | head`, `tfctl status | head`
+        return reader_gone()
     except Usage as exc:
         parser.print_usage(sys.stderr)
         print(f"tfctl: {exc}", file=sys.stderr)

@@ -276,6 +276,8 @@ def timeline(path: str, *, out: Any = sys.stdout) -> int:
             if isinstance(item, Step):
                 first = item.event.at if first is None else first
                 print_step(item.event.at - first, item.event, item.effects, names, out)
+    except BrokenPipeError:
+        raise  # not a problem with the log: the reader went away
     except (OSError, ValueError) as exc:
         print(f"taskforce replay: {exc}", file=out)
         return 2

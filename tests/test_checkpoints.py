@@ -289,3 +289,19 @@ def test_a_real_run_with_checkpoints_replays_in_parallel(daemon: Daemon) -> None
         if "checkpoints" in one[1]:
             checked += int(one[1].split("the state at ")[1].split()[0])
     assert checked >= 3
+
+
+def test_a_timeline_read_by_head_ends_quietly(tmp_path: Path) -> None:
+    path = tmp_path / "long.jsonl"
+    record_run(path, rounds=600)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "taskforce", "replay", "--timeline", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(100)
+    proc.stdout.close()  # as `| head` does, long before the timeline ends
+    errors = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0
+    assert "Traceback" not in errors, errors
