@@ -144,7 +144,12 @@ def replay_segment(path: str, begin: int, end: int) -> dict[str, Any]:
                     return {**result, "rc": 1, "steps": steps}
                 continue
             fresh = False
-            effects = core.handle(item.event)
+            try:
+                effects = core.handle(item.event)
+            except Exception as exc:  # noqa: BLE001 -- a recorded run did not fail here
+                report.append(f"divergence at step {item.number}: the core failed: {exc!r}")
+                report.append(f"  event:    {json.dumps(encode(item.event))}")
+                return {**result, "rc": 1, "steps": steps}
             if not _all_match(effects, item.effects):
                 produced = [encode(effect) for effect in effects]
                 report.append(f"divergence at step {item.number}")

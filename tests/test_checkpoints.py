@@ -305,3 +305,26 @@ def test_a_timeline_read_by_head_ends_quietly(tmp_path: Path) -> None:
     errors = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0
     assert "Traceback" not in errors, errors
+
+
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_an_event_the_core_fails_on_is_a_divergence_at_its_step(
+    recorded: Path, tmp_path: Path, jobs: int
+) -> None:
+    lines = recorded.read_text().splitlines()
+    line_number = next(
+        index
+        for index in range(len(lines) * 2 // 3, len(lines))
+        if '"type":"ProcessExited"' in lines[index]
+    )
+    step = json.loads(lines[line_number])["step"]
+
+    def change(data):
+        data["event"]["pid"] = {"not": "a pid"}
+
+    altered = tmp_path / "altered.jsonl"
+    altered_copy(recorded, altered, line_number, change)
+    rc, text = replayed(altered, jobs)
+    assert rc == 1
+    assert f"divergence at step {step}: the core failed: TypeError" in text
+    assert f"{step} steps matched before it" in text
