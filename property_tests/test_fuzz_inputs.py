@@ -64,6 +64,7 @@ from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.model import HostFacts
 from taskforce.core.supervisor import Supervisor
+from taskforce.output import Output
 
 FACTS = HostFacts(environ={"PATH": "/usr/bin:/bin", "HOME": "/root"}, host="h", fqdn="h.x", pid=1)
 SOURCE = "<fuzz>"
@@ -720,6 +721,7 @@ class FakeDaemon:
 
     def __init__(self) -> None:
         self.selector = selectors.DefaultSelector()
+        self.output = Output(self.selector)  # /status/logs reads its rings
         self.shell = MiniShell()
         self.core = self.shell.core
         self.server = ControlServer(self, Options())  # type: ignore[arg-type]
