@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from taskforce.watch import Watcher
-from taskforce.watch.targets import NOWHERE, Chain, walk
+from taskforce.watch.targets import NOWHERE, Chain, settle
 
 log = logging.getLogger("taskforce")
 
@@ -79,9 +79,6 @@ READ_SIZE = 65536
 
 #: Reads per readiness callback, so a flood cannot starve the daemon's loop.
 MAX_READS = 16
-
-#: Re-walks after adding watches, until the chains stand still.
-MAX_SETTLE_ROUNDS = 8
 
 
 class _Inotify:
@@ -265,26 +262,7 @@ class InotifyWatcher(Watcher):
     # ------------------------------------------------------ chain keeping
 
     def _follow(self, paths: Iterable[str]) -> None:
-        """Re-walk ``paths`` and move the watches until the chains hold still.
-
-        A directory can appear between walking a chain and watching it; walking
-        again after the watches are in place closes that gap.
-        """
-        todo = [path for path in paths if path in self._chains]
-        for path in todo:
-            self._chains[path] = walk(path)
-        for _ in range(MAX_SETTLE_ROUNDS):
-            self._sync()
-            moved = []
-            for path in todo:
-                chain = walk(path)
-                if chain != self._chains[path]:
-                    self._chains[path] = chain
-                    moved.append(path)
-            if not moved:
-                return
-            todo = moved
-        self._sync()
+        settle(self._chains, paths, self._sync)
 
     def _sync(self) -> None:
         """Make the directory watches exactly those the chains need."""

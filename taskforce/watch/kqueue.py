@@ -27,16 +27,13 @@ import time
 from collections.abc import Iterable
 
 from taskforce.watch import Watcher
-from taskforce.watch.targets import NOWHERE, Chain, walk
+from taskforce.watch.targets import NOWHERE, Chain, settle
 
 log = logging.getLogger("taskforce")
 
 #: kevents fetched per read, and reads per readiness callback.
 BATCH = 256
 MAX_READS = 16
-
-#: Re-walks after opening descriptors, until the chains stand still.
-MAX_SETTLE_ROUNDS = 8
 
 #: Whether this system has kqueue at all.
 AVAILABLE = hasattr(select, "kqueue")
@@ -179,22 +176,9 @@ if sys.platform != "linux" and sys.platform != "win32":
             return nodes
 
         def _follow(self, paths: Iterable[str], recheck: set[str]) -> None:
-            todo = [path for path in paths if path in self._chains]
-            for path in todo:
-                self._chains[path] = walk(path)
-            for _ in range(MAX_SETTLE_ROUNDS):
-                self._sync(recheck)
-                recheck = set()
-                moved = []
-                for path in todo:
-                    chain = walk(path)
-                    if chain != self._chains[path]:
-                        self._chains[path] = chain
-                        moved.append(path)
-                if not moved:
-                    return
-                todo = moved
-            self._sync(set())
+            # The first sync re-opens what events said may have changed.
+            rechecks = iter([recheck])
+            settle(self._chains, paths, lambda: self._sync(next(rechecks, set())))
 
         def _sync(self, recheck: set[str]) -> None:
             """Hold exactly the descriptors the chains need, on current inodes."""

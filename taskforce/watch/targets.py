@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from taskforce.core.effects import Watch
@@ -127,6 +127,33 @@ def walk(path: str) -> Chain:
             break
     return Chain(tuple(entries), final, tuple(links))
 
+
+#: Re-walks after moving the watches, until the chains stand still.
+MAX_SETTLE_ROUNDS = 8
+
+
+def settle(chains: dict[str, Chain], paths: Iterable[str], sync: Callable[[], None]) -> None:
+    """Re-walk ``paths`` and ``sync`` the watches until the chains hold still.
+
+    A directory can appear between walking a chain and watching it; walking
+    again after the watches are in place closes that gap.  ``sync`` makes the
+    backend's watches those ``chains`` need.
+    """
+    todo = [path for path in paths if path in chains]
+    for path in todo:
+        chains[path] = walk(path)
+    for _ in range(MAX_SETTLE_ROUNDS):
+        sync()
+        moved = []
+        for path in todo:
+            chain = walk(path)
+            if chain != chains[path]:
+                chains[path] = chain
+                moved.append(path)
+        if not moved:
+            return
+        todo = moved
+    sync()
 
 def node_signature(path: str) -> NodeSignature | None:
     """Stat signature of what ``path`` resolves to, ``None`` if missing."""
