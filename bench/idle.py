@@ -52,22 +52,19 @@ def sample(pid: int) -> tuple[int, int, float, int, int]:
     )
 
 
-def measure_one(args: argparse.Namespace, watcher: str) -> dict[str, float]:
-    argvs = [common.sleeper_argv(i) for i in range(args.tasks)]
-    lines = dict.fromkeys((common.argv_bytes(a) for a in argvs), 1)
-    env = None if watcher == "default" else {"TASKFORCE_WATCHER": watcher}
-    with BenchDaemon(common.fleet_config(argvs), env=env) as daemon:
-        daemon.start()
-        _, first = daemon.wait_running(lines, timeout=60)
-        time.sleep(args.settle)
-        v0, i0, c0, r0, threads = sample(daemon.pid)
-        t0 = time.monotonic()
-        time.sleep(args.seconds)
-        v1, i1, c1, r1, _ = sample(daemon.pid)
-        elapsed = time.monotonic() - t0
-        _, last = daemon.wait_running(lines, timeout=5)
-        if not daemon.alive():
-            raise RuntimeError(f"taskforce exited during the run; log:\n{daemon.log_tail()}")
+def idle_window(
+    daemon: BenchDaemon, lines: dict[bytes, int], settle: float, seconds: float
+) -> dict[str, float]:
+    """Once ``lines`` run, wait ``settle``, then watch the idle daemon for
+    ``seconds``: its wake-ups, CPU and run time, and the tasks replaced."""
+    _, first = daemon.wait_running(lines, timeout=60)
+    time.sleep(settle)
+    v0, i0, c0, r0, threads = sample(daemon.pid)
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    v1, i1, c1, r1, _ = sample(daemon.pid)
+    elapsed = time.monotonic() - t0
+    _, last = daemon.wait_running(lines, timeout=5)
     return {
         "seconds": elapsed,
         "voluntary": v1 - v0,
@@ -78,6 +75,18 @@ def measure_one(args: argparse.Namespace, watcher: str) -> dict[str, float]:
         "threads": threads,
         "tasks_replaced": len(set(first) - set(last)),
     }
+
+
+def measure_one(args: argparse.Namespace, watcher: str) -> dict[str, float]:
+    argvs = [common.sleeper_argv(i) for i in range(args.tasks)]
+    lines = dict.fromkeys((common.argv_bytes(a) for a in argvs), 1)
+    env = None if watcher == "default" else {"TASKFORCE_WATCHER": watcher}
+    with BenchDaemon(common.fleet_config(argvs), env=env) as daemon:
+        daemon.start()
+        result = idle_window(daemon, lines, args.settle, args.seconds)
+        if not daemon.alive():
+            raise RuntimeError(f"taskforce exited during the run; log:\n{daemon.log_tail()}")
+    return result
 
 
 def measure(args: argparse.Namespace) -> Report:

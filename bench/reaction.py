@@ -550,7 +550,7 @@ def scenario_config(args: argparse.Namespace, seer: Seer, report: Report) -> Non
 
 
 def idle_run(args: argparse.Namespace, backend: str) -> dict[str, float]:
-    from idle import sample  # the idle benchmark's sampler: switches, CPU, run time
+    from idle import idle_window  # the idle benchmark's measurement
 
     sleep = common.sleeper_argv(0)[0]
     with BenchDaemon({"tasks": {}}, env={"TASKFORCE_WATCHER": backend}) as daemon:
@@ -573,25 +573,10 @@ def idle_run(args: argparse.Namespace, backend: str) -> dict[str, float]:
             }
         daemon.config_path.write_text(json.dumps({"tasks": tasks}, indent=1))
         daemon.start()
-        _, first = daemon.wait_running(lines, timeout=60)
-        time.sleep(args.idle_settle)
-        v0, i0, c0, r0, threads = sample(daemon.pid)
-        t0 = time.monotonic()
-        time.sleep(args.idle_seconds)
-        v1, i1, c1, r1, _ = sample(daemon.pid)
-        elapsed = time.monotonic() - t0
-        _, last = daemon.wait_running(lines, timeout=5)
-    return {
-        "seconds": elapsed,
-        "watched_files": args.idle_tasks * args.idle_paths,
-        "voluntary": v1 - v0,
-        "involuntary": i1 - i0,
-        "switches": (v1 - v0) + (i1 - i0),
-        "cpu_s": c1 - c0,
-        "run_time_s": (r1 - r0) / 1e9,
-        "threads": threads,
-        "tasks_replaced": len(set(first) - set(last)),
-    }
+        window = idle_window(daemon, lines, args.idle_settle, args.idle_seconds)
+    result = {"watched_files": args.idle_tasks * args.idle_paths, **window}
+    result["switches"] = result.pop("wakeups")
+    return result
 
 
 def scenario_poll(args: argparse.Namespace, seer: Seer, report: Report) -> None:
