@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +40,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from taskforce.tfctl import UnixConnection
 
 REPO = Path(__file__).resolve().parent.parent
 MARKER = "TFBENCH_STATUS_RUN"
@@ -143,18 +143,6 @@ def marked(run: str) -> list[int]:
     return found
 
 
-class Unix(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=30)
-        self.path_ = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.path_)
-        self.sock = sock
-
-
 def summary(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     return {
@@ -217,8 +205,8 @@ def status_latency(sock: str, requests: int) -> dict[str, Any]:
     The daemon keeps an answer until the core is next fed an event; an empty
     control request (untimed) between two GETs forces a fresh answer.
     """
-    kept = Unix(sock)
-    poke = Unix(sock)
+    kept = UnixConnection(sock, timeout=30)
+    poke = UnixConnection(sock, timeout=30)
     cold_times, kept_times, fresh_times = [], [], []
     size = 0
     for _ in range(requests):
@@ -238,7 +226,7 @@ def status_latency(sock: str, requests: int) -> dict[str, Any]:
     kept.close()
     for _ in range(requests):
         began = time.perf_counter()
-        conn = Unix(sock)
+        conn = UnixConnection(sock, timeout=30)
         conn.request("GET", "/status/tasks")
         conn.getresponse().read()
         conn.close()

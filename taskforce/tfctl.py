@@ -44,8 +44,10 @@ class Usage(Exception):
     """Bad arguments, found after argparse had its say."""
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
+class UnixConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket (the tests and benchmarks use it too)."""
+
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
         super().__init__("localhost", timeout=timeout)
         self.socket_path = path
 
@@ -83,7 +85,7 @@ class Client:
             tls = parts.scheme == "https"
             host, port = parts.hostname or "localhost", parts.port
         elif "/" in address:
-            return _UnixConnection(address, self.timeout)
+            return UnixConnection(address, self.timeout)
         else:
             tls = bool(self.cafile) or self.insecure
             host, port = _host_port(address)

@@ -37,14 +37,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import http.client
 import json
 import os
 import random
 import re
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -60,6 +58,7 @@ import yaml
 from daemon_harness import IGNORE_TERM, SLEEP, Daemon, proc_table, wait_for
 
 import taskforce
+from taskforce.tfctl import UnixConnection
 
 LINUX = sys.platform.startswith("linux")
 pytestmark = pytest.mark.skipif(not LINUX, reason="the chaos test reads /proc")
@@ -196,20 +195,8 @@ def roles_text(plan: Plan, rng: random.Random) -> str:
 # Talking to the daemon.
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.socket_path)
-        self.sock = sock
-
-
 def call(sock: str, target: str, method: str = "GET") -> tuple[int, str]:
-    conn = UnixHTTPConnection(sock)
+    conn = UnixConnection(sock)
     try:
         conn.request(method, target, headers={"Connection": "close"})
         response = conn.getresponse()

@@ -42,6 +42,7 @@ from taskforce.core import status
 from taskforce.core.lifecycle import LIFECYCLE
 from taskforce.core.model import HostFacts
 from taskforce.core.supervisor import Supervisor
+from taskforce.tfctl import UnixConnection
 
 LINUX = sys.platform.startswith("linux")
 needs_linux = pytest.mark.skipif(not LINUX, reason="the daemon tests read /proc")
@@ -492,24 +493,12 @@ def short_dir(tmp_path: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="tf", dir="/tmp"))
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.socket_path)
-        self.sock = sock
-
-
 def connection(address: str, ca: str | None = None) -> http.client.HTTPConnection:
     if address.startswith("https://"):
         host, port = address[8:].rsplit(":", 1)
         context = ssl.create_default_context(cafile=ca)
         return http.client.HTTPSConnection(host, int(port), timeout=10, context=context)
-    return UnixHTTPConnection(address)
+    return UnixConnection(address)
 
 
 def call(
@@ -637,7 +626,7 @@ def test_status_endpoints_over_a_unix_socket(daemon: Daemon) -> None:
     code, _, text = call(sock, "/status/version", "DELETE")
     assert code == 405
     # Keep-alive: several requests on one connection.
-    conn = UnixHTTPConnection(sock)
+    conn = UnixConnection(sock)
     for _ in range(3):
         conn.request("GET", "/status/health")
         response = conn.getresponse()
@@ -1003,7 +992,7 @@ def test_fifty_concurrent_clients(daemon: Daemon) -> None:
 
     def client() -> None:
         try:
-            conn = UnixHTTPConnection(sock)
+            conn = UnixConnection(sock)
             for _ in range(10):
                 conn.request("GET", "/status/tasks")
                 response = conn.getresponse()

@@ -155,6 +155,7 @@ def settle(chains: dict[str, Chain], paths: Iterable[str], sync: Callable[[], No
         todo = moved
     sync()
 
+
 def node_signature(path: str) -> NodeSignature | None:
     """Stat signature of what ``path`` resolves to, ``None`` if missing."""
     try:
