@@ -187,9 +187,12 @@ SLEEP = "import time; time.sleep(1000)"
 IGNORE_TERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(1000)"
 
 
-def task(marker: str, name: str, code: str = SLEEP, **keys: Any) -> dict[str, Any]:
-    """A task running Python ``code``; its argv shows ``marker`` and ``name``."""
-    return {"commands": {"start": [sys.executable, "-c", code, marker, name]}, **keys}
+def task(
+    marker: str, name: str, code: str = SLEEP, *, args: tuple[str, ...] = (), **keys: Any
+) -> dict[str, Any]:
+    """A task running Python ``code``; its argv shows ``marker``, ``name``
+    and any further ``args``."""
+    return {"commands": {"start": [sys.executable, "-c", code, marker, name, *args]}, **keys}
 
 
 def shell_task(marker: str, name: str, script: str, **keys: Any) -> dict[str, Any]:

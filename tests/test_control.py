@@ -651,19 +651,7 @@ def test_the_original_control_shape(daemon: Daemon) -> None:
     """control off/wait, a count change, reload, reset and stop, with the
     original's codes and texts."""
     m = daemon.marker
-    pool = {
-        "count": 2,
-        "commands": {
-            "start": [
-                sys.executable,
-                "-c",
-                "import time; time.sleep(1000)",
-                m,
-                "pool",
-                "slot-{Task_instance}",
-            ]
-        },
-    }
+    pool = task(m, "pool", args=("slot-{Task_instance}",), count=2)
     sock = start_daemon(daemon, {"web": task(m, "web"), "pool": pool})
     (web,) = daemon.wait_pids("web", 1)
     daemon.wait_pids("pool", 2)

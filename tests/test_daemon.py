@@ -51,23 +51,7 @@ def test_requires_starts_in_order_after_start_delay(daemon: Daemon) -> None:
 
 def test_count_gives_each_slot_its_instance(daemon: Daemon) -> None:
     m = daemon.marker
-    daemon.write_config(
-        tasks(
-            pool={
-                "count": 3,
-                "commands": {
-                    "start": [
-                        sys.executable,
-                        "-c",
-                        "import time; time.sleep(1000)",
-                        m,
-                        "pool",
-                        "slot-{Task_instance}",
-                    ]
-                },
-            }
-        )
-    )
+    daemon.write_config(tasks(pool=task(m, "pool", args=("slot-{Task_instance}",), count=3)))
     daemon.start()
     pids = daemon.wait_pids("pool", 3)
     slots = sorted(daemon.processes("pool")[pid].split()[-1] for pid in pids)
