@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 from daemon_harness import Daemon, task, wait_for
 from test_control import call, needs_linux, start_daemon
+from test_tfctl import run
 
-from taskforce import output, tfctl
+from taskforce import output
 from taskforce.output import RECENT_BYTES, RECENT_LINES, Recent
 
 #: Prints ``line INSTANCE I`` for I in 0..N-1 (N from argv), then sleeps.
@@ -45,15 +46,6 @@ def logs(sock: str, name: str, **params: Any) -> dict[str, Any]:
     assert code == 200, text
     answer: dict[str, Any] = json.loads(text)
     return answer
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = tfctl.main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @needs_linux
