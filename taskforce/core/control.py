@@ -175,61 +175,71 @@ def _set_count(sup: Supervisor, task: TaskState, count: int) -> None:
 # ---------------------------------------------------------------- actions
 
 
-def _control(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
+#: a judge's answer when the task already has the value asked for
+_UNCHANGED = object()
+#: (refusal, value): a refusal refuses the whole request
+_Judgement = tuple[str | None, Any]
+
+
+def _assign(
+    sup: Supervisor,
+    args: Mapping[str, Any],
+    judge: Callable[[TaskState | None, Any], _Judgement],
+    apply: Callable[[Supervisor, TaskState, Any], None],
+) -> tuple[int, str]:
+    """Set a value per task, all or nothing: if ``judge`` refuses any
+    task's value, nothing changes (404); else 202, or 200 if nothing to do."""
     results: list[tuple[str, str]] = []
-    changes: list[tuple[TaskState, str]] = []
+    changes: list[tuple[TaskState, Any]] = []
     failed = False
     for name in sorted(args, key=str):
         task = _find(sup, name)
-        value = _text(args[name])
-        if task is None:
-            results.append((str(name), "not found"))
+        refusal, value = judge(task, args[name])
+        if refusal is not None:
+            results.append((str(name), refusal))
             failed = True
-        elif value not in CONTROLS:
-            results.append((name, f"bad control '{value}'"))
-            failed = True
-        elif value == task.control:
+        elif value is _UNCHANGED:
             results.append((name, "no change"))
         else:
+            assert task is not None  # a judge refuses what is not found
             results.append((name, "ok"))
             changes.append((task, value))
     if failed:
         return 404, _lines(results)
     for task, value in changes:
-        _set_control(sup, task, value)
+        apply(sup, task, value)
     return (202 if changes else 200), _lines(results)
+
+
+def _judge_control(task: TaskState | None, raw: Any) -> _Judgement:
+    value = _text(raw)
+    if task is None:
+        return "not found", None
+    if value not in CONTROLS:
+        return f"bad control '{value}'", None
+    return None, _UNCHANGED if value == task.control else value
+
+
+def _judge_count(task: TaskState | None, raw: Any) -> _Judgement:
+    value = _text(raw).strip()
+    number = _whole(value, signed=True)
+    if number is None:
+        return f'bad count "{value}"', None
+    if task is None:
+        return "not found", None
+    if number <= 0:
+        return f"non-positive count '{number}'", None
+    if number > MAX_COUNT:
+        return f"count '{number}' is above the limit of {MAX_COUNT}", None
+    return None, _UNCHANGED if number == task.count else number
+
+
+def _control(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
+    return _assign(sup, args, _judge_control, _set_control)
 
 
 def _count(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
-    results: list[tuple[str, str]] = []
-    changes: list[tuple[TaskState, int]] = []
-    failed = False
-    for name in sorted(args, key=str):
-        task = _find(sup, name)
-        value = _text(args[name]).strip()
-        number = _whole(value, signed=True)
-        if number is None:
-            results.append((str(name), f'bad count "{value}"'))
-            failed = True
-        elif task is None:
-            results.append((str(name), "not found"))
-            failed = True
-        elif number <= 0:
-            results.append((name, f"non-positive count '{number}'"))
-            failed = True
-        elif number > MAX_COUNT:
-            results.append((name, f"count '{number}' is above the limit of {MAX_COUNT}"))
-            failed = True
-        elif number == task.count:
-            results.append((name, "no change"))
-        else:
-            results.append((name, "ok"))
-            changes.append((task, number))
-    if failed:
-        return 404, _lines(results)
-    for task, number in changes:
-        _set_count(sup, task, number)
-    return (202 if changes else 200), _lines(results)
+    return _assign(sup, args, _judge_count, _set_count)
 
 
 def _names(args: Mapping[str, Any], key: str) -> list[Any]:
