@@ -146,12 +146,16 @@ class Connection:
 
     def on_ready(self) -> None:
         """The selector says the socket is ready (or a turn asks us to look)."""
+        self._guarded(self._on_ready)
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        """Run ``step`` on an open connection; a bug in it must cost this
+        connection, never the daemon."""
         if self.closed:
             return
         try:
-            self._on_ready()
+            step()
         except Exception:
-            # A bug here must cost one connection, never the daemon.
             log.exception("control: connection failed; closing it")
             self.close()
 
@@ -418,13 +422,7 @@ class Connection:
 
     def expire(self) -> None:
         """The deadline passed: tell a client mid-request, then close."""
-        if self.closed:
-            return
-        try:
-            self._expire()
-        except Exception:
-            log.exception("control: connection failed; closing it")
-            self.close()
+        self._guarded(self._expire)
 
     def _expire(self) -> None:
         if self.lingering or self.handshaking or self.fresh or self.out:
