@@ -74,7 +74,6 @@ class Daemon:
         self.exec_errors: dict[int, str] = {}
         self.draining: set[int] = set()
         self.watcher = watcher if watcher is not None else make_watcher()
-        self.watched_inputs: dict[str, str] = {}
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)

@@ -105,7 +105,6 @@ class FakeProcess:
     reaped: bool = False
     exit_code: int | None = None
     signal: str | None = None
-    died_at: float | None = None
     received: list[Delivery] = field(default_factory=list)
     child: bool = True
 
@@ -284,12 +283,6 @@ class Simulation:
     def kill(self, pid: int, signal: str = "SIGKILL") -> None:
         """Someone else sends ``signal`` to process ``pid`` alone."""
         self._deliver(pid, signal, group=False)
-        self._drain()
-
-    def kill_group(self, pgid: int, signal: str = "SIGKILL") -> None:
-        """Someone else sends ``signal`` to process group ``pgid``."""
-        for proc in self._members(pgid):
-            self._deliver(proc.pid, signal, group=True)
         self._drain()
 
     def exit(self, pid: int, code: int = 0) -> None:
@@ -655,7 +648,6 @@ class Simulation:
         proc.alive = False
         proc.exit_code = exit_code
         proc.signal = signal
-        proc.died_at = self.now
         if not proc.child:
             if proc.pid in self.watched_pids:
                 self.watched_pids.discard(proc.pid)

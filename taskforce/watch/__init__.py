@@ -187,9 +187,6 @@ class Watcher:
         for path in self._reg.refs:
             self._hit(path, now, strong)
 
-    def _paths(self) -> list[str]:
-        return sorted(self._reg.refs)
-
     def _due(self, pending: _Pending) -> float:
         return min(pending.last + self.settle, pending.first + self._max_delay)
 

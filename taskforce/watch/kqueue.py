@@ -84,10 +84,6 @@ if sys.platform != "linux" and sys.platform != "win32":
         def fileno(self) -> int:
             return self._kq.fileno()
 
-        def descriptor_count(self) -> int:
-            """How many vnode descriptors are open (for tests and status)."""
-            return len(self._fd_of)
-
         # ------------------------------------------------------- interface
 
         def attach(self, selector: selectors.BaseSelector) -> None:
