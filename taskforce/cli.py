@@ -366,7 +366,7 @@ def start_recorder(args: argparse.Namespace, daemon: Any) -> Any:
     if not path:
         return None
     path = os.path.abspath(path)
-    sizes = getattr(args, "record_sizes", {})
+    sizes = args.record_sizes
     recorder = Recorder(
         path,
         snapshot=lambda: snapshot(daemon.core),
