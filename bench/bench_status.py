@@ -29,9 +29,7 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,10 +39,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from taskforce.tfctl import UnixConnection
+import common
 
-REPO = Path(__file__).resolve().parent.parent
-MARKER = "TFBENCH_STATUS_RUN"
+from taskforce.tfctl import UnixConnection
 
 LOADER = r"""
 import asyncio, json, re, sys, time
@@ -113,44 +110,9 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.01)
 
 
-def children(pid: int) -> set[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as handle:
-            return {int(p) for p in handle.read().split()}
-    except OSError:
-        return set()
-
-
-def cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return handle.read()
-    except OSError:
-        return b""
-
-
-def marked(run: str) -> list[int]:
-    """Processes with our marker in their environment (daemon and tasks)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as handle:
-                    if f"{MARKER}={run}".encode() in handle.read():
-                        found.append(int(entry))
-            except OSError:
-                pass
-    return found
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {
-        "n": len(ordered),
-        "median_ms": statistics.median(ordered) * 1000,
-        "p90_ms": ordered[int(len(ordered) * 0.9)] * 1000,
-        "max_ms": ordered[-1] * 1000,
-    }
+def sleepers(watcher: common.ChildWatcher) -> set[int]:
+    """The daemon's children that run ``sleep``."""
+    return {p for p in watcher.children() if (common.cmdline(p) or b"").startswith(b"sleep\0")}
 
 
 @contextlib.contextmanager
@@ -165,11 +127,8 @@ def daemon(count: int, tasks: int, folder: Path) -> Iterator[tuple[subprocess.Po
     config.write_text(json.dumps({"tasks": defs}))
     # Run a snapshot of the package: taskforce resets itself when its own
     # code changes, and an edit in the work tree must not reset a measurement.
-    source = folder / "src"
-    shutil.copytree(
-        REPO / "taskforce", source / "taskforce", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    env = {**os.environ, MARKER: run, "PYTHONPATH": str(source)}
+    source = common.snapshot_package(folder)
+    env = {**os.environ, common.MARKER_VAR: run, "PYTHONPATH": str(source)}
     argv = [sys.executable, "-m", "taskforce", "-e", "-f", str(config), "-r", "-"]
     argv += ["-w", sock, "-A", "--expires", "600"]
     log = open(folder / "taskforce.log", "wb")  # noqa: SIM115 - closed below
@@ -193,7 +152,7 @@ def daemon(count: int, tasks: int, folder: Path) -> Iterator[tuple[subprocess.Po
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
-        for pid in marked(run):
+        for pid in common.pids_with_marker(run):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         log.close()
@@ -233,20 +192,21 @@ def status_latency(sock: str, requests: int) -> dict[str, Any]:
         fresh_times.append(time.perf_counter() - began)
     return {
         "bytes": size,
-        "computed": summary(cold_times),
-        "cached": summary(kept_times),
-        "cached_new_connection": summary(fresh_times),
+        "computed": common.summary_ms(cold_times),
+        "cached": common.summary_ms(kept_times),
+        "cached_new_connection": common.summary_ms(fresh_times),
     }
 
 
 def restart_once(daemon_pid: int, victim: int, timeout: float = 10.0) -> float:
     """SIGKILL ``victim``; seconds until a new child of the daemon has exec'd."""
-    before = children(daemon_pid)
+    watcher = common.ChildWatcher(daemon_pid)
+    before = set(watcher.children())
     began = time.perf_counter()
     os.kill(victim, signal.SIGKILL)
 
     def replaced() -> bool:
-        return any(cmdline(pid).startswith(b"sleep\0") for pid in children(daemon_pid) - before)
+        return bool(sleepers(watcher) - before)
 
     deadline = time.monotonic() + timeout
     while not replaced():
@@ -260,9 +220,7 @@ def restarts(daemon_pid: int, rounds: int, spacing: float) -> list[float]:
     results = []
     used: set[int] = set()
     for _ in range(rounds):
-        candidates = sorted(
-            p for p in children(daemon_pid) if cmdline(p).startswith(b"sleep\0") and p not in used
-        )
+        candidates = sorted(sleepers(common.ChildWatcher(daemon_pid)) - used)
         victim = candidates[len(candidates) // 2]
         used.add(victim)
         results.append(restart_once(daemon_pid, victim))
@@ -289,15 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         daemon(args.count, args.tasks, Path(folder)) as (proc, sock),
     ):
         wait_until(
-            lambda: (
-                sum(1 for p in children(proc.pid) if cmdline(p).startswith(b"sleep\0")) == slots
-            ),
+            lambda: len(sleepers(common.ChildWatcher(proc.pid))) == slots,
             120,
             f"{slots} sleepers",
         )
         time.sleep(1.2)  # every slot past stable_after (1 s): restarts are immediate
         result["status"] = status_latency(sock, args.requests)
-        result["restart_idle"] = summary(restarts(proc.pid, args.rounds, 0.05))
+        result["restart_idle"] = common.summary_ms(restarts(proc.pid, args.rounds, 0.05))
         seconds = max(5.0, args.rounds * 0.3 + 3)
         loader = subprocess.Popen(
             [sys.executable, "-c", LOADER, sock, str(args.clients), str(seconds)],
@@ -309,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             if loader.stdout.readline().strip() != "ready":
                 raise RuntimeError("the load generator did not start")
             time.sleep(0.5)  # let the flood build up
-            result["restart_loaded"] = summary(restarts(proc.pid, args.rounds, 0.2))
+            result["restart_loaded"] = common.summary_ms(restarts(proc.pid, args.rounds, 0.2))
             output, _ = loader.communicate(timeout=seconds + 60)
             result["load"] = json.loads(output.strip().splitlines()[-1])
         finally:
