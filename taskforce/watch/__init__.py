@@ -226,6 +226,36 @@ class Watcher:
             reg.baseline[path] = signature(path)
 
 
+class DescriptorWatcher(Watcher):
+    """A backend whose events arrive on one descriptor (inotify, kqueue):
+    ``attach`` registers it, ``close`` unregisters it before the backend
+    releases the rest."""
+
+    def __init__(self, settle: float) -> None:
+        super().__init__(settle)
+        self._selector: selectors.BaseSelector | None = None
+
+    def fileno(self) -> int:
+        raise NotImplementedError
+
+    def _read(self) -> None:
+        """The descriptor is readable: take what the OS says."""
+        raise NotImplementedError
+
+    def attach(self, selector: selectors.BaseSelector) -> None:
+        selector.register(self.fileno(), selectors.EVENT_READ, self._read)
+        self._selector = selector
+
+    def close(self) -> None:
+        super().close()
+        if self._selector is not None:
+            try:
+                self._selector.unregister(self.fileno())
+            except (KeyError, ValueError):
+                pass
+            self._selector = None
+
+
 def _auto_backend() -> str:
     if sys.platform.startswith("linux"):
         return "inotify"

@@ -20,13 +20,12 @@ import ctypes.util
 import errno
 import logging
 import os
-import selectors
 import struct
 import sys
 import time
 from collections.abc import Callable, Iterable
 
-from taskforce.watch import Watcher
+from taskforce.watch import DescriptorWatcher
 from taskforce.watch.targets import NOWHERE, Chain, settle
 
 log = logging.getLogger("taskforce")
@@ -138,7 +137,7 @@ def parse_events(data: bytes) -> list[tuple[int, int, int, str]]:
     return events
 
 
-class InotifyWatcher(Watcher):
+class InotifyWatcher(DescriptorWatcher):
     """Directory watches through one non-blocking inotify descriptor."""
 
     backend = "inotify"
@@ -147,7 +146,6 @@ class InotifyWatcher(Watcher):
         super().__init__(settle)
         self._sys = _Inotify()
         self._fd = self._sys.init()
-        self._selector: selectors.BaseSelector | None = None
         #: watched path -> its current chain
         self._chains: dict[str, Chain] = {}
         #: (directory, entry name) -> watched paths whose chain has it
@@ -164,20 +162,10 @@ class InotifyWatcher(Watcher):
 
     # ----------------------------------------------------------- interface
 
-    def attach(self, selector: selectors.BaseSelector) -> None:
-        selector.register(self._fd, selectors.EVENT_READ, self._read)
-        self._selector = selector
-
     def close(self) -> None:
         if self._closed:
             return
         super().close()
-        if self._selector is not None:
-            try:
-                self._selector.unregister(self._fd)
-            except (KeyError, ValueError):
-                pass
-            self._selector = None
         os.close(self._fd)
         self._wd_of.clear()
         self._dirs_of.clear()

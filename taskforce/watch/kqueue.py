@@ -21,12 +21,11 @@ import errno
 import logging
 import os
 import select
-import selectors
 import sys
 import time
 from collections.abc import Iterable
 
-from taskforce.watch import Watcher
+from taskforce.watch import DescriptorWatcher, Watcher
 from taskforce.watch.targets import NOWHERE, Chain, settle
 
 log = logging.getLogger("taskforce")
@@ -58,7 +57,7 @@ if sys.platform != "linux" and sys.platform != "win32":
     #: macOS: a descriptor for events only, which does not keep a volume busy.
     _OPEN_FLAGS: int = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | int(getattr(os, "O_EVTONLY", 0))
 
-    class KqueueWatcher(Watcher):
+    class KqueueWatcher(DescriptorWatcher):
         """One kqueue; one descriptor per watched directory and file."""
 
         backend = "kqueue"
@@ -68,7 +67,6 @@ if sys.platform != "linux" and sys.platform != "win32":
                 raise OSError(errno.ENOSYS, "kqueue is not available on this system")
             super().__init__(settle)
             self._kq = select.kqueue()
-            self._selector: selectors.BaseSelector | None = None
             #: watched path -> its current chain
             self._chains: dict[str, Chain] = {}
             #: node (directory or file path) -> open descriptor
@@ -86,20 +84,10 @@ if sys.platform != "linux" and sys.platform != "win32":
 
         # ------------------------------------------------------- interface
 
-        def attach(self, selector: selectors.BaseSelector) -> None:
-            selector.register(self._kq.fileno(), selectors.EVENT_READ, self._read)
-            self._selector = selector
-
         def close(self) -> None:
             if self._closed:
                 return
             super().close()
-            if self._selector is not None:
-                try:
-                    self._selector.unregister(self._kq.fileno())
-                except (KeyError, ValueError):
-                    pass
-                self._selector = None
             for fd in self._node_of:
                 os.close(fd)
             self._fd_of.clear()
