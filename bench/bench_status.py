@@ -145,13 +145,7 @@ def daemon(count: int, tasks: int, folder: Path) -> Iterator[tuple[subprocess.Po
         print("taskforce's log ends:", *tail, sep="\n  ", file=sys.stderr)
         raise
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        common.terminate(proc, 60)
         for pid in common.pids_with_marker(run):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -521,6 +521,17 @@ def snapshot_package(root: Path) -> Path:
     return dest
 
 
+def terminate(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM ``proc`` and give it ``timeout`` seconds to go; then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 class BenchDaemon:
     """One ``python -m taskforce`` run on ``config``, always cleaned up.
 
@@ -660,13 +671,7 @@ class BenchDaemon:
         with signals_deferred():
             killed: list[int] = []
             if self.proc is not None:
-                if self.proc.poll() is None:
-                    try:
-                        self.proc.send_signal(signal.SIGTERM)
-                        self.proc.wait(20)
-                    except subprocess.TimeoutExpired:
-                        self.proc.kill()
-                        self.proc.wait(5)
+                terminate(self.proc, 20)
                 # Processes signalled a moment ago may still be on their way
                 # out; give them a moment before calling them left behind.
                 settle = time.monotonic() + 2.0

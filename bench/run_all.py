@@ -50,12 +50,7 @@ def run_one(name: str, extra: list[str]) -> dict[str, Any] | None:
     except BaseException:
         # Ctrl-C reached the benchmark too (same process group); SIGTERM may
         # not have: pass it on, then let it clean up before we go.
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        common.terminate(proc, 60)
         raise
     took = time.monotonic() - started
     if proc.returncode != 0:
