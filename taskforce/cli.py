@@ -352,6 +352,9 @@ def check_config_quietly(
 
 def start_recorder(args: argparse.Namespace, daemon: Any) -> Any:
     """The event log, from --record or settings.record (read at start)."""
+    path = args.record
+    if not path:
+        return None  # (before the imports: a daemon that records nothing never loads them)
     from taskforce.core.snapshot import snapshot
     from taskforce.eventlog import (
         DEFAULT_BACKUPS,
@@ -362,9 +365,6 @@ def start_recorder(args: argparse.Namespace, daemon: Any) -> Any:
         config_digest,
     )
 
-    path = args.record
-    if not path:
-        return None
     path = os.path.abspath(path)
     sizes = args.record_sizes
     recorder = Recorder(
