@@ -104,12 +104,17 @@ def _matcher(cls: type[Any]) -> Callable[[Any, dict[str, Any]], bool]:
 
 
 _MISSING = object()
-_MATCHERS = {cls: _matcher(cls) for cls in _TYPES.values()}
+#: written on first use: only replay compares, and the daemon need not
+#: carry a compiled matcher per class
+_MATCHERS: dict[type[Any], Callable[[Any, dict[str, Any]], bool]] = {}
 
 
 def matches(item: Event | Effect, plain: dict[str, Any]) -> bool:
     """Whether ``encode(item) == plain``, without building the encoding."""
-    return _MATCHERS[type(item)](item, plain)
+    match = _MATCHERS.get(type(item))
+    if match is None:
+        match = _MATCHERS[type(item)] = _matcher(type(item))
+    return match(item, plain)
 
 
 _CONTAINERS = (list, dict)
