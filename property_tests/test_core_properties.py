@@ -34,6 +34,7 @@ from taskforce.core import events as ev
 from taskforce.core.codec import decode, encode, freeze
 from taskforce.core.context import MAX_PASSES, ContextError, expand
 from taskforce.simulator import (
+    ESCAPER,
     IGNORE_TERM,
     STUBBORN_WRAPPER,
     TERM,
@@ -152,7 +153,7 @@ def universes(draw: st.DrawFn) -> Universe:
                 start_delay=draw(st.sampled_from((0.0, 0.0, 0.5, 2.0))),
                 time_limit=draw(st.sampled_from((None, None, None, 3.5, 12.0))),
                 behaviour=draw(
-                    st.sampled_from((TERM, TERM, IGNORE_TERM, WRAPPER, STUBBORN_WRAPPER))
+                    st.sampled_from((TERM, TERM, IGNORE_TERM, WRAPPER, STUBBORN_WRAPPER, ESCAPER))
                 ),
                 failing=draw(st.integers(0, 9)) == 0,
                 roles=draw(st.sampled_from((None, None, ("web",), ("db",)))),
@@ -236,7 +237,9 @@ class CoreMachine(RuleBasedStateMachine):
                     return f"slot {i} is running"
             return None
         for i in range(req.count):
-            leaders = [p for p in procs if p.instance == i and p.leader and p.alive]
+            leaders = [
+                p for p in procs if p.instance == i and p.leader and p.alive and not p.leftover
+            ]
             if not leaders:
                 return f"slot {i} not running"
             leader = leaders[-1]
@@ -496,6 +499,20 @@ class CoreMachine(RuleBasedStateMachine):
                 )
 
     @precondition(lambda self: self.sim is not None)
+    @rule(change=st.booleans())
+    def crash(self, change: bool) -> None:
+        """taskforce is SIGKILLed and started again (maybe with an edited
+        config): what the old one left is stopped before anything runs in
+        its place, so no slot ever has two process trees (``contract_kept``,
+        ``one_process_per_slot``), and settling converges to the config."""
+        self._check_replay()
+        if change:
+            self.u.tasks[0].version += 1
+        self.s.crash(self.u.config(), roles=self.u.roles)
+        self.checked_steps = 0
+        self.rejected_steps = set()
+
+    @precondition(lambda self: self.sim is not None)
     @rule(reset=st.booleans())
     def request_stop(self, reset: bool) -> None:
         """Stop (or reset): every process reaped, then ``Exit``; then boot again."""
@@ -537,7 +554,21 @@ class CoreMachine(RuleBasedStateMachine):
     def core_view_matches(self) -> None:
         if self.sim is None:
             return
-        assert self.s.core.live_pids() == self.s.groups()
+        s = self.s
+        # What a crashed taskforce left is not the new core's process, but
+        # it must know of it until it is gone.
+        pending = set(s.core.leftovers)
+        for proc in s.processes.values():
+            if proc.leftover and proc.present and proc.pgid not in s.core.live_pids():
+                slot = (proc.task, proc.instance)
+                assert slot in pending, f"leftover pid {proc.pid} of {slot} forgotten"
+        waiting = {
+            proc.pgid
+            for proc in s.processes.values()
+            if proc.present and proc.leftover and (proc.task, proc.instance) in pending
+        }
+        groups = {pgid: slot for pgid, slot in s.groups().items() if pgid not in waiting}
+        assert s.core.live_pids() == groups
 
     @invariant()
     def timer_matches(self) -> None:

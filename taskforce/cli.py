@@ -333,6 +333,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("cannot claim pidfile %s: %s", pidfile_path, exc)
             print(f"taskforce: cannot claim pidfile {pidfile_path}: {exc}", file=sys.stderr)
             return EXIT_PIDFILE
+    # One taskforce per config and roles file: a second would run every task
+    # twice, and its sweep for leftovers must never take a live one's.
+    from taskforce.tracking import InstanceHeld, InstanceLock, instance_id
+
+    lock = InstanceLock(instance_id(args.config_file, roles_path))
+    try:
+        lock.claim()
+    except (InstanceHeld, OSError) as exc:
+        log.error("%s", exc)
+        print(f"taskforce: {exc}", file=sys.stderr)
+        if pidfile is not None:
+            pidfile.release(remove=False)
+        return EXIT_PIDFILE
     return run_daemon(args, roles_path, pidfile)
 
 

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from taskforce import output, pidwatch, process
+from taskforce import output, pidwatch, process, tracking
 from taskforce.config import ConfigError, load_config, load_roles
 from taskforce.control.options import Options  # --- control server
 from taskforce.core import effects as fx
@@ -68,11 +68,15 @@ class Daemon:
         self.timer_at: float | None = None
         self.exit_effect: fx.Exit | None = None
         self.pending_signals: deque[int] = deque()
-        self.leaders: set[int] = set()
+        #: the processes the core spawned, by pid: the slot each leads
+        self.leaders: dict[int, tracking.Slot] = {}
         self.commands: dict[int, tuple[str, str, int]] = {}
         self.exec_reports: dict[int, int] = {}
         self.exec_errors: dict[int, str] = {}
-        self.draining: set[int] = set()
+        #: slots whose leader is gone while the rest of them drains, by leader pid
+        self.draining: dict[int, tracking.Slot] = {}
+        #: what an earlier taskforce left (see ``LeftoversFound``), by slot
+        self.leftovers: dict[tracking.Slot, set[int]] = {}
         self.watcher = watcher if watcher is not None else make_watcher()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -82,6 +86,13 @@ class Daemon:
         # --- nowait/adopt: daemons found through pidfiles
         self.pidwatch = pidwatch.ProcessWatch(self._watched_exit)
         self.pidwatch.attach(self.selector)
+        # --- which processes belong to which slot: cgroups, or a marker
+        self.tracker = tracking.Tracker(
+            tracking.instance_id(config_path, roles_path), self._slot_emptied
+        )
+        self.tracker.attach(self.selector)
+        self.leftover_watch = pidwatch.ProcessWatch(self._leftover_exit)
+        self.leftover_watch.attach(self.selector)
         self.subreaper = False
         #: The control path (status and control over HTTP), on this selector.
         self.control = LazyControl(self, control)  # --- control server
@@ -102,17 +113,29 @@ class Daemon:
     def boot_events(self) -> list[ev.Event]:
         """The first events: who we are, then the config (or an error)."""
         now = time.monotonic()
-        return [
-            ev.Booted(
-                at=now,
-                environ=dict(os.environ),
-                host=socket.gethostname(),
-                fqdn=socket.getfqdn(),
-                pid=os.getpid(),
-                ppid=os.getppid(),
-            ),
-            self.load_inputs("start"),
-        ]
+        booted = ev.Booted(
+            at=now,
+            environ=dict(os.environ),
+            host=socket.gethostname(),
+            fqdn=socket.getfqdn(),
+            pid=os.getpid(),
+            ppid=os.getppid(),
+        )
+        return [booted, *self.find_leftovers(), self.load_inputs("start")]
+
+    def find_leftovers(self) -> list[ev.Event]:
+        """What an earlier taskforce with this config left running (after a
+        crash, or an adopted daemon after a reset), watched from now on."""
+        found = self.tracker.sweep()
+        for slot, pids in found.items():
+            self.leftovers[slot] = set(pids)
+            for pid in pids:
+                self.leftover_watch.watch(pid)
+            self.tracker.watch_empty(slot)
+        if not found:
+            return []
+        leftovers = tuple((task, instance, tuple(pids)) for (task, instance), pids in found.items())
+        return [ev.LeftoversFound(at=time.monotonic(), leftovers=leftovers)]
 
     def load_inputs(self, source: str) -> ev.Event:
         """Read the roles and config files; ConfigLoaded or ConfigRejected."""
@@ -140,6 +163,7 @@ class Daemon:
     def run(self) -> fx.Exit:
         """Supervise until the core says every task has stopped."""
         self.subreaper = process.become_subreaper()
+        log.info("keeping track of every task's processes with %s", self.tracker.how)
         self._install_signals()
         self._watch_inputs()
         try:
@@ -158,6 +182,7 @@ class Daemon:
             self.control.close()  # --- control server: flush replies, remove sockets
             self.output.close()
             self.watcher.close()
+            self.tracker.close()
             signal.set_wakeup_fd(-1)
         return self.exit_effect
 
@@ -165,7 +190,7 @@ class Daemon:
         if self.output.busy:
             return 0.0  # output lines wait to be written; come straight back
         deadlines = [at for at in (self.timer_at, self.expires_at) if at is not None]
-        if self.draining and not self.subreaper:
+        if self.draining and not self.subreaper and not self.tracker.cgroups:
             deadlines.append(time.monotonic() + DRAIN_POLL)
         watch_due = self.watcher.next_deadline()
         if watch_due is not None:
@@ -230,11 +255,12 @@ class Daemon:
         for pid, code, signame in process.reap():
             now = time.monotonic()
             if pid in self.leaders:
-                self.leaders.discard(pid)
+                slot = self.leaders.pop(pid)
                 error = self._exec_report(pid, exited=True)
-                alive = process.group_alive(pid)
+                alive = self.tracker.alive(slot, pid, frozenset(self.commands))
                 if alive:
-                    self.draining.add(pid)
+                    self.draining[pid] = slot
+                    self.tracker.watch_empty(slot)
                 self.feed(ev.ProcessExited(now, pid, code, signame, group_alive=alive, error=error))
             elif pid in self.commands:
                 task, name, instance = self.commands.pop(pid)
@@ -244,10 +270,44 @@ class Daemon:
             self._check_draining()
 
     def _check_draining(self) -> None:
-        for pgid in sorted(self.draining):
-            if not process.group_alive(pgid):
-                self.draining.discard(pgid)
+        for pgid, slot in sorted(self.draining.items()):
+            if not self.tracker.alive(slot, pgid, frozenset(self.commands)):
+                del self.draining[pgid]
                 self.feed(ev.GroupEmptied(time.monotonic(), pgid))
+
+    def _slot_emptied(self, slot: tracking.Slot) -> None:
+        """The tracker saw ``slot``'s cgroup empty."""
+        if slot in self.leftovers:
+            self._check_leftover(slot)
+        for pgid, draining in sorted(self.draining.items()):
+            if draining == slot and not self.tracker.alive(slot, pgid):
+                del self.draining[pgid]
+                self.feed(ev.GroupEmptied(time.monotonic(), pgid))
+
+    def _leftover_exit(self, pid: int) -> None:
+        for slot, pids in sorted(self.leftovers.items()):
+            if pid in pids:
+                pids.discard(pid)
+                self._check_leftover(slot)
+
+    def _check_leftover(self, slot: tracking.Slot) -> None:
+        pids = self.leftovers.get(slot)
+        if pids is not None and not self.tracker.leftover_alive(slot, pids):
+            del self.leftovers[slot]
+            self.feed(ev.LeftoverGone(time.monotonic(), slot[0], slot[1]))
+
+    def _stop_leftover(self, effect: fx.StopLeftover) -> ev.Event | None:
+        slot = (effect.task, effect.instance)
+        pids = self.leftovers.get(slot)
+        if pids is None:
+            return ev.LeftoverGone(time.monotonic(), effect.task, effect.instance)
+        for pid in sorted(self.tracker.signal_leftover(slot, pids, effect.signal) - pids):
+            pids.add(pid)  # started since the sweep
+            self.leftover_watch.watch(pid)
+        if not self.tracker.leftover_alive(slot, pids):
+            del self.leftovers[slot]
+            return ev.LeftoverGone(time.monotonic(), effect.task, effect.instance)
+        return None
 
     # ------------------------------------------------------------- inputs
 
@@ -315,7 +375,11 @@ class Daemon:
         if isinstance(effect, fx.Spawn):
             return self._spawn(effect)
         if isinstance(effect, fx.Signal):
-            process.send_signal(effect.pid, effect.signal, group=effect.group)
+            if effect.group:
+                slot = (effect.task, effect.instance)
+                self.tracker.signal(slot, effect.pid, effect.signal, frozenset(self.commands))
+            else:
+                process.send_signal(effect.pid, effect.signal, group=False)
         elif isinstance(effect, fx.ArmTimer):
             self.timer_at = effect.at
         elif isinstance(effect, fx.Log):
@@ -327,13 +391,15 @@ class Daemon:
             self.watcher.watch(effect)
         elif isinstance(effect, fx.Unwatch):
             self.watcher.unwatch(effect.key)
+        elif isinstance(effect, fx.StopLeftover):
+            return self._stop_leftover(effect)
         elif isinstance(effect, fx.ReadPidfile):
             pid, error = pidwatch.read_pidfile(effect.path)
             return ev.PidfileRead(
                 time.monotonic(), effect.task, effect.instance, effect.generation, pid, error
             )
         elif isinstance(effect, fx.WatchProcess):
-            self._watch_process(effect.pid)
+            self._watch_process(effect.task, effect.instance, effect.pid)
         elif isinstance(effect, fx.Reply):
             self.control.reply(effect)  # --- control server
         elif isinstance(effect, fx.Exit):
@@ -359,9 +425,9 @@ class Daemon:
             self.exec_errors[pid] = error
         return ""
 
-    def _watch_process(self, pid: int) -> None:
+    def _watch_process(self, task: str, instance: int, pid: int) -> None:
         if pidwatch.is_our_child(pid):
-            self.leaders.add(pid)  # reaped on SIGCHLD like any child
+            self.leaders[pid] = (task, instance)  # reaped on SIGCHLD like any child
         elif not self.pidwatch.watch(pid):
             self.feed(ev.ProcessExited(time.monotonic(), pid))
 
@@ -378,9 +444,11 @@ class Daemon:
                 time.monotonic(), effect.task, effect.instance, effect.generation, str(exc)
             )
         try:
+            slot = (effect.task, effect.instance)
             pid, report = process.start(
                 effect.argv,
-                effect.env,
+                self.tracker.environment(effect.env),
+                cgroup=self.tracker.slot_cgroup(slot),
                 cwd=effect.cwd,
                 user=effect.user,
                 group=effect.group,
@@ -395,7 +463,7 @@ class Daemon:
                 time.monotonic(), effect.task, effect.instance, effect.generation, str(exc)
             )
         output_done(True)
-        self.leaders.add(pid)
+        self.leaders[pid] = slot
         # Whether the exec worked is told by the report pipe, read when it
         # is ready (or when the child is reaped, whichever comes first).
         self.exec_reports[pid] = report
@@ -407,7 +475,11 @@ class Daemon:
     def _run_command(self, effect: fx.RunCommand) -> ev.Event | None:
         try:
             pid = process.spawn(
-                effect.argv, effect.env, cwd=effect.cwd, user=effect.user, group=effect.group
+                effect.argv,
+                self.tracker.environment(effect.env),
+                cwd=effect.cwd,
+                user=effect.user,
+                group=effect.group,
             )
         except (process.SpawnError, OSError) as exc:
             return ev.CommandExited(
@@ -425,15 +497,21 @@ class Daemon:
 
     def emergency_stop(self) -> None:
         """The loop itself failed: leave nothing running behind us."""
-        groups = sorted(self.leaders | self.draining | set(self.commands))
-        for pgid in groups:
-            process.send_signal(pgid, "SIGTERM", group=True)
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline and any(process.group_alive(g) for g in groups):
-            process.reap()
-            time.sleep(0.02)
-        for pgid in groups:
-            process.send_signal(pgid, "SIGKILL", group=True)
+        slots = {**self.leaders, **self.draining}
+        groups = sorted(set(slots) | set(self.commands))
+        for signame in ("SIGTERM", "SIGKILL"):
+            for pgid in groups:
+                if pgid in slots:
+                    self.tracker.signal(slots[pgid], pgid, signame)
+                else:
+                    process.send_signal(pgid, signame, group=True)
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline and any(
+                self.tracker.alive(slots[g], g) if g in slots else process.group_alive(g)
+                for g in groups
+            ):
+                process.reap()
+                time.sleep(0.02)
         process.reap()
 
 

@@ -64,11 +64,16 @@ def _child(
     report: int,
     umask: int | None = None,
     limits: Sequence[Limit] = (),
+    cgroup: str | None = None,
 ) -> None:
     """Runs in the forked child: set up, then exec.  Never returns."""
     stage = "setup"
     try:
         os.setpgid(0, 0)
+        if cgroup is not None:
+            # First, before it can start anything: all it starts follows it.
+            stage = f"cgroup {cgroup}"
+            _join_cgroup(cgroup)
         for signum in _RESET_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
@@ -122,6 +127,15 @@ def _child(
             os._exit(127)
 
 
+def _join_cgroup(procs: str) -> None:
+    """Move the calling process into the cgroup whose ``cgroup.procs`` is ``procs``."""
+    fd = os.open(procs, os.O_WRONLY)
+    try:
+        os.write(fd, b"0")
+    finally:
+        os.close(fd)
+
+
 def spawn(argv: Sequence[str], env: Mapping[str, str], **options: Any) -> int:
     """Start ``argv`` in a new process group; its pid, or SpawnError.
 
@@ -168,25 +182,29 @@ def start(
     stdout: int | None = None,
     umask: int | None = None,
     limits: Sequence[Limit] = (),
+    cgroup: str | None = None,
 ) -> tuple[int, int]:
     """Fork ``argv`` in a new process group without waiting for its exec.
 
     Returns the pid and the read end of its exec report (non-blocking): it
     reaches end of file when the exec succeeds, and carries the error first
     when anything before the exec fails (the child then exits 127).  Not
-    waiting lets children exec in parallel with the next fork.
+    waiting lets children exec in parallel with the next fork.  With
+    ``cgroup`` (a ``cgroup.procs`` path) the child joins that cgroup first.
     """
     if not argv:
         raise SpawnError("empty command")
     if FAST_SPAWN and cwd is None and user is None and group is None and umask is None:
         if procname is None and not limits:
-            return _start_fast(argv, env, stdout)
+            return _start_fast(argv, env, stdout, cgroup)
     read_end, write_end = os.pipe()  # both close on exec
     child_env = dict(env)
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
-        _child(argv, child_env, cwd, user, group, procname, stdout, write_end, umask, limits)
+        _child(
+            argv, child_env, cwd, user, group, procname, stdout, write_end, umask, limits, cgroup
+        )
     os.close(write_end)
     try:
         # Also set here, so the group exists before we might signal it.
@@ -203,9 +221,16 @@ FAST_SPAWN = hasattr(os, "posix_spawn") and os.environ.get("TASKFORCE_SPAWN") !=
 
 #: Exports the process's own pid as Task_pid, then becomes the program.
 _SHIM = 'Task_pid=$$; export Task_pid; exec "$@"'
+#: The same, after joining the cgroup named by its first argument; if it
+#: cannot, it says so and exits 127 as a failed exec does.
+_CGROUP_SHIM = (
+    'echo 0 > "$1" || { echo "taskforce: cannot join cgroup $1" >&2; exit 127; }; shift; ' + _SHIM
+)
 
 
-def _start_fast(argv: Sequence[str], env: Mapping[str, str], stdout: int | None) -> tuple[int, int]:
+def _start_fast(
+    argv: Sequence[str], env: Mapping[str, str], stdout: int | None, cgroup: str | None = None
+) -> tuple[int, int]:
     """Start a task that needs no cwd, identity, umask, limits or procname.
 
     ``posix_spawn`` starts the child without copying the daemon's memory
@@ -223,10 +248,18 @@ def _start_fast(argv: Sequence[str], env: Mapping[str, str], stdout: int | None)
     file_actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0)]
     if stdout is not None:
         file_actions += [(os.POSIX_SPAWN_DUP2, stdout, 1), (os.POSIX_SPAWN_DUP2, stdout, 2)]
+    shim, extra = (_SHIM, []) if cgroup is None else (_CGROUP_SHIM, [cgroup])
     pid = os.posix_spawn(
         "/bin/sh",
         # A shell exports PWD: take it away again unless the task had it.
-        ["/bin/sh", "-c", _SHIM if "PWD" in env else "unset PWD; " + _SHIM, "taskforce", *argv],
+        [
+            "/bin/sh",
+            "-c",
+            shim if "PWD" in env else "unset PWD; " + shim,
+            "taskforce",
+            *extra,
+            *argv,
+        ],
         dict(env),
         file_actions=file_actions,
         setpgroup=0,

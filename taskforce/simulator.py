@@ -19,6 +19,13 @@ Contract kept with the core (the shell's contract, made exact):
   (``group_alive`` when members of its group remain, then ``GroupEmptied``
   when the last goes); one it did not start is reported only once watched
   (``WatchProcess``);
+- a group ``Signal`` reaches every process of the slot, as the shell's
+  cgroup (or its environment marker) makes it: a grandchild that left the
+  process group (``ESCAPER``) gets it too, and the group is "alive" until
+  the last of them is gone;
+- after ``crash`` (taskforce SIGKILLed and started again) the processes of
+  the old incarnation are reported by ``LeftoversFound`` slot by slot, a
+  ``StopLeftover`` signals them, and ``LeftoverGone`` follows the last one;
 - there is one timer: each ``ArmTimer`` replaces it, and it is fed back as
   ``TimerFired`` when ``advance`` reaches it (or at once when it is already
   due); ``stall`` lets the clock run on without it, as a busy shell would.
@@ -60,7 +67,11 @@ STUBBORN_WRAPPER = "stubborn_wrapper"
 #: environment) and exits 0.  The daemon exits on SIGTERM.
 DAEMONIZE = "daemonize"
 
-BEHAVIOURS = (TERM, IGNORE_TERM, WRAPPER, STUBBORN_WRAPPER, DAEMONIZE)
+#: A shell wrapper whose grandchild called ``setsid``: it left the process
+#: group, but not the slot (its cgroup, its environment marker).
+ESCAPER = "escaper"
+
+BEHAVIOURS = (TERM, IGNORE_TERM, WRAPPER, STUBBORN_WRAPPER, DAEMONIZE, ESCAPER)
 
 _STOPPING_SIGNALS = frozenset({"SIGTERM", "SIGINT", "SIGQUIT"})
 
@@ -107,10 +118,16 @@ class FakeProcess:
     signal: str | None = None
     received: list[Delivery] = field(default_factory=list)
     child: bool = True
+    #: left its process group (``setsid``) but not its slot
+    escaped: bool = False
+    #: started by a taskforce (it carries the slot's marker)
+    marked: bool = True
+    #: left running by a taskforce that crashed (see ``crash``)
+    leftover: bool = False
 
     @property
     def leader(self) -> bool:
-        return self.pid == self.pgid
+        return self.pid == self.pgid and not self.escaped
 
     @property
     def present(self) -> bool:
@@ -312,10 +329,58 @@ class Simulation:
             behaviour=behaviour,
             started_at=self.now,
             child=False,
+            marked=False,
         )
         if pidfile is not None:
             self.pidfiles[pidfile] = pid
         return pid
+
+    def crash(
+        self,
+        config: Mapping[str, Any] | None = None,
+        roles: Any = _KEEP,
+        role_values: Mapping[str, str] | None = None,
+    ) -> None:
+        """taskforce is SIGKILLed (or OOM-killed) and started again.
+
+        Its processes live on, no longer its children (init reaps the dead
+        ones); whatever the old shell had queued is lost.  A fresh core
+        boots, is told what the old one left, slot by slot, then reads the
+        config (``config``/``roles`` as for ``reload``; by default the same).
+        ``log`` starts again with the new core, so it replays on its own.
+        """
+        self.core = Supervisor()
+        self.log = []
+        self.timer = None
+        self.finished = None
+        self.watches = {}
+        self.watched_pids = set()
+        self._urgent.clear()
+        self._queue.clear()
+        found: dict[tuple[str, int], list[int]] = {}
+        for pid, proc in sorted(self.processes.items()):
+            if not proc.alive:
+                proc.reaped = True
+                continue
+            proc.child = False
+            if proc.marked:
+                proc.leftover = True
+                # The new incarnation knows nothing of earlier stop signals:
+                # its own StopLeftover starts the clock again.
+                proc.received.clear()
+                found.setdefault((proc.task, proc.instance), []).append(pid)
+        cfg = self.config if config is None else config
+        new_roles = self.roles if roles is _KEEP else roles
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+        self._push(
+            ev.Booted(at=self.now, environ=env, host=self.host, fqdn=self.fqdn, pid=self.daemon_pid)
+        )
+        if found:
+            leftovers = tuple(
+                (task, instance, tuple(pids)) for (task, instance), pids in found.items()
+            )
+            self._push(ev.LeftoversFound(at=self.now, leftovers=leftovers))
+        self._load(cfg, new_roles, role_values, source="start")
 
     def touch(self, path: str) -> None:
         """``path`` changed: a ``FileChanged`` for every watch covering it."""
@@ -487,6 +552,14 @@ class Simulation:
             self._signal(event, effect)
         elif isinstance(effect, fx.ArmTimer):
             self.timer = effect.at
+        elif isinstance(effect, fx.StopLeftover):
+            targets = self._leftovers(effect.task, effect.instance)
+            if not targets:
+                self._queue.append(
+                    ev.LeftoverGone(at=self.now, task=effect.task, instance=effect.instance)
+                )
+            for proc in targets:  # the last one to die reports LeftoverGone (_die)
+                self._deliver(proc.pid, effect.signal, group=True)
         elif isinstance(effect, fx.ReadPidfile):
             self._urgent.append(self._read_pidfile(effect))
         elif isinstance(effect, fx.WatchProcess):
@@ -592,9 +665,12 @@ class Simulation:
                 pidfile=spawn.env.get("Task_pidfile"),
             )
             self.processes[daemon].generation = spawn.generation
+            self.processes[daemon].marked = True
             self._die(self.processes[pid], exit_code=0)
-        if behaviour in (WRAPPER, STUBBORN_WRAPPER):
+        if behaviour in (WRAPPER, STUBBORN_WRAPPER, ESCAPER):
             child = self._allocate_pid()
+            # An escaper keeps ``pgid`` as the tree it belongs to; ``escaped``
+            # says a plain process-group signal would miss it.
             self.processes[child] = FakeProcess(
                 pid=child,
                 pgid=pid,
@@ -604,6 +680,7 @@ class Simulation:
                 argv=spawn.argv[-1:],
                 behaviour=behaviour,
                 started_at=self.now,
+                escaped=behaviour == ESCAPER,
             )
         self._urgent.append(
             ev.ProcessStarted(
@@ -648,6 +725,8 @@ class Simulation:
         proc.alive = False
         proc.exit_code = exit_code
         proc.signal = signal
+        if proc.leftover and not self._leftovers(proc.task, proc.instance):
+            self._queue.append(ev.LeftoverGone(at=self.now, task=proc.task, instance=proc.instance))
         if not proc.child:
             if proc.pid in self.watched_pids:
                 self.watched_pids.discard(proc.pid)
@@ -665,7 +744,15 @@ class Simulation:
             self._queue.append(ev.GroupEmptied(at=self.now, pgid=proc.pgid))
 
     def _members(self, pgid: int) -> list[FakeProcess]:
+        """The process group ``pgid`` and whatever left it but not its slot."""
         return [p for _, p in sorted(self.processes.items()) if p.pgid == pgid]
+
+    def _leftovers(self, task: str, instance: int) -> list[FakeProcess]:
+        return [
+            p
+            for _, p in sorted(self.processes.items())
+            if p.leftover and p.alive and (p.task, p.instance) == (task, instance)
+        ]
 
 
 def _covers(watch: fx.Watch, path: str) -> bool:

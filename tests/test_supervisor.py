@@ -606,3 +606,82 @@ def test_a_check_is_not_run_without_a_check_command() -> None:
     sim = boot(config(svc=task("/usr/sbin/svc", check_interval=1)))
     sim.advance(10)
     assert not sim.commands
+
+
+# ---------------------------------------------- after a crash of taskforce
+
+
+def test_a_leftover_is_stopped_before_its_slot_starts_again() -> None:
+    """The crash doubled every task: the new taskforce started its own copy
+    beside what the old one left.  Now the copy waits for the leftover."""
+    sim = boot(config(web=task(count=2), db=task()), {"web": IGNORE_TERM})
+    old = dict(sim.running())
+    sim.advance(10)
+    sim.crash()
+    # db's leftover dies of its SIGTERM, and only then is db started again;
+    # web's ignore it: nothing starts in their place while they live.
+    assert sim.processes[old[("db", 0)]].signal == "SIGTERM"
+    assert [at for at, _ in sim.spawns("db")] == [T0 + 10]
+    assert sim.running()[("web", 0)] == old[("web", 0)]
+    assert sim.running()[("web", 1)] == old[("web", 1)]
+    sim.advance(4.9)
+    assert not sim.spawns("web")
+    sim.advance(0.2)
+    assert [spawn.instance for _, spawn in sim.spawns("web")] == [0, 1]
+    for slot in (("web", 0), ("web", 1)):
+        assert sim.processes[old[slot]].signal == "SIGKILL"
+    assert len(sim.running()) == 3
+    assert any("left running by an earlier taskforce" in m for m in sim.messages("warning"))
+    assert_contract(sim)
+
+
+def test_a_leftover_of_a_task_no_longer_configured_is_stopped() -> None:
+    sim = boot(config(web=task(), old=task("/usr/bin/old")))
+    gone = pid_of(sim, "old")
+    sim.crash(config(web=task()))
+    assert not sim.processes[gone].alive
+    assert set(sim.running()) == {("web", 0)}
+    assert_contract(sim)
+
+
+def test_an_adopt_leftover_is_kept_and_adopted() -> None:
+    cfg = config(dmn=task("/usr/sbin/dmn", control="adopt", pidfile="/run/dmn.pid"))
+    sim = boot(cfg, {"dmn": DAEMONIZE})
+    daemon = sim.pidfiles["/run/dmn.pid"]
+    sim.crash()
+    assert sim.processes[daemon].alive
+    assert not sim.spawns(), "an adopted leftover is not started again"
+    assert sim.core.slot("dmn", 0).pid == daemon  # type: ignore[union-attr]
+    assert_contract(sim)
+
+
+def test_a_shutdown_waits_for_the_leftovers() -> None:
+    sim = boot(config(web=task()), {"web": IGNORE_TERM})
+    sim.crash()
+    sim.request_stop()
+    assert sim.finished is None
+    sim.advance(5)
+    assert sim.finished is not None
+    assert not [p for p in sim.processes.values() if p.present]
+    assert_contract(sim)
+
+
+def test_leftovers_survive_a_snapshot() -> None:
+    from taskforce.core.snapshot import restore, snapshot
+
+    sim = boot(config(web=task()), {"web": IGNORE_TERM})
+    sim.crash()
+    again = restore(snapshot(sim.core))
+    assert snapshot(again) == snapshot(sim.core)
+    assert again.leftovers.keys() == {("web", 0)}
+
+
+def test_an_adopt_leftover_its_pidfile_does_not_name_is_stopped_first() -> None:
+    cfg = config(dmn=task("/usr/sbin/dmn", control="adopt", pidfile="/run/dmn.pid"))
+    sim = boot(cfg, {"dmn": DAEMONIZE})
+    daemon = sim.pidfiles.pop("/run/dmn.pid")
+    sim.crash()
+    assert not sim.processes[daemon].alive, "a leftover no pidfile names is not kept"
+    assert len(sim.spawns("dmn")) == 1
+    assert sim.core.slot("dmn", 0).pid == sim.pidfiles["/run/dmn.pid"]  # type: ignore[union-attr]
+    assert_contract(sim)

@@ -70,6 +70,18 @@ class Signal(Effect):
 
 
 @dataclass(frozen=True)
+class StopLeftover(Effect):
+    """Send ``signal`` to every process of a leftover slot (``LeftoversFound``).
+
+    Answered by ``LeftoverGone`` once none of them is left.
+    """
+
+    task: str
+    instance: int
+    signal: str
+
+
+@dataclass(frozen=True)
 class ReadPidfile(Effect):
     """Read ``path`` for slot (task, instance); answered at once by ``PidfileRead``."""
 
@@ -174,6 +186,7 @@ EFFECT_TYPES: dict[str, type[Effect]] = {
     for cls in (
         Spawn,
         Signal,
+        StopLeftover,
         ReadPidfile,
         WatchProcess,
         RunCommand,

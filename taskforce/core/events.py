@@ -127,6 +127,26 @@ class GroupEmptied(Event):
 
 
 @dataclass(frozen=True)
+class LeftoversFound(Event):
+    """Processes an earlier taskforce with this config left behind.
+
+    Found at start-up (after a crash, an OOM kill, or a re-exec) in the
+    slots' cgroups or by the marker in their environment.  ``leftovers``
+    holds one ``(task, instance, pids)`` per slot, sorted; ``pids`` sorted.
+    """
+
+    leftovers: tuple[tuple[str, int, tuple[int, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class LeftoverGone(Event):
+    """Every process of a leftover slot (see ``LeftoversFound``) is gone."""
+
+    task: str = ""
+    instance: int = 0
+
+
+@dataclass(frozen=True)
 class CommandExited(Event):
     """A helper command run by a ``RunCommand`` effect finished."""
 
@@ -185,6 +205,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ProcessExited,
         PidfileRead,
         GroupEmptied,
+        LeftoversFound,
+        LeftoverGone,
         CommandExited,
         FileChanged,
         TimerFired,

@@ -17,7 +17,7 @@ from taskforce.core import effects as fx
 from taskforce.core.codec import decode, encode, freeze
 from taskforce.core.lifecycle import LIFECYCLE, SlotState
 from taskforce.core.model import Action, EventSpec, HostFacts, ProcessSpec, TaskSpec, settings_of
-from taskforce.core.supervisor import Slot, Supervisor, TaskState
+from taskforce.core.supervisor import Leftover, Slot, Supervisor, TaskState
 
 FORMAT = 1
 _CLASSES: dict[str, type[Any]] = {
@@ -110,6 +110,17 @@ def snapshot(core: Supervisor) -> dict[str, Any]:
         "seq": core._seq,
         "generation": core._generation,
         "armed": core._armed,
+        "leftovers": [
+            [
+                task,
+                instance,
+                list(leftover.pids),
+                leftover.stopping,
+                leftover.deadline,
+                leftover.adopting,
+            ]
+            for (task, instance), leftover in sorted(core.leftovers.items())
+        ],
     }
 
 
@@ -156,4 +167,6 @@ def restore(data: dict[str, Any]) -> Supervisor:
     core._seq = data["seq"]
     core._generation = data["generation"]
     core._armed = data["armed"]
+    for task_name, instance, pids, stopping, deadline, adopting in data.get("leftovers", ()):
+        core.leftovers[(task_name, instance)] = Leftover(tuple(pids), stopping, deadline, adopting)
     return core

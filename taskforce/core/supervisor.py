@@ -111,6 +111,20 @@ class TaskState:
         return self.spec.count if self.count_override is None else self.count_override
 
 
+@dataclass(eq=False)
+class Leftover:
+    """Processes of one slot that an earlier taskforce left running."""
+
+    pids: tuple[int, ...]
+    #: asked to stop (SIGTERM sent)
+    stopping: bool = False
+    #: when SIGKILL follows the SIGTERM (None: not armed, or already sent)
+    deadline: float | None = None
+    #: its slot adopts: kept while the slot's pidfile is read, and stopped
+    #: only if that finds nothing to adopt
+    adopting: bool = False
+
+
 def describe_exit(exit_code: int | None, signal: str | None) -> str:
     if signal:
         return f"killed by {signal}"
@@ -162,6 +176,9 @@ class Supervisor:
             "reload_errors": 0,
             "check_failures": 0,
         }
+        #: what an earlier taskforce left running, by (task, instance); a
+        #: slot with a leftover waits until it is gone
+        self.leftovers: dict[tuple[str, int], Leftover] = {}
         self._by_pid: dict[int, Slot] = {}
         self._watches: dict[str, fx.Watch] = {}
         self._heap: list[tuple[float, int, str, int, int, str]] = []
@@ -339,6 +356,8 @@ class Supervisor:
             self._emit(fx.WatchProcess(slot.task, slot.instance, event.pid))
             if adopted:
                 slot.reason = "adopted: running before taskforce started"
+                # What the last taskforce left here is this daemon's own.
+                self.leftovers.pop((slot.task, slot.instance), None)
             else:
                 self.counters["starts"] += 1
             self._arm_running_timers(task, slot)
@@ -346,6 +365,16 @@ class Supervisor:
             self._log("info", f"{name} {what} pid {event.pid}", slot.task)
             return
         if slot.phase == "adopt":
+            leftover = self.leftovers.get((slot.task, slot.instance))
+            if leftover is not None:
+                # Its pidfile names none of what the last taskforce left in
+                # this slot: that goes first, then the slot starts afresh.
+                self._log("info", f"{name}: nothing to adopt ({event.error})", slot.task)
+                LIFECYCLE.fire(slot, "lost")
+                slot.phase = None
+                leftover.adopting = False
+                self._settle_leftovers()
+                return
             self._log("info", f"{name}: nothing to adopt ({event.error}); starting it", slot.task)
             slot.phase = None
             self._spawn(task, slot, task.spec.process(slot.instance))
@@ -358,6 +387,77 @@ class Supervisor:
         slot.phase = None
         slot.last_exit = f"no daemon after its start command: {event.error}"
         self._after_exit(slot, failed=True)
+
+    def _on_LeftoversFound(self, event: ev.LeftoversFound) -> None:
+        for task, instance, pids in event.leftovers:
+            known = self.leftovers.get((task, instance))
+            merged = tuple(sorted(set(pids) | set(known.pids if known else ())))
+            if known is None:
+                self.leftovers[(task, instance)] = Leftover(merged)
+            else:
+                known.pids = merged
+            shown = ", ".join(str(pid) for pid in merged)
+            self._log(
+                "warning",
+                f"{task}[{instance}]: found process{'es' if len(merged) > 1 else ''} "
+                f"{shown} left running by an earlier taskforce",
+                task,
+            )
+        if self.tasks or self.config:
+            self._settle_leftovers()
+
+    def _on_LeftoverGone(self, event: ev.LeftoverGone) -> None:
+        if self.leftovers.pop((event.task, event.instance), None) is not None:
+            self._log(
+                "info",
+                f"{event.task}[{event.instance}]: what the earlier taskforce left is gone",
+                event.task,
+            )
+            if self.leftovers and (self.tasks or self.config):
+                self._settle_leftovers()
+
+    def _settle_leftovers(self) -> None:
+        """Decide, once the config is known, what becomes of each leftover:
+        kept when its slot adopts (``adopt``), otherwise stopped before the
+        slot may start again, so no slot ever runs twice."""
+        for key in sorted(self.leftovers):
+            leftover = self.leftovers[key]
+            name, instance = key
+            if leftover.stopping or self._has_live_dependents(name, leftovers_only=True):
+                continue  # (dependents' leftovers go first, as at a shutdown)
+            task = self.tasks.get(name)
+            if (
+                task is not None
+                and not self.shutdown
+                and self._wants_run(task)
+                and task.control == "adopt"
+                and instance < task.count
+                and not leftover.adopting
+            ):
+                slot = self.slot(name, instance)
+                if slot is None or not slot.adopt_checked:
+                    self._log(
+                        "info",
+                        f"{name}[{instance}]: leftover kept; its pidfile decides what is adopted",
+                        name,
+                    )
+                    leftover.adopting = True
+                    continue
+            if leftover.adopting and not self.shutdown:
+                continue
+            leftover.stopping = True
+            timeout = task.spec.stop_timeout if task is not None else self.settings.stop_timeout
+            self._log(
+                "info",
+                f"{name}[{instance}]: stopping the leftover before anything starts in its place",
+                name,
+            )
+            self._emit(fx.StopLeftover(name, instance, "SIGTERM"))
+            leftover.deadline = self.now + timeout
+            self._seq += 1
+            heapq.heappush(
+                self._heap, (leftover.deadline, self._seq, name, instance, -1, "leftover")
+            )
 
     def _on_GroupEmptied(self, event: ev.GroupEmptied) -> None:
         slot = self._by_pid.get(event.pgid)
@@ -417,6 +517,10 @@ class Supervisor:
             "reset: stopping every task, then restarting" if event.reset else "stopping every task"
         )
         self._log("info", f"{what} ({event.reason or 'requested'})")
+        for key in sorted(self.leftovers):
+            if self.leftovers[key].adopting:
+                # As an adopted daemon is at shutdown: left for the next one.
+                del self.leftovers[key]
 
     def _on_ControlRequested(self, event: ev.ControlRequested) -> None:
         handle_control(self, event)
@@ -452,6 +556,8 @@ class Supervisor:
         # Removed tasks still drain; keep them after everything else.
         self._set_order(order + sorted(n for n, t in self.tasks.items() if t.removed))
         self._update_watches()
+        if self.leftovers:
+            self._settle_leftovers()
 
     def _set_order(self, order: list[str]) -> None:
         """Set the start order, and what follows from it."""
@@ -636,6 +742,7 @@ class Supervisor:
             self.shutdown
             and not self.exited
             and not self._by_pid
+            and not self.leftovers
             and not any(
                 slot.state is S.STARTING for task in self.tasks.values() for slot in task.slots
             )
@@ -702,6 +809,9 @@ class Supervisor:
             return
         if slot.spec is not None and not same:
             slot.fails = 0  # a changed config is a fresh attempt
+        leftover = self.leftovers.get((slot.task, slot.instance)) if self.leftovers else None
+        if leftover is not None and not leftover.adopting:
+            gate = ("its leftover from an earlier taskforce",)
         if gate:
             if state is not S.WAITING:
                 LIFECYCLE.fire(slot, "hold")
@@ -760,9 +870,11 @@ class Supervisor:
             return f"stopped: control is {task.control}"
         return "stopped: count reduced"
 
-    def _has_live_dependents(self, name: str) -> bool:
+    def _has_live_dependents(self, name: str, *, leftovers_only: bool = False) -> bool:
         """Whether anything that requires ``name``, directly or through
-        others (a finished ``once`` task in between, say), still runs."""
+        others (a finished ``once`` task in between, say), still runs --
+        its own processes, or what an earlier taskforce left of it."""
+        left = {task for task, _ in self.leftovers}
         seen = {name}
         todo = list(self.dependents.get(name, ()))
         while todo:
@@ -770,8 +882,10 @@ class Supervisor:
             if dependent in seen:
                 continue
             seen.add(dependent)
+            if dependent in left:
+                return True
             task = self.tasks.get(dependent)
-            if task and any(slot.live for slot in task.slots):
+            if not leftovers_only and task and any(slot.live for slot in task.slots):
                 return True
             todo.extend(self.dependents.get(dependent, ()))
         return False
@@ -926,20 +1040,38 @@ class Supervisor:
 
     def _timer_slot(self, entry: tuple[float, int, str, int, int, str]) -> Slot | None:
         at, _, task, instance, generation, purpose = entry
+        if generation < 0:
+            return None  # a leftover's, not a slot's (see _leftover_due)
         slot = self.slot(task, instance)
         if slot is None or slot.generation != generation or slot.timers.get(purpose) != at:
             return None
         return slot
 
+    def _leftover_due(self, entry: tuple[float, int, str, int, int, str]) -> Leftover | None:
+        at, _, task, instance, generation, _ = entry
+        leftover = self.leftovers.get((task, instance)) if generation < 0 else None
+        return leftover if leftover is not None and leftover.deadline == at else None
+
     def _drop_stale_timers(self) -> None:
-        while self._heap and self._timer_slot(self._heap[0]) is None:
-            heapq.heappop(self._heap)
+        heap = self._heap
+        while heap and self._timer_slot(heap[0]) is None and self._leftover_due(heap[0]) is None:
+            heapq.heappop(heap)
 
     def _run_due_timers(self) -> None:
         while self._heap and self._heap[0][0] <= self.now:
             entry = heapq.heappop(self._heap)
             slot = self._timer_slot(entry)
             if slot is None:
+                leftover = self._leftover_due(entry)
+                if leftover is not None:
+                    leftover.deadline = None
+                    task_name, instance = entry[2], entry[3]
+                    self._log(
+                        "warning",
+                        f"{task_name}[{instance}]: the leftover did not stop; SIGKILL",
+                        task_name,
+                    )
+                    self._emit(fx.StopLeftover(task_name, instance, "SIGKILL"))
                 continue
             purpose = entry[5]
             del slot.timers[purpose]

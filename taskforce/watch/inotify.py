@@ -80,7 +80,7 @@ READ_SIZE = 65536
 MAX_READS = 16
 
 
-class _Inotify:
+class Inotify:
     """The three inotify system calls, found in the running process's libc."""
 
     def __init__(self) -> None:
@@ -144,7 +144,7 @@ class InotifyWatcher(DescriptorWatcher):
 
     def __init__(self, settle: float = 0.1) -> None:
         super().__init__(settle)
-        self._sys = _Inotify()
+        self._sys = Inotify()
         self._fd = self._sys.init()
         #: watched path -> its current chain
         self._chains: dict[str, Chain] = {}

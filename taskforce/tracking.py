@@ -1,0 +1,495 @@
+"""Which processes belong to which slot, so that nothing outlives its slot.
+
+Two ways, chosen once at start and logged:
+
+- **cgroup v2** (Linux, where taskforce may create cgroups beside itself:
+  root on a host with a writable unified hierarchy, a delegated subtree
+  under systemd ``Delegate=yes``, a container with its own cgroup
+  namespace).  Every slot runs in a cgroup of its own,
+  ``<taskforce's cgroup>/taskforce-<id>/<task>.<instance>``; whatever a task
+  starts stays in it, ``setsid`` and double forks included.  A stop signals
+  every process of the cgroup (SIGKILL through ``cgroup.kill``), and the
+  slot is empty when ``cgroup.events`` says ``populated 0`` -- told by
+  inotify, never polled.
+- **process group and marker** (elsewhere).  Every process taskforce
+  starts carries ``TASKFORCE_ID=<id>`` besides its ``Task_name`` and
+  ``Task_instance`` in its environment, and inherits them; what leaves the
+  process group is still found by that marker under ``/proc`` (Linux) and
+  stopped with its slot.  A process that scrubs its own environment *and*
+  leaves its group escapes here; the README says so.
+
+``<id>`` names one taskforce by what it supervises (its config and roles
+files), so that after a crash (SIGKILL, the OOM killer) the next one finds
+what the last one left (``sweep``) whichever way it ran.  ``InstanceLock``
+makes sure two taskforces with the same id never run at once, so a sweep
+never takes the processes of a live taskforce.
+
+This module reports facts and carries out signals; it never decides what to
+stop, keep or start -- the core does.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import selectors
+import signal
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from urllib.parse import quote, unquote
+
+log = logging.getLogger("taskforce")
+
+#: The environment variable every process taskforce starts carries.
+MARKER = "TASKFORCE_ID"
+
+Slot = tuple[str, int]
+
+
+def instance_id(config_path: str, roles_path: str | None) -> str:
+    """A short stable name for the taskforce that runs this config and roles file."""
+    text = os.path.abspath(config_path) + "\0" + (os.path.abspath(roles_path) if roles_path else "")
+    return hashlib.sha256(text.encode(errors="surrogateescape")).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------- the lock
+
+
+class InstanceHeld(Exception):
+    """Another live taskforce supervises the same config and roles."""
+
+
+class InstanceLock:
+    """An exclusive lock per id, held for as long as the taskforce runs.
+
+    It lives in a folder only its user may write (``/run/taskforce`` for
+    root, else a private folder in the temporary directory), so no one else
+    can hold it to keep taskforce from starting.  Released by the kernel when
+    the process dies or execs (a reset takes it again at once).
+    """
+
+    def __init__(self, ident: str) -> None:
+        self.path = os.path.join(_private_folder(), f"{ident}.lock")
+        self.fd: int | None = None
+
+    def claim(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            try:
+                with open(self.path) as handle:
+                    owner = handle.read().strip() or "?"
+            except OSError:
+                owner = "?"
+            raise InstanceHeld(
+                f"another taskforce (pid {owner}) already supervises this config "
+                f"and roles file (lock {self.path}); stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _private_folder() -> str:
+    if os.geteuid() == 0 and os.path.isdir("/run"):
+        folder = "/run/taskforce"
+    else:
+        folder = os.path.join(tempfile.gettempdir(), f"taskforce-{os.geteuid()}")
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(folder)
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022 or not os.path.isdir(folder):
+        raise OSError(errno.EPERM, "not a private folder of this user", folder)
+    return folder
+
+
+# ------------------------------------------------------------- /proc facts
+
+
+def _environ(pid: int) -> list[bytes] | None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            return handle.read().split(b"\0")
+    except OSError:
+        return None
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            text = handle.read()
+    except OSError:
+        return True  # gone
+    return text[text.rindex(b")") + 2 : text.rindex(b")") + 3] == b"Z"
+
+
+def marked_processes(ident: str, skip: frozenset[int] = frozenset()) -> dict[Slot, list[int]]:
+    """Live processes carrying ``TASKFORCE_ID=ident``, by the slot they name."""
+    needle = f"{MARKER}={ident}".encode()
+    found: dict[Slot, list[int]] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return found
+    own = os.getpid()
+    for name in names:
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        if pid == own or pid in skip:
+            continue
+        fields = _environ(pid)
+        if not fields or needle not in fields:
+            continue
+        task = instance = None
+        for item in fields:
+            if item.startswith(b"Task_name="):
+                task = os.fsdecode(item[10:])
+            elif item.startswith(b"Task_instance="):
+                instance = item[14:]
+        if task is None or instance is None or not instance.isdigit() or _zombie(pid):
+            continue
+        found.setdefault((task, int(instance)), []).append(pid)
+    for pids in found.values():
+        pids.sort()
+    return found
+
+
+def _kill(pid: int, signum: int, *, group: bool = False) -> None:
+    try:
+        if group:
+            os.killpg(pid, signum)
+        else:
+            os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ------------------------------------------------------------------ cgroups
+
+
+def _own_cgroup() -> tuple[str | None, str]:
+    """The folder of taskforce's own v2 cgroup, or None and why not."""
+    if not sys.platform.startswith("linux"):
+        return None, "not Linux"
+    try:
+        with open("/proc/self/cgroup") as handle:
+            relative = next((line[3:].strip() for line in handle if line.startswith("0::")), None)
+        with open("/proc/self/mountinfo") as handle:
+            mounts = [line.split() for line in handle]
+    except OSError as exc:
+        return None, f"cannot read /proc: {exc.strerror}"
+    if relative is None:
+        return None, "no cgroup v2 hierarchy"
+    for fields in mounts:
+        separator = fields.index("-") if "-" in fields else -1
+        if separator < 0 or fields[separator + 1] != "cgroup2":
+            continue
+        root, mount = fields[3], fields[4]
+        if not relative.startswith(root.rstrip("/") + "/") and relative != root:
+            continue
+        inner = relative[len(root.rstrip("/")) :].lstrip("/")
+        return os.path.join(mount, inner) if inner else mount, ""
+    return None, "no cgroup v2 hierarchy mounted"
+
+
+def _slot_folder(slot: Slot) -> str:
+    task, instance = slot
+    return f"{quote(task, safe='-_')}.{instance}"
+
+
+def _folder_slot(name: str) -> Slot | None:
+    task, dot, instance = name.rpartition(".")
+    if not dot or not instance.isdigit():
+        return None
+    return unquote(task), int(instance)
+
+
+class Tracker:
+    """The slots' process trees: where they run, whether they are empty,
+    how to signal all of them, and what an earlier taskforce left.
+
+    ``on_empty(slot)`` is called (from the selector) when a slot's cgroup
+    that ``watch_empty`` was asked about becomes empty.
+    """
+
+    def __init__(
+        self,
+        ident: str,
+        on_empty: Callable[[Slot], None],
+        *,
+        use_cgroups: bool | None = None,
+    ) -> None:
+        self.ident = ident
+        self.on_empty = on_empty
+        self.tree: str | None = None
+        self.how = ""
+        self._inotify: object | None = None
+        self._inotify_fd = -1
+        self._watches: dict[int, Slot] = {}
+        self._by_slot: dict[Slot, int] = {}
+        self._selector: selectors.BaseSelector | None = None
+        if use_cgroups is None:
+            use_cgroups = os.environ.get("TASKFORCE_CGROUPS", "auto") != "off"
+        why = "turned off (TASKFORCE_CGROUPS=off)"
+        if use_cgroups:
+            self.tree, why = self._make_tree()
+        if self.tree is not None:
+            self.how = f"a cgroup per slot under {self.tree}"
+        else:
+            self.how = (
+                "process groups, and the TASKFORCE_ID marker in the environment "
+                f"for what leaves them (no cgroup: {why})"
+            )
+
+    # ------------------------------------------------------------ set-up
+
+    def _make_tree(self) -> tuple[str | None, str]:
+        base, why = _own_cgroup()
+        if base is None:
+            return None, why
+        tree = os.path.join(base, f"taskforce-{self.ident}")
+        try:
+            os.makedirs(tree, exist_ok=True)
+        except OSError as exc:
+            return None, f"cannot create {tree}: {exc.strerror}"
+        for needed in ("cgroup.procs", "cgroup.events", "cgroup.kill"):
+            if not os.path.exists(os.path.join(tree, needed)):
+                return None, f"{tree} has no {needed} (a kernel before 5.14?)"
+        return tree, ""
+
+    def attach(self, selector: selectors.BaseSelector) -> None:
+        self._selector = selector
+
+    @property
+    def cgroups(self) -> bool:
+        return self.tree is not None
+
+    def slot_cgroup(self, slot: Slot) -> str | None:
+        """The ``cgroup.procs`` a new process of ``slot`` joins (made if needed)."""
+        if self.tree is None:
+            return None
+        folder = os.path.join(self.tree, _slot_folder(slot))
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            pass
+        return os.path.join(folder, "cgroup.procs")
+
+    def environment(self, env: dict[str, str]) -> dict[str, str]:
+        """``env`` with the marker added (a copy)."""
+        return {**env, MARKER: self.ident}
+
+    # ----------------------------------------------------------- members
+
+    def _cgroup_pids(self, slot: Slot) -> list[int]:
+        if self.tree is None:
+            return []
+        return sorted(self._pids_below(os.path.join(self.tree, _slot_folder(slot))))
+
+    @staticmethod
+    def _pids_below(folder: str) -> Iterator[int]:
+        for root, _dirs, files in os.walk(folder):
+            if "cgroup.procs" not in files:
+                continue
+            try:
+                with open(os.path.join(root, "cgroup.procs")) as handle:
+                    text = handle.read()
+            except OSError:
+                continue
+            yield from (int(word) for word in text.split())
+
+    def _populated(self, slot: Slot) -> bool:
+        assert self.tree is not None
+        try:
+            with open(os.path.join(self.tree, _slot_folder(slot), "cgroup.events")) as handle:
+                return "populated 1" in handle.read()
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True  # unreadable: do not claim it is empty
+
+    def alive(self, slot: Slot, pgid: int, skip: frozenset[int] = frozenset()) -> bool:
+        """Whether anything of ``slot`` (led by ``pgid``) is left."""
+        if _group_alive(pgid):
+            return True
+        if self.tree is not None:
+            return self._populated(slot)
+        if not sys.platform.startswith("linux"):
+            return False
+        return bool(marked_processes(self.ident, skip).get(slot))
+
+    def signal(
+        self, slot: Slot, pgid: int, signame: str, skip: frozenset[int] = frozenset()
+    ) -> None:
+        """Send ``signame`` to the process group ``pgid`` and every other
+        process of ``slot``."""
+        signum = getattr(signal, signame)
+        _kill(pgid, signum, group=True)
+        if self.tree is not None:
+            folder = os.path.join(self.tree, _slot_folder(slot))
+            if signum == signal.SIGKILL:
+                try:
+                    with open(os.path.join(folder, "cgroup.kill"), "w") as handle:
+                        handle.write("1")
+                    return
+                except OSError:
+                    pass  # fall back to signalling each
+            for pid in self._pids_below(folder):
+                _kill(pid, signum)
+        elif sys.platform.startswith("linux"):
+            for pid in marked_processes(self.ident, skip).get(slot, ()):
+                _kill(pid, signum)
+
+    def watch_empty(self, slot: Slot) -> bool:
+        """Call ``on_empty(slot)`` once the slot's cgroup is empty; False
+        when that cannot be told (no cgroup): the caller looks again on
+        each SIGCHLD, or polls."""
+        if self.tree is None or self._selector is None:
+            return False
+        if slot in self._by_slot:
+            return True
+        try:
+            if self._inotify is None:
+                from taskforce.watch.inotify import IN_MODIFY, Inotify
+
+                self._inotify = inotify = Inotify()
+                self._inotify_fd = inotify.init()
+                self._modify = IN_MODIFY
+                self._selector.register(self._inotify_fd, selectors.EVENT_READ, self._on_inotify)
+            events = os.path.join(self.tree, _slot_folder(slot), "cgroup.events")
+            wd = self._inotify.add_watch(self._inotify_fd, events, self._modify)  # type: ignore[attr-defined]
+        except OSError as exc:
+            log.debug("cannot watch %s's cgroup: %s", slot, exc)
+            return False
+        self._watches[wd] = slot
+        self._by_slot[slot] = wd
+        if not self._populated(slot):
+            self._forget(slot)
+            self.on_empty(slot)
+        return True
+
+    def _forget(self, slot: Slot) -> None:
+        wd = self._by_slot.pop(slot, None)
+        if wd is not None:
+            self._watches.pop(wd, None)
+            self._inotify.rm_watch(self._inotify_fd, wd)  # type: ignore[union-attr]
+
+    def _on_inotify(self) -> None:
+        from taskforce.watch.inotify import parse_events
+
+        touched: set[Slot] = set()
+        try:
+            while True:
+                data = os.read(self._inotify_fd, 65536)
+                if not data:
+                    break
+                touched.update(
+                    self._watches[wd] for wd, *_ in parse_events(data) if wd in self._watches
+                )
+        except BlockingIOError:
+            pass
+        for slot in sorted(touched):
+            if slot in self._by_slot and not self._populated(slot):
+                self._forget(slot)
+                self.on_empty(slot)
+
+    # --------------------------------------------------------- leftovers
+
+    def sweep(self) -> dict[Slot, list[int]]:
+        """What an earlier taskforce with this id left running, by slot:
+        the processes in its slots' cgroups and those carrying its marker."""
+        found: dict[Slot, set[int]] = {}
+        if self.tree is not None:
+            try:
+                names = sorted(os.listdir(self.tree))
+            except OSError:
+                names = []
+            for name in names:
+                slot = _folder_slot(name)
+                if slot is not None and os.path.isdir(os.path.join(self.tree, name)):
+                    pids = self._cgroup_pids(slot)
+                    if pids:
+                        found.setdefault(slot, set()).update(pids)
+        if sys.platform.startswith("linux"):
+            for slot, pids in marked_processes(self.ident).items():
+                found.setdefault(slot, set()).update(pids)
+        return {slot: sorted(pids) for slot, pids in sorted(found.items())}
+
+    def leftover_alive(self, slot: Slot, pids: set[int]) -> bool:
+        if any(not _zombie(pid) for pid in pids):
+            return True
+        if self.tree is not None:
+            return self._populated(slot)
+        return bool(marked_processes(self.ident).get(slot))
+
+    def signal_leftover(self, slot: Slot, pids: set[int], signame: str) -> set[int]:
+        """Signal what is left of ``slot``; the pids now known to be in it."""
+        signum = getattr(signal, signame)
+        now = set(pids)
+        if self.tree is not None:
+            now.update(self._cgroup_pids(slot))
+        if sys.platform.startswith("linux"):
+            now.update(marked_processes(self.ident).get(slot, ()))
+        if self.tree is not None and signum == signal.SIGKILL:
+            try:
+                path = os.path.join(self.tree, _slot_folder(slot), "cgroup.kill")
+                with open(path, "w") as handle:
+                    handle.write("1")
+            except OSError:
+                pass
+        for pid in sorted(now):
+            _kill(pid, signum)
+        return now
+
+    # ------------------------------------------------------------- close
+
+    def close(self) -> None:
+        """Let go of the watches and remove the empty cgroups."""
+        if self._inotify_fd >= 0:
+            if self._selector is not None:
+                try:
+                    self._selector.unregister(self._inotify_fd)
+                except (KeyError, ValueError):
+                    pass
+            os.close(self._inotify_fd)
+            self._inotify_fd = -1
+        self._watches.clear()
+        self._by_slot.clear()
+        if self.tree is None:
+            return
+        for root, dirs, _files in os.walk(self.tree, topdown=False):
+            for name in dirs:
+                try:
+                    os.rmdir(os.path.join(root, name))
+                except OSError:
+                    pass  # still populated (an adopted daemon), or not ours
+        try:
+            os.rmdir(self.tree)
+        except OSError:
+            pass

@@ -1,0 +1,164 @@
+"""Nothing outlives its slot, and no slot runs twice: the real daemon.
+
+Each test runs twice where the host allows it: with a cgroup per slot, and
+with ``TASKFORCE_CGROUPS=off`` (the process group plus the environment
+marker), since both are what some host gets.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from daemon_harness import IGNORE_TERM, SLEEP, Daemon, shell_task, task, wait_for
+
+from taskforce.tracking import Tracker, instance_id
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and cgroups")
+
+PY = sys.executable
+CHILD_SLEEP = f"'{PY}' -c 'import time; time.sleep(1000)'"
+
+#: The task's own process stays; a grandchild leaves its process group.
+SETSID = f'setsid {CHILD_SLEEP} "$0" "$1-setsid" & exec {CHILD_SLEEP} "$0" "$1"'
+#: A double fork into a new session: the grandchild is orphaned at once.
+DOUBLE_FORK = (
+    f'(setsid sh -c "{CHILD_SLEEP} \'$0\' \'$1-double\' &" &); exec {CHILD_SLEEP} "$0" "$1"'
+)
+
+
+def _cgroups_here() -> bool:
+    tracker = Tracker("probe-" + os.urandom(4).hex(), lambda slot: None)
+    try:
+        return tracker.cgroups
+    finally:
+        tracker.close()
+
+
+MODES = [
+    pytest.param(
+        "cgroup",
+        marks=pytest.mark.skipif(not _cgroups_here(), reason="no writable cgroup v2 here"),
+    ),
+    "marker",
+]
+
+
+def _start(daemon: Daemon, mode: str, *extra: str) -> None:
+    daemon.start(*extra, env={"TASKFORCE_CGROUPS": "auto" if mode == "cgroup" else "off"})
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("script", [SETSID, DOUBLE_FORK], ids=["setsid", "double-fork"])
+def test_an_escaper_does_not_outlive_its_task(daemon: Daemon, mode: str, script: str) -> None:
+    m = daemon.marker
+    escaped = "esc-setsid" if script is SETSID else "esc-double"
+    daemon.write_config({"tasks": {"esc": shell_task(m, "esc", script), "keep": task(m, "keep")}})
+    _start(daemon, mode)
+    daemon.wait_log("process" if mode == "marker" else "a cgroup per slot")
+    first = daemon.wait_pids(escaped, 1)
+    daemon.wait_pids("esc", 1)
+    keep = daemon.wait_pids("keep", 1)
+    # A restart asked for: the old tree goes whole before the new one starts.
+    leader = next(iter(daemon.pids("esc")))
+    os.kill(leader, signal.SIGKILL)
+    wait_for(lambda: (lambda now: now and now != first)(daemon.pids(escaped)), what="a new one")
+    assert len(daemon.pids(escaped)) == 1, "the old escaper survived its slot's restart"
+    assert not daemon.pids(escaped) & first
+    # Removed from the config: nothing of it is left.
+    daemon.write_config({"tasks": {"keep": task(m, "keep")}})
+    wait_for(lambda: not daemon.pids(escaped) and not daemon.pids("esc"), what="esc gone")
+    assert daemon.pids("keep") == keep
+    # And at shutdown, with the task back: nothing is left either.
+    daemon.write_config({"tasks": {"esc": shell_task(m, "esc", script), "keep": task(m, "keep")}})
+    daemon.wait_pids(escaped, 1)
+    assert daemon.stop() == 0
+    assert not daemon.processes(), daemon.processes()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_crash_of_taskforce_runs_nothing_twice(daemon: Daemon, mode: str) -> None:
+    m = daemon.marker
+    daemon.write_config(
+        {
+            "settings": {"stop_timeout": 1},
+            "tasks": {
+                "web": task(m, "web", count=2),
+                "esc": shell_task(m, "esc", SETSID),
+                "stubborn": task(m, "stubborn", IGNORE_TERM),
+            },
+        }
+    )
+    _start(daemon, mode)
+    web = daemon.wait_pids("web", 2)
+    daemon.wait_pids("esc-setsid", 1)
+    stubborn = daemon.wait_pids("stubborn", 1)
+    daemon.wait_log("stubborn[0] started")
+    os.kill(daemon.pid, signal.SIGKILL)
+    daemon.proc.wait(5)  # type: ignore[union-attr]
+    # The crashed run's log may end in a torn line; this test replays the next.
+    for path in daemon.root.glob("events.jsonl*"):
+        path.unlink()
+    assert daemon.pids("web") == web, "the tasks live on without their supervisor"
+    _start(daemon, mode)
+    daemon.wait_log("left running by an earlier taskforce")
+    # Everything comes back exactly once: old ones stopped before new ones start.
+    wait_for(
+        lambda: len(daemon.pids("web")) == 2 and not daemon.pids("web") & web,
+        what="web replaced",
+    )
+    wait_for(lambda: not daemon.pids("stubborn") & stubborn, what="the stubborn leftover gone")
+    daemon.wait_pids("stubborn", 1)
+    daemon.wait_pids("esc-setsid", 1)
+    daemon.wait_pids("esc", 1)
+    log = daemon.log_text()
+    assert "stopping the leftover before anything starts in its place" in log
+    assert "the leftover did not stop; SIGKILL" in log  # stubborn ignored SIGTERM
+    assert daemon.stop() == 0
+    assert not daemon.processes(), daemon.processes()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_crash_while_a_stop_escalates_still_ends_the_task(daemon: Daemon, mode: str) -> None:
+    """SIGKILL of taskforce between its SIGTERM and its SIGKILL: the next one
+    finishes the job instead of leaving the task running for ever."""
+    m = daemon.marker
+    daemon.write_config(
+        {"settings": {"stop_timeout": 30}, "tasks": {"stubborn": task(m, "stubborn", IGNORE_TERM)}}
+    )
+    _start(daemon, mode)
+    daemon.wait_log("stubborn[0] started")
+    old = daemon.wait_pids("stubborn", 1)
+    daemon.write_config({"settings": {"stop_timeout": 1}, "tasks": {}})
+    daemon.wait_log("removed from the config")
+    os.kill(daemon.pid, signal.SIGKILL)
+    daemon.proc.wait(5)  # type: ignore[union-attr]
+    for path in daemon.root.glob("events.jsonl*"):
+        path.unlink()
+    assert daemon.pids("stubborn") == old
+    _start(daemon, mode)
+    wait_for(lambda: not daemon.pids("stubborn"), what="the stubborn leftover gone")
+    assert daemon.stop() == 0
+
+
+def test_a_second_taskforce_with_the_same_config_is_refused(daemon: Daemon) -> None:
+    m = daemon.marker
+    daemon.write_config({"tasks": {"web": task(m, "web", SLEEP)}})
+    daemon.start()
+    web = daemon.wait_pids("web", 1)
+    daemon.wait_log("web[0] started")
+    second = subprocess.run(
+        daemon.command(), cwd=daemon.root, capture_output=True, text=True, timeout=30
+    )
+    assert second.returncode == 2, second.stderr
+    assert "already supervises this config" in second.stderr
+    assert daemon.pids("web") == web, "the refused second taskforce touched the first one's tasks"
+
+
+def test_the_instance_id_names_config_and_roles() -> None:
+    assert instance_id("/etc/a.conf", None) == instance_id("/etc/./a.conf", None)
+    assert instance_id("/etc/a.conf", None) != instance_id("/etc/a.conf", "/etc/roles")
+    assert instance_id("/etc/a.conf", None) != instance_id("/etc/b.conf", None)
