@@ -101,7 +101,9 @@ class Daemon:
             *extra,
         ]
 
-    def start(self, *extra: str, env: dict[str, str] | None = None) -> None:
+    def start(
+        self, *extra: str, env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()
+    ) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 self.command(*extra),
@@ -110,6 +112,7 @@ class Daemon:
                 cwd=self.root,
                 env={**os.environ, **(env or {})},
                 start_new_session=True,
+                pass_fds=pass_fds,
             )
 
     @property
