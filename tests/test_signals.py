@@ -58,6 +58,13 @@ def pending(pid: int) -> int:
     return mask
 
 
+def blocked(pid: int) -> int:
+    """Signals ``pid``'s main thread blocks, as a bit mask."""
+    with open(f"/proc/{pid}/status") as handle:
+        line = next(line for line in handle if line.startswith("SigBlk:"))
+    return int(line.split()[1], 16)
+
+
 def settled(daemon: Daemon, expected: dict[str, int], old: set[int]) -> bool:
     """Exactly ``expected`` processes run, none of them from ``old``, all
     children of the one taskforce, and no reset is half done."""
@@ -271,4 +278,26 @@ def test_inherited_descriptors_reach_no_task(daemon: Daemon, tmp_path: Path, spa
     daemon.write_config(tasks(a=task(m, "a")))
     daemon.wait_log("config changed")
     wait_for(lambda: not daemon.pids("a-check"), what="the last check to end")
+    assert daemon.stop() == 0
+
+
+def test_a_config_broken_during_the_reset_leaves_taskforce_waiting_not_gone(
+    daemon: Daemon,
+) -> None:
+    m = daemon.marker
+    good = {"settings": {"stop_timeout": 2}, "tasks": {"a": task(m, "a", IGNORE_TERM)}}
+    daemon.write_config(good)
+    daemon.start()
+    (old,) = daemon.wait_pids("a", 1)
+    wait_for(lambda: ignores_sigterm(daemon, "a"), what="a ignoring SIGTERM")
+    os.kill(daemon.pid, signal.SIGHUP)
+    daemon.wait_log("reset: stopping every task")
+    daemon.write_config("{tasks: {a: {commands: {}}}}")  # while a takes 2 s to stop
+    daemon.wait_log("waiting for a config that loads", timeout=20)
+    wait_for(lambda: alive(daemon) and not blocked(daemon.pid), what="signals unblocked")
+    daemon.wait_log("start: ")  # the core got the error: it runs nothing
+    assert not daemon.pids("a")
+    daemon.write_config(good)
+    (new,) = daemon.wait_pids("a", 1)
+    assert new != old
     assert daemon.stop() == 0
