@@ -91,6 +91,23 @@ def test_the_table_names_every_catchable_signal() -> None:
     assert set(signals.CHILD_DEFAULTS) == catchable
 
 
+def test_the_readme_lists_what_each_signal_does() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("\n## Signals\n", 1)[1].split("\n## ", 1)[0]
+    said: dict[int, signals.Action] = {}
+    for row in section.splitlines():
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("SIG"):
+            continue
+        for name in cells[0].split(", "):
+            if name == "SIGRTMIN…SIGRTMAX":
+                numbers = range(signal.SIGRTMIN, signal.SIGRTMAX + 1)
+            else:
+                numbers = range(getattr(signal, name), getattr(signal, name) + 1)
+            said.update(dict.fromkeys(numbers, signals.Action(cells[1])))
+    assert said == signals.TABLE
+
+
 def test_a_storm_of_sighups_ends_with_the_tasks_running_under_one_taskforce(
     daemon: Daemon,
 ) -> None:
