@@ -197,6 +197,8 @@ class CoreMachine(RuleBasedStateMachine):
         #: the longest the shell was ever held up (late_report): timers may
         #: fire that much late, twice over for a time_limit then its SIGKILL
         self.max_lag = 0.0
+        #: when taskforce last crashed (see ``crash``)
+        self.crashed_at = 0.0
 
     # ---------------------------------------------------------- helpers
 
@@ -509,6 +511,7 @@ class CoreMachine(RuleBasedStateMachine):
         if change:
             self.u.tasks[0].version += 1
         self.s.crash(self.u.config(), roles=self.u.roles)
+        self.crashed_at = self.s.now
         self.checked_steps = 0
         self.rejected_steps = set()
 
@@ -586,6 +589,15 @@ class CoreMachine(RuleBasedStateMachine):
         s = self.s
         slack = EPSILON + 2 * self.max_lag
         for proc in s.alive():
+            if proc.leftover:
+                # Stopped after the crash, dependents' leftovers first: one
+                # stop timeout per level of requirements at the most.
+                bound = self.crashed_at + STOP_TIMEOUT * (len(self.u.tasks) + 1)
+                assert s.now <= bound + slack, (
+                    f"leftover {proc.task}[{proc.instance}] pid {proc.pid} outlived "
+                    f"the crash by {s.now - self.crashed_at:g}s"
+                )
+                continue
             stops = [d.at for d in proc.received if d.group]
             if stops:
                 assert s.now <= stops[0] + STOP_TIMEOUT + slack, (

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from taskforce import __version__
+from taskforce import __version__, descriptors, signals
 from taskforce.config import ConfigError, check_roles_against, load_config, load_roles
 
 DEFAULT_CONFIG = "/usr/local/etc/taskforce.conf"
@@ -300,9 +300,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             return scope_plan(args.config_file, [roles_path or "-"])
         return status
 
+    # A re-executed taskforce starts with its handled signals blocked (see
+    # taskforce.signals): whichever way it ends, they do not stay blocked.
+    reexecuted = os.environ.pop("TASKFORCE_REEXEC", None) is not None
+    try:
+        return serve(args, roles_path, pidfile_path, reexecuted=reexecuted)
+    finally:
+        signals.release()
+
+
+def serve(
+    args: argparse.Namespace,
+    roles_path: str | None,
+    pidfile_path: str | None,
+    *,
+    reexecuted: bool,
+) -> int:
+    """Run as the daemon; the exit code (or re-execute, on a reset)."""
+    # Nothing taskforce's parent left open may reach a task.
+    descriptors.close_inherited_on_exec()
     # Validate before detaching, so a bad config is reported to the user.
     problem, settings = check_config_quietly(args.config_file, roles_path)
-    if problem is not None:
+    if problem is not None and not reexecuted:
         print(f"taskforce: {problem}", file=sys.stderr)
         return EXIT_BAD
     record = settings.get("record")
@@ -314,13 +333,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = record.get("file")
     if args.record is None and record:
         args.record = os.path.abspath(str(record))
-    if args.background and not os.environ.get("TASKFORCE_REEXEC"):
+    if args.background and not reexecuted:
         # Paths were given relative to where we were started; keep them so.
         args.config_file = os.path.abspath(args.config_file)
         roles_path = os.path.abspath(roles_path) if roles_path else None
         daemonize(keep_stderr=args.log_stderr)
-    os.environ.pop("TASKFORCE_REEXEC", None)
     setup_logging(args)
+    if problem is not None:
+        # Broken since the reset was asked for: exiting would leave nothing
+        # supervising; the daemon waits for a config that loads.
+        log.error("after the re-exec: %s; waiting for a config that loads", problem)
     pidfile = Pidfile(pidfile_path) if pidfile_path else None
     if pidfile is not None:
         try:

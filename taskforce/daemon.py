@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from taskforce import output, pidwatch, process, tracking
+from taskforce import output, pidwatch, process, signals, tracking
 from taskforce.config import ConfigError, load_config, load_roles
 from taskforce.control.options import Options  # --- control server
 from taskforce.core import effects as fx
@@ -67,7 +67,8 @@ class Daemon:
         self.expires_at = time.monotonic() + expires if expires is not None else None
         self.timer_at: float | None = None
         self.exit_effect: fx.Exit | None = None
-        self.pending_signals: deque[int] = deque()
+        #: The signal dispositions of ``signals.TABLE``, and what arrived.
+        self.signals = signals.Signals()
         #: the processes the core spawned, by pid: the slot each leads
         self.leaders: dict[int, tracking.Slot] = {}
         self.commands: dict[int, tuple[str, str, int]] = {}
@@ -102,13 +103,9 @@ class Daemon:
     # ------------------------------------------------------------ start-up
 
     def _install_signals(self) -> None:
-        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, self._note_signal)
-
-    def _note_signal(self, signum: int, frame: Any) -> None:
-        # Runs between bytecodes; only note it, the loop does the work.
-        self.pending_signals.append(signum)
+        consumed = self.signals.install(self._wake_w)
+        if consumed:
+            log.info("a reset asked for during the re-exec was part of it; not resetting again")
 
     def boot_events(self) -> list[ev.Event]:
         """The first events: who we are, then the config (or an error)."""
@@ -179,6 +176,10 @@ class Daemon:
             self.emergency_stop()
             raise
         finally:
+            if self.exit_effect is not None and self.exit_effect.reset:
+                # Until the next taskforce has its handlers, a signal must
+                # wait for it rather than end it (see taskforce.signals).
+                self.signals.hold()
             self.control.close()  # --- control server: flush replies, remove sockets
             self.output.close()
             self.watcher.close()
@@ -239,15 +240,17 @@ class Daemon:
 
     def _handle_signals(self) -> None:
         reap = False
-        while self.pending_signals:
-            signum = self.pending_signals.popleft()
-            if signum == signal.SIGCHLD:
+        for signum, action in self.signals.take():
+            name = signals.name(signum)
+            if action is signals.Action.REAP:
                 reap = True
-            elif signum in (signal.SIGTERM, signal.SIGINT):
-                name = signal.Signals(signum).name
+            elif action is signals.Action.STOP:
                 self.feed(ev.StopRequested(at=time.monotonic(), reason=f"got {name}"))
-            elif signum == signal.SIGHUP:
-                self.request_reset("got SIGHUP")
+            elif action is signals.Action.RESET:
+                self.request_reset(f"got {name}")
+            elif action is signals.Action.REOPEN:
+                log.info("got %s: reopening output files", name)
+                self.output.reopen()
         if reap:
             self._reap()
 
@@ -332,8 +335,12 @@ class Daemon:
 
         The re-executed taskforce starts from the config and roles files; if
         they are broken it could run nothing, so the reset is refused and
-        everything keeps running.
+        everything keeps running.  Once one is under way, the core decides
+        what a further request means (a reset joins it, a stop overrides it).
         """
+        if self.core.shutdown is not None:
+            self.feed(ev.StopRequested(time.monotonic(), reset=True, reason=reason))
+            return True
         loaded = self.load_inputs("reset")
         if isinstance(loaded, ev.ConfigRejected):
             self.feed(

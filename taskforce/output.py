@@ -165,6 +165,19 @@ class FileSink:
         if doomed is not None:
             self.retire(doomed)
 
+    def reopen(self) -> None:
+        """Write to whatever is at PATH now: after logrotate moved the file
+        away (SIGUSR1/SIGUSR2), a new PATH is created.  If it cannot be
+        opened, writing goes on to the file already open."""
+        try:
+            fd = self._open()
+        except OSError as exc:
+            log.error("output file %s: cannot reopen: %s", self.path, exc.strerror or exc)
+            return
+        os.close(self.fd)
+        self.fd = fd
+        self.size = os.fstat(fd).st_size
+
     def close(self) -> None:
         os.close(self.fd)
 
@@ -527,6 +540,11 @@ class Output:
             if not size:
                 os.close(fd)
                 self.shrinking.remove(entry)
+
+    def reopen(self) -> None:
+        """Reopen every output file by its path (see ``FileSink.reopen``)."""
+        for path in sorted(self.files):
+            self.files[path].reopen()
 
     def close(self) -> None:
         """The daemon is leaving: write out everything there is, close all."""

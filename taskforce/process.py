@@ -22,10 +22,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-#: Dispositions Python changes at start-up that a child must not inherit.
-_RESET_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ", "SIGXFZ") if hasattr(signal, name)
-)
+from taskforce import signals
+
+#: Every catchable signal: a child starts with each at its default, whatever
+#: Python or taskforce ignores (an ignored disposition survives exec).
+_RESET_SIGNALS = signals.CHILD_DEFAULTS
 
 
 class SpawnError(Exception):
@@ -248,6 +249,9 @@ def _start_fast(
     file_actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0)]
     if stdout is not None:
         file_actions += [(os.POSIX_SPAWN_DUP2, stdout, 1), (os.POSIX_SPAWN_DUP2, stdout, 2)]
+    if hasattr(os, "POSIX_SPAWN_CLOSEFROM"):
+        # Python 3.13+: nothing above 2 reaches the child, whatever its flags.
+        file_actions.append((os.POSIX_SPAWN_CLOSEFROM, 3))
     shim, extra = (_SHIM, []) if cgroup is None else (_CGROUP_SHIM, [cgroup])
     pid = os.posix_spawn(
         "/bin/sh",

@@ -558,8 +558,8 @@ class Simulation:
                 self._queue.append(
                     ev.LeftoverGone(at=self.now, task=effect.task, instance=effect.instance)
                 )
-            for proc in targets:  # the last one to die reports LeftoverGone (_die)
-                self._deliver(proc.pid, effect.signal, group=True)
+            for target in targets:  # the last one to die reports LeftoverGone (_die)
+                self._deliver(target.pid, effect.signal, group=True)
         elif isinstance(effect, fx.ReadPidfile):
             self._urgent.append(self._read_pidfile(effect))
         elif isinstance(effect, fx.WatchProcess):

@@ -101,7 +101,9 @@ class Daemon:
             *extra,
         ]
 
-    def start(self, *extra: str, env: dict[str, str] | None = None) -> None:
+    def start(
+        self, *extra: str, env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()
+    ) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 self.command(*extra),
@@ -110,6 +112,7 @@ class Daemon:
                 cwd=self.root,
                 env={**os.environ, **(env or {})},
                 start_new_session=True,
+                pass_fds=pass_fds,
             )
 
     @property
@@ -131,6 +134,8 @@ class Daemon:
         """Live, non-zombie processes carrying the marker (and ``name``)."""
         found = {}
         for pid, (_, _, state, cmdline) in proc_table().items():
+            if cmdline.startswith("/bin/sh -c ") and "Task_pid=$$" in cmdline:
+                continue  # taskforce's spawn shim, not yet the task's program
             if self.marker in cmdline and state != "Z" and pid != self.own_pid:
                 if name is None or f" {name} " in f" {cmdline} ":
                     found[pid] = cmdline

@@ -357,6 +357,32 @@ def test_reset_stops_everything_and_exits_for_reexec() -> None:
     assert sim.finished == fx.Exit(0, reset=True)
 
 
+def test_resets_asked_for_during_a_reset_join_it() -> None:
+    sim = boot(config(web=task("/usr/bin/web")), behaviours={"web": IGNORE_TERM})
+    sim.request_stop(reset=True, reason="got SIGHUP")
+    sim.request_stop(reset=True, reason="got SIGHUP")
+    sim.request_stop(reset=True, reason="taskforce's own code changed")
+    started = [m for m in sim.messages() if m.startswith("reset: stopping every task")]
+    joined = [m for m in sim.messages() if m.startswith("a reset is already under way")]
+    assert len(started) == 1
+    assert joined == [
+        "a reset is already under way (got SIGHUP)",
+        "a reset is already under way (taskforce's own code changed)",
+    ]
+    assert [s.signal for _, s in sim.signals("web")] == ["SIGTERM"], "stopped once"
+    sim.settle()
+    assert sim.finished == fx.Exit(0, reset=True)
+
+
+def test_a_stop_during_a_reset_makes_taskforce_exit() -> None:
+    sim = boot(config(web=task("/usr/bin/web")), behaviours={"web": IGNORE_TERM})
+    sim.request_stop(reset=True, reason="got SIGHUP")
+    sim.request_stop(reason="got SIGTERM")
+    sim.request_stop(reset=True, reason="got SIGHUP")
+    sim.settle()
+    assert sim.finished == fx.Exit(0, reset=False)
+
+
 # ----------------------------------------------------------------------- reload
 
 

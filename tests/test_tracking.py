@@ -47,6 +47,16 @@ MODES = [
 ]
 
 
+def _ignores_term(pid: int) -> bool:
+    """Whether ``pid`` has got as far as ignoring SIGTERM."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            mask = next(line for line in handle if line.startswith("SigIgn:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(int(mask.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+
+
 def _start(daemon: Daemon, mode: str, *extra: str) -> None:
     daemon.start(*extra, env={"TASKFORCE_CGROUPS": "auto" if mode == "cgroup" else "off"})
 
@@ -96,7 +106,7 @@ def test_a_crash_of_taskforce_runs_nothing_twice(daemon: Daemon, mode: str) -> N
     web = daemon.wait_pids("web", 2)
     daemon.wait_pids("esc-setsid", 1)
     stubborn = daemon.wait_pids("stubborn", 1)
-    daemon.wait_log("stubborn[0] started")
+    wait_for(lambda: _ignores_term(next(iter(stubborn))), what="SIGTERM ignored")
     os.kill(daemon.pid, signal.SIGKILL)
     daemon.proc.wait(5)  # type: ignore[union-attr]
     # The crashed run's log may end in a torn line; this test replays the next.
@@ -130,8 +140,8 @@ def test_a_crash_while_a_stop_escalates_still_ends_the_task(daemon: Daemon, mode
         {"settings": {"stop_timeout": 30}, "tasks": {"stubborn": task(m, "stubborn", IGNORE_TERM)}}
     )
     _start(daemon, mode)
-    daemon.wait_log("stubborn[0] started")
     old = daemon.wait_pids("stubborn", 1)
+    wait_for(lambda: _ignores_term(next(iter(old))), what="SIGTERM ignored")
     daemon.write_config({"settings": {"stop_timeout": 1}, "tasks": {}})
     daemon.wait_log("removed from the config")
     os.kill(daemon.pid, signal.SIGKILL)

@@ -512,6 +512,12 @@ class Supervisor:
         mode = "reset" if event.reset else "stop"
         if self.shutdown == "stop":
             return
+        if self.shutdown == "reset" and event.reset:
+            # A storm of resets (two logrotate stanzas, -R typed twice) is one
+            # reset: the tasks are stopping already and all start again after
+            # the re-exec.  A stop, though, overrides a reset under way.
+            self._log("info", f"a reset is already under way ({event.reason or 'requested'})")
+            return
         self.shutdown = mode
         what = (
             "reset: stopping every task, then restarting" if event.reset else "stopping every task"
