@@ -328,9 +328,10 @@ class Daemon:
         elif isinstance(effect, fx.Unwatch):
             self.watcher.unwatch(effect.key)
         elif isinstance(effect, fx.ReadPidfile):
-            pid, error = pidwatch.read_pidfile(effect.path)
+            # Facts only: whether the pid is accepted is the core's call.
+            facts = pidwatch.read_pidfile(effect.path, effect.task, effect.instance)
             return ev.PidfileRead(
-                time.monotonic(), effect.task, effect.instance, effect.generation, pid, error
+                time.monotonic(), effect.task, effect.instance, effect.generation, **facts
             )
         elif isinstance(effect, fx.WatchProcess):
             self._watch_process(effect.pid)
