@@ -365,6 +365,8 @@ class Simulation:
         for path, (due, pid, owner) in sorted(self.pending_pidfiles.items()):
             if due <= self.now:
                 del self.pending_pidfiles[path]
+                if not self.processes[pid].alive:
+                    continue  # it died before it got to write it
                 # (written at its own time: what a later read compares with)
                 self.pidfiles[path] = pid
                 self.pidfile_owners[path] = owner
