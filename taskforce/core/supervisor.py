@@ -326,9 +326,11 @@ class Supervisor:
         slot.pidfile_deadline = self.now + self.settings.pidfile_timeout
         self._read_pidfile(slot)
 
+    def _pidfile_path(self, slot: Slot) -> str:
+        return self.tasks[slot.task].spec.process(slot.instance).pidfile or ""
+
     def _read_pidfile(self, slot: Slot) -> None:
-        task = self.tasks[slot.task]
-        path = task.spec.process(slot.instance).pidfile or ""
+        path = self._pidfile_path(slot)
         self._emit(fx.ReadPidfile(slot.task, slot.instance, slot.generation, path))
 
     def _pidfile_refusal(self, slot: Slot, event: ev.PidfileRead) -> tuple[str, bool]:
@@ -341,7 +343,7 @@ class Supervisor:
         taskforce (root) supervise, and at stop kill, any process it likes.
         Either way, a process younger than the file holds a recycled pid.
         """
-        path = (slot.spec.pidfile if slot.spec is not None else None) or "its pidfile"
+        path = self._pidfile_path(slot)
         if event.pid is None:
             return event.error or f"no pid in {path}", False
         if event.started_after_file:
@@ -401,6 +403,8 @@ class Supervisor:
         slot.exited_at = self.now
         slot.phase = None
         slot.timers.pop("pidfile", None)
+        if forged:  # (the warning above said where and why)
+            refusal = f"its pidfile was refused (pid {event.pid} is not a process of the task)"
         slot.last_exit = f"no daemon after its start command: {refusal}"
         self._after_exit(slot, failed=True)
 
