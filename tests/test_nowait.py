@@ -316,3 +316,69 @@ def test_a_pidfile_forged_by_nobody_is_refused_and_its_pid_never_signalled(
     finally:
         victim.kill()
         victim.wait()
+
+
+def test_a_task_removed_before_its_pidfile_names_the_daemon_stops_the_daemon(
+    daemon: Daemon,
+) -> None:
+    """The same race as above with a stop that is not a shutdown."""
+    pidfile = daemon.root / "late.pid"
+    start = [sys.executable, "-c", LATE_PIDFILE, str(pidfile), "1.5", daemon.marker]
+    keeper = {"commands": {"start": [sys.executable, "-c", "import time; time.sleep(1000)"]}}
+    daemon.write_config(
+        {
+            "tasks": {
+                "late": {
+                    "control": "nowait",
+                    "pidfile": str(pidfile),
+                    "commands": {"start": start},
+                },
+                "keeper": keeper,
+            }
+        }
+    )
+    daemon.start()
+    daemon.wait_log("late[0]: start command done; reading its pidfile")
+    daemon.write_config({"tasks": {"keeper": keeper}})
+    daemon.wait_log("late[0]: waiting for its pidfile to name its daemon, to stop it")
+    daemon.wait_log("late[0] daemon running as pid")
+    pid = int(pidfile.read_text())
+    daemon.wait_log(f"late[0] (pid {pid}) stopped: removed from the config")
+    wait_for(lambda: not daemon.processes(), what="the daemon to be stopped")
+    assert daemon.stop() == 0
+
+
+def test_the_facts_of_a_pidfile_read(tmp_path: Path) -> None:
+    """What the shell reports for the core to judge (see PidfileRead)."""
+    from taskforce import pidwatch
+
+    env = {**os.environ, "Task_name": "web", "Task_instance": "1"}
+    ours = subprocess.Popen(["sleep", "1000"], env=env)
+    stranger = subprocess.Popen(["sleep", "1000"])
+    try:
+        pidfile = tmp_path / "web.pid"
+        pidfile.write_text(f"{ours.pid}\n")
+        pidfile.chmod(0o644)
+        facts = pidwatch.read_pidfile(str(pidfile), "web", 1)
+        assert facts["pid"] == ours.pid and facts["in_slot"]
+        assert facts["owner"] == os.geteuid() and not facts["started_after_file"]
+        assert facts["writable_by_non_root"] is (os.geteuid() != 0)
+        assert not pidwatch.read_pidfile(str(pidfile), "web", 0)["in_slot"]
+        pidfile.write_text(f"{stranger.pid}\n")
+        assert not pidwatch.read_pidfile(str(pidfile), "web", 1)["in_slot"]
+        pidfile.chmod(0o664)
+        assert pidwatch.read_pidfile(str(pidfile), "web", 1)["writable_by_non_root"]
+        assert pidwatch.read_pidfile(str(tmp_path / "none.pid"), "web", 1) == {
+            "error": f"no pidfile {tmp_path / 'none.pid'}"
+        }
+        if os.geteuid() == 0 and root_with_nobody():
+            pidfile.chmod(0o644)
+            link = tmp_path / "link.pid"
+            link.symlink_to(pidfile)
+            assert not pidwatch.read_pidfile(str(link), "web", 1)["writable_by_non_root"]
+            os.lchown(link, pwd.getpwnam(NOBODY).pw_uid, -1)
+            assert pidwatch.read_pidfile(str(link), "web", 1)["writable_by_non_root"]
+    finally:
+        for proc in (ours, stranger):
+            proc.kill()
+            proc.wait()
