@@ -401,9 +401,13 @@ class Daemon:
         elif isinstance(effect, fx.StopLeftover):
             return self._stop_leftover(effect)
         elif isinstance(effect, fx.ReadPidfile):
-            pid, error = pidwatch.read_pidfile(effect.path)
+            # Facts only: whether the pid is accepted is the core's call.
+            slot = (effect.task, effect.instance)
+            facts = pidwatch.read_pidfile(
+                effect.path, *slot, belongs=lambda pid: self.tracker.holds(slot, pid)
+            )
             return ev.PidfileRead(
-                time.monotonic(), effect.task, effect.instance, effect.generation, pid, error
+                time.monotonic(), effect.task, effect.instance, effect.generation, **facts
             )
         elif isinstance(effect, fx.WatchProcess):
             self._watch_process(effect.task, effect.instance, effect.pid)

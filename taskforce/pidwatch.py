@@ -1,8 +1,10 @@
 """Daemons that are not our children: find them by pidfile, notice their exit.
 
-``read_pidfile`` answers the core's ``ReadPidfile``: the pid a pidfile names,
-only if that process is alive and is not younger than the file (a process
-started after the pidfile was written holds a recycled pid, not the daemon).
+``read_pidfile`` answers the core's ``ReadPidfile``: the live pid a pidfile
+names, and the facts the core judges it by -- who owns the file and who else
+can write it, whether the process is younger than the file (a recycled pid),
+and whether it belongs to the slot (``belongs_to_slot``).  The core accepts
+or refuses; nothing here does.
 ``ProcessWatch`` reports the exit of such a process at once: through the
 normal reaping when it is our descendant (we are the subreaper on Linux),
 through a pidfd where the kernel has them, and by polling otherwise.
@@ -14,9 +16,11 @@ from __future__ import annotations
 
 import os
 import selectors
+import stat
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 #: How stale a pidfile may be relative to its process's start (clock ticks
 #: and file time stamps are coarse).
@@ -71,28 +75,92 @@ def alive(pid: int) -> bool:
     return fields is None or fields[0] != "Z"
 
 
-def read_pidfile(path: str) -> tuple[int | None, str]:
-    """The live pid ``path`` names and "", or None and why not."""
+def belongs_to_slot(pid: int, task: str, instance: int) -> bool:
+    """Whether process ``pid`` is one of slot ``task[instance]``'s.
+
+    The one place this is decided from what the host shows.  Today: it
+    carries the slot's environment marker (``Task_name`` and
+    ``Task_instance``, inherited from the start command by every
+    descendant).  A process of another user hides its environment from a
+    non-root taskforce, and so does not belong.
+    """
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            entries = set(handle.read().split(b"\0"))
+    except OSError:
+        return False
+    return (
+        f"Task_name={task}".encode() in entries and f"Task_instance={instance}".encode() in entries
+    )
+
+
+def _through_foreign_symlink(path: str) -> bool:
+    """Whether resolving ``path`` follows a symlink a user other than root
+    owns (who could point it at any root-owned pidfile)."""
+    todo = list(reversed(os.path.abspath(path).split("/")))
+    current = "/"
+    hops = 0
+    while todo:
+        part = todo.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            current = os.path.dirname(current)
+            continue
+        candidate = os.path.join(current, part)
+        try:
+            info = os.lstat(candidate)
+            if not stat.S_ISLNK(info.st_mode):
+                current = candidate
+                continue
+            if info.st_uid != 0:
+                return True
+            target = os.readlink(candidate)
+        except OSError:
+            return True  # changed under us: not a path to trust
+        hops += 1
+        if hops > 40:
+            return True
+        if target.startswith("/"):
+            current = "/"
+        todo.extend(reversed(target.split("/")))
+    return False
+
+
+def read_pidfile(
+    path: str, task: str, instance: int, belongs: Callable[[int], bool] | None = None
+) -> dict[str, Any]:
+    """What ``path`` says for slot ``task[instance]``: the ``PidfileRead``
+    fields after its slot and generation (``pid``, ``error``, ``owner``,
+    ``writable_by_non_root``, ``started_after_file``, ``in_slot``)."""
     try:
         with open(path) as handle:
+            info = os.fstat(handle.fileno())
             text = handle.read(64).strip()
-        written = os.stat(path).st_mtime
     except FileNotFoundError:
-        return None, f"no pidfile {path}"
+        return {"error": f"no pidfile {path}"}
     except OSError as exc:
-        return None, f"cannot read pidfile {path}: {exc.strerror or exc}"
+        return {"error": f"cannot read pidfile {path}: {exc.strerror or exc}"}
     try:
         pid = int(text.split()[0]) if text else 0
     except ValueError:
-        return None, f"pidfile {path} holds no pid"
+        return {"error": f"pidfile {path} holds no pid"}
     if pid <= 1:
-        return None, f"pidfile {path} holds no pid"
+        return {"error": f"pidfile {path} holds no pid"}
     if not alive(pid):
-        return None, f"pid {pid} from {path} is not running"
+        return {"error": f"pid {pid} from {path} is not running"}
     started = process_start_time(pid)
-    if started is not None and started > written + _START_SLACK:
-        return None, f"pid {pid} from {path} started after the pidfile was written (a reused pid)"
-    return pid, ""
+    return {
+        "pid": pid,
+        "owner": info.st_uid,
+        "writable_by_non_root": (
+            info.st_uid != 0
+            or bool(info.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+            or _through_foreign_symlink(path)
+        ),
+        "started_after_file": started is not None and started > info.st_mtime + _START_SLACK,
+        "in_slot": (belongs or (lambda p: belongs_to_slot(p, task, instance)))(pid),
+    }
 
 
 class ProcessWatch:

@@ -64,7 +64,10 @@ WRAPPER = "wrapper"
 STUBBORN_WRAPPER = "stubborn_wrapper"
 #: A launcher (``nowait``/``adopt``): it starts a daemon in a session of its
 #: own, writes the daemon's pid to the pidfile (the ``Task_pidfile`` of its
-#: environment) and exits 0.  The daemon exits on SIGTERM.
+#: environment) and exits 0.  The daemon exits on SIGTERM.  With a delay in
+#: ``pidfile_delays`` the daemon writes its pidfile that long after the
+#: launcher exited; a task in ``forging`` starts no daemon and writes the pid
+#: of a stranger (a process outside every slot) instead.
 DAEMONIZE = "daemonize"
 
 #: A shell wrapper whose grandchild called ``setsid``: it left the process
@@ -79,6 +82,8 @@ _STOPPING_SIGNALS = frozenset({"SIGTERM", "SIGINT", "SIGQUIT"})
 _KEEP: Any = object()
 
 FIRST_PID = 1000
+#: The uid a pidfile written by a task with a ``user`` (or a forged one) has.
+NOBODY = 65534
 
 
 class Delivery(NamedTuple):
@@ -193,7 +198,10 @@ class Simulation:
 
     ``behaviours`` maps a task name to how its processes react to signals
     (``TERM`` by default); ``failing`` holds program names (``argv[0]``)
-    whose spawn fails.  Both may be changed between calls.  ``observers``
+    whose spawn fails.  ``pidfile_delays`` maps a ``DAEMONIZE`` task to how
+    long its daemon takes to write its pidfile; ``forging`` holds the
+    ``DAEMONIZE`` tasks whose launcher writes a stranger's pid into it (see
+    ``add_stranger``).  All may be changed between calls.  ``observers``
     are called with every effect just before it is performed, with the
     world as it is at that moment.  The clock reads ``start`` (0.0) at first.
     """
@@ -210,6 +218,8 @@ class Simulation:
         fqdn: str = "sim.example.org",
         daemon_pid: int = 1,
         max_steps_per_call: int = 100_000,
+        pidfile_delays: Mapping[str, float] | None = None,
+        forging: Iterable[str] = (),
     ) -> None:
         self.core = Supervisor()
         Simulation.latest = self
@@ -223,8 +233,17 @@ class Simulation:
         self.processes: dict[int, FakeProcess] = {}
         self.timer: float | None = None
         self.watches: dict[str, fx.Watch] = {}
-        #: the fake file system's pidfiles: path -> the pid written there
+        #: the fake file system's pidfiles: path -> the pid written there,
+        #: the uid that owns it (0: root, ``NOBODY``) and when it was written
         self.pidfiles: dict[str, int] = {}
+        self.pidfile_owners: dict[str, int] = {}
+        self.pidfile_written: dict[str, float] = {}
+        #: pidfiles a daemon is yet to write: path -> (when, pid, owner)
+        self.pending_pidfiles: dict[str, tuple[float, int, int]] = {}
+        self.pidfile_delays: dict[str, float] = dict(pidfile_delays or {})
+        self.forging: set[str] = set(forging)
+        #: pids of processes outside every slot (``add_stranger``)
+        self.strangers: set[int] = set()
         #: pids of processes not spawned by the core whose exit is reported
         self.watched_pids: set[int] = set()
         #: exit code of each (task, command name) run by a RunCommand (default 0)
@@ -332,7 +351,7 @@ class Simulation:
             marked=False,
         )
         if pidfile is not None:
-            self.pidfiles[pidfile] = pid
+            self.write_pidfile(pidfile, pid)
         return pid
 
     def crash(
@@ -382,6 +401,42 @@ class Simulation:
             self._push(ev.LeftoversFound(at=self.now, leftovers=leftovers))
         self._load(cfg, new_roles, role_values, source="start")
 
+    def add_stranger(self, argv: tuple[str, ...] = ("/usr/sbin/sshd",)) -> int:
+        """A process outside every slot (root's, say) that taskforce must
+        never signal; it ignores SIGTERM, so a signal to it is seen."""
+        pid = self._allocate_pid()
+        self.processes[pid] = FakeProcess(
+            pid=pid,
+            pgid=pid,
+            task="",
+            instance=-1,
+            generation=0,
+            argv=argv,
+            behaviour=IGNORE_TERM,
+            started_at=self.now,
+            child=False,
+        )
+        self.strangers.add(pid)
+        return pid
+
+    def write_pidfile(self, path: str, pid: int, owner: int = 0) -> None:
+        """``pid`` is written to ``path`` now, by ``owner`` (a uid)."""
+        self.pending_pidfiles.pop(path, None)
+        self.pidfiles[path] = pid
+        self.pidfile_owners[path] = owner
+        self.pidfile_written[path] = self.now
+
+    def _write_due_pidfiles(self) -> None:
+        for path, (due, pid, owner) in sorted(self.pending_pidfiles.items()):
+            if due <= self.now:
+                del self.pending_pidfiles[path]
+                if not self.processes[pid].alive:
+                    continue  # it died before it got to write it
+                # (written at its own time: what a later read compares with)
+                self.pidfiles[path] = pid
+                self.pidfile_owners[path] = owner
+                self.pidfile_written[path] = due
+
     def touch(self, path: str) -> None:
         """``path`` changed: a ``FileChanged`` for every watch covering it."""
         for key in sorted(self.watches):
@@ -401,6 +456,7 @@ class Simulation:
             self._queue.append(ev.TimerFired(at=self.now))
             self._drain()
         self.now = target
+        self._write_due_pidfiles()
 
     def stall(self, seconds: float) -> None:
         """The shell is busy: the clock moves on and nothing is delivered.
@@ -597,18 +653,32 @@ class Simulation:
             raise TypeError(f"the simulator cannot perform {effect!r}")
 
     def _read_pidfile(self, read: fx.ReadPidfile) -> ev.PidfileRead:
+        """What the shell finds out (see ``taskforce.pidwatch.read_pidfile``)."""
+        self._write_due_pidfiles()
         pid = self.pidfiles.get(read.path)
-        error = ""
         if pid is None:
-            error = f"{read.path}: No such file or directory"
+            error = f"no pidfile {read.path}"
         elif pid not in self.processes or not self.processes[pid].alive:
-            error, pid = f"no process {pid}", None
+            error = f"pid {pid} from {read.path} is not running"
+        else:
+            proc = self.processes[pid]
+            owner = self.pidfile_owners.get(read.path, 0)
+            return ev.PidfileRead(
+                at=self.now,
+                task=read.task,
+                instance=read.instance,
+                generation=read.generation,
+                pid=pid,
+                owner=owner,
+                writable_by_non_root=owner != 0,
+                started_after_file=proc.started_at > self.pidfile_written.get(read.path, 0.0),
+                in_slot=(proc.task, proc.instance) == (read.task, read.instance),
+            )
         return ev.PidfileRead(
             at=self.now,
             task=read.task,
             instance=read.instance,
             generation=read.generation,
-            pid=pid,
             error=error,
         )
 
@@ -658,14 +728,7 @@ class Simulation:
             started_at=self.now,
         )
         if behaviour == DAEMONIZE:
-            daemon = self.add_process(
-                spawn.task,
-                spawn.instance,
-                spawn.argv,
-                pidfile=spawn.env.get("Task_pidfile"),
-            )
-            self.processes[daemon].generation = spawn.generation
-            self.processes[daemon].marked = True
+            self._daemonize(spawn)
             self._die(self.processes[pid], exit_code=0)
         if behaviour in (WRAPPER, STUBBORN_WRAPPER, ESCAPER):
             child = self._allocate_pid()
@@ -691,6 +754,26 @@ class Simulation:
                 pid=pid,
             )
         )
+
+    def _daemonize(self, spawn: fx.Spawn) -> None:
+        """What a ``DAEMONIZE`` launcher does before it exits 0."""
+        pidfile = spawn.env.get("Task_pidfile")
+        owner = 0 if spawn.user in (None, "", "root") else NOBODY
+        if spawn.task in self.forging:
+            stranger = min(self.strangers) if self.strangers else self.add_stranger()
+            if pidfile is not None:
+                self.write_pidfile(pidfile, stranger, NOBODY)
+            return
+        daemon = self.add_process(spawn.task, spawn.instance, spawn.argv)
+        self.processes[daemon].generation = spawn.generation
+        self.processes[daemon].marked = True  # it inherited the launcher's environment
+        if pidfile is None:
+            return
+        delay = self.pidfile_delays.get(spawn.task, 0.0)
+        if delay > 0:
+            self.pending_pidfiles[pidfile] = (self.now + delay, daemon, owner)
+        else:
+            self.write_pidfile(pidfile, daemon, owner)
 
     def _signal(self, event: ev.Event, signal: fx.Signal) -> None:
         if signal.group:

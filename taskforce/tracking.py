@@ -248,6 +248,8 @@ class Tracker:
         self.ident = ident
         self.on_empty = on_empty
         self.tree: str | None = None
+        #: the tree as ``/proc/PID/cgroup`` names it
+        self.tree_in_hierarchy: str | None = None
         self.how = ""
         self._inotify: object | None = None
         self._inotify_fd = -1
@@ -273,6 +275,11 @@ class Tracker:
         base, why = _own_cgroup()
         if base is None:
             return None, why
+        try:
+            with open("/proc/self/cgroup") as handle:
+                own = next(line[3:].strip() for line in handle if line.startswith("0::"))
+        except (OSError, StopIteration):
+            return None, "cannot read /proc/self/cgroup"
         tree = os.path.join(base, f"taskforce-{self.ident}")
         try:
             os.makedirs(tree, exist_ok=True)
@@ -281,6 +288,7 @@ class Tracker:
         for needed in ("cgroup.procs", "cgroup.events", "cgroup.kill"):
             if not os.path.exists(os.path.join(tree, needed)):
                 return None, f"{tree} has no {needed} (a kernel before 5.14?)"
+        self.tree_in_hierarchy = own.rstrip("/") + f"/taskforce-{self.ident}"
         return tree, ""
 
     def attach(self, selector: selectors.BaseSelector) -> None:
@@ -343,6 +351,31 @@ class Tracker:
         if not sys.platform.startswith("linux"):
             return False
         return bool(marked_processes(self.ident, skip).get(slot))
+
+    def holds(self, slot: Slot, pid: int) -> bool:
+        """Whether process ``pid`` is one of ``slot``'s: in its cgroup, or
+        carrying this taskforce's marker for it (inherited from the slot's
+        start command by every descendant)."""
+        if self.tree_in_hierarchy is not None:
+            try:
+                with open(f"/proc/{pid}/cgroup") as handle:
+                    line = next((ln for ln in handle if ln.startswith("0::")), "")
+            except OSError:
+                line = ""
+            mine = self.tree_in_hierarchy.rstrip("/") + "/" + _slot_folder(slot)
+            where = line[3:].strip()
+            if where == mine or where.startswith(mine + "/"):
+                return True
+        fields = _environ(pid)
+        if not fields:
+            return False
+        task, instance = slot
+        wanted = (
+            f"{MARKER}={self.ident}".encode(),
+            b"Task_name=" + os.fsencode(task),
+            f"Task_instance={instance}".encode(),
+        )
+        return all(item in fields for item in wanted)
 
     def signal(
         self, slot: Slot, pgid: int, signame: str, skip: frozenset[int] = frozenset()

@@ -4,14 +4,20 @@ them when they die; ``adopt`` also takes over one that is already running."""
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from daemon_harness import Daemon, wait_for
+
+from taskforce.eventlog import Step, read_log
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -175,3 +181,204 @@ def test_a_failing_health_check_restarts_a_nowait_daemon(daemon: Daemon) -> None
         what="a new daemon",
     )
     daemon.wait_log(f"daemon running as pid {second}")
+
+
+#: As SELF_DAEMONIZING, but the daemon writes its pidfile only after
+#: ``sys.argv[2]`` seconds: long after its launcher has exited.
+LATE_PIDFILE = SELF_DAEMONIZING.replace("time.sleep(0.05)", "time.sleep(float(sys.argv[2]))")
+
+
+def log_index(text: str, needle: str) -> int:
+    assert needle in text, f"{needle!r} not in the log:\n{text}"
+    return text.index(needle)
+
+
+@pytest.mark.parametrize("control", ["nowait", "adopt"])
+def test_a_shutdown_before_the_pidfile_names_the_daemon_waits_for_it(
+    daemon: Daemon, control: str
+) -> None:
+    """Issue 11: SIGTERM after the start command exited but before the
+    pidfile named the daemon said "every task has stopped" and left the
+    daemon running.  Now the daemon is found, then stopped (adopt: left
+    running, as at every shutdown), and only then does taskforce exit."""
+    pidfile = daemon.root / "late.pid"
+    daemon.write_config(
+        {
+            "tasks": {
+                "late": {
+                    "control": control,
+                    "pidfile": str(pidfile),
+                    "commands": {
+                        "start": [sys.executable, "-c", LATE_PIDFILE, str(pidfile), "1.5"]
+                        + [daemon.marker]
+                    },
+                }
+            }
+        }
+    )
+    daemon.start()
+    daemon.wait_log("late[0]: start command done; reading its pidfile")
+    assert not pidfile.exists()
+    started = time.monotonic()
+    assert daemon.stop() == 0
+    pid = pidfile_pid(pidfile) if control == "adopt" else None
+    try:
+        text = daemon.log_text()
+        waiting = log_index(text, "late[0]: waiting for its pidfile to name its daemon")
+        found = log_index(text, "late[0] daemon running as pid")
+        done = log_index(text, "every task has stopped")
+        assert waiting < found < done
+        assert time.monotonic() - started < 10
+        if control == "nowait":
+            assert log_index(text, "stopped: taskforce is exiting") < done
+            assert not daemon.processes(), "the daemon must not outlive taskforce"
+        else:
+            assert pid is not None, "an adopt daemon is left running"
+            assert log_index(text, f"late[0] (pid {pid}) left running for adoption") < done
+    finally:
+        kill_quietly(pid)
+
+
+NOBODY = "nobody"
+
+
+def root_with_nobody() -> bool:
+    try:
+        pwd.getpwnam(NOBODY)
+    except KeyError:
+        return False
+    return os.geteuid() == 0
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A folder ``nobody`` may write in (pytest's own is root's alone)."""
+    path = Path(tempfile.mkdtemp(prefix="tf-nowait-", dir="/tmp"))
+    path.chmod(0o1777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.skipif(not root_with_nobody(), reason="needs root and a user nobody")
+def test_a_pidfile_forged_by_nobody_is_refused_and_its_pid_never_signalled(
+    daemon: Daemon, shared_dir: Path
+) -> None:
+    """A nowait task running as nobody writes the pid of a root process (a
+    sleep this test started) into its pidfile: taskforce refuses it, says
+    where and why, and signals it neither when the task stops nor when it
+    exits."""
+    victim = subprocess.Popen(["sleep", "1000"])
+    try:
+        pidfile = shared_dir / "liar.pid"
+        liar = {
+            "control": "nowait",
+            "user": NOBODY,
+            "cwd": "/",
+            "pidfile": str(pidfile),
+            "commands": {
+                "start": ["sh", "-c", 'echo "$1" > "$Task_pidfile"', daemon.marker]
+                + [str(victim.pid)]
+            },
+        }
+        keeper = {
+            "commands": {
+                "start": [sys.executable, "-c", "import time; time.sleep(1000)"]
+                + [daemon.marker, "keeper"]
+            }
+        }
+        daemon.write_config(
+            {"settings": {"pidfile_timeout": 1}, "tasks": {"liar": liar, "keeper": keeper}}
+        )
+        daemon.start()
+        uid = pwd.getpwnam(NOBODY).pw_uid
+        daemon.wait_log(
+            f"liar[0]: refused: pidfile {pidfile} (owned by uid {uid}, writable by a user "
+            f"other than root) names pid {victim.pid}, which is not a process of liar[0]; "
+            "it is not signalled"
+        )
+        daemon.wait_log("failing fast, restarting with backoff")
+        # The task is stopped (removed from the config), then taskforce exits.
+        daemon.write_config({"tasks": {"keeper": keeper}})
+        daemon.wait_log("liar: removed from the config; stopping")
+        assert daemon.stop() == 0
+        assert victim.poll() is None, "the forged pid must never be signalled"
+        signalled = [
+            effect
+            for path in sorted(daemon.root.glob("events.jsonl*"))
+            for step in read_log(str(path))
+            if isinstance(step, Step)
+            for effect in step.effects
+            if effect["type"] == "Signal" and effect["pid"] == victim.pid
+        ]
+        assert not signalled
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_a_task_removed_before_its_pidfile_names_the_daemon_stops_the_daemon(
+    daemon: Daemon,
+) -> None:
+    """The same race as above with a stop that is not a shutdown."""
+    pidfile = daemon.root / "late.pid"
+    start = [sys.executable, "-c", LATE_PIDFILE, str(pidfile), "1.5", daemon.marker]
+    keeper = {"commands": {"start": [sys.executable, "-c", "import time; time.sleep(1000)"]}}
+    daemon.write_config(
+        {
+            "tasks": {
+                "late": {
+                    "control": "nowait",
+                    "pidfile": str(pidfile),
+                    "commands": {"start": start},
+                },
+                "keeper": keeper,
+            }
+        }
+    )
+    daemon.start()
+    daemon.wait_log("late[0]: start command done; reading its pidfile")
+    daemon.write_config({"tasks": {"keeper": keeper}})
+    daemon.wait_log("late[0]: waiting for its pidfile to name its daemon, to stop it")
+    daemon.wait_log("late[0] daemon running as pid")
+    pid = int(pidfile.read_text())
+    daemon.wait_log(f"late[0] (pid {pid}) stopped: removed from the config")
+    wait_for(lambda: not daemon.processes(), what="the daemon to be stopped")
+    assert daemon.stop() == 0
+
+
+def test_the_facts_of_a_pidfile_read(tmp_path: Path) -> None:
+    """What the shell reports for the core to judge (see PidfileRead)."""
+    from taskforce import pidwatch
+
+    env = {**os.environ, "Task_name": "web", "Task_instance": "1"}
+    ours = subprocess.Popen(["sleep", "1000"], env=env)
+    stranger = subprocess.Popen(["sleep", "1000"])
+    try:
+        pidfile = tmp_path / "web.pid"
+        pidfile.write_text(f"{ours.pid}\n")
+        pidfile.chmod(0o644)
+        facts = pidwatch.read_pidfile(str(pidfile), "web", 1)
+        assert facts["pid"] == ours.pid and facts["in_slot"]
+        assert facts["owner"] == os.geteuid() and not facts["started_after_file"]
+        assert facts["writable_by_non_root"] is (os.geteuid() != 0)
+        assert not pidwatch.read_pidfile(str(pidfile), "web", 0)["in_slot"]
+        pidfile.write_text(f"{stranger.pid}\n")
+        assert not pidwatch.read_pidfile(str(pidfile), "web", 1)["in_slot"]
+        pidfile.chmod(0o664)
+        assert pidwatch.read_pidfile(str(pidfile), "web", 1)["writable_by_non_root"]
+        assert pidwatch.read_pidfile(str(tmp_path / "none.pid"), "web", 1) == {
+            "error": f"no pidfile {tmp_path / 'none.pid'}"
+        }
+        if os.geteuid() == 0 and root_with_nobody():
+            pidfile.chmod(0o644)
+            link = tmp_path / "link.pid"
+            link.symlink_to(pidfile)
+            assert not pidwatch.read_pidfile(str(link), "web", 1)["writable_by_non_root"]
+            os.lchown(link, pwd.getpwnam(NOBODY).pw_uid, -1)
+            assert pidwatch.read_pidfile(str(link), "web", 1)["writable_by_non_root"]
+    finally:
+        for proc in (ours, stranger):
+            proc.kill()
+            proc.wait()

@@ -22,7 +22,8 @@ import pytest
 
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
-from taskforce.core.codec import freeze
+from taskforce.core.codec import decode, freeze
+from taskforce.core.supervisor import Supervisor
 from taskforce.simulator import (
     DAEMONIZE,
     IGNORE_TERM,
@@ -711,3 +712,162 @@ def test_an_adopt_leftover_its_pidfile_does_not_name_is_stopped_first() -> None:
     assert len(sim.spawns("dmn")) == 1
     assert sim.core.slot("dmn", 0).pid == sim.pidfiles["/run/dmn.pid"]  # type: ignore[union-attr]
     assert_contract(sim)
+
+
+# ------------------------------------------------- nowait and adopt: pidfiles
+
+NTPD_PIDFILE = "/run/ntpd.pid"
+
+
+def ntpd(control: str = "nowait", **settings: Any) -> dict[str, Any]:
+    return task("/usr/sbin/ntpd", control=control, pidfile=NTPD_PIDFILE, **settings)
+
+
+def daemonizing(
+    cfg: dict[str, Any], delay: float = 0.0, forging: tuple[str, ...] = ()
+) -> Simulation:
+    sim = Simulation({"ntpd": DAEMONIZE}, start=T0, pidfile_delays={"ntpd": delay}, forging=forging)
+    _MADE.append(sim)
+    sim.boot(cfg)
+    return sim
+
+
+def test_a_shutdown_while_the_pidfile_is_awaited_stops_the_daemon_it_names() -> None:
+    """Issue 11, events in and effects out: the start command exited 0, the
+    pidfile does not name the daemon yet, SIGTERM comes.  The core must not
+    say "every task has stopped" then: it waits for the pidfile, stops the
+    daemon it names, and only then exits."""
+    core = Supervisor()
+    core.handle(ev.Booted(at=T0, pid=1))
+    effects = core.handle(ev.ConfigLoaded(at=T0, config=config(ntpd=ntpd())))
+    (spawn,) = [e for e in effects if isinstance(e, fx.Spawn)]
+    core.handle(ev.ProcessStarted(at=T0, task="ntpd", generation=spawn.generation, pid=500))
+    effects = core.handle(ev.ProcessExited(at=T0 + 0.01, pid=500, exit_code=0))
+    assert fx.ReadPidfile("ntpd", 0, spawn.generation, NTPD_PIDFILE) in effects
+    core.handle(
+        ev.PidfileRead(at=T0 + 0.01, task="ntpd", generation=spawn.generation, error="no pidfile")
+    )
+    effects = core.handle(ev.StopRequested(at=T0 + 0.05))
+    assert not [e for e in effects if isinstance(e, (fx.Exit, fx.Signal))]
+    messages = [e.message for e in effects if isinstance(e, fx.Log)]
+    assert "every task has stopped" not in messages
+    assert any("waiting for its pidfile to name its daemon, to stop it" in m for m in messages)
+    effects = core.handle(ev.TimerFired(at=T0 + 0.11))
+    assert fx.ReadPidfile("ntpd", 0, spawn.generation, NTPD_PIDFILE) in effects
+    effects = core.handle(
+        ev.PidfileRead(
+            at=T0 + 0.11, task="ntpd", generation=spawn.generation, pid=600, in_slot=True
+        )
+    )
+    assert fx.WatchProcess("ntpd", 0, 600) in effects
+    assert fx.Signal("ntpd", 0, 600, "SIGTERM", group=False) in effects
+    assert not [e for e in effects if isinstance(e, fx.Exit)]
+    effects = core.handle(ev.ProcessExited(at=T0 + 0.2, pid=600))
+    assert fx.Log("info", "every task has stopped") in effects
+    assert fx.Exit(0) in effects
+
+
+def test_a_late_pidfile_at_shutdown_in_the_simulator_leaves_no_daemon() -> None:
+    sim = daemonizing(config(ntpd=ntpd()), delay=1.0)
+    sim.advance(0.3)
+    sim.request_stop()
+    assert sim.finished is None
+    sim.settle()
+    assert sim.finished is not None and not sim.alive()
+    messages = sim.messages()
+    assert messages.index("every task has stopped") > max(
+        i for i, m in enumerate(messages) if "stopped: taskforce is exiting" in m
+    )
+    assert_contract(sim)
+
+
+def test_adopt_at_shutdown_waits_for_the_pidfile_and_leaves_the_daemon_running() -> None:
+    sim = daemonizing(config(ntpd=ntpd("adopt")), delay=1.0)
+    sim.advance(0.3)
+    sim.request_stop()
+    assert sim.finished is None
+    sim.settle()
+    assert sim.finished is not None
+    (daemon,) = sim.alive()
+    assert sim.pidfiles[NTPD_PIDFILE] == daemon.pid and not daemon.received
+    assert any("left running for adoption" in m for m in sim.messages())
+    assert_contract(sim)
+
+
+def test_a_stop_while_the_pidfile_is_awaited_stops_the_daemon_once_named() -> None:
+    sim = daemonizing(config(ntpd=ntpd()), delay=1.0)
+    sim.advance(0.3)
+    sim.control(1, "control", {"ntpd": "off"})
+    sim.settle()
+    assert sim.finished is None and not sim.alive()
+    (signal,) = [s for _, s in sim.signals("ntpd")]
+    assert signal.pid == sim.pidfiles[NTPD_PIDFILE] and signal.signal == "SIGTERM"
+    assert_contract(sim)
+
+
+def test_shutdown_gives_up_on_a_pidfile_after_pidfile_timeout() -> None:
+    cfg = config(ntpd=ntpd())
+    sim = daemonizing(cast(dict[str, Any], freeze({**cfg, "settings": {"pidfile_timeout": 2}})), 9)
+    sim.advance(0.3)
+    sim.request_stop()
+    sim.settle()
+    assert sim.finished is not None
+    stopped = [at for at, e in sim.logs if e.message == "every task has stopped"]
+    assert stopped == [pytest.approx(T0 + 2.0)]
+    assert any("no daemon after its start command: no pidfile" in m for m in sim.messages())
+
+
+def test_a_forged_pidfile_is_refused_and_its_pid_never_signalled() -> None:
+    """A task running as nobody writes the pid of a process outside it."""
+    sim = daemonizing(config(ntpd=ntpd(user="nobody")), forging=("ntpd",))
+    (stranger,) = sim.strangers
+    warnings = sim.messages("warning", task="ntpd")
+    assert (
+        f"ntpd[0]: refused: pidfile {NTPD_PIDFILE} (owned by uid 65534, writable by a user "
+        f"other than root) names pid {stranger}, which is not a process of ntpd[0]; "
+        "it is not signalled"
+    ) in warnings
+    assert any("failing fast" in w and "its pidfile was refused (pid" in w for w in warnings)
+    sim.advance(30)
+    sim.request_stop()
+    sim.settle()
+    assert sim.finished is not None
+    assert len(sim.spawns("ntpd")) > 3  # backed off and tried again, each time refused
+    assert not sim.processes[stranger].received
+    assert all(s.pid != stranger for _, s in sim.signals())
+    assert_contract(sim)
+
+
+def test_a_pidfile_only_root_can_write_may_name_an_older_process_outside_the_task() -> None:
+    """systemd's rule: an adopted daemon need not carry our marker when its
+    pidfile is root's; the same pid from a pidfile nobody owns is refused."""
+    for owner, adopted in ((0, True), (65534, False)):
+        sim = Simulation({"ntpd": DAEMONIZE}, start=T0)
+        _MADE.append(sim)
+        stranger = sim.add_stranger(("/usr/sbin/ntpd",))
+        sim.write_pidfile(NTPD_PIDFILE, stranger, owner)
+        sim.advance(1.0)
+        sim.boot(config(ntpd=ntpd("adopt")))
+        assert (sim.core.live_pids() == {stranger: ("ntpd", 0)}) is adopted
+        assert (
+            any(f"refused: pidfile {NTPD_PIDFILE} (owned by uid 65534" in m for m in sim.messages())
+            is not adopted
+        )
+        assert_contract(sim)
+
+
+def test_a_pidfile_read_recorded_before_its_facts_existed_is_accepted() -> None:
+    """Older logs: the shell only reported a pid it had already accepted."""
+    event = decode(
+        {
+            "type": "PidfileRead",
+            "at": 1.0,
+            "task": "t",
+            "instance": 0,
+            "generation": 1,
+            "pid": 42,
+            "error": "",
+        }
+    )
+    assert isinstance(event, ev.PidfileRead)
+    assert not event.writable_by_non_root and not event.started_after_file

@@ -106,10 +106,15 @@ class ProcessExited(Event):
 
 @dataclass(frozen=True)
 class PidfileRead(Event):
-    """The answer to ``ReadPidfile``: the live, verified pid it names, or None.
+    """The answer to ``ReadPidfile``: the live pid the file names, and what
+    the shell found out about the file and that process.
 
-    ``error`` says why there is none (no file, no such process, a process
-    younger than the file -- a recycled pid).
+    ``pid`` is None when there is no live pid to judge, and ``error`` says
+    why (no file, no pid in it, no such process).  Otherwise the core decides
+    whether ``pid`` is the slot's daemon from the facts that follow (see
+    ``Supervisor._pidfile_refusal``).  Their defaults are what an event
+    recorded before they were reported meant: a pid the shell had already
+    accepted.
     """
 
     task: str = ""
@@ -117,6 +122,17 @@ class PidfileRead(Event):
     generation: int = 0
     pid: int | None = None
     error: str = ""
+    #: uid of the pidfile's owner (None: not known)
+    owner: int | None = None
+    #: someone other than root can write the pidfile: it is owned by another
+    #: user, is group- or world-writable, or is reached through a symlink a
+    #: user other than root owns
+    writable_by_non_root: bool = False
+    #: ``pid`` started after the pidfile was last written: a recycled pid
+    started_after_file: bool = False
+    #: ``pid`` belongs to the slot (it carries the slot's environment marker,
+    #: ``Task_name`` and ``Task_instance``: a descendant of its start command)
+    in_slot: bool = False
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,10 @@ class SlotState(enum.Enum):
     STOPPED = "stopped"  #: no process, and none wanted yet
     WAITING = "waiting"  #: wanted, held back by requirements or start_delay
     STARTING = "starting"  #: spawn asked for, pid not yet known
-    PROBING = "probing"  #: reading a pidfile: to adopt a process, or a daemon's pid
+    #: reading a pidfile: to adopt a process, or a daemon's pid once its start
+    #: command exited -- then the slot is open: a stop waits here for the
+    #: daemon (up to ``pidfile_timeout``), and so does shutdown
+    PROBING = "probing"
     RUNNING = "running"  #: its process is alive
     STOPPING = "stopping"  #: asked to stop, waiting for it to exit
     DRAINING = "draining"  #: leader gone, other group members being killed

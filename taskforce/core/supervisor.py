@@ -79,6 +79,15 @@ class Slot:
         return self.state in _HAS_PROCESS
 
     @property
+    def awaiting_daemon(self) -> bool:
+        """nowait/adopt: its start command is done, its daemon not yet known.
+
+        No pid of it is known, but a daemon may run: the slot is open until
+        its pidfile names one or ``pidfile_timeout`` passes.
+        """
+        return self.state is S.PROBING and self.phase == "launcher"
+
+    @property
     def signal_group(self) -> bool:
         # A daemon found through its pidfile may share a group with others
         # (its launcher's, say): signal the process itself, never the group.
@@ -334,10 +343,36 @@ class Supervisor:
         slot.pidfile_deadline = self.now + self.settings.pidfile_timeout
         self._read_pidfile(slot)
 
+    def _pidfile_path(self, slot: Slot) -> str:
+        return self.tasks[slot.task].spec.process(slot.instance).pidfile or ""
+
     def _read_pidfile(self, slot: Slot) -> None:
-        task = self.tasks[slot.task]
-        path = task.spec.process(slot.instance).pidfile or ""
+        path = self._pidfile_path(slot)
         self._emit(fx.ReadPidfile(slot.task, slot.instance, slot.generation, path))
+
+    def _pidfile_refusal(self, slot: Slot, event: ev.PidfileRead) -> tuple[str, bool]:
+        """Why ``event.pid`` is not the slot's daemon ("" when it is), and
+        whether the pidfile names a process outside the slot (forged).
+
+        systemd's rule: a pid is accepted if it belongs to the slot; one that
+        does not is accepted only from a pidfile that no one but root can
+        have written.  Otherwise a task running as ``nobody`` could have
+        taskforce (root) supervise, and at stop kill, any process it likes.
+        Either way, a process younger than the file holds a recycled pid.
+        """
+        path = self._pidfile_path(slot)
+        if event.pid is None:
+            return event.error or f"no pid in {path}", False
+        if event.started_after_file:
+            why = "started after the pidfile was written (a reused pid)"
+            return f"pid {event.pid} from {path} {why}", False
+        if event.writable_by_non_root and not event.in_slot:
+            owner = "an unknown owner" if event.owner is None else f"uid {event.owner}"
+            return (
+                f"pidfile {path} (owned by {owner}, writable by a user other than root) "
+                f"names pid {event.pid}, which is not a process of {self._name(slot)}"
+            ), True
+        return "", False
 
     def _on_PidfileRead(self, event: ev.PidfileRead) -> None:
         slot = self.slot(event.task, event.instance)
@@ -345,10 +380,18 @@ class Supervisor:
             return
         task = self.tasks[slot.task]
         name = self._name(slot)
-        if event.pid is not None:
+        refusal, forged = self._pidfile_refusal(slot, event)
+        if forged:
+            # Located, and at warning level every time: it is either a
+            # broken daemon or someone trying to make us signal a stranger.
+            self._log("warning", f"{name}: refused: {refusal}; it is not signalled", slot.task)
+        if not refusal and event.pid is not None:
             LIFECYCLE.fire(slot, "found")
             adopted = slot.phase == "adopt"
             slot.phase = "daemon"
+            # Whether it is still wanted is decided afresh (a stop that came
+            # while the pidfile was awaited stops it now; see _keep_stopped).
+            slot.intent = None
             slot.pid = event.pid
             slot.started_at = self.now
             slot.timers.pop("pidfile", None)
@@ -369,23 +412,29 @@ class Supervisor:
             if leftover is not None:
                 # Its pidfile names none of what the last taskforce left in
                 # this slot: that goes first, then the slot starts afresh.
-                self._log("info", f"{name}: nothing to adopt ({event.error})", slot.task)
+                self._log("info", f"{name}: nothing to adopt ({refusal})", slot.task)
                 LIFECYCLE.fire(slot, "lost")
                 slot.phase = None
                 leftover.adopting = False
                 self._settle_leftovers()
                 return
-            self._log("info", f"{name}: nothing to adopt ({event.error}); starting it", slot.task)
+            self._log("info", f"{name}: nothing to adopt ({refusal}); starting it", slot.task)
             slot.phase = None
             self._spawn(task, slot, task.spec.process(slot.instance))
             return
-        if self.now < slot.pidfile_deadline:
+        if self.now < slot.pidfile_deadline and not forged:
+            # Not written yet, or still the last daemon's: look again soon.
             self._set_timer(slot, "pidfile", min(self.now + 0.1, slot.pidfile_deadline))
             return
+        # A forged pidfile is not waited out: the file is there and names a
+        # live process, just not ours.  Lost: the usual backoff applies.
         LIFECYCLE.fire(slot, "lost")
         slot.exited_at = self.now
         slot.phase = None
-        slot.last_exit = f"no daemon after its start command: {event.error}"
+        slot.timers.pop("pidfile", None)
+        if forged:  # (the warning above said where and why)
+            refusal = f"its pidfile was refused (pid {event.pid} is not a process of the task)"
+        slot.last_exit = f"no daemon after its start command: {refusal}"
         self._after_exit(slot, failed=True)
 
     def _on_LeftoversFound(self, event: ev.LeftoversFound) -> None:
@@ -750,7 +799,9 @@ class Supervisor:
             and not self._by_pid
             and not self.leftovers
             and not any(
-                slot.state is S.STARTING for task in self.tasks.values() for slot in task.slots
+                slot.state is S.STARTING or slot.awaiting_daemon
+                for task in self.tasks.values()
+                for slot in task.slots
             )
         ):
             self.exited = True
@@ -857,6 +908,23 @@ class Supervisor:
             self._stop_slot(task, slot, "stop", why)
         elif state in (S.STOPPING, S.DRAINING):
             slot.intent = "stop"
+        elif slot.awaiting_daemon:
+            # Its start command is done and its pidfile does not name the
+            # daemon yet: it is stopped (or, adopt at shutdown, left running)
+            # once the pidfile names it, or released when none turns up
+            # within pidfile_timeout.  Issue 11: stopping it as if nothing
+            # ran left the daemon behind, unsupervised.
+            if slot.intent != "stop":
+                slot.intent = "stop"
+                then = (
+                    "leave it running" if self.shutdown and task.control == "adopt" else "stop it"
+                )
+                self._log(
+                    "info",
+                    f"{self._name(slot)}: waiting for its pidfile to name its daemon, "
+                    f"to {then} ({self._stop_reason(task)})",
+                    task.spec.name,
+                )
         elif state in (S.WAITING, S.BACKOFF, S.EXITED) or (state is S.DONE and task.removed):
             slot.timers.pop("retry", None)
             LIFECYCLE.fire(slot, "release")
