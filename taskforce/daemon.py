@@ -92,6 +92,7 @@ class Daemon:
             tracking.instance_id(config_path, roles_path), self._slot_emptied
         )
         self.tracker.attach(self.selector)
+        self.tracker.known_children = lambda: set(self.leaders) | set(self.commands)
         self.leftover_watch = pidwatch.ProcessWatch(self._leftover_exit)
         self.leftover_watch.attach(self.selector)
         self.subreaper = False
@@ -159,7 +160,7 @@ class Daemon:
 
     def run(self) -> fx.Exit:
         """Supervise until the core says every task has stopped."""
-        self.subreaper = process.become_subreaper()
+        self.subreaper = self.tracker.subreaper = process.become_subreaper()
         log.info("keeping track of every task's processes with %s", self.tracker.how)
         self._install_signals()
         self._watch_inputs()

@@ -256,6 +256,10 @@ class Tracker:
         self._watches: dict[int, Slot] = {}
         self._by_slot: dict[Slot, int] = {}
         self._selector: selectors.BaseSelector | None = None
+        #: set by the daemon: whether it is its descendants' subreaper, and
+        #: the children it started (see ``alive``)
+        self.subreaper = False
+        self.known_children: Callable[[], set[int]] = set
         if use_cgroups is None:
             use_cgroups = os.environ.get("TASKFORCE_CGROUPS", "auto") != "off"
         why = "turned off (TASKFORCE_CGROUPS=off)"
@@ -350,7 +354,23 @@ class Tracker:
             return self._populated(slot)
         if not sys.platform.startswith("linux"):
             return False
+        if self.subreaper and not self._strays():
+            # Whatever of the slot outlived its process group had its parent
+            # die with the group, so it is our child now: none, nothing left.
+            return False
         return bool(marked_processes(self.ident, skip).get(slot))
+
+    def _strays(self) -> set[int]:
+        """Our children that we did not start (orphans we adopted as
+        subreaper); every child when the kernel cannot list them."""
+        found: set[int] = set()
+        try:
+            for tid in os.listdir("/proc/self/task"):
+                with open(f"/proc/self/task/{tid}/children") as handle:
+                    found.update(int(word) for word in handle.read().split())
+        except (OSError, ValueError):
+            return {-1}  # cannot tell: look everywhere
+        return found - self.known_children()
 
     def holds(self, slot: Slot, pid: int) -> bool:
         """Whether process ``pid`` is one of ``slot``'s: in its cgroup, or
