@@ -185,7 +185,17 @@ class Daemon:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        self.remove_cgroups()
         return leftovers
+
+    def remove_cgroups(self) -> None:
+        """Remove the empty cgroups a taskforce for this config could leave
+        (killed, or with an adopted daemon that outlived it)."""
+        from taskforce.tracking import Tracker, instance_id
+
+        roles = str(self.roles) if self.roles.exists() else None
+        for ident in {instance_id(str(self.config), roles), instance_id(str(self.config), None)}:
+            Tracker(ident, lambda slot: None).close()
 
 
 SLEEP = "import time; time.sleep(1000)"
