@@ -277,6 +277,7 @@ class Daemon:
         for pgid, slot in sorted(self.draining.items()):
             if not self.tracker.alive(slot, pgid, frozenset(self.commands)):
                 del self.draining[pgid]
+                self.tracker.unwatch(slot)
                 self.feed(ev.GroupEmptied(time.monotonic(), pgid))
 
     def _slot_emptied(self, slot: tracking.Slot) -> None:

@@ -420,9 +420,10 @@ class Tracker:
                 _kill(pid, signum)
 
     def watch_empty(self, slot: Slot) -> bool:
-        """Call ``on_empty(slot)`` once the slot's cgroup is empty; False
-        when that cannot be told (no cgroup): the caller looks again on
-        each SIGCHLD, or polls."""
+        """Call ``on_empty(slot)`` when the slot's cgroup becomes empty from
+        now on; False when that cannot be told (no cgroup): the caller looks
+        again on each SIGCHLD, or polls.  Either way the caller checks once
+        itself after it has reported what it knows."""
         if self.tree is None or self._selector is None:
             return False
         if slot in self._by_slot:
@@ -442,10 +443,14 @@ class Tracker:
             return False
         self._watches[wd] = slot
         self._by_slot[slot] = wd
-        if not self._populated(slot):
-            self._forget(slot)
-            self.on_empty(slot)
+        log.debug("%s[%d]: watching its cgroup until it is empty", *slot)
+        # (Never ``on_empty`` from here: the caller has yet to report what it
+        # knows.  Emptiness before the watch was in place is its to look at.)
         return True
+
+    def unwatch(self, slot: Slot) -> None:
+        """No more ``on_empty`` for ``slot`` (its emptiness was seen otherwise)."""
+        self._forget(slot)
 
     def _forget(self, slot: Slot) -> None:
         wd = self._by_slot.pop(slot, None)
@@ -468,6 +473,7 @@ class Tracker:
         except BlockingIOError:
             pass
         for slot in sorted(touched):
+            log.debug("%s[%d]: its cgroup changed", *slot)
             if slot in self._by_slot and not self._populated(slot):
                 self._forget(slot)
                 self.on_empty(slot)
