@@ -4,10 +4,12 @@ affected processes change, and a broken file changes nothing."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import time
 
 import pytest
-from daemon_harness import Daemon, task, wait_for
+from daemon_harness import Daemon, alias_bomb, task, wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -90,6 +92,26 @@ def test_broken_config_changes_nothing_then_the_fix_applies(daemon: Daemon) -> N
     assert {k: v for k, v in after.items() if k != "t004"} == {
         k: v for k, v in before.items() if k != "t004"
     }
+
+
+@pytest.mark.parametrize("deep", [False, True], ids=["wide", "deep"])
+def test_an_alias_bomb_in_the_config_is_refused_and_supervision_goes_on(
+    daemon: Daemon, deep: bool
+) -> None:
+    m = daemon.marker
+    daemon.write_config({"tasks": {"a": task(m, "a"), "b": task(m, "b")}})
+    daemon.start()
+    (a,) = daemon.wait_pids("a", 1)
+    (b,) = daemon.wait_pids("b", 1)
+    daemon.write_config(alias_bomb(task(m, "a", args=("bomb",))["commands"]["start"], deep=deep))
+    daemon.wait_log("aliases expand it to more than 1,000,000 values")
+    assert f"{daemon.config}:" in daemon.log_text()
+    os.kill(b, signal.SIGKILL)
+    wait_for(lambda: daemon.pids("b") - {b}, what="b replaced after the bomb")
+    assert daemon.pids("a") == {a}
+    started = time.monotonic()
+    assert daemon.stop(timeout=10) == 0
+    assert time.monotonic() - started < 5, "SIGTERM obeyed promptly"
 
 
 def test_roles_file_migrates_tasks_live(daemon: Daemon) -> None:
