@@ -205,6 +205,13 @@ class Daemon:
             self.timer_at = None
             self.feed(ev.TimerFired(at=time.monotonic()))
 
+    def wake(self) -> None:
+        """Make the loop take a turn now (safe from any thread)."""
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:
+            pass  # full: a turn is due anyway; closed: the loop is gone
+
     def _on_wake(self) -> None:
         try:
             while os.read(self._wake_r, 4096):
