@@ -1472,7 +1472,7 @@ def _as_roles(roles: Any, role_values: Mapping[str, str] | None) -> Roles | None
     if isinstance(roles, Roles):
         if role_values is None:
             return roles
-        return Roles(roles.names, dict(role_values), roles.source, roles.warning, roles.lines)
+        return Roles(roles.names, dict(role_values), roles.source, roles.lines)
     return Roles(None if roles is None else tuple(roles), dict(role_values or {}), None)
 
 
@@ -1591,8 +1591,6 @@ class Roles:
     names: tuple[str, ...] | None
     values: dict[str, str] = field(default_factory=dict)
     source: str | None = None
-    #: Why ``names`` is None although a file was named (it is missing).
-    warning: str | None = field(default=None, compare=False)
     #: 1-based line of each role, for error messages; not part of equality
     #: so that moving a line is not a change of roles.
     lines: dict[str, int] = field(default_factory=dict, compare=False)
@@ -1640,16 +1638,31 @@ def parse_roles(text: str, source: str) -> Roles:
         if eq:
             values[name] = value.strip()
     _raise_all(errors)
-    return Roles(tuple(names), values, source, None, lines)
+    return Roles(tuple(names), values, source, lines)
+
+
+class RolesFileMissing(ConfigError):
+    """The roles file named is not there.
+
+    Never "every task in scope": at start it is an error (a typo in ``-r``
+    must not make a fleet host run everything), and a running taskforce
+    keeps the roles it has (the core decides, told by ``ConfigLoaded``).
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, None, "", "roles file not found", 'give "-r -" for no roles file')
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RolesFileMissing, (self.file,))
 
 
 def load_roles(path: str | None) -> Roles:
-    """The roles in the file at ``path``.
+    """The roles in the file at ``path``; None means no roles file, so no
+    role filtering (as in the original).
 
-    None, or a missing file, means no role filtering (as in the original);
-    a missing file also sets ``warning``.  A file that exists but cannot be
-    read is an error: running every task on a host that was meant to run a
-    few is worse than keeping what runs.
+    A missing file raises ``RolesFileMissing``, and a file that exists but
+    cannot be read is an error too: running every task on a host that was
+    meant to run a few is worse than keeping what runs.
     """
     if path is None:
         return Roles(None, {}, None)
@@ -1657,7 +1670,7 @@ def load_roles(path: str | None) -> Roles:
         text = _read_text(path)
     except ConfigError as exc:
         if exc.message == "file not found":
-            return Roles(None, {}, path, f"roles file {path} not found: all tasks are in scope")
+            raise RolesFileMissing(path) from None
         raise
     return parse_roles(text, path)
 

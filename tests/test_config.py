@@ -17,6 +17,7 @@ from taskforce.config import (
     ConfigError,
     LoadedConfig,
     Roles,
+    RolesFileMissing,
     check,
     check_roles_against,
     format_path,
@@ -991,15 +992,19 @@ def test_roles_file_forms(tmp_path: Any) -> None:
     assert roles.names == ("web", "db", "shard", "zone", "a.b-c_d")
     assert roles.values == {"shard": "3", "zone": "eu-west"}
     assert roles.source == str(path)
-    assert roles.warning is None
     assert roles.lines["shard"] == 6
 
 
 def test_roles_none_and_missing(tmp_path: Any) -> None:
     assert load_roles(None) == Roles(None, {}, None)
-    missing = load_roles(str(tmp_path / "nope"))
-    assert missing.names is None
-    assert missing.warning is not None and "not found" in missing.warning
+    # A roles file named but not there never means "every task in scope".
+    path = str(tmp_path / "nope")
+    with pytest.raises(RolesFileMissing) as raised:
+        load_roles(path)
+    assert (
+        str(raised.value) == f'{path}: roles file not found (hint: give "-r -" for no roles file)'
+    )
+    assert isinstance(raised.value, ConfigError)
 
 
 def test_empty_roles_file(tmp_path: Any) -> None:

@@ -330,6 +330,25 @@ def test_check_config_refuses_an_alias_bomb_fast(daemon: Daemon, deep: bool) -> 
     assert "aliases expand it to more than 1,000,000 values" in result.stderr
 
 
+def test_a_roles_file_given_but_missing_is_an_error_for_check_and_start(daemon: Daemon) -> None:
+    m = daemon.marker
+    daemon.write_config(tasks(a=task(m, "a")))
+    missing = str(daemon.root / "no-such-roles")
+    command = daemon.command()
+    command[command.index("-r") + 1] = missing
+    for extra in (["-C"], []):
+        result = subprocess.run(
+            [*command, *extra], capture_output=True, text=True, timeout=30, cwd=daemon.root
+        )
+        assert result.returncode == 1, result.stderr
+        assert f"{missing}: roles file not found" in result.stderr
+    assert not daemon.processes()
+    # "-r -" still means no roles file: every task in scope.
+    command[command.index("-r") + 1] = "-"
+    result = subprocess.run([*command, "-C"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
 def test_bad_config_at_start_exits_one_and_starts_nothing(daemon: Daemon) -> None:
     m = daemon.marker
     daemon.write_config({"tasks": {"a": {**task(m, "a"), "count": "many"}}})

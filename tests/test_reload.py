@@ -137,6 +137,38 @@ def test_roles_file_migrates_tasks_live(daemon: Daemon) -> None:
     daemon.wait_log("web: now out of scope (roles changed)")
 
 
+def test_a_deleted_roles_file_keeps_the_roles_until_it_comes_back(daemon: Daemon) -> None:
+    m = daemon.marker
+    daemon.write_roles("db")
+    tasks = {
+        "web": task(m, "web", roles=["web"]),
+        "db": task(m, "db", roles=["db"]),
+        "both": task(m, "both"),
+    }
+    daemon.write_config({"tasks": tasks})
+    daemon.start()
+    (db,) = daemon.wait_pids("db", 1)
+    (both,) = daemon.wait_pids("both", 1)
+    daemon.roles.unlink()
+    daemon.wait_log(f"roles file {daemon.roles} is missing; keeping the current roles (db)")
+    # A config edit meanwhile is applied with the roles kept.
+    tasks["extra"] = task(m, "extra", roles=["db"])
+    daemon.write_config({"tasks": tasks})
+    daemon.wait_pids("extra", 1)
+    assert not daemon.pids("web"), "the web tier never started on a db host"
+    assert (daemon.pids("db"), daemon.pids("both")) == ({db}, {both})
+    # A reset would start again without the file: refused, nothing stops.
+    os.kill(daemon.pid, signal.SIGHUP)
+    daemon.wait_log(f"reset refused, roles file {daemon.roles} not found; nothing was stopped")
+    assert (daemon.pids("db"), daemon.pids("both")) == ({db}, {both})
+    # Back, with a change: applied as usual.
+    daemon.write_roles("web")
+    daemon.wait_pids("web", 1)
+    wait_for(lambda: not daemon.pids("db") and not daemon.pids("extra"), what="db stopped")
+    assert daemon.pids("both") == {both}
+    assert "now out of scope (roles changed)" in daemon.log_text()
+
+
 def test_role_values_reach_the_context(daemon: Daemon) -> None:
     m = daemon.marker
     out = daemon.root / "role.txt"
