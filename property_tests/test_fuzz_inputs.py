@@ -56,7 +56,7 @@ from taskforce.config import (
     parse_roles,
 )
 from taskforce.control.api import MANAGE, STATUS, handle
-from taskforce.control.http import REASONS, Connection, Request, Response
+from taskforce.control.http import REASONS, Connection, Deferred, Request, Response
 from taskforce.control.listen import Service
 from taskforce.control.options import Options
 from taskforce.control.server import ControlServer
@@ -1007,6 +1007,9 @@ def test_any_control_request_gets_a_response(calls: list[tuple[Request, bool]]) 
         for request, allow in calls:
             service = Service("/fuzz.sock", allow_control=allow)
             response = handle(daemon.server, request, service)
+            if isinstance(response, Deferred):
+                # As the server does, with the work on this thread.
+                response = response.finish(response.work())
             check_response(response)
             event(f"code {response.code}")
             if response.after is not None:

@@ -117,6 +117,7 @@ edits = st.lists(
         st.tuples(st.just("config"), configs()),
         st.tuples(st.just("roles"), role_sets),
         st.tuples(st.just("broken"), st.none()),
+        st.tuples(st.just("roles_deleted"), st.none()),
     ),
     max_size=6,
 )
@@ -130,13 +131,42 @@ def test_any_edit_sequence_settles_to_the_last_valid_config_and_current_roles(
     for kind, value in changes:
         if kind == "config":
             config = value
-            sim.reload(config, roles)
+            sim.reload(config)  # with the roles file as it is (maybe deleted)
         elif kind == "roles":
             roles = value
             sim.reload(config, roles)
+        elif kind == "roles_deleted":
+            sim.delete_roles()  # the current roles stay
         else:
             sim.reject("tasks.alpha.count: not a number")
         sim.settle()
     fresh = booted(config, roles)
+    gated = {name for name, task in fresh.core.tasks.items() if task.waiting_on}
+    assert ungated(running_set(sim), gated) == ungated(running_set(fresh), gated)
+
+
+@given(configs(), role_sets, st.one_of(st.none(), configs()))
+def test_deleting_the_roles_file_never_changes_which_tasks_run(
+    config: dict[str, Any], roles: Any, edited: dict[str, Any] | None
+) -> None:
+    sim = booted(config, roles)
+    before = running_set(sim)
+    effects = len(sim.effects(fx.Spawn)) + len(sim.effects(fx.Signal))
+    sim.delete_roles("/etc/roles")
+    sim.settle()
+    assert running_set(sim) == before
+    assert len(sim.effects(fx.Spawn)) + len(sim.effects(fx.Signal)) == effects
+    assert any("roles file /etc/roles is missing" in m for m in sim.messages("warning"))
+    if edited is not None:
+        # A config edited meanwhile is applied with the roles kept.
+        sim.reload(edited)
+        sim.settle()
+        fresh = booted(edited, roles)
+        gated = {name for name, task in fresh.core.tasks.items() if task.waiting_on}
+        assert ungated(running_set(sim), gated) == ungated(running_set(fresh), gated)
+    # The file comes back with other roles: applied as usual.
+    sim.reload(roles=("db",))
+    sim.settle()
+    fresh = booted(edited if edited is not None else config, ("db",))
     gated = {name for name, task in fresh.core.tasks.items() if task.waiting_on}
     assert ungated(running_set(sim), gated) == ungated(running_set(fresh), gated)

@@ -68,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-r",
         "--roles-file",
         metavar="ROLES",
-        help="roles file, watched for changes (default: the first readable of "
+        help="roles file, watched for changes; it must exist (default: the first of "
         + ", ".join(DEFAULT_ROLES)
-        + '; "-" means none: every task is in scope)',
+        + ' that exists; "-" or none of them: every task is in scope)',
     )
     parser.add_argument(
         "-C",
@@ -114,10 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def pick_roles_file(option: str | None) -> str | None:
+    """The roles file to use: ``-r PATH``, else the first default that exists.
+
+    None (every task in scope) only for ``-r -`` or when no default exists:
+    a default that exists but cannot be read is reported by ``load_roles``,
+    not skipped, and so is a ``-r PATH`` that does not exist.
+    """
     if option is not None:
         return None if option in ("", "-") else option
     for candidate in DEFAULT_ROLES:
-        if os.access(candidate, os.R_OK):
+        if os.path.lexists(candidate):
             return candidate
     return None
 
@@ -243,8 +249,6 @@ def check_config(config_path: str, roles_path: str | None) -> int:
     """-C: validate and report; never starts anything."""
     try:
         roles = load_roles(roles_path)
-        if roles.warning:
-            print(f"taskforce: warning: {roles.warning}", file=sys.stderr)
         config = load_config(config_path, roles=roles.names, role_values=roles.values)
         check_roles_against(config, roles)
     except ConfigError as exc:

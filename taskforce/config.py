@@ -70,6 +70,13 @@ KeyPath = tuple[Any, ...]
 TOP_KEYS = ("tasks", "settings", "defines", "role_defines", "defaults", "role_defaults")
 #: The most slots one task may have (as the control path allows).
 MAX_COUNT = 10_000
+#: The most YAML values (nodes: every scalar, list and mapping, keys
+#: included) a config may hold once its aliases are expanded.  An
+#: alias (``*name``) costs nothing to read but everything after reading walks
+#: it as a copy, so a 400-byte "billion laughs" file would stand for 10**9
+#: nodes.  A config of 1,000 ordinary tasks holds about 50,000; this leaves
+#: twenty times that.
+MAX_NODES = 1_000_000
 
 TASK_KEYS = (
     "commands",
@@ -300,6 +307,7 @@ def _parse(text: str, source: str) -> _Parsed:
         node = loader.get_single_node()
         parsed = _Parsed(None, {}, {}, {}, [])
         if node is not None:
+            _within_budget(node, source)
             parsed.data = _Builder(loader, parsed).build(node, ())
     except yaml.YAMLError as exc:
         raise _yaml_error(exc, source, text) from None
@@ -310,6 +318,96 @@ def _parse(text: str, source: str) -> _Parsed:
     finally:
         loader.dispose()
     return parsed
+
+
+def _within_budget(root: yaml.Node, source: str, budget: int = MAX_NODES) -> None:
+    """Refuse a document that, with its aliases expanded, exceeds ``budget`` nodes.
+
+    The composer shares the node of an anchor with each of its aliases, so
+    the document is a graph; everything after this (building, checking,
+    the core's specs) walks it as a tree.  This walk visits each node once,
+    in document order, and at each alias adds the size its anchor was found
+    to have, so it takes time in the file's size, never in the tree's: a
+    wide or deep alias bomb is refused before anything expands it.  The
+    error names the alias that went over the budget.  A merge key counts as
+    all it merges.  An alias inside its own anchor (a recursive structure)
+    is refused here too.  It recurses as deep as the document nests, as the
+    builder does after it.
+    """
+    counter = _Counter(budget)
+    try:
+        counter.size(root)
+    except _Refused as refused:
+        path = tuple(reversed(refused.keys))
+        line = refused.line or root.start_mark.line + 1
+        raise ConfigError(source, line, format_path(path), refused.message, refused.hint) from None
+
+
+class _Refused(Exception):
+    """Over the budget, or recursive; ``keys`` gathers the path on the way out."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        self.keys: list[Any] = []
+        self.line = 0
+
+
+class _Counter:
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.total = 0
+        #: expanded size of every node seen in full, by id
+        self.sizes: dict[int, int] = {}
+        #: ids of the nodes being counted (the current path)
+        self.open: set[int] = set()
+
+    def size(self, node: yaml.Node) -> int:
+        """The expanded size of ``node``, first seen here."""
+        self.total += 1
+        if self.total > self.budget:
+            raise _Refused(f"the YAML holds over {self.budget:,} values")
+        if isinstance(node, yaml.ScalarNode):
+            return 1
+        self.open.add(id(node))
+        size = 1
+        if isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                size += self.child(item, index, 0)
+        else:
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+                line = key_node.start_mark.line + 1
+                size += self.child(key_node, key, line) + self.child(value_node, key, line)
+        self.open.discard(id(node))
+        self.sizes[id(node)] = size
+        return size
+
+    def child(self, node: yaml.Node, key: Any, line: int) -> int:
+        """Its size, counting ``node`` under ``key`` (whose line is ``line``, or 0)."""
+        try:
+            known = self.sizes.get(id(node))
+            if known is None:
+                if id(node) in self.open:
+                    raise _Refused("an alias refers to the value it is inside of")
+                if not line and not isinstance(node, yaml.ScalarNode):
+                    line = node.start_mark.line + 1
+                return self.size(node)
+            # An alias (or a scalar): everything it stands for counts again.
+            self.total += known
+            if self.total > self.budget:
+                raise _Refused(
+                    f"the YAML's aliases expand it to more than {self.budget:,} values",
+                    "an alias (*name) stands for a copy of what its anchor (&name) holds; "
+                    "is this a 'billion laughs' file?",
+                )
+            return known
+        except _Refused as refused:
+            refused.keys.append(key)
+            # An alias's node (and mark) is its anchor's: the line is that
+            # of the nearest key or list item written where it is used.
+            refused.line = refused.line or line
+            raise
 
 
 class _Builder:
@@ -1374,7 +1472,7 @@ def _as_roles(roles: Any, role_values: Mapping[str, str] | None) -> Roles | None
     if isinstance(roles, Roles):
         if role_values is None:
             return roles
-        return Roles(roles.names, dict(role_values), roles.source, roles.warning, roles.lines)
+        return Roles(roles.names, dict(role_values), roles.source, roles.lines)
     return Roles(None if roles is None else tuple(roles), dict(role_values or {}), None)
 
 
@@ -1493,8 +1591,6 @@ class Roles:
     names: tuple[str, ...] | None
     values: dict[str, str] = field(default_factory=dict)
     source: str | None = None
-    #: Why ``names`` is None although a file was named (it is missing).
-    warning: str | None = field(default=None, compare=False)
     #: 1-based line of each role, for error messages; not part of equality
     #: so that moving a line is not a change of roles.
     lines: dict[str, int] = field(default_factory=dict, compare=False)
@@ -1542,16 +1638,31 @@ def parse_roles(text: str, source: str) -> Roles:
         if eq:
             values[name] = value.strip()
     _raise_all(errors)
-    return Roles(tuple(names), values, source, None, lines)
+    return Roles(tuple(names), values, source, lines)
+
+
+class RolesFileMissing(ConfigError):
+    """The roles file named is not there.
+
+    Never "every task in scope": at start it is an error (a typo in ``-r``
+    must not make a fleet host run everything), and a running taskforce
+    keeps the roles it has (the core decides, told by ``ConfigLoaded``).
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, None, "", "roles file not found", 'give "-r -" for no roles file')
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RolesFileMissing, (self.file,))
 
 
 def load_roles(path: str | None) -> Roles:
-    """The roles in the file at ``path``.
+    """The roles in the file at ``path``; None means no roles file, so no
+    role filtering (as in the original).
 
-    None, or a missing file, means no role filtering (as in the original);
-    a missing file also sets ``warning``.  A file that exists but cannot be
-    read is an error: running every task on a host that was meant to run a
-    few is worse than keeping what runs.
+    A missing file raises ``RolesFileMissing``, and a file that exists but
+    cannot be read is an error too: running every task on a host that was
+    meant to run a few is worse than keeping what runs.
     """
     if path is None:
         return Roles(None, {}, None)
@@ -1559,7 +1670,7 @@ def load_roles(path: str | None) -> Roles:
         text = _read_text(path)
     except ConfigError as exc:
         if exc.message == "file not found":
-            return Roles(None, {}, path, f"roles file {path} not found: all tasks are in scope")
+            raise RolesFileMissing(path) from None
         raise
     return parse_roles(text, path)
 

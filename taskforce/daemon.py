@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from taskforce import output, pidwatch, process, signals, tracking
-from taskforce.config import ConfigError, load_config, load_roles
+from taskforce.config import ConfigError, Roles, RolesFileMissing, load_config, load_roles
 from taskforce.control.options import Options  # --- control server
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
@@ -136,11 +136,19 @@ class Daemon:
         return [ev.LeftoversFound(at=time.monotonic(), leftovers=leftovers)]
 
     def load_inputs(self, source: str) -> ev.Event:
-        """Read the roles and config files; ConfigLoaded or ConfigRejected."""
+        """Read the roles and config files; ConfigLoaded or ConfigRejected.
+
+        A roles file that is not there is reported as such (``roles_missing``)
+        for the core to decide on; the config is then checked against the
+        roles the core has.
+        """
+        missing = None
         try:
-            roles = load_roles(self.roles_path)
-            if roles.warning:
-                log.warning(roles.warning)
+            try:
+                roles = load_roles(self.roles_path)
+            except RolesFileMissing as exc:
+                missing = exc.file
+                roles = Roles(self.core.roles, dict(self.core.role_values))
             config = load_config(self.config_path, roles=roles.names, role_values=roles.values)
         except ConfigError as exc:
             return ev.ConfigRejected(at=time.monotonic(), source=source, error=str(exc))
@@ -148,6 +156,10 @@ class Daemon:
             where = exc.filename or self.config_path
             error = f"{where}: {exc.strerror or exc}"
             return ev.ConfigRejected(at=time.monotonic(), source=source, error=error)
+        if missing is not None:
+            return ev.ConfigLoaded(
+                at=time.monotonic(), config=config, source=source, roles_missing=missing
+            )
         return ev.ConfigLoaded(
             at=time.monotonic(),
             config=config,
@@ -231,6 +243,13 @@ class Daemon:
         if self.timer_at is not None and time.monotonic() >= self.timer_at:
             self.timer_at = None
             self.feed(ev.TimerFired(at=time.monotonic()))
+
+    def wake(self) -> None:
+        """Make the loop take a turn now (safe from any thread)."""
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:
+            pass  # full: a turn is due anyway; closed: the loop is gone
 
     def _on_wake(self) -> None:
         try:
@@ -344,10 +363,17 @@ class Daemon:
             self.feed(ev.StopRequested(time.monotonic(), reset=True, reason=reason))
             return True
         loaded = self.load_inputs("reset")
+        error = None
         if isinstance(loaded, ev.ConfigRejected):
+            error = loaded.error
+        elif isinstance(loaded, ev.ConfigLoaded) and loaded.roles_missing is not None:
+            # Started again, taskforce would refuse to run (-r PATH) or run
+            # every task (a default path): keep what runs instead.
+            error = f"roles file {loaded.roles_missing} not found"
+        if error is not None:
             self.feed(
                 ev.ConfigRejected(
-                    loaded.at, "reset", f"reset refused, {loaded.error}; nothing was stopped"
+                    loaded.at, "reset", f"reset refused, {error}; nothing was stopped"
                 )
             )
             return False

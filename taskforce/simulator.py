@@ -257,6 +257,8 @@ class Simulation:
         self.observers: list[EffectObserver] = []
         self.config: dict[str, Any] = {}
         self.roles: tuple[str, ...] | None = None
+        #: the path of the roles file while it is deleted (see delete_roles)
+        self.roles_missing: str | None = None
         self._next_pid = FIRST_PID
         self._urgent: deque[ev.Event] = deque()
         self._queue: deque[ev.Event | _Reap] = deque()
@@ -297,8 +299,17 @@ class Simulation:
         """
         source = "config" if config is not None else "roles"
         cfg = self.config if config is None else config
+        if roles is not _KEEP:
+            self.roles_missing = None  # the roles file is back
         new_roles = self.roles if roles is _KEEP else roles
         self._load(cfg, new_roles, role_values, source=source)
+
+    def delete_roles(self, path: str = "/usr/local/etc/tf_roles.conf") -> None:
+        """The roles file at ``path`` was deleted, as the shell reports it:
+        ``ConfigLoaded`` with ``roles_missing``, and so on every reload until
+        ``reload`` is given roles again (the file is back)."""
+        self.roles_missing = path
+        self._load(self.config, self.roles, None, source="roles")
 
     def reject(self, error: str = "bad config", source: str = "config") -> None:
         """A config or roles file failed to load."""
@@ -545,6 +556,13 @@ class Simulation:
         source: str,
     ) -> None:
         self.config = freeze(dict(config))
+        if self.roles_missing is not None:
+            self._push(
+                ev.ConfigLoaded(
+                    at=self.now, config=self.config, source=source, roles_missing=self.roles_missing
+                )
+            )
+            return
         self.roles = None if roles is None else tuple(roles)
         self._push(
             ev.ConfigLoaded(

@@ -357,12 +357,16 @@ def _perform(sim: Any, entry: dict[str, Any], roles_path: str | None) -> None:
         sim.reload(load_config(entry["config"], roles=roles.names, role_values=roles.values))
     elif "roles" in entry:
         sim.reload(roles=tuple(entry["roles"]))
+    elif "roles_deleted" in entry:
+        sim.delete_roles(roles_path or "<roles file>")
     elif "stop" in entry:
         sim.request_stop(reset=False, reason="script")
     elif "reset" in entry:
         sim.request_stop(reset=True, reason="script")
     elif "advance" not in entry:
-        raise ValueError("expected one of kill, exit, touch, config, roles, stop, reset")
+        raise ValueError(
+            "expected one of kill, exit, touch, config, roles, roles_deleted, stop, reset"
+        )
 
 
 # ------------------------------------------------------------------- plan

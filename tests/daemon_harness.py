@@ -213,3 +213,16 @@ def task(
 def shell_task(marker: str, name: str, script: str, **keys: Any) -> dict[str, Any]:
     """A task running ``sh -c script``; ``$0`` is the marker, ``$1`` the name."""
     return {"commands": {"start": ["sh", "-c", script, marker, name]}, **keys}
+
+
+def alias_bomb(start: list[str], *, deep: bool = False) -> str:
+    """A config whose one task ``a`` runs ``start``, with a YAML alias bomb
+    ("billion laughs") as a conditional value of its command: under 1 KiB
+    that stands for 9**9 values (wide: nine lists of nine) or 2**40
+    (``deep``: forty lists of two)."""
+    width, levels = (2, 40) if deep else (9, 9)
+    lists = ["[" + ", ".join(["lol"] * width) + "]"]
+    lists += ["[" + ", ".join([f"*l{level - 1}"] * width) + "]" for level in range(1, levels)]
+    argv = "".join(f"        - {json.dumps(arg)}\n" for arg in start)
+    anchored = "".join(f"          - &l{level} {text}\n" for level, text in enumerate(lists))
+    return f"tasks:\n  a:\n    commands:\n      start:\n{argv}        - NOT_SET:\n{anchored}"

@@ -472,18 +472,20 @@ class Chaos:
             os.replace(tmp, self.daemon.roles)
             self.stats["roles_broken"] += 1
             return
-        new = copy.deepcopy(self.plan)
         if roll < 0.18:
-            new.roles = None
-            new.role_values = {}
-        else:
-            new.roles = tuple(sorted(rng.sample(ROLE_NAMES, rng.randrange(len(ROLE_NAMES) + 1))))
-            new.role_values = {
-                r: rng.choice(["blue", "green"]) for r in new.roles if rng.random() < 0.3
-            }
+            # removed: the daemon keeps the roles it has, so the plan stays
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.daemon.roles)
+            self.stats["roles_removed"] += 1
+            return
+        new = copy.deepcopy(self.plan)
+        new.roles = tuple(sorted(rng.sample(ROLE_NAMES, rng.randrange(len(ROLE_NAMES) + 1))))
+        new.role_values = {
+            r: rng.choice(["blue", "green"]) for r in new.roles if rng.random() < 0.3
+        }
         self.plan = new
         self.write_roles(new)
-        self.stats["roles_valid" if new.roles is not None else "roles_removed"] += 1
+        self.stats["roles_valid"] += 1
 
     def act_control(self) -> None:
         rng = self.rng

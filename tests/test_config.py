@@ -4,16 +4,20 @@ line and key path), the YAML 1.1 traps, and the roles file."""
 from __future__ import annotations
 
 import json
+import signal
 import textwrap
+import time
 from typing import Any
 
 import pytest
+from daemon_harness import alias_bomb
 
 from taskforce.config import (
     SCHEMA_ONLY,
     ConfigError,
     LoadedConfig,
     Roles,
+    RolesFileMissing,
     check,
     check_roles_against,
     format_path,
@@ -342,6 +346,55 @@ def test_anchors_and_merge_keys() -> None:
     tasks = load_config_text(dedent(text), "x")["tasks"]
     assert tasks["a"]["defines"] == {"A": "2"}  # overriding a merged key is no duplicate
     assert tasks["b"]["commands"]["start"] == ("x", "y")
+
+
+# ---------------------------------------------------------------------------
+# Alias bombs: refused before anything walks them as a tree
+
+
+def _give_up(signum: int, frame: Any) -> None:
+    raise TimeoutError("still loading after 2 s")
+
+
+def _refused_fast(text: str) -> ConfigError:
+    """The error loading ``text`` raises; a bomb that goes off fails in 2 s."""
+    started = time.perf_counter()
+    previous = signal.signal(signal.SIGALRM, _give_up)
+    signal.setitimer(signal.ITIMER_REAL, 2.0)
+    try:
+        with pytest.raises(ConfigError) as raised:
+            load_config_text(text, "bomb.conf", ALL, facts=FACTS)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    took = time.perf_counter() - started
+    assert took < 0.5, f"took {took:.3f}s to refuse"
+    return raised.value
+
+
+@pytest.mark.parametrize("deep", [False, True], ids=["wide", "deep"])
+def test_an_alias_bomb_is_a_located_error_within_milliseconds(deep: bool) -> None:
+    err = _refused_fast(alias_bomb(["x"], deep=deep))
+    assert "aliases expand it to more than 1,000,000 values" in err.message
+    assert err.path.startswith("tasks.a.commands.start[1].NOT_SET[")
+    assert err.line is not None and 8 <= err.line <= 46
+    assert str(err).startswith(f"bomb.conf:{err.line}: tasks.a.commands.start[1]")
+
+
+def test_an_alias_inside_its_own_anchor_is_a_located_error() -> None:
+    err = _refused_fast("tasks:\n  a:\n    commands: {start: &s [x, *s]}\n")
+    assert (err.line, err.path) == (3, "tasks.a.commands.start[1]")
+    assert "refers to the value it is inside of" in err.message
+
+
+def test_aliases_within_the_budget_still_load() -> None:
+    # 100 tasks sharing one 9,000-value argument list through an alias.
+    args = "[" + ", ".join(["a"] * 9000) + "]"
+    line = "  t{}: {{commands: {{start: [x, {{ARGS: *args}}]}}}}\n"
+    tasks = "".join(line.format(i) for i in range(1, 100))
+    text = f"tasks:\n  t0: {{commands: {{start: [x, {{ARGS: &args {args}}}]}}}}\n{tasks}"
+    config = load_config_text(text, "t.conf")
+    assert len(config["tasks"]) == 100
 
 
 def test_key_lines_are_recorded() -> None:
@@ -939,15 +992,19 @@ def test_roles_file_forms(tmp_path: Any) -> None:
     assert roles.names == ("web", "db", "shard", "zone", "a.b-c_d")
     assert roles.values == {"shard": "3", "zone": "eu-west"}
     assert roles.source == str(path)
-    assert roles.warning is None
     assert roles.lines["shard"] == 6
 
 
 def test_roles_none_and_missing(tmp_path: Any) -> None:
     assert load_roles(None) == Roles(None, {}, None)
-    missing = load_roles(str(tmp_path / "nope"))
-    assert missing.names is None
-    assert missing.warning is not None and "not found" in missing.warning
+    # A roles file named but not there never means "every task in scope".
+    path = str(tmp_path / "nope")
+    with pytest.raises(RolesFileMissing) as raised:
+        load_roles(path)
+    assert (
+        str(raised.value) == f'{path}: roles file not found (hint: give "-r -" for no roles file)'
+    )
+    assert isinstance(raised.value, ConfigError)
 
 
 def test_empty_roles_file(tmp_path: Any) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_harness import Daemon, shell_task, task, wait_for
+from daemon_harness import Daemon, alias_bomb, shell_task, task, wait_for
 
 from taskforce.config import load_config_text
 from taskforce.control.listen import (
@@ -742,6 +742,71 @@ def test_new_manage_endpoints(daemon: Daemon) -> None:
         404,
         "Unknown control path -- /manage/whatever?a=1\n",
     )
+
+
+@needs_linux
+def test_a_posted_alias_bomb_is_refused_and_supervision_goes_on(daemon: Daemon) -> None:
+    m = daemon.marker
+    sock = start_daemon(daemon, {"a": task(m, "a")})
+    (a,) = daemon.wait_pids("a", 1)
+    for deep in (False, True):
+        started = time.monotonic()
+        code, _, text = call(
+            sock,
+            "/manage/plan",
+            "POST",
+            alias_bomb(["x"], deep=deep),
+            {"Content-Type": "text/yaml"},
+        )
+        assert time.monotonic() - started < 5
+        assert code == 400, text
+        assert text.startswith("<posted config>:")
+        assert ": tasks.a.commands.start[1].NOT_SET[" in text
+        assert "aliases expand it to more than 1,000,000 values" in text
+    os.kill(a, signal.SIGKILL)
+    wait_for(lambda: daemon.pids("a") - {a}, what="a replaced after the bombs")
+
+
+@needs_linux
+def test_a_long_plan_is_checked_off_the_loop(daemon: Daemon) -> None:
+    m = daemon.marker
+    sock = start_daemon(daemon, {"a": task(m, "a")})
+    (a,) = daemon.wait_pids("a", 1)
+    # Legal, and slow to check: 700 aliases of a 700-value list in a
+    # conditional (490,000 values, within the budget).
+    values = "[" + ", ".join(["v"] * 700) + "]"
+    aliases = ", ".join(["*v"] * 699)
+    big = f"tasks:\n  a: {{commands: {{start: [x, {{NOT_SET: [&v {values}, {aliases}]}}]}}}}\n"
+    answer: list[Any] = []
+
+    def post() -> None:
+        deadline = time.monotonic() + 60
+        while not answer or (answer[-1][0] == 503 and time.monotonic() < deadline):
+            conn = UnixConnection(sock, timeout=120)
+            try:
+                conn.request("POST", "/manage/plan", body=big.encode())
+                response = conn.getresponse()
+                answer.append((response.status, response.read().decode()))
+            finally:
+                conn.close()
+
+    poster = threading.Thread(target=post)
+    poster.start()
+    try:
+        # Meanwhile the loop supervises and answers at once; a second plan
+        # is told to come back later.
+        wait_for(lambda: call(sock, "/manage/plan", "POST", "tasks: {}")[0] == 503, timeout=5)
+        os.kill(a, signal.SIGKILL)
+        started = time.monotonic()
+        wait_for(lambda: daemon.pids("a") - {a}, what="a replaced during the plan")
+        replaced = time.monotonic() - started
+        assert call(sock, "/status/health")[0] == 200
+        assert poster.is_alive(), "the plan was still being checked"
+        assert replaced < 1.0, f"a replaced in {replaced:.3f}s"
+    finally:
+        poster.join(120)
+    assert answer and answer[-1][0] == 200, answer
+    assert json.loads(answer[-1][1])["restart"][0]["task"] == "a"
 
 
 @needs_linux

@@ -9,7 +9,15 @@ import sys
 import time
 
 import pytest
-from daemon_harness import IGNORE_TERM, Daemon, proc_table, shell_task, task, wait_for
+from daemon_harness import (
+    IGNORE_TERM,
+    Daemon,
+    alias_bomb,
+    proc_table,
+    shell_task,
+    task,
+    wait_for,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -308,6 +316,37 @@ def test_check_config_rejects_bad_configs(daemon: Daemon, config: str, expected:
     assert result.returncode == 1
     assert expected in result.stderr
     assert str(daemon.config) in result.stderr
+
+
+@pytest.mark.parametrize("deep", [False, True], ids=["wide", "deep"])
+def test_check_config_refuses_an_alias_bomb_fast(daemon: Daemon, deep: bool) -> None:
+    daemon.write_config(alias_bomb(["x"], deep=deep))
+    started = time.monotonic()
+    result = subprocess.run(daemon.command("-C"), capture_output=True, text=True, timeout=20)
+    assert time.monotonic() - started < 5
+    assert result.returncode == 1
+    assert f"{daemon.config}:" in result.stderr
+    assert ": tasks.a.commands.start[1].NOT_SET[" in result.stderr
+    assert "aliases expand it to more than 1,000,000 values" in result.stderr
+
+
+def test_a_roles_file_given_but_missing_is_an_error_for_check_and_start(daemon: Daemon) -> None:
+    m = daemon.marker
+    daemon.write_config(tasks(a=task(m, "a")))
+    missing = str(daemon.root / "no-such-roles")
+    command = daemon.command()
+    command[command.index("-r") + 1] = missing
+    for extra in (["-C"], []):
+        result = subprocess.run(
+            [*command, *extra], capture_output=True, text=True, timeout=30, cwd=daemon.root
+        )
+        assert result.returncode == 1, result.stderr
+        assert f"{missing}: roles file not found" in result.stderr
+    assert not daemon.processes()
+    # "-r -" still means no roles file: every task in scope.
+    command[command.index("-r") + 1] = "-"
+    result = subprocess.run([*command, "-C"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
 
 
 def test_bad_config_at_start_exits_one_and_starts_nothing(daemon: Daemon) -> None:

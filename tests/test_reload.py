@@ -4,10 +4,12 @@ affected processes change, and a broken file changes nothing."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import time
 
 import pytest
-from daemon_harness import Daemon, task, wait_for
+from daemon_harness import Daemon, alias_bomb, task, wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -92,6 +94,26 @@ def test_broken_config_changes_nothing_then_the_fix_applies(daemon: Daemon) -> N
     }
 
 
+@pytest.mark.parametrize("deep", [False, True], ids=["wide", "deep"])
+def test_an_alias_bomb_in_the_config_is_refused_and_supervision_goes_on(
+    daemon: Daemon, deep: bool
+) -> None:
+    m = daemon.marker
+    daemon.write_config({"tasks": {"a": task(m, "a"), "b": task(m, "b")}})
+    daemon.start()
+    (a,) = daemon.wait_pids("a", 1)
+    (b,) = daemon.wait_pids("b", 1)
+    daemon.write_config(alias_bomb(task(m, "a", args=("bomb",))["commands"]["start"], deep=deep))
+    daemon.wait_log("aliases expand it to more than 1,000,000 values")
+    assert f"{daemon.config}:" in daemon.log_text()
+    os.kill(b, signal.SIGKILL)
+    wait_for(lambda: daemon.pids("b") - {b}, what="b replaced after the bomb")
+    assert daemon.pids("a") == {a}
+    started = time.monotonic()
+    assert daemon.stop(timeout=10) == 0
+    assert time.monotonic() - started < 5, "SIGTERM obeyed promptly"
+
+
 def test_roles_file_migrates_tasks_live(daemon: Daemon) -> None:
     m = daemon.marker
     daemon.write_roles("web")
@@ -113,6 +135,38 @@ def test_roles_file_migrates_tasks_live(daemon: Daemon) -> None:
     wait_for(lambda: not daemon.pids("web"), what="web stopped")
     assert daemon.pids("both") == {both}
     daemon.wait_log("web: now out of scope (roles changed)")
+
+
+def test_a_deleted_roles_file_keeps_the_roles_until_it_comes_back(daemon: Daemon) -> None:
+    m = daemon.marker
+    daemon.write_roles("db")
+    tasks = {
+        "web": task(m, "web", roles=["web"]),
+        "db": task(m, "db", roles=["db"]),
+        "both": task(m, "both"),
+    }
+    daemon.write_config({"tasks": tasks})
+    daemon.start()
+    (db,) = daemon.wait_pids("db", 1)
+    (both,) = daemon.wait_pids("both", 1)
+    daemon.roles.unlink()
+    daemon.wait_log(f"roles file {daemon.roles} is missing; keeping the current roles (db)")
+    # A config edit meanwhile is applied with the roles kept.
+    tasks["extra"] = task(m, "extra", roles=["db"])
+    daemon.write_config({"tasks": tasks})
+    daemon.wait_pids("extra", 1)
+    assert not daemon.pids("web"), "the web tier never started on a db host"
+    assert (daemon.pids("db"), daemon.pids("both")) == ({db}, {both})
+    # A reset would start again without the file: refused, nothing stops.
+    os.kill(daemon.pid, signal.SIGHUP)
+    daemon.wait_log(f"reset refused, roles file {daemon.roles} not found; nothing was stopped")
+    assert (daemon.pids("db"), daemon.pids("both")) == ({db}, {both})
+    # Back, with a change: applied as usual.
+    daemon.write_roles("web")
+    daemon.wait_pids("web", 1)
+    wait_for(lambda: not daemon.pids("db") and not daemon.pids("extra"), what="db stopped")
+    assert daemon.pids("both") == {both}
+    assert "now out of scope (roles changed)" in daemon.log_text()
 
 
 def test_role_values_reach_the_context(daemon: Daemon) -> None:

@@ -36,7 +36,7 @@ from urllib.parse import parse_qs
 
 from taskforce import __version__
 from taskforce.config import ConfigError, load_config_text, signal_name
-from taskforce.control.http import Request, Response, text
+from taskforce.control.http import Deferred, Request, Response, text
 from taskforce.control.listen import Service
 from taskforce.core import events as ev
 from taskforce.core import status
@@ -57,8 +57,8 @@ class ParseError(ValueError):
     pass
 
 
-def handle(server: ControlServer, request: Request, service: Service) -> Response:
-    """Answer one complete request."""
+def handle(server: ControlServer, request: Request, service: Service) -> Response | Deferred:
+    """Answer one complete request (``/manage/plan``: with a ``Deferred``)."""
     if request.method not in ("GET", "POST", "HEAD"):
         return text(
             405,
@@ -394,7 +394,16 @@ def _shutdown(reset: bool) -> Callable[[ControlServer, Request, Params], Respons
     return handler
 
 
-def _plan(server: ControlServer, request: Request, params: Params) -> Response:
+def _plan(server: ControlServer, request: Request, params: Params) -> Response | Deferred:
+    """What a posted config would change, computed by a shadow of the core.
+
+    Reading and checking the config takes time in its size (up to
+    ``PLAN_BODY_LIMIT`` bytes, and ``config.MAX_NODES`` values once its
+    aliases are expanded: seconds, at the top), so it runs on a worker
+    thread; only the plan itself, which copies the live core as a reload
+    would use it, runs on the loop, with the posted config's tasks already
+    built.
+    """
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media in ("application/x-www-form-urlencoded", "multipart/form-data"):
         posted = (_first(params, "config") or "").encode()
@@ -412,22 +421,32 @@ def _plan(server: ControlServer, request: Request, params: Params) -> Response:
     if roles_param is not None:
         roles = None if roles_param.strip() == "-" else tuple(roles_param.replace(",", " ").split())
         role_values = {}
-    try:
-        config = load_config_text(
-            config_text, "<posted config>", roles, role_values, facts=core.facts
-        )
-        answer = status.plan(core, config, roles, role_values)
-    except ConfigError as exc:
-        errors = getattr(exc, "errors", None) or [exc]
-        return text(400, "".join(f"{error}\n" for error in errors))
-    except SpecError as exc:
-        where = ".".join(str(p) for p in exc.path)
-        return text(400, f"<posted config>: {where}: {exc.message}\n")
-    answer["roles"] = list(roles) if roles is not None else None
-    return Response(200, (json.dumps(answer, indent=1) + "\n").encode(), JSON)
+    facts = core.facts
+
+    def check() -> object:
+        # On the worker thread: reads only the text and what was captured.
+        try:
+            return load_config_text(config_text, "<posted config>", roles, role_values, facts=facts)
+        except ConfigError as exc:
+            errors = getattr(exc, "errors", None) or [exc]
+            return text(400, "".join(f"{error}\n" for error in errors))
+
+    def finish(checked: object) -> Response:
+        if isinstance(checked, Response):
+            return checked
+        assert isinstance(checked, dict)
+        try:
+            answer = status.plan(server.daemon.core, checked, roles, role_values)
+        except SpecError as exc:
+            where = ".".join(str(p) for p in exc.path)
+            return text(400, f"<posted config>: {where}: {exc.message}\n")
+        answer["roles"] = list(roles) if roles is not None else None
+        return Response(200, (json.dumps(answer, indent=1) + "\n").encode(), JSON)
+
+    return Deferred(check, finish)
 
 
-MANAGE: dict[str, Callable[[ControlServer, Request, Params], Response]] = {
+MANAGE: dict[str, Callable[[ControlServer, Request, Params], Response | Deferred]] = {
     "/manage/control": _control,
     "/manage/count": _count,
     "/manage/reload": _reload,

@@ -93,6 +93,19 @@ class Response:
     close: bool = False
 
 
+@dataclass
+class Deferred:
+    """An answer that takes long to compute, so not on the loop that supervises.
+
+    ``work`` runs on a worker thread and must only compute (no core, no
+    sockets); ``finish`` gets what it returned and makes the ``Response``,
+    back on the loop.
+    """
+
+    work: Callable[[], object]
+    finish: Callable[[object], Response]
+
+
 def text(
     code: int,
     body: str,

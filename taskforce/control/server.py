@@ -12,6 +12,12 @@ Control requests become ``ControlRequested`` events for the core; its
 ``Reply`` effect comes back through ``reply`` while the event is being fed,
 so every request is answered in the same turn.  The server decides nothing
 about tasks.
+
+An answer that takes long to compute (``/manage/plan`` reading a posted
+config) comes back from ``api.handle`` as a ``Deferred``: its work runs on
+one worker thread, which wakes the loop through the daemon's wake-up pipe
+when done, and the answer is finished and sent in the next turn.  One runs
+at a time; a second such request meanwhile is told to come back (503).
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ import contextlib
 import logging
 import selectors
 import socket
+import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from taskforce.control import api
-from taskforce.control.http import Connection, Response, text
+from taskforce.control.http import Connection, Deferred, Response, text
 from taskforce.control.listen import Listener, ListenError, Service, services
 from taskforce.control.options import Options
 from taskforce.core import effects as fx
@@ -76,12 +83,16 @@ class ControlServer:
         self._configured = False
         self._replies: dict[int, fx.Reply | None] = {}
         self._next_request = 0
+        #: the deferred answer being computed off the loop, if any
+        self.job: _Job | None = None
 
     # ----------------------------------------------------------- the loop
 
     def next_deadline(self) -> float | None:
         """When ``tick`` is next due without any socket activity."""
         if self.work or self.again or not self._configured:
+            return 0.0
+        if self.job is not None and self.job.done.is_set():
             return 0.0
         due = [c.deadline for c in self.conns if c.deadline is not None]
         if self.retry_at is not None:
@@ -103,6 +114,8 @@ class ControlServer:
             conn.on_ready()
         for conn in [c for c in self.conns if c.deadline is not None and c.deadline <= now]:
             conn.expire()
+        if self.job is not None and self.job.done.is_set():
+            self._finish_job(self.job)
         self._answer()
 
     def _answer(self) -> None:
@@ -115,13 +128,46 @@ class ControlServer:
             first = False
             self.stats["requests"] += 1
             try:
-                response = api.handle(self, conn.request, conn.service)
+                answer = api.handle(self, conn.request, conn.service)
             except Exception:
                 log.exception("control: %s %s failed", conn.request.method, conn.request.target)
-                response = Response(500, close=True)
+                answer = Response(500, close=True)
+            if isinstance(answer, Deferred):
+                response = self._defer(conn, answer)
+                if response is None:
+                    continue
+            else:
+                response = answer
             conn.respond(response)
             if response.after is not None:
                 response.after()
+
+    def _defer(self, conn: Connection, deferred: Deferred) -> Response | None:
+        """Start ``deferred`` on a worker thread; a 503 if one is already running."""
+        if self.job is not None:
+            return text(
+                503,
+                "busy with another request of this kind; try again\n",
+                headers=[("Retry-After", "1")],
+            )
+        self.job = _Job(conn, deferred, self.daemon.wake)
+        threading.Thread(target=self.job.run, name="taskforce-control", daemon=True).start()
+        return None
+
+    def _finish_job(self, job: _Job) -> None:
+        self.job = None
+        request = job.conn.request
+        target = request.target if request is not None else "?"
+        if job.failure is not None:
+            log.error("control: %s failed: %r", target, job.failure)
+            response = Response(500, close=True)
+        else:
+            try:
+                response = job.deferred.finish(job.result)
+            except Exception:
+                log.exception("control: %s failed", target)
+                response = Response(500, close=True)
+        job.conn.respond(response)
 
     def changed(self) -> None:
         """The core is about to be fed: cached answers are stale."""
@@ -282,7 +328,12 @@ class ControlServer:
             if listener is not None:
                 self._close_listener(listener)
         self.listeners = []
-        for conn in list(self.work):
+        waiting = list(self.work)
+        if self.job is not None:
+            # Its thread is left to finish on its own: it only computes.
+            waiting.append(self.job.conn)
+            self.job = None
+        for conn in waiting:
             if not conn.closed:
                 conn.respond(text(503, "taskforce is exiting\n", close=True))
         self.work.clear()
@@ -299,3 +350,24 @@ class ControlServer:
                     key.data._flush()
         for conn in list(self.conns):
             conn.close()
+
+
+class _Job:
+    """A ``Deferred`` being computed on a worker thread for ``conn``."""
+
+    def __init__(self, conn: Connection, deferred: Deferred, wake: Any) -> None:
+        self.conn = conn
+        self.deferred = deferred
+        self.wake = wake
+        self.result: object = None
+        self.failure: BaseException | None = None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.result = self.deferred.work()
+        except Exception as exc:  # MemoryError included: the loop reports it
+            self.failure = exc
+        finally:
+            self.done.set()
+            self.wake()

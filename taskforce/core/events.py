@@ -45,13 +45,16 @@ class ConfigLoaded(Event):
     ``roles`` the roles file's role names in file order, or ``None`` when there
     is no roles file; ``role_values`` its ``name=value`` lines; ``source`` says
     what prompted the load (``"start"``, ``"config"``, ``"roles"``,
-    ``"request"``).
+    ``"request"``).  ``roles_missing`` is the path of a roles file that was
+    named but was not there (then ``roles`` and ``role_values`` are empty,
+    and the config was checked against the core's current roles).
     """
 
     config: dict[str, Any] = field(default_factory=dict)
     roles: tuple[str, ...] | None = None
     role_values: dict[str, str] = field(default_factory=dict)
     source: str = "start"
+    roles_missing: str | None = None
 
 
 @dataclass(frozen=True)

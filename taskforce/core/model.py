@@ -547,6 +547,8 @@ class _Hashed:
 
 def _hashable(value: Any) -> Any:
     """``value`` as nested tuples, usable as a dictionary key."""
+    if value is None or isinstance(value, (str, int, float)):
+        return value  # most values are leaves: spare them the Mapping (ABC) test
     if isinstance(value, Mapping):
         return ("{", tuple(sorted((key, _hashable(item)) for key, item in value.items())))
     if isinstance(value, (list, tuple)):

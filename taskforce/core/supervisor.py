@@ -242,21 +242,41 @@ class Supervisor:
 
     def _on_ConfigLoaded(self, event: ev.ConfigLoaded) -> None:
         roles = tuple(event.roles) if event.roles is not None else None
+        role_values = event.role_values
+        first = not self.tasks and not self.config
+        if event.roles_missing is not None:
+            # A roles file that vanishes (deleted, or between two writes)
+            # must not put the whole fleet config in scope: a db host would
+            # start the web tier.  Keep the roles, as for a broken file.
+            # Only a start with no roles file named at all runs every task.
+            if first:
+                self.counters["reload_errors"] += 1
+                self._log(
+                    "error",
+                    f"{event.source}: roles file {event.roles_missing} not found; "
+                    "nothing was started",
+                )
+                return
+            roles, role_values = self.roles, self.role_values
+            kept = ", ".join(roles) if roles else ("none" if roles == () else "every task in scope")
+            self._log(
+                "warning",
+                f"roles file {event.roles_missing} is missing; keeping the current roles ({kept})",
+            )
         try:
-            specs = build(event.config, self.facts, roles, event.role_values)
+            specs = build(event.config, self.facts, roles, role_values)
         except SpecError as exc:
             # The shell validates before sending; this guards replayed logs.
             self.counters["reload_errors"] += 1
             path = ".".join(str(p) for p in exc.path)
             self._log("error", f"config rejected: {path}: {exc.message}")
             return
-        first = not self.tasks and not self.config
         if not first:
             self.counters["reloads"] += 1
         roles_changed = roles != self.roles
         self.config = dict(event.config)
         self.roles = roles
-        self.role_values = dict(event.role_values)
+        self.role_values = dict(role_values)
         self.settings = settings_of(self.config)
         self._apply_specs(specs, roles_changed=roles_changed and not first, source=event.source)
 
