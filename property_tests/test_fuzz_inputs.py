@@ -747,6 +747,9 @@ class FakeDaemon:
         self.feed(event)
         return event
 
+    def wake(self) -> None:
+        """A worker thread is done (the fake loop looks at it on its next tick)."""
+
     def request_reset(self, reason: str) -> bool:
         self.feed(ev.StopRequested(at=self.shell.now, reset=True, reason=reason))
         return True

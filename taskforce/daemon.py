@@ -431,9 +431,7 @@ class Daemon:
         elif isinstance(effect, fx.ReadPidfile):
             # Facts only: whether the pid is accepted is the core's call.
             slot = (effect.task, effect.instance)
-            facts = pidwatch.read_pidfile(
-                effect.path, *slot, belongs=lambda pid: self.tracker.holds(slot, pid)
-            )
+            facts = pidwatch.read_pidfile(effect.path, lambda pid: self.tracker.holds(slot, pid))
             return ev.PidfileRead(
                 time.monotonic(), effect.task, effect.instance, effect.generation, **facts
             )

@@ -3,7 +3,7 @@
 ``read_pidfile`` answers the core's ``ReadPidfile``: the live pid a pidfile
 names, and the facts the core judges it by -- who owns the file and who else
 can write it, whether the process is younger than the file (a recycled pid),
-and whether it belongs to the slot (``belongs_to_slot``).  The core accepts
+and whether it belongs to the slot (asked of ``taskforce.tracking``).  The core accepts
 or refuses; nothing here does.
 ``ProcessWatch`` reports the exit of such a process at once: through the
 normal reaping when it is our descendant (we are the subreaper on Linux),
@@ -75,25 +75,6 @@ def alive(pid: int) -> bool:
     return fields is None or fields[0] != "Z"
 
 
-def belongs_to_slot(pid: int, task: str, instance: int) -> bool:
-    """Whether process ``pid`` is one of slot ``task[instance]``'s.
-
-    The one place this is decided from what the host shows.  Today: it
-    carries the slot's environment marker (``Task_name`` and
-    ``Task_instance``, inherited from the start command by every
-    descendant).  A process of another user hides its environment from a
-    non-root taskforce, and so does not belong.
-    """
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as handle:
-            entries = set(handle.read().split(b"\0"))
-    except OSError:
-        return False
-    return (
-        f"Task_name={task}".encode() in entries and f"Task_instance={instance}".encode() in entries
-    )
-
-
 def _through_foreign_symlink(path: str) -> bool:
     """Whether resolving ``path`` follows a symlink a user other than root
     owns (who could point it at any root-owned pidfile)."""
@@ -127,12 +108,11 @@ def _through_foreign_symlink(path: str) -> bool:
     return False
 
 
-def read_pidfile(
-    path: str, task: str, instance: int, belongs: Callable[[int], bool] | None = None
-) -> dict[str, Any]:
-    """What ``path`` says for slot ``task[instance]``: the ``PidfileRead``
-    fields after its slot and generation (``pid``, ``error``, ``owner``,
-    ``writable_by_non_root``, ``started_after_file``, ``in_slot``)."""
+def read_pidfile(path: str, belongs: Callable[[int], bool]) -> dict[str, Any]:
+    """What ``path`` says for a slot: the ``PidfileRead`` fields after its
+    slot and generation (``pid``, ``error``, ``owner``,
+    ``writable_by_non_root``, ``started_after_file``, ``in_slot``).
+    ``belongs(pid)`` says whether a process is one of the slot's."""
     try:
         with open(path) as handle:
             info = os.fstat(handle.fileno())
@@ -159,7 +139,7 @@ def read_pidfile(
             or _through_foreign_symlink(path)
         ),
         "started_after_file": started is not None and started > info.st_mtime + _START_SLACK,
-        "in_slot": (belongs or (lambda p: belongs_to_slot(p, task, instance)))(pid),
+        "in_slot": belongs(pid),
     }
 
 

@@ -351,33 +351,39 @@ def test_a_task_removed_before_its_pidfile_names_the_daemon_stops_the_daemon(
 def test_the_facts_of_a_pidfile_read(tmp_path: Path) -> None:
     """What the shell reports for the core to judge (see PidfileRead)."""
     from taskforce import pidwatch
+    from taskforce.tracking import MARKER, Tracker
 
-    env = {**os.environ, "Task_name": "web", "Task_instance": "1"}
+    tracker = Tracker("test-" + os.urandom(4).hex(), lambda slot: None, use_cgroups=False)
+    env = {**os.environ, "Task_name": "web", "Task_instance": "1", MARKER: tracker.ident}
     ours = subprocess.Popen(["sleep", "1000"], env=env)
     stranger = subprocess.Popen(["sleep", "1000"])
+
+    def read(path: object, task: str, instance: int) -> dict[str, object]:
+        return pidwatch.read_pidfile(str(path), lambda pid: tracker.holds((task, instance), pid))
+
     try:
         pidfile = tmp_path / "web.pid"
         pidfile.write_text(f"{ours.pid}\n")
         pidfile.chmod(0o644)
-        facts = pidwatch.read_pidfile(str(pidfile), "web", 1)
+        facts = read(pidfile, "web", 1)
         assert facts["pid"] == ours.pid and facts["in_slot"]
         assert facts["owner"] == os.geteuid() and not facts["started_after_file"]
         assert facts["writable_by_non_root"] is (os.geteuid() != 0)
-        assert not pidwatch.read_pidfile(str(pidfile), "web", 0)["in_slot"]
+        assert not read(pidfile, "web", 0)["in_slot"]
         pidfile.write_text(f"{stranger.pid}\n")
-        assert not pidwatch.read_pidfile(str(pidfile), "web", 1)["in_slot"]
+        assert not read(pidfile, "web", 1)["in_slot"]
         pidfile.chmod(0o664)
-        assert pidwatch.read_pidfile(str(pidfile), "web", 1)["writable_by_non_root"]
-        assert pidwatch.read_pidfile(str(tmp_path / "none.pid"), "web", 1) == {
+        assert read(pidfile, "web", 1)["writable_by_non_root"]
+        assert read(tmp_path / "none.pid", "web", 1) == {
             "error": f"no pidfile {tmp_path / 'none.pid'}"
         }
         if os.geteuid() == 0 and root_with_nobody():
             pidfile.chmod(0o644)
             link = tmp_path / "link.pid"
             link.symlink_to(pidfile)
-            assert not pidwatch.read_pidfile(str(link), "web", 1)["writable_by_non_root"]
+            assert not read(link, "web", 1)["writable_by_non_root"]
             os.lchown(link, pwd.getpwnam(NOBODY).pw_uid, -1)
-            assert pidwatch.read_pidfile(str(link), "web", 1)["writable_by_non_root"]
+            assert read(link, "web", 1)["writable_by_non_root"]
     finally:
         for proc in (ours, stranger):
             proc.kill()
