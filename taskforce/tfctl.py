@@ -122,8 +122,7 @@ class Client:
         content_type: str | None = None,
     ) -> tuple[int, dict[str, str], str]:
         headers = {"Accept": "application/json, text/plain"}
-        if self.token and ("://" in self.address or "/" not in self.address):
-            # Over TCP only: a Unix socket's peer is known by its uid.
+        if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         if params and body is None and method == "POST":
             body = urlencode(list(params)).encode()

@@ -320,6 +320,10 @@ class Listener:
             if control is None:
                 # Root and taskforce's own user, as systemd's root-only bus.
                 control = tuple(sorted({"uid:0", f"uid:{os.geteuid()}"}))
+            if self.token is not None:
+                # Where the kernel does not say who connects (not read on
+                # macOS/BSD yet), a token still can.
+                control = (*control, access.TOKEN)
             return control, service.allow_status_to
         grants: list[str] = []
         if self.token is not None:
