@@ -91,6 +91,12 @@ def daemon(count: int, folder: Path) -> Iterator[tuple[subprocess.Popen[bytes], 
     }
     (folder / "tf.conf").write_text(json.dumps(config))
     log = folder / "taskforce.log"
+    # A private copy of the code (see bench/README.md, "Code under test"):
+    # an edit to the tree during a run must not make the daemon reset.
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import common
+
+    env = {**os.environ, "PYTHONPATH": str(common.snapshot_package(folder))}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "taskforce", "-e", "-f", str(folder / "tf.conf"), "-r", "-"]
@@ -98,6 +104,7 @@ def daemon(count: int, folder: Path) -> Iterator[tuple[subprocess.Popen[bytes], 
             stdout=out,
             stderr=out,
             start_new_session=True,
+            env=env,
         )
     try:
         yield proc, log

@@ -8,6 +8,7 @@ decisions (``core.access``, ``core.secrets``) driven directly.
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import pwd
@@ -418,3 +419,52 @@ def test_a_user_task_leaves_home_to_its_passwd_entry_unless_defined() -> None:
     assert env["mine"]["PATH"] == "/bin"
     assert env["defined"]["HOME"] == "/srv/defined"
     assert env["plain"]["HOME"] == "/root"
+
+
+def test_a_recorded_run_with_secrets_replays_through_its_checkpoints(tmp_path: Path) -> None:
+    """Digested events, effects and checkpoints agree with each other: the
+    log replays exactly, from its start and from every checkpoint, and holds
+    no secret; a rotated secret shows as a change (the task restarts)."""
+    from taskforce.core import effects as fx
+    from taskforce.core.snapshot import snapshot
+    from taskforce.eventlog import Checkpoints, Recorder
+    from taskforce.tools import replay
+
+    sup = Supervisor()
+    path = tmp_path / "events.jsonl"
+    recorder = Recorder(
+        str(path), snapshot=lambda: snapshot(sup), checkpoints=Checkpoints(1, ratio=0)
+    )
+    pid = [100]
+
+    def feed(event: ev.Event) -> list[Any]:
+        out = sup.handle(event)
+        recorder(event, out)
+        for effect in out:
+            if isinstance(effect, fx.Spawn):
+                pid[0] += 1
+                feed(
+                    ev.ProcessStarted(
+                        event.at, effect.task, effect.instance, effect.generation, pid[0]
+                    )
+                )
+        return list(out)
+
+    def config(secret: str) -> dict[str, Any]:
+        text = json.dumps(
+            {
+                "defines": {"API_TOKEN": secret, "URL": "https://x:{API_TOKEN}@h"},
+                "tasks": {"a": {"commands": {"start": ["run", "{URL}"]}, "count": 2}},
+            }
+        )
+        return dict(load_config_text(text, "t"))
+
+    feed(ev.Booted(at=1.0, environ={"PATH": "/bin", "AWS_SECRET_ACCESS_KEY": "aws-" + SECRET}))
+    feed(ev.ConfigLoaded(at=1.0, config=config(SECRET)))
+    out = feed(ev.ConfigLoaded(at=2.0, config=config(SECRET + "-rotated"), source="config"))
+    assert any(type(e).__name__ == "Signal" for e in out), "a changed secret is a change"
+    recorder.close()
+    text = path.read_text()
+    assert SECRET not in text and text.count('{"snapshot"') >= 2
+    report = io.StringIO()
+    assert replay(str(path), out=report) == 0, report.getvalue()
