@@ -73,7 +73,9 @@ def handle(server: ControlServer, request: Request, listener: Listener, who: Who
         # DNS rebinding: a name that is not ours, pointing at our address.
         server.refuse("host")
         return text(421, f"Host {request.headers['host'][:200]!r} is not a name of this server\n")
-    if listener.token is not None or "authorization" in request.headers:
+    # Only a listener with a token judges one: tfctl may send the token of
+    # $TASKFORCE_TOKEN_FILE to every listener.
+    if listener.token is not None:
         token = listener.token_ok(request.headers.get("authorization"))
         if token is False:
             server.refuse("bad_token")
