@@ -57,7 +57,7 @@ from taskforce.config import (
 )
 from taskforce.control.api import MANAGE, STATUS, handle
 from taskforce.control.http import REASONS, Connection, Deferred, Request, Response
-from taskforce.control.listen import Service
+from taskforce.control.listen import Listener, Service
 from taskforce.control.options import Options
 from taskforce.control.server import ControlServer
 from taskforce.core import effects as fx
@@ -1009,7 +1009,9 @@ def test_any_control_request_gets_a_response(calls: list[tuple[Request, bool]]) 
     try:
         for request, allow in calls:
             service = Service("/fuzz.sock", allow_control=allow)
-            response = handle(daemon.server, request, service)
+            listener = FakeListener(service)
+            request.listener = listener  # type: ignore[assignment]
+            response = handle(daemon.server, request, listener, OWNER)  # type: ignore[arg-type]
             if isinstance(response, Deferred):
                 # As the server does, with the work on this thread.
                 response = response.finish(response.work())
@@ -1025,10 +1027,25 @@ def test_any_control_request_gets_a_response(calls: list[tuple[Request, bool]]) 
 
 
 class FakeListener:
+    """A Unix listener's public face, without a socket: control for root and
+    this process's user, status for anyone (the defaults)."""
+
+    host_ok = Listener.host_ok
+    token_ok = Listener.token_ok
+
     def __init__(self, service: Service) -> None:
         self.service = service
         self.tls = None
         self.address = "fuzz"
+        self.token = None
+        self.loopback = False
+        self.host_names: frozenset[str] = frozenset()
+        self.control_grants = ("uid:0", f"uid:{os.geteuid()}")
+        self.status_grants = None
+
+
+#: The peer of the fuzzed requests: this process's user, allowed to control.
+OWNER = {"uid": os.geteuid(), "gid": os.getegid()}
 
 
 class Failures(logging.Handler):

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from taskforce import __version__, descriptors, signals
+from taskforce import __version__, descriptors, files, signals
 from taskforce.config import ConfigError, check_roles_against, load_config, load_roles
 
 DEFAULT_CONFIG = "/usr/local/etc/taskforce.conf"
@@ -245,7 +245,28 @@ def daemonize(keep_stderr: bool) -> None:
         os.close(null)
 
 
-def check_config(config_path: str, roles_path: str | None) -> int:
+def auth_problems(args: argparse.Namespace, config: dict[str, Any]) -> list[str]:
+    """Why the listeners asked for (config and ``-w``/``-c``/``-A``) must not
+    run: control over TCP that nothing protects (see ``control.listen``)."""
+    settings = config.get("settings") or {}
+    if not (settings.get("http") or args.http is not None):
+        return []  # (before the imports: no listener, no TLS machinery)
+    from taskforce.config import host_facts
+    from taskforce.control.listen import ListenError, services
+    from taskforce.control.listen import auth_problems as problems_of
+    from taskforce.control.options import Options
+
+    options = Options(listen=args.http, certfile=args.certfile, allow_control=args.allow_control)
+    try:
+        found = services(config, options, host_facts(), None, {})
+    except ListenError:
+        return []  # reported, with its reason, when the server starts
+    return problems_of(found)
+
+
+def check_config(
+    config_path: str, roles_path: str | None, args: argparse.Namespace | None = None
+) -> int:
     """-C: validate and report; never starts anything."""
     try:
         roles = load_roles(roles_path)
@@ -257,6 +278,11 @@ def check_config(config_path: str, roles_path: str | None) -> int:
         return EXIT_BAD
     except OSError as exc:
         print(f"taskforce: {exc.filename or config_path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD
+    problems = auth_problems(args, dict(config)) if args is not None else []
+    for problem in problems:
+        print(f"taskforce: {problem}", file=sys.stderr)
+    if problems:
         return EXIT_BAD
     tasks = config.get("tasks", {})
     print(f"{config_path}: ok, {len(tasks)} task{'s' if len(tasks) != 1 else ''}")
@@ -297,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_BAD
         return signal_running(pidfile_path, signal.SIGHUP if args.reset else signal.SIGTERM)
     if args.check_config:
-        status = check_config(args.config_file, roles_path)
+        status = check_config(args.config_file, roles_path, args)
         if status == EXIT_OK and args.plan:
             from taskforce.tools import scope_plan
 
@@ -327,6 +353,19 @@ def serve(
     problem, settings = check_config_quietly(args.config_file, roles_path)
     if problem is not None and not reexecuted:
         print(f"taskforce: {problem}", file=sys.stderr)
+        return EXIT_BAD
+    # --- who may do what: files private, secrets known before the first step
+    args.secret_names = settings.get("secret_names")
+    try:
+        files.set_group(settings.get("file_group"))
+    except KeyError:
+        group = settings["file_group"]
+        print(f"taskforce: settings.file_group: no group {group!r}", file=sys.stderr)
+        return EXIT_BAD
+    problems = auth_problems(args, {"settings": settings})
+    if problems and not reexecuted:
+        for problem_text in problems:
+            print(f"taskforce: {problem_text}", file=sys.stderr)
         return EXIT_BAD
     record = settings.get("record")
     args.record_sizes = {}
@@ -394,6 +433,7 @@ def start_recorder(args: argparse.Namespace, daemon: Any) -> Any:
     path = args.record
     if not path:
         return None  # (before the imports: a daemon that records nothing never loads them)
+    from taskforce.core.secrets import SecretNames
     from taskforce.core.snapshot import snapshot
     from taskforce.eventlog import (
         DEFAULT_BACKUPS,
@@ -406,6 +446,7 @@ def start_recorder(args: argparse.Namespace, daemon: Any) -> Any:
 
     path = os.path.abspath(path)
     sizes = args.record_sizes
+    names = args.secret_names
     recorder = Recorder(
         path,
         snapshot=lambda: snapshot(daemon.core),
@@ -419,6 +460,7 @@ def start_recorder(args: argparse.Namespace, daemon: Any) -> Any:
             if "checkpoint_bytes" in sizes
             else Checkpoints(DEFAULT_CHECKPOINT_BYTES)
         ),
+        secret_names=SecretNames(names) if names is not None else SecretNames(),
     )
     daemon.recorder = recorder
     log.info("recording every event to %s", path)

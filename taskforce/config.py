@@ -114,8 +114,22 @@ SETTINGS_KEYS = (
     "pidfile_timeout",
     "record",
     "output",
+    "secret_names",
+    "file_group",
 )
-HTTP_KEYS = ("listen", "certfile", "allow_control", "timeout")
+HTTP_KEYS = (
+    "listen",
+    "certfile",
+    "allow_control",
+    "timeout",
+    "allow",
+    "token_file",
+    "cafile",
+    "client_subject",
+    "server_names",
+    "public_status",
+)
+ALLOW_KEYS = ("status", "control")
 RECORD_KEYS = ("file", "max_bytes", "backups", "checkpoint_bytes")
 EVENT_TYPES = ("self", "file_change", "python", "stop", "restart", "external")
 EVENT_KEYS = ("type", "command", "signal", "path", "name")
@@ -859,6 +873,12 @@ class _Checker:
             elif key == "output":
                 if item is not None:
                     out[key] = self.output(item, sub)
+            elif key == "secret_names":
+                if item is not None:
+                    out[key] = self.text_list(item, sub, "a name pattern such as *PASSWORD*")
+            elif key == "file_group":
+                if item is not None:
+                    out[key] = self.text(item, sub, what="a group name or number")
         low: Any = out.get("backoff_initial")
         high: Any = out.get("backoff_max")
         if _is_num(low) and _is_num(high) and high < low:
@@ -926,10 +946,69 @@ class _Checker:
                     out[key] = self.conditional(
                         item, key_path, lambda v, p: self.number(v, p, positive=True), multi=False
                     )
+                elif key in ("token_file", "cafile") and item is not None:
+                    out[key] = self.conditional(
+                        item, key_path, lambda v, p: self.text(v, p, numbers=False), multi=False
+                    )
+                elif key == "public_status" and item is not None:
+                    out[key] = self.conditional(item, key_path, self.boolean, multi=False)
+                elif key in ("client_subject", "server_names") and item is not None:
+                    out[key] = self.text_list(item, key_path, "text")
+                elif key == "allow" and item is not None:
+                    out[key] = self.allow(item, key_path)
                 else:
                     out[key] = freeze(item)
+            self.http_auth(out, sub)
             services.append(out)
         return tuple(services)
+
+    def text_list(self, value: Any, path: KeyPath, what: str) -> tuple[str, ...]:
+        """One text or a list of them."""
+        items = value if isinstance(value, (list, tuple)) else (value,)
+        out = []
+        for index, item in enumerate(items):
+            sub = (*path, index) if items is value else path
+            if isinstance(item, str) and item:
+                out.append(item)
+            else:
+                self.type_error(sub, item, what)
+        return tuple(out)
+
+    def allow(self, value: Any, path: KeyPath) -> dict[str, Any]:
+        """``{status: [users, @groups], control: [...]}``."""
+        if not isinstance(value, dict):
+            self.type_error(path, value, "a mapping with status and/or control", quote=False)
+            return {}
+        self.keys(value, path, ALLOW_KEYS, "allow")
+        out: dict[str, Any] = {}
+        for key in ALLOW_KEYS:
+            if value.get(key) is not None:
+                out[key] = self.text_list(
+                    value[key], (*path, key), "a user name, uid, @group or @gid"
+                )
+        return out
+
+    def http_auth(self, service: dict[str, Any], path: KeyPath) -> None:
+        """What a TCP service needs before it may grant control (issue: no lock)."""
+        listen = service.get("listen")
+        if not isinstance(listen, str) or not listen or "/" in listen or "{" in listen:
+            return  # a Unix socket, the default one, or known only once expanded
+        if "allow" in service:
+            self.error(
+                (*path, "allow"),
+                "allow lists users and groups of a Unix socket's peers; "
+                "on TCP, control needs token_file or cafile",
+            )
+        if service.get("cafile") and not service.get("certfile"):
+            self.error((*path, "cafile"), "cafile needs certfile (client certificates need TLS)")
+        if service.get("allow_control") is True and not (
+            service.get("token_file") or (service.get("cafile") and service.get("certfile"))
+        ):
+            self.error(
+                (*path, "allow_control"),
+                "control over TCP needs token_file or cafile (client certificates)",
+                "add token_file: PATH (a file holding a long random token)",
+            )
 
     def boolean(self, value: Any, path: KeyPath) -> Any:
         if not isinstance(value, bool):

@@ -28,6 +28,7 @@ from taskforce.control.options import Options  # --- control server
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.supervisor import Supervisor
+from taskforce.redact import LogSecrets
 from taskforce.watch import Watcher, make_watcher
 
 log = logging.getLogger("taskforce")
@@ -98,6 +99,9 @@ class Daemon:
         self.subreaper = False
         #: The control path (status and control over HTTP), on this selector.
         self.control = LazyControl(self, control)  # --- control server
+        #: secret values hidden from every log line
+        self.log_secrets = LogSecrets()
+        self.log_secrets.install()
         #: Task output pipes, read on this selector (see taskforce.output).
         self.output = output.Output(self.selector)
 
@@ -398,13 +402,24 @@ class Daemon:
         self.control.changed()  # --- control server: what it caches is stale now
         while queue:
             current = queue.popleft()
+            if isinstance(current, (ev.ConfigLoaded, ev.Booted)):
+                self._learn_secrets(current)
             effects = self.core.handle(current)
             if self.recorder is not None:
                 self.recorder(current, effects)
             for effect in effects:
+                if isinstance(effect, fx.Spawn):
+                    self.log_secrets.environment(effect.env)
                 result = self.perform(effect)
                 if result is not None:
                     queue.append(result)
+
+    def _learn_secrets(self, event: ev.ConfigLoaded | ev.Booted) -> None:
+        """What the log must not show (see ``taskforce.redact``)."""
+        if isinstance(event, ev.ConfigLoaded):
+            self.log_secrets.config(event.config)
+        else:
+            self.log_secrets.environment(event.environ)
 
     def perform(self, effect: fx.Effect) -> ev.Event | None:
         if isinstance(effect, fx.Spawn):

@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from taskforce import __version__
+from taskforce import __version__, files
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
+from taskforce.core import secrets
 from taskforce.core.codec import decode, encode
 
 FORMAT = 1
@@ -45,12 +46,37 @@ _ROTATE = object()
 _STOP = object()
 
 
-def step_line(number: int, event: ev.Event, effects: Iterable[fx.Effect]) -> str:
-    """One step, as a log line (without its newline)."""
-    return json.dumps(
-        {"step": number, "event": encode(event), "effects": [encode(e) for e in effects]},
-        separators=(",", ":"),
-    )
+def step_line(
+    number: int, event: ev.Event, effects: Iterable[fx.Effect], hider: Digests | None = None
+) -> str:
+    """One step, as a log line (without its newline); with ``hider``, its
+    secrets digested."""
+    step = {"step": number, "event": encode(event), "effects": [encode(e) for e in effects]}
+    if hider is not None:
+        step = hider.step(event, step)
+    return json.dumps(step, separators=(",", ":"))
+
+
+class Digests:
+    """Keeps secrets out of the event log: each is written as a digest salted
+    per log (the salt is in every header), the same for the same value, so
+    replay sees the same changes and stays exact (see ``core.secrets``)."""
+
+    def __init__(self, salt: str, names: secrets.SecretNames | None = None) -> None:
+        self.salt = salt
+        self.hider = secrets.Hider(
+            names or secrets.SecretNames(), lambda value: secrets.digest(salt, value)
+        )
+
+    def step(self, event: ev.Event, step: dict[str, Any]) -> Any:
+        if isinstance(event, ev.ConfigLoaded):
+            self.hider.is_secret = secrets.SecretNames.of(event.config)
+        self.hider.learn(secrets.secret_values(step, self.hider.is_secret))
+        return self.hider.hide(step)
+
+    def state(self, state: dict[str, Any]) -> Any:
+        self.hider.learn(secrets.secret_values(state, self.hider.is_secret))
+        return self.hider.hide(state)
 
 
 def snapshot_line(state: dict[str, Any]) -> str:
@@ -105,8 +131,10 @@ class Recorder:
         max_bytes: int = DEFAULT_MAX_BYTES,
         backups: int = DEFAULT_BACKUPS,
         checkpoints: Checkpoints | None = None,
+        secret_names: secrets.SecretNames | None = None,
     ) -> None:
         self.path = path
+        self.digests = Digests(os.urandom(16).hex(), secret_names)
         self.checkpoints = Checkpoints() if checkpoints is None else checkpoints
         self.snapshot = snapshot
         self.max_bytes = max_bytes
@@ -116,6 +144,7 @@ class Recorder:
             "taskforce": __version__,
             "config_sha256": config_sha256,
             "seed": 0,
+            "secret_salt": self.digests.salt,
         }
         self.step = 0
         self.part = 0
@@ -128,20 +157,20 @@ class Recorder:
         self.thread.start()
 
     def __call__(self, event: ev.Event, effects: tuple[fx.Effect, ...]) -> None:
-        line = step_line(self.step, event, effects)
+        line = step_line(self.step, event, effects, self.digests)
         self.step += 1
         self._put(line)
         checkpoint = self.checkpoints.wrote(len(line) + 1)
         if self.bytes >= self.max_bytes:
             self.part += 1
-            state = snapshot_line(self.snapshot())
+            state = snapshot_line(self.digests.state(self.snapshot()))
             self.bytes = 0
             self.checkpoints.taken(len(state))
             self._put(_ROTATE)
             self._put(json.dumps({**self.header, "part": self.part}))
             self._put(state)
         elif checkpoint:
-            state = snapshot_line(self.snapshot())
+            state = snapshot_line(self.digests.state(self.snapshot()))
             self.checkpoints.taken(len(state))
             self._put(state)
 
@@ -163,13 +192,13 @@ class Recorder:
     def _open(self) -> None:
         if os.path.exists(self.path):
             self._shift()  # an earlier run's log (before a reset) is kept
-        self.file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
+        self.file = _create(self.path)
         self.file.write(json.dumps({**self.header, "part": 0}) + "\n")
 
     def _rotate(self) -> None:
         self.file.close()
         self._shift()
-        self.file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
+        self.file = _create(self.path)
 
     def _shift(self) -> None:
         for index in range(self.backups - 1, 0, -1):
@@ -201,6 +230,12 @@ class Recorder:
         self.file.close()
 
 
+def _create(path: str) -> Any:
+    """A new log file, private (see ``taskforce.files``)."""
+    fd = files.open_private(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    return open(fd, "w", encoding="utf-8")  # noqa: SIM115
+
+
 def write_steps(
     path: str,
     steps: Iterable[tuple[ev.Event, tuple[fx.Effect, ...]]],
@@ -217,7 +252,7 @@ def write_steps(
     """
     if checkpoints is None:
         checkpoints = Checkpoints(DEFAULT_CHECKPOINT_BYTES if snapshot is not None else 0)
-    with open(path, "w", encoding="utf-8") as handle:
+    with _create(path) as handle:
         header = {"taskforce_eventlog": FORMAT, "taskforce": __version__, "seed": 0, "part": 0}
         if note:
             header["note"] = note

@@ -53,6 +53,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
+from taskforce import files
 from taskforce.core.effects import Spawn
 
 log = logging.getLogger("taskforce")
@@ -102,8 +103,8 @@ class FileSink:
         self.size = os.fstat(self.fd).st_size
 
     def _open(self) -> int:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-        return os.open(self.path, flags, 0o644)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+        return files.open_private(self.path, flags, keep_existing=True)
 
     def write(self, data: bytes | bytearray) -> None:
         """Append ``data`` (whole lines); rotate between lines when full."""

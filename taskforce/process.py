@@ -102,6 +102,14 @@ def _child(
         if user is not None:
             stage = f"user {user!r}"
             entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+            # What the core left out for the user (see model.USER_ENV_KEYS).
+            for key, value in (
+                ("HOME", entry.pw_dir),
+                ("USER", entry.pw_name),
+                ("LOGNAME", entry.pw_name),
+                ("SHELL", entry.pw_shell or "/bin/sh"),
+            ):
+                env.setdefault(key, value)
             target_gid = entry.pw_gid if gid is None else gid
             os.initgroups(entry.pw_name, target_gid)
             os.setgid(target_gid)

@@ -72,11 +72,19 @@ class Client:
         timeout: float = 10.0,
         cafile: str | None = None,
         insecure: bool = False,
+        token: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
     ) -> None:
         self.address = address
         self.timeout = timeout
         self.cafile = cafile
         self.insecure = insecure
+        #: the bearer token sent with every request (TCP control needs one)
+        self.token = token
+        #: a client certificate (PEM, with its key unless ``key`` names one)
+        self.cert = cert
+        self.key = key
 
     def _connection(self) -> http.client.HTTPConnection:
         address = self.address
@@ -87,7 +95,7 @@ class Client:
         elif "/" in address:
             return UnixConnection(address, self.timeout)
         else:
-            tls = bool(self.cafile) or self.insecure
+            tls = bool(self.cafile) or self.insecure or bool(self.cert)
             host, port = _host_port(address)
         if port is None:
             port = 8443 if tls else 8080
@@ -97,6 +105,11 @@ class Client:
         if self.insecure:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
+        if self.cert:
+            try:
+                context.load_cert_chain(self.cert, self.key)
+            except (OSError, ssl.SSLError) as exc:
+                raise Unreachable(f"client certificate {self.cert}: {exc}") from None
         return http.client.HTTPSConnection(host, port, timeout=self.timeout, context=context)
 
     def request(
@@ -109,6 +122,8 @@ class Client:
         content_type: str | None = None,
     ) -> tuple[int, dict[str, str], str]:
         headers = {"Accept": "application/json, text/plain"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         if params and body is None and method == "POST":
             body = urlencode(list(params)).encode()
             content_type = "application/x-www-form-urlencoded"
@@ -269,7 +284,15 @@ def _finish(code: int, headers: dict[str, str], body: str, address: str) -> int:
     if code < 400:
         _print_body(body)
         return EXIT_OK
-    if code == 403:
+    if code == 401:
+        print(
+            f"tfctl: {body.strip() or 'unauthorized'} ({address}): give --token-file FILE "
+            "(or $TASKFORCE_TOKEN_FILE), or --cert PEM",
+            file=sys.stderr,
+        )
+    elif code == 403 and body.startswith("not allowed"):
+        print(f"tfctl: {body.strip()} ({address})", file=sys.stderr)
+    elif code == 403:
         print(
             f"tfctl: {body.strip() or 'forbidden'} ({address}): start taskforce with -A, "
             "or set allow_control: true for this listener in settings.http",
@@ -452,6 +475,16 @@ def build_parser() -> argparse.ArgumentParser:
         "-k", "--insecure", action="store_true", help="TLS without verifying the server"
     )
     parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        default=os.environ.get("TASKFORCE_TOKEN_FILE") or None,
+        help="send the bearer token in FILE (default: $TASKFORCE_TOKEN_FILE)",
+    )
+    parser.add_argument(
+        "--cert", metavar="PEM", help="a client certificate (with its key, or see --key)"
+    )
+    parser.add_argument("--key", metavar="PEM", help="the client certificate's key")
+    parser.add_argument(
         "--timeout", type=float, default=10.0, metavar="SECS", help="give up after SECS"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -498,6 +531,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _read_token(path: str) -> str:
+    with open(path, encoding="utf-8") as handle:
+        return handle.read(4096).strip()
+
+
 def reader_gone() -> int:
     """Our output's reader went away (``| head``): done, quietly.
 
@@ -511,7 +549,20 @@ def reader_gone() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    client = Client(args.socket, timeout=args.timeout, cafile=args.cafile, insecure=args.insecure)
+    try:
+        token = _read_token(args.token_file) if args.token_file else None
+    except OSError as exc:
+        print(f"tfctl: token file {args.token_file}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    client = Client(
+        args.socket,
+        timeout=args.timeout,
+        cafile=args.cafile,
+        insecure=args.insecure,
+        token=token,
+        cert=args.cert,
+        key=args.key,
+    )
     try:
         return run(args, client)
     except BrokenPipeError:  # `tfctl logs | head`, `tfctl status | head`

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from taskforce.config import ConfigError, host_facts, load_config, load_roles
+from taskforce.core import access
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.codec import encode, matches
@@ -240,7 +241,8 @@ def describe_event(event: ev.Event, names: dict[int, str]) -> str:
     if isinstance(event, ev.GroupEmptied):
         return f"process group {event.pgid} empty"
     if isinstance(event, ev.ControlRequested):
-        return f"control request {event.action} {event.args}"
+        asker = f" by {access.describe(event.who)}" if event.who else ""
+        return f"control request {event.action} {event.args}{asker}"
     if isinstance(event, ev.Booted):
         return f"taskforce started as pid {event.pid} on {event.host}"
     return type(event).__name__

@@ -1104,10 +1104,18 @@ def make_certificate(folder: Path) -> Path:
     return both
 
 
+#: The bearer token of the TCP daemons here (control over TCP needs one).
+TOKEN = "s3cret-token-of-the-tests-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
 def start_tls_daemon(daemon: Daemon, defs: dict[str, Any]) -> tuple[str, str]:
     """A daemon on loopback TCP with TLS; (https://127.0.0.1:PORT, the CA file)."""
     pem = make_certificate(daemon.root)
-    daemon.write_config({"settings": FAST, "tasks": defs})
+    token_file = daemon.root / "token"
+    token_file.write_text(TOKEN + "\n")
+    settings = {**FAST, "http": [{"token_file": str(token_file)}]}
+    daemon.write_config({"settings": settings, "tasks": defs})
     daemon.start("-w", "127.0.0.1:0", "-c", str(pem), "-A")
     found = wait_for(
         lambda: re.search(r"listening on (https://127\.0\.0\.1:\d+)", daemon.log_text()),
@@ -1129,10 +1137,10 @@ def test_tls_on_loopback(daemon: Daemon) -> None:
         assert code == 200 and json.loads(text)["taskforce"]
         wait_for(lambda: "pid" in tasks_json(address, ca)["a"]["processes"][0], what="a's pid")
         assert tasks_json(address, ca)["a"]["processes"][0]["pid"] == pid
-        code, _, text = call(address, "/manage/control?a=off", ca=ca)
+        code, _, text = call(address, "/manage/control?a=off", headers=AUTH, ca=ca)
         assert (code, text) == (202, "a\tok\n")
         wait_for(lambda: not daemon.pids("a"), what="a stopped")
-        code, _, text = call(address, "/manage/restart?task=a", ca=ca)
+        code, _, text = call(address, "/manage/restart?task=a", headers=AUTH, ca=ca)
         assert (code, text) == (409, "a: nothing to restart (control is off)\n")
         code, _, text = call(address, "/nope", ca=ca)
         assert (code, text) == (404, "/nope not found")
@@ -1146,6 +1154,6 @@ def test_tls_on_loopback(daemon: Daemon) -> None:
         assert call(address, "/status/health", ca=ca)[0] in (200, 503)
     finally:
         silent.close()
-    code, _, text = call(address, "/manage/stop", ca=ca)
+    code, _, text = call(address, "/manage/stop", headers=AUTH, ca=ca)
     assert (code, text) == (202, "Taskforce exit initiated\n")
     assert daemon.proc is not None and daemon.proc.wait(20) == 0

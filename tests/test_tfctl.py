@@ -180,9 +180,19 @@ def test_tfctl_over_tls(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> N
     assert code == 0 and "a[0]" in out
     code, _, err = run(capsys, "-s", address, "status")
     assert code == 3 and "TLS" in err, "an unknown certificate is refused"
-    assert run(capsys, "-s", address, "-k", "stop", "a")[:2] == (0, "a\tok\n")
+    code, _, err = run(capsys, "-s", address, "-k", "stop", "a")
+    assert code == 1 and "--token-file" in err, "control over TCP needs the token"
+    token = daemon.root / "token"
+    assert run(capsys, "-s", address, "-k", "--token-file", str(token), "stop", "a")[:2] == (
+        0,
+        "a\tok\n",
+    )
     wait_for(lambda: not daemon.pids("a"), what="a stopped over TLS")
-    assert run(capsys, "-s", address, "--cafile", ca, "shutdown")[0] == 0
+    os.environ["TASKFORCE_TOKEN_FILE"] = str(token)
+    try:
+        assert run(capsys, "-s", address, "--cafile", ca, "shutdown")[0] == 0
+    finally:
+        del os.environ["TASKFORCE_TOKEN_FILE"]
     assert daemon.proc is not None and daemon.proc.wait(20) == 0
 
 

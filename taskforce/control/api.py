@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import logging
 import platform
 import time
 from collections.abc import Callable
@@ -37,16 +38,18 @@ from urllib.parse import parse_qs
 from taskforce import __version__
 from taskforce.config import ConfigError, load_config_text, signal_name
 from taskforce.control.http import Deferred, Request, Response, text
-from taskforce.control.listen import Service
+from taskforce.control.listen import Listener, Service
+from taskforce.core import access, secrets, status
 from taskforce.core import events as ev
-from taskforce.core import status
 from taskforce.core.model import SpecError
 from taskforce.output import Recent
 
 if TYPE_CHECKING:
     from taskforce.control.server import ControlServer
 
+log = logging.getLogger("taskforce")
 Params = dict[str, list[str]]
+Who = dict[str, Any]
 JSON = "application/json"
 METRICS = "text/plain; version=0.0.4; charset=utf-8"
 #: More fields than this in one request is an error, not work to do.
@@ -57,17 +60,38 @@ class ParseError(ValueError):
     pass
 
 
-def handle(server: ControlServer, request: Request, service: Service) -> Response | Deferred:
-    """Answer one complete request (``/manage/plan``: with a ``Deferred``)."""
+def handle(
+    server: ControlServer, request: Request, listener: Listener, who: Who
+) -> Response | Deferred:
+    """Answer one complete request from a client that proved ``who``
+    (``/manage/plan``: with a ``Deferred``)."""
     if request.method not in ("GET", "POST", "HEAD"):
         return text(
             405,
             f"method {request.method} not allowed; use GET or POST\n",
             headers=[("Allow", "GET, HEAD, POST")],
         )
+    service = listener.service
+    if not listener.host_ok(request.headers.get("host")):
+        # DNS rebinding: a name that is not ours, pointing at our address.
+        server.refuse("host")
+        return text(421, f"Host {request.headers['host'][:200]!r} is not a name of this server\n")
+    # Only a listener with a token judges one: tfctl may send the token of
+    # $TASKFORCE_TOKEN_FILE to every listener.
+    if listener.token is not None:
+        token = listener.token_ok(request.headers.get("authorization"))
+        if token is False:
+            server.refuse("bad_token")
+            log.warning("control: wrong token from %s", access.describe(who))
+            return _unauthorized("wrong token")
+        if token:
+            who = {**who, "token": True}
+    request.who = who
     path = request.path
     reader = STATUS.get(path)
     if reader is not None:
+        if not access.grants(listener.status_grants, who):
+            return _denied(server, listener, who, "status")
         try:
             params = _params(request)
         except ParseError as exc:
@@ -75,16 +99,48 @@ def handle(server: ControlServer, request: Request, service: Service) -> Respons
         return _status(server, path, reader, params, service)
     if path.startswith("/manage/"):
         if not service.allow_control:
+            server.refuse("control_off")
             return text(403, "Control not permitted on this path\n")
         action = MANAGE.get(path)
         if action is None:
             return text(404, f"Unknown control path -- {request.target}\n")
+        if not access.grants(listener.control_grants, who):
+            # Refused before its parameters are read; the core says so, so
+            # that the refusal is recorded and logged with who asked.
+            reply = server.control(path.rpartition("/")[2], {}, who, listener.control_grants)
+            if reply is not None and reply.code == 403:
+                return _denied(server, listener, who, "control", str(reply.body))
         try:
             params = _params(request)
         except ParseError as exc:
             return text(400, f"Parse error -- {exc}\n")
         return action(server, request, params)
     return text(404, f"{request.target} not found")
+
+
+def _credentialed(who: Who) -> bool:
+    return bool(who.get("token") or who.get("subject") or "uid" in who)
+
+
+def _unauthorized(why: str) -> Response:
+    return text(
+        401,
+        f"{why}: send Authorization: Bearer TOKEN or a client certificate\n",
+        headers=[("WWW-Authenticate", 'Bearer realm="taskforce"')],
+    )
+
+
+def _denied(
+    server: ControlServer, listener: Listener, who: Who, what: str, body: str | None = None
+) -> Response:
+    """401 to a TCP client that proved nothing, else 403."""
+    if not listener.service.is_unix and not _credentialed(who):
+        server.refuse("no_credentials")
+        return _unauthorized(f"{what} needs a credential")
+    server.refuse("not_allowed")
+    if what == "status":
+        log.warning("control: status refused to %s", access.describe(who))
+    return text(403, body or f"not allowed: {access.describe(who)} may not read {what}\n")
 
 
 # ------------------------------------------------------------- parameters
@@ -149,7 +205,7 @@ def _status(
     if path == "/metrics":
         key: Any = (path, service.allow_control)
         if key not in server.turn_cache:
-            body = status.metrics_text(server.daemon.core, server.figures())
+            body = status.metrics_text(server.daemon.core, server.figures()) + _refused(server)
             server.turn_cache[key] = Response(200, body.encode(), METRICS)
         return server.turn_cache[key]
     fmt = (_first(params, "fmt") or "json").lower()
@@ -174,6 +230,20 @@ def _status(
     return cached
 
 
+def _refused(server: ControlServer) -> str:
+    """``taskforce_http_refused_total`` by reason: requests refused for who
+    asked (``host``, ``bad_token``, ``no_credentials``, ``not_allowed``,
+    ``control_off``)."""
+    name = "taskforce_http_refused_total"
+    lines = [
+        f"# HELP {name} Requests refused for who asked, by reason.",
+        f"# TYPE {name} counter",
+    ]
+    for reason in ("bad_token", "control_off", "host", "no_credentials", "not_allowed"):
+        lines.append(f'{name}{{reason="{reason}"}} {server.refused.get(reason, 0)}')
+    return "\n".join(lines) + "\n"
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (set, frozenset)):
         return sorted(value)
@@ -194,7 +264,7 @@ def _version(server: ControlServer, service: Service) -> tuple[int, Any]:
 
 
 def _config(server: ControlServer, service: Service) -> tuple[int, Any]:
-    return 200, dict(server.daemon.core.config)
+    return 200, secrets.redact_config(server.daemon.core.config)
 
 
 @functools.lru_cache(maxsize=16384)
@@ -310,8 +380,8 @@ STATUS: dict[str, Callable[[ControlServer, Service], tuple[int, Any]]] = {
 # ----------------------------------------------------------------- manage
 
 
-def _reply(server: ControlServer, action: str, args: dict[str, Any]) -> Response:
-    reply = server.control(action, args)
+def _reply(server: ControlServer, request: Request, action: str, args: dict[str, Any]) -> Response:
+    reply = server.control(action, args, request.who, _grants(server, request))
     if reply is None:
         return text(503, "taskforce is exiting\n")
     if isinstance(reply.body, str):
@@ -322,7 +392,7 @@ def _reply(server: ControlServer, action: str, args: dict[str, Any]) -> Response
 def _pairs(server: ControlServer, request: Request, params: Params, action: str) -> Response:
     # Every parameter names a task (the original's shape: ?web=off&db=wait).
     args = {name: values[0] for name, values in sorted(params.items())}
-    return _reply(server, action, args)
+    return _reply(server, request, action, args)
 
 
 def _control(server: ControlServer, request: Request, params: Params) -> Response:
@@ -337,12 +407,12 @@ def _start(server: ControlServer, request: Request, params: Params) -> Response:
     names = tuple(params.get("task", ()))
     if not names:
         return text(400, "missing parameter 'task'\n")
-    return _reply(server, "start", {"tasks": names})
+    return _reply(server, request, "start", {"tasks": names})
 
 
 def _restart(server: ControlServer, request: Request, params: Params) -> Response:
     args = {"task": _first(params, "task"), "instance": _first(params, "instance")}
-    return _reply(server, "restart", args)
+    return _reply(server, request, "restart", args)
 
 
 def _signal(server: ControlServer, request: Request, params: Params) -> Response:
@@ -353,11 +423,11 @@ def _signal(server: ControlServer, request: Request, params: Params) -> Response
     if name is None:
         return text(400, f"bad signal '{raw}'\n")
     args = {"task": _first(params, "task"), "signal": name, "instance": _first(params, "instance")}
-    return _reply(server, "signal", args)
+    return _reply(server, request, "signal", args)
 
 
 def _event(server: ControlServer, request: Request, params: Params) -> Response:
-    return _reply(server, "event", {"name": _first(params, "name")})
+    return _reply(server, request, "event", {"name": _first(params, "name")})
 
 
 def _header_value(message: str) -> str:
@@ -365,7 +435,24 @@ def _header_value(message: str) -> str:
     return line.encode("latin-1", "replace").decode("latin-1")[:300]
 
 
+def _grants(server: ControlServer, request: Request) -> tuple[str, ...] | None:
+    return None if request.listener is None else request.listener.control_grants
+
+
+def _granted(server: ControlServer, request: Request, action: str) -> Response | None:
+    """None when the core grants ``action`` (performed here), else its answer."""
+    reply = server.control(action, {}, request.who, _grants(server, request))
+    if reply is None:
+        return text(503, "taskforce is exiting\n")
+    if reply.code != 200:
+        return text(reply.code, str(reply.body))
+    return None
+
+
 def _reload(server: ControlServer, request: Request, params: Params) -> Response:
+    refused = _granted(server, request, "reload")
+    if refused is not None:
+        return refused
     event = server.daemon.reload("request")
     if isinstance(event, ev.ConfigRejected):
         outcome = "rejected: " + _header_value(event.error)
@@ -380,6 +467,10 @@ def _reload(server: ControlServer, request: Request, params: Params) -> Response
 
 def _shutdown(reset: bool) -> Callable[[ControlServer, Request, Params], Response]:
     def handler(server: ControlServer, request: Request, params: Params) -> Response:
+        refused = _granted(server, request, "reset" if reset else "stop")
+        if refused is not None:
+            return refused
+
         def stop() -> None:
             if reset:
                 server.daemon.request_reset("control request")
@@ -404,6 +495,9 @@ def _plan(server: ControlServer, request: Request, params: Params) -> Response |
     would use it, runs on the loop, with the posted config's tasks already
     built.
     """
+    refused = _granted(server, request, "plan")
+    if refused is not None:
+        return refused
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media in ("application/x-www-form-urlencoded", "multipart/form-data"):
         posted = (_first(params, "config") or "").encode()

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 import h11
 
 from taskforce import __version__
+from taskforce.control.listen import subject_text
 
 log = logging.getLogger("taskforce")
 
@@ -56,6 +57,7 @@ REASONS = {
     200: "OK",
     202: "Accepted",
     400: "Bad Request",
+    401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
@@ -63,6 +65,7 @@ REASONS = {
     409: "Conflict",
     413: "Content Too Large",
     415: "Unsupported Media Type",
+    421: "Misdirected Request",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
@@ -79,6 +82,10 @@ class Request:
     query: str
     headers: dict[str, str]
     body: bytes = b""
+    #: what the client proved (see ``taskforce.core.access``), set when routed
+    who: dict[str, object] = field(default_factory=dict)
+    #: the listener it came through
+    listener: Listener | None = None
 
 
 @dataclass
@@ -149,6 +156,9 @@ class Connection:
         self._mask = 0
         self.deadline: float | None = time.monotonic() + self.timeout
         self.fd = sock.fileno()
+        #: what the peer proved about itself: its uid on a Unix socket, its
+        #: certificate's subject once the TLS handshake checked it
+        self.who: dict[str, object] = server.peer(sock, listener.service.is_unix)
         if listener.tls is not None:
             self.sock = listener.tls.wrap_socket(
                 sock, server_side=True, do_handshake_on_connect=False
@@ -201,6 +211,9 @@ class Connection:
             self.close()
             return
         self.handshaking = False
+        subject = subject_text(self.sock.getpeercert())
+        if subject is not None:
+            self.who = {**self.who, "subject": subject}
 
     def _read(self) -> None:
         for _ in range(4):

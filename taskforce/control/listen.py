@@ -15,7 +15,10 @@ a socket that a live server answers on is never taken over.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import hmac
+import ipaddress
 import logging
 import os
 import socket
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from taskforce.control.options import Options
+from taskforce.core import access
 from taskforce.core.context import ContextError, as_text, expand, resolve_one
 from taskforce.core.model import HostFacts, task_context
 
@@ -46,16 +50,75 @@ class ListenError(Exception):
 
 @dataclass(frozen=True)
 class Service:
-    """One HTTP service: where it listens and what it allows."""
+    """One HTTP service: where it listens and what it allows.
+
+    ``allow_status``/``allow_control`` are the config's ``allow:`` lists as
+    grants (see ``taskforce.core.access``), None when not configured;
+    ``token_file``, ``cafile``/``client_subject`` are the credentials TCP
+    control needs; ``server_names`` the names a ``Host`` header may carry
+    besides an address; ``public_status`` opens status on TCP beyond
+    loopback to clients without a credential.
+    """
 
     listen: str
     certfile: str | None = None
     allow_control: bool = False
     timeout: float = DEFAULT_TIMEOUT
+    allow_status_to: tuple[str, ...] | None = None
+    allow_control_to: tuple[str, ...] | None = None
+    token_file: str | None = None
+    cafile: str | None = None
+    client_subject: tuple[str, ...] = ()
+    server_names: tuple[str, ...] = ()
+    public_status: bool = False
 
     @property
     def is_unix(self) -> bool:
         return "/" in self.listen
+
+    @property
+    def has_credentials(self) -> bool:
+        """Whether TCP control can be granted at all (a token or client certs)."""
+        return bool(self.token_file) or bool(self.cafile and self.certfile)
+
+
+def auth_problems(found: list[Service]) -> list[str]:
+    """Why these services must not run: control over TCP with nothing that
+    proves who asks (``-A`` or ``allow_control`` without ``token_file`` or
+    ``cafile``), or a ``cafile`` without a server certificate."""
+    problems = []
+    for index, service in enumerate(found):
+        where = f"settings.http[{index}] (listen {service.listen!r})"
+        if service.is_unix:
+            continue
+        if service.cafile and not service.certfile:
+            problems.append(f"{where}: cafile needs certfile (client certificates need TLS)")
+        if service.allow_control and not service.has_credentials:
+            problems.append(
+                f"{where}: control over TCP needs token_file or cafile (client certificates); "
+                "refusing to let anyone who can connect control taskforce"
+            )
+    return problems
+
+
+def _texts(value: Any, ctx: Mapping[str, str | None]) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    items = value if isinstance(value, (list, tuple)) else (value,)
+    return tuple(str(_value(item, ctx)) for item in items)
+
+
+def _allow(entry: Mapping[str, Any], ctx: Mapping[str, str | None]) -> tuple[Any, Any]:
+    allow = entry.get("allow")
+    if not isinstance(allow, Mapping):
+        return None, None
+    lists: list[tuple[str, ...] | None] = []
+    for key in ("status", "control"):
+        if allow.get(key) is None:
+            lists.append(None)
+        else:
+            lists.append(tuple(access.grant_of(name) for name in _texts(allow[key], ctx)))
+    return lists[0], lists[1]
 
 
 def _value(value: Any, ctx: Mapping[str, str | None]) -> Any:
@@ -89,22 +152,34 @@ def services(
             allow = bool(_value(entry.get("allow_control"), ctx))
             timeout_raw = _value(entry.get("timeout"), ctx)
             timeout = float(timeout_raw) if timeout_raw is not None else DEFAULT_TIMEOUT
+            allow_status, allow_control = _allow(entry, ctx)
+            service = Service(
+                listen,
+                certfile,
+                allow,
+                timeout if timeout > 0 else DEFAULT_TIMEOUT,
+                allow_status_to=allow_status,
+                allow_control_to=allow_control,
+                token_file=as_text(_value(entry.get("token_file"), ctx)) or None,
+                cafile=as_text(_value(entry.get("cafile"), ctx)) or None,
+                client_subject=_texts(entry.get("client_subject"), ctx),
+                server_names=tuple(n.lower() for n in _texts(entry.get("server_names"), ctx)),
+                public_status=bool(_value(entry.get("public_status"), ctx)),
+            )
         except (ContextError, TypeError, ValueError) as exc:
             raise ListenError(f"settings.http[{index}]: {exc}") from None
-        out.append(Service(listen, certfile, allow, timeout if timeout > 0 else DEFAULT_TIMEOUT))
+        out.append(service)
     if out:
         first = out[0]
-        out[0] = Service(
-            options.listen if options.listen is not None else first.listen,
-            options.certfile if options.certfile is not None else first.certfile,
-            first.allow_control or options.allow_control,
-            first.timeout,
+        out[0] = dataclasses.replace(
+            first,
+            listen=options.listen if options.listen is not None else first.listen,
+            certfile=options.certfile if options.certfile is not None else first.certfile,
+            allow_control=first.allow_control or options.allow_control,
         )
     elif options.listen is not None:
         out.append(Service(options.listen, options.certfile, options.allow_control))
-    return [
-        Service(s.listen or DEFAULT_LISTEN, s.certfile, s.allow_control, s.timeout) for s in out
-    ]
+    return [dataclasses.replace(s, listen=s.listen or DEFAULT_LISTEN) for s in out]
 
 
 def parse_tcp(listen: str, tls: bool) -> tuple[str, int]:
@@ -132,8 +207,11 @@ def parse_tcp(listen: str, tls: bool) -> tuple[str, int]:
     return host, port
 
 
-def tls_context(certfile: str) -> ssl.SSLContext:
-    """A server context for a PEM file holding the certificate and its key."""
+def tls_context(certfile: str, cafile: str | None = None) -> ssl.SSLContext:
+    """A server context for a PEM file holding the certificate and its key;
+    with ``cafile``, client certificates are asked for and checked against
+    it (optional at the handshake: a client without one may still get
+    status where status is open, and is refused control)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
@@ -142,27 +220,153 @@ def tls_context(certfile: str) -> ssl.SSLContext:
         raise ListenError(f"certfile {certfile}: not found") from None
     except (OSError, ssl.SSLError) as exc:
         raise ListenError(f"certfile {certfile}: {exc}") from None
+    if cafile:
+        try:
+            context.load_verify_locations(cafile)
+        except FileNotFoundError:
+            raise ListenError(f"cafile {cafile}: not found") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise ListenError(f"cafile {cafile}: {exc}") from None
+        context.verify_mode = ssl.CERT_OPTIONAL
     return context
+
+
+def read_token(path: str) -> bytes:
+    """The bearer token in ``path`` (surrounding white space dropped)."""
+    try:
+        with open(path, "rb") as handle:
+            token = handle.read(4096).strip()
+    except OSError as exc:
+        raise ListenError(f"token_file {path}: {exc.strerror or exc}") from None
+    if len(token) < 16:
+        raise ListenError(f"token_file {path}: a token needs at least 16 characters")
+    return token
+
+
+def subject_text(cert: Mapping[str, Any] | None) -> str | None:
+    """A verified peer certificate's subject as ``CN=ops,O=acme``."""
+    if not cert:
+        return None
+    parts = []
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            short = _SUBJECT_KEYS.get(key, key)
+            parts.append(f"{short}={value}")
+    return ",".join(parts) or None
+
+
+_SUBJECT_KEYS = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "localityName": "L",
+    "stateOrProvinceName": "ST",
+    "emailAddress": "emailAddress",
+}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def host_name(header: str) -> str:
+    """The name in a ``Host`` header, lower case, without port or brackets."""
+    value = header.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rpartition(":")[0] if value.count(":") == 1 else value
 
 
 class Listener:
     """A listening socket for one service."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(
+        self, service: Service, names: tuple[str, ...] = (), file_group: int | None = None
+    ) -> None:
+        """``names``: this host's names, which a ``Host`` header may carry;
+        ``file_group``: the group a Unix socket is opened to (mode 0660)."""
         self.service = service
-        self.tls = tls_context(service.certfile) if service.certfile else None
+        self.tls = (
+            tls_context(service.certfile, service.cafile if service.cafile else None)
+            if service.certfile
+            else None
+        )
+        self.token = read_token(service.token_file) if service.token_file else None
         self._unix_id: tuple[int, int] | None = None
+        self.loopback = False
         if service.is_unix:
-            self.sock = self._open_unix(service.listen)
+            self.sock = self._open_unix(service.listen, file_group)
             self.address = f"unix:{service.listen}"
         else:
             self.sock = self._open_tcp(service.listen)
             host, port = self.sock.getsockname()[:2]
             shown = f"[{host}]" if ":" in host else host
             self.address = f"{'https' if self.tls else 'http'}://{shown}:{port}"
+            self.loopback = ipaddress.ip_address(host.split("%")[0]).is_loopback
         self.sock.setblocking(False)
+        self.control_grants, self.status_grants = self._grants()
+        self.host_names = self._host_names(names)
 
-    def _open_unix(self, path: str) -> socket.socket:
+    def _grants(self) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+        """Who may control, and who may read status (None: whoever connects)."""
+        service = self.service
+        if service.is_unix:
+            control = service.allow_control_to
+            if control is None:
+                # Root and taskforce's own user, as systemd's root-only bus.
+                control = tuple(sorted({"uid:0", f"uid:{os.geteuid()}"}))
+            if self.token is not None:
+                # Where the kernel does not say who connects (not read on
+                # macOS/BSD yet), a token still can.
+                control = (*control, access.TOKEN)
+            return control, service.allow_status_to
+        grants: list[str] = []
+        if self.token is not None:
+            grants.append(access.TOKEN)
+        if self.tls is not None and service.cafile:
+            if service.client_subject:
+                grants += [f"subject:{subject}" for subject in service.client_subject]
+            else:
+                grants.append(access.CERT)
+        status = None if (service.public_status or self.loopback) else tuple(grants)
+        return tuple(grants), status
+
+    def _host_names(self, names: tuple[str, ...]) -> frozenset[str]:
+        if self.service.is_unix:
+            return frozenset()
+        wanted = {"localhost", *self.service.server_names, *(n.lower() for n in names if n)}
+        host = parse_tcp(self.service.listen, self.tls is not None)[0].lower()
+        if host:
+            wanted.add(host)
+        return frozenset(wanted)
+
+    def host_ok(self, header: str | None) -> bool:
+        """Whether a request's ``Host`` names this listener: an address (which
+        DNS rebinding cannot forge), or one of its names.  A request without
+        one (HTTP/1.0) comes from no browser, and passes."""
+        if self.service.is_unix or header is None:
+            return True
+        name = host_name(header)
+        return name in self.host_names or _is_ip(name.split("%")[0])
+
+    def token_ok(self, header: str | None) -> bool | None:
+        """None without an ``Authorization: Bearer`` header, else whether it
+        holds this listener's token (compared in constant time)."""
+        if header is None:
+            return None
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        if self.token is None:
+            return False
+        return hmac.compare_digest(value.strip().encode("latin-1", "replace"), self.token)
+
+    def _open_unix(self, path: str, file_group: int | None) -> socket.socket:
         _clear_stale(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -172,7 +376,12 @@ class Listener:
                 sock.bind(path)
             finally:
                 os.umask(old)
-            os.chmod(path, 0o600)
+            if file_group is not None:
+                # Connecting needs write permission: the group gets rw.
+                os.chown(path, -1, file_group)
+                os.chmod(path, 0o660)
+            else:
+                os.chmod(path, 0o600)
             info = os.stat(path)
             self._unix_id = (info.st_dev, info.st_ino)
             sock.listen(BACKLOG)

@@ -23,17 +23,22 @@ at a time; a second such request meanwhile is told to come back (503).
 from __future__ import annotations
 
 import contextlib
+import grp
 import logging
+import os
+import pwd
 import selectors
 import socket
+import struct
 import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from taskforce import files
 from taskforce.control import api
 from taskforce.control.http import Connection, Deferred, Response, text
-from taskforce.control.listen import Listener, ListenError, Service, services
+from taskforce.control.listen import Listener, ListenError, Service, read_token, services
 from taskforce.control.options import Options
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
@@ -74,6 +79,10 @@ class ControlServer:
         self.work: deque[Connection] = deque()
         self.again: set[Connection] = set()
         self.stats = {"requests": 0, "rejected": 0, "timeouts": 0, "turned_away": 0}
+        #: requests refused for who asked, by reason (``/metrics``)
+        self.refused: dict[str, int] = {}
+        #: a Unix peer's names and groups, by (uid, gid): looked up once per config
+        self._peers: dict[tuple[int, int], dict[str, object]] = {}
         self.started = time.monotonic()
         #: answers computed from the core, valid until it is next fed
         self.cache: dict[Any, Response] = {}
@@ -128,7 +137,8 @@ class ControlServer:
             first = False
             self.stats["requests"] += 1
             try:
-                answer = api.handle(self, conn.request, conn.service)
+                conn.request.listener = conn.listener
+                answer = api.handle(self, conn.request, conn.listener, conn.who)
             except Exception:
                 log.exception("control: %s %s failed", conn.request.method, conn.request.target)
                 answer = Response(500, close=True)
@@ -185,18 +195,52 @@ class ControlServer:
 
     # --------------------------------------------------------- the core
 
-    def control(self, action: str, args: dict[str, Any]) -> fx.Reply | None:
-        """Feed a ``ControlRequested`` to the core; its ``Reply`` (None if none came)."""
+    def control(
+        self,
+        action: str,
+        args: dict[str, Any],
+        who: dict[str, Any] | None = None,
+        allow: tuple[str, ...] | None = None,
+    ) -> fx.Reply | None:
+        """Feed a ``ControlRequested`` to the core, with who asked and what the
+        listener allows; its ``Reply`` (None if none came)."""
         self._next_request += 1
         request = self._next_request
         self._replies[request] = None
         try:
             self.daemon.feed(
-                ev.ControlRequested(at=time.monotonic(), request=request, action=action, args=args)
+                ev.ControlRequested(
+                    at=time.monotonic(),
+                    request=request,
+                    action=action,
+                    args=args,
+                    who=dict(who or {}),
+                    allow=allow,
+                )
             )
         finally:
             reply = self._replies.pop(request, None)
         return reply
+
+    def refuse(self, reason: str) -> None:
+        """Count a request refused for who asked (``reason`` is a metric label)."""
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+
+    def peer(self, sock: socket.socket, unix: bool) -> dict[str, object]:
+        """What the kernel says about a new connection's peer: on a Unix
+        socket its uid and gid (``SO_PEERCRED``) with the user's name and
+        groups; on TCP only its address, which proves nothing."""
+        if not unix:
+            with contextlib.suppress(OSError, IndexError):
+                return {"address": str(sock.getpeername()[0])}
+            return {}
+        creds = _peer_ids(sock)
+        if creds is None:
+            return {}
+        known = self._peers.get(creds)
+        if known is None:
+            known = self._peers[creds] = _names(*creds)
+        return known
 
     def reply(self, effect: fx.Reply) -> None:
         """The core answered a control request (called from ``Daemon.perform``)."""
@@ -212,6 +256,14 @@ class ControlServer:
         except ListenError as exc:
             log.error("control: %s; keeping the current listeners", exc)
             return
+        self._peers.clear()  # group membership may have changed too
+        for listener in self.listeners:
+            # A reload re-reads a changed token, as it re-reads the config.
+            if listener is not None and listener.service.token_file:
+                try:
+                    listener.token = read_token(listener.service.token_file)
+                except ListenError as exc:
+                    log.error("control: %s; keeping the token read before", exc)
         if wanted == self.wanted:
             if self.retry_at is not None:
                 self._open_missing()
@@ -237,7 +289,8 @@ class ControlServer:
             if self.listeners[index] is not None:
                 continue
             try:
-                listener = Listener(service)
+                facts = self.daemon.core.facts
+                listener = Listener(service, (facts.host, facts.fqdn), file_group=files.group_id())
             except (ListenError, OSError) as exc:
                 log.error("control: %s; retrying every %gs", exc, RETRY)
                 self.retry_at = time.monotonic() + RETRY
@@ -247,6 +300,8 @@ class ControlServer:
                 listener.sock, selectors.EVENT_READ, lambda lst=listener: self._accept(lst)
             )
             allowed = "control allowed" if service.allow_control else "status only"
+            if not service.is_unix and not (listener.loopback or service.public_status):
+                allowed += ", status needs a credential"
             log.info("control: listening on %s (%s)", listener.address, allowed)
 
     def _close_listener(self, listener: Listener) -> None:
@@ -371,3 +426,39 @@ class _Job:
         finally:
             self.done.set()
             self.wake()
+
+
+def _peer_ids(sock: socket.socket) -> tuple[int, int] | None:
+    """The peer's (uid, gid) of a Unix socket, from the kernel."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        # macOS/BSD (LOCAL_PEERCRED/getpeereid) are not read yet: no grant
+        # by user then, so only a token would do.
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    except OSError:
+        return None
+    _pid, uid, gid = struct.unpack("3i", raw)
+    return uid, gid
+
+
+def _names(uid: int, gid: int) -> dict[str, object]:
+    """A peer as the core's access check reads it: ids, user, groups."""
+    who: dict[str, object] = {"uid": uid, "gid": gid}
+    gids = {gid}
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        entry = None
+    if entry is not None:
+        who["user"] = entry.pw_name
+        with contextlib.suppress(OSError):
+            gids.update(os.getgrouplist(entry.pw_name, gid))
+    groups = []
+    for each in sorted(gids):
+        with contextlib.suppress(KeyError):
+            groups.append(grp.getgrgid(each).gr_name)
+    who["gids"] = sorted(gids)
+    who["groups"] = sorted(groups)
+    return who

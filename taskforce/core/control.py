@@ -31,6 +31,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from taskforce.core import access
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.context import ContextError
@@ -67,7 +68,25 @@ class _Refused(Exception):
 
 
 def handle_control(sup: Supervisor, event: ev.ControlRequested) -> None:
-    """Apply one control request to ``sup`` and emit its ``Reply``."""
+    """Apply one control request to ``sup`` and emit its ``Reply``.
+
+    Who asked is judged first, before the action is even looked up, so a
+    client without the right learns nothing from the answer.  A granted
+    request that changes something is logged with who asked and what came
+    of it (the audit trail, recorded with the run).
+    """
+    who = event.who if isinstance(event.who, Mapping) else {}
+    if not access.grants(event.allow, who):
+        asker = access.describe(who)
+        sup._log("warning", f"control request refused: {asker} may not {event.action}")
+        sup._emit(fx.Reply(event.request, 403, f"{FORBIDDEN}: {asker} may not control taskforce\n"))
+        return
+    if event.action in SHELL_ACTIONS:
+        # Performed by the shell (files, re-exec, a shadow core): granted here.
+        if who and event.action != "plan":
+            sup._log("info", f"control request by {access.describe(who)}: {event.action}")
+        sup._emit(fx.Reply(event.request, 200, "granted\n"))
+        return
     handler = _ACTIONS.get(event.action)
     if handler is None:
         sup._emit(fx.Reply(event.request, 404, f"unknown action {event.action!r}\n"))
@@ -80,7 +99,29 @@ def handle_control(sup: Supervisor, event: ev.ControlRequested) -> None:
         code, body = handler(sup, args)
     except _Refused as exc:
         code, body = exc.code, exc.text + "\n"
+    if who:
+        outcome = " ".join(body.split())[:200]
+        sup._log(
+            "info",
+            f"control request by {access.describe(who)}: {event.action} "
+            f"{_shown_args(args)} -> {code} {outcome}",
+        )
     sup._emit(fx.Reply(event.request, code, body))
+
+
+#: The first word of a refusal's body: the shell counts these by it.
+FORBIDDEN = "not allowed"
+#: Actions the shell performs once the core has granted them.
+SHELL_ACTIONS = frozenset({"reload", "stop", "reset", "plan"})
+
+
+def _shown_args(args: Mapping[str, Any]) -> str:
+    def shown(value: Any) -> str:
+        if isinstance(value, (list, tuple)):
+            return ",".join(str(item) for item in value)
+        return "" if value is None else str(value)
+
+    return " ".join(f"{key}={shown(args[key])}" for key in sorted(args, key=str))
 
 
 def _shutdown_word(sup: Supervisor) -> str:

@@ -204,13 +204,19 @@ class ControlRequested(Event):
     """An operator asked for a change through the control path.
 
     ``action`` names it (``control``, ``count``, ``restart``, ``signal``,
-    ``event``); ``args`` holds its parameters; ``request`` is an opaque id
-    echoed in the ``Reply`` effect.
+    ``event``, and ``reload``, ``stop``, ``reset``, ``plan``, which the
+    shell performs once the core grants them); ``args`` holds its
+    parameters; ``request`` is an opaque id echoed in the ``Reply`` effect.
+    ``who`` is what the shell could prove about the client and ``allow`` the
+    grants of the listener it came through (see ``taskforce.core.access``);
+    ``allow`` None means unchecked (logs from before access control).
     """
 
     request: int = 0
     action: str = ""
     args: dict[str, Any] = field(default_factory=dict)
+    who: dict[str, Any] = field(default_factory=dict)
+    allow: tuple[str, ...] | None = None
 
 
 EVENT_TYPES: dict[str, type[Event]] = {

@@ -48,6 +48,9 @@ DEFAULT_BACKUPS = 5
 #: Resource limits a task may set (``RLIMIT_<NAME>``).
 LIMIT_NAMES = ("as", "core", "cpu", "fsize", "memlock", "nofile", "nproc", "stack")
 ENVIRONMENTS = ("inherit", "clean")
+#: What a task with ``user:`` takes from that user's passwd entry, not from
+#: taskforce's environment (unless its config defines them).
+USER_ENV_KEYS = ("HOME", "USER", "LOGNAME", "SHELL")
 #: What a ``clean`` environment keeps of the daemon's.
 CLEAN_ENVIRONMENT_KEEPS = ("PATH",)
 
@@ -237,8 +240,14 @@ def _context(
     roles: tuple[str, ...] | None,
     role_values: Mapping[str, str],
 ) -> dict[str, str | None]:
+    # A task run as another user gets that user's HOME, USER, LOGNAME and
+    # SHELL (from its passwd entry, in the shell), not taskforce's own; the
+    # config may still define them.
+    skipped = USER_ENV_KEYS if task.get("user") is not None else ()
     ctx: dict[str, str | None] = {
-        key: value for key, value in environ.items() if not key.startswith("Task_")
+        key: value
+        for key, value in environ.items()
+        if not key.startswith("Task_") and key not in skipped
     }
     ctx.update(
         Task_name=name,
