@@ -743,9 +743,14 @@ class FakeDaemon:
                 self.server.reply(effect)
 
     def reload(self, source: str = "request") -> ev.Event:
-        event = self._load(source)
-        self.feed(event)
-        return event
+        return self.apply_loaded(self._load(source))
+
+    def load_inputs(self, source: str) -> ev.Event:
+        return self._load(source)
+
+    def apply_loaded(self, loaded: ev.Event) -> ev.Event:
+        self.feed(loaded)
+        return loaded
 
     def wake(self) -> None:
         """A worker thread is done (the fake loop looks at it on its next tick)."""

@@ -10,6 +10,7 @@ failures become events (``SpawnFailed``) or log lines.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -22,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from taskforce import output, pidwatch, process, signals, tracking
+from taskforce import loader, output, pidwatch, process, signals, tracking
 from taskforce.config import ConfigError, Roles, RolesFileMissing, load_config, load_roles
 from taskforce.control.options import Options  # --- control server
 from taskforce.core import effects as fx
@@ -96,6 +97,8 @@ class Daemon:
         self.tracker.known_children = lambda: set(self.leaders) | set(self.commands)
         self.leftover_watch = pidwatch.ProcessWatch(self._leftover_exit)
         self.leftover_watch.attach(self.selector)
+        #: config and roles files read on a worker thread when they change
+        self.loads = loader.BackgroundLoad(self.load_inputs, self.wake)
         self.subreaper = False
         #: The control path (status and control over HTTP), on this selector.
         self.control = LazyControl(self, control)  # --- control server
@@ -244,6 +247,9 @@ class Daemon:
         self.pidwatch.poll(time.monotonic())
         for key, path in self.watcher.take_changes(time.monotonic()):
             self._on_file_change(key, path)
+        loaded = self.loads.take()
+        if loaded is not None:
+            self.apply_loaded(loaded)
         if self.timer_at is not None and time.monotonic() >= self.timer_at:
             self.timer_at = None
             self.feed(ev.TimerFired(at=time.monotonic()))
@@ -349,7 +355,7 @@ class Daemon:
 
     def _on_file_change(self, key: str, path: str) -> None:
         if key in ("@config", "@roles"):
-            self.reload("config" if key == "@config" else "roles")
+            self.loads.request("config" if key == "@config" else "roles")
         elif key == "@code":
             self.request_reset(f"taskforce's own code changed ({path})")
         else:
@@ -386,7 +392,12 @@ class Daemon:
 
     def reload(self, source: str = "request") -> ev.Event:
         """Re-read config and roles; the core applies or ignores the result."""
-        event = self.load_inputs(source)
+        return self.apply_loaded(self.load_inputs(source))
+
+    def apply_loaded(self, loaded: ev.Event) -> ev.Event:
+        """Feed what ``load_inputs`` read (maybe on another thread), stamped
+        now, as it reaches the core in its order."""
+        event = dataclasses.replace(loaded, at=time.monotonic())
         self.feed(event)
         return event
 

@@ -449,20 +449,28 @@ def _granted(server: ControlServer, request: Request, action: str) -> Response |
     return None
 
 
-def _reload(server: ControlServer, request: Request, params: Params) -> Response:
+def _reload(server: ControlServer, request: Request, params: Params) -> Response | Deferred:
+    """Read the files again (on a worker thread: see ``taskforce.loader``),
+    then apply them on the loop and answer."""
     refused = _granted(server, request, "reload")
     if refused is not None:
         return refused
-    event = server.daemon.reload("request")
-    if isinstance(event, ev.ConfigRejected):
-        outcome = "rejected: " + _header_value(event.error)
-    else:
-        outcome = "applied"
-    return text(
-        202,
-        "Taskforce config reload initiated\n",
-        headers=[("X-Taskforce-Reload", outcome)],
-    )
+    daemon = server.daemon
+
+    def finish(loaded: object) -> Response:
+        assert isinstance(loaded, ev.Event)
+        event = daemon.apply_loaded(loaded)
+        if isinstance(event, ev.ConfigRejected):
+            outcome = "rejected: " + _header_value(event.error)
+        else:
+            outcome = "applied"
+        return text(
+            202,
+            "Taskforce config reload initiated\n",
+            headers=[("X-Taskforce-Reload", outcome)],
+        )
+
+    return Deferred(lambda: daemon.load_inputs("request"), finish)
 
 
 def _shutdown(reset: bool) -> Callable[[ControlServer, Request, Params], Response]:
