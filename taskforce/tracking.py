@@ -36,11 +36,13 @@ import hashlib
 import logging
 import os
 import selectors
-import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from urllib.parse import quote, unquote
+
+from taskforce.pidwatch import alive
+from taskforce.process import group_alive, send_signal
 
 log = logging.getLogger("taskforce")
 
@@ -129,15 +131,6 @@ def _environ(pid: int) -> list[bytes] | None:
         return None
 
 
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            text = handle.read()
-    except OSError:
-        return True  # gone
-    return text[text.rindex(b")") + 2 : text.rindex(b")") + 3] == b"Z"
-
-
 def marked_processes(ident: str, skip: frozenset[int] = frozenset()) -> dict[Slot, list[int]]:
     """Live processes carrying ``TASKFORCE_ID=ident``, by the slot they name."""
     needle = f"{MARKER}={ident}".encode()
@@ -162,32 +155,12 @@ def marked_processes(ident: str, skip: frozenset[int] = frozenset()) -> dict[Slo
                 task = os.fsdecode(item[10:])
             elif item.startswith(b"Task_instance="):
                 instance = item[14:]
-        if task is None or instance is None or not instance.isdigit() or _zombie(pid):
+        if task is None or instance is None or not instance.isdigit() or not alive(pid):
             continue
         found.setdefault((task, int(instance)), []).append(pid)
     for pids in found.values():
         pids.sort()
     return found
-
-
-def _kill(pid: int, signum: int, *, group: bool = False) -> None:
-    try:
-        if group:
-            os.killpg(pid, signum)
-        else:
-            os.kill(pid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ------------------------------------------------------------------ cgroups
@@ -348,7 +321,7 @@ class Tracker:
 
     def alive(self, slot: Slot, pgid: int, skip: frozenset[int] = frozenset()) -> bool:
         """Whether anything of ``slot`` (led by ``pgid``) is left."""
-        if _group_alive(pgid):
+        if group_alive(pgid):
             return True
         if self.tree is not None:
             return self._populated(slot)
@@ -402,22 +375,26 @@ class Tracker:
     ) -> None:
         """Send ``signame`` to the process group ``pgid`` and every other
         process of ``slot``."""
-        signum = getattr(signal, signame)
-        _kill(pgid, signum, group=True)
+        send_signal(pgid, signame, group=True)
         if self.tree is not None:
-            folder = os.path.join(self.tree, _slot_folder(slot))
-            if signum == signal.SIGKILL:
-                try:
-                    with open(os.path.join(folder, "cgroup.kill"), "w") as handle:
-                        handle.write("1")
-                    return
-                except OSError:
-                    pass  # fall back to signalling each
-            for pid in self._pids_below(folder):
-                _kill(pid, signum)
+            if signame == "SIGKILL" and self._kill_cgroup(slot):
+                return
+            for pid in self._cgroup_pids(slot):
+                send_signal(pid, signame, group=False)
         elif sys.platform.startswith("linux"):
             for pid in marked_processes(self.ident, skip).get(slot, ()):
-                _kill(pid, signum)
+                send_signal(pid, signame, group=False)
+
+    def _kill_cgroup(self, slot: Slot) -> bool:
+        """SIGKILL to everything in the slot's cgroup, at once (``cgroup.kill``:
+        what forks meanwhile is killed too); False if it could not be done."""
+        assert self.tree is not None
+        try:
+            with open(os.path.join(self.tree, _slot_folder(slot), "cgroup.kill"), "w") as handle:
+                handle.write("1")
+        except OSError:
+            return False  # the caller signals each process instead
+        return True
 
     def watch_empty(self, slot: Slot) -> bool:
         """Call ``on_empty(slot)`` when the slot's cgroup becomes empty from
@@ -501,7 +478,7 @@ class Tracker:
         return {slot: sorted(pids) for slot, pids in sorted(found.items())}
 
     def leftover_alive(self, slot: Slot, pids: set[int]) -> bool:
-        if any(not _zombie(pid) for pid in pids):
+        if any(alive(pid) for pid in pids):
             return True
         if self.tree is not None:
             return self._populated(slot)
@@ -509,21 +486,15 @@ class Tracker:
 
     def signal_leftover(self, slot: Slot, pids: set[int], signame: str) -> set[int]:
         """Signal what is left of ``slot``; the pids now known to be in it."""
-        signum = getattr(signal, signame)
         now = set(pids)
         if self.tree is not None:
             now.update(self._cgroup_pids(slot))
         if sys.platform.startswith("linux"):
             now.update(marked_processes(self.ident).get(slot, ()))
-        if self.tree is not None and signum == signal.SIGKILL:
-            try:
-                path = os.path.join(self.tree, _slot_folder(slot), "cgroup.kill")
-                with open(path, "w") as handle:
-                    handle.write("1")
-            except OSError:
-                pass
+        if self.tree is not None and signame == "SIGKILL":
+            self._kill_cgroup(slot)
         for pid in sorted(now):
-            _kill(pid, signum)
+            send_signal(pid, signame, group=False)
         return now
 
     # ------------------------------------------------------------- close
