@@ -271,8 +271,10 @@ class Simulation:
         roles: Iterable[str] | None = None,
         environ: Mapping[str, str] | None = None,
         role_values: Mapping[str, str] | None = None,
+        leftovers: tuple[tuple[str, int, tuple[int, ...]], ...] = (),
     ) -> None:
-        """Start the daemon: ``Booted`` then ``ConfigLoaded(source="start")``."""
+        """Start the daemon: ``Booted``, ``LeftoversFound`` if there are
+        ``leftovers``, then ``ConfigLoaded(source="start")``."""
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin"} if environ is None else dict(environ)
         self._push(
             ev.Booted(
@@ -284,6 +286,8 @@ class Simulation:
                 ppid=0,
             )
         )
+        if leftovers:
+            self._push(ev.LeftoversFound(at=self.now, leftovers=leftovers))
         self._load(config, roles, role_values, source="start")
 
     def reload(
@@ -401,16 +405,8 @@ class Simulation:
                 found.setdefault((proc.task, proc.instance), []).append(pid)
         cfg = self.config if config is None else config
         new_roles = self.roles if roles is _KEEP else roles
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
-        self._push(
-            ev.Booted(at=self.now, environ=env, host=self.host, fqdn=self.fqdn, pid=self.daemon_pid)
-        )
-        if found:
-            leftovers = tuple(
-                (task, instance, tuple(pids)) for (task, instance), pids in found.items()
-            )
-            self._push(ev.LeftoversFound(at=self.now, leftovers=leftovers))
-        self._load(cfg, new_roles, role_values, source="start")
+        leftovers = tuple((task, instance, tuple(pids)) for (task, instance), pids in found.items())
+        self.boot(cfg, new_roles, role_values=role_values, leftovers=leftovers)
 
     def add_stranger(self, argv: tuple[str, ...] = ("/usr/sbin/sshd",)) -> int:
         """A process outside every slot (root's, say) that taskforce must
