@@ -56,3 +56,14 @@ def test_restored_core_replays_the_rest_of_the_run_identically() -> None:
         assert snapshot(restored) == saved
         for step, (event, recorded) in enumerate(log[cut:], start=cut):
             assert restored.handle(event) == recorded, f"diverged at step {step} (cut {cut})"
+
+
+def test_every_supervisor_attribute_is_saved_or_declared_derived() -> None:
+    # A new attribute of the Supervisor that the snapshot neither carries nor
+    # rebuilds would make a restored core (and a checkpointed replay) differ.
+    from taskforce.core.snapshot import DERIVED, SAVED
+
+    attributes = set(vars(Supervisor()))
+    assert attributes - SAVED - DERIVED == set(), "add it to snapshot.SAVED or DERIVED"
+    assert (SAVED | DERIVED) - attributes == set()
+    assert {name.lstrip("_") for name in SAVED} <= set(snapshot(Supervisor()))
