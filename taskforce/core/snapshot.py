@@ -164,13 +164,16 @@ def restore(data: dict[str, Any]) -> Supervisor:
     core.settings = settings_of(core.config)
     for name, saved in data["tasks"].items():
         task = TaskState(spec=_object(saved["spec"]))
+        # A field missing from an older log keeps its default.
         for field in _TASK_FIELDS:
-            setattr(task, field, _object(saved[field]))
+            if field in saved:
+                setattr(task, field, _object(saved[field]))
         for slot_data in saved["slots"]:
             slot = Slot(task=name, instance=slot_data["instance"])
             LIFECYCLE.attach(slot)
             for field in _SLOT_FIELDS:
-                setattr(slot, field, _object(slot_data[field]))
+                if field in slot_data:
+                    setattr(slot, field, _object(slot_data[field]))
             slot.state = SlotState[slot_data["state"]]
             slot.spec = _object(slot_data["spec"])
             slot.timers = dict(slot_data["timers"])
