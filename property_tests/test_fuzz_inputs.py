@@ -337,7 +337,8 @@ GOOD_SETTINGS: dict[str, st.SearchStrategy[Any]] = {
     "backoff_initial": st.sampled_from([0.1, 1]),
     "backoff_max": st.sampled_from([5, 30]),
     "output": st.sampled_from(["log", "discard"]),
-    "all_roles": st.sampled_from([["web", "db", "a.b-c_1"], ["web"]]),
+    "known_roles": st.sampled_from([["web", "db", "a.b-c_1"], ["web"]]),
+    "all_roles": st.booleans(),
 }
 
 
@@ -470,9 +471,9 @@ def check_config_error(exc: ConfigError, text: str, source: str) -> None:
     for error in exc.errors:
         assert isinstance(error, ConfigError)
         if error.file == "<roles>":
-            # A role the config's settings.all_roles does not know: the
+            # A role the config's settings.known_roles does not know: the
             # roles file is at fault, and the error says so.
-            assert "all_roles" in error.message, error
+            assert "known_roles" in error.message, error
             continue
         assert error.file == source, error
         rendered = str(error)

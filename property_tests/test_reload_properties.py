@@ -36,13 +36,21 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
         earlier = names[:position]
         if earlier and draw(st.booleans()):
             task["requires"] = (draw(st.sampled_from(earlier)),)
+        defines = {}
         if draw(st.booleans()):
-            task["defines"] = {"LEVEL": draw(st.sampled_from(("1", "2")))}
+            defines["LEVEL"] = draw(st.sampled_from(("1", "2")))
+        if draw(st.integers(0, 3)) == 0:
+            # Its own value hides the roles file's (see role_values below).
+            defines["Task_role_dc"] = "pinned"
+        if defines:
+            task["defines"] = defines
         tasks[name] = task
     return freeze({"tasks": tasks})
 
 
 role_sets = st.sampled_from((None, (), ("web",), ("db",), ("web", "db")))
+#: The value of a ``dc=VALUE`` line in the roles file, or None for no such line.
+dc_values = st.sampled_from((None, "eu-west-1", "us-east-1", ""))
 
 
 def running_set(sim: Simulation) -> dict[tuple[str, int], tuple[str, ...]]:
@@ -59,11 +67,28 @@ def running_set(sim: Simulation) -> dict[tuple[str, int], tuple[str, ...]]:
     return out
 
 
-def booted(config: dict[str, Any], roles: tuple[str, ...] | None) -> Simulation:
+def booted(
+    config: dict[str, Any], roles: tuple[str, ...] | None, dc: str | None = None
+) -> Simulation:
     sim = Simulation()
-    sim.boot(config, roles)
+    names, values = with_dc(roles, dc)
+    sim.boot(config, names, role_values=values)
     sim.settle()
     return sim
+
+
+def with_dc(
+    roles: tuple[str, ...] | None, dc: str | None
+) -> tuple[tuple[str, ...] | None, dict[str, str]]:
+    """Roles and values of a roles file that has ``dc=VALUE`` too (when
+    ``dc`` is not None and there is a roles file at all)."""
+    if roles is None or dc is None:
+        return roles, {}
+    return (*roles, "dc"), {"dc": dc}
+
+
+def running_pids(sim: Simulation) -> dict[tuple[str, int], int]:
+    return {slot: pid for slot, pid in sim.running().items()}
 
 
 @given(configs(), role_sets)
@@ -170,3 +195,60 @@ def test_deleting_the_roles_file_never_changes_which_tasks_run(
     fresh = booted(edited if edited is not None else config, ("db",))
     gated = {name for name, task in fresh.core.tasks.items() if task.waiting_on}
     assert ungated(running_set(sim), gated) == ungated(running_set(fresh), gated)
+
+
+# ---------------------------------------------------------------------------
+# Roles as the original defines them: a value reaches every environment, a
+# bare role none.
+
+
+@given(configs(), role_sets, dc_values)
+def test_a_role_value_reaches_every_process_and_a_bare_role_none(
+    config: dict[str, Any], roles: Any, dc: str | None
+) -> None:
+    sim = booted(config, roles, dc)
+    for _, spawn in sim.spawns():
+        pinned = "Task_role_dc" in (config["tasks"][spawn.task].get("defines") or {})
+        exported = {k: v for k, v in spawn.env.items() if k.startswith("Task_role_")}
+        if pinned:
+            assert exported == {"Task_role_dc": "pinned"}, spawn
+        elif roles is not None and dc is not None:
+            assert exported == {"Task_role_dc": dc}, spawn
+        else:
+            assert exported == {}, spawn
+
+
+@given(configs(), role_sets, role_sets, dc_values)
+def test_a_bare_role_edit_restarts_nothing_that_stays_in_scope(
+    config: dict[str, Any], roles_a: Any, roles_b: Any, dc: str | None
+) -> None:
+    if roles_a is None or roles_b is None:
+        dc = None  # no roles file, no values: keep them out of this edit
+    sim = booted(config, roles_a, dc)
+    before = running_pids(sim)
+    sim.reload(config, *with_dc(roles_b, dc))
+    sim.settle()
+    after = running_pids(sim)
+    for slot, pid in before.items():
+        if slot in after:
+            assert after[slot] == pid, f"{slot} restarted by a bare-role edit"
+    if roles_a is not None and roles_b is not None:
+        # The same as the host would run from scratch.
+        fresh = booted(config, roles_b, dc)
+        gated = {name for name, task in fresh.core.tasks.items() if task.waiting_on}
+        assert ungated(running_set(sim), gated) == ungated(running_set(fresh), gated)
+
+
+@given(configs(), role_sets.filter(lambda r: r is not None), dc_values, dc_values)
+def test_a_role_value_change_restarts_exactly_the_processes_whose_environment_changes(
+    config: dict[str, Any], roles: Any, dc_a: str | None, dc_b: str | None
+) -> None:
+    sim = booted(config, roles, dc_a)
+    before = running_pids(sim)
+    sim.reload(config, *with_dc(roles, dc_b))
+    sim.settle()
+    after = running_pids(sim)
+    for (name, instance), pid in before.items():
+        pinned = "Task_role_dc" in (config["tasks"][name].get("defines") or {})
+        changed = dc_a != dc_b and not pinned
+        assert (after.get((name, instance)) != pid) == changed, (name, instance, dc_a, dc_b)

@@ -107,6 +107,7 @@ TASK_KEYS = (
 SETTINGS_KEYS = (
     "http",
     "all_roles",
+    "known_roles",
     "stop_timeout",
     "stable_after",
     "backoff_initial",
@@ -521,7 +522,7 @@ class _Checker:
         self.raws = parsed.raws
         self.key_raws = parsed.key_raws
         self.errors: list[ConfigError] = []
-        #: Literal role names used anywhere, for the settings.all_roles check.
+        #: Literal role names used anywhere, for the settings.known_roles check.
         self.role_uses: list[tuple[KeyPath, str]] = []
         #: Literal task names referred to by requires/onexit.
         self.task_refs: list[tuple[KeyPath, str, str]] = []
@@ -818,7 +819,7 @@ class _Checker:
                 task_map[name] = self.task(name, task, path)
         out["tasks"] = task_map
         self.references(task_map)
-        self.all_roles(out["settings"].get("all_roles"))
+        self.known_roles(out["settings"].get("known_roles"))
         # Order the keys as documented, tasks first.
         return {key: out[key] for key in TOP_KEYS}
 
@@ -836,6 +837,20 @@ class _Checker:
             if key == "http":
                 out[key] = self.http(item, sub)
             elif key == "all_roles":
+                spelled_bool = isinstance(item, str) and item.lower() in ("true", "false")
+                if isinstance(item, (list, tuple)) or isinstance(item, str) and not spelled_bool:
+                    # Before it meant what the original never did: the list of
+                    # the fleet's roles.  That list is known_roles now.
+                    self.error(
+                        sub,
+                        "all_roles is true or false (true: a task needs all of its roles, "
+                        "not just one, as in the original); the list of the fleet's "
+                        "roles is settings.known_roles",
+                        "rename this key to known_roles",
+                    )
+                elif item is not None:
+                    out[key] = self.boolean(item, sub)
+            elif key == "known_roles":
                 if item is None:
                     continue
                 items = (item,) if isinstance(item, str) else item
@@ -1393,15 +1408,15 @@ class _Checker:
             what = "requires" if key == "requires" else "onexit starts"
             self.error(path, f"{what} unknown task {target!r}", _suggest(target, tasks))
 
-    def all_roles(self, declared: tuple[str, ...] | None) -> None:
+    def known_roles(self, declared: tuple[str, ...] | None) -> None:
         if declared is None:
             return
         for path, role in self.role_uses:
             if role not in declared:
                 self.error(
                     path,
-                    f"role {role!r} is not in settings.all_roles",
-                    _suggest(role, declared) or "add it to settings.all_roles",
+                    f"role {role!r} is not in settings.known_roles",
+                    _suggest(role, declared) or "add it to settings.known_roles",
                 )
 
 
@@ -1492,7 +1507,7 @@ def _schema(text: str, source: str) -> tuple[LoadedConfig, list[ConfigError]]:
 
 
 def _roles_errors(config: Mapping[str, Any], roles: Roles) -> list[ConfigError]:
-    declared = (config.get("settings") or {}).get("all_roles")
+    declared = (config.get("settings") or {}).get("known_roles")
     if declared is None or roles.names is None:
         return []
     errors = []
@@ -1503,7 +1518,7 @@ def _roles_errors(config: Mapping[str, Any], roles: Roles) -> list[ConfigError]:
                     roles.source or "<roles>",
                     roles.lines.get(name),
                     "",
-                    f"role {name!r} is not in settings.all_roles of "
+                    f"role {name!r} is not in settings.known_roles of "
                     f"{getattr(config, 'source', 'the config')}",
                     _suggest(name, declared),
                 )
@@ -1579,7 +1594,7 @@ def validate_all(
     Schema problems are all collected in one pass.  When ``roles`` is given
     (a ``Roles``, or names with ``role_values``; None: no roles file), a
     config free of those is then built by the core, which stops at its first
-    problem, and a ``Roles`` is checked against ``settings.all_roles``.
+    problem, and a ``Roles`` is checked against ``settings.known_roles``.
     """
     try:
         errors = _problems(text, source, _as_roles(roles, role_values), facts)[1]
@@ -1664,7 +1679,8 @@ class Roles:
     ``names`` None means no roles file: every task is in scope and
     role_defines/role_defaults are ignored.  An empty tuple means a roles
     file with no roles: only tasks without ``roles`` are in scope.
-    ``values`` holds the ``name=value`` lines (becoming ``Task_role_<name>``).
+    ``values`` holds the ``name=value`` lines (becoming ``Task_role_<name>``
+    in every task's environment); a bare role has no entry.
     """
 
     names: tuple[str, ...] | None
@@ -1755,7 +1771,7 @@ def load_roles(path: str | None) -> Roles:
 
 
 def check_roles_against(config: Mapping[str, Any], roles: Roles) -> None:
-    """ConfigError if the roles file names a role missing from settings.all_roles."""
+    """ConfigError if the roles file names a role missing from settings.known_roles."""
     _raise_all(_roles_errors(config, roles))
 
 

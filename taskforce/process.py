@@ -6,6 +6,10 @@ returns only once the exec has happened or failed: a pipe closed on exec
 carries any error from the child, so a bad ``cwd`` or an unknown user comes
 back as a ``SpawnError`` naming the cause, never as a crash of the daemon.
 
+Each process gets the built-ins only its start knows (as the original set
+them): ``Task_pid``, ``Task_uid`` and ``Task_gid`` (the ids it runs as) and
+``Task_started`` (when it was started, in seconds since the epoch).
+
 This module holds no policy: it never decides what to start, stop or retry.
 """
 
@@ -19,6 +23,7 @@ import resource
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -117,6 +122,8 @@ def _child(
         elif gid is not None:
             os.setgroups([gid])
             os.setgid(gid)
+        env["Task_uid"] = str(os.geteuid())
+        env["Task_gid"] = str(os.getegid())
         if cwd is not None:
             stage = f"cwd {cwd!r}"
             os.chdir(cwd)
@@ -205,9 +212,10 @@ def start(
         raise SpawnError("empty command")
     if FAST_SPAWN and cwd is None and user is None and group is None and umask is None:
         if procname is None and not limits:
-            return _start_fast(argv, env, stdout, cgroup)
+            ids = {"Task_uid": str(os.geteuid()), "Task_gid": str(os.getegid())}
+            return _start_fast(argv, dict(env, **ids, Task_started=started_now()), stdout, cgroup)
     read_end, write_end = os.pipe()  # both close on exec
-    child_env = dict(env)
+    child_env = dict(env, Task_started=started_now())
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
@@ -222,6 +230,12 @@ def start(
         pass  # the child already exec'd (EACCES) or died (ESRCH); both fine
     os.set_blocking(read_end, False)
     return pid, read_end
+
+
+def started_now() -> str:
+    """``Task_started``: now, in seconds since the epoch, to the microsecond
+    (the original exported ``time.time()``)."""
+    return f"{time.time():.6f}"
 
 
 #: Start plain tasks with posix_spawn (see ``_start_fast``); off with

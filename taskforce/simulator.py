@@ -23,6 +23,9 @@ Contract kept with the core (the shell's contract, made exact):
   cgroup (or its environment marker) makes it: a grandchild that left the
   process group (``ESCAPER``) gets it too, and the group is "alive" until
   the last of them is gone;
+- a started process's ``env`` is the ``Spawn``'s plus the facts only its
+  start knows (``process_facts``: ``Task_pid``, ``Task_uid``, ``Task_gid``,
+  ``Task_started``), as the shell adds them;
 - after ``crash`` (taskforce SIGKILLed and started again) the processes of
   the old incarnation are reported by ``LeftoversFound`` slot by slot, a
   ``StopLeftover`` signals them, and ``LeftoverGone`` follows the last one;
@@ -51,6 +54,7 @@ from typing import Any, NamedTuple
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.codec import freeze
+from taskforce.core.model import PER_PROCESS_KEYS
 from taskforce.core.supervisor import Supervisor
 
 #: Exits on SIGTERM, SIGINT, SIGQUIT and SIGKILL; other signals are handled.
@@ -129,6 +133,9 @@ class FakeProcess:
     marked: bool = True
     #: left running by a taskforce that crashed (see ``crash``)
     leftover: bool = False
+    #: its environment as the shell gives it: the ``Spawn``'s, plus the facts
+    #: of this one process (``model.PER_PROCESS_KEYS``, see ``process_facts``)
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def leader(self) -> bool:
@@ -149,6 +156,16 @@ class FakeProcess:
         if self.behaviour == STUBBORN_WRAPPER and not self.leader:
             return False
         return True
+
+
+def process_facts(spawn: fx.Spawn, pid: int, now: float) -> dict[str, str]:
+    """The built-ins the shell adds as it starts a process (``process.start``):
+    its pid, the ids it runs as (root, or ``NOBODY`` for another user or
+    group) and when it started (the fake clock stands for the epoch's)."""
+    uid = 0 if spawn.user in (None, "", "root", "0") else NOBODY
+    gid = 0 if spawn.group in (None, "", "root", "0") and uid == 0 else NOBODY
+    values = (str(pid), str(uid), str(gid), f"{now:.6f}")
+    return dict(zip(PER_PROCESS_KEYS, values, strict=True))
 
 
 @dataclass(frozen=True)
@@ -257,6 +274,8 @@ class Simulation:
         self.observers: list[EffectObserver] = []
         self.config: dict[str, Any] = {}
         self.roles: tuple[str, ...] | None = None
+        #: the ``name=value`` lines of the roles file
+        self.role_values: dict[str, str] = {}
         #: the path of the roles file while it is deleted (see delete_roles)
         self.roles_missing: str | None = None
         self._next_pid = FIRST_PID
@@ -299,13 +318,16 @@ class Simulation:
         """A new config and/or roles were read.
 
         Omit ``config`` to keep the current one (a roles change); omit
-        ``roles`` to keep the current roles (``None`` means no roles file).
+        ``roles`` to keep the current roles (``None`` means no roles file)
+        and their values, unless ``role_values`` are given.
         """
         source = "config" if config is not None else "roles"
         cfg = self.config if config is None else config
         if roles is not _KEEP:
             self.roles_missing = None  # the roles file is back
         new_roles = self.roles if roles is _KEEP else roles
+        if roles is _KEEP and role_values is None:
+            role_values = self.role_values
         self._load(cfg, new_roles, role_values, source=source)
 
     def delete_roles(self, path: str = "/usr/local/etc/tf_roles.conf") -> None:
@@ -405,6 +427,8 @@ class Simulation:
                 found.setdefault((proc.task, proc.instance), []).append(pid)
         cfg = self.config if config is None else config
         new_roles = self.roles if roles is _KEEP else roles
+        if roles is _KEEP and role_values is None:
+            role_values = self.role_values
         leftovers = tuple((task, instance, tuple(pids)) for (task, instance), pids in found.items())
         self.boot(cfg, new_roles, role_values=role_values, leftovers=leftovers)
 
@@ -560,12 +584,13 @@ class Simulation:
             )
             return
         self.roles = None if roles is None else tuple(roles)
+        self.role_values = dict(role_values or {})
         self._push(
             ev.ConfigLoaded(
                 at=self.now,
                 config=self.config,
                 roles=self.roles,
-                role_values=dict(role_values or {}),
+                role_values=dict(self.role_values),
                 source=source,
             )
         )
@@ -740,6 +765,7 @@ class Simulation:
             argv=spawn.argv,
             behaviour=behaviour,
             started_at=self.now,
+            env={**spawn.env, **process_facts(spawn, pid, self.now)},
         )
         if behaviour == DAEMONIZE:
             self._daemonize(spawn)

@@ -317,7 +317,8 @@ def test_numbers_and_tags() -> None:
 def test_settings_are_normalized() -> None:
     text = """
     settings:
-      all_roles: [web, db]
+      known_roles: [web, db]
+      all_roles: true
       stop_timeout: 2
       stable_after: null
       record: /var/log/tf.events
@@ -326,7 +327,8 @@ def test_settings_are_normalized() -> None:
     tasks: {}
     """
     settings = load_config_text(dedent(text), "x")["settings"]
-    assert settings["all_roles"] == ("web", "db")
+    assert settings["known_roles"] == ("web", "db")
+    assert settings["all_roles"] is True
     assert "stable_after" not in settings  # null means the default
     assert settings["output"] == {"file": "/var/log/{Task_name}.log", "max_bytes": "1M"}
     assert settings["http"][0]["listen"] == "127.0.0.1:3210"
@@ -805,7 +807,7 @@ def test_onexit_errors() -> None:
 
 
 # ---------------------------------------------------------------------------
-# Settings and all_roles
+# Settings, all_roles and known_roles
 
 
 @pytest.mark.parametrize(
@@ -851,7 +853,31 @@ def test_onexit_errors() -> None:
             'did you mean "checkpoint_bytes"?',
         ),
         ("{output: [a]}", "settings.output", "output must be one of", None),
-        ("{all_roles: [web, 'a b']}", "settings.all_roles[1]", "'a b' is not a role name", None),
+        (
+            "{known_roles: [web, 'a b']}",
+            "settings.known_roles[1]",
+            "'a b' is not a role name",
+            None,
+        ),
+        (
+            # The list this key held before: refused, and where it went said.
+            "{all_roles: [web, db]}",
+            "settings.all_roles",
+            "all_roles is true or false (true: a task needs all of its roles",
+            "rename this key to known_roles",
+        ),
+        (
+            "{all_roles: web}",
+            "settings.all_roles",
+            "all_roles is true or false",
+            "rename this key to known_roles",
+        ),
+        (
+            "{all_roles: 'true'}",
+            "settings.all_roles",
+            "expected true or false, got the string 'true'",
+            "write true or false without quotes",
+        ),
         (
             "{backoff_initial: 10, backoff_max: 5}",
             "settings.backoff_max",
@@ -867,9 +893,9 @@ def test_settings_errors(settings: str, path: str, message: str, hint: str | Non
     assert err.hint == hint
 
 
-def test_all_roles_covers_every_role_named() -> None:
+def test_known_roles_covers_every_role_named() -> None:
     text = """
-    settings: {all_roles: [web, db]}
+    settings: {known_roles: [web, db]}
     role_defines: {web: {a: "1"}, cache: {a: "2"}}
     role_defaults: {dbb: {b: "1"}}
     tasks:
@@ -885,11 +911,11 @@ def test_all_roles_covers_every_role_named() -> None:
         ("tasks.a.roles[1]", 6),
         ("tasks.a.role_defaults.mail", 7),
     ]
-    assert found[0].message == "role 'cache' is not in settings.all_roles"
+    assert found[0].message == "role 'cache' is not in settings.known_roles"
     assert found[1].hint == 'did you mean "db"?'
 
 
-def test_without_all_roles_any_role_is_fine() -> None:
+def test_without_known_roles_any_role_is_fine() -> None:
     assert errors_of("tasks:\n  a: {roles: [anything], commands: {start: [x]}}\n") == []
 
 
@@ -1043,7 +1069,75 @@ def test_role_values_reach_the_environment() -> None:
     spec = check(config, "t.conf", roles, facts=FACTS)["a"]
     assert spec.in_scope
     assert spec.processes[0].argv == ("x", "3")
-    assert spec.processes[0].env["Task_role_web"] == "1"
+    assert spec.processes[0].env["Task_role_shard"] == "3"
+    assert "Task_role_web" not in spec.processes[0].env
+
+
+def test_role_values_reach_every_task_and_bare_roles_none() -> None:
+    # As the original: each name=value line is exported to every task; a
+    # bare role decides scope (and conditionals) but is exported to none.
+    text = dedent(
+        """
+        tasks:
+          plain: {commands: {start: [x]}}
+          webby: {roles: [web], commands: {start: [x, {Task_role_web: --web}]}}
+          other: {roles: [db], commands: {start: [x]}}
+        """
+    )
+    roles = parse_roles("web\ndc=eu-west-1\nempty=\n", "roles.conf")
+    specs = check(
+        load_config_text(text, "t.conf", roles, facts=FACTS), "t.conf", roles, facts=FACTS
+    )
+    for name in ("plain", "webby", "other"):
+        env = specs[name].processes[0].env
+        assert env["Task_role_dc"] == "eu-west-1", name
+        assert env["Task_role_empty"] == "", name
+        assert not any(key == "Task_role_web" for key in env), name
+    assert specs["webby"].processes[0].argv == ("x", "--web")
+    assert not specs["other"].in_scope
+
+
+def test_a_bare_role_change_leaves_the_specs_of_tasks_in_scope_unchanged() -> None:
+    text = dedent(
+        """
+        tasks:
+          both: {roles: [frontend, backend], commands: {start: [x]}}
+          plain: {commands: {start: [x]}}
+        """
+    )
+
+    def built(roles_text: str) -> dict[str, Any]:
+        roles = parse_roles(roles_text, "roles.conf")
+        return check(
+            load_config_text(text, "t.conf", roles, facts=FACTS), "t.conf", roles, facts=FACTS
+        )
+
+    front, back = built("frontend\n"), built("backend\nextra\n")
+    assert front == back
+    # A value is another matter: it is in every environment.
+    assert built("frontend\ndc=x\n")["plain"] != front["plain"]
+
+
+def test_all_roles_true_needs_every_role_of_a_task() -> None:
+    def scope(all_roles: str, roles_text: str) -> dict[str, bool]:
+        text = dedent(
+            f"""
+            settings: {{all_roles: {all_roles}}}
+            tasks:
+              web_and_db: {{roles: [web, db], commands: {{start: [x]}}}}
+              web: {{roles: web, commands: {{start: [x]}}}}
+              anywhere: {{commands: {{start: [x]}}}}
+            """
+        )
+        roles = parse_roles(roles_text, "roles.conf")
+        config = load_config_text(text, "t.conf", roles, facts=FACTS)
+        return {n: s.in_scope for n, s in check(config, "t.conf", roles, facts=FACTS).items()}
+
+    assert scope("false", "web\n") == {"web_and_db": True, "web": True, "anywhere": True}
+    assert scope("null", "web\n") == {"web_and_db": True, "web": True, "anywhere": True}
+    assert scope("true", "web\n") == {"web_and_db": False, "web": True, "anywhere": True}
+    assert scope("true", "db=1\nweb\n") == {"web_and_db": True, "web": True, "anywhere": True}
+    assert scope("true", "") == {"web_and_db": False, "web": False, "anywhere": True}
 
 
 def test_names_and_values_calling_style(tmp_path: Any) -> None:
@@ -1064,23 +1158,23 @@ def test_names_and_values_calling_style(tmp_path: Any) -> None:
     assert check(config, "t", ("web",), {"web": "v"}, FACTS)["a"].processes[0].argv == ("x", "v")
 
 
-def test_roles_against_all_roles() -> None:
-    config = load_config_text("settings: {all_roles: [web, db]}\ntasks: {}\n", "t.conf")
+def test_roles_against_known_roles() -> None:
+    config = load_config_text("settings: {known_roles: [web, db]}\ntasks: {}\n", "t.conf")
     check_roles_against(config, parse_roles("web\ndb\n", "roles.conf"))
     check_roles_against(config, Roles(None))
     with pytest.raises(ConfigError) as raised:
         check_roles_against(config, parse_roles("web\n# x\ndbb\n", "roles.conf"))
     err = raised.value
     assert (err.file, err.line, err.hint) == ("roles.conf", 3, 'did you mean "db"?')
-    assert err.message == "role 'dbb' is not in settings.all_roles of t.conf"
+    assert err.message == "role 'dbb' is not in settings.known_roles of t.conf"
     # load_config with roles runs the same check.
     found = validate_all(
-        "settings: {all_roles: [web]}\ntasks: {}\n", "t.conf", parse_roles("mail\n", "r")
+        "settings: {known_roles: [web]}\ntasks: {}\n", "t.conf", parse_roles("mail\n", "r")
     )
     assert [(e.file, e.line) for e in found] == [("r", 1)]
 
 
-def test_roles_without_all_roles_are_free() -> None:
+def test_roles_without_known_roles_are_free() -> None:
     config = load_config_text("tasks: {}\n", "t.conf")
     check_roles_against(config, parse_roles("anything\n", "roles.conf"))
 

@@ -193,6 +193,8 @@ def test_each_key_has_a_default_and_an_example(config_md: str) -> None:
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()  # as YAML spells it
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 

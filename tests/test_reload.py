@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from daemon_harness import Daemon, alias_bomb, task, wait_for
+from daemon_harness import Daemon, alias_bomb, shell_task, task, wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -175,7 +175,8 @@ def test_role_values_reach_the_context(daemon: Daemon) -> None:
     daemon.roles.write_text("shard=3\nweb\n")
     code = (
         "import os, sys, time; open(sys.argv[1], 'w').write("
-        "os.environ['Task_role_shard'] + ' ' + os.environ['Task_role_web']); time.sleep(1000)"
+        "os.environ['Task_role_shard'] + ' ' + os.environ.get('Task_role_web', '-'));"
+        " time.sleep(1000)"
     )
     daemon.write_config(
         {
@@ -189,7 +190,7 @@ def test_role_values_reach_the_context(daemon: Daemon) -> None:
     )
     daemon.start()
     wait_for(lambda: out.exists() and out.read_text(), what="role values written")
-    assert out.read_text() == "3 1"
+    assert out.read_text() == "3 -"  # a bare role is not exported
 
 
 BACKENDS = pytest.mark.parametrize("backend", ["inotify", "poll"])
@@ -332,3 +333,158 @@ def test_own_code_change_resets_the_daemon(daemon: Daemon) -> None:
     daemon.wait_log("own code changed")
     daemon.wait_log("re-executing")
     wait_for(lambda: daemon.log_text().count("taskforce started as pid") == 2, what="a new start")
+
+
+# ---------------------------------------------------------------------------
+# Roles as the original defines them: a ``name=value`` line exports
+# Task_role_<name> to every task; a bare role only decides scope.
+
+#: Prints the Task_* variables the test names (argv[3:]), one per line, to
+#: taskforce's log, then sleeps.
+SHOW_ENV = (
+    "import os, sys, time\n"
+    "for key in sys.argv[3:]:\n"
+    "    print(f'{key}={os.environ.get(key, \"<unset>\")}', flush=True)\n"
+    "time.sleep(1000)\n"
+)
+
+
+def test_a_role_value_reaches_a_task_that_lists_no_roles(daemon: Daemon) -> None:
+    m = daemon.marker
+    daemon.roles.write_text("dc=eu-west-1\nweb\n")
+    keys = ("Task_role_dc", "Task_role_web")
+    daemon.write_config(
+        {
+            "tasks": {
+                "plain": task(m, "plain", SHOW_ENV, args=keys),
+                "webby": task(m, "webby", SHOW_ENV, args=keys, roles=["web"]),
+            }
+        }
+    )
+    daemon.start()
+    for name in ("plain", "webby"):
+        # A value reaches every task; a bare role is exported to none.
+        daemon.wait_log(f"{name}[0] Task_role_dc=eu-west-1")
+        daemon.wait_log(f"{name}[0] Task_role_web=<unset>")
+
+
+def test_a_bare_role_edit_restarts_nothing_that_stays_in_scope(daemon: Daemon) -> None:
+    m = daemon.marker
+    daemon.write_roles("frontend")
+    daemon.write_config(
+        {
+            "tasks": {
+                "both": task(m, "both", roles=["frontend", "backend"]),
+                "front": task(m, "front", roles=["frontend"]),
+                "back": task(m, "back", roles=["backend"]),
+                "plain": task(m, "plain"),
+            }
+        }
+    )
+    daemon.start()
+    (both,) = daemon.wait_pids("both", 1)
+    (plain,) = daemon.wait_pids("plain", 1)
+    daemon.wait_pids("front", 1)
+    assert not daemon.pids("back")
+    daemon.write_roles("backend")
+    daemon.wait_pids("back", 1)
+    wait_for(lambda: not daemon.pids("front"), what="front stopped")
+    daemon.wait_log("back[0] started as pid")
+    assert (daemon.pids("both"), daemon.pids("plain")) == ({both}, {plain})
+    # Adding bare roles (one no task names) and removing one: whatever
+    # stays in scope keeps its process.
+    daemon.write_roles("backend", "extra", "frontend")
+    (front,) = daemon.wait_pids("front", 1)
+    daemon.write_roles("frontend")
+    wait_for(lambda: not daemon.pids("back"), what="back stopped")
+    assert (daemon.pids("both"), daemon.pids("plain")) == ({both}, {plain})
+    assert daemon.pids("front") == {front}
+
+
+def test_a_role_value_change_restarts_exactly_the_tasks_whose_environment_changes(
+    daemon: Daemon,
+) -> None:
+    m = daemon.marker
+    daemon.roles.write_text("dc=eu-west-1\nweb\n")
+    daemon.write_config(
+        {
+            "tasks": {
+                "plain": task(m, "plain"),
+                "webby": task(m, "webby", roles=["web"]),
+                # Its own define hides the role's value: its environment
+                # does not change with it.
+                "pinned": task(m, "pinned", defines={"Task_role_dc": "here"}),
+            }
+        }
+    )
+    daemon.start()
+    before = {name: daemon.wait_pids(name, 1) for name in ("plain", "webby", "pinned")}
+    tmp = daemon.roles.with_suffix(".tmp")
+    tmp.write_text("dc=us-east-1\nweb\n")
+    os.replace(tmp, daemon.roles)
+    for name in ("plain", "webby"):
+        wait_for(
+            lambda name=name: daemon.pids(name) and daemon.pids(name) != before[name],
+            what=f"{name} restarted",
+        )
+    daemon.wait_log("environment (Task_role_dc)")
+    assert daemon.pids("pinned") == before["pinned"]
+
+
+def test_settings_all_roles_true_needs_every_role_of_a_task(daemon: Daemon) -> None:
+    m = daemon.marker
+    daemon.write_roles("web")
+    daemon.write_config(
+        {
+            "settings": {"all_roles": True},
+            "tasks": {
+                "web_and_db": task(m, "web_and_db", roles=["web", "db"]),
+                "web_only": task(m, "web_only", roles=["web"]),
+            },
+        }
+    )
+    daemon.start()
+    (web_only,) = daemon.wait_pids("web_only", 1)
+    daemon.wait_log("web_only[0] started as pid")
+    assert not daemon.pids("web_and_db")
+    daemon.write_roles("web", "db")
+    daemon.wait_pids("web_and_db", 1)
+    assert daemon.pids("web_only") == {web_only}
+
+
+def test_task_uid_gid_and_started_are_set_per_process(daemon: Daemon) -> None:
+    import pwd
+
+    m = daemon.marker
+    keys = ("Task_uid", "Task_gid", "Task_started")
+    tasks = {"mine": task(m, "mine", SHOW_ENV, args=keys, count=2)}
+    nobody = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
+    if nobody is not None:
+        # sh, not this Python: nobody may not be able to reach it.
+        script = 'echo "Task_uid=$Task_uid"; echo "Task_gid=$Task_gid"; sleep 1000'
+        tasks["theirs"] = shell_task(m, "theirs", script, user="nobody")
+    daemon.write_config({"tasks": tasks})
+    earliest = time.time()
+    daemon.start()
+    daemon.wait_log("mine[1] Task_started=")
+    daemon.wait_log(f"mine[0] Task_uid={os.geteuid()}")
+    daemon.wait_log(f"mine[0] Task_gid={os.getegid()}")
+    daemon.wait_log(f"mine[1] Task_uid={os.geteuid()}")
+    latest = time.time()
+    for instance in (0, 1):
+        (line,) = [
+            line
+            for line in daemon.log_text().splitlines()
+            if f"mine[{instance}] Task_started=" in line
+        ]
+        started = float(line.rsplit("=", 1)[1])  # seconds since the epoch
+        assert earliest <= started <= latest, (earliest, started, latest)
+    if nobody is not None:
+        daemon.wait_log(f"theirs[0] Task_uid={nobody.pw_uid}")
+        daemon.wait_log(f"theirs[0] Task_gid={nobody.pw_gid}")
+    # Facts of one process, not of its spec: an edit elsewhere restarts none.
+    pids = daemon.pids("mine")
+    tasks["other"] = task(m, "other")
+    daemon.write_config({"tasks": tasks})
+    daemon.wait_pids("other", 1)
+    assert daemon.pids("mine") == pids

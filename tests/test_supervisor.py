@@ -23,10 +23,12 @@ import pytest
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.codec import decode, freeze
+from taskforce.core.model import PER_PROCESS_KEYS
 from taskforce.core.supervisor import Supervisor
 from taskforce.simulator import (
     DAEMONIZE,
     IGNORE_TERM,
+    NOBODY,
     STUBBORN_WRAPPER,
     WRAPPER,
     Simulation,
@@ -449,6 +451,65 @@ def test_a_requirement_out_of_scope_makes_the_dependent_wait_and_say_so() -> Non
     sim.advance(5.0)
     sim.reload(roles=("web",))
     assert {s.task for _, s in sim.signals()} == {"db"}, "only db leaves; app keeps running"
+
+
+def test_a_bare_role_edit_restarts_nothing_that_stays_in_scope() -> None:
+    cfg = config(
+        both=task("/usr/bin/both", roles=("frontend", "backend")),
+        front=task("/usr/bin/front", roles=("frontend",)),
+        back=task("/usr/bin/back", roles=("backend",)),
+        plain=task("/usr/bin/plain"),
+    )
+    sim = boot(cfg, roles=("frontend",))
+    kept = {name: pid_of(sim, name) for name in ("both", "plain")}
+    sim.advance(5.0)
+    sim.reload(roles=("backend", "extra"))
+    assert [s.task for _, s in sim.signals()] == ["front"]
+    assert [s.task for _, s in sim.spawns()][-1] == "back"
+    assert {name: pid_of(sim, name) for name in kept} == kept
+    # A bare role is present for conditionals but in no environment.
+    assert not any(k.startswith("Task_role_") for _, s in sim.spawns() for k in s.env)
+
+
+def test_a_role_value_change_restarts_exactly_the_tasks_whose_environment_changes() -> None:
+    cfg = config(
+        plain=task("/usr/bin/plain"),
+        webby=task("/usr/bin/webby", roles=("web",)),
+        pinned=task("/usr/bin/pinned", defines={"Task_role_dc": "here"}),
+    )
+    sim = Simulation(start=T0)
+    _MADE.append(sim)
+    sim.boot(cfg, roles=("dc", "web"), role_values={"dc": "eu-west-1"})
+    assert {s.task: s.env["Task_role_dc"] for _, s in sim.spawns()} == {
+        "pinned": "here",
+        "plain": "eu-west-1",
+        "webby": "eu-west-1",
+    }
+    sim.advance(5.0)
+    sim.reload(cfg)  # the roles file as it is: its values stay too
+    assert sim.signals() == []
+    sim.reload(roles=("dc", "web"), role_values={"dc": "us-east-1"})
+    assert sorted(s.task for _, s in sim.signals()) == ["plain", "webby"]
+    why = "environment (Task_role_dc)"
+    restarted = {m.split("[")[0] for m in sim.messages() if "(pid" in m and why in m}
+    assert restarted == {"plain", "webby"}, sim.messages()
+
+
+def test_a_process_has_the_facts_of_its_own_start_outside_its_spec() -> None:
+    sim = boot(config(a=task("/usr/bin/a", count=2), b=task("/usr/bin/b", user="www")))
+    spawned = {(s.task, s.instance): s for _, s in sim.spawns()}
+    assert not any(key in s.env for s in spawned.values() for key in PER_PROCESS_KEYS)
+    sim.advance(2.5)
+    sim.kill(pid_of(sim, "a", 1))
+    envs = {(p.task, p.instance): p.env for p in sim.processes.values() if p.alive and p.leader}
+    assert envs[("a", 0)]["Task_started"] == f"{T0:.6f}"
+    assert envs[("a", 1)]["Task_started"] == f"{T0 + 2.5:.6f}"  # its replacement's
+    assert envs[("a", 0)]["Task_uid"] == envs[("a", 0)]["Task_gid"] == "0"
+    assert envs[("b", 0)]["Task_uid"] == str(NOBODY)
+    assert envs[("a", 0)]["Task_pid"] == str(pid_of(sim, "a", 0))
+    # The replacement's spawn is the first one's: the facts are not the spec.
+    first, second = [s for _, s in sim.spawns("a") if s.instance == 1]
+    assert first.env == second.env and second.generation > first.generation
 
 
 # ----------------------------------------------------------------- file events

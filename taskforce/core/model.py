@@ -10,10 +10,16 @@ Context precedence (later wins): the daemon's environment (less any inherited
 of each active role, the task's ``defines``, the task's ``role_defines``.
 Then defaults fill only names still absent: the task's ``role_defaults``, the
 task's ``defaults``, top-level ``role_defaults``, top-level ``defaults``.
-Active roles apply in roles-file order, so a later role wins.  Each active
-role also sets ``Task_role_<name>`` (its ``name=value`` value, else "1") in
-every context, for tags and conditions; a process's environment carries only
-those of the roles its own task lists.
+Active roles apply in roles-file order, so a later role wins.
+
+Roles reach the context as the original defines them: a ``name=value`` line
+sets ``Task_role_<name>`` to its value in every task's context, and so in
+every process's environment.  A bare role is in the context too, but not set
+(None): a conditional keyed on it applies, yet it is never exported, so
+adding or removing a bare role changes no environment and restarts nothing
+that stays in scope.  ``Task_pid``, ``Task_uid``, ``Task_gid`` and
+``Task_started`` are facts of one process: not set here, the shell sets them
+as it starts it, so they never make two specs differ.
 
 This module must never do IO: the environment and host names arrive as data.
 """
@@ -57,7 +63,12 @@ CLEAN_ENVIRONMENT_KEEPS = ("PATH",)
 #: Seconds between health checks when a task has ``commands.check``.
 DEFAULT_CHECK_INTERVAL = 30.0
 
+#: Built-ins that only the shell knows, per process, when it starts one (see
+#: ``process.start``): never part of a spec, so they never cause a restart.
+PER_PROCESS_KEYS = ("Task_pid", "Task_uid", "Task_gid", "Task_started")
+
 DEFAULT_SETTINGS: dict[str, Any] = {
+    "all_roles": False,
     "stop_timeout": 5.0,
     "stable_after": 1.0,
     "backoff_initial": 0.5,
@@ -157,6 +168,8 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class Settings:
+    #: a task with ``roles`` needs all of them on this host, not just one
+    all_roles: bool
     stop_timeout: float
     stable_after: float
     backoff_initial: float
@@ -167,6 +180,7 @@ class Settings:
 def settings_of(config: Mapping[str, Any]) -> Settings:
     raw = {**DEFAULT_SETTINGS, **(config.get("settings") or {})}
     return Settings(
+        all_roles=raw["all_roles"] is True,
         stop_timeout=float(raw["stop_timeout"]),
         stable_after=float(raw["stable_after"]),
         backoff_initial=float(raw["backoff_initial"]),
@@ -176,13 +190,22 @@ def settings_of(config: Mapping[str, Any]) -> Settings:
 
 
 def in_scope(
-    task: Mapping[str, Any], roles: tuple[str, ...] | None, ctx: Mapping[str, Any]
+    task: Mapping[str, Any],
+    roles: tuple[str, ...] | None,
+    ctx: Mapping[str, Any],
+    all_roles: bool = False,
 ) -> bool:
-    """Whether a task belongs on this host: no roles file, or a shared role."""
+    """Whether a task belongs on this host: no roles file, no ``roles`` of
+    its own, or a role shared with the host (with ``all_roles``: every one
+    of its roles, as in the original's ``settings.all_roles: true``)."""
     if roles is None:
         return True
     wanted = [as_text(r) for r in resolve(task.get("roles"), ctx)]
-    return not wanted or any(role in roles for role in wanted)
+    if not wanted:
+        return True
+    if all_roles:
+        return all(role in roles for role in wanted)
+    return any(role in roles for role in wanted)
 
 
 def _layer(ctx: dict[str, Any], values: Mapping[str, Any] | None, *, fill: bool) -> None:
@@ -254,11 +277,12 @@ def _context(
         Task_host=facts.host,
         Task_fqdn=facts.fqdn,
         Task_ppid=str(facts.pid),
-        Task_pid=None,
         Task_instance=None,
     )
+    ctx.update(dict.fromkeys(PER_PROCESS_KEYS))
     for role in roles or ():
-        ctx[f"Task_role_{role}"] = role_values.get(role, "1")
+        # A bare role is None: present for conditionals, never exported.
+        ctx[f"Task_role_{role}"] = role_values.get(role)
     for key in ("user", "group", "pidfile", "cwd", "procname"):
         if task.get(key) is not None:
             ctx[f"Task_{key}"] = as_text(resolve_one(task[key], ctx, None))
@@ -401,21 +425,13 @@ def _action(event: Mapping[str, Any], ctx: Mapping[str, str | None]) -> Action:
 
 
 def _process_spec(
-    task: Mapping[str, Any],
-    ctx: dict[str, str | None],
-    own_roles: frozenset[str],
-    settings_output: Any = None,
+    task: Mapping[str, Any], ctx: dict[str, str | None], settings_output: Any = None
 ) -> ProcessSpec:
     argv = tuple(expand_all(resolve(task["commands"]["start"], ctx), ctx))
     if not argv:
         raise SpecError(("commands", "start"), "start command is empty")
     env: dict[str, str] = {}
     for key, value in ctx.items():
-        # Task_role_<name> reaches a process only for the roles its task is
-        # labelled with: otherwise every roles edit would change every
-        # task's environment and restart the whole host.
-        if key.startswith("Task_role_") and key[10:] not in own_roles:
-            continue
         if value is not None:
             text = expand(value, ctx)
             if text is not None:
@@ -465,7 +481,7 @@ def _build_task(
     count = resolve_one(task.get("count"), ctx, 1)
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise SpecError(("count",), f"count must be a whole number >= 0, got {count!r}")
-    scoped = control != "off" and in_scope(task, roles, ctx)
+    scoped = control != "off" and in_scope(task, roles, ctx, settings.all_roles)
     requires = tuple(expand_all(resolve(task.get("requires"), ctx), ctx))
     start_delay = _number(task.get("start_delay"), ctx, 0.0) or 0.0
     time_limit = _number(task.get("time_limit"), ctx, None) or None
@@ -473,12 +489,11 @@ def _build_task(
     check_interval = None
     if "check" in task["commands"]:
         check_interval = _number(task.get("check_interval"), ctx, DEFAULT_CHECK_INTERVAL)
-    own_roles = frozenset(as_text(r) or "" for r in resolve(task.get("roles"), ctx))
     processes = []
     settings_output = (config.get("settings") or {}).get("output")
     for instance in range(max(count, 1)):
         slot_ctx = dict(ctx, Task_instance=str(instance))
-        processes.append(_process_spec(task, slot_ctx, own_roles, settings_output))
+        processes.append(_process_spec(task, slot_ctx, settings_output))
     first_ctx = dict(ctx, Task_instance="0")
     commands = {
         cmd: tuple(expand_all(resolve(argv, first_ctx), first_ctx))

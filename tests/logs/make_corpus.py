@@ -75,6 +75,9 @@ def roles() -> Simulation:
     sim.reload(roles=("web", "db"))
     sim.advance(3)
     sim.reload(roles=("db",))
+    sim.advance(3)
+    # A value reaches every task: db and app restart with it.
+    sim.reload(roles=("db", "dc"), role_values={"dc": "eu-west-1"})
     sim.settle()
     return sim
 
