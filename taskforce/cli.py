@@ -38,11 +38,70 @@ EXIT_OK, EXIT_BAD, EXIT_PIDFILE, EXIT_FAILED = 0, 1, 2, 3
 log = logging.getLogger("taskforce")
 
 
+#: ``taskforce replay|simulate|plan`` (run by ``taskforce.tools``), with
+#: what each is for.
+TOOLS = {
+    "replay": "check that a recorded event log replays exactly",
+    "simulate": "what taskforce would do with a config, without doing it",
+    "plan": "what a config runs on each kind of host, or would change after a run",
+}
+
+
+def build_tool_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser of the commands in ``TOOLS``, and each command's own."""
+    parser = argparse.ArgumentParser(prog="taskforce")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subs = {name: commands.add_parser(name, help=text) for name, text in TOOLS.items()}
+    rep = subs["replay"]
+    rep.add_argument("log", metavar="LOG")
+    rep.add_argument("--timeline", action="store_true", help="print the run as a timeline")
+    rep.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=0,
+        help="replay segments between checkpoints in this many processes "
+        "(default: one per CPU for a long log, else 1)",
+    )
+    sim = subs["simulate"]
+    sim.add_argument("-f", "--config-file", metavar="CONFIG", required=True)
+    sim.add_argument("-r", "--roles-file", metavar="ROLES")
+    sim.add_argument(
+        "script",
+        metavar="SCRIPT",
+        nargs="?",
+        help="YAML list of happenings, e.g. [{at: 5, kill: web:0}, {at: 8, stop: true}]",
+    )
+    plan = subs["plan"]
+    plan.add_argument("-f", "--config-file", metavar="CONFIG", required=True)
+    plan.add_argument(
+        "-r",
+        "--roles-file",
+        metavar="ROLES",
+        action="append",
+        default=[],
+        help="a roles file; one per kind of host",
+    )
+    plan.add_argument("--against", metavar="LOG", help="a recorded run to diff against")
+    return parser, subs
+
+
+def _tool_summary() -> str:
+    """The commands of ``TOOLS`` for ``taskforce -h``: usage and purpose."""
+    lines = ["other commands (each with its own -h):"]
+    for name, sub in build_tool_parser()[1].items():
+        usage = " ".join(sub.format_usage().split()[1:])
+        lines += [f"  {usage}", f"      {TOOLS[name]}"]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="taskforce",
         description="Start daemons from one config, keep them running, and restart "
         "exactly what a change affects.",
+        epilog=_tool_summary(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-V", "--version", action="store_true", help="print the version and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="verbose (debug) logging")
@@ -405,12 +464,9 @@ def check_config(
     return EXIT_OK
 
 
-SUBCOMMANDS = ("replay", "simulate", "plan")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SUBCOMMANDS:
+    if argv and argv[0] in TOOLS:
         from taskforce.tfctl import reader_gone
         from taskforce.tools import main as tools_main
 

@@ -168,3 +168,34 @@ def test_a_plain_file_or_nothing_at_the_socket_path_is_no_holder(tmp_path: Path)
     plain.write_text("x")
     assert holder(str(plain)) is None
     assert holder(str(tmp_path / "missing")) is None
+
+
+def test_help_lists_the_other_commands() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "taskforce", "-h"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0
+    for usage in (
+        "taskforce replay [-h] [--timeline] [-j JOBS] LOG",
+        "taskforce simulate [-h] -f CONFIG [-r ROLES] [SCRIPT]",
+        "taskforce plan [-h] -f CONFIG [-r ROLES] [--against LOG]",
+    ):
+        assert usage in done.stdout
+
+
+def test_simulate_says_why_a_slot_is_not_running(tmp_path: Path) -> None:
+    """The README's first simulate example once failed on the demo with only
+    "'web[0] is not running'"; the error now says why."""
+    script = tmp_path / "script.yaml"
+    script.write_text('[{at: 5, kill: "web:0"}]\n')
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "taskforce", "simulate", "-f", "examples/demo.conf"]
+        + ["-r", "examples/demo.roles", str(script)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "web:0 is not running at 5s (waiting on migrate (not finished))" in done.stdout
