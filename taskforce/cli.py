@@ -21,6 +21,7 @@ import fcntl
 import logging
 import os
 import signal
+import stat
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -37,11 +38,70 @@ EXIT_OK, EXIT_BAD, EXIT_PIDFILE, EXIT_FAILED = 0, 1, 2, 3
 log = logging.getLogger("taskforce")
 
 
+#: ``taskforce replay|simulate|plan`` (run by ``taskforce.tools``), with
+#: what each is for.
+TOOLS = {
+    "replay": "check that a recorded event log replays exactly",
+    "simulate": "what taskforce would do with a config, without doing it",
+    "plan": "what a config runs on each kind of host, or would change after a run",
+}
+
+
+def build_tool_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser of the commands in ``TOOLS``, and each command's own."""
+    parser = argparse.ArgumentParser(prog="taskforce")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subs = {name: commands.add_parser(name, help=text) for name, text in TOOLS.items()}
+    rep = subs["replay"]
+    rep.add_argument("log", metavar="LOG")
+    rep.add_argument("--timeline", action="store_true", help="print the run as a timeline")
+    rep.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=0,
+        help="replay segments between checkpoints in this many processes "
+        "(default: one per CPU for a long log, else 1)",
+    )
+    sim = subs["simulate"]
+    sim.add_argument("-f", "--config-file", metavar="CONFIG", required=True)
+    sim.add_argument("-r", "--roles-file", metavar="ROLES")
+    sim.add_argument(
+        "script",
+        metavar="SCRIPT",
+        nargs="?",
+        help="YAML list of happenings, e.g. [{at: 5, kill: web:0}, {at: 8, stop: true}]",
+    )
+    plan = subs["plan"]
+    plan.add_argument("-f", "--config-file", metavar="CONFIG", required=True)
+    plan.add_argument(
+        "-r",
+        "--roles-file",
+        metavar="ROLES",
+        action="append",
+        default=[],
+        help="a roles file; one per kind of host",
+    )
+    plan.add_argument("--against", metavar="LOG", help="a recorded run to diff against")
+    return parser, subs
+
+
+def _tool_summary() -> str:
+    """The commands of ``TOOLS`` for ``taskforce -h``: usage and purpose."""
+    lines = ["other commands (each with its own -h):"]
+    for name, sub in build_tool_parser()[1].items():
+        usage = " ".join(sub.format_usage().split()[1:])
+        lines += [f"  {usage}", f"      {TOOLS[name]}"]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="taskforce",
         description="Start daemons from one config, keep them running, and restart "
         "exactly what a change affects.",
+        epilog=_tool_summary(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-V", "--version", action="store_true", help="print the version and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="verbose (debug) logging")
@@ -136,27 +196,112 @@ def pick_pidfile(args: argparse.Namespace) -> str | None:
     return None
 
 
-def setup_logging(args: argparse.Namespace) -> None:
+#: Where syslog listens, in the order tried (Linux, then the BSDs and macOS).
+SYSLOG_SOCKETS = ("/dev/log", "/var/run/log")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+def syslog_socket() -> str | None:
+    """The first of ``SYSLOG_SOCKETS`` that is a socket, or None.
+
+    Only a socket will do: on many hosts (containers) ``/var/run/log`` is a
+    folder, and a handler pointed at it fails on every line.
+    """
+    for path in SYSLOG_SOCKETS:
+        try:
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                return path
+        except OSError:
+            continue
+    return None
+
+
+def _stderr_handler() -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    return handler
+
+
+class FallbackHandler(logging.Handler):
+    """Sends each record to ``primary`` (syslog); a record it cannot take
+    goes to ``fallback`` (stderr) instead, so no line is lost to a logging
+    error and none becomes a traceback.  The first failure says so, once;
+    the next record tries syslog again (the handler reconnects), and the
+    first one that gets through says that syslog is back."""
+
+    def __init__(self, primary: logging.Handler, fallback: logging.Handler, where: str) -> None:
+        super().__init__()
+        self.primary = primary
+        self.fallback = fallback
+        self.where = where
+        self.failing = False
+        primary.handleError = self._failed  # type: ignore[method-assign]
+        self._failure: BaseException | None = None
+
+    def _failed(self, record: logging.LogRecord) -> None:
+        self._failure = sys.exc_info()[1] or OSError("unknown error")
+
+    def setFormatter(self, fmt: logging.Formatter | None) -> None:  # noqa: N802 (logging's name)
+        self.primary.setFormatter(fmt)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._failure = None
+        self.primary.emit(record)
+        if self._failure is None:
+            if self.failing:
+                self.failing = False
+                self._note(f"syslog at {self.where} works again; logging there")
+            return
+        if not self.failing:
+            self.failing = True
+            why = getattr(self._failure, "strerror", None) or self._failure
+            self._note(f"cannot log to syslog at {self.where} ({why}); logging to stderr")
+        self.fallback.handle(record)
+
+    def _note(self, message: str) -> None:
+        self.fallback.handle(
+            logging.LogRecord("taskforce", logging.WARNING, __file__, 0, message, None, None)
+        )
+
+    def close(self) -> None:
+        self.primary.close()
+        self.fallback.close()
+        super().close()
+
+
+def setup_logging(args: argparse.Namespace, address: str | None = None) -> None:
+    """Log to stderr (``-e``), else to syslog at ``address`` (see
+    ``syslog_socket``), else to stderr with one warning saying why."""
     name = args.logging_name or "taskforce"
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     handler: logging.Handler
+    warning = None
     if args.log_stderr:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler = _stderr_handler()
+    elif address is None:
+        handler = _stderr_handler()
+        warning = (
+            f"no syslog socket at {' or '.join(SYSLOG_SOCKETS)}; logging to stderr "
+            "(-e says so without this warning)"
+        )
     else:
-        address = next((p for p in ("/dev/log", "/var/run/log") if os.path.exists(p)), None)
-        if address is None:
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        else:
-            from logging.handlers import SysLogHandler  # only for syslog: costs memory
+        from logging.handlers import SysLogHandler  # only for syslog: costs memory
 
-            handler = SysLogHandler(address=address)
+        try:
+            syslog = SysLogHandler(address=address)
+        except OSError as exc:
+            handler = _stderr_handler()
+            why = exc.strerror or exc
+            warning = f"cannot log to syslog at {address} ({why}); logging to stderr"
+        else:
+            handler = FallbackHandler(syslog, _stderr_handler(), address)
             handler.setFormatter(logging.Formatter(f"{name}[%(process)d]: %(message)s"))
     root = logging.getLogger("taskforce")
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    if warning is not None:
+        log.warning("%s", warning)
 
 
 def signal_running(pidfile: str, signum: int) -> int:
@@ -264,6 +409,36 @@ def auth_problems(args: argparse.Namespace, config: dict[str, Any]) -> list[str]
     return problems_of(found)
 
 
+def held_sockets(
+    args: argparse.Namespace, config: dict[str, Any], roles_path: str | None
+) -> list[str]:
+    """Why the control sockets asked for (config and ``-w``) cannot be
+    ours: a live process listens there.  A stale socket (its taskforce was
+    killed) is not a reason: the listener takes it over."""
+    settings = config.get("settings") or {}
+    if not (settings.get("http") or args.http is not None):
+        return []  # (before the imports: no listener, no TLS machinery)
+    from taskforce.config import host_facts
+    from taskforce.control.listen import ListenError, holder, services
+    from taskforce.control.options import Options
+
+    options = Options(listen=args.http, certfile=args.certfile, allow_control=args.allow_control)
+    try:
+        roles = load_roles(roles_path)
+        found = services(config, options, host_facts(), roles.names, roles.values)
+    except (ConfigError, OSError, ListenError):
+        return []  # reported, with its reason, when the server starts
+    problems = []
+    for service in found:
+        who = holder(service.listen) if service.is_unix else None
+        if who is not None:
+            problems.append(
+                f"the control socket {service.listen} is held by {who}; "
+                "stop that one first, or listen elsewhere (-w PATH)"
+            )
+    return problems
+
+
 def check_config(
     config_path: str, roles_path: str | None, args: argparse.Namespace | None = None
 ) -> int:
@@ -289,12 +464,9 @@ def check_config(
     return EXIT_OK
 
 
-SUBCOMMANDS = ("replay", "simulate", "plan")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SUBCOMMANDS:
+    if argv and argv[0] in TOOLS:
         from taskforce.tfctl import reader_gone
         from taskforce.tools import main as tools_main
 
@@ -350,10 +522,20 @@ def serve(
     # Nothing taskforce's parent left open may reach a task.
     descriptors.close_inherited_on_exec()
     # Validate before detaching, so a bad config is reported to the user.
-    problem, settings = check_config_quietly(args.config_file, roles_path)
+    problem, config = check_config_quietly(args.config_file, roles_path)
     if problem is not None and not reexecuted:
         print(f"taskforce: {problem}", file=sys.stderr)
         return EXIT_BAD
+    settings: dict[str, Any] = dict(config.get("settings") or {})
+    if not reexecuted:
+        # A second taskforce must not start everything again only to find
+        # its control socket taken (the quick start, run twice): say so now.
+        # (A re-executed one closed its own sockets before the exec.)
+        held = held_sockets(args, config, roles_path)
+        for problem_text in held:
+            print(f"taskforce: {problem_text}", file=sys.stderr)
+        if held:
+            return EXIT_PIDFILE
     # --- who may do what: files private, secrets known before the first step
     args.secret_names = settings.get("secret_names")
     try:
@@ -380,8 +562,12 @@ def serve(
         # Paths were given relative to where we were started; keep them so.
         args.config_file = os.path.abspath(args.config_file)
         roles_path = os.path.abspath(roles_path) if roles_path else None
-        daemonize(keep_stderr=args.log_stderr)
-    setup_logging(args)
+    # Without -e the log goes to syslog, or to stderr where there is none:
+    # then -b keeps stderr open, as with -e, so that no line is lost.
+    syslog_at = None if args.log_stderr else syslog_socket()
+    if args.background and not reexecuted:
+        daemonize(keep_stderr=args.log_stderr or syslog_at is None)
+    setup_logging(args, syslog_at)
     if problem is not None:
         # Broken since the reset was asked for: exiting would leave nothing
         # supervising; the daemon waits for a config that loads.
@@ -417,7 +603,7 @@ def serve(
 def check_config_quietly(
     config_path: str, roles_path: str | None
 ) -> tuple[str | None, dict[str, Any]]:
-    """The config's first error (or None), and its settings."""
+    """The config's first error (or None), and the config."""
     try:
         roles = load_roles(roles_path)
         config = load_config(config_path, roles=roles.names, role_values=roles.values)
@@ -425,7 +611,7 @@ def check_config_quietly(
         return str(exc), {}
     except OSError as exc:
         return f"{exc.filename or config_path}: {exc.strerror or exc}", {}
-    return None, dict(config.get("settings") or {})
+    return None, dict(config)
 
 
 def start_recorder(args: argparse.Namespace, daemon: Any) -> Any:

@@ -22,6 +22,7 @@ import datetime
 import http.client
 import json
 import os
+import signal
 import socket
 import ssl
 import sys
@@ -173,12 +174,34 @@ def _why(address: str, exc: BaseException) -> str:
 # --------------------------------------------------------------- commands
 
 
-def _split_slot(text: str) -> tuple[str, str | None]:
-    """``web[2]`` -> ("web", "2"); ``web`` -> ("web", None)."""
-    if text.endswith("]") and "[" in text:
-        name, _, rest = text.partition("[")
-        return name, rest[:-1]
-    return text, None
+def is_signal(word: str) -> bool:
+    """Whether ``word`` names a signal: ``HUP``, ``sighup``, ``SIGHUP``, ``1``."""
+    text = word.strip().upper()
+    if text.isascii() and text.isdigit():
+        return 0 < int(text) < signal.NSIG
+    return (text if text.startswith("SIG") else "SIG" + text) in signal.Signals.__members__
+
+
+def signal_and_tasks(words: Sequence[str], explicit: str | None) -> tuple[str, list[str]]:
+    """``tfctl signal`` takes the signal after the tasks (``web HUP``, as the
+    README shows) or before them (``HUP web``): the end that names a signal
+    is the signal.  ``--signal`` says it outright."""
+    if explicit is not None:
+        return explicit, list(words)
+    usage = "expected TASK[:N]... SIGNAL (e.g. tfctl signal web HUP)"
+    if len(words) < 2:
+        raise Usage(usage)
+    first, last = is_signal(words[0]), is_signal(words[-1])
+    if last and not first:
+        return words[-1], list(words[:-1])
+    if first and not last:
+        return words[0], list(words[1:])
+    if first and last:
+        raise Usage(
+            f"{words[0]!r} and {words[-1]!r} both name signals; say which is the "
+            f"signal with --signal (tfctl signal --signal {words[-1]} {' '.join(words[:-1])})"
+        )
+    raise Usage(f"neither {words[0]!r} nor {words[-1]!r} names a signal: {usage}")
 
 
 def _assignments(items: Sequence[str], what: str) -> list[tuple[str, str]]:
@@ -299,9 +322,22 @@ def _finish(code: int, headers: dict[str, str], body: str, address: str) -> int:
             file=sys.stderr,
         )
     else:
-        print(f"tfctl: refused ({code}):", file=sys.stderr)
-        _print_body(body, sys.stderr)
+        print(f"tfctl: refused ({code}): {one_line(body)}", file=sys.stderr)
     return EXIT_REFUSED
+
+
+def one_line(body: str) -> str:
+    """A refusal's reason on one line: the per-task lines (``task<TAB>why``)
+    joined as ``task: why; task: why``."""
+    lines = [line.strip().replace("\t", ": ") for line in body.splitlines() if line.strip()]
+    return "; ".join(lines) or "no reason given"
+
+
+def format_version(info: dict[str, Any]) -> str:
+    """``taskforce 1.2 (Python 3.12.1, Linux-6.1-x86_64)``."""
+    where = info.get("platform") or {}
+    system = where.get("platform") or where.get("system") or "?"
+    return f"taskforce {info.get('taskforce', '?')} (Python {info.get('python', '?')}, {system})"
 
 
 def run(args: argparse.Namespace, client: Client) -> int:
@@ -334,7 +370,10 @@ def run(args: argparse.Namespace, client: Client) -> int:
         return EXIT_OK if code == 200 else EXIT_REFUSED
     if command == "version":
         code, headers, body = client.request("GET", "/status/version")
-        return _finish(code, headers, body, client.address)
+        if code >= 400 or args.json:
+            return _finish(code, headers, body, client.address)
+        print(format_version(json.loads(body)))
+        return EXIT_OK
     if command == "plan":
         return _plan(args, client)
     if command == "logs":
@@ -348,7 +387,8 @@ def run(args: argparse.Namespace, client: Client) -> int:
     elif command == "restart":
         return _each(client, "/manage/restart", args.tasks, [])
     elif command == "signal":
-        return _each(client, "/manage/signal", args.tasks, [("signal", args.signal)])
+        name, tasks = signal_and_tasks(args.words, args.signal)
+        return _each(client, "/manage/signal", tasks, [("signal", name)])
     elif command == "control":
         path, params = "/manage/control", _assignments(args.assignments, "CONTROL")
     elif command == "count":
@@ -371,11 +411,8 @@ def run(args: argparse.Namespace, client: Client) -> int:
 def _each(client: Client, path: str, targets: Sequence[str], extra: list[tuple[str, str]]) -> int:
     worst = EXIT_OK
     for target in targets:
-        name, instance = _split_slot(target)
-        params = [("task", name), *extra]
-        if instance is not None:
-            params.append(("instance", instance))
-        code, headers, body = client.request("POST", path, params)
+        # A slot goes as written (web[0] or web:0): taskforce knows the names.
+        code, headers, body = client.request("POST", path, [("task", target), *extra])
         worst = max(worst, _finish(code, headers, body, client.address))
     return worst
 
@@ -391,25 +428,17 @@ def _plan(args: argparse.Namespace, client: Client) -> int:
     code, headers, body = client.request(
         "POST", "/manage/plan", params, body=data, content_type="application/yaml"
     )
+    if code == 400:  # the config's errors, one a line, as taskforce -C prints them
+        for line in body.replace("<posted config>", args.file).splitlines():
+            print(f"tfctl: {line}", file=sys.stderr)
+        return EXIT_REFUSED
     if code >= 400:
-        return _finish(code, headers, body.replace("<posted config>", args.file), client.address)
+        return _finish(code, headers, body, client.address)
     if args.json:
         _print_body(body)
     else:
         print(format_plan(json.loads(body)))
     return EXIT_OK
-
-
-def _task_instance(text: str) -> tuple[str, str | None]:
-    """``web:2`` or ``web[2]`` -> ("web", "2"); ``web`` -> ("web", None)."""
-    name, instance = _split_slot(text)
-    if instance is None:
-        head, colon, tail = text.rpartition(":")
-        if colon and head and tail.isascii() and tail.isdigit():
-            name, instance = head, tail
-    if not name or instance is not None and not (instance.isascii() and instance.isdigit()):
-        raise Usage(f"expected TASK or TASK:INSTANCE, got {text!r}")
-    return name, instance
 
 
 def format_log_line(task: str, line: dict[str, Any]) -> str:
@@ -419,10 +448,11 @@ def format_log_line(task: str, line: dict[str, Any]) -> str:
 
 
 def _logs(args: argparse.Namespace, client: Client) -> int:
-    name, instance = _task_instance(args.task)
     if args.lines < 0:
         raise Usage(f"-n wants a number of lines >= 0, got {args.lines}")
-    params = [("task", name)] + ([("instance", instance)] if instance is not None else [])
+    # A slot goes as written (web[0] or web:0): taskforce knows the names.
+    params = [("task", args.task)]
+    name = args.task
     asked = [*params, ("lines", str(args.lines))]
     try:
         while True:
@@ -430,6 +460,7 @@ def _logs(args: argparse.Namespace, client: Client) -> int:
             if code >= 400:
                 return _finish(code, headers, body, client.address)
             answer = json.loads(body)
+            name = answer["task"]
             if answer["dropped"]:
                 print(
                     f"tfctl: {answer['dropped']} lines of {name} were dropped before "
@@ -494,17 +525,23 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the JSON status")
     health = sub.add_parser("health", help="ok, or what should run but does not")
     health.add_argument("--json", action="store_true", help="print the JSON report")
-    sub.add_parser("version", help="taskforce and Python versions")
+    version = sub.add_parser("version", help="taskforce and Python versions")
+    version.add_argument("--json", action="store_true", help="print the JSON answer")
 
     start = sub.add_parser("start", help="start tasks that are off, or run a once task again")
     start.add_argument("tasks", nargs="+", metavar="TASK")
     stop = sub.add_parser("stop", help="stop tasks (control off until the next reload)")
     stop.add_argument("tasks", nargs="+", metavar="TASK")
-    restart = sub.add_parser("restart", help="restart tasks, or one slot as TASK[N]")
-    restart.add_argument("tasks", nargs="+", metavar="TASK[N]")
-    sig = sub.add_parser("signal", help="send a signal to tasks' processes")
-    sig.add_argument("signal", metavar="SIGNAL", help="HUP, SIGHUP, 1 ...")
-    sig.add_argument("tasks", nargs="+", metavar="TASK[N]")
+    restart = sub.add_parser("restart", help="restart tasks, or one slot as TASK:N (or TASK[N])")
+    restart.add_argument("tasks", nargs="+", metavar="TASK[:N]")
+    sig = sub.add_parser(
+        "signal",
+        help="send a signal to tasks' processes: TASK[:N]... SIGNAL (or SIGNAL TASK[:N]...)",
+    )
+    sig.add_argument(
+        "words", nargs="+", metavar="TASK[:N]... SIGNAL", help="SIGNAL: HUP, SIGHUP, 1 ..."
+    )
+    sig.add_argument("--signal", metavar="SIGNAL", help="the signal, when every word names a task")
     control = sub.add_parser("control", help="set tasks' control until the next reload")
     control.add_argument("assignments", nargs="+", metavar="TASK=CONTROL")
     count = sub.add_parser("count", help="set tasks' count until the next reload")

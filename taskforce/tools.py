@@ -15,7 +15,6 @@ These commands never start, stop or signal a process.
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import os
@@ -30,6 +29,7 @@ from taskforce.core import access
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.codec import encode, matches
+from taskforce.core.control import split_slot, task_word
 from taskforce.core.model import SpecError, build
 from taskforce.core.snapshot import restore, snapshot
 from taskforce.core.supervisor import Supervisor
@@ -339,12 +339,26 @@ def _load_script(path: str | None) -> list[dict[str, Any]]:
 
 
 def _slot(sim: Any, name: str) -> int:
-    task, _, rest = name.partition("[")
-    instance = int(rest.rstrip("]") or 0) if rest else 0
+    """The pid of slot ``name`` (``web[0]``, ``web:0``, or ``web`` for its
+    slot 0); an error says what the slot is doing instead of running."""
+    name = str(name)
+    task, instance = name, 0
+    tasks = sim.core.tasks
+    parts = split_slot(name) if name not in tasks else None
+    if parts is not None:
+        task, instance = parts[0], int(parts[1])
     pid = sim.running().get((task, instance))
-    if pid is None:
-        raise KeyError(f"{name} is not running")
-    return int(pid)
+    if pid is not None:
+        return int(pid)
+    state = tasks.get(task)
+    if state is None:
+        raise ValueError(f"{name}: no such task (tasks: {', '.join(sorted(tasks))})")
+    slot = next((s for s in state.slots if s.instance == instance), None)
+    if slot is None:
+        raise ValueError(f"{name} is not running at {sim.now:g}s ({task_word(state)})")
+    waits = slot.waiting_on or state.waiting_on
+    why = f"waiting on {', '.join(waits)}" if waits else f"it is {slot.state.value}"
+    raise ValueError(f"{name} is not running at {sim.now:g}s ({why})")
 
 
 def _perform(sim: Any, entry: dict[str, Any], roles_path: str | None) -> None:
@@ -468,27 +482,9 @@ def print_plan(core: Supervisor, effects: Iterable[fx.Effect], out: Any) -> None
 
 
 def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="taskforce")
-    commands = parser.add_subparsers(dest="command", required=True)
-    rep = commands.add_parser("replay", help="check a recorded event log replays exactly")
-    rep.add_argument("log")
-    rep.add_argument("--timeline", action="store_true", help="print the run as a timeline")
-    rep.add_argument(
-        "-j",
-        "--jobs",
-        type=int,
-        default=0,
-        help="replay segments between checkpoints in this many processes "
-        "(default: one per CPU for a long log, else 1)",
-    )
-    sim = commands.add_parser("simulate", help="what taskforce would do, without doing it")
-    sim.add_argument("-f", "--config-file", required=True)
-    sim.add_argument("-r", "--roles-file")
-    sim.add_argument("script", nargs="?", help="YAML list of happenings: {at: 5, kill: web[0]}")
-    plan = commands.add_parser("plan", help="what a config runs, per kind of host")
-    plan.add_argument("-f", "--config-file", required=True)
-    plan.add_argument("-r", "--roles-file", action="append", default=[])
-    plan.add_argument("--against", metavar="LOG", help="a recorded run to diff against")
+    from taskforce.cli import build_tool_parser
+
+    parser = build_tool_parser()[0]
     args = parser.parse_args(argv)
     if args.command == "replay":
         if args.timeline:

@@ -1157,3 +1157,13 @@ def test_tls_on_loopback(daemon: Daemon) -> None:
     code, _, text = call(address, "/manage/stop", headers=AUTH, ca=ca)
     assert (code, text) == (202, "Taskforce exit initiated\n")
     assert daemon.proc is not None and daemon.proc.wait(20) == 0
+
+
+def test_split_slot_reads_both_spellings() -> None:
+    from taskforce.core.control import split_slot
+
+    assert split_slot("web[0]") == ("web", "0")
+    assert split_slot("web:12") == ("web", "12")
+    assert split_slot("a:b:1") == ("a:b", "1")
+    for plain in ("web", "web:", "web[x]", ":1", "[1]", "web:-1", "web[0", "web:1234567890"):
+        assert split_slot(plain) is None, plain

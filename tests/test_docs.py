@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -460,3 +461,110 @@ def test_performance_doc_command_is_accepted() -> None:
             assert options.repeat >= 1
     finally:
         sys.modules.pop("peers_run", None)
+
+
+# ---------------------------------------------------------------------------
+# README.md: its commands work exactly as written
+
+#: How the README's programs are run here: the package's modules, by this
+#: interpreter (the README runs them from a virtual environment).
+PROGRAMS = {".venv/bin/taskforce": "taskforce", ".venv/bin/tfctl": "taskforce.tfctl"}
+
+
+def readme_commands() -> list[list[str]]:
+    """Every command of README.md's ``sh`` blocks that runs taskforce or
+    tfctl, as argv (of an ``a && b && c`` line, the last: the others
+    install)."""
+    import shlex
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    out = []
+    for _, body in code_blocks(text, "sh"):
+        for line in body.splitlines():
+            argv = shlex.split(line.split("&&")[-1])
+            if argv and argv[0] in PROGRAMS:
+                out.append(argv)
+    return out
+
+
+def _as_run_here(argv: list[str]) -> list[str]:
+    return [sys.executable, "-m", PROGRAMS[argv[0]], *argv[1:]]
+
+
+def test_readme_commands_work_as_written(tmp_path: Path) -> None:
+    """The quick start's daemon runs the bundled example, and with it up
+    every other command the README shows (tfctl, -C, simulate, plan) exits
+    0 when typed as written, from a checkout's root."""
+    import shutil
+    import signal
+
+    from taskforce import tfctl
+
+    commands = readme_commands()
+    shown = [" ".join(argv[1:3]) for argv in commands]
+    for needed in ("-e -f", "-C --plan", "simulate -f", "plan -f", "-s examples/taskforce.sock"):
+        assert any(text.startswith(needed) for text in shown), f"README shows no {needed!r}"
+    tools = [argv for argv in commands if argv[0].endswith("tfctl")]
+    for verb in ("status", "restart", "signal", "version", "logs"):
+        assert any(verb in argv for argv in tools), f"README shows no tfctl {verb}"
+    daemons = [argv for argv in commands if argv[1] == "-e"]
+    assert len(daemons) == 1, "one quick start"
+
+    work = tmp_path / "checkout"
+    shutil.copytree(
+        EXAMPLES, work / "examples", ignore=shutil.ignore_patterns("*.sock", "__pycache__")
+    )
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            _as_run_here(daemons[0]), cwd=work, stdout=out, stderr=out, start_new_session=True
+        )
+    try:
+        client = tfctl.Client(str(work / "examples" / "taskforce.sock"), timeout=5)
+
+        def web_runs() -> bool:
+            try:
+                code, _, body = client.request("GET", "/status/tasks")
+            except tfctl.Unreachable:
+                return False
+            slots = json.loads(body).get("web", {}).get("processes", []) if code == 200 else []
+            return len(slots) == 2 and all(s.get("state") == "running" for s in slots)
+
+        wait_for(web_runs, 30.0, "the demo's web workers")
+        for argv in commands:
+            if argv in daemons:
+                continue
+            done = subprocess.run(
+                _as_run_here(argv), cwd=work, capture_output=True, text=True, timeout=120
+            )
+            assert done.returncode == 0, f"{' '.join(argv)}:\n{done.stdout}{done.stderr}"
+            assert "Traceback" not in done.stderr
+            if "simulate" in argv:
+                assert "-> exit 0" in done.stdout
+            if "version" in argv:
+                assert done.stdout.startswith("taskforce ") and done.stdout.count("\n") == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text and "Logging error" not in text
+
+
+def test_systemctl_kill_signals_taskforce_alone() -> None:
+    """``systemctl kill`` without ``--kill-whom=main`` signals every process
+    of the unit: a SIGHUP meant for taskforce (a reset) would reach every
+    task too.  Every one the docs and examples show says main."""
+    shown = []
+    for path in [ROOT / "README.md", *DOCS.rglob("*.md"), *EXAMPLES.rglob("*")]:
+        if not path.is_file() or path.suffix not in ("", ".md", ".service", ".conf", ".yaml"):
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if "systemctl kill" in line and line.lstrip("# ").startswith("systemctl kill"):
+                shown.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert shown, "the systemd example shows how to reset taskforce"
+    for where in shown:
+        assert "--kill-whom=main" in where, where
+    unit = (EXAMPLES / "systemd" / "taskforce.service").read_text()
+    settings = [line.split("=", 1)[0] for line in unit.splitlines() if "=" in line[:30]]
+    assert "ExecReload" not in settings, "a reload is taskforce's own business"
+    assert "KillMode=mixed" in unit

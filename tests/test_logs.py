@@ -129,7 +129,7 @@ def test_unknown_task_uncaptured_output_and_bad_parameters(
     code, _, err = run(capsys, "-s", sock, "logs", "quiet", "-f")
     assert code == 1 and "not captured" in err
     code, _, err = run(capsys, "-s", sock, "logs", "talk[x]")
-    assert code == 2
+    assert code == 1 and "no such task: talk[x]" in err, "taskforce knows the names"
     code, _, err = run(capsys, "-s", sock, "logs", "talk", "-n", "-1")
     assert code == 2
     code, _, err = run(capsys, "-s", str(daemon.root / "nothing"), "logs", "talk")

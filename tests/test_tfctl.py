@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 from daemon_harness import Daemon, shell_task, task, wait_for
-from test_control import answers, needs_linux, short_dir, start_daemon, start_tls_daemon
+from test_control import (
+    answers,
+    call,
+    form,
+    needs_linux,
+    short_dir,
+    start_daemon,
+    start_tls_daemon,
+)
 
 from taskforce import tfctl
 
@@ -77,23 +85,25 @@ def test_every_command_over_a_unix_socket(
     assert (code, out) == (0, "a[1]\trestarting\n")
     wait_for(lambda: len(daemon.pids("a") - before) == 1, what="a[1] restarted")
     code, _, err = run(capsys, *s, "restart", "nope")
-    assert code == 1 and "nope: not found" in err
+    assert (code, err) == (1, "tfctl: refused (404): nope: not found\n"), "on one line"
 
     code, out, _ = run(capsys, *s, "signal", "HUP", "h")
     assert code == 0 and "sent SIGHUP" in out
     wait_for(lambda: hups.exists(), what="h got SIGHUP")
+    code, _, err = run(capsys, *s, "signal", "--signal", "NOPE", "h")
+    assert (code, err) == (1, "tfctl: refused (400): bad signal 'NOPE'\n")
     code, _, err = run(capsys, *s, "signal", "NOPE", "h")
-    assert code == 1 and "bad signal 'NOPE'" in err
+    assert code == 2 and "neither 'NOPE' nor 'h' names a signal" in err
 
     assert run(capsys, *s, "control", "a=suspend")[:2] == (0, "a\tok\n")
     code, _, err = run(capsys, *s, "control", "a=bogus", "h=off")
-    assert code == 1 and "a\tbad control 'bogus'" in err
+    assert (code, err) == (1, "tfctl: refused (404): a: bad control 'bogus'; h: ok\n")
     assert daemon.pids("h"), "a refused request changes nothing"
     assert run(capsys, *s, "control", "a=wait")[:2] == (0, "a\tok\n")
     assert run(capsys, *s, "count", "a=3")[:2] == (0, "a\tok\n")
     daemon.wait_pids("a", 3)
     code, _, err = run(capsys, *s, "count", "a=zero")
-    assert code == 1 and 'a\tbad count "zero"' in err
+    assert code == 1 and 'a: bad count "zero"' in err
 
     assert run(capsys, *s, "event", "poke")[:2] == (0, "p\tcommand 'poke'\n")
     wait_for(lambda: poked.exists(), what="the external event's command")
@@ -118,6 +128,9 @@ def test_every_command_over_a_unix_socket(
     code, out, _ = run(capsys, *s, "health")
     assert code == 0 and out.startswith("ok")
     code, out, _ = run(capsys, *s, "version")
+    assert code == 0 and out.startswith("taskforce ") and "(Python " in out
+    assert len(out.splitlines()) == 1, "a line for people"
+    code, out, _ = run(capsys, *s, "version", "--json")
     assert code == 0 and "taskforce" in json.loads(out)
 
     code, out, _ = run(capsys, *s, "reload")
@@ -221,3 +234,70 @@ def test_tfctl_as_a_command(daemon: Daemon, tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 3 and "cannot connect" in done.stderr
+
+
+@needs_linux
+def test_slots_and_signals_as_the_readme_writes_them(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``web:0`` and ``web[0]`` name a slot everywhere, tfctl and the control
+    requests alike (a task named ``b:1`` is still that task), and ``tfctl
+    signal`` takes the signal after the tasks, as the README shows, or
+    before them."""
+    m = daemon.marker
+    hups = daemon.root / "hups"
+    defs = {
+        "a": task(m, "a", count=2),
+        "b": task(m, "b", count=2),
+        "b:1": task(m, "b:1"),
+        "h": shell_task(m, "h", f"trap 'echo hup >> {hups}' HUP; while :; do sleep 0.05; done"),
+    }
+    sock = start_daemon(daemon, defs)
+    daemon.wait_pids("a", 2)
+    daemon.wait_pids("b", 2)
+    daemon.wait_pids("b:1", 1)
+    daemon.wait_pids("h", 1)
+    s = ("-s", sock)
+
+    for slot in ("a:1", "a[1]"):
+        before = daemon.pids("a")
+        assert run(capsys, *s, "restart", slot)[:2] == (0, "a[1]\trestarting\n"), slot
+        wait_for(lambda b=before: len(daemon.pids("a") - b) == 1, what=f"{slot} restarted")
+        daemon.wait_pids("a", 2)
+    before = daemon.pids("b:1")
+    assert run(capsys, *s, "restart", "b:1")[:2] == (0, "b:1[0]\trestarting\n"), "the task"
+    wait_for(lambda: daemon.pids("b:1") - before, what="the task b:1 restarted")
+    assert run(capsys, *s, "restart", "b[1]")[:2] == (0, "b[1]\trestarting\n"), "the slot"
+
+    code, form_text = form(sock, "/manage/restart", {"task": "a:0"})
+    assert (code, form_text) == (202, "a[0]\trestarting\n")
+    daemon.wait_pids("a", 2)
+    code, form_text = form(sock, "/manage/restart", {"task": "a[0]", "instance": "1"})
+    assert (code, form_text) == (400, "a[0]: instance=1 names another slot\n")
+
+    def hupped() -> int:
+        return len(hups.read_text().split()) if hups.exists() else 0
+
+    # One at a time: signals sent faster than the trap runs merge into one.
+    for count, words in enumerate((("h", "HUP"), ("h:0", "SIGHUP"), ("HUP", "h[0]"), ("1", "h"))):
+        code, out, _ = run(capsys, *s, "signal", *words)
+        assert (code, out) == (0, f"h[0]\tsent SIGHUP to pid {min(daemon.pids('h'))}\n"), words
+        wait_for(lambda n=count + 1: hupped() == n, what=f"SIGHUP {count + 1}")
+    code, _, err = run(capsys, *s, "signal", "HUP", "TERM")
+    assert code == 2 and "--signal" in err, "both ends name signals: ambiguous"
+    code, form_text = form(sock, "/manage/signal", {"task": "h:0", "signal": "USR1"})
+    assert code == 200 and form_text.startswith("h[0]\tsent SIGUSR1")
+
+    code, _, err = run(capsys, *s, "stop", "a:0")
+    assert code == 1 and err == (
+        "tfctl: refused (404): a:0: start, stop and control act on a whole task (a); "
+        "restart and signal take one slot\n"
+    )
+    assert len(daemon.pids("a")) == 2, "a refused request changes nothing"
+    code, _, err = run(capsys, *s, "start", "a[0]")
+    assert code == 1 and "act on a whole task (a)" in err
+
+    code, _, text = call(sock, "/status/logs?task=a%5B1%5D")
+    assert code == 200 and json.loads(text)["task"] == "a"
+    assert run(capsys, *s, "logs", "a:1")[0] == 0
+    assert run(capsys, *s, "logs", "a[1]")[0] == 0

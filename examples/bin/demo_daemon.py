@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """A stand-in daemon for the examples: says hello, then a heartbeat now and then.
 
-It runs in the foreground (taskforce's ``wait`` control expects that) and
-exits cleanly on SIGTERM.
+It runs in the foreground (taskforce's ``wait`` control expects that),
+exits cleanly on SIGTERM and says so on SIGHUP (``tfctl signal db HUP``).
 """
 
 import os
@@ -19,7 +19,12 @@ def stop(signum, frame):
     sys.exit(0)
 
 
+def hup(signum, frame):
+    print(f"{name}: got SIGHUP (a real daemon would reopen its logs)", file=sys.stderr, flush=True)
+
+
 signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGHUP, hup)
 instance = os.environ.get("Task_instance", "?")
 print(f"{name}[{instance}] pid {os.getpid()} up, args {sys.argv[2:]}", file=sys.stderr, flush=True)
 while True:

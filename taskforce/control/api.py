@@ -41,6 +41,7 @@ from taskforce.control.http import Deferred, Request, Response, text
 from taskforce.control.listen import Listener, Service
 from taskforce.core import access, secrets, status
 from taskforce.core import events as ev
+from taskforce.core.control import split_slot
 from taskforce.core.model import SpecError
 from taskforce.output import Recent
 
@@ -340,7 +341,13 @@ def _logs(server: ControlServer, params: Params, indent: int | None) -> Response
             numbers[key] = int(digits)
         else:
             return text(400, f"bad {key} {raw!r}: expected a whole number\n")
-    task = server.daemon.core.tasks.get(name)
+    tasks = server.daemon.core.tasks
+    slot = split_slot(name) if name not in tasks else None
+    if slot is not None and slot[0] in tasks:  # web[0] or web:0, as everywhere
+        if numbers["instance"] not in (None, int(slot[1])):
+            return text(400, f"{name}: instance={numbers['instance']} names another slot\n")
+        name, numbers["instance"] = slot[0], int(slot[1])
+    task = tasks.get(name)
     if task is None:
         return text(404, f"no such task: {name}\n")
     modes = {process.output for process in task.spec.processes}

@@ -24,6 +24,7 @@ import os
 import socket
 import ssl
 import stat
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -455,3 +456,55 @@ def _clear_stale(path: str) -> None:
         pass
     except OSError as exc:
         raise ListenError(f"{path}: cannot remove the stale socket: {exc.strerror}") from None
+
+
+def holder(path: str, timeout: float = 2.0) -> str | None:
+    """Who listens on the Unix socket at ``path``, in a few words
+    (``taskforce (pid 123)``), or None when nobody answers there: no file,
+    not a socket, or a stale socket (left by a taskforce that was killed),
+    which a listener takes over.
+
+    A socket we may not connect to is left for the listener to report.
+    """
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return None
+    except OSError:
+        return None
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(timeout)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError, PermissionError):
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT, errno.EACCES):
+            return None
+        return "a live server (it does not accept connections now)"
+    try:
+        pid = _peer_pid(probe)
+    finally:
+        probe.close()
+    if pid is None:
+        return "a live server"
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            argv = handle.read().split(b"\0")
+    except OSError:
+        return f"pid {pid}"
+    if any(b"taskforce" in arg for arg in argv):
+        return f"taskforce (pid {pid})"
+    return f"pid {pid} ({os.fsdecode(argv[0])})"
+
+
+def _peer_pid(sock: socket.socket) -> int | None:
+    """The pid of the process that listens at the other end (Linux)."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid = struct.unpack("3i", raw)[0]
+    return pid if pid > 0 else None

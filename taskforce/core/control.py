@@ -18,7 +18,8 @@ Actions and their arguments (``ControlRequested.args``):
   (nothing changed) on any error.
 - ``start``: ``{"tasks": [names]}``: end a stopping override (``off``,
   ``suspend``), or run a ``once``/``event`` task again.
-- ``restart``: ``{"task": name, "instance": n or None}``.
+- ``restart``: ``{"task": name, "instance": n or None}``; the task may be
+  given as a slot, ``web[0]`` or ``web:0`` (see ``split_slot``).
 - ``signal``: ``{"task": name, "signal": "SIGHUP", "instance": n or None}``;
   sent to each live slot's process (not its group), as event actions are.
 - ``event``: ``{"name": name}``: fire the action of every in-scope task
@@ -237,6 +238,8 @@ def _assign(
         task = _find(sup, name)
         refusal, value = judge(task, args[name])
         if refusal is not None:
+            if task is None and refusal == "not found":
+                refusal = _missing(sup, name).partition(": ")[2]
             results.append((str(name), refusal))
             failed = True
         elif value is _UNCHANGED:
@@ -296,7 +299,7 @@ def _start(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
     for name in names:
         task = _find(sup, name)
         if task is None:
-            raise _Refused(404, f"{name}: not found")
+            raise _Refused(404, _missing(sup, name))
         tasks.append(task)
     results: list[tuple[str, str]] = []
     plan: list[tuple[TaskState, str | None]] = []
@@ -343,6 +346,47 @@ def _instance(task: TaskState, args: Mapping[str, Any]) -> int | None:
     return instance
 
 
+def split_slot(text: str) -> tuple[str, str] | None:
+    """``web[0]`` or ``web:0`` -> ("web", "0"); None for anything else.
+
+    Both spellings name a slot everywhere (tfctl, the control requests, a
+    simulate script); the caller prefers a task that is literally named so.
+    """
+    if text.endswith("]") and "[" in text:
+        name, _, rest = text[:-1].rpartition("[")
+    else:
+        name, _, rest = text.rpartition(":")
+    if name and _whole(rest) is not None:
+        return name, rest
+    return None
+
+
+def _slot_args(sup: Supervisor, args: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``args`` with a ``task`` of ``web[0]`` or ``web:0`` split into the
+    task and its ``instance`` (unless a task is named so)."""
+    raw = args.get("task")
+    if not isinstance(raw, str) or _find(sup, raw) is not None:
+        return args
+    parts = split_slot(raw)
+    if parts is None or _find(sup, parts[0]) is None:
+        return args
+    given = args.get("instance")
+    if given not in (None, "") and _text(given).strip() != parts[1]:
+        raise _Refused(400, f"{raw}: instance={_text(given)} names another slot")
+    return {**args, "task": parts[0], "instance": parts[1]}
+
+
+def _missing(sup: Supervisor, name: Any) -> str:
+    """Why ``name`` names no task, in one line."""
+    parts = split_slot(name) if isinstance(name, str) else None
+    if parts is not None and _find(sup, parts[0]) is not None:
+        return (
+            f"{name}: start, stop and control act on a whole task ({parts[0]}); "
+            "restart and signal take one slot"
+        )
+    return f"{name}: not found"
+
+
 def _task_arg(sup: Supervisor, args: Mapping[str, Any]) -> TaskState:
     name = args.get("task")
     if name is None or name == "":
@@ -354,6 +398,7 @@ def _task_arg(sup: Supervisor, args: Mapping[str, Any]) -> TaskState:
 
 
 def _restart(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
+    args = _slot_args(sup, args)
     task = _task_arg(sup, args)
     instance = _instance(task, args)
     name = task.spec.name
@@ -396,6 +441,7 @@ def task_word(task: TaskState) -> str:
 
 
 def _signal(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
+    args = _slot_args(sup, args)
     task = _task_arg(sup, args)
     raw = args.get("signal")
     if raw is None or raw == "":
