@@ -352,7 +352,8 @@ def serve(
     # Validate before detaching, so a bad config is reported to the user.
     problem, settings = check_config_quietly(args.config_file, roles_path)
     if problem is not None and not reexecuted:
-        print(f"taskforce: {problem}", file=sys.stderr)
+        for line in problem.split("\n"):  # every error, as -C prints them
+            print(f"taskforce: {line}", file=sys.stderr)
         return EXIT_BAD
     # --- who may do what: files private, secrets known before the first step
     args.secret_names = settings.get("secret_names")
@@ -385,7 +386,9 @@ def serve(
     if problem is not None:
         # Broken since the reset was asked for: exiting would leave nothing
         # supervising; the daemon waits for a config that loads.
-        log.error("after the re-exec: %s; waiting for a config that loads", problem)
+        for line in problem.split("\n"):
+            log.error("after the re-exec: %s", line)
+        log.error("after the re-exec: waiting for a config that loads")
     pidfile = Pidfile(pidfile_path) if pidfile_path else None
     if pidfile is not None:
         try:
@@ -417,12 +420,12 @@ def serve(
 def check_config_quietly(
     config_path: str, roles_path: str | None
 ) -> tuple[str | None, dict[str, Any]]:
-    """The config's first error (or None), and its settings."""
+    """The config's errors, one a line (or None), and its settings."""
     try:
         roles = load_roles(roles_path)
         config = load_config(config_path, roles=roles.names, role_values=roles.values)
     except ConfigError as exc:
-        return str(exc), {}
+        return "\n".join(exc.report()), {}
     except OSError as exc:
         return f"{exc.filename or config_path}: {exc.strerror or exc}", {}
     return None, dict(config.get("settings") or {})

@@ -92,6 +92,7 @@ def snapshot(core: Supervisor) -> dict[str, Any]:
             "control_override": task.control_override,
             "count_override": task.count_override,
             "waiting_on": list(task.waiting_on),
+            "checks": [task.check_runs, task.check_failures, task.check_timeouts],
         }
     return {
         "format": FORMAT,
@@ -109,6 +110,7 @@ def snapshot(core: Supervisor) -> dict[str, Any]:
         "heap": [list(entry) for entry in core._heap],
         "seq": core._seq,
         "generation": core._generation,
+        "runs": core._runs,
         "armed": core._armed,
         "leftovers": [
             [
@@ -142,6 +144,7 @@ def restore(data: dict[str, Any]) -> Supervisor:
         task.control_override = saved["control_override"]
         task.count_override = saved["count_override"]
         task.waiting_on = tuple(saved["waiting_on"])
+        task.check_runs, task.check_failures, task.check_timeouts = saved.get("checks", (0, 0, 0))
         for slot_data in saved["slots"]:
             slot = Slot(task=name, instance=slot_data["instance"])
             LIFECYCLE.attach(slot)
@@ -166,6 +169,7 @@ def restore(data: dict[str, Any]) -> Supervisor:
     core._heap = [tuple(entry) for entry in data["heap"]]
     core._seq = data["seq"]
     core._generation = data["generation"]
+    core._runs = data.get("runs", 0)
     core._armed = data["armed"]
     for task_name, instance, pids, stopping, deadline, adopting in data.get("leftovers", ()):
         core.leftovers[(task_name, instance)] = Leftover(tuple(pids), stopping, deadline, adopting)
