@@ -524,7 +524,8 @@ def serve(
     # Validate before detaching, so a bad config is reported to the user.
     problem, config = check_config_quietly(args.config_file, roles_path)
     if problem is not None and not reexecuted:
-        print(f"taskforce: {problem}", file=sys.stderr)
+        for line in problem.split("\n"):  # every error, as -C prints them
+            print(f"taskforce: {line}", file=sys.stderr)
         return EXIT_BAD
     settings: dict[str, Any] = dict(config.get("settings") or {})
     if not reexecuted:
@@ -571,7 +572,9 @@ def serve(
     if problem is not None:
         # Broken since the reset was asked for: exiting would leave nothing
         # supervising; the daemon waits for a config that loads.
-        log.error("after the re-exec: %s; waiting for a config that loads", problem)
+        for line in problem.split("\n"):
+            log.error("after the re-exec: %s", line)
+        log.error("after the re-exec: waiting for a config that loads")
     pidfile = Pidfile(pidfile_path) if pidfile_path else None
     if pidfile is not None:
         try:
@@ -603,12 +606,12 @@ def serve(
 def check_config_quietly(
     config_path: str, roles_path: str | None
 ) -> tuple[str | None, dict[str, Any]]:
-    """The config's first error (or None), and the config."""
+    """The config's errors, one a line (or None), and the config."""
     try:
         roles = load_roles(roles_path)
         config = load_config(config_path, roles=roles.names, role_values=roles.values)
     except ConfigError as exc:
-        return str(exc), {}
+        return "\n".join(exc.report()), {}
     except OSError as exc:
         return f"{exc.filename or config_path}: {exc.strerror or exc}", {}
     return None, dict(config)

@@ -87,6 +87,8 @@ TASK_KEYS = (
     "time_limit",
     "stop_timeout",
     "check_interval",
+    "check_timeout",
+    "check_failures",
     "user",
     "group",
     "cwd",
@@ -187,6 +189,10 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         return self._render()
+
+    def report(self) -> list[str]:
+        """Every problem of this pass, one line each, in file order."""
+        return [error._render() for error in self.errors]
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (ConfigError, (self.file, self.line, self.path, self.message, self.hint))
@@ -701,6 +707,16 @@ class _Checker:
             return MAX_COUNT
         return value
 
+    def at_least_one(self, value: Any, path: KeyPath) -> Any:
+        """A whole number >= 1 (or a ``{tag}`` the core expands)."""
+        if isinstance(value, str) and "{" in value:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.type_error(path, value, "a whole number >= 1", quote=False)
+        elif value < 1:
+            self.error(path, f"must be at least 1, got {value}")
+        return value
+
     def role_name(self, value: Any, path: KeyPath) -> Any:
         value = self.text(value, path, what="a role name")
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -1056,6 +1072,12 @@ class _Checker:
                 out[key] = self.names(value, sub, name, "requires")
             elif key in ("start_delay", "time_limit", "stop_timeout", "check_interval"):
                 out[key] = self.conditional(value, sub, self.number, multi=False)
+            elif key == "check_timeout":
+                out[key] = self.conditional(
+                    value, sub, lambda v, p: self.number(v, p, positive=True), multi=False
+                )
+            elif key == "check_failures":
+                out[key] = self.conditional(value, sub, self.at_least_one, multi=False)
             elif key == "count":
                 out[key] = self.conditional(value, sub, self.count, multi=False)
             elif key in ("user", "group"):

@@ -73,7 +73,9 @@ class Daemon:
         self.signals = signals.Signals()
         #: the processes the core spawned, by pid: the slot each leads
         self.leaders: dict[int, tracking.Slot] = {}
-        self.commands: dict[int, tuple[str, str, int]] = {}
+        #: commands run by ``RunCommand`` that have not ended: (task, name,
+        #: instance, run) by pid (each leads its own process group)
+        self.commands: dict[int, tuple[str, str, int, int]] = {}
         self.exec_reports: dict[int, int] = {}
         self.exec_errors: dict[int, str] = {}
         #: slots whose leader is gone while the rest of them drains, by leader pid
@@ -158,7 +160,13 @@ class Daemon:
                 roles = Roles(self.core.roles, dict(self.core.role_values))
             config = load_config(self.config_path, roles=roles.names, role_values=roles.values)
         except ConfigError as exc:
-            return ev.ConfigRejected(at=time.monotonic(), source=source, error=str(exc))
+            errors = tuple(exc.report())
+            return ev.ConfigRejected(
+                at=time.monotonic(),
+                source=source,
+                error=errors[0],
+                errors=errors if len(errors) > 1 else (),
+            )
         except OSError as exc:
             where = exc.filename or self.config_path
             error = f"{where}: {exc.strerror or exc}"
@@ -296,8 +304,12 @@ class Daemon:
                     self.tracker.watch_empty(slot)
                 self.feed(ev.ProcessExited(now, pid, code, signame, group_alive=alive, error=error))
             elif pid in self.commands:
-                task, name, instance = self.commands.pop(pid)
-                self.feed(ev.CommandExited(now, task, name, pid, code, signame, instance=instance))
+                task, name, instance, run = self.commands.pop(pid)
+                self.feed(
+                    ev.CommandExited(
+                        now, task, name, pid, code, signame, instance=instance, run=run
+                    )
+                )
             # Anything else is an orphan we adopted as subreaper: reaped, done.
         if self.draining:
             self._check_draining()
@@ -373,17 +385,18 @@ class Daemon:
             self.feed(ev.StopRequested(time.monotonic(), reset=True, reason=reason))
             return True
         loaded = self.load_inputs("reset")
-        error = None
+        errors: tuple[str, ...] = ()
         if isinstance(loaded, ev.ConfigRejected):
-            error = loaded.error
+            errors = loaded.errors or (loaded.error,)
         elif isinstance(loaded, ev.ConfigLoaded) and loaded.roles_missing is not None:
             # Started again, taskforce would refuse to run (-r PATH) or run
             # every task (a default path): keep what runs instead.
-            error = f"roles file {loaded.roles_missing} not found"
-        if error is not None:
+            errors = (f"roles file {loaded.roles_missing} not found",)
+        if errors:
+            refused = tuple(f"reset refused, {error}; nothing was stopped" for error in errors)
             self.feed(
                 ev.ConfigRejected(
-                    loaded.at, "reset", f"reset refused, {error}; nothing was stopped"
+                    loaded.at, "reset", refused[0], refused if len(refused) > 1 else ()
                 )
             )
             return False
@@ -448,6 +461,8 @@ class Daemon:
             log.log(_LOG_LEVELS.get(effect.level, logging.INFO), "%s%s", prefix, effect.message)
         elif isinstance(effect, fx.RunCommand):
             return self._run_command(effect)
+        elif isinstance(effect, fx.StopCommand):
+            self._stop_command(effect)
         elif isinstance(effect, fx.Watch):
             self.watcher.watch(effect)
         elif isinstance(effect, fx.Unwatch):
@@ -554,9 +569,18 @@ class Daemon:
                 None,
                 str(exc),
                 instance=effect.instance,
+                run=effect.run,
             )
-        self.commands[pid] = (effect.task, effect.name, effect.instance)
+        self.commands[pid] = (effect.task, effect.name, effect.instance, effect.run)
         return None
+
+    def _stop_command(self, effect: fx.StopCommand) -> None:
+        # Only while its leader is not reaped: until then the group id is
+        # still its own and cannot name anyone else's group.
+        for pid, (task, _, instance, run) in self.commands.items():
+            if (task, instance, run) == (effect.task, effect.instance, effect.run):
+                process.send_signal(pid, effect.signal, group=True)
+                return
 
     def emergency_stop(self) -> None:
         """The loop itself failed: leave nothing running behind us."""

@@ -29,6 +29,10 @@ Contract kept with the core (the shell's contract, made exact):
 - after ``crash`` (taskforce SIGKILLed and started again) the processes of
   the old incarnation are reported by ``LeftoversFound`` slot by slot, a
   ``StopLeftover`` signals them, and ``LeftoverGone`` follows the last one;
+- a ``RunCommand`` ends ``command_durations`` seconds after it started (at
+  once by default; never, for ``HANG``), and ``CommandExited`` says so; a
+  ``StopCommand`` kills it at once if it still runs (every run, with when
+  it started and ended, is kept in ``runs``);
 - there is one timer: each ``ArmTimer`` replaces it, and it is fed back as
   ``TimerFired`` when ``advance`` reaches it (or at once when it is already
   due); ``stall`` lets the clock run on without it, as a busy shell would.
@@ -88,6 +92,25 @@ _KEEP: Any = object()
 FIRST_PID = 1000
 #: The uid a pidfile written by a task with a ``user`` (or a forged one) has.
 NOBODY = 65534
+
+
+#: A command duration that never ends by itself: only a ``StopCommand`` ends it.
+HANG = float("inf")
+
+
+@dataclass
+class FakeCommand:
+    """One run of a task's command (``RunCommand``): its pid, when it
+    started, when it will end by itself (``HANG``: never), and when it did
+    end (None: it still runs) and how (``killed_by``)."""
+
+    pid: int
+    effect: fx.RunCommand
+    started_at: float
+    ends_at: float
+    exit_code: int
+    ended_at: float | None = None
+    killed_by: str | None = None
 
 
 class Delivery(NamedTuple):
@@ -265,6 +288,10 @@ class Simulation:
         self.watched_pids: set[int] = set()
         #: exit code of each (task, command name) run by a RunCommand (default 0)
         self.command_codes: dict[tuple[str, str], int] = {}
+        #: how long each (task, command name) runs (default 0: it ends at once)
+        self.command_durations: dict[tuple[str, str], float] = {}
+        #: every command run, by pid
+        self.runs: dict[int, FakeCommand] = {}
         self.finished: fx.Exit | None = None
         self.log: list[Step] = []
         self.logs: list[tuple[float, fx.Log]] = []
@@ -411,6 +438,10 @@ class Simulation:
         self.finished = None
         self.watches = {}
         self.watched_pids = set()
+        for run in self.runs.values():
+            if run.ended_at is None:
+                # Not modelled after a crash: init reaps them, no one is told.
+                run.ended_at = self.now
         self._urgent.clear()
         self._queue.clear()
         found: dict[tuple[str, int], list[int]] = {}
@@ -481,13 +512,54 @@ class Simulation:
             raise ValueError("time only moves forward")
         target = self.now + seconds
         self._drain()
-        while self.timer is not None and self.timer <= target and not self.finished:
-            self.now = max(self.now, self.timer)
-            self.timer = None
-            self._queue.append(ev.TimerFired(at=self.now))
+        while True:
+            ending = self._next_command_end()
+            if self.finished or self.timer is None:
+                due = ending
+            else:
+                due = self.timer if ending is None else min(self.timer, ending)
+            if due is None or due > target:
+                break
+            self.now = max(self.now, due)
+            if ending is not None and ending <= self.now:
+                self._end_commands()
+            if self.timer is not None and self.timer <= self.now and not self.finished:
+                self.timer = None
+                self._queue.append(ev.TimerFired(at=self.now))
             self._drain()
         self.now = target
         self._write_due_pidfiles()
+
+    def _next_command_end(self) -> float | None:
+        ends = [run.ends_at for run in self.runs.values() if run.ended_at is None]
+        due = min(ends, default=HANG)
+        return None if due == HANG else due
+
+    def _end_commands(self) -> None:
+        """Commands whose time has come end by themselves, in pid order."""
+        for _, run in sorted(self.runs.items()):
+            if run.ended_at is None and run.ends_at <= self.now:
+                run.ended_at = self.now
+                self._queue.append(self._command_exited(run, exit_code=run.exit_code))
+
+    def _command_exited(
+        self, run: FakeCommand, exit_code: int | None = None, signal: str | None = None
+    ) -> ev.CommandExited:
+        effect = run.effect
+        return ev.CommandExited(
+            at=self.now,
+            task=effect.task,
+            name=effect.name,
+            pid=run.pid,
+            exit_code=exit_code,
+            signal=signal,
+            instance=effect.instance,
+            run=effect.run,
+        )
+
+    def running_commands(self) -> list[FakeCommand]:
+        """Commands that have not ended, by pid."""
+        return [run for _, run in sorted(self.runs.items()) if run.ended_at is None]
 
     def stall(self, seconds: float) -> None:
         """The shell is busy: the clock moves on and nothing is delivered.
@@ -507,12 +579,17 @@ class Simulation:
         """
         limit = self.now + max_time
         self._drain()
-        while self.timer is not None and not self.finished:
-            if self.timer > limit:
+        while True:
+            ending = self._next_command_end()
+            due = self.timer if not self.finished else None
+            if ending is not None:
+                due = ending if due is None else min(due, ending)
+            if due is None:
+                return True
+            if due > limit:
                 self.advance(limit - self.now)
                 return False
-            self.advance(max(0.0, self.timer - self.now))
-        return True
+            self.advance(max(0.0, due - self.now))
 
     # ------------------------------------------------------------- queries
 
@@ -667,16 +744,21 @@ class Simulation:
             self.commands.append((self.now, effect))
             pid = self._allocate_pid()
             code = self.command_codes.get((effect.task, effect.name), 0)
-            self._queue.append(
-                ev.CommandExited(
-                    at=self.now,
-                    task=effect.task,
-                    name=effect.name,
-                    pid=pid,
-                    exit_code=code,
-                    instance=effect.instance,
-                )
-            )
+            duration = self.command_durations.get((effect.task, effect.name), 0.0)
+            run = FakeCommand(pid, effect, self.now, self.now + duration, code)
+            self.runs[pid] = run
+            if duration <= 0:
+                run.ended_at = self.now
+                self._queue.append(self._command_exited(run, exit_code=code))
+        elif isinstance(effect, fx.StopCommand):
+            for run in self.running_commands():
+                key = (run.effect.task, run.effect.instance, run.effect.run)
+                if key == (effect.task, effect.instance, effect.run):
+                    # (Every command is killed by any signal here: the core
+                    # sends only SIGKILL.)
+                    run.ended_at = self.now
+                    run.killed_by = effect.signal
+                    self._queue.append(self._command_exited(run, signal=effect.signal))
         elif isinstance(effect, fx.Watch):
             self.watches[effect.key] = effect
         elif isinstance(effect, fx.Unwatch):

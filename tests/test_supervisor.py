@@ -27,6 +27,7 @@ from taskforce.core.model import PER_PROCESS_KEYS
 from taskforce.core.supervisor import Supervisor
 from taskforce.simulator import (
     DAEMONIZE,
+    HANG,
     IGNORE_TERM,
     NOBODY,
     STUBBORN_WRAPPER,
@@ -694,6 +695,103 @@ def test_a_check_is_not_run_without_a_check_command() -> None:
     sim = boot(config(svc=task("/usr/sbin/svc", check_interval=1)))
     sim.advance(10)
     assert not sim.commands
+
+
+def test_a_hung_check_is_killed_at_its_timeout_and_counts_as_a_failure() -> None:
+    """Issue 13: a check that never ends used to hold the slot's checks
+    for ever (no further check, no restart).  At check_timeout it is
+    killed (its process group) and counted as failed."""
+    sim = boot(config(svc=checked(check_interval=10, check_timeout=3)))
+    first = pid_of(sim, "svc")
+    sim.command_durations[("svc", "check")] = HANG
+    sim.advance(10)
+    assert [run.pid for run in sim.running_commands()]
+    sim.advance(3)
+    assert not sim.running_commands()
+    (run,) = sim.runs.values()
+    assert run.killed_by == "SIGKILL" and run.ended_at == T0 + 13
+    assert pid_of(sim, "svc") != first
+    assert any("health check timed out after 3s" in m for m in sim.messages())
+    counters = sim.core.counters
+    assert (counters["check_runs"], counters["check_failures"], counters["check_timeouts"]) == (
+        1,
+        1,
+        1,
+    )
+    assert_contract(sim)
+
+
+def test_the_default_check_timeout_is_the_check_interval() -> None:
+    sim = boot(config(svc=checked(check_interval=10)))
+    sim.command_durations[("svc", "check")] = HANG
+    sim.advance(19.9)
+    assert sim.running_commands()
+    sim.advance(0.1)
+    assert not sim.running_commands()
+    assert sim.core.counters["check_timeouts"] == 1
+
+
+def test_a_slot_restarts_only_after_check_failures_in_a_row() -> None:
+    sim = boot(config(svc=checked(check_interval=10, check_failures=3)))
+    first = pid_of(sim, "svc")
+    sim.command_codes[("svc", "check")] = 1
+    sim.advance(25)  # two failures
+    assert pid_of(sim, "svc") == first
+    assert any("1 of 3 failures before a restart" in m for m in sim.messages("warning"))
+    sim.command_codes[("svc", "check")] = 0
+    sim.advance(10)  # a pass resets the streak
+    assert any("health check passed after 2 failures" in m for m in sim.messages())
+    sim.command_codes[("svc", "check")] = 1
+    sim.advance(20)  # two more: still not three in a row
+    assert pid_of(sim, "svc") == first
+    sim.advance(10)
+    assert pid_of(sim, "svc") != first
+    assert any("health check exited 1 (3 in a row)" in m for m in sim.messages())
+    assert sim.core.tasks["svc"].check_failures == 5
+    assert_contract(sim)
+
+
+def test_a_running_check_is_killed_when_its_slot_stops_or_taskforce_exits() -> None:
+    sim = boot(config(svc=checked(check_interval=10, check_timeout=100), other=task()))
+    sim.command_durations[("svc", "check")] = HANG
+    sim.advance(10)
+    assert sim.running_commands()
+    changed = checked(check_interval=10, check_timeout=100, defines={"V": "2"})
+    sim.reload(config(svc=changed, other=task()))
+    assert not sim.running_commands(), "its slot restarted: the check went with it"
+    sim.advance(10)
+    assert sim.running_commands()
+    sim.request_stop()
+    sim.settle()
+    assert sim.finished is not None
+    assert not sim.running_commands()
+    assert all(run.killed_by == "SIGKILL" for run in sim.runs.values())
+    assert_contract(sim)
+
+
+def test_a_running_check_is_killed_at_shutdown() -> None:
+    sim = boot(config(svc=checked(check_interval=10, check_timeout=100)))
+    sim.command_durations[("svc", "check")] = HANG
+    sim.advance(10)
+    assert sim.running_commands()
+    sim.request_stop()
+    assert not sim.running_commands()
+    sim.settle()
+    assert sim.finished is not None
+
+
+def test_a_late_answer_of_a_killed_check_is_ignored() -> None:
+    """The kill and the check's own exit can cross: the exit of a run
+    already judged must not be judged again."""
+    sim = boot(config(svc=checked(check_interval=10, check_timeout=2, check_failures=2)))
+    sim.command_durations[("svc", "check")] = HANG
+    sim.advance(12)
+    run = next(iter(sim.runs.values()))
+    sim.core.handle(
+        ev.CommandExited(at=sim.now, task="svc", name="check", pid=run.pid, exit_code=1, run=1)
+    )
+    assert sim.core.tasks["svc"].check_failures == 1
+    assert sim.core.slot("svc", 0).check_fails == 1
 
 
 # ---------------------------------------------- after a crash of taskforce

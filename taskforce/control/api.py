@@ -467,15 +467,15 @@ def _reload(server: ControlServer, request: Request, params: Params) -> Response
     def finish(loaded: object) -> Response:
         assert isinstance(loaded, ev.Event)
         event = daemon.apply_loaded(loaded)
+        body = "Taskforce config reload initiated\n"
         if isinstance(event, ev.ConfigRejected):
-            outcome = "rejected: " + _header_value(event.error)
+            errors = event.errors or (event.error,)
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            outcome = "rejected: " + _header_value(errors[0]) + more
+            body += "".join(f"{error}\n" for error in errors)
         else:
             outcome = "applied"
-        return text(
-            202,
-            "Taskforce config reload initiated\n",
-            headers=[("X-Taskforce-Reload", outcome)],
-        )
+        return text(202, body, headers=[("X-Taskforce-Reload", outcome)])
 
     return Deferred(lambda: daemon.load_inputs("request"), finish)
 

@@ -106,9 +106,12 @@ class WatchProcess(Effect):
 
 @dataclass(frozen=True)
 class RunCommand(Effect):
-    """Run a task's named command once (an event action), not supervised.
+    """Run a task's named command once (an event action, or a health check),
+    in a process group of its own; not supervised.
 
-    Answered by ``CommandExited`` when it ends.
+    Answered by ``CommandExited`` (with the same ``run``) when it ends.
+    ``run`` numbers a health check's run so that the core can end it
+    (``StopCommand``) and know its answer from a late one; 0 for others.
     """
 
     task: str
@@ -119,6 +122,21 @@ class RunCommand(Effect):
     cwd: str | None = None
     user: str | None = None
     group: str | None = None
+    run: int = 0
+
+
+@dataclass(frozen=True)
+class StopCommand(Effect):
+    """Send ``signal`` to the process group of command ``run`` (see
+    ``RunCommand``), if it has not ended yet; nothing if it has.
+
+    Its ``CommandExited`` follows as for any command.
+    """
+
+    task: str
+    instance: int
+    run: int
+    signal: str = "SIGKILL"
 
 
 @dataclass(frozen=True)
@@ -190,6 +208,7 @@ EFFECT_TYPES: dict[str, type[Effect]] = {
         ReadPidfile,
         WatchProcess,
         RunCommand,
+        StopCommand,
         Watch,
         Unwatch,
         ArmTimer,

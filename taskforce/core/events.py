@@ -59,10 +59,16 @@ class ConfigLoaded(Event):
 
 @dataclass(frozen=True)
 class ConfigRejected(Event):
-    """A config or roles file failed to load; nothing that runs may change."""
+    """A config or roles file failed to load; nothing that runs may change.
+
+    ``error`` is the first problem found; ``errors`` every one of them, in
+    file order (empty in logs recorded before it was reported: then
+    ``error`` is all there is).
+    """
 
     source: str = ""
     error: str = ""
+    errors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -167,7 +173,10 @@ class LeftoverGone(Event):
 
 @dataclass(frozen=True)
 class CommandExited(Event):
-    """A helper command run by a ``RunCommand`` effect finished."""
+    """A helper command run by a ``RunCommand`` effect finished.
+
+    ``run`` is the ``RunCommand``'s (0 for commands that have none).
+    """
 
     task: str = ""
     name: str = ""
@@ -176,6 +185,7 @@ class CommandExited(Event):
     signal: str | None = None
     error: str = ""
     instance: int = 0
+    run: int = 0
 
 
 @dataclass(frozen=True)

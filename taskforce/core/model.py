@@ -62,6 +62,8 @@ CLEAN_ENVIRONMENT_KEEPS = ("PATH",)
 
 #: Seconds between health checks when a task has ``commands.check``.
 DEFAULT_CHECK_INTERVAL = 30.0
+#: Failed health checks in a row that restart a slot (1: the first one).
+DEFAULT_CHECK_FAILURES = 1
 
 #: Built-ins that only the shell knows, per process, when it starts one (see
 #: ``process.start``): never part of a spec, so they never cause a restart.
@@ -160,6 +162,11 @@ class TaskSpec:
     restart_action: Action | None
     onexit: tuple[tuple[str, str], ...]
     search_path: str = ""
+    #: seconds a health check may run before it is killed and counted as
+    #: failed (by default its ``check_interval``: it never runs into the next)
+    check_timeout: float | None = None
+    #: failed health checks in a row that restart the slot
+    check_failures: int = DEFAULT_CHECK_FAILURES
 
     def process(self, instance: int) -> ProcessSpec:
         """The spec of slot ``instance`` (slots beyond the built ones reuse the last)."""
@@ -315,6 +322,17 @@ def _number(value: Any, ctx: Mapping[str, str | None], default: float | None) ->
         return None if text is None else float(text)
     except ValueError:
         raise ContextError(f"expected a number, got {text!r}") from None
+
+
+def _whole(value: Any, ctx: Mapping[str, str | None], default: int) -> int:
+    raw = resolve_one(value, ctx, default)
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    text = expand(as_text(raw) or "", ctx) or ""
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ContextError(f"expected a whole number, got {text!r}") from None
 
 
 _SIZE = re.compile(r"\s*(\d+)\s*(?:([kmgt])(?:i?b)?)?\s*\Z", re.IGNORECASE)
@@ -486,9 +504,20 @@ def _build_task(
     start_delay = _number(task.get("start_delay"), ctx, 0.0) or 0.0
     time_limit = _number(task.get("time_limit"), ctx, None) or None
     stop_timeout = _number(task.get("stop_timeout"), ctx, settings.stop_timeout)
-    check_interval = None
+    check_interval = check_timeout = None
+    check_failures = DEFAULT_CHECK_FAILURES
     if "check" in task["commands"]:
         check_interval = _number(task.get("check_interval"), ctx, DEFAULT_CHECK_INTERVAL)
+        try:
+            check_timeout = _number(task.get("check_timeout"), ctx, check_interval)
+        except ContextError as exc:
+            raise SpecError(("check_timeout",), str(exc)) from None
+        try:
+            check_failures = _whole(task.get("check_failures"), ctx, DEFAULT_CHECK_FAILURES)
+        except ContextError as exc:
+            raise SpecError(("check_failures",), str(exc)) from None
+        if check_failures < 1:
+            raise SpecError(("check_failures",), f"must be at least 1, got {check_failures}")
     processes = []
     settings_output = (config.get("settings") or {}).get("output")
     for instance in range(max(count, 1)):
@@ -547,6 +576,8 @@ def _build_task(
         restart_action=restart_action,
         onexit=tuple(onexit),
         search_path=processes[0].env.get("PATH", ""),
+        check_timeout=check_timeout or None,
+        check_failures=check_failures,
     )
 
 

@@ -48,6 +48,7 @@ SAVED = frozenset(
         "_heap",
         "_seq",
         "_generation",
+        "_runs",
         "_armed",
         "leftovers",
     }
@@ -143,6 +144,7 @@ def snapshot(core: Supervisor) -> dict[str, Any]:
         "heap": [list(entry) for entry in core._heap],
         "seq": core._seq,
         "generation": core._generation,
+        "runs": core._runs,
         "armed": core._armed,
         "leftovers": [
             [task, instance, *(_plain(getattr(leftover, field)) for field in _LEFTOVER_FIELDS)]
@@ -193,6 +195,7 @@ def restore(data: dict[str, Any]) -> Supervisor:
     core._heap = [tuple(entry) for entry in data["heap"]]
     core._seq = data["seq"]
     core._generation = data["generation"]
+    core._runs = data.get("runs", 0)
     core._armed = data["armed"]
     for task_name, instance, *fields in data.get("leftovers", ()):
         core.leftovers[(task_name, instance)] = Leftover(*(_object(value) for value in fields))

@@ -223,6 +223,15 @@ _COUNTERS = (
     ("spawn_failures", "taskforce_spawn_failures_total", "Processes that failed to start."),
     ("reloads", "taskforce_reloads_total", "Configs or roles applied after the first."),
     ("reload_errors", "taskforce_reload_errors_total", "Configs or roles rejected."),
+    ("check_runs", "taskforce_check_runs_total", "Health checks run."),
+    ("check_failures", "taskforce_check_failures_total", "Health checks failed (timeouts too)."),
+    ("check_timeouts", "taskforce_check_timeouts_total", "Health checks killed at check_timeout."),
+)
+#: per task, for the tasks that have a health check
+_TASK_CHECK_COUNTERS = (
+    ("check_runs", "taskforce_task_check_runs_total", "Health checks run, by task."),
+    ("check_failures", "taskforce_task_check_failures_total", "Health checks failed, by task."),
+    ("check_timeouts", "taskforce_task_check_timeouts_total", "Health checks timed out, by task."),
 )
 
 
@@ -262,6 +271,12 @@ def metrics_text(sup: Supervisor, extra: Mapping[str, float] | None = None) -> s
     for name in sorted(sup.tasks):
         running = sum(1 for slot in sup.tasks[name].slots if slot.state is S.RUNNING)
         lines.append(f'taskforce_task_running{{task="{_label(name)}"}} {running}')
+    checked = [name for name in sorted(sup.tasks) if sup.tasks[name].spec.check_interval]
+    for attribute, metric, text in _TASK_CHECK_COUNTERS:
+        family(metric, "counter", text)
+        for name in checked:
+            value = getattr(sup.tasks[name], attribute)
+            lines.append(f'{metric}{{task="{_label(name)}"}} {value}')
     family("taskforce_stopping", "gauge", "1 while taskforce is stopping every task.")
     lines.append(f"taskforce_stopping {1 if sup.shutdown else 0}")
     for metric in sorted(extra or {}):

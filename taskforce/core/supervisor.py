@@ -73,6 +73,10 @@ class Slot:
     adopt_checked: bool = False
     #: when the current pidfile wait gives up
     pidfile_deadline: float = 0.0
+    #: the health check running now (its ``RunCommand.run``; None: none)
+    check_run: int | None = None
+    #: health checks of this process that failed in a row
+    check_fails: int = 0
 
     @property
     def live(self) -> bool:
@@ -110,6 +114,10 @@ class TaskState:
     control_override: str | None = None
     count_override: int | None = None
     waiting_on: tuple[str, ...] = ()
+    #: health checks run, failed and timed out (for /metrics)
+    check_runs: int = 0
+    check_failures: int = 0
+    check_timeouts: int = 0
 
     @property
     def control(self) -> str:
@@ -160,6 +168,51 @@ def _spec_diff(old: ProcessSpec, new: ProcessSpec) -> str:
     return ", ".join(parts) or "spec"
 
 
+@dataclass
+class ReloadNote:
+    """What one applied reload changed, for its one summary line."""
+
+    source: str
+    changed: list[str]
+    added: list[str]
+    removed: list[str]
+    #: slots restarted, started and stopped by it (counted while it converges)
+    counting: bool = False
+    restarted: int = 0
+    started: int = 0
+    stopped: int = 0
+
+    def line(self) -> str:
+        def names(items: list[str]) -> str:
+            shown = ", ".join(items[:5]) + (", ..." if len(items) > 5 else "")
+            return f"({shown})"
+
+        tasks = []
+        if self.changed:
+            noun = "task" if len(self.changed) == 1 else "tasks"
+            tasks.append(f"{len(self.changed)} {noun} changed {names(self.changed)}")
+        if self.added:
+            tasks.append(f"{len(self.added)} added {names(self.added)}")
+        if self.removed:
+            tasks.append(f"{len(self.removed)} removed {names(self.removed)}")
+        slots = [
+            f"{count} {what}"
+            for count, what in (
+                (self.restarted, "restarted"),
+                (self.started, "started"),
+                (self.stopped, "stopped"),
+            )
+            if count
+        ]
+        if slots:
+            noun = "slot" if (self.restarted or self.started or self.stopped) == 1 else "slots"
+            first, _, rest = slots[0].partition(" ")
+            slots[0] = f"{first} {noun} {rest}"
+        done = ", ".join(slots) if slots else "no process started, stopped or restarted"
+        what = ", ".join(tasks) if tasks else "no task changed"
+        return f"reload ({self.source}): {what}; {done}"
+
+
 class Supervisor:
     """The pure core.  Feed it events with ``handle``; perform what it returns."""
 
@@ -183,7 +236,9 @@ class Supervisor:
             "spawn_failures": 0,
             "reloads": 0,
             "reload_errors": 0,
+            "check_runs": 0,
             "check_failures": 0,
+            "check_timeouts": 0,
         }
         #: what an earlier taskforce left running, by (task, instance); a
         #: slot with a leftover waits until it is gone
@@ -193,10 +248,14 @@ class Supervisor:
         self._heap: list[tuple[float, int, str, int, int, str]] = []
         self._seq = 0
         self._generation = 0
+        #: the last health check run number given out
+        self._runs = 0
         self._armed: float | None = None
         self._out: list[fx.Effect] = []
         self._dirty: set[str] = set()
         self._all_dirty = True
+        #: the reload being applied by the current event (see ``handle``)
+        self._reload: ReloadNote | None = None
 
     # ------------------------------------------------------------------ API
 
@@ -212,7 +271,14 @@ class Supervisor:
             self._touch_for(event)
             _HANDLERS[type(event)](self, event)
             self._run_due_timers()
+            reload = self._reload
+            if reload is not None:
+                reload.counting = True
             self._converge()
+            if reload is not None:
+                # One line for what a reload did, from what converging on it did.
+                self._reload = None
+                self._log("info", reload.line())
             self._arm_timer()
         out, self._out = tuple(self._out), []
         return out
@@ -274,15 +340,31 @@ class Supervisor:
         if not first:
             self.counters["reloads"] += 1
         roles_changed = roles != self.roles
+        before = {name: task.spec for name, task in self.tasks.items() if not task.removed}
         self.config = dict(event.config)
         self.roles = roles
         self.role_values = dict(role_values)
         self.settings = settings_of(self.config)
         self._apply_specs(specs, roles_changed=roles_changed and not first, source=event.source)
+        if not first:
+            self._reload = ReloadNote(
+                event.source,
+                changed=sorted(n for n in specs if n in before and before[n] != specs[n]),
+                added=sorted(n for n in specs if n not in before),
+                removed=sorted(n for n in before if n not in specs),
+            )
 
     def _on_ConfigRejected(self, event: ev.ConfigRejected) -> None:
         self.counters["reload_errors"] += 1
-        self._log("error", f"{event.source}: {event.error}; nothing was changed")
+        errors = event.errors or (event.error,)
+        if len(errors) == 1:
+            self._log("error", f"{event.source}: {errors[0]}; nothing was changed")
+            return
+        # Every problem, one line each (as -C prints them), so one edit
+        # fixes them all; then what became of it.
+        for error in errors:
+            self._log("error", f"{event.source}: {error}")
+        self._log("error", f"{event.source}: {len(errors)} errors; nothing was changed")
 
     def _on_ProcessStarted(self, event: ev.ProcessStarted) -> None:
         slot = self.slot(event.task, event.instance)
@@ -326,6 +408,7 @@ class Supervisor:
             self._launcher_exited(slot, event)
             return
         self.counters["exits"] += 1
+        self._end_check(slot)
         if event.group_alive:
             LIFECYCLE.fire(slot, "leader_exited")
             if "kill" not in slot.timers:
@@ -553,17 +636,73 @@ class Supervisor:
         self._log(level, f"{event.task}: command {event.name!r} {outcome}", event.task)
 
     def _check_done(self, event: ev.CommandExited, failed: bool, outcome: str) -> None:
-        """A health check ended: restart the slot if it failed, else check again later."""
+        """A health check ended by itself: judge it."""
         slot = self.slot(event.task, event.instance)
         task = self.tasks.get(event.task)
         if slot is None or task is None or slot.state is not S.RUNNING:
             return  # the slot moved on while the check ran
+        if event.run != slot.check_run:
+            return  # a run already judged (timed out, or its slot restarted)
+        slot.check_run = None
+        slot.timers.pop("check_timeout", None)
         self._touch(event.task)
+        self._check_judged(task, slot, failed, outcome)
+
+    def _start_check(self, task: TaskState, slot: Slot) -> None:
+        """Run the slot's health check, with its deadline."""
+        self._runs += 1
+        slot.check_run = self._runs
+        task.check_runs += 1
+        self.counters["check_runs"] += 1
+        self._run_command(task, "check", slot.instance, run=self._runs)
+        if task.spec.check_timeout:
+            self._set_timer(slot, "check_timeout", self.now + task.spec.check_timeout)
+
+    def _check_timed_out(self, task: TaskState, slot: Slot) -> None:
+        """A health check ran past ``check_timeout``: kill it, count a failure."""
+        if slot.check_run is None:
+            return
+        task.check_timeouts += 1
+        self.counters["check_timeouts"] += 1
+        self._end_check(slot)
+        self._check_judged(task, slot, True, f"timed out after {task.spec.check_timeout:g}s")
+
+    def _end_check(self, slot: Slot) -> None:
+        """Kill the slot's running health check, if any.  A check belongs to
+        its process: it must not outlive it, its stop, or taskforce."""
+        slot.timers.pop("check_timeout", None)
+        if slot.check_run is not None:
+            self._emit(fx.StopCommand(slot.task, slot.instance, slot.check_run, "SIGKILL"))
+            slot.check_run = None
+
+    def _check_judged(self, task: TaskState, slot: Slot, failed: bool, outcome: str) -> None:
+        """Restart the slot after ``check_failures`` failures in a row, else
+        check again after ``check_interval``."""
+        spec = task.spec
         if failed:
             self.counters["check_failures"] += 1
-            self._stop_slot(task, slot, "restart", f"restarted: health check {outcome}")
-        elif task.spec.check_interval:
-            self._set_timer(slot, "check", self.now + task.spec.check_interval)
+            task.check_failures += 1
+            slot.check_fails += 1
+            if slot.check_fails >= spec.check_failures:
+                streak = f" ({slot.check_fails} in a row)" if slot.check_fails > 1 else ""
+                self._stop_slot(task, slot, "restart", f"restarted: health check {outcome}{streak}")
+                return
+            self._log(
+                "warning",
+                f"{self._name(slot)}: health check {outcome} "
+                f"({slot.check_fails} of {spec.check_failures} failures before a restart)",
+                slot.task,
+            )
+        elif slot.check_fails:
+            self._log(
+                "info",
+                f"{self._name(slot)}: health check passed after {slot.check_fails} failure"
+                + ("s" if slot.check_fails > 1 else ""),
+                slot.task,
+            )
+            slot.check_fails = 0
+        if spec.check_interval and not self.shutdown:
+            self._set_timer(slot, "check", self.now + spec.check_interval)
 
     def _on_FileChanged(self, event: ev.FileChanged) -> None:
         name, _, index = event.key.partition("#")
@@ -592,6 +731,10 @@ class Supervisor:
             "reset: stopping every task, then restarting" if event.reset else "stopping every task"
         )
         self._log("info", f"{what} ({event.reason or 'requested'})")
+        for name in sorted(self.tasks):
+            for slot in self.tasks[name].slots:
+                slot.timers.pop("check", None)
+                self._end_check(slot)
         for key in sorted(self.leftovers):
             if self.leftovers[key].adopting:
                 # As an adopted daemon is at shutdown: left for the next one.
@@ -692,7 +835,7 @@ class Supervisor:
             for slot in task.slots:
                 self._stop_slot(task, slot, "restart", f"restarted: {why}")
 
-    def _run_command(self, task: TaskState, command: str, instance: int = 0) -> None:
+    def _run_command(self, task: TaskState, command: str, instance: int = 0, run: int = 0) -> None:
         spec = task.spec.process(instance)
         self._emit(
             fx.RunCommand(
@@ -704,6 +847,7 @@ class Supervisor:
                 cwd=spec.cwd,
                 user=spec.user,
                 group=spec.group,
+                run=run,
             )
         )
 
@@ -919,6 +1063,7 @@ class Supervisor:
                     task.spec.name,
                 )
                 LIFECYCLE.fire(slot, "abandon")
+                self._end_check(slot)
                 if slot.pid is not None:
                     self._by_pid.pop(slot.pid, None)
                 slot.pid = None
@@ -994,11 +1139,14 @@ class Supervisor:
             self.counters["restarts"] += 1
         elif not slot.reason:
             slot.reason = "started"
+        if self._reload is not None and self._reload.counting:
+            self._reload.started += 1
         LIFECYCLE.fire(slot, "spawn")
         self._generation += 1
         slot.generation = self._generation
         slot.spec = spec
         slot.intent = None
+        slot.check_fails = 0
         slot.phase = "launcher" if task.control in ("nowait", "adopt") and spec.pidfile else None
         slot.timers.clear()
         self._emit(
@@ -1031,8 +1179,14 @@ class Supervisor:
         LIFECYCLE.fire(slot, "stop")
         slot.intent = intent
         slot.reason = reason
+        if self._reload is not None and self._reload.counting:
+            if intent == "restart":
+                self._reload.restarted += 1
+            else:
+                self._reload.stopped += 1
         for purpose in ("ready", "limit", "check"):
             slot.timers.pop(purpose, None)
+        self._end_check(slot)
         use_restart = intent == "restart" or self.shutdown == "reset"
         action = (task.spec.restart_action if use_restart else None) or task.spec.stop_action
         name = task.spec.name
@@ -1048,6 +1202,7 @@ class Supervisor:
         self._log("info", f"{self._name(slot)} (pid {slot.pid}) {reason}", name)
 
     def _process_gone(self, slot: Slot, *, failed: bool = False) -> None:
+        self._end_check(slot)
         LIFECYCLE.fire(slot, "exited")
         assert slot.pid is not None
         self._by_pid.pop(slot.pid, None)
@@ -1184,8 +1339,16 @@ class Supervisor:
                 )
             elif purpose == "pidfile" and slot.state is S.PROBING:
                 self._read_pidfile(slot)
-            elif purpose == "check" and slot.state is S.RUNNING and "check" in task.spec.commands:
-                self._run_command(task, "check", slot.instance)
+            elif (
+                purpose == "check"
+                and slot.state is S.RUNNING
+                and "check" in task.spec.commands
+                and slot.check_run is None
+                and not self.shutdown
+            ):
+                self._start_check(task, slot)
+            elif purpose == "check_timeout" and slot.state is S.RUNNING:
+                self._check_timed_out(task, slot)
             elif purpose == "limit" and not self.shutdown:
                 # (At shutdown the stop order decides when it goes.)
                 if task.control in ("once", "event"):
