@@ -103,6 +103,7 @@ TASK_KEYS = (
     "umask",
     "limits",
     "environment",
+    "start_limit",
 )
 SETTINGS_KEYS = (
     "http",
@@ -116,6 +117,7 @@ SETTINGS_KEYS = (
     "output",
     "secret_names",
     "file_group",
+    "start_limit",
 )
 HTTP_KEYS = (
     "listen",
@@ -131,6 +133,7 @@ HTTP_KEYS = (
 )
 ALLOW_KEYS = ("status", "control")
 RECORD_KEYS = ("file", "max_bytes", "backups", "checkpoint_bytes")
+START_LIMIT_KEYS = ("burst", "interval")
 EVENT_TYPES = ("self", "file_change", "python", "stop", "restart", "external")
 EVENT_KEYS = ("type", "command", "signal", "path", "name")
 ONEXIT_KEYS = ("type", "task")
@@ -879,6 +882,9 @@ class _Checker:
             elif key == "file_group":
                 if item is not None:
                     out[key] = self.text(item, sub, what="a group name or number")
+            elif key == "start_limit":
+                if item is not None:
+                    out[key] = self.start_limit(item, sub, tags=False)
         low: Any = out.get("backoff_initial")
         high: Any = out.get("backoff_max")
         if _is_num(low) and _is_num(high) and high < low:
@@ -1066,6 +1072,8 @@ class _Checker:
                 out[key] = self.conditional(value, sub, self.umask, multi=False)
             elif key == "limits":
                 out[key] = self.limits(value, sub)
+            elif key == "start_limit":
+                out[key] = self.start_limit(value, sub)
             elif key == "environment":
                 out[key] = self.conditional(
                     value,
@@ -1184,6 +1192,33 @@ class _Checker:
                 out[name] = freeze(item)
             else:
                 out[name] = self.limit_value(item, sub)
+        return out
+
+    def start_limit(self, value: Any, path: KeyPath, *, tags: bool = True) -> Any:
+        """``{burst: 5, interval: 10}``: give up after ``burst`` starts within
+        ``interval`` seconds (either may be left out; 0 turns the limit off)."""
+        if not isinstance(value, dict):
+            self.type_error(path, value, "{burst: N, interval: SECONDS}", quote=False)
+            return freeze(value)
+        self.keys(value, path, START_LIMIT_KEYS, "start_limit")
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            sub = (*path, key)
+            if key not in START_LIMIT_KEYS:
+                continue
+            if item is None:
+                continue  # null means the default
+            if key == "burst" and not (tags and isinstance(item, str) and "{" in item):
+                if isinstance(item, bool) or not isinstance(item, int):
+                    self.type_error(sub, item, "a whole number >= 0", quote=False)
+                elif item < 0:
+                    self.error(sub, f"must be >= 0, got {item}")
+            elif key == "interval":
+                if not tags and isinstance(item, str) and "{" in item:
+                    self.error(sub, "settings take no {tags}")
+                    continue
+                self.number(item, sub, tags=tags)
+            out[key] = float(item) if isinstance(item, str) and _is_float(item) else item
         return out
 
     def limit_value(self, value: Any, path: KeyPath) -> Any:

@@ -91,6 +91,8 @@ def snapshot(core: Supervisor) -> dict[str, Any]:
             "run_requested": task.run_requested,
             "control_override": task.control_override,
             "count_override": task.count_override,
+            "control_override_at": task.control_override_at,
+            "count_override_at": task.count_override_at,
             "waiting_on": list(task.waiting_on),
         }
     return {
@@ -141,12 +143,15 @@ def restore(data: dict[str, Any]) -> Supervisor:
         task.run_requested = saved["run_requested"]
         task.control_override = saved["control_override"]
         task.count_override = saved["count_override"]
+        task.control_override_at = saved.get("control_override_at")
+        task.count_override_at = saved.get("count_override_at")
         task.waiting_on = tuple(saved["waiting_on"])
         for slot_data in saved["slots"]:
             slot = Slot(task=name, instance=slot_data["instance"])
             LIFECYCLE.attach(slot)
             for field in _SLOT_FIELDS:
-                setattr(slot, field, _object(slot_data[field]))
+                if field in slot_data:  # (a field newer than the snapshot keeps its default)
+                    setattr(slot, field, _object(slot_data[field]))
             slot.state = SlotState[slot_data["state"]]
             slot.spec = _object(slot_data["spec"])
             slot.timers = dict(slot_data["timers"])
@@ -157,7 +162,7 @@ def restore(data: dict[str, Any]) -> Supervisor:
     core._set_order(list(data["order"]))
     core.shutdown = data["shutdown"]
     core.exited = data["exited"]
-    core.counters = dict(data["counters"])
+    core.counters.update(data["counters"])
     core._watches = {}
     for key, watch in data["watches"].items():
         effect = decode(watch)
