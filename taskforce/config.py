@@ -38,6 +38,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -1686,6 +1687,49 @@ def check(
     _raise_all(errors)
     assert specs is not None
     return specs
+
+
+def program_warnings(
+    config: Mapping[str, Any],
+    source: str,
+    roles: Roles | tuple[str, ...] | None,
+    role_values: Mapping[str, str] | None = None,
+    facts: HostFacts | None = None,
+) -> list[ConfigError]:
+    """Each task in scope whose ``start`` program is missing here, or not
+    executable: found as the spawn finds it (through the task's ``PATH``,
+    or from its ``cwd`` for a relative path).  Warnings, not errors: the
+    config may be meant for another host, or the program installed later.
+    """
+    lines: Mapping[KeyPath, int] = getattr(config, "lines", {})
+    found = []
+    for name, spec in sorted(check(config, source, roles, role_values, facts).items()):
+        if not spec.in_scope:
+            continue
+        program = spec.process(0).argv[0]
+        path: KeyPath = ("tasks", name, "commands", "start")
+        if "/" in program:
+            cwd = spec.process(0).cwd
+            where = program if os.path.isabs(program) or not cwd else os.path.join(cwd, program)
+            if not os.path.isfile(where):
+                why = "does not exist"
+            elif not os.access(where, os.X_OK):
+                why = "is not executable"
+            else:
+                continue
+        elif shutil.which(program, path=spec.search_path or os.defpath) is None:
+            why = f"is not found in PATH ({spec.search_path or os.defpath})"
+        else:
+            continue
+        found.append(
+            ConfigError(
+                source,
+                line_of(lines, path),
+                format_path(path),
+                f"warning: program {program!r} {why} on this host",
+            )
+        )
+    return found
 
 
 # ---------------------------------------------------------------------------

@@ -185,7 +185,9 @@ def settings_of(config: Mapping[str, Any]) -> Settings:
     )
 
 
-def _start_limit(value: Any, ctx: Mapping[str, str | None], default: tuple[int, float]) -> tuple[int, float]:
+def _start_limit(
+    value: Any, ctx: Mapping[str, str | None], default: tuple[int, float]
+) -> tuple[int, float]:
     """A task's ``start_limit: {burst: N, interval: SECONDS}``; a key left
     out takes the default's (``settings.start_limit``)."""
     if value is None:
@@ -197,13 +199,17 @@ def _start_limit(value: Any, ctx: Mapping[str, str | None], default: tuple[int, 
     except ContextError as exc:
         raise SpecError(("start_limit", "burst"), str(exc)) from None
     if burst is None or burst < 0 or burst != int(burst):
-        raise SpecError(("start_limit", "burst"), f"burst must be a whole number >= 0, got {burst!r}")
+        raise SpecError(
+            ("start_limit", "burst"), f"burst must be a whole number >= 0, got {burst!r}"
+        )
     try:
         interval = _number(value.get("interval"), ctx, default[1])
     except ContextError as exc:
         raise SpecError(("start_limit", "interval"), str(exc)) from None
     if interval is None or not interval >= 0 or interval == float("inf"):
-        raise SpecError(("start_limit", "interval"), f"interval must be a number >= 0, got {interval!r}")
+        raise SpecError(
+            ("start_limit", "interval"), f"interval must be a number >= 0, got {interval!r}"
+        )
     return int(burst), float(interval)
 
 
