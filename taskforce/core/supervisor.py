@@ -1159,13 +1159,13 @@ class Supervisor:
             self._log("info", what, slot.task)
             LIFECYCLE.fire(slot, "finish")
             slot.reason = f"finished: {slot.last_exit}"
-        elif self._start_limit_hit(task, slot):
+        elif (failed or ran < self.settings.stable_after) and self._start_limit_hit(task, slot):
             burst, interval = task.spec.start_limit
             slot.reason = (
                 f"start limit hit: {burst} starts in {interval:g} s, last: {slot.last_exit}"
             )
             self._log(
-                "error",
+                "warning",
                 f"{what}; {slot.reason}; not restarting it until it is started again, "
                 "its config entry changes or its executable does",
                 slot.task,
@@ -1178,6 +1178,7 @@ class Supervisor:
             else:
                 self._log("warning", f"{what}; restarting", slot.task)
             slot.fails = 0
+            slot.starts = ()  # it ran stably: what came before is no crash loop
             slot.reason = slot.last_exit or "exited"
         else:
             slot.fails += 1
@@ -1203,7 +1204,8 @@ class Supervisor:
 
     def _start_limit_hit(self, task: TaskState, slot: Slot) -> bool:
         """Whether the slot was started ``burst`` times within ``interval``
-        seconds up to now (it just exited again): then it gives up.
+        seconds up to now, each start since its last stable run (it just
+        failed fast again): then it gives up.
 
         Measured when it exits, not when it would start again, so that the
         growing backoff cannot hide a crash loop from the limit.
