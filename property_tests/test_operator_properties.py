@@ -106,8 +106,23 @@ def test_an_override_survives_unrelated_edits(
     assert replay(sim.log) is None
 
 
-#: events that may let a failed slot start again
-TRIGGERS = (ev.ControlRequested, ev.ConfigLoaded, ev.FileChanged, ev.StopRequested)
+def _concerns(event: ev.Event, task: str, before: Any) -> bool:
+    """Whether ``event`` may let ``task``'s failed slot start again: a
+    request naming it, a config event that changed its entry, a change of
+    its own watched executable."""
+    if isinstance(event, ev.ControlRequested):
+        named = {str(key) for key in event.args} | {
+            str(item)
+            for value in event.args.values()
+            for item in (value if isinstance(value, (list, tuple)) else (value,))
+        }
+        return task in named
+    if isinstance(event, ev.ConfigLoaded):
+        return bool(event.config["tasks"].get(task) != before["tasks"].get(task))
+    if isinstance(event, ev.FileChanged):
+        return event.key.startswith(f"{task}#")
+    return False
+
 
 world = st.one_of(
     st.tuples(st.just("advance"), st.sampled_from((0.1, 0.5, 2.0, 11.0))),
@@ -159,12 +174,14 @@ def test_a_failed_slot_starts_again_only_on_a_trigger(
                         errors.append(f"t={s.now:g} {name} failed after {recent} starts")
                     failed.add(where)
                 elif effect.message.startswith(f"{name}: failed state cleared"):
-                    if not isinstance(event, TRIGGERS):
+                    if not _concerns(event, effect.task, before[0]):
                         errors.append(f"t={s.now:g} {name} cleared on {type(event).__name__}")
                     failed.discard(where)
 
     sim.observers.append(observe)
-    sim.boot(_config(versions, counts, broken))
+    #: the config before the one being loaded
+    before = [_config(versions, counts, broken)]
+    sim.boot(before[0])
     request = 0
     for step in steps:
         note(repr(step))
@@ -193,6 +210,7 @@ def test_a_failed_slot_starts_again_only_on_a_trigger(
             sim.touch(f"/missing/{step[1]}" if step[1] in broken else f"/usr/bin/{step[1]}d")
         else:
             sim.reload(_config(versions, counts, broken), requested=True)
+        before[0] = sim.config
         assert not errors, errors
     sim.advance(60.0)
     assert not errors, errors
