@@ -27,7 +27,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from taskforce import __version__, descriptors, files, signals
-from taskforce.config import ConfigError, check_roles_against, load_config, load_roles
+from taskforce.config import (
+    ConfigError,
+    check_roles_against,
+    load_config,
+    load_roles,
+    program_warnings,
+)
 
 DEFAULT_CONFIG = "/usr/local/etc/taskforce.conf"
 DEFAULT_ROLES = ("/var/local/etc/tf_roles.conf", "/usr/local/etc/tf_roles.conf")
@@ -459,6 +465,8 @@ def check_config(
         print(f"taskforce: {problem}", file=sys.stderr)
     if problems:
         return EXIT_BAD
+    for warning in program_warnings(config, config_path, roles):
+        print(f"taskforce: {warning}", file=sys.stderr)
     tasks = config.get("tasks", {})
     print(f"{config_path}: ok, {len(tasks)} task{'s' if len(tasks) != 1 else ''}")
     return EXIT_OK

@@ -38,6 +38,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -105,6 +106,7 @@ TASK_KEYS = (
     "umask",
     "limits",
     "environment",
+    "start_limit",
 )
 SETTINGS_KEYS = (
     "http",
@@ -119,6 +121,7 @@ SETTINGS_KEYS = (
     "output",
     "secret_names",
     "file_group",
+    "start_limit",
 )
 HTTP_KEYS = (
     "listen",
@@ -134,6 +137,7 @@ HTTP_KEYS = (
 )
 ALLOW_KEYS = ("status", "control")
 RECORD_KEYS = ("file", "max_bytes", "backups", "checkpoint_bytes")
+START_LIMIT_KEYS = ("burst", "interval")
 EVENT_TYPES = ("self", "file_change", "python", "stop", "restart", "external")
 EVENT_KEYS = ("type", "command", "signal", "path", "name")
 ONEXIT_KEYS = ("type", "task")
@@ -910,6 +914,9 @@ class _Checker:
             elif key == "file_group":
                 if item is not None:
                     out[key] = self.text(item, sub, what="a group name or number")
+            elif key == "start_limit":
+                if item is not None:
+                    out[key] = self.start_limit(item, sub, tags=False)
         low: Any = out.get("backoff_initial")
         high: Any = out.get("backoff_max")
         if _is_num(low) and _is_num(high) and high < low:
@@ -1103,6 +1110,8 @@ class _Checker:
                 out[key] = self.conditional(value, sub, self.umask, multi=False)
             elif key == "limits":
                 out[key] = self.limits(value, sub)
+            elif key == "start_limit":
+                out[key] = self.start_limit(value, sub)
             elif key == "environment":
                 out[key] = self.conditional(
                     value,
@@ -1221,6 +1230,33 @@ class _Checker:
                 out[name] = freeze(item)
             else:
                 out[name] = self.limit_value(item, sub)
+        return out
+
+    def start_limit(self, value: Any, path: KeyPath, *, tags: bool = True) -> Any:
+        """``{burst: 5, interval: 10}``: give up after ``burst`` starts within
+        ``interval`` seconds (either may be left out; 0 turns the limit off)."""
+        if not isinstance(value, dict):
+            self.type_error(path, value, "{burst: N, interval: SECONDS}", quote=False)
+            return freeze(value)
+        self.keys(value, path, START_LIMIT_KEYS, "start_limit")
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            sub = (*path, key)
+            if key not in START_LIMIT_KEYS:
+                continue
+            if item is None:
+                continue  # null means the default
+            if key == "burst" and not (tags and isinstance(item, str) and "{" in item):
+                if isinstance(item, bool) or not isinstance(item, int):
+                    self.type_error(sub, item, "a whole number >= 0", quote=False)
+                elif item < 0:
+                    self.error(sub, f"must be >= 0, got {item}")
+            elif key == "interval":
+                if not tags and isinstance(item, str) and "{" in item:
+                    self.error(sub, "settings take no {tags}")
+                    continue
+                self.number(item, sub, tags=tags)
+            out[key] = float(item) if isinstance(item, str) and _is_float(item) else item
         return out
 
     def limit_value(self, value: Any, path: KeyPath) -> Any:
@@ -1688,6 +1724,49 @@ def check(
     _raise_all(errors)
     assert specs is not None
     return specs
+
+
+def program_warnings(
+    config: Mapping[str, Any],
+    source: str,
+    roles: Roles | tuple[str, ...] | None,
+    role_values: Mapping[str, str] | None = None,
+    facts: HostFacts | None = None,
+) -> list[ConfigError]:
+    """Each task in scope whose ``start`` program is missing here, or not
+    executable: found as the spawn finds it (through the task's ``PATH``,
+    or from its ``cwd`` for a relative path).  Warnings, not errors: the
+    config may be meant for another host, or the program installed later.
+    """
+    lines: Mapping[KeyPath, int] = getattr(config, "lines", {})
+    found = []
+    for name, spec in sorted(check(config, source, roles, role_values, facts).items()):
+        if not spec.in_scope:
+            continue
+        program = spec.process(0).argv[0]
+        path: KeyPath = ("tasks", name, "commands", "start")
+        if "/" in program:
+            cwd = spec.process(0).cwd
+            where = program if os.path.isabs(program) or not cwd else os.path.join(cwd, program)
+            if not os.path.isfile(where):
+                why = "does not exist"
+            elif not os.access(where, os.X_OK):
+                why = "is not executable"
+            else:
+                continue
+        elif shutil.which(program, path=spec.search_path or os.defpath) is None:
+            why = f"is not found in PATH ({spec.search_path or os.defpath})"
+        else:
+            continue
+        found.append(
+            ConfigError(
+                source,
+                line_of(lines, path),
+                format_path(path),
+                f"warning: program {program!r} {why} on this host",
+            )
+        )
+    return found
 
 
 # ---------------------------------------------------------------------------

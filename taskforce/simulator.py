@@ -341,14 +341,22 @@ class Simulation:
         config: Mapping[str, Any] | None = None,
         roles: Any = _KEEP,
         role_values: Mapping[str, str] | None = None,
+        *,
+        requested: bool = False,
     ) -> None:
         """A new config and/or roles were read.
 
         Omit ``config`` to keep the current one (a roles change); omit
         ``roles`` to keep the current roles (``None`` means no roles file)
         and their values, unless ``role_values`` are given.
+        ``requested``: an operator asked for it (``/manage/reload``, the
+        original's "revert to the config"), which ends every operator
+        override; an edit of the files ends only those of the tasks whose
+        own entry changed.
         """
         source = "config" if config is not None else "roles"
+        if requested:
+            source = "request"
         cfg = self.config if config is None else config
         if roles is not _KEEP:
             self.roles_missing = None  # the roles file is back

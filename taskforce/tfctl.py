@@ -233,10 +233,12 @@ def status_rows(tasks: dict[str, Any], now: float) -> list[list[str]]:
         notes = []
         overrides = task.get("overrides") or {}
         configured = task.get("configured") or {}
+        made = task.get("overrides_t") or {}
         for key in sorted(overrides):
+            since = f" for {_duration(now - made[key])}" if key in made else ""
             notes.append(
-                f"override {key}={overrides[key]} (config: {configured.get(key)}) "
-                "until the next reload"
+                f"override {key}={overrides[key]} (config: {configured.get(key)}){since}, "
+                "until undone, a reload request or an edit of this task"
             )
         processes = task.get("processes") or []
         if not processes:
@@ -530,7 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     start = sub.add_parser("start", help="start tasks that are off, or run a once task again")
     start.add_argument("tasks", nargs="+", metavar="TASK")
-    stop = sub.add_parser("stop", help="stop tasks (control off until the next reload)")
+    stop = sub.add_parser(
+        "stop", help="stop tasks (control off until started, reloaded or their entry changes)"
+    )
     stop.add_argument("tasks", nargs="+", metavar="TASK")
     restart = sub.add_parser("restart", help="restart tasks, or one slot as TASK:N (or TASK[N])")
     restart.add_argument("tasks", nargs="+", metavar="TASK[:N]")

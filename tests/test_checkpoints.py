@@ -163,7 +163,14 @@ def test_write_steps_writes_checkpoints_as_the_recorder_does(tmp_path: Path) -> 
     from taskforce.simulator import Simulation
 
     sim = Simulation()
-    sim.boot(freeze({"tasks": {"a": {"commands": {"start": ("/bin/a",)}, "count": 2}}}))
+    sim.boot(
+        freeze(
+            {
+                "tasks": {"a": {"commands": {"start": ("/bin/a",)}, "count": 2}},
+                "settings": {"start_limit": {"burst": 0}},
+            }
+        )
+    )
     for _ in range(30):
         sim.kill(sim.running()[("a", 0)])
         sim.advance(2)

@@ -75,9 +75,11 @@ class Core:
                 )
         return out
 
-    def load(self, config: dict[str, Any], roles: tuple[str, ...] | None = None) -> None:
+    def load(
+        self, config: dict[str, Any], roles: tuple[str, ...] | None = None, source: str = "start"
+    ) -> list[Any]:
         loaded = load_config_text(json.dumps(config), "<test>")
-        self.feed(ev.ConfigLoaded(at=self.now, config=loaded, roles=roles))
+        return self.feed(ev.ConfigLoaded(at=self.now, config=loaded, roles=roles, source=source))
 
     def request(self, action: str, args: Any = None, rid: int = 7) -> tuple[fx.Reply, list[Any]]:
         out = self.feed(ev.ControlRequested(self.now, rid, action, args or {}))
@@ -121,18 +123,45 @@ def test_control_lines_codes_and_nothing_changed_on_error() -> None:
     assert slot.reason == "stopped: control request (control off)"
 
 
-def test_override_shows_in_status_and_ends_at_the_next_config_event() -> None:
+def test_override_shows_in_status_and_outlasts_unrelated_config_events() -> None:
     config = {"tasks": {"a": sleeper(), "b": sleeper()}}
     core = Core(config)
+    core.now += 3.0
     core.request("control", {"a": "off"})
     core.exit(core.pids("a")[0])
     shown = status.tasks_status(core.sup)["a"]
     assert shown["control"] == "off" and shown["overrides"] == {"control": "off"}
+    assert shown["overrides_at"] == {"control": core.now}
     assert shown["configured"] == {"control": "wait", "count": 1}
     assert shown["state"] == "off"
-    core.load(config)
+    # The same config again, and another task's entry edited: kept, and said so.
+    core.now += 5.0
+    out = core.load(config, source="config")
+    edited = {"tasks": {"a": sleeper(), "b": sleeper(count=2)}}
+    out += core.load(edited, source="config")
+    shown = status.tasks_status(core.sup)["a"]
+    assert shown["overrides"] == {"control": "off"} and shown["state"] == "off"
+    assert not core.pids("a")
+    kept = [e.message for e in out if isinstance(e, fx.Log) and "override" in e.message]
+    assert kept and all("kept" in m and "set 5s ago" in m for m in kept), kept
+    # A reload asked for over the control path reverts to the config.
+    out = core.load(edited, source="request")
     shown = status.tasks_status(core.sup)["a"]
     assert shown["overrides"] == {} and shown["state"] == "running"
+    assert any("dropped: a reload was asked for" in getattr(e, "message", "") for e in out)
+
+
+def test_override_ends_when_the_tasks_own_entry_changes() -> None:
+    config = {"tasks": {"a": sleeper(), "b": sleeper()}}
+    core = Core(config)
+    core.request("count", {"a": "3"})
+    assert len(core.pids("a")) == 3
+    core.load(config, source="config")
+    assert status.tasks_status(core.sup)["a"]["overrides"] == {"count": 3}
+    assert len(core.pids("a")) == 3, "a kept count override keeps its slots"
+    out = core.load({"tasks": {"a": sleeper(count=2), "b": sleeper()}}, source="config")
+    assert status.tasks_status(core.sup)["a"]["overrides"] == {}
+    assert any("dropped: its config entry changed" in getattr(e, "message", "") for e in out)
 
 
 def test_control_turns_a_configured_off_task_on_and_off_again() -> None:
@@ -378,7 +407,6 @@ def test_plan_predicts_a_reload_and_changes_nothing() -> None:
     starts = {(c["task"], tuple(c["instances"])): c["why"] for c in answer["start"]}
     assert starts == {
         ("fresh", (0,)): "new in the config",
-        ("keep", (0,)): "control override 'off' ends (config: wait)",
         ("more", (1,)): "count 1 -> 2",
         ("off", (0,)): "now in scope",
     }
@@ -389,7 +417,8 @@ def test_plan_predicts_a_reload_and_changes_nothing() -> None:
         ("gone", (0,)): "stopped: removed from the config",
         ("less", (1, 2)): "stopped: count reduced",
     }
-    assert answer["unchanged"] == []
+    # An operator's override outlasts an edit elsewhere in the config.
+    assert answer["unchanged"] == ["keep"]
     # The real reload does what the plan said.
     core.load(new)
     assert core.sup.tasks["argv"].slots[0].intent == "restart"

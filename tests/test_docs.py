@@ -54,6 +54,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "SETTINGS_KEYS": ("Settings keys", "heading"),
     "HTTP_KEYS": ("Settings keys", "heading"),
     "RECORD_KEYS": ("Settings keys", "row"),
+    "START_LIMIT_KEYS": ("Task keys", "text"),
     "ALLOW_KEYS": ("Settings keys", "text"),
     "TASK_KEYS": ("Task keys", "heading"),
     "CONTROLS": ("Controls", "row"),

@@ -83,7 +83,12 @@ def test_a_rotated_log_replays_file_by_file(tmp_path: Path) -> None:
     from taskforce.simulator import Simulation
 
     sim = Simulation()
-    config = freeze({"tasks": {"a": {"commands": {"start": ("/bin/a",)}, "count": 3}}})
+    config = freeze(
+        {
+            "tasks": {"a": {"commands": {"start": ("/bin/a",)}, "count": 3}},
+            "settings": {"start_limit": {"burst": 0}},
+        }
+    )
     sim.boot(config)
     for _ in range(40):
         sim.kill(sim.running()[("a", 1)])

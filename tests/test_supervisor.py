@@ -114,8 +114,11 @@ def test_a_stable_process_is_restarted_at_once() -> None:
     assert_contract(sim)
 
 
+NO_LIMIT = {"start_limit": {"burst": 0}}  # (backoff alone, without the start limit)
+
+
 def test_a_fast_failer_is_restarted_with_doubling_backoff() -> None:
-    sim = boot(config(web=task("/usr/bin/web")))
+    sim = boot(freeze({**config(web=task("/usr/bin/web")), "settings": NO_LIMIT}))
     for _ in range(5):
         sim.kill(pid_of(sim, "web"))  # dies the moment it starts
         next_timer(sim)
@@ -126,7 +129,7 @@ def test_a_fast_failer_is_restarted_with_doubling_backoff() -> None:
 
 
 def test_backoff_is_capped() -> None:
-    cfg = freeze({**config(web=task("/usr/bin/web")), "settings": {"backoff_max": 3.0}})
+    cfg = freeze({**config(web=task("/usr/bin/web")), "settings": {"backoff_max": 3.0, **NO_LIMIT}})
     sim = boot(cfg)
     for _ in range(5):
         sim.exit(pid_of(sim, "web"), 1)
@@ -152,7 +155,7 @@ def test_backoff_resets_after_a_stable_run() -> None:
 
 
 def test_a_crash_loop_is_warned_about_once() -> None:
-    sim = boot(config(web=task("/usr/bin/web")))
+    sim = boot(freeze({**config(web=task("/usr/bin/web")), "settings": NO_LIMIT}))
     for _ in range(8):
         sim.exit(pid_of(sim, "web"), 1)
         next_timer(sim)

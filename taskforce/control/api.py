@@ -294,6 +294,12 @@ def wall_clock(tasks: dict[str, Any], now_mono: float, now_wall: float) -> dict[
     """Turn the core's monotonic times into the original's wall-clock fields."""
     offset = _offset(now_mono, now_wall)
     for task in tasks.values():
+        since = task.pop("overrides_at", None)
+        if since:
+            # When each operator override was made: wall seconds and ISO.
+            walls = {key: round((at + offset) * 1000) for key, at in since.items()}
+            task["overrides_t"] = {key: wall / 1000 for key, wall in walls.items()}
+            task["overrides_since"] = {key: _iso(wall) for key, wall in walls.items()}
         for slot in task["processes"]:
             for what in ("started", "exited"):
                 at = slot.pop(f"{what}_at", None)

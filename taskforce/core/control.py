@@ -5,9 +5,11 @@ with a ``Reply`` effect; the supervisor's converge pass does the rest.
 
 Every request gets exactly one ``Reply``.  A request that is wrong in any
 part changes nothing: each action checks everything it was given before it
-touches the supervisor.  What it changes lasts until the next config event
-(the supervisor clears ``control_override``/``count_override`` then), as in
-the original taskforce, and shows in the status while it is in force.
+touches the supervisor.  What it changes (``control_override``,
+``count_override``) lasts until the operator sets it back (``start`` ends a
+stop), a ``reload`` is asked for (the original's "revert to the config"), or
+the task's own config entry changes; an edit elsewhere in the config keeps
+it (``Supervisor._keep_overrides``).  The status shows it, and since when.
 
 Actions and their arguments (``ControlRequested.args``):
 
@@ -17,7 +19,8 @@ Actions and their arguments (``ControlRequested.args``):
 - ``count``: ``{task: n}``, the same shape; 200 no change, 202 changed, 404
   (nothing changed) on any error.
 - ``start``: ``{"tasks": [names]}``: end a stopping override (``off``,
-  ``suspend``), or run a ``once``/``event`` task again.
+  ``suspend``), run a ``once``/``event`` task again, or try again the slots
+  that hit their start limit (``failed``).
 - ``restart``: ``{"task": name, "instance": n or None}``; the task may be
   given as a slot, ``web[0]`` or ``web:0`` (see ``split_slot``).
 - ``signal``: ``{"task": name, "signal": "SIGHUP", "instance": n or None}``;
@@ -176,7 +179,7 @@ def _built(sup: Supervisor, task: TaskState, control: str, count: int) -> TaskSp
         return None  # it built before, so this cannot happen
 
 
-def _refresh_spec(sup: Supervisor, task: TaskState) -> None:
+def refresh_spec(sup: Supervisor, task: TaskState) -> None:
     """Rebuild what the overrides change in ``task.spec``: scope and slots.
 
     The model folds ``control: off`` into ``in_scope`` and builds one
@@ -194,10 +197,15 @@ def _refresh_spec(sup: Supervisor, task: TaskState) -> None:
 
 def _set_control(sup: Supervisor, task: TaskState, control: str) -> None:
     previous = task.control
-    task.control_override = None if control == task.spec.control else control
-    _refresh_spec(sup, task)
+    override = None if control == task.spec.control else control
+    if override != task.control_override:
+        task.control_override_at = None if override is None else sup.now
+    task.control_override = override
+    refresh_spec(sup, task)
+    sup._update_watches()  # (a task the override turns on watches its files)
     name = task.spec.name
-    sup._log("info", f"{name}: control {previous} -> {control} (control request)", name)
+    note = "; the operator's override ends" if override is None else ""
+    sup._log("info", f"{name}: control {previous} -> {control} (control request){note}", name)
     task.run_requested = control == "once"
     if control in ("off", "suspend"):
         for slot in task.slots:
@@ -206,10 +214,14 @@ def _set_control(sup: Supervisor, task: TaskState, control: str) -> None:
 
 def _set_count(sup: Supervisor, task: TaskState, count: int) -> None:
     previous = task.count
-    task.count_override = None if count == task.spec.count else count
-    _refresh_spec(sup, task)
+    override = None if count == task.spec.count else count
+    if override != task.count_override:
+        task.count_override_at = None if override is None else sup.now
+    task.count_override = override
+    refresh_spec(sup, task)
     name = task.spec.name
-    sup._log("info", f"{name}: count {previous} -> {count} (control request)", name)
+    note = "; the operator's override ends" if override is None else ""
+    sup._log("info", f"{name}: count {previous} -> {count} (control request){note}", name)
     for slot in task.slots[count:]:
         sup._stop_slot(task, slot, "stop", f"stopped: control request (count {count})")
 
@@ -314,23 +326,35 @@ def _start(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
             else:
                 results.append((name, f"ok (control {target})"))
                 plan.append((task, target))
-        elif task.control in ("once", "event"):
+        elif task.control in ("once", "event") and not _failed(task):
             if any(slot.live for slot in task.slots):
                 results.append((name, "already running"))
             else:
                 results.append((name, "ok"))
                 plan.append((task, None))
+        elif _failed(task):
+            results.append((name, f"ok (trying again: {_failed(task)} failed)"))
+            plan.append((task, "retry"))
         else:
             results.append((name, "no change"))
     if any(result == "out of scope" for _, result in results):
         return 409, _lines(results)
     for chosen, control in plan:
-        if control is not None:
+        if control == "retry":
+            sup.retry_failed(chosen, "started by control request")
+        elif control is not None:
             _set_control(sup, chosen, control)
         else:
             sup._log("info", f"{chosen.spec.name}: started by control request", chosen.spec.name)
             sup._request_run(chosen, "started: control request")
     return (202 if plan else 200), _lines(results)
+
+
+def _failed(task: TaskState) -> str:
+    """Which of ``task``'s slots hit their start limit ("" if none)."""
+    return ", ".join(
+        f"{task.spec.name}[{slot.instance}]" for slot in task.slots if slot.state is S.FAILED
+    )
 
 
 def _instance(task: TaskState, args: Mapping[str, Any]) -> int | None:
@@ -414,12 +438,16 @@ def _restart(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
             # Skip the rest of the backoff: the converge pass starts it now.
             slot.timers.pop("retry", None)
             slot.fails = 0
+            slot.starts = ()
             slot.reason = why
             results.append((where, "starting now (was in backoff)"))
         elif slot.state in (S.STOPPING, S.DRAINING) and slot.intent == "restart":
             results.append((where, "already restarting"))
         elif slot.state is S.DONE and task.control in ("once", "event"):
             results.append((where, "starting again"))
+        elif slot.state is S.FAILED:
+            sup.retry_failed(task, "restarted by control request", slot.instance)
+            results.append((where, "starting again (had failed)"))
         else:
             results.append((where, f"not running ({slot.state.value})"))
     if any(result == "starting again" for _, result in results):

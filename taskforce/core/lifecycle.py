@@ -36,6 +36,10 @@ class SlotState(enum.Enum):
     EXITED = "exited"  #: process and group gone; what next is being decided
     BACKOFF = "backoff"  #: failed fast, restart delayed
     DONE = "done"  #: a ``once`` task that has finished; not started again
+    #: gave up: it hit its ``start_limit`` (``burst`` starts within
+    #: ``interval`` seconds, then it exited again); not started again until an
+    #: operator starts it, its config entry changes or its executable does
+    FAILED = "failed"
 
 
 S = SlotState
@@ -43,7 +47,7 @@ S = SlotState
 #: (trigger, sources, destination) -- the whole lifecycle.
 TRANSITIONS: tuple[tuple[str, tuple[SlotState, ...], SlotState], ...] = (
     ("hold", (S.STOPPED, S.EXITED, S.BACKOFF, S.DONE), S.WAITING),
-    ("release", (S.WAITING, S.BACKOFF, S.EXITED, S.DONE), S.STOPPED),
+    ("release", (S.WAITING, S.BACKOFF, S.EXITED, S.DONE, S.FAILED), S.STOPPED),
     ("spawn", (S.STOPPED, S.WAITING, S.BACKOFF, S.EXITED, S.DONE, S.PROBING), S.STARTING),
     ("spawned", (S.STARTING,), S.RUNNING),
     ("probe", (S.STOPPED, S.WAITING, S.BACKOFF, S.EXITED, S.DONE), S.PROBING),
@@ -57,6 +61,7 @@ TRANSITIONS: tuple[tuple[str, tuple[SlotState, ...], SlotState], ...] = (
     ("exited", (S.RUNNING, S.STOPPING, S.DRAINING), S.EXITED),
     ("back_off", (S.EXITED,), S.BACKOFF),
     ("finish", (S.EXITED,), S.DONE),
+    ("give_up", (S.EXITED,), S.FAILED),
 )
 
 #: States in which the slot has a live process group.

@@ -77,6 +77,9 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "backoff_max": 30.0,
     "pidfile_timeout": 5.0,
 }
+#: ``start_limit`` when neither the task nor ``settings.start_limit`` says:
+#: systemd's ``StartLimitBurst=5`` in ``StartLimitIntervalSec=10``.
+DEFAULT_START_LIMIT = {"burst": 5, "interval": 10.0}
 
 
 class SpecError(ValueError):
@@ -167,6 +170,9 @@ class TaskSpec:
     check_timeout: float | None = None
     #: failed health checks in a row that restart the slot
     check_failures: int = DEFAULT_CHECK_FAILURES
+    #: (burst, interval): a slot started ``burst`` times within ``interval``
+    #: seconds that exits again is not restarted (it fails); 0 turns it off
+    start_limit: tuple[int, float] = (5, 10.0)
 
     def process(self, instance: int) -> ProcessSpec:
         """The spec of slot ``instance`` (slots beyond the built ones reuse the last)."""
@@ -182,10 +188,13 @@ class Settings:
     backoff_initial: float
     backoff_max: float
     pidfile_timeout: float
+    #: the default ``start_limit`` of every task: (burst, interval)
+    start_limit: tuple[int, float] = (5, 10.0)
 
 
 def settings_of(config: Mapping[str, Any]) -> Settings:
     raw = {**DEFAULT_SETTINGS, **(config.get("settings") or {})}
+    limit = {**DEFAULT_START_LIMIT, **(raw.get("start_limit") or {})}
     return Settings(
         all_roles=raw["all_roles"] is True,
         stop_timeout=float(raw["stop_timeout"]),
@@ -193,7 +202,36 @@ def settings_of(config: Mapping[str, Any]) -> Settings:
         backoff_initial=float(raw["backoff_initial"]),
         backoff_max=float(raw["backoff_max"]),
         pidfile_timeout=float(raw["pidfile_timeout"]),
+        start_limit=(int(limit["burst"]), float(limit["interval"])),
     )
+
+
+def _start_limit(
+    value: Any, ctx: Mapping[str, str | None], default: tuple[int, float]
+) -> tuple[int, float]:
+    """A task's ``start_limit: {burst: N, interval: SECONDS}``; a key left
+    out takes the default's (``settings.start_limit``)."""
+    if value is None:
+        return default
+    if not isinstance(value, Mapping):
+        raise SpecError(("start_limit",), "start_limit must be {burst: N, interval: SECONDS}")
+    try:
+        burst = _number(value.get("burst"), ctx, default[0])
+    except ContextError as exc:
+        raise SpecError(("start_limit", "burst"), str(exc)) from None
+    if burst is None or burst < 0 or burst != int(burst):
+        raise SpecError(
+            ("start_limit", "burst"), f"burst must be a whole number >= 0, got {burst!r}"
+        )
+    try:
+        interval = _number(value.get("interval"), ctx, default[1])
+    except ContextError as exc:
+        raise SpecError(("start_limit", "interval"), str(exc)) from None
+    if interval is None or not interval >= 0 or interval == float("inf"):
+        raise SpecError(
+            ("start_limit", "interval"), f"interval must be a number >= 0, got {interval!r}"
+        )
+    return int(burst), float(interval)
 
 
 def in_scope(
@@ -578,6 +616,7 @@ def _build_task(
         search_path=processes[0].env.get("PATH", ""),
         check_timeout=check_timeout or None,
         check_failures=check_failures,
+        start_limit=_start_limit(task.get("start_limit"), ctx, settings.start_limit),
     )
 
 

@@ -186,7 +186,7 @@ def restore(data: dict[str, Any]) -> Supervisor:
     core._set_order(list(data["order"]))
     core.shutdown = data["shutdown"]
     core.exited = data["exited"]
-    core.counters = dict(data["counters"])
+    core.counters.update(data["counters"])
     core._watches = {}
     for key, watch in data["watches"].items():
         effect = decode(watch)

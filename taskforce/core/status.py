@@ -30,6 +30,7 @@ S = SlotState
 #: Summary states of a task, worst first where several slots disagree
 #: (``task_state``); also the label values of ``taskforce_tasks``.
 TASK_STATES = (
+    "failed",
     "backoff",
     "waiting",
     "stopping",
@@ -89,11 +90,13 @@ def task_state(sup: Supervisor, task: TaskState) -> str:
     # One pass, comparing by identity: this runs for every task on every
     # status request (hashing enum members is slow by comparison).
     running = done = 0
-    backoff = waiting = stopping = starting = False
+    failed = backoff = waiting = stopping = starting = False
     for slot in task.slots:
         state = slot.state
         if state is S.RUNNING:
             running += 1
+        elif state is S.FAILED:
+            failed = True
         elif state is S.DONE:
             done += 1
         elif state is S.BACKOFF or state is S.EXITED:
@@ -104,6 +107,8 @@ def task_state(sup: Supervisor, task: TaskState) -> str:
             stopping = True
         elif state is S.STARTING:
             starting = True
+    if failed:
+        return "failed"
     if backoff:
         return "backoff"
     if waiting:
@@ -130,23 +135,32 @@ def task_state(sup: Supervisor, task: TaskState) -> str:
 def task_status(sup: Supervisor, task: TaskState) -> dict[str, Any]:
     spec = task.spec
     overrides: dict[str, Any] = {}
+    #: when each override was made (core time; the shell shows wall time)
+    since: dict[str, float] = {}
     if task.control_override is not None:
         overrides["control"] = task.control_override
+        if task.control_override_at is not None:
+            since["control"] = task.control_override_at
     if task.count_override is not None:
         overrides["count"] = task.count_override
+        if task.count_override_at is not None:
+            since["count"] = task.count_override_at
     out: dict[str, Any] = {
         "control": task.control,
         "count": task.count,
         "state": task_state(sup, task),
         "in_scope": spec.in_scope,
         "configured": {"control": spec.control, "count": spec.count},
-        # Made through the control path; in force until the next config event.
+        # Made through the control path; in force until the operator undoes
+        # them, a reload is asked for, or the task's own config entry changes.
         "overrides": overrides,
         "requires": list(spec.requires),
         "waiting_on": list(task.waiting_on),
         "restarts": sum(slot.restarts for slot in task.slots),
         "processes": [slot_status(slot) for slot in task.slots],
     }
+    if since:
+        out["overrides_at"] = since
     if task.removed:
         out["removed"] = True
     return out
@@ -226,6 +240,11 @@ _COUNTERS = (
     ("check_runs", "taskforce_check_runs_total", "Health checks run."),
     ("check_failures", "taskforce_check_failures_total", "Health checks failed (timeouts too)."),
     ("check_timeouts", "taskforce_check_timeouts_total", "Health checks killed at check_timeout."),
+    (
+        "start_limit_hits",
+        "taskforce_start_limit_hits_total",
+        "Slots that hit their start limit and failed.",
+    ),
 )
 #: per task, for the tasks that have a health check
 _TASK_CHECK_COUNTERS = (
@@ -277,6 +296,10 @@ def metrics_text(sup: Supervisor, extra: Mapping[str, float] | None = None) -> s
         for name in checked:
             value = getattr(sup.tasks[name], attribute)
             lines.append(f'{metric}{{task="{_label(name)}"}} {value}')
+    family("taskforce_task_failed", "gauge", "Slots of each task that hit their start limit.")
+    for name in sorted(sup.tasks):
+        failed = sum(1 for slot in sup.tasks[name].slots if slot.state is S.FAILED)
+        lines.append(f'taskforce_task_failed{{task="{_label(name)}"}} {failed}')
     family("taskforce_stopping", "gauge", "1 while taskforce is stopping every task.")
     lines.append(f"taskforce_stopping {1 if sup.shutdown else 0}")
     for metric in sorted(extra or {}):
@@ -369,8 +392,9 @@ def plan(
 
     Raises ``model.SpecError`` when the config cannot be built.  The answer
     is ``{"start": [...], "stop": [...], "restart": [...], "unchanged": [...]}``;
-    each change is ``{"task", "instances", "why"}``.  Like a real reload, it
-    ends every override made through the control path.
+    each change is ``{"task", "instances", "why"}``.  Like a reload of an
+    edited file, it keeps the operator's overrides of the tasks whose own
+    entry it leaves as it is.
     """
     values = dict(sup.role_values if role_values is None else role_values)
     specs = build(config, sup.facts, roles, values)

@@ -25,7 +25,7 @@ from typing import Any
 
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
-from taskforce.core.control import handle_control
+from taskforce.core.control import handle_control, refresh_spec
 from taskforce.core.lifecycle import LIFECYCLE, LIVE_STATES, SlotState
 from taskforce.core.model import (
     DAEMON_CONTROLS,
@@ -77,6 +77,9 @@ class Slot:
     check_run: int | None = None
     #: health checks of this process that failed in a row
     check_fails: int = 0
+    #: when it was last started, oldest first (at most its ``start_limit``
+    #: burst of them), since its last fresh attempt (see ``_retry``)
+    starts: tuple[float, ...] = ()
 
     @property
     def live(self) -> bool:
@@ -110,9 +113,14 @@ class TaskState:
     removed: bool = False
     #: once/event tasks: a run is wanted
     run_requested: bool = False
-    #: overrides from the control path, in force until the next config event
+    #: overrides from the control path: in force until the operator undoes
+    #: them, a reload is asked for over the control path, or the task's own
+    #: config entry changes (see ``Supervisor._keep_overrides``)
     control_override: str | None = None
     count_override: int | None = None
+    #: when each override was made (core time)
+    control_override_at: float | None = None
+    count_override_at: float | None = None
     waiting_on: tuple[str, ...] = ()
     #: health checks run, failed and timed out (for /metrics)
     check_runs: int = 0
@@ -239,6 +247,7 @@ class Supervisor:
             "check_runs": 0,
             "check_failures": 0,
             "check_timeouts": 0,
+            "start_limit_hits": 0,
         }
         #: what an earlier taskforce left running, by (task, instance); a
         #: slot with a leftover waits until it is gone
@@ -341,11 +350,14 @@ class Supervisor:
             self.counters["reloads"] += 1
         roles_changed = roles != self.roles
         before = {name: task.spec for name, task in self.tasks.items() if not task.removed}
+        entries = self.config.get("tasks") or {}
         self.config = dict(event.config)
         self.roles = roles
         self.role_values = dict(role_values)
         self.settings = settings_of(self.config)
-        self._apply_specs(specs, roles_changed=roles_changed and not first, source=event.source)
+        self._apply_specs(
+            specs, roles_changed=roles_changed and not first, source=event.source, entries=entries
+        )
         if not first:
             self._reload = ReloadNote(
                 event.source,
@@ -711,6 +723,8 @@ class Supervisor:
             return
         for spec in task.spec.events:
             if spec.index == int(index):
+                if spec.type == "self":
+                    self.retry_failed(task, f"its executable {event.path} changed")
                 self._fire_action(task, spec.action, f"{event.path} changed")
 
     def _on_TimerFired(self, event: ev.TimerFired) -> None:
@@ -745,7 +759,17 @@ class Supervisor:
 
     # --------------------------------------------------------------- config
 
-    def _apply_specs(self, specs: dict[str, TaskSpec], *, roles_changed: bool, source: str) -> None:
+    def _apply_specs(
+        self,
+        specs: dict[str, TaskSpec],
+        *,
+        roles_changed: bool,
+        source: str,
+        entries: Any = None,
+    ) -> None:
+        """Apply a config's specs; ``entries``: the tasks of the config before."""
+        entries = entries if entries is not None else {}
+        new_entries = self.config.get("tasks") or {}
         for name in sorted(set(self.tasks) - set(specs)):
             task = self.tasks[name]
             if not task.removed:
@@ -760,8 +784,13 @@ class Supervisor:
             task = existing
             old = task.spec
             task.spec = spec
+            own_change = task.removed or entries.get(name) != new_entries.get(name)
             task.removed = False
-            task.control_override = task.count_override = None
+            self._keep_overrides(task, source=source, own_change=own_change)
+            if own_change:
+                for slot in task.slots:
+                    if slot.state is S.FAILED:
+                        self._retry(slot, "its config entry changed")
             if spec.in_scope != old.in_scope:
                 why = "roles changed" if roles_changed else "config changed"
                 where = "in scope" if spec.in_scope else "out of scope"
@@ -776,6 +805,46 @@ class Supervisor:
         self._update_watches()
         if self.leftovers:
             self._settle_leftovers()
+
+    def _keep_overrides(self, task: TaskState, *, source: str, own_change: bool) -> None:
+        """After a config event: keep the operator's overrides of ``task``, or
+        drop them when a reload was asked for over the control path (the
+        original's "revert to the config") or the task's own entry changed.
+
+        An operator's stop must not be undone by someone editing another
+        task, or a comment: it lasts until the operator, or the task's own
+        config, says otherwise.  The log says which, and why.
+        """
+        made = self.describe_overrides(task)
+        if not made:
+            return
+        name = task.spec.name
+        if source == "request" or own_change:
+            why = "a reload was asked for" if source == "request" else "its config entry changed"
+            task.control_override = task.count_override = None
+            task.control_override_at = task.count_override_at = None
+            self._log("info", f"{name}: operator override {made} dropped: {why}", name)
+            return
+        # The spec was built from the config alone: build in the overrides.
+        refresh_spec(self, task)
+        self._log(
+            "info",
+            f"{name}: operator override {made} kept: its config entry did not change "
+            "(undo: start it, set it back, or ask for a reload)",
+            name,
+        )
+
+    def describe_overrides(self, task: TaskState) -> str:
+        """The overrides in force on ``task``, and since when, for the log."""
+        parts = []
+        for key, value, at in (
+            ("control", task.control_override, task.control_override_at),
+            ("count", task.count_override, task.count_override_at),
+        ):
+            if value is not None:
+                since = "" if at is None else f", set {max(0.0, self.now - at):.0f}s ago"
+                parts.append(f"{key}={value} (config: {getattr(task.spec, key)}{since})")
+        return ", ".join(parts)
 
     def _set_order(self, order: list[str]) -> None:
         """Set the start order, and what follows from it."""
@@ -997,6 +1066,8 @@ class Supervisor:
                 return None
             return "not finished"
         for slot in task.slots[: task.count]:
+            if slot.state is S.FAILED:
+                return "failed"
             if slot.state is not S.RUNNING:
                 return "not running"
             if "ready" in slot.timers:
@@ -1020,6 +1091,11 @@ class Supervisor:
             return
         if state in (S.STARTING, S.STOPPING, S.DRAINING, S.PROBING):
             return
+        if state is S.FAILED:
+            if same or slot.spec is None:
+                return  # until an operator, its config or its executable says
+            self._retry(slot, f"config changed: {_spec_diff(slot.spec, spec)}")
+            state = slot.state
         if state is S.BACKOFF and "retry" in slot.timers and same:
             return
         if (
@@ -1030,6 +1106,7 @@ class Supervisor:
             return
         if slot.spec is not None and not same:
             slot.fails = 0  # a changed config is a fresh attempt
+            slot.starts = ()
         leftover = self.leftovers.get((slot.task, slot.instance)) if self.leftovers else None
         if leftover is not None and not leftover.adopting:
             gate = ("its leftover from an earlier taskforce",)
@@ -1090,6 +1167,9 @@ class Supervisor:
                     f"to {then} ({self._stop_reason(task)})",
                     task.spec.name,
                 )
+        elif state is S.FAILED:
+            why = self._stop_reason(task)
+            self._retry(slot, why, reason=why)
         elif state in (S.WAITING, S.BACKOFF, S.EXITED) or (state is S.DONE and task.removed):
             slot.timers.pop("retry", None)
             LIFECYCLE.fire(slot, "release")
@@ -1142,6 +1222,8 @@ class Supervisor:
         if self._reload is not None and self._reload.counting:
             self._reload.started += 1
         LIFECYCLE.fire(slot, "spawn")
+        burst = task.spec.start_limit[0]
+        slot.starts = (*slot.starts[-burst + 1 :], self.now) if burst > 1 else (self.now,)
         self._generation += 1
         slot.generation = self._generation
         slot.spec = spec
@@ -1232,12 +1314,26 @@ class Supervisor:
             self._log("info", what, slot.task)
             LIFECYCLE.fire(slot, "finish")
             slot.reason = f"finished: {slot.last_exit}"
+        elif (failed or ran < self.settings.stable_after) and self._start_limit_hit(task, slot):
+            burst, interval = task.spec.start_limit
+            slot.reason = (
+                f"start limit hit: {burst} starts in {interval:g} s, last: {slot.last_exit}"
+            )
+            self._log(
+                "warning",
+                f"{what}; {slot.reason}; not restarting it until it is started again, "
+                "its config entry changes or its executable does",
+                slot.task,
+            )
+            self.counters["start_limit_hits"] = self.counters.get("start_limit_hits", 0) + 1
+            LIFECYCLE.fire(slot, "give_up")
         elif ran >= self.settings.stable_after and not failed:
             if slot.fails:
                 self._log("info", f"{what}; it had run stably, backoff reset", slot.task)
             else:
                 self._log("warning", f"{what}; restarting", slot.task)
             slot.fails = 0
+            slot.starts = ()  # it ran stably: what came before is no crash loop
             slot.reason = slot.last_exit or "exited"
         else:
             slot.fails += 1
@@ -1260,6 +1356,40 @@ class Supervisor:
         slot.intent = None if slot.state is not S.EXITED else slot.intent
         if not self.shutdown and not any(s.live for s in task.slots):
             self._onexit(task)
+
+    def _start_limit_hit(self, task: TaskState, slot: Slot) -> bool:
+        """Whether the slot was started ``burst`` times within ``interval``
+        seconds up to now, each start since its last stable run (it just
+        failed fast again): then it gives up.
+
+        Measured when it exits, not when it would start again, so that the
+        growing backoff cannot hide a crash loop from the limit.
+        """
+        burst, interval = task.spec.start_limit
+        if burst <= 0 or interval <= 0 or len(slot.starts) < burst:
+            return False
+        return self.now - slot.starts[-burst] <= interval
+
+    def _retry(self, slot: Slot, why: str, *, reason: str | None = None) -> None:
+        """A failed slot may start again (a fresh attempt): ``why`` says who
+        or what said so; ``reason``, when it is stopped instead."""
+        if slot.state is not S.FAILED:
+            return
+        self._touch(slot.task)
+        LIFECYCLE.fire(slot, "release")
+        slot.fails = 0
+        slot.starts = ()
+        slot.reason = reason or f"started: {why} (it had failed)"
+        self._log("info", f"{self._name(slot)}: failed state cleared: {why}", slot.task)
+
+    def retry_failed(self, task: TaskState, why: str, instance: int | None = None) -> int:
+        """Let ``task``'s failed slots (or slot ``instance``) start again; how many."""
+        found = 0
+        for slot in task.slots:
+            if slot.state is S.FAILED and instance in (None, slot.instance):
+                self._retry(slot, why)
+                found += 1
+        return found
 
     def _onexit(self, task: TaskState) -> None:
         for kind, target_name in task.spec.onexit:

@@ -84,7 +84,9 @@ def roles() -> Simulation:
 
 def crash_loop() -> Simulation:
     sim = Simulation()
-    sim.boot(cfg({"crashy": {"commands": {"start": ("/usr/bin/crashy",)}}}), environ=ENV)
+    # (a start limit above what this scenario reaches: it shows the backoff)
+    crashy = {"commands": {"start": ("/usr/bin/crashy",)}, "start_limit": {"burst": 10}}
+    sim.boot(cfg({"crashy": crashy}), environ=ENV)
     for _ in range(5):
         sim.exit(sim.running()[("crashy", 0)], 3)
         sim.advance(sim.timer - sim.now if sim.timer else 1)
