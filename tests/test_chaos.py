@@ -518,10 +518,14 @@ class Chaos:
         return found
 
     def started_count(self) -> int:
-        return self.daemon.log_text().count("taskforce started as pid")
+        """Starts of taskforce so far, and resets it refused (the config on
+        disk was broken: nothing was stopped)."""
+        log = self.daemon.log_text()
+        return log.count("taskforce started as pid") + log.count("reset refused")
 
     def back(self, started: int, what: str) -> None:
-        """Wait until a taskforce started after ``started`` answers."""
+        """Wait until taskforce has started (or refused a reset) since
+        ``started`` and answers."""
         try:
             wait_for(
                 lambda: self.started_count() > started and self.answers(), timeout=60, what=what
@@ -993,6 +997,7 @@ class Chaos:
                 "sigkills": self.stats["taskforce_sigkills"],
                 "hups_sent": self.stats["sent_SIGHUP"],
                 "resets_observed": log.count("re-executing"),
+                "resets_refused": log.count("reset refused"),
                 "usr_sent": self.stats["sent_SIGUSR1"] + self.stats["sent_SIGUSR2"],
                 "starts": log.count("taskforce started as pid"),
             },
@@ -1095,7 +1100,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     if taskforce:
         lines.append(
             f"  taskforce: {taskforce['sigkills']} SIGKILLs and restarts, {taskforce['hups_sent']}"
-            f" SIGHUPs sent -> {taskforce['resets_observed']} resets, {taskforce['usr_sent']}"
+            f" SIGHUPs sent -> {taskforce['resets_observed']} resets"
+            f" ({taskforce['resets_refused']} refused: a broken config), {taskforce['usr_sent']}"
             f" SIGUSR1/2 sent, {taskforce['starts']} starts in all"
         )
     findings = summary.get("findings")
