@@ -117,36 +117,15 @@ def measure(args: argparse.Namespace) -> Report:
     try:
         with BenchDaemon(common.fleet_config(argvs), command=command) as daemon:
             daemon.start()
-            _, found = daemon.wait_running(dict.fromkeys(lines, 1), timeout=60)
-            assert daemon.children is not None
-            watcher = daemon.children
-            now = time.perf_counter()
-            pid_of = {line: pid for pid, line in found.items()}
-            since = dict.fromkeys(lines, now)
-            order = list(lines)
-            random.Random(args.seed).shuffle(order)
+            fleet = Fleet(daemon, lines, args)
             for method in methods:
                 parts: dict[str, list[float]] = {}
                 for _ in range(args.repeats):
-                    line = _next_stable(order, since, args.stable)
-                    old = pid_of[line]
-                    if old not in watcher.children() or common.cmdline(old) != line:
-                        raise RuntimeError(
-                            f"task {line!r} is not running as pid {old} any more; "
-                            f"log:\n{daemon.log_tail(40)}"
-                        )
-                    if method == "poll":
-                        new, seen = _round_poll(daemon, watcher, old, line, args)
-                    else:
-                        assert events is not None
-                        new, seen = _round_netlink(daemon, events, old, line, args)
-                    for key, value in seen.items():
+                    for key, value in fleet.kill_one(method, events).items():
                         parts.setdefault(key, []).append(value)
-                    pid_of[line] = new
-                    since[line] = time.perf_counter()
                     time.sleep(args.gap)
                 results[method] = parts
-            fast = watcher.fast
+            fast = fleet.watcher.fast
     finally:
         if events is not None:
             events.close()
@@ -181,6 +160,43 @@ def measure(args: argparse.Namespace) -> Report:
         check(f"restart median, {args.tasks} tasks ({main_method})", median, TARGET_MEDIAN_MS, "ms")
     )
     return report
+
+
+class Fleet:
+    """The running tasks of ``daemon`` (one per cmdline of ``lines``), killed
+    one at a time: each kill is of a task that has run ``args.stable``
+    seconds, every task once before any twice."""
+
+    def __init__(
+        self, daemon: BenchDaemon, lines: Sequence[bytes], args: argparse.Namespace
+    ) -> None:
+        self.daemon = daemon
+        self.args = args
+        _, found = daemon.wait_running(dict.fromkeys(lines, 1), timeout=60)
+        assert daemon.children is not None
+        self.watcher = daemon.children
+        self.pid_of = {line: pid for pid, line in found.items()}
+        self.since = dict.fromkeys(lines, time.perf_counter())
+        self.order = list(lines)
+        random.Random(args.seed).shuffle(self.order)
+
+    def kill_one(self, method: str, events: common.ProcEvents | None) -> dict[str, float]:
+        """SIGKILL one stable task; the times (s) until it runs again, by part."""
+        line = _next_stable(self.order, self.since, self.args.stable)
+        old = self.pid_of[line]
+        if old not in self.watcher.children() or common.cmdline(old) != line:
+            raise RuntimeError(
+                f"task {line!r} is not running as pid {old} any more; "
+                f"log:\n{self.daemon.log_tail(40)}"
+            )
+        if method == "poll":
+            new, seen = _round_poll(self.daemon, self.watcher, old, line, self.args)
+        else:
+            assert events is not None
+            new, seen = _round_netlink(self.daemon, events, old, line, self.args)
+        self.pid_of[line] = new
+        self.since[line] = time.perf_counter()
+        return seen
 
 
 def _round_poll(

@@ -56,14 +56,16 @@ def one_start(
     expected: dict[bytes, int],
     timeout: float,
     events: common.ProcEvents | None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    """Launch a daemon; times (s) to its first log line, first task, all tasks.
+    """Launch a daemon (``env`` added to its environment); times (s) to its
+    first log line, first task, all tasks.
 
     With ``events``, also the time per spawn on the child's side (fork ->
     exec) and on the daemon's (a child's exec -> the next fork).
     """
     total = sum(expected.values())
-    with BenchDaemon(config) as daemon:
+    with BenchDaemon(config, env=env) as daemon:
         if events is not None:
             events.drain()
         t0 = daemon.start()

@@ -74,6 +74,29 @@ FD_SLACK = 2
 MARK_VAR = "TASKFORCE_CHAOS_MARK"
 SH_SLEEP = "sleep 1000 & wait"
 SH_HUP = "trap '' HUP; sleep 1000 & wait"
+#: A task whose descendants leave its process group: a child that stays in
+#: the group and whose own child calls ``setsid``, and a double fork into a
+#: new session (the middle process exits at once).  They all ignore SIGCHLD,
+#: so none leaves a zombie of its own; their argv shows ``<mark>+esc``, the
+#: task's name and what they are, not the mark itself.
+ESCAPE = """
+import os, signal, sys, time
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+tag = [sys.argv[1] + "+esc", sys.argv[2]]
+def become(what):
+    os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(1000)", *tag, what])
+if os.fork() == 0:
+    if os.fork() == 0:
+        os.setsid()
+        become("setsid")
+    become("parent")
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        become("double-fork")
+    os._exit(0)
+time.sleep(1000)
+"""
 WATCHED = ("w1", "w2", "w3")
 ROLE_NAMES = ("web", "db", "cache")
 EXTRA_NAMES = ("x0", "x1")
@@ -86,7 +109,7 @@ EXTRA_NAMES = ("x0", "x1")
 @dataclass
 class TaskDef:
     name: str
-    kind: str  # py, ign, sh, hup
+    kind: str  # py, ign, sh, hup, esc
     count: int = 1
     variant: int = 0
     control: str = "wait"
@@ -126,6 +149,7 @@ def initial_plan() -> Plan:
         TaskDef("web", "py", roles=("web",)),
         TaskDef("db", "sh", count=2, roles=("db", "cache")),
         TaskDef("dep", "py", requires="py1"),
+        TaskDef("esc", "esc", count=2),
     ]
     return Plan({t.name: t for t in tasks}, ("web",))
 
@@ -136,6 +160,8 @@ def argv(task: TaskDef, marker: str, root: Path) -> list[str]:
         return [sys.executable, "-c", SLEEP, *tail]
     if task.kind == "ign":
         return [sys.executable, "-c", IGNORE_TERM, *tail]
+    if task.kind == "esc":
+        return [sys.executable, "-c", ESCAPE, *tail]
     return ["sh", "-c", SH_HUP if task.kind == "hup" else SH_SLEEP, *tail]
 
 
@@ -156,7 +182,7 @@ def config_of(plan: Plan, marker: str, root: Path) -> dict[str, Any]:
         if task.watch is not None:
             path, action = task.watch
             if action.get("command") == "poke":
-                out["commands"]["poke"] = ["sh", "-c", "exit 0"]
+                out["commands"]["poke"] = ["sh", "-c", "exit 0", f"{marker}+cmd"]
             out["events"] = [{"type": "file_change", "path": str(root / path), **action}]
         tasks[task.name] = out
     settings = {
@@ -164,6 +190,8 @@ def config_of(plan: Plan, marker: str, root: Path) -> dict[str, Any]:
         "backoff_initial": 0.05,
         "backoff_max": 0.5,
         "stop_timeout": 2,
+        # Every incarnation's log is kept (resets and crashes start a new one).
+        "record": {"file": str(root / "events.jsonl"), "backups": 999},
     }
     return {"settings": settings, "tasks": tasks}
 
@@ -253,6 +281,20 @@ def descendants(table: dict[int, tuple[int, int, str, str]], root: int) -> set[i
     return found
 
 
+def drop_torn_tail(path: Path) -> int:
+    """Cut ``path`` after its last newline; 1 if there was something to cut."""
+    try:
+        with open(path, "rb+") as handle:
+            data = handle.read()
+            keep = data.rfind(b"\n") + 1
+            if keep == len(data):
+                return 0
+            handle.truncate(keep)
+            return 1
+    except FileNotFoundError:
+        return 0
+
+
 def task_of(cmdline: str, marker: str) -> str | None:
     words = cmdline.split()
     if marker in words:
@@ -260,6 +302,80 @@ def task_of(cmdline: str, marker: str) -> str | None:
         if at + 1 < len(words):
             return words[at + 1]
     return None
+
+
+@dataclass(frozen=True)
+class Member:
+    """A live process of a slot's tree, as its environment names it."""
+
+    pid: int
+    start: bytes  # its start time (/proc/PID/stat field 22): a reused pid differs
+    task: str
+    instance: int
+    tree: int  # Task_pid: the pid of the tree's first process
+
+
+def start_time(pid: int) -> bytes | None:
+    """Field 22 of ``/proc/PID/stat`` of a live, non-zombie ``pid``; else None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in (b"Z", b"X") else fields[19]
+
+
+def members(
+    table: dict[int, tuple[int, int, str, str]], mark: bytes, skip: set[int]
+) -> tuple[list[Member], set[int]]:
+    """The live processes carrying ``mark`` in their environment that belong to
+    a slot's tree (commands and the spawn shim left out), and every pid that
+    carries ``mark`` at all."""
+    found: list[Member] = []
+    marked: set[int] = set()
+    for pid, (_, _, state, cmdline) in table.items():
+        if state in ("Z", "X") or pid in skip:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                environ = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if mark not in environ:
+            continue
+        marked.add(pid)
+        if "+cmd" in cmdline:
+            continue  # a task's command (an event action), not one of its slots
+        env = dict(item.partition(b"=")[::2] for item in environ)
+        name, instance, tree = (env.get(k) for k in (b"Task_name", b"Task_instance", b"Task_pid"))
+        begun = start_time(pid)
+        if name is None or tree is None or not (instance or b"").isdigit() or begun is None:
+            continue  # not yet exec'd (no Task_pid yet), or gone
+        found.append(Member(pid, begun, name.decode(), int(instance or b"0"), int(tree)))
+    return found, marked
+
+
+def by_slot(found: list[Member]) -> dict[tuple[str, int], dict[int, list[Member]]]:
+    """slot -> tree (Task_pid) -> its members."""
+    slots: dict[tuple[str, int], dict[int, list[Member]]] = {}
+    for member in found:
+        slots.setdefault((member.task, member.instance), {}).setdefault(member.tree, []).append(
+            member
+        )
+    return slots
+
+
+def set_subreaper(on: bool) -> bool:
+    """Make this process the subreaper of its descendants (Linux), as an init
+    or a service manager is: what a killed taskforce leaves comes here, to
+    be reaped, instead of going to a PID 1 that may not reap."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(36, int(on), 0, 0, 0) == 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
 
 
 # =====================================================================
@@ -274,8 +390,20 @@ class Chaos:
     """Random faults and changes against one daemon, then the checks."""
 
     def __init__(
-        self, daemon: Daemon, seed: int, seconds: float, log: Callable[[str], None] = print
+        self,
+        daemon: Daemon,
+        seed: int,
+        seconds: float,
+        log: Callable[[str], None] = print,
+        *,
+        checkpoint_every: float = 0.0,
+        first: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ):
+        """``checkpoint_every`` seconds (0: never) the run stops to settle on
+        the current plan and count what is wrong; ``first`` names actions
+        (``act_*`` without the prefix) done once each before the random
+        ones; ``env`` is added to the daemon's environment."""
         self.daemon = daemon
         self.seed = seed
         self.seconds = seconds
@@ -292,6 +420,15 @@ class Chaos:
         self.seen: set[int] = set()
         self.bad_answers: list[str] = []
         self.checkpoints: dict[str, tuple[int, dict[str, int]]] = {}
+        self.checkpoint_every = checkpoint_every
+        self.first = first
+        self.extra_env = env or {}
+        self.mark = f"{MARK_VAR}={self.marker}".encode()
+        #: every pid seen carrying the mark (a zombie's environment is gone)
+        self.ours: set[int] = set()
+        #: duplicates, survivors, zombies found (any one fails the run)
+        self.findings: Counter[str] = Counter()
+        self.subreaper = False
         #: filled in once the end state was reached (also when a check fails)
         self.summary: dict[str, Any] = {}
 
@@ -338,8 +475,13 @@ class Chaos:
         shutil.copytree(
             package, self.folder / "pkg" / "taskforce", ignore=shutil.ignore_patterns("__pycache__")
         )
-        env = {"PYTHONPATH": str(self.folder / "pkg"), MARK_VAR: self.marker}
-        self.daemon.start("-w", self.sock, "-A", "--expires", str(margin), env=env)
+        self.env = {"PYTHONPATH": str(self.folder / "pkg"), MARK_VAR: self.marker, **self.extra_env}
+        # One command line for every start, a restart after a crash included
+        # (with the same roles file, so the same taskforce id).
+        command = self.daemon.command("-w", self.sock, "-A", "--expires", str(margin))
+        self.daemon.command = lambda *extra: command  # type: ignore[method-assign]
+        self.subreaper = set_subreaper(True)
+        self.daemon.start(env=self.env)
         wait_for(lambda: self.answers(), timeout=20, what="the control socket")
 
     def answers(self) -> bool:
@@ -349,7 +491,24 @@ class Chaos:
             return False
 
     def close(self) -> None:
+        if self.subreaper:
+            set_subreaper(False)
+            self.reap()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    def reap(self) -> None:
+        """Reap what a killed taskforce left to us (we are its subreaper)."""
+        if not self.subreaper:
+            return
+        children: list[int] = []
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/children") as handle:
+                children.extend(int(pid) for pid in handle.read().split())
+        for pid in children:
+            if pid != self.daemon.own_pid and start_time(pid) is None:
+                with contextlib.suppress(ChildProcessError):
+                    if os.waitpid(pid, os.WNOHANG)[0]:
+                        self.stats["reaped_by_the_harness"] += 1
 
     # ------------------------------------------------------------ actions
 
@@ -357,6 +516,106 @@ class Chaos:
         found = self.daemon.processes()
         self.seen.update(found)
         return found
+
+    def started_count(self) -> int:
+        """Starts of taskforce so far, and resets it refused (the config on
+        disk was broken: nothing was stopped)."""
+        log = self.daemon.log_text()
+        return log.count("taskforce started as pid") + log.count("reset refused")
+
+    def back(self, started: int, what: str) -> None:
+        """Wait until taskforce has started (or refused a reset) since
+        ``started`` and answers."""
+        try:
+            wait_for(
+                lambda: self.started_count() > started and self.answers(), timeout=60, what=what
+            )
+        except AssertionError:
+            tail = "\n".join(self.daemon.log_text().splitlines()[-30:])
+            self.fail(f"nothing supervises after {what}:\n{tail}")
+
+    def act_storm_hup(self) -> None:
+        self.act_storm(hups=self.rng.choice([2, 3, 5]))
+
+    def act_storm_usr(self) -> None:
+        self.act_storm(hups=0)
+
+    def act_storm(self, hups: int | None = None) -> None:
+        """A burst of signals at taskforce itself: HUPs (which must coalesce
+        into one reset, after which everything runs again), or USR1 and USR2
+        (reopen output files; never death), sometimes mixed."""
+        rng = self.rng
+        pid = self.daemon.pid
+        if hups is None:
+            hups = rng.choice([0, 1, 2, 3, 5, 8])
+        others = rng.choice([0, 1, 3]) if hups else rng.choice([1, 2, 5])
+        sent = [signal.SIGHUP] * hups + [
+            rng.choice([signal.SIGUSR1, signal.SIGUSR2]) for _ in range(others)
+        ]
+        rng.shuffle(sent)
+        started = self.started_count()
+        for signum in sent:
+            os.kill(pid, signum)
+            self.stats["sent_" + signal.Signals(signum).name] += 1
+            time.sleep(rng.choice([0, 0, 0.001, 0.01, 0.05]))
+        self.stats["storms_hup" if hups else "storms_usr"] += 1
+        if hups:
+            self.back(started, f"a storm of {hups} SIGHUPs")
+
+    def act_crash(self) -> None:
+        """SIGKILL of taskforce (sometimes in the middle of a reset), then a
+        start with the same command line: it must stop what its predecessor
+        left before anything starts in its place."""
+        rng = self.rng
+        proc = self.daemon.proc
+        assert proc is not None
+        if rng.random() < 0.25:
+            os.kill(proc.pid, signal.SIGHUP)
+            self.stats["sent_SIGHUP"] += 1
+            self.stats["crashes_during_a_reset"] += 1
+            time.sleep(rng.choice([0, 0.01, 0.05, 0.1, 0.3]))
+        proc.kill()
+        proc.wait(10)
+        self.stats["taskforce_sigkills"] += 1
+        # A crashed recorder may end its log in a torn line: what it wrote
+        # before is what must replay.
+        torn = drop_torn_tail(self.daemon.events)
+        self.stats["torn_log_tails_dropped"] += torn
+        self.reap()
+        # An operator starts it again with the last config and roles written
+        # (a broken or missing file would keep it from starting at all).
+        self.write_roles(self.plan)
+        self.write_plan(self.plan)
+        started = self.started_count()
+        self.daemon.start(env=self.env)
+        self.back(started, "a restart after SIGKILL")
+        # Right after the recovery, no slot may run two trees at any time.
+        deadline = time.monotonic() + rng.choice([0.5, 1.0, 2.0])
+        while time.monotonic() < deadline:
+            self.check_overlaps("after a restart")
+            time.sleep(0.02)
+
+    def check_overlaps(self, when: str) -> None:
+        """No slot runs two process trees at one instant (a duplicate).
+
+        A scan of /proc is not atomic; each tree it saw is looked at again
+        afterwards: a member alive then was alive all along since it was
+        seen, so trees all confirmed alive were all alive at once."""
+        found, marked = members(proc_table(), self.mark, {self.daemon.pid})
+        self.ours |= marked
+        for slot, trees in sorted(by_slot(found).items()):
+            if len(trees) < 2:
+                continue
+            confirmed = {
+                tree: [m.pid for m in group if start_time(m.pid) == m.start]
+                for tree, group in trees.items()
+            }
+            if all(confirmed.values()):
+                self.findings["duplicates"] += 1
+                self.fail(
+                    f"duplicate {when}: {slot[0]}[{slot[1]}] runs {len(trees)} process trees "
+                    f"at once: {confirmed}"
+                )
 
     def act_kill(self) -> None:
         rng = self.rng
@@ -425,7 +684,7 @@ class Chaos:
                     del new.tasks[extra]
                 else:
                     new.tasks[extra] = TaskDef(
-                        extra, rng.choice(["py", "sh"]), count=rng.choice([1, 2])
+                        extra, rng.choice(["py", "sh", "esc"]), count=rng.choice([1, 2])
                     )
             elif kind == "roles" and not task.pinned and task.kind != "ign":
                 task.roles = rng.choice([None, ("web",), ("db",), ("cache", "web")])
@@ -533,19 +792,25 @@ class Chaos:
             (self.act_config, 12),
             (self.act_roles, 6),
             (self.act_control, 30),
+            (self.act_storm, 2),
+            (self.act_crash, 1),
         ]
         choices = [a for a, _ in actions]
         weights = [w for _, w in actions]
+        first = [getattr(self, f"act_{name}") for name in self.first]
+        self.first = ()
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            rng.choices(choices, weights)[0]()
+        while first or time.monotonic() < deadline:
+            (first.pop(0) if first else rng.choices(choices, weights)[0])()
             self.stats["actions"] += 1
             if self.daemon.proc is not None and self.daemon.proc.poll() is not None:
                 tail = "\n".join(self.daemon.log_text().splitlines()[-30:])
                 self.fail(f"the daemon exited with {self.daemon.proc.returncode}:\n{tail}")
             time.sleep(rng.choice([0, 0.005, 0.02, 0.05, 0.1]))
+            self.reap()
             if rng.random() < 0.1:
                 self.marked()
+                self.check_overlaps("during the run")
 
     # ------------------------------------------------------------ settle
 
@@ -608,7 +873,9 @@ class Chaos:
         marked: dict[str, set[int]] = {}
         for pid, (_, _, state, cmdline) in table.items():
             if self.marker in cmdline and state != "Z" and pid != daemon.pid:
-                name = task_of(cmdline, self.marker) or "?"
+                name = task_of(cmdline, self.marker)
+                if name is None:
+                    continue  # an escaper or a command: see the trees below
                 marked.setdefault(name, set()).add(pid)
                 self.seen.add(pid)
         reported: set[int] = set()
@@ -633,27 +900,35 @@ class Chaos:
                 out.append(f"{name}: daemon reports pids {sorted(pids)}, running {sorted(have)}")
             if shown.get("overrides"):
                 out.append(f"{name}: overrides left {shown['overrides']}")
+        # Every process the daemon ever started, and all they started, carry
+        # the run's mark in their environment, and their slot and tree
+        # (Task_name, Task_instance, Task_pid): wherever they went, each must
+        # belong to a tree the daemon reports now, in a slot that should run.
+        found, marked_pids = members(table, self.mark, {daemon.pid})
+        self.ours |= marked_pids
+        for (name, instance), trees in sorted(by_slot(found).items()):
+            want = expected.get(name, 0)
+            for tree, group in sorted(trees.items()):
+                pids = sorted(m.pid for m in group)
+                if instance >= want:
+                    out.append(
+                        f"survivor: {name}[{instance}] should not run; its tree {tree}: {pids}"
+                    )
+                elif tree not in reported:
+                    leader_alive = any(m.pid == tree for m in group)
+                    kind = "duplicate" if leader_alive else "survivor"
+                    out.append(f"{kind}: {name}[{instance}] tree {tree} not the daemon's: {pids}")
+        in_trees = {m.pid for m in found}
         under = descendants(table, daemon.pid)
         for pid in sorted(under):
             _, pgid, state, cmdline = table[pid]
             if state == "Z":
-                out.append(f"zombie child {pid} ({cmdline or '?'})")
-            elif pgid not in reported:
-                out.append(f"{pid} ({cmdline!r}) in group {pgid}, of no task the daemon reports")
-        # Every process the daemon ever started, and all they started, carry
-        # the run's mark in their environment: wherever they went, none may
-        # be left outside the groups the daemon reports now.
-        mark = f"{MARK_VAR}={self.marker}".encode()
-        for pid, (_, pgid, state, cmdline) in sorted(table.items()):
-            if state == "Z" or pid == daemon.pid or pgid in reported or pid in under:
-                continue
-            try:
-                with open(f"/proc/{pid}/environ", "rb") as handle:
-                    environ = handle.read().split(b"\0")
-            except OSError:
-                continue
-            if mark in environ:
-                out.append(f"{pid} ({cmdline!r}, group {pgid}) survives from an earlier run")
+                out.append(f"zombie: child {pid} of taskforce ({cmdline or '?'})")
+            elif pid not in in_trees:
+                out.append(f"{pid} ({cmdline!r}) under taskforce, in no slot's tree")
+        for pid, (ppid, _, state, _) in sorted(table.items()):
+            if state == "Z" and ppid == 1 and pid in self.ours:
+                out.append(f"zombie: {pid} of a task, a child of PID 1")
         return out
 
     def settle(self, plan: Plan, what: str) -> None:
@@ -668,6 +943,7 @@ class Chaos:
         try:
             wait_for(settled, timeout=SETTLE, what=what)
         except AssertionError:
+            self.count(last)
             tail = "\n".join(self.daemon.log_text().splitlines()[-40:])
             self.fail(
                 f"{what}: not settled after {SETTLE}s:\n  "
@@ -678,8 +954,61 @@ class Chaos:
         time.sleep(0.5)
         again = self.problems(plan)
         if again:
+            self.count(again)
             self.fail(f"{what}: settled, then changed again: {again}")
         self.stats[f"settle_ms_{what}"] = round((time.monotonic() - started) * 1000)
+
+    def shutdown(self) -> int:
+        """SIGTERM to taskforce: it must exit 0 leaving nothing of its tasks
+        (escapers included), and no zombie of theirs."""
+        code = self.daemon.stop(timeout=60)
+        left: set[int] = set()
+
+        def nothing_left() -> bool:
+            nonlocal left
+            self.reap()
+            _, left = members(proc_table(), self.mark, set())
+            return not left
+
+        try:
+            wait_for(nothing_left, timeout=10, what="nothing left after the shutdown")
+        except AssertionError:
+            self.findings["survivors"] += len(left)
+            self.fail(f"left running after taskforce's shutdown: {sorted(left)}")
+        zombies = [
+            pid
+            for pid, (ppid, _, state, _) in proc_table().items()
+            if state == "Z" and ppid == 1 and pid in self.ours
+        ]
+        if zombies:
+            self.findings["zombies"] += len(zombies)
+            self.fail(f"zombies of our tasks under PID 1 after the shutdown: {zombies}")
+        return code
+
+    def partial_summary(self) -> dict[str, Any]:
+        """What was done and found so far (also when the run failed)."""
+        log = self.daemon.log_text()
+        return {
+            "seed": self.seed,
+            "actions": dict(sorted(self.stats.items())),
+            "answers": dict(sorted(self.codes.items())),
+            "processes_seen": len(self.seen),
+            "taskforce": {
+                "sigkills": self.stats["taskforce_sigkills"],
+                "hups_sent": self.stats["sent_SIGHUP"],
+                "resets_observed": log.count("re-executing"),
+                "resets_refused": log.count("reset refused"),
+                "usr_sent": self.stats["sent_SIGUSR1"] + self.stats["sent_SIGUSR2"],
+                "starts": log.count("taskforce started as pid"),
+            },
+            "findings": {k: self.findings[k] for k in ("duplicates", "survivors", "zombies")},
+        }
+
+    def count(self, problems: list[str]) -> None:
+        for problem in problems:
+            kind = problem.split(":", 1)[0]
+            if kind in ("duplicate", "survivor", "zombie"):
+                self.findings[kind + "s"] += 1
 
     def checkpoint(self, name: str) -> tuple[int, dict[str, int]]:
         pid = self.daemon.pid
@@ -705,7 +1034,16 @@ class Chaos:
         self.put_in_place(self.plan)
         self.settle(self.plan, "warm-up reference")
         early = self.checkpoint("early")
-        self.run_for(max(0.0, self.seconds - warmup))
+        left = max(0.0, self.seconds - warmup)
+        while left > 0:
+            # Now and then, settle on the current plan and check it exactly.
+            chunk = min(left, self.checkpoint_every or left)
+            self.run_for(chunk)
+            left -= chunk
+            if left > 0:
+                self.put_in_place(self.plan)
+                self.stats["checkpoints"] += 1
+                self.settle(self.plan, f"checkpoint {self.stats['checkpoints']}")
         final = self.plan
         self.put_in_place(final)
         self.settle(final, "last valid config")
@@ -716,16 +1054,16 @@ class Chaos:
         late = self.checkpoint("late")
         grew_rss = late[0] - early[0]
         early_fds, late_fds = sum(early[1].values()), sum(late[1].values())
+        failures = []
+        code = self.shutdown()
+        if code != 0:
+            failures.append(f"taskforce exited with {code} at shutdown")
         self.summary = {
-            "seed": self.seed,
+            **self.partial_summary(),
             "seconds": round(time.monotonic() - started, 1),
-            "actions": dict(sorted(self.stats.items())),
-            "answers": dict(sorted(self.codes.items())),
-            "processes_seen": len(self.seen),
             "rss_kib": {"early": early[0], "late": late[0], "growth": grew_rss},
             "fds": {"early": early[1], "late": late[1]},
         }
-        failures = []
         if self.bad_answers:
             failures.append(f"control requests answered badly: {self.bad_answers[:5]}")
         if grew_rss > RSS_SLACK_KIB:
@@ -758,6 +1096,17 @@ def format_summary(summary: dict[str, Any]) -> str:
         for name, value in summary.get(key, {}).items():
             lines.append(f"    {name:32} {value}")
     lines.append(f"  distinct task processes seen: {summary.get('processes_seen', '?')}")
+    taskforce = summary.get("taskforce")
+    if taskforce:
+        lines.append(
+            f"  taskforce: {taskforce['sigkills']} SIGKILLs and restarts, {taskforce['hups_sent']}"
+            f" SIGHUPs sent -> {taskforce['resets_observed']} resets"
+            f" ({taskforce['resets_refused']} refused: a broken config), {taskforce['usr_sent']}"
+            f" SIGUSR1/2 sent, {taskforce['starts']} starts in all"
+        )
+    findings = summary.get("findings")
+    if findings:
+        lines.append("  found: " + ", ".join(f"{value} {key}" for key, value in findings.items()))
     rss = summary.get("rss_kib")
     if rss:
         lines.append(
@@ -782,6 +1131,33 @@ def test_chaos(daemon: Daemon) -> None:
         chaos.close()
         if chaos.summary:
             print(format_summary(chaos.summary))
+
+
+@pytest.mark.parametrize("cgroups", ["auto", "off"])
+def test_chaos_with_signal_storms_crashes_and_escapers(daemon: Daemon, cgroups: str) -> None:
+    """A short run, always with the same seed, that does each of the harsher
+    faults at least once before random ones: SIGHUP and SIGUSR1/2 storms at
+    taskforce, SIGKILL of taskforce and a start again (once in the middle of
+    a reset), kills among tasks whose grandchildren escape by setsid and a
+    double fork -- with a cgroup per slot where the host has them, and
+    without.  Then the end state is exact, nothing is left after the
+    shutdown, and every incarnation's log replays (the fixture)."""
+    chaos = Chaos(
+        daemon,
+        20261206,
+        4.0,
+        first=("storm_hup", "storm_usr", "crash", "kill", "storm_hup", "crash", "kill"),
+        env={"TASKFORCE_CGROUPS": cgroups},
+    )
+    try:
+        summary = chaos.run()
+    finally:
+        chaos.close()
+    print(format_summary(summary))
+    assert summary["findings"] == {"duplicates": 0, "survivors": 0, "zombies": 0}
+    assert summary["taskforce"]["sigkills"] >= 2
+    assert summary["taskforce"]["resets_observed"] >= 2
+    assert summary["taskforce"]["usr_sent"] >= 1
 
 
 def test_a_thirty_day_time_limit_does_not_kill_the_daemon(daemon: Daemon) -> None:
