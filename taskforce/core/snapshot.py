@@ -65,6 +65,7 @@ DERIVED = frozenset(
         "_out",
         "_dirty",
         "_all_dirty",
+        "_reload",
     }
 )
 
