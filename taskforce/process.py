@@ -172,7 +172,9 @@ def read_report(fd: int) -> str | None:
     """Read a child's exec report to its end and close it: the error, or None.
 
     With ``fd`` non-blocking, raises BlockingIOError if the child has neither
-    exec'd nor failed yet (the fd is then left open).
+    exec'd nor failed yet (the fd is then left open).  A child that fails
+    writes its error in one write (under ``PIPE_BUF``) just before it exits,
+    so once anything was read the report is whole, even before end of file.
     """
     chunks = []
     while True:
@@ -180,6 +182,10 @@ def read_report(fd: int) -> str | None:
             chunk = os.read(fd, 4096)
         except InterruptedError:
             continue
+        except BlockingIOError:
+            if not chunks:
+                raise
+            break  # the error is here; the child's exit closes the pipe
         if not chunk:
             break
         chunks.append(chunk)

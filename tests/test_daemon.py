@@ -259,6 +259,22 @@ def test_spawn_failure_is_reported_not_fatal(daemon: Daemon) -> None:
     assert daemon.proc is not None and daemon.proc.poll() is None
 
 
+def test_an_exec_report_read_before_the_child_exits_keeps_its_error() -> None:
+    # The loop may read a failing child's report between its write and its
+    # exit (seen as "exited 127" instead of the cwd error under load).
+    from taskforce import process
+
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    try:
+        with pytest.raises(BlockingIOError):
+            process.read_report(read_end)  # nothing yet: still running
+        os.write(write_end, b"cwd '/nonexistent-dir': No such file or directory")
+        assert process.read_report(read_end) == "cwd '/nonexistent-dir': No such file or directory"
+    finally:
+        os.close(write_end)
+
+
 def test_procname_sets_argv0_and_context_reaches_environment(daemon: Daemon) -> None:
     m = daemon.marker
     out = daemon.root / "env.txt"
