@@ -625,6 +625,12 @@ class CoreMachine(RuleBasedStateMachine):
         wanted = {
             f"{t.name}#0": (t.conf,) for t in u.present() if t.action is not None and u.in_scope(t)
         }
+        # A task with a failed slot has its start program watched, so that
+        # installing it tries again.
+        for t in u.present():
+            task = self.s.core.tasks.get(t.name)
+            if u.in_scope(t) and task and any(x.state.value == "failed" for x in task.slots):
+                wanted[f"{t.name}#failed"] = task.spec.processes[0].argv[:1]
         assert {k: w.paths for k, w in self.s.watches.items()} == wanted
 
     @invariant()

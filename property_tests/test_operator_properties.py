@@ -207,7 +207,10 @@ def test_a_failed_slot_starts_again_only_on_a_trigger(
             broken.discard(step[1])
             sim.reload(_config(versions, counts, broken))
         elif kind == "touch":
+            was_failed = (step[1], 0) in failed
             sim.touch(f"/missing/{step[1]}" if step[1] in broken else f"/usr/bin/{step[1]}d")
+            # A failed task's program is watched: its change is a fresh try.
+            assert not was_failed or (step[1], 0) not in failed, f"{step[1]} still failed"
         else:
             sim.reload(_config(versions, counts, broken), requested=True)
         before[0] = sim.config

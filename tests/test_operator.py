@@ -109,6 +109,32 @@ def test_a_crash_loop_fails_and_tfctl_start_tries_again(
     assert daemon.pids("ok"), "the other task runs on"
 
 
+@needs_linux
+def test_a_failed_task_tries_again_when_its_program_is_installed(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = daemon.marker
+    program = daemon.root / "bin" / "tf-late"
+    program.parent.mkdir()
+    quick = {"backoff_initial": 0.05, "backoff_max": 0.2}
+    defs = {"late": {"commands": {"start": [str(program), m, "late"]}}}
+    sock = start_daemon(daemon, defs, settings=quick)
+    daemon.wait_log("start limit hit: 5 starts in 10 s, last: failed to start")
+    assert json.loads(call(sock, "/status/tasks")[2])["late"]["state"] == "failed"
+
+    # Installed (written elsewhere, then renamed into place, as packages do).
+    staged = daemon.root / "tf-late.new"
+    staged.write_text("#!/bin/sh\nwhile :; do sleep 1; done\n")
+    staged.chmod(0o755)
+    staged.rename(program)
+    daemon.wait_log(f"late[0]: failed state cleared: its executable {program} changed")
+    daemon.wait_pids("late", 1)
+    wait_for(
+        lambda: json.loads(call(sock, "/status/tasks")[2])["late"]["state"] == "running",
+        what="late running",
+    )
+
+
 def test_check_config_warns_of_a_missing_program(daemon: Daemon) -> None:
     m = daemon.marker
     daemon.write_config(

@@ -101,6 +101,10 @@ class Slot:
         return self.phase != "daemon"
 
 
+#: the watch key suffix (``<task>#failed``) for the start program of a task
+#: with a slot in the failed state (event watches are ``<task>#<index>``)
+FAILED_WATCH = "failed"
+
 #: states with a process (or one on its way); a tuple, as membership by
 #: identity is cheaper than hashing an Enum member
 _HAS_PROCESS = (*sorted(LIVE_STATES, key=lambda state: state.name), S.STARTING, S.PROBING)
@@ -719,7 +723,12 @@ class Supervisor:
     def _on_FileChanged(self, event: ev.FileChanged) -> None:
         name, _, index = event.key.partition("#")
         task = self.tasks.get(name)
-        if task is None or task.removed or not task.spec.in_scope or not index.isdigit():
+        if task is None or task.removed or not task.spec.in_scope:
+            return
+        if index == FAILED_WATCH:
+            self.retry_failed(task, f"its executable {event.path} changed")
+            return
+        if not index.isdigit():
             return
         for spec in task.spec.events:
             if spec.index == int(index):
@@ -870,6 +879,14 @@ class Supervisor:
                     wanted[key] = fx.Watch(key, "executable", spec.paths[:1], task.spec.search_path)
                 elif spec.type == "python":
                     wanted[key] = fx.Watch(key, "python", spec.paths, task.spec.search_path)
+            if any(slot.state is S.FAILED for slot in task.slots) and not any(
+                spec.type == "self" for spec in task.spec.events
+            ):
+                # A crash loop that gave up is often a program not (yet)
+                # installed: its arrival is a reason to try again.
+                key = f"{name}#{FAILED_WATCH}"
+                program = task.spec.processes[0].argv[:1]
+                wanted[key] = fx.Watch(key, "executable", program, task.spec.search_path)
         for key in sorted(set(self._watches) - set(wanted)):
             self._emit(fx.Unwatch(key))
         for key in sorted(wanted):
@@ -1327,6 +1344,7 @@ class Supervisor:
             )
             self.counters["start_limit_hits"] = self.counters.get("start_limit_hits", 0) + 1
             LIFECYCLE.fire(slot, "give_up")
+            self._update_watches()  # its executable, until it is tried again
         elif ran >= self.settings.stable_after and not failed:
             if slot.fails:
                 self._log("info", f"{what}; it had run stably, backoff reset", slot.task)
@@ -1381,6 +1399,7 @@ class Supervisor:
         slot.starts = ()
         slot.reason = reason or f"started: {why} (it had failed)"
         self._log("info", f"{self._name(slot)}: failed state cleared: {why}", slot.task)
+        self._update_watches()
 
     def retry_failed(self, task: TaskState, why: str, instance: int | None = None) -> int:
         """Let ``task``'s failed slots (or slot ``instance``) start again; how many."""
