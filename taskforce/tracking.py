@@ -38,7 +38,7 @@ import os
 import selectors
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import quote, unquote
 
 from taskforce.pidwatch import alive
@@ -379,10 +379,15 @@ class Tracker:
         if self.tree is not None:
             if signame == "SIGKILL" and self._kill_cgroup(slot):
                 return
-            for pid in self._cgroup_pids(slot):
-                send_signal(pid, signame, group=False)
+            others: Iterable[int] = self._cgroup_pids(slot)
         elif sys.platform.startswith("linux"):
-            for pid in marked_processes(self.ident, skip).get(slot, ()):
+            others = marked_processes(self.ident, skip).get(slot, ())
+        else:
+            return
+        for pid in others:
+            # The group has had it already: a second SIGTERM is, to many
+            # daemons, "stop now, skip the clean shutdown".
+            if not _in_group(pid, pgid):
                 send_signal(pid, signame, group=False)
 
     def _kill_cgroup(self, slot: Slot) -> bool:
@@ -523,3 +528,13 @@ class Tracker:
             os.rmdir(self.tree)
         except OSError:
             pass
+
+
+def _in_group(pid: int, pgid: int) -> bool:
+    """Whether ``pid`` is in process group ``pgid`` (or gone already)."""
+    try:
+        return os.getpgid(pid) == pgid
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False

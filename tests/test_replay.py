@@ -209,7 +209,7 @@ def test_simulate_on_the_example_agrees_with_the_real_daemon(daemon: Daemon) -> 
     daemon.roles.write_text((copy / "demo.roles").read_text())
     daemon.start()
     log_order = wait_for(
-        lambda: (lambda t: t if t.count(" started as pid") >= 4 else None)(daemon.log_text()),
+        lambda: (lambda t: t if t.count("] started as pid") >= 4 else None)(daemon.log_text()),
         timeout=20,
         what="the example to start",
     )

@@ -89,6 +89,54 @@ def test_an_escaper_does_not_outlive_its_task(daemon: Daemon, mode: str, script:
     assert not daemon.processes(), daemon.processes()
 
 
+#: Appends a line to the file named by argv[3] for each SIGTERM it gets,
+#: and for each its child gets; the child stays in the task's group.
+COUNTS_TERM = (
+    "import os, signal, sys, time\n"
+    "os.fork()\n"
+    "signal.signal(signal.SIGTERM, lambda *_: open(sys.argv[3], 'a').write(f'{os.getpid()}\\n'))\n"
+    "time.sleep(1000)\n"
+)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_stop_sends_each_process_one_sigterm(daemon: Daemon, mode: str) -> None:
+    m = daemon.marker
+    counts = daemon.root / "terms.txt"
+    counter = task(m, "counter", COUNTS_TERM, args=(str(counts),), stop_timeout=1.5)
+    daemon.write_config({"tasks": {"counter": counter}})
+    _start(daemon, mode)
+    both = daemon.wait_pids("counter", 2)
+    assert daemon.stop() == 0  # each ignores SIGTERM (counts it): SIGKILL ends them
+    got = counts.read_text().split() if counts.exists() else []
+    assert sorted(map(int, got)) == sorted(both), "each process gets the stop signal once"
+
+
+def test_a_group_member_is_not_signalled_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two SIGTERMs close together may merge in the kernel, so the daemon
+    # test above cannot always see a second one: look at what is sent.
+    leader = subprocess.Popen([PY, "-c", SLEEP], preexec_fn=os.setpgrp)
+    member = subprocess.Popen([PY, "-c", SLEEP], preexec_fn=lambda: os.setpgid(0, leader.pid))
+    outsider = subprocess.Popen([PY, "-c", SLEEP], start_new_session=True)
+    sent: list[tuple[int, str, bool]] = []
+    monkeypatch.setattr(
+        "taskforce.tracking.send_signal",
+        lambda pid, signame, *, group: sent.append((pid, signame, group)) or True,
+    )
+    tracker = Tracker("probe-" + os.urandom(4).hex(), lambda slot: None, use_cgroups=False)
+    try:
+        everyone = [leader.pid, member.pid, outsider.pid]
+        monkeypatch.setattr(tracker, "tree", "/nonexistent")
+        monkeypatch.setattr(tracker, "_cgroup_pids", lambda slot: everyone)
+        tracker.signal(("t", 0), leader.pid, "SIGTERM")
+        assert sent == [(leader.pid, "SIGTERM", True), (outsider.pid, "SIGTERM", False)]
+    finally:
+        tracker.close()
+        for proc in (leader, member, outsider):
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_a_crash_of_taskforce_runs_nothing_twice(daemon: Daemon, mode: str) -> None:
     m = daemon.marker

@@ -15,6 +15,7 @@ interval = float(os.environ.get("DEMO_HEARTBEAT", "10"))
 
 
 def stop(signum, frame):
+    signal.signal(signum, signal.SIG_IGN)  # once is enough: exit quietly
     print(f"{name}: got signal {signum}, exiting", file=sys.stderr, flush=True)
     sys.exit(0)
 
