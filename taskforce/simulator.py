@@ -8,6 +8,12 @@ change only when ``touch`` is called.  The property tests and the example
 tests use it to run hours of supervision in milliseconds, and every step is
 recorded in ``log`` so a run can be replayed (``replay``) against a fresh core.
 
+It is the one fake shell of the test suite: a test that needs the core
+driven as the shell drives it uses a ``Simulation`` rather than a driver of
+its own.  It is also a ``taskforce.control.shell.Shell``, so the control
+server can be run against it in-process (``feed``, ``load_inputs``,
+``apply_loaded``, ``request_reset``, ``captured``, ``wake``, ``fed``).
+
 Contract kept with the core (the shell's contract, made exact):
 
 - a ``Spawn`` is answered by ``ProcessStarted`` (or ``SpawnFailed``, for a
@@ -50,6 +56,7 @@ made on it, so two runs with the same calls are identical.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -227,6 +234,7 @@ class Divergence(NamedTuple):
 
 Step = tuple[ev.Event, tuple[fx.Effect, ...]]
 EffectObserver = Callable[["Simulation", ev.Event, fx.Effect], None]
+Recorder = Callable[[ev.Event, tuple[fx.Effect, ...]], None]
 
 
 class Simulation:
@@ -237,13 +245,16 @@ class Simulation:
     log file to replay and keep as a regression case.
 
     ``behaviours`` maps a task name to how its processes react to signals
-    (``TERM`` by default); ``failing`` holds program names (``argv[0]``)
+    (``default_behaviour``, ``TERM`` unless given, for the tasks it does
+    not name); ``failing`` holds program names (``argv[0]``)
     whose spawn fails.  ``pidfile_delays`` maps a ``DAEMONIZE`` task to how
     long its daemon takes to write its pidfile; ``forging`` holds the
     ``DAEMONIZE`` tasks whose launcher writes a stranger's pid into it (see
     ``add_stranger``).  All may be changed between calls.  ``observers``
     are called with every effect just before it is performed, with the
-    world as it is at that moment.  The clock reads ``start`` (0.0) at first.
+    world as it is at that moment; ``recorder``, if set, is called with
+    every event and the effects the core gave for it, as the daemon's
+    ``--record`` is.  The clock reads ``start`` (0.0) at first.
     """
 
     latest: Simulation | None = None
@@ -260,11 +271,13 @@ class Simulation:
         max_steps_per_call: int = 100_000,
         pidfile_delays: Mapping[str, float] | None = None,
         forging: Iterable[str] = (),
+        default_behaviour: str = TERM,
     ) -> None:
         self.core = Supervisor()
         Simulation.latest = self
         self.now = start
         self.behaviours: dict[str, str] = dict(behaviours or {})
+        self.default_behaviour = default_behaviour
         self.failing: set[str] = set(failing)
         self.host = host
         self.fqdn = fqdn
@@ -299,6 +312,9 @@ class Simulation:
         self.commands: list[tuple[float, fx.RunCommand]] = []
         self.violations: list[Violation] = []
         self.observers: list[EffectObserver] = []
+        self.recorder: Recorder | None = None
+        #: how many events the core has been fed, over every incarnation
+        self.fed = 0
         self.config: dict[str, Any] = {}
         self.roles: tuple[str, ...] | None = None
         #: the ``name=value`` lines of the roles file
@@ -343,8 +359,9 @@ class Simulation:
         role_values: Mapping[str, str] | None = None,
         *,
         requested: bool = False,
-    ) -> None:
-        """A new config and/or roles were read.
+    ) -> tuple[fx.Effect, ...]:
+        """A new config and/or roles were read; the effects the core gave
+        for the ``ConfigLoaded``.
 
         Omit ``config`` to keep the current one (a roles change); omit
         ``roles`` to keep the current roles (``None`` means no roles file)
@@ -363,7 +380,7 @@ class Simulation:
         new_roles = self.roles if roles is _KEEP else roles
         if roles is _KEEP and role_values is None:
             role_values = self.role_values
-        self._load(cfg, new_roles, role_values, source=source)
+        return self._load(cfg, new_roles, role_values, source=source)
 
     def delete_roles(self, path: str = "/usr/local/etc/tf_roles.conf") -> None:
         """The roles file at ``path`` was deleted, as the shell reports it:
@@ -380,24 +397,57 @@ class Simulation:
         """SIGTERM/SIGINT (or SIGHUP with ``reset``) reached the daemon."""
         self._push(ev.StopRequested(at=self.now, reset=reset, reason=reason))
 
-    def control(self, request: int, action: str, args: Mapping[str, Any] | None = None) -> None:
-        """An operator's request arrived on the control path (see ``replies``)."""
-        self._push(
+    def control(
+        self,
+        request: int,
+        action: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        who: Mapping[str, Any] | None = None,
+        allow: tuple[str, ...] | None = None,
+    ) -> fx.Reply | None:
+        """An operator's request arrived on the control path, from ``who``
+        through a listener that grants ``allow`` (None: unchecked); the
+        core's reply, which is also kept in ``replies``."""
+        effects = self.feed(
             ev.ControlRequested(
-                at=self.now, request=request, action=action, args=freeze(dict(args or {}))
+                at=self.now,
+                request=request,
+                action=action,
+                args=freeze(dict(args or {})),
+                who=dict(who or {}),
+                allow=allow,
             )
         )
+        return next((e for e in effects if isinstance(e, fx.Reply)), None)
+
+    def feed(self, event: ev.Event) -> tuple[fx.Effect, ...]:
+        """Feed ``event`` as the shell would, then everything that follows
+        from it; the effects the core gave for ``event`` itself.
+
+        For what no other method makes happen: an event a test makes up,
+        or one the control server built (see ``taskforce.control.shell``).
+        """
+        mark = len(self.log)
+        self._push(event)
+        # Fed first: between calls nothing else is queued (see ``_drain``).
+        return self.log[mark][1]
 
     def kill(self, pid: int, signal: str = "SIGKILL") -> None:
         """Someone else sends ``signal`` to process ``pid`` alone."""
         self._deliver(pid, signal, group=False)
         self._drain()
 
-    def exit(self, pid: int, code: int = 0) -> None:
-        """Process ``pid`` exits by itself with ``code``."""
+    def exit(self, pid: int, code: int = 0, *, signal: str | None = None) -> None:
+        """Process ``pid`` exits by itself with ``code`` -- or, given
+        ``signal``, dies of it whatever its behaviour (a process that took
+        its time over a SIGTERM it was sent, then ended of it)."""
         proc = self.processes[pid]
         if proc.alive:
-            self._die(proc, exit_code=code)
+            if signal is not None:
+                self._die(proc, signal=signal)
+            else:
+                self._die(proc, exit_code=code)
         self._drain()
 
     def add_process(
@@ -599,6 +649,47 @@ class Simulation:
                 return False
             self.advance(max(0.0, due - self.now))
 
+    # ------------------------------------- the shell of the control server
+    # (``taskforce.control.shell.Shell``; ``core``, ``now``, ``fed`` and
+    # ``feed`` are above)
+
+    def load_inputs(self, source: str) -> ev.Event:
+        """What reading the config and roles files would give now: the config
+        and roles last given (``boot``, ``reload``), or the roles file
+        missing (``delete_roles``).  Changes nothing."""
+        if self.roles_missing is not None:
+            return ev.ConfigLoaded(
+                at=self.now, config=self.config, source=source, roles_missing=self.roles_missing
+            )
+        return ev.ConfigLoaded(
+            at=self.now,
+            config=self.config,
+            roles=self.roles,
+            role_values=dict(self.role_values),
+            source=source,
+        )
+
+    def apply_loaded(self, loaded: ev.Event) -> ev.Event:
+        """Feed what ``load_inputs`` gave, stamped now; the event fed."""
+        event = dataclasses.replace(loaded, at=self.now)
+        self.feed(event)
+        return event
+
+    def request_reset(self, reason: str) -> bool:
+        """A reset is asked for (SIGHUP, ``-R``, a control request).  The
+        daemon refuses one while the files on disk would not load; the
+        simulated files always do, so it is always under way (True)."""
+        self.request_stop(reset=True, reason=reason)
+        return True
+
+    def captured(self, task: str) -> None:
+        """The simulated processes write nothing: no output is captured."""
+        return None
+
+    def wake(self) -> None:
+        """There is no loop to wake: whoever drives the simulation turns the
+        control server (``tick``) itself."""
+
     # ------------------------------------------------------------- queries
 
     def running(self) -> dict[tuple[str, int], int]:
@@ -659,26 +750,12 @@ class Simulation:
         roles: Iterable[str] | None,
         role_values: Mapping[str, str] | None,
         source: str,
-    ) -> None:
+    ) -> tuple[fx.Effect, ...]:
         self.config = freeze(dict(config))
-        if self.roles_missing is not None:
-            self._push(
-                ev.ConfigLoaded(
-                    at=self.now, config=self.config, source=source, roles_missing=self.roles_missing
-                )
-            )
-            return
-        self.roles = None if roles is None else tuple(roles)
-        self.role_values = dict(role_values or {})
-        self._push(
-            ev.ConfigLoaded(
-                at=self.now,
-                config=self.config,
-                roles=self.roles,
-                role_values=dict(self.role_values),
-                source=source,
-            )
-        )
+        if self.roles_missing is None:
+            self.roles = None if roles is None else tuple(roles)
+            self.role_values = dict(role_values or {})
+        return self.feed(self.load_inputs(source))
 
     def _push(self, event: ev.Event) -> None:
         self._queue.append(event)
@@ -717,13 +794,17 @@ class Simulation:
             group_alive=any(m.alive for m in self._members(proc.pgid)),
         )
 
-    def _feed(self, event: ev.Event) -> None:
+    def _feed(self, event: ev.Event) -> tuple[fx.Effect, ...]:
         effects = self.core.handle(event)
+        self.fed += 1
         self.log.append((event, effects))
+        if self.recorder is not None:
+            self.recorder(event, effects)
         for effect in effects:
             for observer in self.observers:
                 observer(self, event, effect)
             self._perform(event, effect)
+        return effects
 
     def _perform(self, event: ev.Event, effect: fx.Effect) -> None:
         if isinstance(effect, fx.Spawn):
@@ -842,7 +923,7 @@ class Simulation:
                 )
             )
             return
-        behaviour = self.behaviours.get(spawn.task, TERM)
+        behaviour = self.behaviours.get(spawn.task, self.default_behaviour)
         if behaviour not in BEHAVIOURS:
             raise ValueError(f"unknown behaviour {behaviour!r} for {spawn.task}")
         pid = self._allocate_pid()

@@ -29,6 +29,7 @@ from taskforce.config import ConfigError, load_config_text
 from taskforce.core import access, secrets
 from taskforce.core import events as ev
 from taskforce.core.supervisor import Supervisor
+from taskforce.simulator import Simulation
 from taskforce.tfctl import UnixConnection
 
 TOKEN = "a-long-random-token-0123456789abcdef"
@@ -61,36 +62,34 @@ def test_grants_read_users_groups_tokens_and_certificates() -> None:
     ]
 
 
-def _core() -> Supervisor:
-    sup = Supervisor()
-    sup.handle(ev.Booted(at=0.0))
-    sup.handle(
-        ev.ConfigLoaded(
-            at=0.0, config=load_config_text('{tasks: {a: {commands: {start: ["x"]}}}}', "t")
-        )
-    )
-    return sup
+def _world() -> Simulation:
+    sim = Simulation()
+    sim.boot(load_config_text('{tasks: {a: {commands: {start: ["x"]}}}}', "t"))
+    return sim
 
 
 def test_the_core_refuses_who_is_not_allowed_and_logs_who_did_what() -> None:
-    sup = _core()
+    sim = _world()
     nobody = {"uid": 65534, "user": "nobody", "groups": ["nogroup"]}
-    out = sup.handle(
-        ev.ControlRequested(1.0, 1, "control", {"a": "off"}, who=nobody, allow=("uid:0",))
+    sim.advance(1.0)
+    out = sim.feed(
+        ev.ControlRequested(sim.now, 1, "control", {"a": "off"}, who=nobody, allow=("uid:0",))
     )
     reply = [e for e in out if type(e).__name__ == "Reply"][0]
     assert reply.code == 403 and "uid 65534 (nobody)" in reply.body
-    assert sup.tasks["a"].control == "wait", "a refused request changes nothing"
+    assert sim.core.tasks["a"].control == "wait", "a refused request changes nothing"
     root = {"uid": 0, "user": "root"}
-    out = sup.handle(
-        ev.ControlRequested(2.0, 2, "control", {"a": "off"}, who=root, allow=("uid:0",))
+    sim.advance(1.0)
+    out = sim.feed(
+        ev.ControlRequested(sim.now, 2, "control", {"a": "off"}, who=root, allow=("uid:0",))
     )
     reply = [e for e in out if type(e).__name__ == "Reply"][0]
     assert reply.code == 202
     logs = [e.message for e in out if type(e).__name__ == "Log"]
     assert any("control request by uid 0 (root): control a=off -> 202" in m for m in logs)
     # Actions the shell performs are granted (or not) by the core too.
-    out = sup.handle(ev.ControlRequested(3.0, 3, "stop", {}, who=nobody, allow=("uid:0",)))
+    sim.advance(1.0)
+    out = sim.feed(ev.ControlRequested(sim.now, 3, "stop", {}, who=nobody, allow=("uid:0",)))
     assert [e.code for e in out if type(e).__name__ == "Reply"] == [403]
 
 
@@ -426,30 +425,16 @@ def test_a_recorded_run_with_secrets_replays_through_its_checkpoints(tmp_path: P
     """Digested events, effects and checkpoints agree with each other: the
     log replays exactly, from its start and from every checkpoint, and holds
     no secret; a rotated secret shows as a change (the task restarts)."""
-    from taskforce.core import effects as fx
     from taskforce.core.snapshot import snapshot
     from taskforce.eventlog import Checkpoints, Recorder
     from taskforce.tools import replay
 
-    sup = Supervisor()
+    sim = Simulation(start=1.0)
     path = tmp_path / "events.jsonl"
     recorder = Recorder(
-        str(path), snapshot=lambda: snapshot(sup), checkpoints=Checkpoints(1, ratio=0)
+        str(path), snapshot=lambda: snapshot(sim.core), checkpoints=Checkpoints(1, ratio=0)
     )
-    pid = [100]
-
-    def feed(event: ev.Event) -> list[Any]:
-        out = sup.handle(event)
-        recorder(event, out)
-        for effect in out:
-            if isinstance(effect, fx.Spawn):
-                pid[0] += 1
-                feed(
-                    ev.ProcessStarted(
-                        event.at, effect.task, effect.instance, effect.generation, pid[0]
-                    )
-                )
-        return list(out)
+    sim.recorder = recorder
 
     def config(secret: str) -> dict[str, Any]:
         text = json.dumps(
@@ -460,9 +445,9 @@ def test_a_recorded_run_with_secrets_replays_through_its_checkpoints(tmp_path: P
         )
         return dict(load_config_text(text, "t"))
 
-    feed(ev.Booted(at=1.0, environ={"PATH": "/bin", "AWS_SECRET_ACCESS_KEY": "aws-" + SECRET}))
-    feed(ev.ConfigLoaded(at=1.0, config=config(SECRET)))
-    out = feed(ev.ConfigLoaded(at=2.0, config=config(SECRET + "-rotated"), source="config"))
+    sim.boot(config(SECRET), environ={"PATH": "/bin", "AWS_SECRET_ACCESS_KEY": "aws-" + SECRET})
+    sim.advance(1.0)
+    out = sim.reload(config(SECRET + "-rotated"))
     assert any(type(e).__name__ == "Signal" for e in out), "a changed secret is a change"
     recorder.close()
     text = path.read_text()

@@ -41,63 +41,47 @@ from taskforce.core import events as ev
 from taskforce.core import status
 from taskforce.core.lifecycle import LIFECYCLE
 from taskforce.core.model import HostFacts
-from taskforce.core.supervisor import Supervisor
+from taskforce.simulator import IGNORE_TERM, Simulation
 from taskforce.tfctl import UnixConnection
 
 LINUX = sys.platform.startswith("linux")
 needs_linux = pytest.mark.skipif(not LINUX, reason="the daemon tests read /proc")
 
 # =====================================================================
-# The pure core: a tiny driver that answers Spawn like the shell does.
+# The pure core, in a simulated world where no process ends until the test
+# says so: a SIGTERM is noted, not obeyed (``IGNORE_TERM``), so that what a
+# request changed can be looked at before the process is gone.
 
 
-class Core:
-    """A Supervisor fed by hand; every Spawn is answered at once."""
+def built(config: dict[str, Any]) -> dict[str, Any]:
+    return dict(load_config_text(json.dumps(config), "<test>"))
 
-    def __init__(self, config: dict[str, Any], roles: tuple[str, ...] | None = None) -> None:
-        self.sup = Supervisor()
-        self.now = 1.0
-        self.next_pid = 1000
-        self.effects: list[fx.Effect] = []
-        self.feed(ev.Booted(at=self.now, environ={"PATH": "/bin"}, host="h", fqdn="h", pid=1))
-        self.load(config, roles)
 
-    def feed(self, event: ev.Event) -> list[fx.Effect]:
-        out = list(self.sup.handle(event))
-        self.effects.extend(out)
-        for effect in out:
-            if isinstance(effect, fx.Spawn):
-                self.next_pid += 1
-                self.feed(
-                    ev.ProcessStarted(
-                        self.now, effect.task, effect.instance, effect.generation, self.next_pid
-                    )
-                )
-        return out
+def world(config: dict[str, Any], roles: tuple[str, ...] | None = None) -> Simulation:
+    sim = Simulation(start=1.0, host="h", fqdn="h", default_behaviour=IGNORE_TERM)
+    sim.boot(built(config), roles, environ={"PATH": "/bin"})
+    return sim
 
-    def load(
-        self, config: dict[str, Any], roles: tuple[str, ...] | None = None, source: str = "start"
-    ) -> list[Any]:
-        loaded = load_config_text(json.dumps(config), "<test>")
-        return self.feed(ev.ConfigLoaded(at=self.now, config=loaded, roles=roles, source=source))
 
-    def request(self, action: str, args: Any = None, rid: int = 7) -> tuple[fx.Reply, list[Any]]:
-        out = self.feed(ev.ControlRequested(self.now, rid, action, args or {}))
-        replies = [e for e in out if isinstance(e, fx.Reply)]
-        assert len(replies) == 1, f"one Reply per request, got {replies}"
-        assert replies[0].request == rid
-        return replies[0], out
+def request(
+    sim: Simulation, action: str, args: Any = None, rid: int = 7
+) -> tuple[fx.Reply, tuple[fx.Effect, ...]]:
+    """The core's one ``Reply`` to a request, and every effect it gave for it."""
+    out = sim.feed(ev.ControlRequested(sim.now, rid, action, args or {}))
+    replies = [e for e in out if isinstance(e, fx.Reply)]
+    assert len(replies) == 1, f"one Reply per request, got {replies}"
+    assert replies[0].request == rid
+    return replies[0], out
 
-    def pids(self, name: str) -> list[int | None]:
-        return [slot.pid for slot in self.sup.tasks[name].slots]
 
-    def exit(self, pid: int | None, code: int | None = None, sig: str | None = "SIGTERM") -> None:
-        assert pid is not None
-        self.feed(ev.ProcessExited(self.now, pid, code, None if code is not None else sig))
+def slot_pids(sim: Simulation, name: str) -> list[int | None]:
+    return [slot.pid for slot in sim.core.tasks[name].slots]
 
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        self.feed(ev.TimerFired(at=self.now))
+
+def stopped(sim: Simulation, pid: int | None) -> None:
+    """``pid`` ends of the SIGTERM it was sent."""
+    assert pid is not None
+    sim.exit(pid, signal="SIGTERM")
 
 
 def sleeper(**keys: Any) -> dict[str, Any]:
@@ -105,86 +89,86 @@ def sleeper(**keys: Any) -> dict[str, Any]:
 
 
 def test_control_lines_codes_and_nothing_changed_on_error() -> None:
-    core = Core({"tasks": {"a": sleeper(), "b": sleeper(), "c": sleeper()}})
-    reply, _ = core.request("control", {"b": "off", "a": "wait", "zz": "off"})
+    sim = world({"tasks": {"a": sleeper(), "b": sleeper(), "c": sleeper()}})
+    reply, _ = request(sim, "control", {"b": "off", "a": "wait", "zz": "off"})
     assert (reply.code, reply.body) == (404, "a\tno change\nb\tok\nzz\tnot found\n")
-    reply, _ = core.request("control", {"b": "sometimes"})
+    reply, _ = request(sim, "control", {"b": "sometimes"})
     assert (reply.code, reply.body) == (404, "b\tbad control 'sometimes'\n")
-    assert core.sup.tasks["b"].control_override is None, "an error changes nothing"
-    reply, _ = core.request("control", {"a": "wait"})
+    assert sim.core.tasks["b"].control_override is None, "an error changes nothing"
+    reply, _ = request(sim, "control", {"a": "wait"})
     assert (reply.code, reply.body) == (200, "a\tno change\n")
-    reply, _ = core.request("control", {})
+    reply, _ = request(sim, "control", {})
     assert (reply.code, reply.body) == (200, "")
-    (pid,) = core.pids("b")
-    reply, out = core.request("control", {"b": "off", "a": "wait"})
+    (pid,) = slot_pids(sim, "b")
+    reply, out = request(sim, "control", {"b": "off", "a": "wait"})
     assert (reply.code, reply.body) == (202, "a\tno change\nb\tok\n")
     assert fx.Signal("b", 0, pid, "SIGTERM") in out
-    slot = core.sup.tasks["b"].slots[0]
+    slot = sim.core.tasks["b"].slots[0]
     assert slot.reason == "stopped: control request (control off)"
 
 
 def test_override_shows_in_status_and_outlasts_unrelated_config_events() -> None:
     config = {"tasks": {"a": sleeper(), "b": sleeper()}}
-    core = Core(config)
-    core.now += 3.0
-    core.request("control", {"a": "off"})
-    core.exit(core.pids("a")[0])
-    shown = status.tasks_status(core.sup)["a"]
+    sim = world(config)
+    sim.advance(3.0)
+    request(sim, "control", {"a": "off"})
+    stopped(sim, slot_pids(sim, "a")[0])
+    shown = status.tasks_status(sim.core)["a"]
     assert shown["control"] == "off" and shown["overrides"] == {"control": "off"}
-    assert shown["overrides_at"] == {"control": core.now}
+    assert shown["overrides_at"] == {"control": sim.now}
     assert shown["configured"] == {"control": "wait", "count": 1}
     assert shown["state"] == "off"
     # The same config again, and another task's entry edited: kept, and said so.
-    core.now += 5.0
-    out = core.load(config, source="config")
+    sim.advance(5.0)
+    out = sim.reload(built(config))
     edited = {"tasks": {"a": sleeper(), "b": sleeper(count=2)}}
-    out += core.load(edited, source="config")
-    shown = status.tasks_status(core.sup)["a"]
+    out += sim.reload(built(edited))
+    shown = status.tasks_status(sim.core)["a"]
     assert shown["overrides"] == {"control": "off"} and shown["state"] == "off"
-    assert not core.pids("a")
+    assert not slot_pids(sim, "a")
     kept = [e.message for e in out if isinstance(e, fx.Log) and "override" in e.message]
     assert kept and all("kept" in m and "set 5s ago" in m for m in kept), kept
     # A reload asked for over the control path reverts to the config.
-    out = core.load(edited, source="request")
-    shown = status.tasks_status(core.sup)["a"]
+    out = sim.reload(built(edited), requested=True)
+    shown = status.tasks_status(sim.core)["a"]
     assert shown["overrides"] == {} and shown["state"] == "running"
     assert any("dropped: a reload was asked for" in getattr(e, "message", "") for e in out)
 
 
 def test_override_ends_when_the_tasks_own_entry_changes() -> None:
     config = {"tasks": {"a": sleeper(), "b": sleeper()}}
-    core = Core(config)
-    core.request("count", {"a": "3"})
-    assert len(core.pids("a")) == 3
-    core.load(config, source="config")
-    assert status.tasks_status(core.sup)["a"]["overrides"] == {"count": 3}
-    assert len(core.pids("a")) == 3, "a kept count override keeps its slots"
-    out = core.load({"tasks": {"a": sleeper(count=2), "b": sleeper()}}, source="config")
-    assert status.tasks_status(core.sup)["a"]["overrides"] == {}
+    sim = world(config)
+    request(sim, "count", {"a": "3"})
+    assert len(slot_pids(sim, "a")) == 3
+    sim.reload(built(config))
+    assert status.tasks_status(sim.core)["a"]["overrides"] == {"count": 3}
+    assert len(slot_pids(sim, "a")) == 3, "a kept count override keeps its slots"
+    out = sim.reload(built({"tasks": {"a": sleeper(count=2), "b": sleeper()}}))
+    assert status.tasks_status(sim.core)["a"]["overrides"] == {}
     assert any("dropped: its config entry changed" in getattr(e, "message", "") for e in out)
 
 
 def test_control_turns_a_configured_off_task_on_and_off_again() -> None:
     config = {"tasks": {"a": sleeper(control="off"), "b": sleeper(requires="a")}}
-    core = Core(config)
-    assert core.pids("a") == [] and core.sup.tasks["b"].waiting_on == ("a (off)",)
-    mark = len(core.effects)
-    reply, _ = core.request("control", {"a": "wait"})
+    sim = world(config)
+    assert slot_pids(sim, "a") == [] and sim.core.tasks["b"].waiting_on == ("a (off)",)
+    mark = len(sim.effects())
+    reply, _ = request(sim, "control", {"a": "wait"})
     assert reply.code == 202
-    spawned = [e.task for e in core.effects[mark:] if isinstance(e, fx.Spawn)]
+    spawned = [e.task for _, e in sim.effects()[mark:] if isinstance(e, fx.Spawn)]
     assert spawned == ["a", "b"], "b no longer waits"
-    reply, _ = core.request("control", {"a": "off"})
+    reply, _ = request(sim, "control", {"a": "off"})
     assert reply.body == "a\tok\n"
-    assert core.sup.tasks["a"].control_override is None
+    assert sim.core.tasks["a"].control_override is None
     # Out of scope by roles: start refuses, with the reason, and changes nothing.
-    roles_core = Core({"tasks": {"r": sleeper(roles=["web"])}}, roles=("db",))
-    reply, _ = roles_core.request("start", {"tasks": ("r",)})
+    roles_sim = world({"tasks": {"r": sleeper(roles=["web"])}}, roles=("db",))
+    reply, _ = request(roles_sim, "start", {"tasks": ("r",)})
     assert (reply.code, reply.body) == (409, "r\tout of scope\n")
-    assert roles_core.sup.tasks["r"].control_override is None
+    assert roles_sim.core.tasks["r"].control_override is None
 
 
 def test_count_codes_texts_instances_and_stop_reasons() -> None:
-    core = Core({"tasks": {"a": sleeper(count=2), "b": sleeper()}})
+    sim = world({"tasks": {"a": sleeper(count=2), "b": sleeper()}})
     cases = [
         ({"a": "x"}, 404, 'a\tbad count "x"\n'),
         ({"a": "0"}, 404, "a\tnon-positive count '0'\n"),
@@ -198,35 +182,35 @@ def test_count_codes_texts_instances_and_stop_reasons() -> None:
         ({"a": "3", "b": "1"}, 202, "a\tok\nb\tno change\n"),
     ]
     for args, code, body in cases:
-        reply, _ = core.request("count", args)
+        reply, _ = request(sim, "count", args)
         assert (reply.code, reply.body) == (code, body), args
-    spawns = [e for e in core.effects if isinstance(e, fx.Spawn) and e.task == "a"]
+    spawns = [e for _, e in sim.spawns("a")]
     # Each new slot gets its own Task_instance, even beyond the configured count.
     assert [s.argv[-1] for s in spawns] == ["0", "1", "2"]
     assert spawns[-1].env["Task_instance"] == "2"
-    reply, _ = core.request("count", {"a": "1", "b": "x"})
-    assert reply.code == 404 and len(core.sup.tasks["a"].slots) == 3, "nothing changed"
-    reply, out = core.request("count", {"a": "1"})
+    reply, _ = request(sim, "count", {"a": "1", "b": "x"})
+    assert reply.code == 404 and len(sim.core.tasks["a"].slots) == 3, "nothing changed"
+    reply, out = request(sim, "count", {"a": "1"})
     assert reply.code == 202
     stopped = [e for e in out if isinstance(e, fx.Signal)]
     assert {(e.instance, e.signal) for e in stopped} == {(1, "SIGTERM"), (2, "SIGTERM")}
-    assert core.sup.tasks["a"].slots[2].reason == "stopped: control request (count 1)"
-    assert status.tasks_status(core.sup)["a"]["overrides"] == {"count": 1}
+    assert sim.core.tasks["a"].slots[2].reason == "stopped: control request (count 1)"
+    assert status.tasks_status(sim.core)["a"]["overrides"] == {"count": 1}
 
 
 def test_restart_a_task_or_one_slot() -> None:
-    core = Core({"tasks": {"a": sleeper(count=2), "off": sleeper(control="off")}})
-    first = core.pids("a")
-    reply, out = core.request("restart", {"task": "a", "instance": "1"})
+    sim = world({"tasks": {"a": sleeper(count=2), "off": sleeper(control="off")}})
+    first = slot_pids(sim, "a")
+    reply, out = request(sim, "restart", {"task": "a", "instance": "1"})
     assert (reply.code, reply.body) == (202, "a[1]\trestarting\n")
     assert [e for e in out if isinstance(e, fx.Signal)] == [fx.Signal("a", 1, first[1], "SIGTERM")]
-    slot = core.sup.tasks["a"].slots[1]
+    slot = sim.core.tasks["a"].slots[1]
     assert (slot.intent, slot.reason) == ("restart", "restarted: control request")
-    core.exit(first[1])
-    assert core.pids("a")[0] == first[0] and core.pids("a")[1] not in first
-    assert core.sup.tasks["a"].slots[1].reason == "restarted: control request"
-    assert core.sup.tasks["a"].slots[1].restarts == 1
-    reply, _ = core.request("restart", {"task": "a"})
+    stopped(sim, first[1])
+    assert slot_pids(sim, "a")[0] == first[0] and slot_pids(sim, "a")[1] not in first
+    assert sim.core.tasks["a"].slots[1].reason == "restarted: control request"
+    assert sim.core.tasks["a"].slots[1].restarts == 1
+    reply, _ = request(sim, "restart", {"task": "a"})
     assert reply.body == "a[0]\trestarting\na[1]\trestarting\n"
     for args, code, text in [
         ({"task": "nope"}, 404, "nope: not found\n"),
@@ -236,27 +220,27 @@ def test_restart_a_task_or_one_slot() -> None:
         ({"task": "a", "instance": "5"}, 404, "a: no instance 5 (count 2)\n"),
         ({"task": "off"}, 409, "off: nothing to restart (control is off)\n"),
     ]:
-        reply, _ = core.request("restart", args)
+        reply, _ = request(sim, "restart", args)
         assert (reply.code, reply.body) == (code, text)
 
 
 def test_restart_cuts_a_backoff_short() -> None:
-    core = Core({"tasks": {"a": sleeper()}})
-    core.exit(core.pids("a")[0], code=1)  # failed fast: backoff
-    assert core.sup.tasks["a"].slots[0].state.value == "backoff"
-    reply, out = core.request("restart", {"task": "a"})
+    sim = world({"tasks": {"a": sleeper()}})
+    sim.exit(slot_pids(sim, "a")[0], 1)  # failed fast: backoff
+    assert sim.core.tasks["a"].slots[0].state.value == "backoff"
+    reply, out = request(sim, "restart", {"task": "a"})
     assert reply.code == 202 and any(isinstance(e, fx.Spawn) for e in out)
 
 
 def test_signal_goes_to_each_leader_not_the_group() -> None:
-    core = Core({"tasks": {"a": sleeper(count=2), "b": sleeper(control="suspend")}})
-    pids = core.pids("a")
-    reply, out = core.request("signal", {"task": "a", "signal": "SIGHUP"})
+    sim = world({"tasks": {"a": sleeper(count=2), "b": sleeper(control="suspend")}})
+    pids = slot_pids(sim, "a")
+    reply, out = request(sim, "signal", {"task": "a", "signal": "SIGHUP"})
     assert reply.code == 200
     assert reply.body == f"a[0]\tsent SIGHUP to pid {pids[0]}\na[1]\tsent SIGHUP to pid {pids[1]}\n"
     sent = [e for e in out if isinstance(e, fx.Signal)]
     assert sent == [fx.Signal("a", i, pids[i], "SIGHUP", group=False) for i in (0, 1)]
-    reply, out = core.request("signal", {"task": "a", "signal": "usr1", "instance": "1"})
+    reply, out = request(sim, "signal", {"task": "a", "signal": "usr1", "instance": "1"})
     assert [e.pid for e in out if isinstance(e, fx.Signal)] == [pids[1]]
     for args, code in [
         ({"task": "a", "signal": "SIGNOPE"}, 400),
@@ -264,13 +248,13 @@ def test_signal_goes_to_each_leader_not_the_group() -> None:
         ({"task": "b", "signal": "HUP"}, 409),
         ({"task": "x", "signal": "HUP"}, 404),
     ]:
-        reply, out = core.request("signal", args)
+        reply, out = request(sim, "signal", args)
         assert reply.code == code and not any(isinstance(e, fx.Signal) for e in out)
 
 
 def test_external_event_fires_every_matching_action() -> None:
     poke = {"type": "external", "name": "poke"}
-    core = Core(
+    sim = world(
         {
             "tasks": {
                 "a": sleeper(events=[{**poke, "signal": "HUP"}]),
@@ -282,22 +266,22 @@ def test_external_event_fires_every_matching_action() -> None:
             }
         }
     )
-    reply, out = core.request("event", {"name": "poke"})
+    reply, out = request(sim, "event", {"name": "poke"})
     assert (reply.code, reply.body) == (202, "a\tsignal SIGHUP\nb\tcommand 'refresh'\n")
     assert [e.task for e in out if isinstance(e, fx.Signal)] == ["a"]
     assert [e.name for e in out if isinstance(e, fx.RunCommand)] == ["refresh"]
-    reply, _ = core.request("event", {"name": "nothing"})
+    reply, _ = request(sim, "event", {"name": "nothing"})
     assert reply.code == 404 and "nothing" in reply.body
 
 
 def test_start_runs_a_once_task_again() -> None:
-    core = Core({"tasks": {"job": sleeper(control="once")}})
-    core.exit(core.pids("job")[0], code=0)
-    assert core.sup.tasks["job"].slots[0].state.value == "done"
-    reply, out = core.request("start", {"tasks": ("job",)})
+    sim = world({"tasks": {"job": sleeper(control="once")}})
+    sim.exit(slot_pids(sim, "job")[0], 0)
+    assert sim.core.tasks["job"].slots[0].state.value == "done"
+    reply, out = request(sim, "start", {"tasks": ("job",)})
     assert (reply.code, reply.body) == (202, "job\tok\n")
     assert any(isinstance(e, fx.Spawn) for e in out)
-    reply, _ = core.request("start", {"tasks": ("job",)})
+    reply, _ = request(sim, "start", {"tasks": ("job",)})
     assert reply.body == "job\talready running\n"
 
 
@@ -321,20 +305,20 @@ def test_start_runs_a_once_task_again() -> None:
     ],
 )
 def test_every_request_gets_exactly_one_reply(action: str, args: Any) -> None:
-    core = Core({"tasks": {"a": sleeper()}})
-    reply, _ = core.request(action, args)
+    sim = world({"tasks": {"a": sleeper()}})
+    reply, _ = request(sim, action, args)
     assert 200 <= reply.code < 600 and isinstance(reply.body, str)
 
 
 def test_requests_while_stopping_are_refused() -> None:
-    core = Core({"tasks": {"a": sleeper()}})
-    core.feed(ev.StopRequested(core.now, reason="test"))
-    reply, _ = core.request("control", {"a": "off"})
+    sim = world({"tasks": {"a": sleeper()}})
+    sim.request_stop(reason="test")
+    reply, _ = request(sim, "control", {"a": "off"})
     assert (reply.code, reply.body) == (503, "taskforce is stopping\n")
 
 
 def test_status_health_and_metrics() -> None:
-    core = Core(
+    sim = world(
         {
             "tasks": {
                 "a": sleeper(count=2),
@@ -345,24 +329,24 @@ def test_status_health_and_metrics() -> None:
         },
         roles=("db",),
     )
-    tasks = status.tasks_status(core.sup)
+    tasks = status.tasks_status(sim.core)
     assert sorted(tasks) == ["a", "b", "gone", "web"], "out-of-scope tasks too"
     assert tasks["web"]["in_scope"] is False and tasks["web"]["state"] == "out_of_scope"
     assert tasks["b"]["waiting_on"] == ["gone (off)"] and tasks["b"]["requires"] == ["gone"]
     slot = tasks["a"]["processes"][0]
     assert {"instance", "state", "pid", "started_at", "restarts", "reason"} <= set(slot)
     assert "exit" not in slot, "only the keys that apply"
-    report = status.health(core.sup)
+    report = status.health(sim.core)
     assert report["status"] == "degraded" and report["problems"] == {
         "b[0]": "waiting on gone (off)"
     }
-    core.now += 5  # ran stably: restarted at once
-    core.exit(core.pids("a")[0], sig="SIGKILL")
-    tasks = status.tasks_status(core.sup)
+    sim.advance(5)  # ran stably: restarted at once
+    sim.kill(slot_pids(sim, "a")[0], "SIGKILL")
+    tasks = status.tasks_status(sim.core)
     assert tasks["a"]["processes"][0]["exit"] == "killed by SIGKILL"
-    core.request("control", {"b": "off"})
-    assert status.health(core.sup)["status"] in ("ok", "degraded")
-    text = status.metrics_text(core.sup, {"taskforce_http_requests_total": 5, "up": 1.5})
+    request(sim, "control", {"b": "off"})
+    assert status.health(sim.core)["status"] in ("ok", "degraded")
+    text = status.metrics_text(sim.core, {"taskforce_http_requests_total": 5, "up": 1.5})
     line = re.compile(r'^[a-z_]+(\{[a-z_]+="[^"\n]*"\})? -?[0-9.e+]+$')
     for row in text.splitlines():
         assert row.startswith("# HELP ") or row.startswith("# TYPE ") or line.match(row), row
@@ -371,8 +355,8 @@ def test_status_health_and_metrics() -> None:
     assert "taskforce_reload_errors_total 0" in text
     assert "# TYPE taskforce_http_requests_total counter" in text
     assert 'taskforce_task_restarts_total{task="a"} 1' in text
-    core.feed(ev.StopRequested(core.now))
-    assert status.health(core.sup)["status"] == "stopping"
+    sim.request_stop()
+    assert status.health(sim.core)["status"] == "stopping"
 
 
 def test_plan_predicts_a_reload_and_changes_nothing() -> None:
@@ -396,13 +380,13 @@ def test_plan_predicts_a_reload_and_changes_nothing() -> None:
             "fresh": sleeper(),
         }
     }
-    core = Core(old)
-    core.request("control", {"keep": "off"})
-    before = json.dumps(status.tasks_status(core.sup), sort_keys=True)
+    sim = world(old)
+    request(sim, "control", {"keep": "off"})
+    before = json.dumps(status.tasks_status(sim.core), sort_keys=True)
     models = len(LIFECYCLE.machine.models)
     config = load_config_text(json.dumps(new), "<new>")
-    answer = status.plan(core.sup, config, None)
-    assert json.dumps(status.tasks_status(core.sup), sort_keys=True) == before
+    answer = status.plan(sim.core, config, None)
+    assert json.dumps(status.tasks_status(sim.core), sort_keys=True) == before
     assert len(LIFECYCLE.machine.models) == models, "the shadow's slots are detached"
     starts = {(c["task"], tuple(c["instances"])): c["why"] for c in answer["start"]}
     assert starts == {
@@ -420,9 +404,9 @@ def test_plan_predicts_a_reload_and_changes_nothing() -> None:
     # An operator's override outlasts an edit elsewhere in the config.
     assert answer["unchanged"] == ["keep"]
     # The real reload does what the plan said.
-    core.load(new)
-    assert core.sup.tasks["argv"].slots[0].intent == "restart"
-    assert core.sup.tasks["gone"].slots[0].intent == "stop"
+    sim.reload(built(new))
+    assert sim.core.tasks["argv"].slots[0].intent == "restart"
+    assert sim.core.tasks["gone"].slots[0].intent == "stop"
 
 
 def test_core_modules_import_nothing_of_the_os() -> None:
