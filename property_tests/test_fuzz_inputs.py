@@ -12,9 +12,9 @@ What must hold for *any* input:
   a status code, never raises, and never makes the server log a failure.
 
 The control side runs in-process against the real ``ControlServer`` and
-``Connection`` on a ``socketpair``, with a stand-in daemon whose core is a
-real ``Supervisor`` (spawns are answered with made-up pids, as the shell
-answers them): no process is started and no socket file is made.
+``Connection`` on a ``socketpair``, serving a ``Simulation`` as its shell
+(``taskforce.control.shell.Shell``) in place of the daemon: no process is
+started and no socket file is made.
 
 Generated configs keep ``count`` small on purpose: a huge ``count`` is a
 known bug (see ``test_a_huge_count_is_a_config_error``), and drawing it
@@ -23,6 +23,7 @@ here would exhaust the machine's memory rather than fail a test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections import deque
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -60,11 +61,8 @@ from taskforce.control.http import REASONS, Connection, Deferred, Request, Respo
 from taskforce.control.listen import Listener, Service
 from taskforce.control.options import Options
 from taskforce.control.server import ControlServer
-from taskforce.core import effects as fx
-from taskforce.core import events as ev
 from taskforce.core.model import HostFacts
-from taskforce.core.supervisor import Supervisor
-from taskforce.output import Output
+from taskforce.simulator import Simulation
 
 FACTS = HostFacts(environ={"PATH": "/usr/bin:/bin", "HOME": "/root"}, host="h", fqdn="h.x", pid=1)
 SOURCE = "<fuzz>"
@@ -489,36 +487,9 @@ def check_config_error(exc: ConfigError, text: str, source: str) -> None:
             assert 1 <= error.line <= yaml_lines(text) + 1, (error.line, error)
 
 
-class MiniShell:
-    """Feeds a core like the shell: a Spawn is answered at once, with a pid."""
-
-    def __init__(self) -> None:
-        self.core = Supervisor()
-        self.now = 100.0
-        self.pid = 1000
-        self.replies: dict[int, fx.Reply] = {}
-        self.feed(ev.Booted(at=self.now, environ=dict(FACTS.environ), host="h", fqdn="h.x", pid=1))
-
-    def feed(self, event: ev.Event) -> list[fx.Effect]:
-        done: list[fx.Effect] = []
-        queue: deque[ev.Event] = deque([event])
-        while queue:
-            for effect in self.core.handle(queue.popleft()):
-                done.append(effect)
-                if isinstance(effect, fx.Spawn):
-                    self.pid += 1
-                    queue.append(
-                        ev.ProcessStarted(
-                            self.now, effect.task, effect.instance, effect.generation, self.pid
-                        )
-                    )
-                elif isinstance(effect, fx.ReadPidfile):
-                    queue.append(
-                        ev.PidfileRead(
-                            self.now, effect.task, effect.instance, effect.generation, None, "none"
-                        )
-                    )
-        return done
+def simulation() -> Simulation:
+    """A simulated world on the host of ``FACTS`` (configs are loaded for it)."""
+    return Simulation(start=100.0, host=FACTS.host, fqdn=FACTS.fqdn, daemon_pid=FACTS.pid)
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -550,12 +521,12 @@ def test_any_config_text_loads_or_is_a_located_config_error(
         event(f"{what}: loaded")
         if schema_only:
             continue
-        # Loaded with roles: the core must take it, as the daemon would feed it.
-        shell = MiniShell()
-        shell.feed(ev.ConfigLoaded(at=shell.now, config=config, roles=roles, source="fuzz"))
-        shell.now += 1
-        shell.feed(ev.TimerFired(at=shell.now))
-        shell.feed(ev.ConfigLoaded(at=shell.now, config=config, roles=roles, source="fuzz"))
+        # Loaded with roles: the core must take it, as the daemon would feed
+        # it, and take it again a second later.
+        sim = simulation()
+        sim.boot(config, roles, environ=FACTS.environ)
+        sim.advance(1)
+        sim.reload(config, roles)
 
 
 @given(st.binary(max_size=300), st.booleans())
@@ -717,53 +688,22 @@ CONFIG_TEXT = json.dumps(
 )
 
 
-class FakeDaemon:
-    """What ``ControlServer`` and ``api`` use of ``taskforce.daemon.Daemon``."""
-
-    def __init__(self) -> None:
-        self.selector = selectors.DefaultSelector()
-        self.output = Output(self.selector)  # /status/logs reads its rings
-        self.shell = MiniShell()
-        self.core = self.shell.core
-        self.server = ControlServer(self, Options())  # type: ignore[arg-type]
-        self.feed(self._load("start"))
-
-    def _load(self, source: str) -> ev.Event:
-        try:
-            config = load_config_text(CONFIG_TEXT, "/fuzz.conf", ("db",), facts=FACTS)
-        except ConfigError as exc:  # pragma: no cover - the config is fixed
-            return ev.ConfigRejected(at=self.shell.now, source=source, error=str(exc))
-        return ev.ConfigLoaded(
-            at=self.shell.now, config=config, roles=("db",), role_values={}, source=source
-        )
-
-    def feed(self, event: ev.Event) -> None:
-        self.server.changed()
-        for effect in self.shell.feed(event):
-            if isinstance(effect, fx.Reply):
-                self.server.reply(effect)
-
-    def reload(self, source: str = "request") -> ev.Event:
-        return self.apply_loaded(self._load(source))
-
-    def load_inputs(self, source: str) -> ev.Event:
-        return self._load(source)
-
-    def apply_loaded(self, loaded: ev.Event) -> ev.Event:
-        self.feed(loaded)
-        return loaded
-
-    def wake(self) -> None:
-        """A worker thread is done (the fake loop looks at it on its next tick)."""
-
-    def request_reset(self, reason: str) -> bool:
-        self.feed(ev.StopRequested(at=self.shell.now, reset=True, reason=reason))
-        return True
-
-    def close(self) -> None:
-        for conn in list(self.server.conns):
+@contextlib.contextmanager
+def served() -> Iterator[ControlServer]:
+    """The control server in-process, its shell a simulated world that
+    booted ``CONFIG_TEXT`` for the roles ``db``; its connections closed
+    after."""
+    sim = simulation()
+    config = load_config_text(CONFIG_TEXT, "/fuzz.conf", ("db",), facts=FACTS)
+    sim.boot(config, ("db",), environ=FACTS.environ)
+    selector = selectors.DefaultSelector()
+    server = ControlServer(sim, selector, Options())
+    try:
+        yield server
+    finally:
+        for conn in list(server.conns):
             conn.close()
-        self.selector.close()
+        selector.close()
 
 
 TASK_NAMES = st.sampled_from(["a", "b", "off", "web", "job", "zz", "", "../a", "a b", "é", "\x00"])
@@ -1011,13 +951,12 @@ def check_response(response: Any) -> None:
 @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(st.lists(st.tuples(requests(), st.booleans()), min_size=1, max_size=5))
 def test_any_control_request_gets_a_response(calls: list[tuple[Request, bool]]) -> None:
-    daemon = FakeDaemon()
-    try:
+    with served() as server:
         for request, allow in calls:
             service = Service("/fuzz.sock", allow_control=allow)
             listener = FakeListener(service)
             request.listener = listener  # type: ignore[assignment]
-            response = handle(daemon.server, request, listener, OWNER)  # type: ignore[arg-type]
+            response = handle(server, request, listener, OWNER)  # type: ignore[arg-type]
             if isinstance(response, Deferred):
                 # As the server does, with the work on this thread.
                 response = response.finish(response.work())
@@ -1025,8 +964,6 @@ def test_any_control_request_gets_a_response(calls: list[tuple[Request, bool]]) 
             event(f"code {response.code}")
             if response.after is not None:
                 response.after()  # stop, reset: as the server does once it is queued
-    finally:
-        daemon.close()
 
 
 # ---------------------------------------------------------------- bytes
@@ -1068,8 +1005,8 @@ class Failures(logging.Handler):
 def converse(data: bytes, allow: bool, half_close: bool, pieces: int) -> bytes:
     """Send ``data`` (in ``pieces``) over a socketpair to a real Connection;
     everything the server wrote back."""
-    daemon = FakeDaemon()
-    server = daemon.server
+    world = contextlib.ExitStack()
+    server = world.enter_context(served())
     ours, theirs = socket.socketpair()
     failures = Failures()
     logger = logging.getLogger("taskforce")
@@ -1129,7 +1066,7 @@ def converse(data: bytes, allow: bool, half_close: bool, pieces: int) -> bytes:
     finally:
         logger.removeHandler(failures)
         theirs.close()
-        daemon.close()
+        world.close()
     return bytes(got)
 
 

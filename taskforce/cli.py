@@ -668,8 +668,8 @@ def run_daemon(args: argparse.Namespace, roles_path: str | None, pidfile: Pidfil
     from taskforce.control.options import Options  # --- control server
     from taskforce.daemon import Daemon, reexec
 
-    control = Options(listen=args.http, certfile=args.certfile, allow_control=args.allow_control)
-    daemon = Daemon(args.config_file, roles_path, expires=args.expires, control=control)
+    server = Options(listen=args.http, certfile=args.certfile, allow_control=args.allow_control)
+    daemon = Daemon(args.config_file, roles_path, expires=args.expires, server=server)
     recorder = start_recorder(args, daemon)
     try:
         outcome = daemon.run()

@@ -59,7 +59,7 @@ class Daemon:
         expires: float | None = None,
         recorder: Callable[[ev.Event, tuple[fx.Effect, ...]], None] | None = None,
         watcher: Watcher | None = None,
-        control: Options | None = None,
+        server: Options | None = None,
     ) -> None:
         self.config_path = config_path
         self.roles_path = roles_path
@@ -102,8 +102,13 @@ class Daemon:
         #: config and roles files read on a worker thread when they change
         self.loads = loader.BackgroundLoad(self.load_inputs, self.wake)
         self.subreaper = False
-        #: The control path (status and control over HTTP), on this selector.
-        self.control = LazyControl(self, control)  # --- control server
+        # --- control server
+        #: The control server (status and control over HTTP), on this
+        #: selector; it sees this daemon as a ``taskforce.control.shell.Shell``.
+        self.server = LazyServer(self, server)
+        #: how many events the core has been fed (the server's answers
+        #: computed from the core hold while it stays the same)
+        self.fed = 0
         #: secret values hidden from every log line
         self.log_secrets = LogSecrets()
         self.log_secrets.install()
@@ -208,7 +213,7 @@ class Daemon:
                 # Until the next taskforce has its handlers, a signal must
                 # wait for it rather than end it (see taskforce.signals).
                 self.signals.hold()
-            self.control.close()  # --- control server: flush replies, remove sockets
+            self.server.close()  # --- control server: flush replies, remove sockets
             self.output.close()
             self.watcher.close()
             self.tracker.close()
@@ -227,9 +232,9 @@ class Daemon:
         pid_due = self.pidwatch.next_deadline()
         if pid_due is not None:
             deadlines.append(pid_due)
-        control_due = self.control.next_deadline()  # --- control server
-        if control_due is not None:
-            deadlines.append(control_due)
+        server_due = self.server.next_deadline()  # --- control server
+        if server_due is not None:
+            deadlines.append(server_due)
         if not deadlines:
             return None
         # A deadline weeks away (a long time_limit) is beyond what the wait
@@ -237,7 +242,7 @@ class Daemon:
         return min(MAX_WAIT, max(0.0, min(deadlines) - time.monotonic()))
 
     def _wait_and_dispatch(self) -> None:
-        self.control.tick(time.monotonic())  # --- control server: answer queued requests
+        self.server.tick(time.monotonic())  # --- control server: answer queued requests
         try:
             ready = self.selector.select(self._timeout())
         except InterruptedError:
@@ -416,19 +421,32 @@ class Daemon:
 
     # ------------------------------------------------------------- effects
 
-    def feed(self, event: ev.Event) -> None:
-        """Hand ``event`` to the core and perform its effects.
+    @property
+    def now(self) -> float:
+        """The monotonic clock that stamps events (for the control server)."""
+        return time.monotonic()
+
+    def captured(self, task: str) -> output.Recent | None:
+        """``task``'s recent output lines, if any were captured."""
+        return self.output.recent.get(task)
+
+    def feed(self, event: ev.Event) -> tuple[fx.Effect, ...]:
+        """Hand ``event`` to the core and perform its effects; the effects
+        the core gave for ``event`` itself.
 
         Results of a ``Spawn`` are fed back before anything else, as the core
         requires.
         """
         queue: deque[ev.Event] = deque([event])
-        self.control.changed()  # --- control server: what it caches is stale now
+        answer: tuple[fx.Effect, ...] | None = None
         while queue:
             current = queue.popleft()
             if isinstance(current, (ev.ConfigLoaded, ev.Booted)):
                 self._learn_secrets(current)
             effects = self.core.handle(current)
+            self.fed += 1
+            if answer is None:
+                answer = effects
             if self.recorder is not None:
                 self.recorder(current, effects)
             for effect in effects:
@@ -437,6 +455,7 @@ class Daemon:
                 result = self.perform(effect)
                 if result is not None:
                     queue.append(result)
+        return answer or ()
 
     def _learn_secrets(self, event: ev.ConfigLoaded | ev.Booted) -> None:
         """What the log must not show (see ``taskforce.redact``)."""
@@ -479,7 +498,7 @@ class Daemon:
         elif isinstance(effect, fx.WatchProcess):
             self._watch_process(effect.task, effect.instance, effect.pid)
         elif isinstance(effect, fx.Reply):
-            self.control.reply(effect)  # --- control server
+            pass  # --- control server: it finds the reply among what ``feed`` returns
         elif isinstance(effect, fx.Exit):
             self.exit_effect = effect
         return None
@@ -602,43 +621,35 @@ class Daemon:
         process.reap()
 
 
-class LazyControl:
+class LazyServer:
     """Stands in for the control server until a listener is configured
     (``-w`` or ``settings.http``): only then are HTTP and TLS loaded."""
 
     def __init__(self, daemon: Daemon, options: Options | None) -> None:
         self.daemon = daemon
         self.options = options or Options()
-        self.server: Any = None
+        self.instance: Any = None
 
     def _wanted(self) -> bool:
-        if self.server is None and (
+        if self.instance is None and (
             self.options.listen is not None
             or (self.daemon.core.config.get("settings") or {}).get("http")
         ):
-            from taskforce.control import ControlServer
+            from taskforce.control.server import ControlServer
 
-            self.server = ControlServer(self.daemon, self.options)
-        return self.server is not None
+            self.instance = ControlServer(self.daemon, self.daemon.selector, self.options)
+        return self.instance is not None
 
     def next_deadline(self) -> float | None:
-        return self.server.next_deadline() if self._wanted() else None
+        return self.instance.next_deadline() if self._wanted() else None
 
     def tick(self, now: float) -> None:
         if self._wanted():
-            self.server.tick(now)
-
-    def changed(self) -> None:
-        if self.server is not None:
-            self.server.changed()
-
-    def reply(self, effect: fx.Reply) -> None:
-        if self.server is not None:
-            self.server.reply(effect)
+            self.instance.tick(now)
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        if self.instance is not None:
+            self.instance.close()
 
 
 def own_code_files() -> tuple[str, ...]:

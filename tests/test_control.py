@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import re
+import selectors
 import shutil
 import signal
 import socket
@@ -20,8 +21,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from daemon_harness import Daemon, alias_bomb, shell_task, task, wait_for
@@ -36,6 +38,8 @@ from taskforce.control.listen import (
     parse_tcp,
     services,
 )
+from taskforce.control.server import ControlServer
+from taskforce.control.shell import Shell
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core import status
@@ -46,6 +50,7 @@ from taskforce.tfctl import UnixConnection
 
 LINUX = sys.platform.startswith("linux")
 needs_linux = pytest.mark.skipif(not LINUX, reason="the daemon tests read /proc")
+T = TypeVar("T")
 
 # =====================================================================
 # The pure core, in a simulated world where no process ends until the test
@@ -493,6 +498,60 @@ def test_unix_listener_refuses_a_live_socket_and_a_plain_file(tmp_path: Path) ->
     with pytest.raises(ListenError, match="is not a socket; not removing it"):
         Listener(Service(path))
     assert Path(path).read_text() == "precious"
+
+
+# =====================================================================
+# The server on a simulated world: no daemon, no process, a real socket.
+
+
+def serve(server: ControlServer, selector: selectors.BaseSelector, client: Callable[[], T]) -> T:
+    """Run ``client`` on a thread while this one turns the server's loop as
+    the daemon does; what ``client`` returned."""
+    results: list[T] = []
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(client())
+        except BaseException as exc:  # handed to the test's thread
+            failures.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while thread.is_alive():
+        assert time.monotonic() < deadline, "the server did not answer"
+        server.tick(time.monotonic())
+        for key, _ in selector.select(0.01):
+            key.data()
+    if failures:
+        raise failures[0]
+    return results[0]
+
+
+def test_the_server_needs_only_a_shell_and_a_simulation_is_one(tmp_path: Path) -> None:
+    """Over a real Unix socket, the status of a simulated world shows its
+    processes, a control request changes it, and the status that follows
+    says so (an answer cached before the request is not served again)."""
+    sim = world({"tasks": {"a": sleeper(count=2)}})
+    assert isinstance(sim, Shell)
+    sock = str(short_dir(tmp_path) / "s.taskforce")
+    selector = selectors.DefaultSelector()
+    server = ControlServer(sim, selector, Options(listen=sock, allow_control=True))
+    try:
+        server.tick(time.monotonic())  # the first turn opens the listener
+        before = serve(server, selector, lambda: tasks_json(sock))
+        assert [p["pid"] for p in before["a"]["processes"]] == slot_pids(sim, "a")
+        assert serve(server, selector, lambda: tasks_json(sock)) == before, "cached"
+        answer = serve(server, selector, lambda: form(sock, "/manage/count", {"a": "1"}))
+        assert answer == (202, "a\tok\n")
+        assert [(e.instance, e.signal) for _, e in sim.signals("a")] == [(1, "SIGTERM")]
+        after = serve(server, selector, lambda: tasks_json(sock))
+        assert after["a"]["processes"][1]["state"] == "stopping"
+    finally:
+        server.close()
+        selector.close()
+    assert not os.path.exists(sock)
 
 
 # =====================================================================

@@ -206,7 +206,7 @@ def _status(
     if path == "/metrics":
         key: Any = (path, service.allow_control)
         if key not in server.turn_cache:
-            body = status.metrics_text(server.daemon.core, server.figures()) + _refused(server)
+            body = status.metrics_text(server.shell.core, server.figures()) + _refused(server)
             server.turn_cache[key] = Response(200, body.encode(), METRICS)
         return server.turn_cache[key]
     fmt = (_first(params, "fmt") or "json").lower()
@@ -222,12 +222,13 @@ def _status(
     if path == "/status/logs":
         return _logs(server, params, indent)
     key = (path, indent, service.allow_control)
-    cached = server.cache.get(key)
+    cache = server.cached()
+    cached = cache.get(key)
     if cached is None:
         code, data = reader(server, service)
         separators = (",", ":") if indent is None else None
         body = json.dumps(data, indent=indent, separators=separators, default=_jsonable) + "\n"
-        cached = server.cache[key] = Response(code, body.encode(), JSON)
+        cached = cache[key] = Response(code, body.encode(), JSON)
     return cached
 
 
@@ -265,7 +266,7 @@ def _version(server: ControlServer, service: Service) -> tuple[int, Any]:
 
 
 def _config(server: ControlServer, service: Service) -> tuple[int, Any]:
-    return 200, secrets.redact_config(server.daemon.core.config)
+    return 200, secrets.redact_config(server.shell.core.config)
 
 
 @functools.lru_cache(maxsize=16384)
@@ -316,12 +317,12 @@ def wall_clock(tasks: dict[str, Any], now_mono: float, now_wall: float) -> dict[
 
 
 def _tasks(server: ControlServer, service: Service) -> tuple[int, Any]:
-    tasks = status.tasks_status(server.daemon.core)
-    return 200, wall_clock(tasks, time.monotonic(), time.time())
+    tasks = status.tasks_status(server.shell.core)
+    return 200, wall_clock(tasks, server.shell.now, time.time())
 
 
 def _health(server: ControlServer, service: Service) -> tuple[int, Any]:
-    report = status.health(server.daemon.core)
+    report = status.health(server.shell.core)
     return (200 if report["healthy"] else 503), report
 
 
@@ -347,7 +348,7 @@ def _logs(server: ControlServer, params: Params, indent: int | None) -> Response
             numbers[key] = int(digits)
         else:
             return text(400, f"bad {key} {raw!r}: expected a whole number\n")
-    tasks = server.daemon.core.tasks
+    tasks = server.shell.core.tasks
     slot = split_slot(name) if name not in tasks else None
     if slot is not None and slot[0] in tasks:  # web[0] or web:0, as everywhere
         if numbers["instance"] not in (None, int(slot[1])):
@@ -362,7 +363,7 @@ def _logs(server: ControlServer, params: Params, indent: int | None) -> Response
         return text(
             409, f"output of {name} is not captured (output: {mode}); only log and file are kept\n"
         )
-    recent = server.daemon.output.recent.get(name)
+    recent = server.shell.captured(name)
     if recent is None:  # nothing captured yet
         recent = Recent()
     lines, dropped = recent.read(numbers["since"], numbers["instance"], numbers["lines"])
@@ -468,11 +469,11 @@ def _reload(server: ControlServer, request: Request, params: Params) -> Response
     refused = _granted(server, request, "reload")
     if refused is not None:
         return refused
-    daemon = server.daemon
+    shell = server.shell
 
     def finish(loaded: object) -> Response:
         assert isinstance(loaded, ev.Event)
-        event = daemon.apply_loaded(loaded)
+        event = shell.apply_loaded(loaded)
         body = "Taskforce config reload initiated\n"
         if isinstance(event, ev.ConfigRejected):
             errors = event.errors or (event.error,)
@@ -483,7 +484,7 @@ def _reload(server: ControlServer, request: Request, params: Params) -> Response
             outcome = "applied"
         return text(202, body, headers=[("X-Taskforce-Reload", outcome)])
 
-    return Deferred(lambda: daemon.load_inputs("request"), finish)
+    return Deferred(lambda: shell.load_inputs("request"), finish)
 
 
 def _shutdown(reset: bool) -> Callable[[ControlServer, Request, Params], Response]:
@@ -494,10 +495,10 @@ def _shutdown(reset: bool) -> Callable[[ControlServer, Request, Params], Respons
 
         def stop() -> None:
             if reset:
-                server.daemon.request_reset("control request")
+                server.shell.request_reset("control request")
             else:
-                server.daemon.feed(
-                    ev.StopRequested(at=time.monotonic(), reset=False, reason="control request")
+                server.shell.feed(
+                    ev.StopRequested(at=server.shell.now, reset=False, reason="control request")
                 )
 
         word = "reset" if reset else "exit"
@@ -530,7 +531,7 @@ def _plan(server: ControlServer, request: Request, params: Params) -> Response |
         config_text = posted.decode("utf-8")
     except UnicodeDecodeError as exc:
         return text(400, f"the posted config is not UTF-8 text (byte {exc.start})\n")
-    core = server.daemon.core
+    core = server.shell.core
     roles, role_values = core.roles, dict(core.role_values)
     roles_param = _first(params, "roles")
     if roles_param is not None:
@@ -551,7 +552,7 @@ def _plan(server: ControlServer, request: Request, params: Params) -> Response |
             return checked
         assert isinstance(checked, dict)
         try:
-            answer = status.plan(server.daemon.core, checked, roles, role_values)
+            answer = status.plan(server.shell.core, checked, roles, role_values)
         except SpecError as exc:
             where = ".".join(str(p) for p in exc.path)
             return text(400, f"<posted config>: {where}: {exc.message}\n")

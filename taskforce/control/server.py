@@ -9,9 +9,10 @@ batches the loop always gets back to reaping children and firing timers: a
 flood of requests slows the requests, never the supervision.
 
 Control requests become ``ControlRequested`` events for the core; its
-``Reply`` effect comes back through ``reply`` while the event is being fed,
-so every request is answered in the same turn.  The server decides nothing
-about tasks.
+``Reply`` effect is among the effects ``Shell.feed`` returns, so every
+request is answered in the same turn.  The server decides nothing about
+tasks, and it knows the daemon only as a ``Shell`` (``control.shell``):
+what it may ask of it is listed there.
 
 An answer that takes long to compute (``/manage/plan`` reading a posted
 config) comes back from ``api.handle`` as a ``Deferred``: its work runs on
@@ -44,7 +45,7 @@ from taskforce.core import effects as fx
 from taskforce.core import events as ev
 
 if TYPE_CHECKING:
-    from taskforce.daemon import Daemon
+    from taskforce.control.shell import Shell
 
 log = logging.getLogger("taskforce")
 
@@ -68,10 +69,13 @@ BODY_LIMIT = 64 * 1024
 class ControlServer:
     """Every listener and connection of the control path."""
 
-    def __init__(self, daemon: Daemon, options: Options | None = None) -> None:
-        self.daemon = daemon
+    def __init__(
+        self, shell: Shell, selector: selectors.BaseSelector, options: Options | None = None
+    ) -> None:
+        self.shell = shell
         self.options = options or Options()
-        self.selector: selectors.BaseSelector = daemon.selector
+        #: the loop's selector: listeners and connections are registered on it
+        self.selector = selector
         self.listeners: list[Listener | None] = []
         self.wanted: list[Service] = []
         self.retry_at: float | None = None
@@ -85,12 +89,12 @@ class ControlServer:
         self._peers: dict[tuple[int, int], dict[str, object]] = {}
         self.started = time.monotonic()
         #: answers computed from the core, valid until it is next fed
-        self.cache: dict[Any, Response] = {}
+        self._cache: dict[Any, Response] = {}
+        self._cache_fed = -1
         #: answers that also show the server's own figures: valid for a turn
         self.turn_cache: dict[Any, Response] = {}
         self._config: object = None
         self._configured = False
-        self._replies: dict[int, fx.Reply | None] = {}
         self._next_request = 0
         #: the deferred answer being computed off the loop, if any
         self.job: _Job | None = None
@@ -111,7 +115,7 @@ class ControlServer:
     def tick(self, now: float) -> None:
         """One turn: follow the config, expire, answer queued requests."""
         self.turn_cache.clear()
-        core = self.daemon.core
+        core = self.shell.core
         if not self._configured or core.config is not self._config:
             self._configured = True
             self._config = core.config
@@ -160,7 +164,7 @@ class ControlServer:
                 "busy with another request of this kind; try again\n",
                 headers=[("Retry-After", "1")],
             )
-        self.job = _Job(conn, deferred, self.daemon.wake)
+        self.job = _Job(conn, deferred, self.shell.wake)
         threading.Thread(target=self.job.run, name="taskforce-control", daemon=True).start()
         return None
 
@@ -179,9 +183,13 @@ class ControlServer:
                 response = Response(500, close=True)
         job.conn.respond(response)
 
-    def changed(self) -> None:
-        """The core is about to be fed: cached answers are stale."""
-        self.cache.clear()
+    def cached(self) -> dict[Any, Response]:
+        """The answers computed from the core as it is now (emptied once the
+        core has been fed since they were computed)."""
+        if self._cache_fed != self.shell.fed:
+            self._cache_fed = self.shell.fed
+            self._cache.clear()
+        return self._cache
 
     def enqueue(self, conn: Connection) -> None:
         self.work.append(conn)
@@ -206,21 +214,18 @@ class ControlServer:
         listener allows; its ``Reply`` (None if none came)."""
         self._next_request += 1
         request = self._next_request
-        self._replies[request] = None
-        try:
-            self.daemon.feed(
-                ev.ControlRequested(
-                    at=time.monotonic(),
-                    request=request,
-                    action=action,
-                    args=args,
-                    who=dict(who or {}),
-                    allow=allow,
-                )
+        effects = self.shell.feed(
+            ev.ControlRequested(
+                at=self.shell.now,
+                request=request,
+                action=action,
+                args=args,
+                who=dict(who or {}),
+                allow=allow,
             )
-        finally:
-            reply = self._replies.pop(request, None)
-        return reply
+        )
+        replies = (e for e in effects if isinstance(e, fx.Reply) and e.request == request)
+        return next(replies, None)
 
     def refuse(self, reason: str) -> None:
         """Count a request refused for who asked (``reason`` is a metric label)."""
@@ -242,15 +247,10 @@ class ControlServer:
             known = self._peers[creds] = _names(*creds)
         return known
 
-    def reply(self, effect: fx.Reply) -> None:
-        """The core answered a control request (called from ``Daemon.perform``)."""
-        if effect.request in self._replies:
-            self._replies[effect.request] = effect
-
     # --------------------------------------------------------- listeners
 
     def _configure(self) -> None:
-        core = self.daemon.core
+        core = self.shell.core
         try:
             wanted = services(core.config, self.options, core.facts, core.roles, core.role_values)
         except ListenError as exc:
@@ -289,7 +289,7 @@ class ControlServer:
             if self.listeners[index] is not None:
                 continue
             try:
-                facts = self.daemon.core.facts
+                facts = self.shell.core.facts
                 listener = Listener(service, (facts.host, facts.fqdn), file_group=files.group_id())
             except (ListenError, OSError) as exc:
                 log.error("control: %s; retrying every %gs", exc, RETRY)
