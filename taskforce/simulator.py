@@ -398,25 +398,13 @@ class Simulation:
         self._push(ev.StopRequested(at=self.now, reset=reset, reason=reason))
 
     def control(
-        self,
-        request: int,
-        action: str,
-        args: Mapping[str, Any] | None = None,
-        *,
-        who: Mapping[str, Any] | None = None,
-        allow: tuple[str, ...] | None = None,
+        self, request: int, action: str, args: Mapping[str, Any] | None = None
     ) -> fx.Reply | None:
-        """An operator's request arrived on the control path, from ``who``
-        through a listener that grants ``allow`` (None: unchecked); the
-        core's reply, which is also kept in ``replies``."""
+        """An operator's request arrived on the control path; the core's
+        reply, which is also kept in ``replies``."""
         effects = self.feed(
             ev.ControlRequested(
-                at=self.now,
-                request=request,
-                action=action,
-                args=freeze(dict(args or {})),
-                who=dict(who or {}),
-                allow=allow,
+                at=self.now, request=request, action=action, args=freeze(dict(args or {}))
             )
         )
         return next((e for e in effects if isinstance(e, fx.Reply)), None)
