@@ -177,6 +177,9 @@ def test_follow_prints_lines_written_after_it_started(daemon: Daemon) -> None:
         [sys.executable, "-m", "taskforce.tfctl", "-s", sock, "logs", "-f", "tick"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # As at a terminal: a test run started in the background (CI, `&`)
+        # inherits SIGINT ignored, and Ctrl-C would then not reach tfctl.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         got = bytearray()
