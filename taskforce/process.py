@@ -176,7 +176,7 @@ def read_report(fd: int) -> str | None:
     writes its error in one write (under ``PIPE_BUF``) just before it exits,
     so once anything was read the report is whole, even before end of file.
     """
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         try:
             chunk = os.read(fd, 4096)

@@ -26,9 +26,8 @@ This module must never do IO: the environment and host names arrive as data.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from taskforce.core.context import (
@@ -39,6 +38,15 @@ from taskforce.core.context import (
     resolve,
     resolve_one,
 )
+from taskforce.core.values import (
+    limit_pair,
+    output_path,
+    parse_limit,
+    parse_size,
+    parse_umask,
+)
+
+__all__ = ["parse_limit", "parse_size", "parse_umask"]  # re-exported: read beside the specs
 
 CONTROLS = ("wait", "once", "event", "nowait", "adopt", "suspend", "off")
 #: Controls whose slots run until stopped and are restarted when they exit.
@@ -101,27 +109,124 @@ class HostFacts:
     pid: int = 0
 
 
+#: ``Attribute`` of each ``ProcessSpec`` field, in its ``field(metadata=...)``.
+_ATTRIBUTE = "attribute"
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """How one ``ProcessSpec`` field is configured, checked, built and used.
+
+    Declared once, beside the field; everything else is derived from it: the
+    config schema's task key and its check (``taskforce.config.schema``),
+    the build of the value (``_process_spec``), the ``Spawn`` effect, the
+    restart reason (``spec_diff``) and the keyword arguments of the shell's
+    ``process.start`` (``START_OPTIONS``).
+    """
+
+    #: the task key it is read from (None: built from other keys, by hand)
+    key: str | None = None
+    #: the config schema's checker of that key, by name; "" with ``parse``:
+    #: the generic one, which runs ``parse`` on values written literally
+    check: str = ""
+    #: the value (conditionals resolved, tags expanded) as the field's, or
+    #: ValueError saying why not; None: built by hand in ``_process_spec``
+    parse: Callable[[Any], Any] | None = None
+    #: whether ``Spawn`` carries it to the shell (``pidfile`` stays in the core)
+    spawn: bool = True
+    #: whether it is a keyword argument of the shell's ``process.start``
+    start: bool = False
+    #: the word a restart reason names it by (several fields may share one)
+    reason: str = ""
+
+
+def _attr(**declared: Any) -> dict[str, Attribute]:
+    return {_ATTRIBUTE: Attribute(**declared)}
+
+
 @dataclass(frozen=True)
 class ProcessSpec:
-    """Everything that makes one slot's process what it is."""
+    """Everything that makes one slot's process what it is.
 
-    argv: tuple[str, ...]
-    env: Mapping[str, str]
-    cwd: str | None = None
-    user: str | None = None
-    group: str | None = None
-    procname: str | None = None
-    pidfile: str | None = None
+    Each field declares, in its ``Attribute``, where it comes from in the
+    config and where it goes; adding an attribute is adding a field here
+    (and what the shell does with it in ``process.start``).
+    """
+
+    argv: tuple[str, ...] = field(metadata=_attr(reason="argv"))
+    env: dict[str, str] = field(default_factory=dict, metadata=_attr())
+    cwd: str | None = field(
+        default=None, metadata=_attr(key="cwd", check="path", parse=as_text, start=True)
+    )
+    user: str | None = field(
+        default=None, metadata=_attr(key="user", check="text", parse=as_text, start=True)
+    )
+    group: str | None = field(
+        default=None, metadata=_attr(key="group", check="text", parse=as_text, start=True)
+    )
+    procname: str | None = field(
+        default=None, metadata=_attr(key="procname", check="path", parse=as_text, start=True)
+    )
+    pidfile: str | None = field(
+        default=None, metadata=_attr(key="pidfile", check="path", parse=as_text, spawn=False)
+    )
+    umask: int | None = field(
+        default=None, metadata=_attr(key="umask", check="umask", parse=parse_umask, start=True)
+    )
+    #: (name, soft, hard), sorted by name; None is unlimited.
+    limits: tuple[tuple[str, int | None, int | None], ...] = field(
+        default=(), metadata=_attr(key="limits", check="limits", start=True)
+    )
     #: ``inherit``, ``discard``, ``log`` or ``file`` (then ``output_file``,
     #: rotated at ``output_max_bytes`` keeping ``output_backups`` old files).
     #: The dataclass default is no capture; a config's default is ``log``.
-    output: str = "inherit"
-    output_file: str | None = None
-    output_max_bytes: int = DEFAULT_MAX_BYTES
-    output_backups: int = DEFAULT_BACKUPS
-    umask: int | None = None
-    #: (name, soft, hard), sorted by name; None is unlimited.
-    limits: tuple[tuple[str, int | None, int | None], ...] = ()
+    output: str = field(default="inherit", metadata=_attr(key="output", check="output"))
+    output_file: str | None = field(default=None, metadata=_attr(reason="output"))
+    output_max_bytes: int = field(default=DEFAULT_MAX_BYTES, metadata=_attr(reason="output"))
+    output_backups: int = field(default=DEFAULT_BACKUPS, metadata=_attr(reason="output"))
+
+    def diff(self, new: ProcessSpec) -> str:
+        """Which parts differ from ``new``, for the reason of a restart.
+
+        Parts are named in declaration order (by their ``reason`` word), the
+        environment last, with the first few of its names that differ.
+        """
+        parts: list[str] = []
+        for name, attr in PROCESS_ATTRIBUTES:
+            if name != "env" and getattr(self, name) != getattr(new, name):
+                word = attr.reason or name
+                if word not in parts:
+                    parts.append(word)
+        if self.env != new.env:
+            keys = sorted(
+                key for key in set(self.env) | set(new.env) if self.env.get(key) != new.env.get(key)
+            )
+            shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+            parts.append(f"environment ({shown})")
+        return ", ".join(parts) or "spec"
+
+
+def attribute_of(spec_field: Any) -> Attribute:
+    """The ``Attribute`` a ``ProcessSpec`` field declares."""
+    found: Attribute = spec_field.metadata[_ATTRIBUTE]
+    return found
+
+
+#: (field name, its Attribute) of every ``ProcessSpec`` field, in order.
+PROCESS_ATTRIBUTES: tuple[tuple[str, Attribute], ...] = tuple(
+    (spec_field.name, attribute_of(spec_field)) for spec_field in fields(ProcessSpec)
+)
+#: Fields the ``Spawn`` effect carries (the others stay in the core).
+SPAWN_FIELDS = tuple(name for name, attr in PROCESS_ATTRIBUTES if attr.spawn)
+#: Keyword arguments of the shell's ``process.start`` that a ``Spawn`` sets.
+START_OPTIONS = tuple(name for name, attr in PROCESS_ATTRIBUTES if attr.start)
+
+
+def spawn_values(spec: ProcessSpec) -> dict[str, Any]:
+    """What a ``Spawn`` of ``spec`` carries, by field (the environment a copy)."""
+    values = {name: getattr(spec, name) for name in SPAWN_FIELDS}
+    values["env"] = dict(spec.env)
+    return values
 
 
 @dataclass(frozen=True)
@@ -373,45 +478,6 @@ def _whole(value: Any, ctx: Mapping[str, str | None], default: int) -> int:
         raise ContextError(f"expected a whole number, got {text!r}") from None
 
 
-_SIZE = re.compile(r"\s*(\d+)\s*(?:([kmgt])(?:i?b)?)?\s*\Z", re.IGNORECASE)
-_UNLIMITED = ("unlimited", "infinity")
-
-
-def parse_size(value: Any) -> int:
-    """A whole number >= 0, or text such as ``512K``, ``10M``, ``1GiB`` (1024s)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return int(value)
-    match = _SIZE.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise ValueError(f"expected a whole number >= 0 (or with K, M, G, T), got {value!r}")
-    scale = 1 << 10 * " kmgt".index((match.group(2) or " ").lower())
-    return int(match.group(1)) * scale
-
-
-def parse_limit(value: Any) -> int | None:
-    """A resource limit: ``parse_size``, or None for ``unlimited``."""
-    if isinstance(value, str) and value.strip().lower() in _UNLIMITED:
-        return None
-    try:
-        return parse_size(value)
-    except ValueError:
-        raise ValueError(f"expected a whole number >= 0 or 'unlimited', got {value!r}") from None
-
-
-def parse_umask(value: Any) -> int:
-    """A umask: text in octal (``"022"``, ``"0o022"``) or its number (18)."""
-    number: int | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str):
-        text = value.strip().lower().removeprefix("0o")
-        if text and all(ch in "01234567" for ch in text):
-            number = int(text, 8)
-    if number is None or not 0 <= number <= 0o777:
-        raise ValueError(f'expected an octal umask from 000 to 777, such as "022", got {value!r}')
-    return number
-
-
 def _plain(value: Any, ctx: Mapping[str, str | None]) -> Any:
     """A possibly conditional scalar; text has its tags expanded."""
     raw = resolve_one(value, ctx, None)
@@ -421,11 +487,10 @@ def _plain(value: Any, ctx: Mapping[str, str | None]) -> Any:
 def _output(value: Any, ctx: Mapping[str, str | None]) -> tuple[str, str | None, int, int]:
     """(mode, file, max_bytes, backups) of an ``output`` value."""
     if isinstance(value, Mapping) and "file" in value:
-        path = _text_value(value["file"], ctx)
-        if not path or not path.startswith("/"):
-            raise SpecError(
-                ("output", "file"), f"output file must be an absolute path, got {path!r}"
-            )
+        try:
+            path = output_path(_text_value(value["file"], ctx))
+        except ValueError as exc:
+            raise SpecError(("output", "file"), str(exc)) from None
         max_bytes = _plain(value.get("max_bytes"), ctx)
         try:
             max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else parse_size(max_bytes)
@@ -462,14 +527,12 @@ def _limits(
         item = value[name]
         try:
             if isinstance(item, Mapping) and ("soft" in item or "hard" in item):
-                soft = parse_limit(_plain(item.get("soft"), ctx))
-                hard = parse_limit(_plain(item.get("hard"), ctx))
+                bounds = _plain(item.get("soft"), ctx), _plain(item.get("hard"), ctx)
+                soft, hard = limit_pair(*bounds)
             else:
                 soft = hard = parse_limit(_plain(item, ctx))
         except (ValueError, ContextError) as exc:
             raise SpecError(("limits", name), str(exc)) from None
-        if hard is not None and (soft is None or soft > hard):
-            raise SpecError(("limits", name), f"soft limit {soft} is above hard limit {hard}")
         out.append((name, soft, hard))
     return tuple(out)
 
@@ -496,26 +559,27 @@ def _process_spec(
     if output is None:
         output = settings_output
     mode, output_file, max_bytes, backups = _output(output, ctx)
-    umask = None
-    if task.get("umask") is not None:
+    values: dict[str, Any] = {}
+    for name, attr in PROCESS_ATTRIBUTES:
+        # The simple attributes, each read as it declares.
+        if attr.key is None or attr.parse is None or task.get(attr.key) is None:
+            continue
+        # A tag that cannot be expanded is the task's problem, as for any key.
+        raw = _plain(task[attr.key], ctx)
         try:
-            umask = parse_umask(_plain(task["umask"], ctx))
+            if raw is not None:
+                values[name] = attr.parse(raw)
         except ValueError as exc:
-            raise SpecError(("umask",), str(exc)) from None
+            raise SpecError((attr.key,), str(exc)) from None
     return ProcessSpec(
         argv=argv,
         env=env,
-        cwd=_text_value(task.get("cwd"), ctx),
-        user=_text_value(task.get("user"), ctx),
-        group=_text_value(task.get("group"), ctx),
-        procname=_text_value(task.get("procname"), ctx),
-        pidfile=_text_value(task.get("pidfile"), ctx),
         output=mode,
         output_file=output_file,
         output_max_bytes=max_bytes,
         output_backups=backups,
-        umask=umask,
         limits=_limits(task.get("limits"), ctx),
+        **values,
     )
 
 
