@@ -39,6 +39,7 @@ from taskforce.core.context import (
     resolve_one,
 )
 from taskforce.core.values import (
+    Whole,
     limit_pair,
     output_path,
     parse_limit,
@@ -184,6 +185,11 @@ class ProcessSpec:
     output_file: str | None = field(default=None, metadata=_attr(reason="output"))
     output_max_bytes: int = field(default=DEFAULT_MAX_BYTES, metadata=_attr(reason="output"))
     output_backups: int = field(default=DEFAULT_BACKUPS, metadata=_attr(reason="output"))
+    #: the niceness it runs at (-20..19; None: taskforce's own), set in the
+    #: child before the privilege drop, so root may give a task a lower one
+    nice: int | None = field(
+        default=None, metadata=_attr(key="nice", parse=Whole(-20, 19), start=True)
+    )
 
     def diff(self, new: ProcessSpec) -> str:
         """Which parts differ from ``new``, for the reason of a restart.
