@@ -12,20 +12,18 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-from textwrap import dedent
 
 import pytest
 from daemon_harness import Daemon, task, wait_for
+from test_limits import built, errors
 
 from taskforce import process
-from taskforce.config import TASK_KEYS, check, load_config_text, validate_all
+from taskforce.config import TASK_KEYS
 from taskforce.core import effects as fx
 from taskforce.core.codec import encode, matches
-from taskforce.core.model import START_OPTIONS, HostFacts, ProcessSpec
+from taskforce.core.model import START_OPTIONS
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-
-FACTS = HostFacts(environ={"PATH": "/usr/bin:/bin"}, host="h1", fqdn="h1.example", pid=1)
 
 
 def niceness(pid: int) -> int:
@@ -33,18 +31,6 @@ def niceness(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as handle:
         rest = handle.read().rsplit(")", 1)[1].split()
     return int(rest[16])
-
-
-def built(text: str) -> dict[str, ProcessSpec]:
-    config = load_config_text(dedent(text), "tf.conf", roles=None, facts=FACTS)
-    return {
-        name: spec.processes[0]
-        for name, spec in check(config, "tf.conf", None, facts=FACTS).items()
-    }
-
-
-def errors(text: str) -> list[str]:
-    return [str(err) for err in validate_all(dedent(text), "tf.conf", roles=None, facts=FACTS)]
 
 
 # ---------------------------------------------------------------- config

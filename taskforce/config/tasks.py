@@ -13,7 +13,7 @@ This module must never read a file or touch anything that runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,19 +144,35 @@ class TaskSchema(Checker):
 
         return one_or_many(self.conditional(value, path, leaf, multi=True))
 
+    def entries(
+        self,
+        value: list[Any] | tuple[Any, ...],
+        path: KeyPath,
+        keys: tuple[str, ...],
+        what: str,
+        expected: str,
+        out: list[Any],
+    ) -> Iterator[tuple[int, KeyPath, dict[Any, Any]]]:
+        """(index, path, entry) of each mapping in a list of ``what`` entries,
+        its keys checked; anything else is reported and kept in ``out`` as
+        it is, so the entries stay in place."""
+        for index, entry in enumerate(value):
+            sub = (*path, index)
+            if not isinstance(entry, dict):
+                self.type_error(sub, entry, expected)
+                out.append(freeze(entry))
+                continue
+            self.keys(entry, sub, keys, what)
+            yield index, sub, entry
+
     def events(self, value: Any, path: KeyPath, commands: Mapping[str, Any]) -> Any:
         if not isinstance(value, (list, tuple)):
             self.type_error(path, value, "a list of events ({type: ..., command: ...})")
             return freeze(value)
-        out = []
+        out: list[Any] = []
         seen_kinds: dict[str, int] = {}
-        for index, event in enumerate(value):
-            sub = (*path, index)
-            if not isinstance(event, dict):
-                self.type_error(sub, event, "an event mapping with type and command or signal")
-                out.append(freeze(event))
-                continue
-            self.keys(event, sub, EVENT_KEYS, "event")
+        expected = "an event mapping with type and command or signal"
+        for index, sub, event in self.entries(value, path, EVENT_KEYS, "event", expected, out):
             norm: dict[str, Any] = {}
             kinds: set[str] = set()
 
@@ -255,14 +271,9 @@ class TaskSchema(Checker):
         if not isinstance(value, (list, tuple)):
             self.type_error(path, value, "a list of {type: start, task: NAME}")
             return freeze(value)
-        out = []
-        for index, item in enumerate(value):
-            sub = (*path, index)
-            if not isinstance(item, dict):
-                self.type_error(sub, item, "a mapping {type: start, task: NAME}")
-                out.append(freeze(item))
-                continue
-            self.keys(item, sub, ONEXIT_KEYS, "onexit")
+        out: list[Any] = []
+        expected = "a mapping {type: start, task: NAME}"
+        for _, sub, item in self.entries(value, path, ONEXIT_KEYS, "onexit", expected, out):
             norm: dict[str, Any] = {}
             if item.get("type") is not None:
                 norm["type"] = self.conditional(
