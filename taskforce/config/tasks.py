@@ -3,7 +3,7 @@
 ``TASK_RULES`` maps every task key to the function that checks its value;
 ``TASK_KEYS`` is derived from it, and the keys of a process's attributes
 (``user``, ``cwd``, ``umask``...) come from ``ProcessSpec``'s declaration of
-each field (``core.model.Attribute``), through ``VALUE_CHECKS``, so a new
+each field (``core.specs.Attribute``), through ``VALUE_CHECKS``, so a new
 attribute needs no line here.  Checks of a task's structure that relate its
 keys (events and their commands, ``requires`` and ``onexit`` targets) are
 ``TaskSchema``'s methods.
@@ -20,7 +20,7 @@ from typing import Any
 from taskforce.config.checker import Checker, one_or_many
 from taskforce.config.errors import KeyPath, suggest
 from taskforce.core.codec import freeze
-from taskforce.core.model import (
+from taskforce.core.specs import (
     CONTROLS,
     ENVIRONMENTS,
     LIMIT_NAMES,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskforce.core.model import START_OPTIONS, ProcessSpec, spawn_values
+from taskforce.core.specs import START_OPTIONS, ProcessSpec, spawn_values
 
 
 @dataclass(frozen=True)
