@@ -90,10 +90,10 @@ class Attribute:
     """How one ``ProcessSpec`` field is configured, checked, built and used.
 
     Declared once, beside the field; everything else is derived from it: the
-    config schema's task key and its check (``taskforce.config.schema``),
-    the build of the value (``_process_spec``), the ``Spawn`` effect, the
-    restart reason (``spec_diff``) and the keyword arguments of the shell's
-    ``process.start`` (``START_OPTIONS``).
+    config schema's task key and its check (``taskforce.config.tasks``),
+    the build of the value (``model._process_spec``), the ``Spawn`` effect,
+    the restart reason (``ProcessSpec.diff``) and the keyword arguments of
+    the shell's ``process.start`` (``START_OPTIONS``).
     """
 
     #: the task key it is read from (None: built from other keys, by hand)
@@ -102,7 +102,7 @@ class Attribute:
     #: the generic one, which runs ``parse`` on values written literally
     check: str = ""
     #: the value (conditionals resolved, tags expanded) as the field's, or
-    #: ValueError saying why not; None: built by hand in ``_process_spec``
+    #: ValueError saying why not; None: built by hand in ``model._process_spec``
     parse: Callable[[Any], Any] | None = None
     #: whether ``Spawn`` carries it to the shell (``pidfile`` stays in the core)
     spawn: bool = True
@@ -125,7 +125,7 @@ class ProcessSpec:
     (and what the shell does with it in ``process.start``).
     """
 
-    argv: tuple[str, ...] = field(metadata=_attr(reason="argv"))
+    argv: tuple[str, ...] = field(metadata=_attr())
     env: dict[str, str] = field(default_factory=dict, metadata=_attr())
     cwd: str | None = field(
         default=None, metadata=_attr(key="cwd", check="path", parse=as_text, start=True)
