@@ -546,13 +546,8 @@ class Daemon:
                 effect.argv,
                 self.tracker.environment(effect.env),
                 cgroup=self.tracker.slot_cgroup(slot),
-                cwd=effect.cwd,
-                user=effect.user,
-                group=effect.group,
-                procname=effect.procname,
                 stdout=stdout,
-                umask=effect.umask,
-                limits=effect.limits,
+                **effect.start_options(),
             )
         except (process.SpawnError, OSError) as exc:
             output_done(False)

@@ -71,6 +71,7 @@ def _child(
     umask: int | None = None,
     limits: Sequence[Limit] = (),
     cgroup: str | None = None,
+    nice: int | None = None,
 ) -> None:
     """Runs in the forked child: set up, then exec.  Never returns."""
     stage = "setup"
@@ -99,6 +100,10 @@ def _child(
             shown = " ".join("unlimited" if v is None else str(v) for v in (soft, hard))
             stage = f"limits.{name} (soft, hard: {shown})"
             _set_limit(name, soft, hard)
+        if nice is not None:
+            # Also before the privilege drop: only root may lower it.
+            stage = f"nice {nice}"
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
         if group is not None:
             stage = f"group {group!r}"
             gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
@@ -155,8 +160,9 @@ def _join_cgroup(procs: str) -> None:
 def spawn(argv: Sequence[str], env: Mapping[str, str], **options: Any) -> int:
     """Start ``argv`` in a new process group; its pid, or SpawnError.
 
-    ``stdout`` (an fd) becomes the child's stdout and stderr; ``umask`` and
-    ``limits`` are set in the child before the privilege drop and the exec.
+    ``stdout`` (an fd) becomes the child's stdout and stderr; ``umask``,
+    ``limits`` and ``nice`` are set in the child before the privilege drop
+    and the exec.
     Returns once the exec has happened or failed (see ``start``).
     """
     pid, report = start(argv, env, **options)
@@ -176,7 +182,7 @@ def read_report(fd: int) -> str | None:
     writes its error in one write (under ``PIPE_BUF``) just before it exits,
     so once anything was read the report is whole, even before end of file.
     """
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         try:
             chunk = os.read(fd, 4096)
@@ -205,6 +211,7 @@ def start(
     umask: int | None = None,
     limits: Sequence[Limit] = (),
     cgroup: str | None = None,
+    nice: int | None = None,
 ) -> tuple[int, int]:
     """Fork ``argv`` in a new process group without waiting for its exec.
 
@@ -216,8 +223,9 @@ def start(
     """
     if not argv:
         raise SpawnError("empty command")
+    # posix_spawn sets none of these: a task that has one takes the fork path.
     if FAST_SPAWN and cwd is None and user is None and group is None and umask is None:
-        if procname is None and not limits:
+        if procname is None and not limits and nice is None:
             ids = {"Task_uid": str(os.geteuid()), "Task_gid": str(os.getegid())}
             return _start_fast(argv, dict(env, **ids, Task_started=started_now()), stdout, cgroup)
     read_end, write_end = os.pipe()  # both close on exec
@@ -226,7 +234,18 @@ def start(
     if pid == 0:
         os.close(read_end)
         _child(
-            argv, child_env, cwd, user, group, procname, stdout, write_end, umask, limits, cgroup
+            argv,
+            child_env,
+            cwd,
+            user,
+            group,
+            procname,
+            stdout,
+            write_end,
+            umask,
+            limits,
+            cgroup,
+            nice,
         )
     os.close(write_end)
     try:
@@ -260,7 +279,7 @@ _CGROUP_SHIM = (
 def _start_fast(
     argv: Sequence[str], env: Mapping[str, str], stdout: int | None, cgroup: str | None = None
 ) -> tuple[int, int]:
-    """Start a task that needs no cwd, identity, umask, limits or procname.
+    """Start a task that needs no cwd, identity, umask, limits, niceness or procname.
 
     ``posix_spawn`` starts the child without copying the daemon's memory
     (a fork of a Python process costs milliseconds in page tables and

@@ -83,24 +83,53 @@ def _matcher(cls: type[Any]) -> Callable[[Any, dict[str, Any]], bool]:
     fields = _FIELDS[cls]
     lines = [
         "def match(item, plain):",
-        f"    if len(plain) != {len(fields) + 1} or plain.get('type') != {cls.__name__!r}:",
+        f"    if plain.get('type') != {cls.__name__!r}:",
+        "        return False",
+        # Every field there (and nothing else), or fewer and all known: a
+        # log written before a field was added, which takes its default.
+        f"    if len(plain) == {len(fields) + 1}:",
+        "        absent = _STRICT",
+        f"    elif len(plain) < {len(fields) + 1} and plain.keys() <= _KNOWN:",
+        "        absent = _ABSENT",
+        "    else:",
         "        return False",
         "    get = plain.get",
     ]
     for name in fields:
         lines += [
             f"    value = item.{name}",
-            f"    other = get({name!r}, _MISSING)",
+            f"    other = get({name!r}, absent[{name!r}])",
             "    if not (value == other and type(value) is type(other)) and not (",
             "        type(value) is tuple and _same(value, other)",
             "    ):",
             "        return False",
         ]
     lines.append("    return True")
-    namespace: dict[str, Any] = {"_same": _same, "_MISSING": _MISSING}
+    namespace: dict[str, Any] = {
+        "_same": _same,
+        "_KNOWN": frozenset(("type", *fields)),
+        "_ABSENT": _absent_values(cls),
+        "_STRICT": dict.fromkeys(fields, _MISSING),
+    }
     exec("\n".join(lines), namespace)  # noqa: S102 -- our own text, from field names
     match: Callable[[Any, dict[str, Any]], bool] = namespace["match"]
     return match
+
+
+def _absent_values(cls: type[Any]) -> dict[str, Any]:
+    """What each field of ``cls`` is when a recorded item lacks it: its
+    default, encoded (a log written before the field was added matches
+    exactly when the field is at its default); a field without one never
+    matches when absent."""
+    values: dict[str, Any] = {}
+    for fld in dataclasses.fields(cls):
+        if fld.default is not dataclasses.MISSING:
+            values[fld.name] = _plain(fld.default)
+        elif fld.default_factory is not dataclasses.MISSING:
+            values[fld.name] = _plain(fld.default_factory())
+        else:
+            values[fld.name] = _MISSING
+    return values
 
 
 _MISSING = object()
@@ -110,7 +139,8 @@ _MATCHERS: dict[type[Any], Callable[[Any, dict[str, Any]], bool]] = {}
 
 
 def matches(item: Event | Effect, plain: dict[str, Any]) -> bool:
-    """Whether ``encode(item) == plain``, without building the encoding."""
+    """Whether ``encode(item) == plain``, without building the encoding; a
+    field that ``plain`` lacks (recorded before it existed) is its default."""
     match = _MATCHERS.get(type(item))
     if match is None:
         match = _MATCHERS[type(item)] = _matcher(type(item))

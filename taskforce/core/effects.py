@@ -12,45 +12,43 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from taskforce.core.specs import START_OPTIONS, ProcessSpec, spawn_values
+
 
 @dataclass(frozen=True)
 class Effect:
     """Base of all effects."""
 
 
-@dataclass(frozen=True)
-class Spawn(Effect):
-    """Start one process for slot (task, instance) in a new process group.
+@dataclass(frozen=True, kw_only=True)
+class Spawn(Effect, ProcessSpec):
+    """Start one process as its ``ProcessSpec`` says, for slot (task,
+    instance), in a new process group.
 
-    ``argv[0]`` is the program (searched on ``env['PATH']``); ``procname``,
-    when set, replaces the argv[0] the program sees.  ``env`` is the whole
-    environment.  ``user``/``group``/``cwd`` are applied in the child before
-    exec.  ``pidfile``, when set, is written with the child's pid.
-
-    ``output`` says where stdout and stderr go: ``inherit`` (the daemon's),
-    ``discard``, ``log`` (taskforce's log, each line prefixed
-    ``task[instance]``) or ``file`` (``output_file``, rotated when it would
-    pass ``output_max_bytes``, keeping ``output_backups`` old files).
-    ``umask`` and ``limits`` ((name, soft, hard), None for unlimited) are set
-    in the child before the privilege drop.
+    Its fields are the spec's (see ``ProcessSpec`` and the ``Attribute`` of
+    each) less those the core keeps to itself (``pidfile``, always None
+    here), so an attribute added to the spec travels without a change here.
+    ``argv[0]`` is the program (searched on ``env['PATH']``); ``env`` is the
+    whole environment.  The fields ``START_OPTIONS`` names are applied in the
+    child before exec (``start_options``); ``output`` and its ``output_*``
+    say where stdout and stderr go: ``inherit`` (the daemon's), ``discard``,
+    ``log`` (taskforce's log, each line prefixed ``task[instance]``) or
+    ``file`` (``output_file``, rotated when it would pass
+    ``output_max_bytes``, keeping ``output_backups`` old files).
     """
 
     task: str
     instance: int
     generation: int
-    argv: tuple[str, ...]
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: str | None = None
-    user: str | None = None
-    group: str | None = None
-    procname: str | None = None
-    pidfile: str | None = None
-    output: str = "inherit"
-    output_file: str | None = None
-    output_max_bytes: int = 10 * 1024 * 1024
-    output_backups: int = 5
-    umask: int | None = None
-    limits: tuple[tuple[str, int | None, int | None], ...] = ()
+
+    @classmethod
+    def of(cls, spec: ProcessSpec, *, task: str, instance: int, generation: int) -> Spawn:
+        """The spawn of ``spec`` for slot (``task``, ``instance``)."""
+        return cls(task=task, instance=instance, generation=generation, **spawn_values(spec))
+
+    def start_options(self) -> dict[str, Any]:
+        """The keyword arguments of the shell's ``process.start``, by name."""
+        return {name: getattr(self, name) for name in START_OPTIONS}
 
 
 @dataclass(frozen=True)

@@ -1,34 +1,18 @@
-"""What each task is, once its context is built: the specs the supervisor runs.
+"""Building the specs the supervisor runs from a config.
 
 ``build(config, facts, roles, role_values)`` turns a validated, normalized
 config (see ``taskforce.config``) into one ``TaskSpec`` per task, with one
-``ProcessSpec`` per slot.  Two slots whose ``ProcessSpec`` are equal would run
-the same process, which is how a reload decides what to restart.
-
-Context precedence (later wins): the daemon's environment (less any inherited
-``Task_*``), the built-ins, top-level ``defines``, top-level ``role_defines``
-of each active role, the task's ``defines``, the task's ``role_defines``.
-Then defaults fill only names still absent: the task's ``role_defaults``, the
-task's ``defaults``, top-level ``role_defaults``, top-level ``defaults``.
-Active roles apply in roles-file order, so a later role wins.
-
-Roles reach the context as the original defines them: a ``name=value`` line
-sets ``Task_role_<name>`` to its value in every task's context, and so in
-every process's environment.  A bare role is in the context too, but not set
-(None): a conditional keyed on it applies, yet it is never exported, so
-adding or removing a bare role changes no environment and restarts nothing
-that stays in scope.  ``Task_pid``, ``Task_uid``, ``Task_gid`` and
-``Task_started`` are facts of one process: not set here, the shell sets them
-as it starts it, so they never make two specs differ.
+``ProcessSpec`` per slot (the specs themselves, and the declaration of each
+process attribute, are in ``core/specs.py``; they are imported from here
+too).  Two slots whose ``ProcessSpec`` are equal would run the same process,
+which is how a reload decides what to restart.
 
 This module must never do IO: the environment and host names arrive as data.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from taskforce.core.context import (
@@ -39,171 +23,90 @@ from taskforce.core.context import (
     resolve,
     resolve_one,
 )
+from taskforce.core.order import find_cycle, start_order
+from taskforce.core.scope import in_scope, task_context
+from taskforce.core.specs import (
+    CLEAN_ENVIRONMENT_KEEPS,
+    CONTROLS,
+    DAEMON_CONTROLS,
+    DEFAULT_BACKUPS,
+    DEFAULT_CHECK_FAILURES,
+    DEFAULT_CHECK_INTERVAL,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_OUTPUT,
+    DEFAULT_SETTINGS,
+    DEFAULT_START_LIMIT,
+    ENVIRONMENTS,
+    LIMIT_NAMES,
+    OUTPUT_FILE_KEYS,
+    OUTPUT_MODES,
+    PER_PROCESS_KEYS,
+    PROCESS_ATTRIBUTES,
+    SPAWN_FIELDS,
+    START_OPTIONS,
+    USER_ENV_KEYS,
+    Action,
+    Attribute,
+    EventSpec,
+    HostFacts,
+    ProcessSpec,
+    Settings,
+    SpecError,
+    TaskSpec,
+    attribute_of,
+    settings_of,
+    spawn_values,
+)
+from taskforce.core.values import (
+    limit_pair,
+    output_path,
+    parse_limit,
+    parse_size,
+    parse_umask,
+)
 
-CONTROLS = ("wait", "once", "event", "nowait", "adopt", "suspend", "off")
-#: Controls whose slots run until stopped and are restarted when they exit.
-DAEMON_CONTROLS = frozenset({"wait", "nowait", "adopt"})
-
-#: Where a task's stdout and stderr go, besides ``{file: PATH, ...}``.
-OUTPUT_MODES = ("inherit", "discard", "log")
-#: ``output`` when neither the task nor ``settings.output`` says.
-DEFAULT_OUTPUT = "log"
-OUTPUT_FILE_KEYS = ("file", "max_bytes", "backups")
-DEFAULT_MAX_BYTES = 10 * 1024 * 1024
-DEFAULT_BACKUPS = 5
-#: Resource limits a task may set (``RLIMIT_<NAME>``).
-LIMIT_NAMES = ("as", "core", "cpu", "fsize", "memlock", "nofile", "nproc", "stack")
-ENVIRONMENTS = ("inherit", "clean")
-#: What a task with ``user:`` takes from that user's passwd entry, not from
-#: taskforce's environment (unless its config defines them).
-USER_ENV_KEYS = ("HOME", "USER", "LOGNAME", "SHELL")
-#: What a ``clean`` environment keeps of the daemon's.
-CLEAN_ENVIRONMENT_KEEPS = ("PATH",)
-
-#: Seconds between health checks when a task has ``commands.check``.
-DEFAULT_CHECK_INTERVAL = 30.0
-#: Failed health checks in a row that restart a slot (1: the first one).
-DEFAULT_CHECK_FAILURES = 1
-
-#: Built-ins that only the shell knows, per process, when it starts one (see
-#: ``process.start``): never part of a spec, so they never cause a restart.
-PER_PROCESS_KEYS = ("Task_pid", "Task_uid", "Task_gid", "Task_started")
-
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "all_roles": False,
-    "stop_timeout": 5.0,
-    "stable_after": 1.0,
-    "backoff_initial": 0.5,
-    "backoff_max": 30.0,
-    "pidfile_timeout": 5.0,
-}
-#: ``start_limit`` when neither the task nor ``settings.start_limit`` says:
-#: systemd's ``StartLimitBurst=5`` in ``StartLimitIntervalSec=10``.
-DEFAULT_START_LIMIT = {"burst": 5, "interval": 10.0}
-
-
-class SpecError(ValueError):
-    """A config value that cannot be built; ``path`` locates it."""
-
-    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
-        super().__init__(message)
-        self.path = path
-        self.message = message
-
-
-@dataclass(frozen=True)
-class HostFacts:
-    """What the core knows of the host, from the ``Booted`` event."""
-
-    environ: Mapping[str, str] = field(default_factory=dict)
-    host: str = "localhost"
-    fqdn: str = "localhost"
-    pid: int = 0
-
-
-@dataclass(frozen=True)
-class ProcessSpec:
-    """Everything that makes one slot's process what it is."""
-
-    argv: tuple[str, ...]
-    env: Mapping[str, str]
-    cwd: str | None = None
-    user: str | None = None
-    group: str | None = None
-    procname: str | None = None
-    pidfile: str | None = None
-    #: ``inherit``, ``discard``, ``log`` or ``file`` (then ``output_file``,
-    #: rotated at ``output_max_bytes`` keeping ``output_backups`` old files).
-    #: The dataclass default is no capture; a config's default is ``log``.
-    output: str = "inherit"
-    output_file: str | None = None
-    output_max_bytes: int = DEFAULT_MAX_BYTES
-    output_backups: int = DEFAULT_BACKUPS
-    umask: int | None = None
-    #: (name, soft, hard), sorted by name; None is unlimited.
-    limits: tuple[tuple[str, int | None, int | None], ...] = ()
-
-
-@dataclass(frozen=True)
-class Action:
-    """An event's action: run a named command, or send a signal."""
-
-    command: str | None = None
-    signal: str | None = None
-
-    def describe(self) -> str:
-        return f"command {self.command!r}" if self.command else f"signal {self.signal}"
-
-
-@dataclass(frozen=True)
-class EventSpec:
-    """A watched happening (``self``, ``file_change``, ``python``, ``external``)."""
-
-    index: int
-    type: str
-    action: Action
-    paths: tuple[str, ...] = ()
-    name: str | None = None  # external events
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    name: str
-    control: str
-    count: int
-    in_scope: bool
-    requires: tuple[str, ...]
-    start_delay: float
-    time_limit: float | None
-    stop_timeout: float
-    #: seconds between runs of ``commands.check`` while a slot runs (None: no check)
-    check_interval: float | None
-    processes: tuple[ProcessSpec, ...]
-    commands: Mapping[str, tuple[str, ...]]
-    events: tuple[EventSpec, ...]
-    stop_action: Action | None
-    restart_action: Action | None
-    onexit: tuple[tuple[str, str], ...]
-    search_path: str = ""
-    #: seconds a health check may run before it is killed and counted as
-    #: failed (by default its ``check_interval``: it never runs into the next)
-    check_timeout: float | None = None
-    #: failed health checks in a row that restart the slot
-    check_failures: int = DEFAULT_CHECK_FAILURES
-    #: (burst, interval): a slot started ``burst`` times within ``interval``
-    #: seconds that exits again is not restarted (it fails); 0 turns it off
-    start_limit: tuple[int, float] = (5, 10.0)
-
-    def process(self, instance: int) -> ProcessSpec:
-        """The spec of slot ``instance`` (slots beyond the built ones reuse the last)."""
-        return self.processes[min(instance, len(self.processes) - 1)]
-
-
-@dataclass(frozen=True)
-class Settings:
-    #: a task with ``roles`` needs all of them on this host, not just one
-    all_roles: bool
-    stop_timeout: float
-    stable_after: float
-    backoff_initial: float
-    backoff_max: float
-    pidfile_timeout: float
-    #: the default ``start_limit`` of every task: (burst, interval)
-    start_limit: tuple[int, float] = (5, 10.0)
-
-
-def settings_of(config: Mapping[str, Any]) -> Settings:
-    raw = {**DEFAULT_SETTINGS, **(config.get("settings") or {})}
-    limit = {**DEFAULT_START_LIMIT, **(raw.get("start_limit") or {})}
-    return Settings(
-        all_roles=raw["all_roles"] is True,
-        stop_timeout=float(raw["stop_timeout"]),
-        stable_after=float(raw["stable_after"]),
-        backoff_initial=float(raw["backoff_initial"]),
-        backoff_max=float(raw["backoff_max"]),
-        pidfile_timeout=float(raw["pidfile_timeout"]),
-        start_limit=(int(limit["burst"]), float(limit["interval"])),
-    )
+#: Re-exported: the specs (core/specs.py) and the values (core/values.py)
+#: are read beside the build, and imported from here by the rest of the house.
+__all__ = [
+    "Action",
+    "Attribute",
+    "CLEAN_ENVIRONMENT_KEEPS",
+    "CONTROLS",
+    "DAEMON_CONTROLS",
+    "DEFAULT_BACKUPS",
+    "DEFAULT_CHECK_FAILURES",
+    "DEFAULT_CHECK_INTERVAL",
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_OUTPUT",
+    "DEFAULT_SETTINGS",
+    "DEFAULT_START_LIMIT",
+    "ENVIRONMENTS",
+    "EventSpec",
+    "HostFacts",
+    "LIMIT_NAMES",
+    "OUTPUT_FILE_KEYS",
+    "OUTPUT_MODES",
+    "PER_PROCESS_KEYS",
+    "PROCESS_ATTRIBUTES",
+    "ProcessSpec",
+    "SPAWN_FIELDS",
+    "START_OPTIONS",
+    "Settings",
+    "SpecError",
+    "TaskSpec",
+    "USER_ENV_KEYS",
+    "attribute_of",
+    "build",
+    "find_cycle",
+    "in_scope",
+    "parse_limit",
+    "parse_size",
+    "parse_umask",
+    "settings_of",
+    "spawn_values",
+    "start_order",
+    "task_context",
+]
 
 
 def _start_limit(
@@ -234,118 +137,6 @@ def _start_limit(
     return int(burst), float(interval)
 
 
-def in_scope(
-    task: Mapping[str, Any],
-    roles: tuple[str, ...] | None,
-    ctx: Mapping[str, Any],
-    all_roles: bool = False,
-) -> bool:
-    """Whether a task belongs on this host: no roles file, no ``roles`` of
-    its own, or a role shared with the host (with ``all_roles``: every one
-    of its roles, as in the original's ``settings.all_roles: true``)."""
-    if roles is None:
-        return True
-    wanted = [as_text(r) for r in resolve(task.get("roles"), ctx)]
-    if not wanted:
-        return True
-    if all_roles:
-        return all(role in roles for role in wanted)
-    return any(role in roles for role in wanted)
-
-
-def _layer(ctx: dict[str, Any], values: Mapping[str, Any] | None, *, fill: bool) -> None:
-    for key, value in (values or {}).items():
-        if not fill or key not in ctx:
-            ctx[key] = as_text(value)
-
-
-def _role_layers(
-    by_role: Mapping[str, Mapping[str, Any]] | None, roles: tuple[str, ...] | None
-) -> list[Mapping[str, Any]]:
-    if not roles or not by_role:
-        return []
-    return [by_role[role] for role in roles if role in by_role]
-
-
-def task_context(
-    name: str,
-    task: Mapping[str, Any],
-    config: Mapping[str, Any],
-    facts: HostFacts,
-    roles: tuple[str, ...] | None,
-    role_values: Mapping[str, str],
-) -> dict[str, str | None]:
-    """The context of ``task`` before ``Task_instance`` is set.
-
-    With ``environment: clean`` the daemon's environment contributes only
-    ``CLEAN_ENVIRONMENT_KEEPS``.  The choice may itself be conditional, so it
-    is read from the full context, which is then built again without it.
-    """
-    ctx = _context(name, task, config, facts.environ, facts, roles, role_values)
-    if task.get("environment") is None:
-        return ctx
-    try:
-        choice = expand(as_text(resolve_one(task["environment"], ctx, "inherit")) or "", ctx)
-    except ContextError as exc:
-        raise SpecError(("environment",), str(exc)) from None
-    if choice not in ENVIRONMENTS:
-        raise SpecError(
-            ("environment",),
-            f"environment must be one of {', '.join(ENVIRONMENTS)}, got {choice!r}",
-        )
-    if choice == "inherit":
-        return ctx
-    kept = {key: facts.environ[key] for key in CLEAN_ENVIRONMENT_KEEPS if key in facts.environ}
-    return _context(name, task, config, kept, facts, roles, role_values)
-
-
-def _context(
-    name: str,
-    task: Mapping[str, Any],
-    config: Mapping[str, Any],
-    environ: Mapping[str, str],
-    facts: HostFacts,
-    roles: tuple[str, ...] | None,
-    role_values: Mapping[str, str],
-) -> dict[str, str | None]:
-    # A task run as another user gets that user's HOME, USER, LOGNAME and
-    # SHELL (from its passwd entry, in the shell), not taskforce's own; the
-    # config may still define them.
-    skipped = USER_ENV_KEYS if task.get("user") is not None else ()
-    ctx: dict[str, str | None] = {
-        key: value
-        for key, value in environ.items()
-        if not key.startswith("Task_") and key not in skipped
-    }
-    ctx.update(
-        Task_name=name,
-        Task_host=facts.host,
-        Task_fqdn=facts.fqdn,
-        Task_ppid=str(facts.pid),
-        Task_instance=None,
-    )
-    ctx.update(dict.fromkeys(PER_PROCESS_KEYS))
-    for role in roles or ():
-        # A bare role is None: present for conditionals, never exported.
-        ctx[f"Task_role_{role}"] = role_values.get(role)
-    for key in ("user", "group", "pidfile", "cwd", "procname"):
-        if task.get(key) is not None:
-            ctx[f"Task_{key}"] = as_text(resolve_one(task[key], ctx, None))
-    _layer(ctx, config.get("defines"), fill=False)
-    for layer in _role_layers(config.get("role_defines"), roles):
-        _layer(ctx, layer, fill=False)
-    _layer(ctx, task.get("defines"), fill=False)
-    for layer in _role_layers(task.get("role_defines"), roles):
-        _layer(ctx, layer, fill=False)
-    for layer in reversed(_role_layers(task.get("role_defaults"), roles)):
-        _layer(ctx, layer, fill=True)
-    _layer(ctx, task.get("defaults"), fill=True)
-    for layer in reversed(_role_layers(config.get("role_defaults"), roles)):
-        _layer(ctx, layer, fill=True)
-    _layer(ctx, config.get("defaults"), fill=True)
-    return ctx
-
-
 def _text_value(value: Any, ctx: Mapping[str, str | None]) -> str | None:
     raw = resolve_one(value, ctx, None)
     return None if raw is None else expand(as_text(raw) or "", ctx)
@@ -373,45 +164,6 @@ def _whole(value: Any, ctx: Mapping[str, str | None], default: int) -> int:
         raise ContextError(f"expected a whole number, got {text!r}") from None
 
 
-_SIZE = re.compile(r"\s*(\d+)\s*(?:([kmgt])(?:i?b)?)?\s*\Z", re.IGNORECASE)
-_UNLIMITED = ("unlimited", "infinity")
-
-
-def parse_size(value: Any) -> int:
-    """A whole number >= 0, or text such as ``512K``, ``10M``, ``1GiB`` (1024s)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return int(value)
-    match = _SIZE.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise ValueError(f"expected a whole number >= 0 (or with K, M, G, T), got {value!r}")
-    scale = 1 << 10 * " kmgt".index((match.group(2) or " ").lower())
-    return int(match.group(1)) * scale
-
-
-def parse_limit(value: Any) -> int | None:
-    """A resource limit: ``parse_size``, or None for ``unlimited``."""
-    if isinstance(value, str) and value.strip().lower() in _UNLIMITED:
-        return None
-    try:
-        return parse_size(value)
-    except ValueError:
-        raise ValueError(f"expected a whole number >= 0 or 'unlimited', got {value!r}") from None
-
-
-def parse_umask(value: Any) -> int:
-    """A umask: text in octal (``"022"``, ``"0o022"``) or its number (18)."""
-    number: int | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str):
-        text = value.strip().lower().removeprefix("0o")
-        if text and all(ch in "01234567" for ch in text):
-            number = int(text, 8)
-    if number is None or not 0 <= number <= 0o777:
-        raise ValueError(f'expected an octal umask from 000 to 777, such as "022", got {value!r}')
-    return number
-
-
 def _plain(value: Any, ctx: Mapping[str, str | None]) -> Any:
     """A possibly conditional scalar; text has its tags expanded."""
     raw = resolve_one(value, ctx, None)
@@ -421,11 +173,10 @@ def _plain(value: Any, ctx: Mapping[str, str | None]) -> Any:
 def _output(value: Any, ctx: Mapping[str, str | None]) -> tuple[str, str | None, int, int]:
     """(mode, file, max_bytes, backups) of an ``output`` value."""
     if isinstance(value, Mapping) and "file" in value:
-        path = _text_value(value["file"], ctx)
-        if not path or not path.startswith("/"):
-            raise SpecError(
-                ("output", "file"), f"output file must be an absolute path, got {path!r}"
-            )
+        try:
+            path = output_path(_text_value(value["file"], ctx))
+        except ValueError as exc:
+            raise SpecError(("output", "file"), str(exc)) from None
         max_bytes = _plain(value.get("max_bytes"), ctx)
         try:
             max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else parse_size(max_bytes)
@@ -462,14 +213,12 @@ def _limits(
         item = value[name]
         try:
             if isinstance(item, Mapping) and ("soft" in item or "hard" in item):
-                soft = parse_limit(_plain(item.get("soft"), ctx))
-                hard = parse_limit(_plain(item.get("hard"), ctx))
+                bounds = _plain(item.get("soft"), ctx), _plain(item.get("hard"), ctx)
+                soft, hard = limit_pair(*bounds)
             else:
                 soft = hard = parse_limit(_plain(item, ctx))
         except (ValueError, ContextError) as exc:
             raise SpecError(("limits", name), str(exc)) from None
-        if hard is not None and (soft is None or soft > hard):
-            raise SpecError(("limits", name), f"soft limit {soft} is above hard limit {hard}")
         out.append((name, soft, hard))
     return tuple(out)
 
@@ -496,26 +245,27 @@ def _process_spec(
     if output is None:
         output = settings_output
     mode, output_file, max_bytes, backups = _output(output, ctx)
-    umask = None
-    if task.get("umask") is not None:
+    values: dict[str, Any] = {}
+    for name, attr in PROCESS_ATTRIBUTES:
+        # The simple attributes, each read as it declares.
+        if attr.key is None or attr.parse is None or task.get(attr.key) is None:
+            continue
+        # A tag that cannot be expanded is the task's problem, as for any key.
+        raw = _plain(task[attr.key], ctx)
         try:
-            umask = parse_umask(_plain(task["umask"], ctx))
+            if raw is not None:
+                values[name] = attr.parse(raw)
         except ValueError as exc:
-            raise SpecError(("umask",), str(exc)) from None
+            raise SpecError((attr.key,), str(exc)) from None
     return ProcessSpec(
         argv=argv,
         env=env,
-        cwd=_text_value(task.get("cwd"), ctx),
-        user=_text_value(task.get("user"), ctx),
-        group=_text_value(task.get("group"), ctx),
-        procname=_text_value(task.get("procname"), ctx),
-        pidfile=_text_value(task.get("pidfile"), ctx),
         output=mode,
         output_file=output_file,
         output_max_bytes=max_bytes,
         output_backups=backups,
-        umask=umask,
         limits=_limits(task.get("limits"), ctx),
+        **values,
     )
 
 
@@ -716,57 +466,3 @@ def build(
     if cycle:
         raise SpecError(("tasks", cycle[0], "requires"), "dependency cycle: " + " -> ".join(cycle))
     return specs
-
-
-def find_cycle(specs: Mapping[str, TaskSpec]) -> list[str] | None:
-    """A requires cycle as a list of names (first repeated last), or None.
-
-    Iterative, so a chain of thousands of tasks cannot exhaust the stack.
-    """
-    done: set[str] = set()
-    for root in sorted(specs):
-        if root in done:
-            continue
-        trail: list[str] = [root]
-        on_trail = {root}
-        todo = [iter(specs[root].requires)]
-        while todo:
-            required = next(todo[-1], None)
-            if required is None:
-                todo.pop()
-                finished = trail.pop()
-                on_trail.discard(finished)
-                done.add(finished)
-                continue
-            if required not in specs or required in done:
-                continue
-            if required in on_trail:
-                return trail[trail.index(required) :] + [required]
-            trail.append(required)
-            on_trail.add(required)
-            todo.append(iter(specs[required].requires))
-    return None
-
-
-def start_order(specs: Mapping[str, TaskSpec]) -> list[str]:
-    """Names with every task after the tasks it requires; ties by name.
-
-    Assumes no cycle (``build`` rejects them); iterative like ``find_cycle``.
-    """
-    order: list[str] = []
-    placed: set[str] = set()
-    for root in sorted(specs):
-        if root in placed:
-            continue
-        placed.add(root)
-        stack = [(root, iter(sorted(specs[root].requires)))]
-        while stack:
-            name, pending = stack[-1]
-            required = next(pending, None)
-            if required is None:
-                stack.pop()
-                order.append(name)
-            elif required in specs and required not in placed:
-                placed.add(required)
-                stack.append((required, iter(sorted(specs[required].requires))))
-    return order

@@ -164,20 +164,7 @@ def describe_exit(exit_code: int | None, signal: str | None) -> str:
 
 def _spec_diff(old: ProcessSpec, new: ProcessSpec) -> str:
     """Which parts of a process spec differ, for the restart reason."""
-    parts = []
-    for name in ("argv", "cwd", "user", "group", "procname", "pidfile", "umask", "limits"):
-        if getattr(old, name) != getattr(new, name):
-            parts.append(name)
-    output_fields = ("output", "output_file", "output_max_bytes", "output_backups")
-    if any(getattr(old, name) != getattr(new, name) for name in output_fields):
-        parts.append("output")
-    if old.env != new.env:
-        keys = sorted(
-            key for key in set(old.env) | set(new.env) if old.env.get(key) != new.env.get(key)
-        )
-        shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
-        parts.append(f"environment ({shown})")
-    return ", ".join(parts) or "spec"
+    return old.diff(new)
 
 
 @dataclass
@@ -1249,23 +1236,7 @@ class Supervisor:
         slot.phase = "launcher" if task.control in ("nowait", "adopt") and spec.pidfile else None
         slot.timers.clear()
         self._emit(
-            fx.Spawn(
-                task=slot.task,
-                instance=slot.instance,
-                generation=slot.generation,
-                argv=spec.argv,
-                env=dict(spec.env),
-                cwd=spec.cwd,
-                user=spec.user,
-                group=spec.group,
-                procname=spec.procname,
-                output=spec.output,
-                output_file=spec.output_file,
-                output_max_bytes=spec.output_max_bytes,
-                output_backups=spec.output_backups,
-                umask=spec.umask,
-                limits=spec.limits,
-            )
+            fx.Spawn.of(spec, task=slot.task, instance=slot.instance, generation=slot.generation)
         )
 
     def _stop_slot(self, task: TaskState, slot: Slot, intent: str, reason: str) -> None:

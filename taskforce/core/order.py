@@ -1,0 +1,68 @@
+"""The order of tasks by ``requires``: cycles found, start order given.
+
+Both walk the requires graph iteratively, so a chain of thousands of tasks
+cannot exhaust the stack, and in sorted order, so the result never depends
+on the order of a mapping.
+
+This module must never do IO.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from taskforce.core.specs import TaskSpec
+
+
+def find_cycle(specs: Mapping[str, TaskSpec]) -> list[str] | None:
+    """A requires cycle as a list of names (first repeated last), or None.
+
+    Iterative, so a chain of thousands of tasks cannot exhaust the stack.
+    """
+    done: set[str] = set()
+    for root in sorted(specs):
+        if root in done:
+            continue
+        trail: list[str] = [root]
+        on_trail = {root}
+        todo = [iter(specs[root].requires)]
+        while todo:
+            required = next(todo[-1], None)
+            if required is None:
+                todo.pop()
+                finished = trail.pop()
+                on_trail.discard(finished)
+                done.add(finished)
+                continue
+            if required not in specs or required in done:
+                continue
+            if required in on_trail:
+                return trail[trail.index(required) :] + [required]
+            trail.append(required)
+            on_trail.add(required)
+            todo.append(iter(specs[required].requires))
+    return None
+
+
+def start_order(specs: Mapping[str, TaskSpec]) -> list[str]:
+    """Names with every task after the tasks it requires; ties by name.
+
+    Assumes no cycle (``build`` rejects them); iterative like ``find_cycle``.
+    """
+    order: list[str] = []
+    placed: set[str] = set()
+    for root in sorted(specs):
+        if root in placed:
+            continue
+        placed.add(root)
+        stack = [(root, iter(sorted(specs[root].requires)))]
+        while stack:
+            name, pending = stack[-1]
+            required = next(pending, None)
+            if required is None:
+                stack.pop()
+                order.append(name)
+            elif required in specs and required not in placed:
+                placed.add(required)
+                stack.append((required, iter(sorted(specs[required].requires))))
+    return order
