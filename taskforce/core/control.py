@@ -44,7 +44,9 @@ from taskforce.core.model import CONTROLS, SpecError, _build_task
 
 if TYPE_CHECKING:
     from taskforce.core.model import TaskSpec
-    from taskforce.core.supervisor import Supervisor, TaskState
+    from taskforce.core.slots import TaskState
+    from taskforce.core.state import SupervisorState
+    from taskforce.core.supervisor import Supervisor
 
 S = SlotState
 
@@ -161,7 +163,7 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def _built(sup: Supervisor, task: TaskState, control: str, count: int) -> TaskSpec | None:
+def _built(sup: SupervisorState, task: TaskState, control: str, count: int) -> TaskSpec | None:
     """``task`` built again as if configured with ``control`` and ``count``."""
     name = task.spec.name
     raw = (sup.config.get("tasks") or {}).get(name)
@@ -179,7 +181,7 @@ def _built(sup: Supervisor, task: TaskState, control: str, count: int) -> TaskSp
         return None  # it built before, so this cannot happen
 
 
-def refresh_spec(sup: Supervisor, task: TaskState) -> None:
+def refresh_spec(sup: SupervisorState, task: TaskState) -> None:
     """Rebuild what the overrides change in ``task.spec``: scope and slots.
 
     The model folds ``control: off`` into ``in_scope`` and builds one

@@ -17,7 +17,8 @@ from taskforce.core import effects as fx
 from taskforce.core.codec import decode, encode, freeze
 from taskforce.core.lifecycle import LIFECYCLE, SlotState
 from taskforce.core.model import Action, EventSpec, HostFacts, ProcessSpec, TaskSpec, settings_of
-from taskforce.core.supervisor import Leftover, Slot, Supervisor, TaskState
+from taskforce.core.slots import Leftover, Slot, TaskState
+from taskforce.core.supervisor import Supervisor
 
 FORMAT = 1
 _CLASSES: dict[str, type[Any]] = {

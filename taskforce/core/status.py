@@ -23,7 +23,8 @@ from taskforce.core.lifecycle import LIFECYCLE, SlotState
 from taskforce.core.model import DAEMON_CONTROLS, build
 
 if TYPE_CHECKING:
-    from taskforce.core.supervisor import Slot, Supervisor, TaskState
+    from taskforce.core.slots import Slot, TaskState
+    from taskforce.core.supervisor import Supervisor
 
 S = SlotState
 
