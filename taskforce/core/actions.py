@@ -24,7 +24,7 @@ S = SlotState
 class SlotActions(Timers):
     """Actions on one slot or task, each with its effects and log lines."""
 
-    def _wants_run(self, task: TaskState) -> bool:
+    def wants_run(self, task: TaskState) -> bool:
         if self.shutdown or task.removed or not task.spec.in_scope:
             return False
         control = task.control
@@ -54,7 +54,7 @@ class SlotActions(Timers):
         slot.check_fails = 0
         slot.phase = "launcher" if task.control in ("nowait", "adopt") and spec.pidfile else None
         slot.timers.clear()
-        self._emit(
+        self.emit(
             fx.Spawn(
                 task=slot.task,
                 instance=slot.instance,
@@ -74,7 +74,7 @@ class SlotActions(Timers):
             )
         )
 
-    def _stop_slot(self, task: TaskState, slot: Slot, intent: str, reason: str) -> None:
+    def stop_slot(self, task: TaskState, slot: Slot, intent: str, reason: str) -> None:
         if slot.state in (S.STOPPING, S.DRAINING):
             if intent == "stop":
                 slot.intent = "stop"
@@ -96,15 +96,15 @@ class SlotActions(Timers):
         action = (task.spec.restart_action if use_restart else None) or task.spec.stop_action
         name = task.spec.name
         if action and action.signal:
-            self._emit(
+            self.emit(
                 fx.Signal(name, slot.instance, slot.pid, action.signal, group=slot.signal_group)
             )
         elif action and action.command in task.spec.commands:
             self._run_command(task, action.command or "")
         else:
-            self._emit(fx.Signal(name, slot.instance, slot.pid, "SIGTERM", group=slot.signal_group))
+            self.emit(fx.Signal(name, slot.instance, slot.pid, "SIGTERM", group=slot.signal_group))
         self._set_timer(slot, "kill", self.now + task.spec.stop_timeout)
-        self._log("info", f"{self._name(slot)} (pid {slot.pid}) {reason}", name)
+        self.log("info", f"{self._name(slot)} (pid {slot.pid}) {reason}", name)
 
     def _process_gone(self, slot: Slot, *, failed: bool = False) -> None:
         self._end_check(slot)
@@ -127,14 +127,14 @@ class SlotActions(Timers):
             if pid
             else f"{name} {slot.last_exit}"
         )
-        if slot.intent == "stop" or not self._wants_run(task) or slot.instance >= task.count:
-            self._log("info", what, slot.task)
+        if slot.intent == "stop" or not self.wants_run(task) or slot.instance >= task.count:
+            self.log("info", what, slot.task)
             LIFECYCLE.fire(slot, "release")
         elif slot.intent == "restart":
-            self._log("info", what, slot.task)
+            self.log("info", what, slot.task)
             slot.fails = 0  # deliberate; the next start is immediate
         elif slot.intent == "finish" or (task.control in ("once", "event") and not failed):
-            self._log("info", what, slot.task)
+            self.log("info", what, slot.task)
             LIFECYCLE.fire(slot, "finish")
             slot.reason = f"finished: {slot.last_exit}"
         elif (failed or ran < self.settings.stable_after) and self._start_limit_hit(task, slot):
@@ -142,7 +142,7 @@ class SlotActions(Timers):
             slot.reason = (
                 f"start limit hit: {burst} starts in {interval:g} s, last: {slot.last_exit}"
             )
-            self._log(
+            self.log(
                 "warning",
                 f"{what}; {slot.reason}; not restarting it until it is started again, "
                 "its config entry changes or its executable does",
@@ -150,12 +150,12 @@ class SlotActions(Timers):
             )
             self.counters["start_limit_hits"] = self.counters.get("start_limit_hits", 0) + 1
             LIFECYCLE.fire(slot, "give_up")
-            self._update_watches()  # its executable, until it is tried again
+            self.update_watches()  # its executable, until it is tried again
         elif ran >= self.settings.stable_after and not failed:
             if slot.fails:
-                self._log("info", f"{what}; it had run stably, backoff reset", slot.task)
+                self.log("info", f"{what}; it had run stably, backoff reset", slot.task)
             else:
-                self._log("warning", f"{what}; restarting", slot.task)
+                self.log("warning", f"{what}; restarting", slot.task)
             slot.fails = 0
             slot.starts = ()  # it ran stably: what came before is no crash loop
             slot.reason = slot.last_exit or "exited"
@@ -166,14 +166,14 @@ class SlotActions(Timers):
                 self.settings.backoff_initial * (2 ** (slot.fails - 1)),
             )
             if slot.fails == 1:
-                self._log(
+                self.log(
                     "warning",
                     f"{what}; failing fast, restarting with backoff from "
                     f"{delay:g}s up to {self.settings.backoff_max:g}s (logged once)",
                     slot.task,
                 )
             else:
-                self._log("debug", f"{what}; retry {slot.fails} in {delay:g}s", slot.task)
+                self.log("debug", f"{what}; retry {slot.fails} in {delay:g}s", slot.task)
             LIFECYCLE.fire(slot, "back_off")
             slot.reason = f"backoff step {slot.fails} after: {slot.last_exit}"
             self._set_timer(slot, "retry", self.now + delay)
@@ -204,8 +204,8 @@ class SlotActions(Timers):
         slot.fails = 0
         slot.starts = ()
         slot.reason = reason or f"started: {why} (it had failed)"
-        self._log("info", f"{self._name(slot)}: failed state cleared: {why}", slot.task)
-        self._update_watches()
+        self.log("info", f"{self._name(slot)}: failed state cleared: {why}", slot.task)
+        self.update_watches()
 
     def retry_failed(self, task: TaskState, why: str, instance: int | None = None) -> int:
         """Let ``task``'s failed slots (or slot ``instance``) start again; how many."""
@@ -220,47 +220,47 @@ class SlotActions(Timers):
         for kind, target_name in task.spec.onexit:
             target = self.tasks.get(target_name)
             if target is None or target.removed or not target.spec.in_scope:
-                self._log(
+                self.log(
                     "warning", f"{task.spec.name}: onexit target {target_name!r} is not in scope"
                 )
                 continue
             if target.control not in ("once", "event"):
-                self._log(
+                self.log(
                     "warning",
                     f"{task.spec.name}: onexit target {target_name!r} is not a once or event task",
                 )
                 continue
             if kind == "start":
-                self._request_run(target, f"started: onexit of {task.spec.name}")
+                self.request_run(target, f"started: onexit of {task.spec.name}")
 
-    def _fire_action(self, task: TaskState, action: Action, why: str) -> None:
+    def fire_action(self, task: TaskState, action: Action, why: str) -> None:
         name = task.spec.name
         if action.signal:
-            self._log("info", f"{name}: {why}; sending {action.signal}", name)
+            self.log("info", f"{name}: {why}; sending {action.signal}", name)
             for slot in task.slots:
                 if slot.state is S.RUNNING and slot.pid is not None:
-                    self._emit(fx.Signal(name, slot.instance, slot.pid, action.signal, group=False))
+                    self.emit(fx.Signal(name, slot.instance, slot.pid, action.signal, group=False))
             return
         command = action.command or ""
         if command in task.spec.commands and command != "start":
-            self._log("info", f"{name}: {why}; running command {command!r}", name)
+            self.log("info", f"{name}: {why}; running command {command!r}", name)
             self._run_command(task, command)
         elif command == "start":
-            self._log("info", f"{name}: {why}; starting", name)
-            self._request_run(task, why)
+            self.log("info", f"{name}: {why}; starting", name)
+            self.request_run(task, why)
         elif command == "stop":
             if task.control in ("once", "event"):
-                self._log(
+                self.log(
                     "warning", f"{name}: {why}; 'stop' ignored for a {task.control} task", name
                 )
                 return
-            self._log("info", f"{name}: {why}; restarting", name)
+            self.log("info", f"{name}: {why}; restarting", name)
             for slot in task.slots:
-                self._stop_slot(task, slot, "restart", f"restarted: {why}")
+                self.stop_slot(task, slot, "restart", f"restarted: {why}")
 
     def _run_command(self, task: TaskState, command: str, instance: int = 0, run: int = 0) -> None:
         spec = task.spec.process(instance)
-        self._emit(
+        self.emit(
             fx.RunCommand(
                 task=task.spec.name,
                 instance=instance,
@@ -274,7 +274,7 @@ class SlotActions(Timers):
             )
         )
 
-    def _request_run(self, task: TaskState, why: str) -> None:
+    def request_run(self, task: TaskState, why: str) -> None:
         self._touch(task.spec.name)
         task.run_requested = True
         for slot in task.slots:
@@ -287,7 +287,7 @@ class SlotActions(Timers):
         its process: it must not outlive it, its stop, or taskforce."""
         slot.timers.pop("check_timeout", None)
         if slot.check_run is not None:
-            self._emit(fx.StopCommand(slot.task, slot.instance, slot.check_run, "SIGKILL"))
+            self.emit(fx.StopCommand(slot.task, slot.instance, slot.check_run, "SIGKILL"))
             slot.check_run = None
 
     def _pidfile_path(self, slot: Slot) -> str:
@@ -295,9 +295,9 @@ class SlotActions(Timers):
 
     def _read_pidfile(self, slot: Slot) -> None:
         path = self._pidfile_path(slot)
-        self._emit(fx.ReadPidfile(slot.task, slot.instance, slot.generation, path))
+        self.emit(fx.ReadPidfile(slot.task, slot.instance, slot.generation, path))
 
-    def _update_watches(self) -> None:
+    def update_watches(self) -> None:
         wanted: dict[str, fx.Watch] = {}
         for name in sorted(self.tasks):
             task = self.tasks[name]
@@ -320,8 +320,8 @@ class SlotActions(Timers):
                 program = task.spec.processes[0].argv[:1]
                 wanted[key] = fx.Watch(key, "executable", program, task.spec.search_path)
         for key in sorted(set(self._watches) - set(wanted)):
-            self._emit(fx.Unwatch(key))
+            self.emit(fx.Unwatch(key))
         for key in sorted(wanted):
             if self._watches.get(key) != wanted[key]:
-                self._emit(wanted[key])
+                self.emit(wanted[key])
         self._watches = wanted

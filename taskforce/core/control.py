@@ -84,21 +84,21 @@ def handle_control(sup: Supervisor, event: ev.ControlRequested) -> None:
     who = event.who if isinstance(event.who, Mapping) else {}
     if not access.grants(event.allow, who):
         asker = access.describe(who)
-        sup._log("warning", f"control request refused: {asker} may not {event.action}")
-        sup._emit(fx.Reply(event.request, 403, f"{FORBIDDEN}: {asker} may not control taskforce\n"))
+        sup.log("warning", f"control request refused: {asker} may not {event.action}")
+        sup.emit(fx.Reply(event.request, 403, f"{FORBIDDEN}: {asker} may not control taskforce\n"))
         return
     if event.action in SHELL_ACTIONS:
         # Performed by the shell (files, re-exec, a shadow core): granted here.
         if who and event.action != "plan":
-            sup._log("info", f"control request by {access.describe(who)}: {event.action}")
-        sup._emit(fx.Reply(event.request, 200, "granted\n"))
+            sup.log("info", f"control request by {access.describe(who)}: {event.action}")
+        sup.emit(fx.Reply(event.request, 200, "granted\n"))
         return
     handler = _ACTIONS.get(event.action)
     if handler is None:
-        sup._emit(fx.Reply(event.request, 404, f"unknown action {event.action!r}\n"))
+        sup.emit(fx.Reply(event.request, 404, f"unknown action {event.action!r}\n"))
         return
     if sup.shutdown:
-        sup._emit(fx.Reply(event.request, 503, f"taskforce is {_shutdown_word(sup)}\n"))
+        sup.emit(fx.Reply(event.request, 503, f"taskforce is {_shutdown_word(sup)}\n"))
         return
     args = event.args if isinstance(event.args, Mapping) else {}
     try:
@@ -107,12 +107,12 @@ def handle_control(sup: Supervisor, event: ev.ControlRequested) -> None:
         code, body = exc.code, exc.text + "\n"
     if who:
         outcome = " ".join(body.split())[:200]
-        sup._log(
+        sup.log(
             "info",
             f"control request by {access.describe(who)}: {event.action} "
             f"{_shown_args(args)} -> {code} {outcome}",
         )
-    sup._emit(fx.Reply(event.request, code, body))
+    sup.emit(fx.Reply(event.request, code, body))
 
 
 #: The first word of a refusal's body: the shell counts these by it.
@@ -204,14 +204,14 @@ def _set_control(sup: Supervisor, task: TaskState, control: str) -> None:
         task.control_override_at = None if override is None else sup.now
     task.control_override = override
     refresh_spec(sup, task)
-    sup._update_watches()  # (a task the override turns on watches its files)
+    sup.update_watches()  # (a task the override turns on watches its files)
     name = task.spec.name
     note = "; the operator's override ends" if override is None else ""
-    sup._log("info", f"{name}: control {previous} -> {control} (control request){note}", name)
+    sup.log("info", f"{name}: control {previous} -> {control} (control request){note}", name)
     task.run_requested = control == "once"
     if control in ("off", "suspend"):
         for slot in task.slots:
-            sup._stop_slot(task, slot, "stop", f"stopped: control request (control {control})")
+            sup.stop_slot(task, slot, "stop", f"stopped: control request (control {control})")
 
 
 def _set_count(sup: Supervisor, task: TaskState, count: int) -> None:
@@ -223,9 +223,9 @@ def _set_count(sup: Supervisor, task: TaskState, count: int) -> None:
     refresh_spec(sup, task)
     name = task.spec.name
     note = "; the operator's override ends" if override is None else ""
-    sup._log("info", f"{name}: count {previous} -> {count} (control request){note}", name)
+    sup.log("info", f"{name}: count {previous} -> {count} (control request){note}", name)
     for slot in task.slots[count:]:
-        sup._stop_slot(task, slot, "stop", f"stopped: control request (count {count})")
+        sup.stop_slot(task, slot, "stop", f"stopped: control request (count {count})")
 
 
 # ---------------------------------------------------------------- actions
@@ -347,8 +347,8 @@ def _start(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
         elif control is not None:
             _set_control(sup, chosen, control)
         else:
-            sup._log("info", f"{chosen.spec.name}: started by control request", chosen.spec.name)
-            sup._request_run(chosen, "started: control request")
+            sup.log("info", f"{chosen.spec.name}: started by control request", chosen.spec.name)
+            sup.request_run(chosen, "started: control request")
     return (202 if plan else 200), _lines(results)
 
 
@@ -434,7 +434,7 @@ def _restart(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
     for slot in slots:
         where = f"{name}[{slot.instance}]"
         if slot.state is S.RUNNING:
-            sup._stop_slot(task, slot, "restart", why)
+            sup.stop_slot(task, slot, "restart", why)
             results.append((where, "restarting"))
         elif slot.state is S.BACKOFF:
             # Skip the rest of the backoff: the converge pass starts it now.
@@ -453,7 +453,7 @@ def _restart(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
         else:
             results.append((where, f"not running ({slot.state.value})"))
     if any(result == "starting again" for _, result in results):
-        sup._request_run(task, "started: control request")
+        sup.request_run(task, "started: control request")
     acted = [r for r in results if not r[1].startswith("not running")]
     if not acted:
         detail = f"[{instance}]" if instance is not None else ""
@@ -496,9 +496,9 @@ def _signal(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
     results = []
     for slot in targets:
         assert slot.pid is not None
-        sup._emit(fx.Signal(name, slot.instance, slot.pid, signame, group=False))
+        sup.emit(fx.Signal(name, slot.instance, slot.pid, signame, group=False))
         results.append((f"{name}[{slot.instance}]", f"sent {signame} to pid {slot.pid}"))
-    sup._log("info", f"{name}: sending {signame} (control request)", name)
+    sup.log("info", f"{name}: sending {signame} (control request)", name)
     return 200, _lines(results)
 
 
@@ -514,7 +514,7 @@ def _event(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
             continue
         for spec in task.spec.events:
             if spec.type == "external" and spec.name == event_name:
-                sup._fire_action(task, spec.action, f"external event {event_name!r}")
+                sup.fire_action(task, spec.action, f"external event {event_name!r}")
                 results.append((name, spec.action.describe()))
     if not results:
         raise _Refused(404, f"no task in scope has an external event named {event_name!r}")

@@ -89,7 +89,7 @@ class Convergence(SlotActions):
         forget = []
         for name in self._visit_order():
             task = self.tasks[name]
-            want = task.count if self._wants_run(task) else 0
+            want = task.count if self.wants_run(task) else 0
             while len(task.slots) < want:
                 slot = Slot(task=name, instance=len(task.slots))
                 LIFECYCLE.attach(slot)
@@ -102,7 +102,7 @@ class Convergence(SlotActions):
                 level = "info" if {item.split(" ", 1)[0] for item in gate} != before else "debug"
                 task.waiting_on = gate
                 if gate:
-                    self._log(level, f"{name}: waiting on {', '.join(gate)}", name)
+                    self.log(level, f"{name}: waiting on {', '.join(gate)}", name)
             for slot in task.slots:
                 if slot.instance < want:
                     self._keep_running(task, slot, gate)
@@ -138,8 +138,8 @@ class Convergence(SlotActions):
             )
         ):
             self.exited = True
-            self._log("info", "every task has stopped")
-            self._emit(fx.Exit(0, reset=self.shutdown == "reset"))
+            self.log("info", "every task has stopped")
+            self.emit(fx.Exit(0, reset=self.shutdown == "reset"))
 
     def _gate(self, task: TaskState) -> tuple[str, ...]:
         """What ``task`` waits on before it may start (empty: nothing)."""
@@ -187,7 +187,7 @@ class Convergence(SlotActions):
         if state is S.RUNNING:
             if not same and slot.intent is None and slot.spec is not None:
                 why = f"config changed: {_spec_diff(slot.spec, spec)}"
-                self._stop_slot(task, slot, "restart", f"restarted: {why}")
+                self.stop_slot(task, slot, "restart", f"restarted: {why}")
             return
         if state in (S.STARTING, S.STOPPING, S.DRAINING, S.PROBING):
             return
@@ -234,7 +234,7 @@ class Convergence(SlotActions):
             if self.shutdown and self._has_live_dependents(task.spec.name):
                 return
             if self.shutdown and task.control == "adopt" and slot.phase == "daemon":
-                self._log(
+                self.log(
                     "info",
                     f"{self._name(slot)} (pid {slot.pid}) left running for adoption",
                     task.spec.name,
@@ -247,7 +247,7 @@ class Convergence(SlotActions):
                 slot.timers.clear()
                 return
             why = self._stop_reason(task)
-            self._stop_slot(task, slot, "stop", why)
+            self.stop_slot(task, slot, "stop", why)
         elif state in (S.STOPPING, S.DRAINING):
             slot.intent = "stop"
         elif slot.awaiting_daemon:
@@ -261,7 +261,7 @@ class Convergence(SlotActions):
                 then = (
                     "leave it running" if self.shutdown and task.control == "adopt" else "stop it"
                 )
-                self._log(
+                self.log(
                     "info",
                     f"{self._name(slot)}: waiting for its pidfile to name its daemon, "
                     f"to {then} ({self._stop_reason(task)})",
@@ -322,14 +322,14 @@ class Convergence(SlotActions):
             if (
                 task is not None
                 and not self.shutdown
-                and self._wants_run(task)
+                and self.wants_run(task)
                 and task.control == "adopt"
                 and instance < task.count
                 and not leftover.adopting
             ):
                 slot = self.slot(name, instance)
                 if slot is None or not slot.adopt_checked:
-                    self._log(
+                    self.log(
                         "info",
                         f"{name}[{instance}]: leftover kept; its pidfile decides what is adopted",
                         name,
@@ -340,12 +340,12 @@ class Convergence(SlotActions):
                 continue
             leftover.stopping = True
             timeout = task.spec.stop_timeout if task is not None else self.settings.stop_timeout
-            self._log(
+            self.log(
                 "info",
                 f"{name}[{instance}]: stopping the leftover before anything starts in its place",
                 name,
             )
-            self._emit(fx.StopLeftover(name, instance, "SIGTERM"))
+            self.emit(fx.StopLeftover(name, instance, "SIGTERM"))
             leftover.deadline = self.now + timeout
             self._seq += 1
             heapq.heappush(

@@ -31,14 +31,14 @@ class EventHandlers(Reconcile):
         self.facts = HostFacts(
             environ=dict(event.environ), host=event.host, fqdn=event.fqdn, pid=event.pid
         )
-        self._log("info", f"taskforce started as pid {event.pid} on {event.host}")
+        self.log("info", f"taskforce started as pid {event.pid} on {event.host}")
 
     def _on_ProcessStarted(self, event: ev.ProcessStarted) -> None:
         slot = self.slot(event.task, event.instance)
         if slot is None or slot.generation != event.generation or slot.state is not S.STARTING:
             # Cannot happen under the spawn contract; never lose the process.
-            self._log("error", f"unexpected process {event.pid} for {event.task}; killing it")
-            self._emit(fx.Signal(event.task, event.instance, event.pid, "SIGKILL"))
+            self.log("error", f"unexpected process {event.pid} for {event.task}; killing it")
+            self.emit(fx.Signal(event.task, event.instance, event.pid, "SIGKILL"))
             return
         LIFECYCLE.fire(slot, "spawned")
         slot.pid = event.pid
@@ -49,7 +49,7 @@ class EventHandlers(Reconcile):
         self._arm_running_timers(task, slot)
         level = "debug" if slot.fails > 1 else "info"
         why = f" ({slot.reason})" if slot.reason != "started" else ""
-        self._log(level, f"{self._name(slot)} started as pid {event.pid}{why}", slot.task)
+        self.log(level, f"{self._name(slot)} started as pid {event.pid}{why}", slot.task)
 
     def _on_SpawnFailed(self, event: ev.SpawnFailed) -> None:
         slot = self.slot(event.task, event.instance)
@@ -81,9 +81,9 @@ class EventHandlers(Reconcile):
             if "kill" not in slot.timers:
                 # The leader died on its own and left members behind: they
                 # must be gone before a replacement may start.
-                self._emit(fx.Signal(slot.task, slot.instance, event.pid, "SIGTERM"))
+                self.emit(fx.Signal(slot.task, slot.instance, event.pid, "SIGTERM"))
                 self._set_timer(slot, "kill", self.now + self.tasks[slot.task].spec.stop_timeout)
-            self._log(
+            self.log(
                 "info",
                 f"{self._name(slot)} (pid {event.pid}) {slot.last_exit}; "
                 "waiting for the rest of its process group",
@@ -105,9 +105,7 @@ class EventHandlers(Reconcile):
             self._after_exit(slot, failed=True, pid=event.pid)
             return
         LIFECYCLE.fire(slot, "launched")
-        self._log(
-            "debug", f"{self._name(slot)}: start command done; reading its pidfile", slot.task
-        )
+        self.log("debug", f"{self._name(slot)}: start command done; reading its pidfile", slot.task)
         slot.timers.pop("limit", None)
         slot.timers.pop("ready", None)
         slot.pidfile_deadline = self.now + self.settings.pidfile_timeout
@@ -147,7 +145,7 @@ class EventHandlers(Reconcile):
         if forged:
             # Located, and at warning level every time: it is either a
             # broken daemon or someone trying to make us signal a stranger.
-            self._log("warning", f"{name}: refused: {refusal}; it is not signalled", slot.task)
+            self.log("warning", f"{name}: refused: {refusal}; it is not signalled", slot.task)
         if not refusal and event.pid is not None:
             LIFECYCLE.fire(slot, "found")
             adopted = slot.phase == "adopt"
@@ -159,7 +157,7 @@ class EventHandlers(Reconcile):
             slot.started_at = self.now
             slot.timers.pop("pidfile", None)
             self._by_pid[event.pid] = slot
-            self._emit(fx.WatchProcess(slot.task, slot.instance, event.pid))
+            self.emit(fx.WatchProcess(slot.task, slot.instance, event.pid))
             if adopted:
                 slot.reason = "adopted: running before taskforce started"
                 # What the last taskforce left here is this daemon's own.
@@ -168,20 +166,20 @@ class EventHandlers(Reconcile):
                 self.counters["starts"] += 1
             self._arm_running_timers(task, slot)
             what = "adopted" if adopted else "daemon running as"
-            self._log("info", f"{name} {what} pid {event.pid}", slot.task)
+            self.log("info", f"{name} {what} pid {event.pid}", slot.task)
             return
         if slot.phase == "adopt":
             leftover = self.leftovers.get((slot.task, slot.instance))
             if leftover is not None:
                 # Its pidfile names none of what the last taskforce left in
                 # this slot: that goes first, then the slot starts afresh.
-                self._log("info", f"{name}: nothing to adopt ({refusal})", slot.task)
+                self.log("info", f"{name}: nothing to adopt ({refusal})", slot.task)
                 LIFECYCLE.fire(slot, "lost")
                 slot.phase = None
                 leftover.adopting = False
                 self._settle_leftovers()
                 return
-            self._log("info", f"{name}: nothing to adopt ({refusal}); starting it", slot.task)
+            self.log("info", f"{name}: nothing to adopt ({refusal}); starting it", slot.task)
             slot.phase = None
             self._spawn(task, slot, task.spec.process(slot.instance))
             return
@@ -209,7 +207,7 @@ class EventHandlers(Reconcile):
             else:
                 known.pids = merged
             shown = ", ".join(str(pid) for pid in merged)
-            self._log(
+            self.log(
                 "warning",
                 f"{task}[{instance}]: found process{'es' if len(merged) > 1 else ''} "
                 f"{shown} left running by an earlier taskforce",
@@ -220,7 +218,7 @@ class EventHandlers(Reconcile):
 
     def _on_LeftoverGone(self, event: ev.LeftoverGone) -> None:
         if self.leftovers.pop((event.task, event.instance), None) is not None:
-            self._log(
+            self.log(
                 "info",
                 f"{event.task}[{event.instance}]: what the earlier taskforce left is gone",
                 event.task,
@@ -250,7 +248,7 @@ class EventHandlers(Reconcile):
             self._check_done(event, failed, outcome)
             return
         level = "warning" if failed else "info"
-        self._log(level, f"{event.task}: command {event.name!r} {outcome}", event.task)
+        self.log(level, f"{event.task}: command {event.name!r} {outcome}", event.task)
 
     def _check_done(self, event: ev.CommandExited, failed: bool, outcome: str) -> None:
         """A health check ended by itself: judge it."""
@@ -294,16 +292,16 @@ class EventHandlers(Reconcile):
             slot.check_fails += 1
             if slot.check_fails >= spec.check_failures:
                 streak = f" ({slot.check_fails} in a row)" if slot.check_fails > 1 else ""
-                self._stop_slot(task, slot, "restart", f"restarted: health check {outcome}{streak}")
+                self.stop_slot(task, slot, "restart", f"restarted: health check {outcome}{streak}")
                 return
-            self._log(
+            self.log(
                 "warning",
                 f"{self._name(slot)}: health check {outcome} "
                 f"({slot.check_fails} of {spec.check_failures} failures before a restart)",
                 slot.task,
             )
         elif slot.check_fails:
-            self._log(
+            self.log(
                 "info",
                 f"{self._name(slot)}: health check passed after {slot.check_fails} failure"
                 + ("s" if slot.check_fails > 1 else ""),
@@ -327,7 +325,7 @@ class EventHandlers(Reconcile):
             if spec.index == int(index):
                 if spec.type == "self":
                     self.retry_failed(task, f"its executable {event.path} changed")
-                self._fire_action(task, spec.action, f"{event.path} changed")
+                self.fire_action(task, spec.action, f"{event.path} changed")
 
     def _on_TimerFired(self, event: ev.TimerFired) -> None:
         pass  # due timers already ran in handle()
@@ -340,13 +338,13 @@ class EventHandlers(Reconcile):
             # A storm of resets (two logrotate stanzas, -R typed twice) is one
             # reset: the tasks are stopping already and all start again after
             # the re-exec.  A stop, though, overrides a reset under way.
-            self._log("info", f"a reset is already under way ({event.reason or 'requested'})")
+            self.log("info", f"a reset is already under way ({event.reason or 'requested'})")
             return
         self.shutdown = mode
         what = (
             "reset: stopping every task, then restarting" if event.reset else "stopping every task"
         )
-        self._log("info", f"{what} ({event.reason or 'requested'})")
+        self.log("info", f"{what} ({event.reason or 'requested'})")
         for name in sorted(self.tasks):
             for slot in self.tasks[name].slots:
                 slot.timers.pop("check", None)
@@ -365,24 +363,24 @@ class EventHandlers(Reconcile):
                 if leftover is not None:
                     leftover.deadline = None
                     task_name, instance = entry[2], entry[3]
-                    self._log(
+                    self.log(
                         "warning",
                         f"{task_name}[{instance}]: the leftover did not stop; SIGKILL",
                         task_name,
                     )
-                    self._emit(fx.StopLeftover(task_name, instance, "SIGKILL"))
+                    self.emit(fx.StopLeftover(task_name, instance, "SIGKILL"))
                 continue
             purpose = entry[5]
             del slot.timers[purpose]
             self._touch(slot.task)
             task = self.tasks[slot.task]
             if purpose == "kill" and slot.pid is not None:
-                self._log(
+                self.log(
                     "warning",
                     f"{self._name(slot)} (pid {slot.pid}) did not stop; SIGKILL",
                     slot.task,
                 )
-                self._emit(
+                self.emit(
                     fx.Signal(
                         slot.task, slot.instance, slot.pid, "SIGKILL", group=slot.signal_group
                     )
@@ -402,6 +400,6 @@ class EventHandlers(Reconcile):
             elif purpose == "limit" and not self.shutdown:
                 # (At shutdown the stop order decides when it goes.)
                 if task.control in ("once", "event"):
-                    self._stop_slot(task, slot, "finish", "stopped: time_limit reached")
+                    self.stop_slot(task, slot, "finish", "stopped: time_limit reached")
                 else:
-                    self._stop_slot(task, slot, "restart", "restarted: time_limit reached")
+                    self.stop_slot(task, slot, "restart", "restarted: time_limit reached")

@@ -38,7 +38,7 @@ class Reconcile(Convergence):
             # Only a start with no roles file named at all runs every task.
             if first:
                 self.counters["reload_errors"] += 1
-                self._log(
+                self.log(
                     "error",
                     f"{event.source}: roles file {event.roles_missing} not found; "
                     "nothing was started",
@@ -46,7 +46,7 @@ class Reconcile(Convergence):
                 return
             roles, role_values = self.roles, self.role_values
             kept = ", ".join(roles) if roles else ("none" if roles == () else "every task in scope")
-            self._log(
+            self.log(
                 "warning",
                 f"roles file {event.roles_missing} is missing; keeping the current roles ({kept})",
             )
@@ -56,7 +56,7 @@ class Reconcile(Convergence):
             # The shell validates before sending; this guards replayed logs.
             self.counters["reload_errors"] += 1
             path = ".".join(str(p) for p in exc.path)
-            self._log("error", f"config rejected: {path}: {exc.message}")
+            self.log("error", f"config rejected: {path}: {exc.message}")
             return
         if not first:
             self.counters["reloads"] += 1
@@ -82,13 +82,13 @@ class Reconcile(Convergence):
         self.counters["reload_errors"] += 1
         errors = event.errors or (event.error,)
         if len(errors) == 1:
-            self._log("error", f"{event.source}: {errors[0]}; nothing was changed")
+            self.log("error", f"{event.source}: {errors[0]}; nothing was changed")
             return
         # Every problem, one line each (as -C prints them), so one edit
         # fixes them all; then what became of it.
         for error in errors:
-            self._log("error", f"{event.source}: {error}")
-        self._log("error", f"{event.source}: {len(errors)} errors; nothing was changed")
+            self.log("error", f"{event.source}: {error}")
+        self.log("error", f"{event.source}: {len(errors)} errors; nothing was changed")
 
     def _apply_specs(
         self,
@@ -105,7 +105,7 @@ class Reconcile(Convergence):
             task = self.tasks[name]
             if not task.removed:
                 task.removed = True
-                self._log("info", f"{name}: removed from the config; stopping", name)
+                self.log("info", f"{name}: removed from the config; stopping", name)
         for name, spec in specs.items():
             existing = self.tasks.get(name)
             if existing is None:
@@ -125,7 +125,7 @@ class Reconcile(Convergence):
             if spec.in_scope != old.in_scope:
                 why = "roles changed" if roles_changed else "config changed"
                 where = "in scope" if spec.in_scope else "out of scope"
-                self._log("info", f"{name}: now {where} ({why})", name)
+                self.log("info", f"{name}: now {where} ({why})", name)
                 if spec.in_scope:
                     task.run_requested = spec.control == "once"
             if spec.control != old.control:
@@ -133,7 +133,7 @@ class Reconcile(Convergence):
         order = start_order({n: t.spec for n, t in self.tasks.items() if not t.removed})
         # Removed tasks still drain; keep them after everything else.
         self._set_order(order + sorted(n for n, t in self.tasks.items() if t.removed))
-        self._update_watches()
+        self.update_watches()
         if self.leftovers:
             self._settle_leftovers()
 
@@ -154,11 +154,11 @@ class Reconcile(Convergence):
             why = "a reload was asked for" if source == "request" else "its config entry changed"
             task.control_override = task.count_override = None
             task.control_override_at = task.count_override_at = None
-            self._log("info", f"{name}: operator override {made} dropped: {why}", name)
+            self.log("info", f"{name}: operator override {made} dropped: {why}", name)
             return
         # The spec was built from the config alone: build in the overrides.
         refresh_spec(self, task)
-        self._log(
+        self.log(
             "info",
             f"{name}: operator override {made} kept: its config entry did not change "
             "(undo: start it, set it back, or ask for a reload)",

@@ -2,24 +2,85 @@
 
 ``SupervisorState`` is the bottom layer of the ``Supervisor`` (see
 ``supervisor``): it declares every attribute, holds the effects one
-``handle`` call produces (``_emit``, ``_log``) and finds slots.  The layers
+``handle`` call produces (``emit``, ``log``) and finds slots.  The layers
 above it (``timers``, ``actions``, ``convergence``, ``reconcile``,
 ``handlers``) add behaviour, never attributes.
+
+The snapshot lives here, beside the fields it copies: each attribute is
+declared either ``SAVED`` (a snapshot carries it) or ``TRANSIENT`` (rebuilt
+by ``restore``, or alive only within one ``handle`` call), and a test fails
+for an attribute that is neither -- so a new field cannot be forgotten.
+Every field of ``Slot``, ``TaskState`` and ``Leftover`` is saved as it is.
 
 This module must never do IO, read a clock or draw random numbers.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+import dataclasses
+from typing import Any, TypeVar
 
 from taskforce.core import effects as fx
+from taskforce.core.codec import decode, encode, freeze, from_plain, to_plain
+from taskforce.core.lifecycle import LIFECYCLE, SlotState
 from taskforce.core.model import HostFacts, Settings, settings_of
 from taskforce.core.slots import Leftover, ReloadNote, Slot, TaskState
+
+#: the snapshot format (``restore`` refuses any other)
+FORMAT = 1
+# Saved with their own encoding, so left out of the field-by-field copy.
+_SLOT_FIELDS = tuple(
+    f.name for f in dataclasses.fields(Slot) if f.name not in ("state", "spec", "timers")
+)
+_TASK_FIELDS = tuple(
+    f.name for f in dataclasses.fields(TaskState) if f.name not in ("spec", "slots")
+)
+_LEFTOVER_FIELDS = tuple(f.name for f in dataclasses.fields(Leftover))
+
+_State = TypeVar("_State", bound="SupervisorState")
 
 
 class SupervisorState:
     """The supervisor's fields, and the primitives every layer uses."""
+
+    #: The attributes that a snapshot carries (by attribute name).
+    SAVED = frozenset(
+        {
+            "now",
+            "facts",
+            "config",
+            "roles",
+            "role_values",
+            "tasks",
+            "order",
+            "shutdown",
+            "exited",
+            "counters",
+            "_watches",
+            "_heap",
+            "_seq",
+            "_generation",
+            "_runs",
+            "_armed",
+            "leftovers",
+        }
+    )
+    #: The attributes that ``restore`` rebuilds from the saved ones, or that
+    #: only live within one ``handle`` call.  A new attribute must go in one
+    #: of the two sets (tests/test_snapshot.py checks), so none is forgotten.
+    TRANSIENT = frozenset(
+        {
+            "settings",
+            "_rank",
+            "dependents",
+            "_by_pid",
+            "_out",
+            "_dirty",
+            "_all_dirty",
+            "_reload",
+        }
+    )
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -64,6 +125,7 @@ class SupervisorState:
         self._reload: ReloadNote | None = None
 
     def slot(self, task: str, instance: int) -> Slot | None:
+        """Slot ``instance`` of ``task`` (None: no such slot)."""
         state = self.tasks.get(task)
         if state is None or instance >= len(state.slots):
             return None
@@ -90,12 +152,148 @@ class SupervisorState:
                 deps.setdefault(required, []).append(name)
         self.dependents = {name: tuple(sorted(found)) for name, found in deps.items()}
 
-    def _emit(self, effect: fx.Effect) -> None:
+    def emit(self, effect: fx.Effect) -> None:
+        """Add ``effect`` to what the current ``handle`` call returns."""
         self._out.append(effect)
 
-    def _log(self, level: str, message: str, task: str | None = None) -> None:
+    def log(self, level: str, message: str, task: str | None = None) -> None:
+        """Emit a ``Log`` line (``task``: the task it is about, if one)."""
         self._out.append(fx.Log(level, message, task))
 
     @staticmethod
     def _name(slot: Slot) -> str:
         return f"{slot.task}[{slot.instance}]"
+
+    # ------------------------------------------------------------ snapshot
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the supervisor knows, as JSON-able data (``SAVED``)."""
+        tasks = {}
+        for name, task in self.tasks.items():
+            slots = []
+            for slot in task.slots:
+                data = {field: to_plain(getattr(slot, field)) for field in _SLOT_FIELDS}
+                data["state"] = slot.state.name
+                data["spec"] = to_plain(slot.spec)
+                data["timers"] = dict(slot.timers)
+                slots.append(data)
+            tasks[name] = {"spec": to_plain(task.spec), "slots": slots}
+            for field in _TASK_FIELDS:
+                tasks[name][field] = to_plain(getattr(task, field))
+        return {
+            "format": FORMAT,
+            "now": self.now,
+            "facts": to_plain(self.facts),
+            "config": to_plain(self.config),
+            "roles": None if self.roles is None else list(self.roles),
+            "role_values": dict(self.role_values),
+            "tasks": tasks,
+            "order": list(self.order),
+            "shutdown": self.shutdown,
+            "exited": self.exited,
+            "counters": dict(self.counters),
+            "watches": {key: encode(watch) for key, watch in self._watches.items()},
+            "heap": [list(entry) for entry in self._heap],
+            "seq": self._seq,
+            "generation": self._generation,
+            "runs": self._runs,
+            "armed": self._armed,
+            "leftovers": [
+                [task, instance, *(to_plain(getattr(left, field)) for field in _LEFTOVER_FIELDS)]
+                for (task, instance), left in sorted(self.leftovers.items())
+            ],
+        }
+
+    @classmethod
+    def restore(cls: type[_State], data: dict[str, Any]) -> _State:
+        """A supervisor in exactly the state ``snapshot`` described."""
+        if data.get("format") != FORMAT:
+            raise ValueError(f"unknown snapshot format {data.get('format')!r}")
+        core = cls()
+        core.now = data["now"]
+        core.facts = from_plain(data["facts"])
+        core.config = freeze(data["config"])
+        core.roles = None if data["roles"] is None else tuple(data["roles"])
+        core.role_values = dict(data["role_values"])
+        core.settings = settings_of(core.config)
+        for name, saved in data["tasks"].items():
+            task = TaskState(spec=from_plain(saved["spec"]))
+            # A field missing from an older log keeps its default.
+            for field in _TASK_FIELDS:
+                if field in saved:
+                    setattr(task, field, from_plain(saved[field]))
+            for slot_data in saved["slots"]:
+                slot = Slot(task=name, instance=slot_data["instance"])
+                LIFECYCLE.attach(slot)
+                for field in _SLOT_FIELDS:
+                    if field in slot_data:
+                        setattr(slot, field, from_plain(slot_data[field]))
+                slot.state = SlotState[slot_data["state"]]
+                slot.spec = from_plain(slot_data["spec"])
+                slot.timers = dict(slot_data["timers"])
+                task.slots.append(slot)
+                if slot.pid is not None:
+                    core._by_pid[slot.pid] = slot
+            core.tasks[name] = task
+        core._set_order(list(data["order"]))
+        core.shutdown = data["shutdown"]
+        core.exited = data["exited"]
+        core.counters.update(data["counters"])
+        core._watches = {}
+        for key, watch in data["watches"].items():
+            effect = decode(watch)
+            assert isinstance(effect, fx.Watch)
+            core._watches[key] = effect
+        core._heap = [tuple(entry) for entry in data["heap"]]
+        core._seq = data["seq"]
+        core._generation = data["generation"]
+        core._runs = data.get("runs", 0)
+        core._armed = data["armed"]
+        for task_name, instance, *fields in data.get("leftovers", ()):
+            core.leftovers[(task_name, instance)] = Leftover(
+                *(from_plain(value) for value in fields)
+            )
+        return core
+
+    # -------------------------------------------------------------- shadow
+
+    def shadow(self: _State) -> _State:
+        """A copy that can be fed events without touching this supervisor.
+
+        Containers are copied one level down and every task and slot is
+        copied, so nothing the copy changes is shared.  The copied slots are
+        attached to the lifecycle machine; ``release`` the copy when done.
+        """
+        shadow = copy.copy(self)
+        for key, value in vars(self).items():
+            if isinstance(value, (dict, list, set)):
+                setattr(shadow, key, copy.copy(value))
+        slots: dict[int, Slot] = {}
+        shadow.tasks = {}
+        try:
+            for name, task in self.tasks.items():
+                twin = copy.copy(task)
+                twin.slots = []
+                shadow.tasks[name] = twin
+                for slot in task.slots:
+                    # A fresh Slot (not copy.copy), registered with the machine
+                    # only: the triggers are pulled through the machine, never
+                    # through methods bound to the model, and binding them all
+                    # (what ``LIFECYCLE.attach`` does) costs ~1 ms a slot.
+                    copied = dataclasses.replace(slot, timers=dict(slot.timers))
+                    copied.state = slot.state
+                    LIFECYCLE.machine.models.append(copied)
+                    twin.slots.append(copied)
+                    slots[id(slot)] = copied
+        except BaseException:
+            shadow.release()
+            raise
+        shadow._by_pid = {pid: slots[id(slot)] for pid, slot in self._by_pid.items()}
+        shadow._out = []
+        return shadow
+
+    def release(self) -> None:
+        """Take a ``shadow``'s slots off the machine (in one pass, not one by one)."""
+        gone = {id(slot) for task in self.tasks.values() for slot in task.slots}
+        models = LIFECYCLE.machine.models
+        models[:] = [model for model in models if id(model) not in gone]

@@ -13,13 +13,11 @@ IO, read a clock, or change the supervisor it is given.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from taskforce.core import events as ev
-from taskforce.core.lifecycle import LIFECYCLE, SlotState
+from taskforce.core.lifecycle import SlotState
 from taskforce.core.model import DAEMON_CONTROLS, build
 
 if TYPE_CHECKING:
@@ -187,7 +185,7 @@ def health(sup: Supervisor) -> dict[str, Any]:
     for name in sorted(sup.tasks):
         task = sup.tasks[name]
         running += sum(1 for slot in task.slots if slot.state is S.RUNNING)
-        if not sup._wants_run(task):
+        if not sup.wants_run(task):
             continue
         daemon = task.control in DAEMON_CONTROLS
         for instance in range(task.count):
@@ -313,50 +311,6 @@ def metrics_text(sup: Supervisor, extra: Mapping[str, float] | None = None) -> s
 # ------------------------------------------------------------------ plan
 
 
-def _shadow(sup: Supervisor) -> Supervisor:
-    """A copy of ``sup`` that can be fed events without touching ``sup``.
-
-    Containers are copied one level down and every task and slot is copied,
-    so nothing the copy changes is shared.  The copied slots are attached to
-    the lifecycle machine; ``_release`` detaches them (and any slot the copy
-    made).
-    """
-    shadow = copy.copy(sup)
-    for key, value in vars(sup).items():
-        if isinstance(value, (dict, list, set)):
-            setattr(shadow, key, copy.copy(value))
-    slots: dict[int, Slot] = {}
-    shadow.tasks = {}
-    try:
-        for name, task in sup.tasks.items():
-            twin = copy.copy(task)
-            twin.slots = []
-            shadow.tasks[name] = twin
-            for slot in task.slots:
-                # A fresh Slot (not copy.copy), registered with the machine
-                # only: the triggers are pulled through the machine, never
-                # through methods bound to the model, and binding them all
-                # (what ``LIFECYCLE.attach`` does) costs ~1 ms a slot.
-                copied = dataclasses.replace(slot, timers=dict(slot.timers))
-                copied.state = slot.state
-                LIFECYCLE.machine.models.append(copied)
-                twin.slots.append(copied)
-                slots[id(slot)] = copied
-    except BaseException:
-        _release(shadow)
-        raise
-    shadow._by_pid = {pid: slots[id(slot)] for pid, slot in sup._by_pid.items()}
-    shadow._out = []
-    return shadow
-
-
-def _release(shadow: Supervisor) -> None:
-    """Take the copy's slots off the machine (in one pass, not one by one)."""
-    gone = {id(slot) for task in shadow.tasks.values() for slot in task.slots}
-    models = LIFECYCLE.machine.models
-    models[:] = [model for model in models if id(model) not in gone]
-
-
 def _holds(slot: Slot | None) -> bool:
     """Whether a slot runs, or is about to, and is meant to stay."""
     if slot is None:
@@ -399,7 +353,7 @@ def plan(
     """
     values = dict(sup.role_values if role_values is None else role_values)
     specs = build(config, sup.facts, roles, values)
-    shadow = _shadow(sup)
+    shadow = sup.shadow()
     try:
         shadow.handle(
             ev.ConfigLoaded(
@@ -424,7 +378,7 @@ def plan(
                     after is not None
                     and new is not None
                     and instance < after.count
-                    and shadow._wants_run(after)
+                    and shadow.wants_run(after)
                 )
                 kind, why = _change(before, after, old, new, wanted)
                 if kind:
@@ -433,7 +387,7 @@ def plan(
             if not found:
                 unchanged.append(name)
     finally:
-        _release(shadow)
+        shadow.release()
     out: dict[str, Any] = {
         kind: [
             {"task": name, "instances": instances, "why": why}

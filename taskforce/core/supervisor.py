@@ -60,7 +60,7 @@ class Supervisor(EventHandlers):
             if reload is not None:
                 # One line for what a reload did, from what converging on it did.
                 self._reload = None
-                self._log("info", reload.line())
+                self.log("info", reload.line())
             self._arm_timer()
         out, self._out = tuple(self._out), []
         return out

@@ -58,4 +58,4 @@ class Timers(SupervisorState):
         due = self.next_deadline()
         if due != self._armed:
             self._armed = due
-            self._emit(fx.ArmTimer(due))
+            self.emit(fx.ArmTimer(due))
