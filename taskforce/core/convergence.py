@@ -14,8 +14,6 @@ This module must never do IO, read a clock or draw random numbers.
 
 from __future__ import annotations
 
-import heapq
-
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.actions import SlotActions
@@ -347,7 +345,4 @@ class Convergence(SlotActions):
             )
             self.emit(fx.StopLeftover(name, instance, "SIGTERM"))
             leftover.deadline = self.now + timeout
-            self._seq += 1
-            heapq.heappush(
-                self._heap, (leftover.deadline, self._seq, name, instance, -1, "leftover")
-            )
+            self._set_leftover_timer(name, instance, leftover.deadline)

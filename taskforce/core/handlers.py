@@ -12,8 +12,6 @@ This module must never do IO, read a clock or draw random numbers.
 
 from __future__ import annotations
 
-import heapq
-
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.lifecycle import LIFECYCLE, SlotState
@@ -355,8 +353,7 @@ class EventHandlers(Reconcile):
                 del self.leftovers[key]
 
     def _run_due_timers(self) -> None:
-        while self._heap and self._heap[0][0] <= self.now:
-            entry = heapq.heappop(self._heap)
+        while (entry := self._pop_due()) is not None:
             slot = self._timer_slot(entry)
             if slot is None:
                 leftover = self._leftover_due(entry)

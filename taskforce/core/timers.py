@@ -19,6 +19,9 @@ from taskforce.core import effects as fx
 from taskforce.core.slots import Leftover, Slot
 from taskforce.core.state import SupervisorState
 
+#: (at, seq, task, instance, generation, purpose); generation -1: a leftover's
+TimerEntry = tuple[float, int, str, int, int, str]
+
 
 class Timers(SupervisorState):
     """The supervisor's deadline heap."""
@@ -35,7 +38,18 @@ class Timers(SupervisorState):
             self._heap, (at, self._seq, slot.task, slot.instance, slot.generation, purpose)
         )
 
-    def _timer_slot(self, entry: tuple[float, int, str, int, int, str]) -> Slot | None:
+    def _set_leftover_timer(self, task: str, instance: int, at: float) -> None:
+        """The deadline of a leftover's stop (``Leftover.deadline``)."""
+        self._seq += 1
+        heapq.heappush(self._heap, (at, self._seq, task, instance, -1, "leftover"))
+
+    def _pop_due(self) -> TimerEntry | None:
+        """The soonest entry if it is due by now, taken off the heap."""
+        if self._heap and self._heap[0][0] <= self.now:
+            return heapq.heappop(self._heap)
+        return None
+
+    def _timer_slot(self, entry: TimerEntry) -> Slot | None:
         at, _, task, instance, generation, purpose = entry
         if generation < 0:
             return None  # a leftover's, not a slot's (see _leftover_due)
@@ -44,7 +58,7 @@ class Timers(SupervisorState):
             return None
         return slot
 
-    def _leftover_due(self, entry: tuple[float, int, str, int, int, str]) -> Leftover | None:
+    def _leftover_due(self, entry: TimerEntry) -> Leftover | None:
         at, _, task, instance, generation, _ = entry
         leftover = self.leftovers.get((task, instance)) if generation < 0 else None
         return leftover if leftover is not None and leftover.deadline == at else None
