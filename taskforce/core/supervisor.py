@@ -34,8 +34,8 @@ from typing import Any
 
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
-from taskforce.core.control import handle_control
 from taskforce.core.handlers import EventHandlers
+from taskforce.core.requests import handle_request
 
 
 class Supervisor(EventHandlers):
@@ -65,10 +65,10 @@ class Supervisor(EventHandlers):
         out, self._out = tuple(self._out), []
         return out
 
-    # Operator requests (``control``) use the Supervisor's whole face, so
+    # Operator requests (``requests``) use the Supervisor's whole face, so
     # their handler sits on the whole class, not on a layer below it.
     def _on_ControlRequested(self, event: ev.ControlRequested) -> None:
-        handle_control(self, event)
+        handle_request(self, event)
 
 
 #: each event type's handler, ``Supervisor._on_<EventType>``

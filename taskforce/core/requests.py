@@ -1,4 +1,8 @@
-"""Control requests from operators, decided purely (see ``ControlRequested``).
+"""Operator requests, decided purely (the ``ControlRequested`` event).
+
+What an operator asks over the control path (tfctl, HTTP) arrives as one
+``ControlRequested`` event; this module judges and applies it through the
+Supervisor's public methods (``stop_slot``, ``request_run``, ``emit``...).
 
 This module must never do IO: it changes the supervisor's wishes and answers
 with a ``Reply`` effect; the supervisor's converge pass does the rest.
@@ -9,7 +13,7 @@ touches the supervisor.  What it changes (``control_override``,
 ``count_override``) lasts until the operator sets it back (``start`` ends a
 stop), a ``reload`` is asked for (the original's "revert to the config"), or
 the task's own config entry changes; an edit elsewhere in the config keeps
-it (``Supervisor._keep_overrides``).  The status shows it, and since when.
+it (``reconcile.Reconcile._keep_overrides``).  The status shows it, and since when.
 
 Actions and their arguments (``ControlRequested.args``):
 
@@ -73,7 +77,7 @@ class _Refused(Exception):
         self.text = text
 
 
-def handle_control(sup: Supervisor, event: ev.ControlRequested) -> None:
+def handle_request(sup: Supervisor, event: ev.ControlRequested) -> None:
     """Apply one control request to ``sup`` and emit its ``Reply``.
 
     Who asked is judged first, before the action is even looked up, so a
