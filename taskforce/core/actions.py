@@ -13,7 +13,15 @@ This module must never do IO, read a clock or draw random numbers.
 from __future__ import annotations
 
 from taskforce.core import effects as fx
-from taskforce.core.lifecycle import LIFECYCLE, SlotState
+from taskforce.core.lifecycle import (
+    LIFECYCLE,
+    ONE_SHOT_CONTROLS,
+    Intent,
+    Phase,
+    Shutdown,
+    SlotState,
+    TimerPurpose,
+)
 from taskforce.core.model import DAEMON_CONTROLS, Action, ProcessSpec
 from taskforce.core.slots import FAILED_WATCH, Slot, TaskState
 from taskforce.core.timers import Timers
@@ -30,7 +38,7 @@ class SlotActions(Timers):
         control = task.control
         if control in DAEMON_CONTROLS:
             return True
-        if control in ("once", "event"):
+        if control in ONE_SHOT_CONTROLS:
             return task.run_requested
         return False  # suspend, off
 
@@ -52,7 +60,9 @@ class SlotActions(Timers):
         slot.spec = spec
         slot.intent = None
         slot.check_fails = 0
-        slot.phase = "launcher" if task.control in ("nowait", "adopt") and spec.pidfile else None
+        slot.phase = (
+            Phase.LAUNCHER if task.control in ("nowait", "adopt") and spec.pidfile else None
+        )
         slot.timers.clear()
         self.emit(
             fx.Spawn(
@@ -74,10 +84,10 @@ class SlotActions(Timers):
             )
         )
 
-    def stop_slot(self, task: TaskState, slot: Slot, intent: str, reason: str) -> None:
+    def stop_slot(self, task: TaskState, slot: Slot, intent: Intent, reason: str) -> None:
         if slot.state in (S.STOPPING, S.DRAINING):
-            if intent == "stop":
-                slot.intent = "stop"
+            if intent == Intent.STOP:
+                slot.intent = Intent.STOP
             return
         if slot.state is not S.RUNNING or slot.pid is None:
             return
@@ -85,14 +95,14 @@ class SlotActions(Timers):
         slot.intent = intent
         slot.reason = reason
         if self._reload is not None and self._reload.counting:
-            if intent == "restart":
+            if intent == Intent.RESTART:
                 self._reload.restarted += 1
             else:
                 self._reload.stopped += 1
-        for purpose in ("ready", "limit", "check"):
+        for purpose in (TimerPurpose.READY, TimerPurpose.LIMIT, TimerPurpose.CHECK):
             slot.timers.pop(purpose, None)
         self._end_check(slot)
-        use_restart = intent == "restart" or self.shutdown == "reset"
+        use_restart = intent == Intent.RESTART or self.shutdown == Shutdown.RESET
         action = (task.spec.restart_action if use_restart else None) or task.spec.stop_action
         name = task.spec.name
         if action and action.signal:
@@ -103,7 +113,7 @@ class SlotActions(Timers):
             self._run_command(task, action.command or "")
         else:
             self.emit(fx.Signal(name, slot.instance, slot.pid, "SIGTERM", group=slot.signal_group))
-        self._set_timer(slot, "kill", self.now + task.spec.stop_timeout)
+        self._set_timer(slot, TimerPurpose.KILL, self.now + task.spec.stop_timeout)
         self.log("info", f"{self._name(slot)} (pid {slot.pid}) {reason}", name)
 
     def _process_gone(self, slot: Slot, *, failed: bool = False) -> None:
@@ -127,13 +137,13 @@ class SlotActions(Timers):
             if pid
             else f"{name} {slot.last_exit}"
         )
-        if slot.intent == "stop" or not self.wants_run(task) or slot.instance >= task.count:
+        if slot.intent == Intent.STOP or not self.wants_run(task) or slot.instance >= task.count:
             self.log("info", what, slot.task)
             LIFECYCLE.fire(slot, "release")
-        elif slot.intent == "restart":
+        elif slot.intent == Intent.RESTART:
             self.log("info", what, slot.task)
             slot.fails = 0  # deliberate; the next start is immediate
-        elif slot.intent == "finish" or (task.control in ("once", "event") and not failed):
+        elif slot.intent == Intent.FINISH or (task.control in ONE_SHOT_CONTROLS and not failed):
             self.log("info", what, slot.task)
             LIFECYCLE.fire(slot, "finish")
             slot.reason = f"finished: {slot.last_exit}"
@@ -176,7 +186,7 @@ class SlotActions(Timers):
                 self.log("debug", f"{what}; retry {slot.fails} in {delay:g}s", slot.task)
             LIFECYCLE.fire(slot, "back_off")
             slot.reason = f"backoff step {slot.fails} after: {slot.last_exit}"
-            self._set_timer(slot, "retry", self.now + delay)
+            self._set_timer(slot, TimerPurpose.RETRY, self.now + delay)
         slot.intent = None if slot.state is not S.EXITED else slot.intent
         if not self.shutdown and not any(s.live for s in task.slots):
             self._onexit(task)
@@ -224,7 +234,7 @@ class SlotActions(Timers):
                     "warning", f"{task.spec.name}: onexit target {target_name!r} is not in scope"
                 )
                 continue
-            if target.control not in ("once", "event"):
+            if target.control not in ONE_SHOT_CONTROLS:
                 self.log(
                     "warning",
                     f"{task.spec.name}: onexit target {target_name!r} is not a once or event task",
@@ -249,14 +259,14 @@ class SlotActions(Timers):
             self.log("info", f"{name}: {why}; starting", name)
             self.request_run(task, why)
         elif command == "stop":
-            if task.control in ("once", "event"):
+            if task.control in ONE_SHOT_CONTROLS:
                 self.log(
                     "warning", f"{name}: {why}; 'stop' ignored for a {task.control} task", name
                 )
                 return
             self.log("info", f"{name}: {why}; restarting", name)
             for slot in task.slots:
-                self.stop_slot(task, slot, "restart", f"restarted: {why}")
+                self.stop_slot(task, slot, Intent.RESTART, f"restarted: {why}")
 
     def _run_command(self, task: TaskState, command: str, instance: int = 0, run: int = 0) -> None:
         spec = task.spec.process(instance)
@@ -285,7 +295,7 @@ class SlotActions(Timers):
     def _end_check(self, slot: Slot) -> None:
         """Kill the slot's running health check, if any.  A check belongs to
         its process: it must not outlive it, its stop, or taskforce."""
-        slot.timers.pop("check_timeout", None)
+        slot.timers.pop(TimerPurpose.CHECK_TIMEOUT, None)
         if slot.check_run is not None:
             self.emit(fx.StopCommand(slot.task, slot.instance, slot.check_run, "SIGKILL"))
             slot.check_run = None

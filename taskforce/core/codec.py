@@ -11,6 +11,7 @@ module must never do IO.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Callable
 from typing import Any
 
@@ -182,6 +183,8 @@ def to_plain(value: Any) -> Any:
         return [to_plain(item) for item in value]
     if isinstance(value, dict):
         return {key: to_plain(item) for key, item in value.items()}
+    if isinstance(value, enum.Enum):
+        return value.value  # (a word of lifecycle: Intent, Phase...)
     return value
 
 

@@ -17,7 +17,15 @@ from __future__ import annotations
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.actions import SlotActions
-from taskforce.core.lifecycle import LIFECYCLE, SlotState
+from taskforce.core.lifecycle import (
+    LIFECYCLE,
+    ONE_SHOT_CONTROLS,
+    Intent,
+    Phase,
+    Shutdown,
+    SlotState,
+    TimerPurpose,
+)
 from taskforce.core.model import ProcessSpec
 from taskforce.core.slots import Slot, TaskState
 
@@ -137,7 +145,7 @@ class Convergence(SlotActions):
         ):
             self.exited = True
             self.log("info", "every task has stopped")
-            self.emit(fx.Exit(0, reset=self.shutdown == "reset"))
+            self.emit(fx.Exit(0, reset=self.shutdown == Shutdown.RESET))
 
     def _gate(self, task: TaskState) -> tuple[str, ...]:
         """What ``task`` waits on before it may start (empty: nothing)."""
@@ -168,7 +176,7 @@ class Convergence(SlotActions):
                 return "failed"
             if slot.state is not S.RUNNING:
                 return "not running"
-            if "ready" in slot.timers:
+            if TimerPurpose.READY in slot.timers:
                 return "in its start_delay"
         if len(task.slots) < task.count:
             return "not running"
@@ -185,7 +193,7 @@ class Convergence(SlotActions):
         if state is S.RUNNING:
             if not same and slot.intent is None and slot.spec is not None:
                 why = f"config changed: {_spec_diff(slot.spec, spec)}"
-                self.stop_slot(task, slot, "restart", f"restarted: {why}")
+                self.stop_slot(task, slot, Intent.RESTART, f"restarted: {why}")
             return
         if state in (S.STARTING, S.STOPPING, S.DRAINING, S.PROBING):
             return
@@ -194,11 +202,11 @@ class Convergence(SlotActions):
                 return  # until an operator, its config or its executable says
             self._retry(slot, f"config changed: {_spec_diff(slot.spec, spec)}")
             state = slot.state
-        if state is S.BACKOFF and "retry" in slot.timers and same:
+        if state is S.BACKOFF and TimerPurpose.RETRY in slot.timers and same:
             return
         if (
             state is S.DONE
-            and task.control in ("once", "event")
+            and task.control in ONE_SHOT_CONTROLS
             and (same or task.control == "event")
         ):
             return
@@ -221,7 +229,7 @@ class Convergence(SlotActions):
             self._generation += 1
             slot.generation = self._generation
             slot.spec = spec
-            slot.phase = "adopt"
+            slot.phase = Phase.ADOPT
             self._read_pidfile(slot)
             return
         self._spawn(task, slot, spec)
@@ -231,7 +239,7 @@ class Convergence(SlotActions):
         if state is S.RUNNING:
             if self.shutdown and self._has_live_dependents(task.spec.name):
                 return
-            if self.shutdown and task.control == "adopt" and slot.phase == "daemon":
+            if self.shutdown and task.control == "adopt" and slot.phase == Phase.DAEMON:
                 self.log(
                     "info",
                     f"{self._name(slot)} (pid {slot.pid}) left running for adoption",
@@ -245,17 +253,17 @@ class Convergence(SlotActions):
                 slot.timers.clear()
                 return
             why = self._stop_reason(task)
-            self.stop_slot(task, slot, "stop", why)
+            self.stop_slot(task, slot, Intent.STOP, why)
         elif state in (S.STOPPING, S.DRAINING):
-            slot.intent = "stop"
+            slot.intent = Intent.STOP
         elif slot.awaiting_daemon:
             # Its start command is done and its pidfile does not name the
             # daemon yet: it is stopped (or, adopt at shutdown, left running)
             # once the pidfile names it, or released when none turns up
             # within pidfile_timeout.  Issue 11: stopping it as if nothing
             # ran left the daemon behind, unsupervised.
-            if slot.intent != "stop":
-                slot.intent = "stop"
+            if slot.intent != Intent.STOP:
+                slot.intent = Intent.STOP
                 then = (
                     "leave it running" if self.shutdown and task.control == "adopt" else "stop it"
                 )
@@ -269,13 +277,13 @@ class Convergence(SlotActions):
             why = self._stop_reason(task)
             self._retry(slot, why, reason=why)
         elif state in (S.WAITING, S.BACKOFF, S.EXITED) or (state is S.DONE and task.removed):
-            slot.timers.pop("retry", None)
+            slot.timers.pop(TimerPurpose.RETRY, None)
             LIFECYCLE.fire(slot, "release")
 
     def _stop_reason(self, task: TaskState) -> str:
         if self.shutdown:
             return "stopped: taskforce is " + (
-                "resetting" if self.shutdown == "reset" else "exiting"
+                "resetting" if self.shutdown == Shutdown.RESET else "exiting"
             )
         if task.removed:
             return "stopped: removed from the config"

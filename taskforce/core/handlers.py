@@ -14,7 +14,15 @@ from __future__ import annotations
 
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
-from taskforce.core.lifecycle import LIFECYCLE, SlotState
+from taskforce.core.lifecycle import (
+    LIFECYCLE,
+    ONE_SHOT_CONTROLS,
+    Intent,
+    Phase,
+    Shutdown,
+    SlotState,
+    TimerPurpose,
+)
 from taskforce.core.model import HostFacts
 from taskforce.core.reconcile import Reconcile
 from taskforce.core.slots import FAILED_WATCH, Leftover, Slot, TaskState, describe_exit
@@ -69,18 +77,20 @@ class EventHandlers(Reconcile):
             slot.last_exit = f"failed to start: {event.error}"
             self.counters["spawn_failures"] += 1
         slot.exited_at = self.now
-        if slot.phase == "launcher" and slot.state is S.RUNNING and not event.error:
+        if slot.phase == Phase.LAUNCHER and slot.state is S.RUNNING and not event.error:
             self._launcher_exited(slot, event)
             return
         self.counters["exits"] += 1
         self._end_check(slot)
         if event.group_alive:
             LIFECYCLE.fire(slot, "leader_exited")
-            if "kill" not in slot.timers:
+            if TimerPurpose.KILL not in slot.timers:
                 # The leader died on its own and left members behind: they
                 # must be gone before a replacement may start.
                 self.emit(fx.Signal(slot.task, slot.instance, event.pid, "SIGTERM"))
-                self._set_timer(slot, "kill", self.now + self.tasks[slot.task].spec.stop_timeout)
+                self._set_timer(
+                    slot, TimerPurpose.KILL, self.now + self.tasks[slot.task].spec.stop_timeout
+                )
             self.log(
                 "info",
                 f"{self._name(slot)} (pid {event.pid}) {slot.last_exit}; "
@@ -104,8 +114,8 @@ class EventHandlers(Reconcile):
             return
         LIFECYCLE.fire(slot, "launched")
         self.log("debug", f"{self._name(slot)}: start command done; reading its pidfile", slot.task)
-        slot.timers.pop("limit", None)
-        slot.timers.pop("ready", None)
+        slot.timers.pop(TimerPurpose.LIMIT, None)
+        slot.timers.pop(TimerPurpose.READY, None)
         slot.pidfile_deadline = self.now + self.settings.pidfile_timeout
         self._read_pidfile(slot)
 
@@ -146,14 +156,14 @@ class EventHandlers(Reconcile):
             self.log("warning", f"{name}: refused: {refusal}; it is not signalled", slot.task)
         if not refusal and event.pid is not None:
             LIFECYCLE.fire(slot, "found")
-            adopted = slot.phase == "adopt"
-            slot.phase = "daemon"
+            adopted = slot.phase == Phase.ADOPT
+            slot.phase = Phase.DAEMON
             # Whether it is still wanted is decided afresh (a stop that came
             # while the pidfile was awaited stops it now; see _keep_stopped).
             slot.intent = None
             slot.pid = event.pid
             slot.started_at = self.now
-            slot.timers.pop("pidfile", None)
+            slot.timers.pop(TimerPurpose.PIDFILE, None)
             self._by_pid[event.pid] = slot
             self.emit(fx.WatchProcess(slot.task, slot.instance, event.pid))
             if adopted:
@@ -166,7 +176,7 @@ class EventHandlers(Reconcile):
             what = "adopted" if adopted else "daemon running as"
             self.log("info", f"{name} {what} pid {event.pid}", slot.task)
             return
-        if slot.phase == "adopt":
+        if slot.phase == Phase.ADOPT:
             leftover = self.leftovers.get((slot.task, slot.instance))
             if leftover is not None:
                 # Its pidfile names none of what the last taskforce left in
@@ -183,14 +193,14 @@ class EventHandlers(Reconcile):
             return
         if self.now < slot.pidfile_deadline and not forged:
             # Not written yet, or still the last daemon's: look again soon.
-            self._set_timer(slot, "pidfile", min(self.now + 0.1, slot.pidfile_deadline))
+            self._set_timer(slot, TimerPurpose.PIDFILE, min(self.now + 0.1, slot.pidfile_deadline))
             return
         # A forged pidfile is not waited out: the file is there and names a
         # live process, just not ours.  Lost: the usual backoff applies.
         LIFECYCLE.fire(slot, "lost")
         slot.exited_at = self.now
         slot.phase = None
-        slot.timers.pop("pidfile", None)
+        slot.timers.pop(TimerPurpose.PIDFILE, None)
         if forged:  # (the warning above said where and why)
             refusal = f"its pidfile was refused (pid {event.pid} is not a process of the task)"
         slot.last_exit = f"no daemon after its start command: {refusal}"
@@ -233,11 +243,11 @@ class EventHandlers(Reconcile):
         """Deadlines of a slot whose process (or daemon) now runs."""
         spec = task.spec
         if spec.start_delay > 0:
-            self._set_timer(slot, "ready", self.now + spec.start_delay)
+            self._set_timer(slot, TimerPurpose.READY, self.now + spec.start_delay)
         if spec.time_limit:
-            self._set_timer(slot, "limit", self.now + spec.start_delay + spec.time_limit)
-        if spec.check_interval and slot.phase != "launcher":
-            self._set_timer(slot, "check", self.now + spec.check_interval)
+            self._set_timer(slot, TimerPurpose.LIMIT, self.now + spec.start_delay + spec.time_limit)
+        if spec.check_interval and slot.phase != Phase.LAUNCHER:
+            self._set_timer(slot, TimerPurpose.CHECK, self.now + spec.check_interval)
 
     def _on_CommandExited(self, event: ev.CommandExited) -> None:
         outcome = event.error or describe_exit(event.exit_code, event.signal)
@@ -257,7 +267,7 @@ class EventHandlers(Reconcile):
         if event.run != slot.check_run:
             return  # a run already judged (timed out, or its slot restarted)
         slot.check_run = None
-        slot.timers.pop("check_timeout", None)
+        slot.timers.pop(TimerPurpose.CHECK_TIMEOUT, None)
         self._touch(event.task)
         self._check_judged(task, slot, failed, outcome)
 
@@ -269,7 +279,7 @@ class EventHandlers(Reconcile):
         self.counters["check_runs"] += 1
         self._run_command(task, "check", slot.instance, run=self._runs)
         if task.spec.check_timeout:
-            self._set_timer(slot, "check_timeout", self.now + task.spec.check_timeout)
+            self._set_timer(slot, TimerPurpose.CHECK_TIMEOUT, self.now + task.spec.check_timeout)
 
     def _check_timed_out(self, task: TaskState, slot: Slot) -> None:
         """A health check ran past ``check_timeout``: kill it, count a failure."""
@@ -290,7 +300,9 @@ class EventHandlers(Reconcile):
             slot.check_fails += 1
             if slot.check_fails >= spec.check_failures:
                 streak = f" ({slot.check_fails} in a row)" if slot.check_fails > 1 else ""
-                self.stop_slot(task, slot, "restart", f"restarted: health check {outcome}{streak}")
+                self.stop_slot(
+                    task, slot, Intent.RESTART, f"restarted: health check {outcome}{streak}"
+                )
                 return
             self.log(
                 "warning",
@@ -307,7 +319,7 @@ class EventHandlers(Reconcile):
             )
             slot.check_fails = 0
         if spec.check_interval and not self.shutdown:
-            self._set_timer(slot, "check", self.now + spec.check_interval)
+            self._set_timer(slot, TimerPurpose.CHECK, self.now + spec.check_interval)
 
     def _on_FileChanged(self, event: ev.FileChanged) -> None:
         name, _, index = event.key.partition("#")
@@ -329,10 +341,10 @@ class EventHandlers(Reconcile):
         pass  # due timers already ran in handle()
 
     def _on_StopRequested(self, event: ev.StopRequested) -> None:
-        mode = "reset" if event.reset else "stop"
-        if self.shutdown == "stop":
+        mode = Shutdown.RESET if event.reset else Shutdown.STOP
+        if self.shutdown == Shutdown.STOP:
             return
-        if self.shutdown == "reset" and event.reset:
+        if self.shutdown == Shutdown.RESET and event.reset:
             # A storm of resets (two logrotate stanzas, -R typed twice) is one
             # reset: the tasks are stopping already and all start again after
             # the re-exec.  A stop, though, overrides a reset under way.
@@ -345,7 +357,7 @@ class EventHandlers(Reconcile):
         self.log("info", f"{what} ({event.reason or 'requested'})")
         for name in sorted(self.tasks):
             for slot in self.tasks[name].slots:
-                slot.timers.pop("check", None)
+                slot.timers.pop(TimerPurpose.CHECK, None)
                 self._end_check(slot)
         for key in sorted(self.leftovers):
             if self.leftovers[key].adopting:
@@ -371,7 +383,7 @@ class EventHandlers(Reconcile):
             del slot.timers[purpose]
             self._touch(slot.task)
             task = self.tasks[slot.task]
-            if purpose == "kill" and slot.pid is not None:
+            if purpose == TimerPurpose.KILL and slot.pid is not None:
                 self.log(
                     "warning",
                     f"{self._name(slot)} (pid {slot.pid}) did not stop; SIGKILL",
@@ -382,21 +394,21 @@ class EventHandlers(Reconcile):
                         slot.task, slot.instance, slot.pid, "SIGKILL", group=slot.signal_group
                     )
                 )
-            elif purpose == "pidfile" and slot.state is S.PROBING:
+            elif purpose == TimerPurpose.PIDFILE and slot.state is S.PROBING:
                 self._read_pidfile(slot)
             elif (
-                purpose == "check"
+                purpose == TimerPurpose.CHECK
                 and slot.state is S.RUNNING
                 and "check" in task.spec.commands
                 and slot.check_run is None
                 and not self.shutdown
             ):
                 self._start_check(task, slot)
-            elif purpose == "check_timeout" and slot.state is S.RUNNING:
+            elif purpose == TimerPurpose.CHECK_TIMEOUT and slot.state is S.RUNNING:
                 self._check_timed_out(task, slot)
-            elif purpose == "limit" and not self.shutdown:
+            elif purpose == TimerPurpose.LIMIT and not self.shutdown:
                 # (At shutdown the stop order decides when it goes.)
-                if task.control in ("once", "event"):
-                    self.stop_slot(task, slot, "finish", "stopped: time_limit reached")
+                if task.control in ONE_SHOT_CONTROLS:
+                    self.stop_slot(task, slot, Intent.FINISH, "stopped: time_limit reached")
                 else:
-                    self.stop_slot(task, slot, "restart", "restarted: time_limit reached")
+                    self.stop_slot(task, slot, Intent.RESTART, "restarted: time_limit reached")

@@ -43,7 +43,7 @@ from taskforce.core import access
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.context import ContextError
-from taskforce.core.lifecycle import SlotState
+from taskforce.core.lifecycle import ONE_SHOT_CONTROLS, Intent, Shutdown, SlotState, TimerPurpose
 from taskforce.core.model import CONTROLS, SpecError, _build_task
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ def _shown_args(args: Mapping[str, Any]) -> str:
 
 
 def _shutdown_word(sup: Supervisor) -> str:
-    return "resetting" if sup.shutdown == "reset" else "stopping"
+    return "resetting" if sup.shutdown == Shutdown.RESET else "stopping"
 
 
 def _lines(results: list[tuple[str, str]]) -> str:
@@ -215,7 +215,7 @@ def _set_control(sup: Supervisor, task: TaskState, control: str) -> None:
     task.run_requested = control == "once"
     if control in ("off", "suspend"):
         for slot in task.slots:
-            sup.stop_slot(task, slot, "stop", f"stopped: control request (control {control})")
+            sup.stop_slot(task, slot, Intent.STOP, f"stopped: control request (control {control})")
 
 
 def _set_count(sup: Supervisor, task: TaskState, count: int) -> None:
@@ -229,7 +229,7 @@ def _set_count(sup: Supervisor, task: TaskState, count: int) -> None:
     note = "; the operator's override ends" if override is None else ""
     sup.log("info", f"{name}: count {previous} -> {count} (control request){note}", name)
     for slot in task.slots[count:]:
-        sup.stop_slot(task, slot, "stop", f"stopped: control request (count {count})")
+        sup.stop_slot(task, slot, Intent.STOP, f"stopped: control request (count {count})")
 
 
 # ---------------------------------------------------------------- actions
@@ -332,7 +332,7 @@ def _start(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
             else:
                 results.append((name, f"ok (control {target})"))
                 plan.append((task, target))
-        elif task.control in ("once", "event") and not _failed(task):
+        elif task.control in ONE_SHOT_CONTROLS and not _failed(task):
             if any(slot.live for slot in task.slots):
                 results.append((name, "already running"))
             else:
@@ -438,18 +438,18 @@ def _restart(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
     for slot in slots:
         where = f"{name}[{slot.instance}]"
         if slot.state is S.RUNNING:
-            sup.stop_slot(task, slot, "restart", why)
+            sup.stop_slot(task, slot, Intent.RESTART, why)
             results.append((where, "restarting"))
         elif slot.state is S.BACKOFF:
             # Skip the rest of the backoff: the converge pass starts it now.
-            slot.timers.pop("retry", None)
+            slot.timers.pop(TimerPurpose.RETRY, None)
             slot.fails = 0
             slot.starts = ()
             slot.reason = why
             results.append((where, "starting now (was in backoff)"))
-        elif slot.state in (S.STOPPING, S.DRAINING) and slot.intent == "restart":
+        elif slot.state in (S.STOPPING, S.DRAINING) and slot.intent == Intent.RESTART:
             results.append((where, "already restarting"))
-        elif slot.state is S.DONE and task.control in ("once", "event"):
+        elif slot.state is S.DONE and task.control in ONE_SHOT_CONTROLS:
             results.append((where, "starting again"))
         elif slot.state is S.FAILED:
             sup.retry_failed(task, "restarted by control request", slot.instance)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from taskforce.core.lifecycle import LIVE_STATES, SlotState
+from taskforce.core.lifecycle import LIVE_STATES, Intent, Phase, SlotState, TimerPurpose
 from taskforce.core.model import ProcessSpec, TaskSpec
 
 S = SlotState
@@ -34,17 +34,15 @@ class Slot:
     last_exit: str | None = None
     restarts: int = 0
     fails: int = 0
-    #: why the slot is stopping: "stop" (stay down), "restart" (come back)
-    #: or "finish" (a once task that is done)
-    intent: str | None = None
+    #: why the slot is stopping (None: it is not)
+    intent: Intent | None = None
     #: why it last started, stopped or restarted -- for the operator
     reason: str = ""
     waiting_on: tuple[str, ...] = ()
-    #: deadline by purpose ("ready", "limit", "kill", "retry", "pidfile")
-    timers: dict[str, float] = field(default_factory=dict)
-    #: nowait/adopt: "launcher" (its start command runs), "daemon" (the pid
-    #: came from the pidfile), "adopt" (probing for a process to adopt)
-    phase: str | None = None
+    #: deadline by purpose
+    timers: dict[TimerPurpose, float] = field(default_factory=dict)
+    #: nowait/adopt: how it knows its process (None: its own child)
+    phase: Phase | None = None
     #: adopt: the pidfile was looked at once since taskforce started
     adopt_checked: bool = False
     #: when the current pidfile wait gives up
@@ -68,13 +66,13 @@ class Slot:
         No pid of it is known, but a daemon may run: the slot is open until
         its pidfile names one or ``pidfile_timeout`` passes.
         """
-        return self.state is S.PROBING and self.phase == "launcher"
+        return self.state is S.PROBING and self.phase == Phase.LAUNCHER
 
     @property
     def signal_group(self) -> bool:
         # A daemon found through its pidfile may share a group with others
         # (its launcher's, say): signal the process itself, never the group.
-        return self.phase != "daemon"
+        return self.phase != Phase.DAEMON
 
 
 #: the watch key suffix (``<task>#failed``) for the start program of a task

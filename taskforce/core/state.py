@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from taskforce.core import effects as fx
 from taskforce.core.codec import decode, encode, freeze, from_plain, to_plain
-from taskforce.core.lifecycle import LIFECYCLE, SlotState
+from taskforce.core.lifecycle import LIFECYCLE, Intent, Phase, Shutdown, SlotState, TimerPurpose
 from taskforce.core.model import HostFacts, Settings, settings_of
 from taskforce.core.slots import Leftover, ReloadNote, Slot, TaskState
 
@@ -93,7 +93,7 @@ class SupervisorState:
         self.order: list[str] = []
         self._rank: dict[str, int] = {}
         self.dependents: dict[str, tuple[str, ...]] = {}
-        self.shutdown: str | None = None  # None, "stop" or "reset"
+        self.shutdown: Shutdown | None = None
         self.exited = False
         self.counters: dict[str, int] = {
             "starts": 0,
@@ -112,7 +112,7 @@ class SupervisorState:
         self.leftovers: dict[tuple[str, int], Leftover] = {}
         self._by_pid: dict[int, Slot] = {}
         self._watches: dict[str, fx.Watch] = {}
-        self._heap: list[tuple[float, int, str, int, int, str]] = []
+        self._heap: list[tuple[float, int, str, int, int, TimerPurpose]] = []
         self._seq = 0
         self._generation = 0
         #: the last health check run number given out
@@ -175,7 +175,7 @@ class SupervisorState:
                 data = {field: to_plain(getattr(slot, field)) for field in _SLOT_FIELDS}
                 data["state"] = slot.state.name
                 data["spec"] = to_plain(slot.spec)
-                data["timers"] = dict(slot.timers)
+                data["timers"] = {str(purpose): at for purpose, at in slot.timers.items()}
                 slots.append(data)
             tasks[name] = {"spec": to_plain(task.spec), "slots": slots}
             for field in _TASK_FIELDS:
@@ -189,11 +189,11 @@ class SupervisorState:
             "role_values": dict(self.role_values),
             "tasks": tasks,
             "order": list(self.order),
-            "shutdown": self.shutdown,
+            "shutdown": None if self.shutdown is None else str(self.shutdown),
             "exited": self.exited,
             "counters": dict(self.counters),
             "watches": {key: encode(watch) for key, watch in self._watches.items()},
-            "heap": [list(entry) for entry in self._heap],
+            "heap": [[*entry[:5], str(entry[5])] for entry in self._heap],
             "seq": self._seq,
             "generation": self._generation,
             "runs": self._runs,
@@ -230,13 +230,17 @@ class SupervisorState:
                         setattr(slot, field, from_plain(slot_data[field]))
                 slot.state = SlotState[slot_data["state"]]
                 slot.spec = from_plain(slot_data["spec"])
-                slot.timers = dict(slot_data["timers"])
+                slot.timers = {
+                    TimerPurpose(purpose): at for purpose, at in slot_data["timers"].items()
+                }
+                slot.intent = None if slot.intent is None else Intent(slot.intent)
+                slot.phase = None if slot.phase is None else Phase(slot.phase)
                 task.slots.append(slot)
                 if slot.pid is not None:
                     core._by_pid[slot.pid] = slot
             core.tasks[name] = task
         core._set_order(list(data["order"]))
-        core.shutdown = data["shutdown"]
+        core.shutdown = None if data["shutdown"] is None else Shutdown(data["shutdown"])
         core.exited = data["exited"]
         core.counters.update(data["counters"])
         core._watches = {}
@@ -244,7 +248,7 @@ class SupervisorState:
             effect = decode(watch)
             assert isinstance(effect, fx.Watch)
             core._watches[key] = effect
-        core._heap = [tuple(entry) for entry in data["heap"]]
+        core._heap = [(*entry[:5], TimerPurpose(entry[5])) for entry in data["heap"]]
         core._seq = data["seq"]
         core._generation = data["generation"]
         core._runs = data.get("runs", 0)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from taskforce.core import events as ev
-from taskforce.core.lifecycle import SlotState
+from taskforce.core.lifecycle import ONE_SHOT_CONTROLS, Intent, SlotState, TimerPurpose
 from taskforce.core.model import DAEMON_CONTROLS, build
 
 if TYPE_CHECKING:
@@ -62,14 +62,14 @@ def slot_status(slot: Slot) -> dict[str, Any]:
     out["restarts"] = slot.restarts
     if slot.fails:
         out["backoff_step"] = slot.fails
-    if "retry" in slot.timers:
-        out["retry_at"] = slot.timers["retry"]
-    if "kill" in slot.timers:
+    if TimerPurpose.RETRY in slot.timers:
+        out["retry_at"] = slot.timers[TimerPurpose.RETRY]
+    if TimerPurpose.KILL in slot.timers:
         # The original's flag for "a SIGKILL escalation is pending".
         out["exit_pending"] = True
-        out["kill_at"] = slot.timers["kill"]
+        out["kill_at"] = slot.timers[TimerPurpose.KILL]
     if slot.intent:
-        out["intent"] = slot.intent
+        out["intent"] = str(slot.intent)
     if slot.waiting_on:
         out["waiting_on"] = list(slot.waiting_on)
     if slot.reason:
@@ -118,7 +118,7 @@ def task_state(sup: Supervisor, task: TaskState) -> str:
         return "starting"
     if control == "suspend":
         return "suspended" if not running else "stopping"
-    if control in ("once", "event"):
+    if control in ONE_SHOT_CONTROLS:
         if running:
             return "running"
         if task.slots and done == len(task.slots):
@@ -316,7 +316,7 @@ def _holds(slot: Slot | None) -> bool:
     if slot is None:
         return False
     if slot.state in (S.STOPPING, S.DRAINING):
-        return slot.intent == "restart"
+        return slot.intent == Intent.RESTART
     return slot.state in (S.RUNNING, S.STARTING, S.WAITING, S.BACKOFF, S.EXITED)
 
 
@@ -411,7 +411,7 @@ def _change(
     ``wanted``: the copy would keep this slot running once it can.
     """
     if new is not None and after is not None:
-        if new.state is S.STOPPING and new.intent == "restart":
+        if new.state is S.STOPPING and new.intent == Intent.RESTART:
             if old is not None and old.state is S.RUNNING:
                 return "restart", new.reason
         elif new.state in (S.STARTING, S.WAITING) and not _holds(old):

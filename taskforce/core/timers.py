@@ -16,11 +16,12 @@ from __future__ import annotations
 import heapq
 
 from taskforce.core import effects as fx
+from taskforce.core.lifecycle import TimerPurpose
 from taskforce.core.slots import Leftover, Slot
 from taskforce.core.state import SupervisorState
 
 #: (at, seq, task, instance, generation, purpose); generation -1: a leftover's
-TimerEntry = tuple[float, int, str, int, int, str]
+TimerEntry = tuple[float, int, str, int, int, TimerPurpose]
 
 
 class Timers(SupervisorState):
@@ -31,7 +32,7 @@ class Timers(SupervisorState):
         self._drop_stale_timers()
         return self._heap[0][0] if self._heap else None
 
-    def _set_timer(self, slot: Slot, purpose: str, at: float) -> None:
+    def _set_timer(self, slot: Slot, purpose: TimerPurpose, at: float) -> None:
         slot.timers[purpose] = at
         self._seq += 1
         heapq.heappush(
@@ -41,7 +42,7 @@ class Timers(SupervisorState):
     def _set_leftover_timer(self, task: str, instance: int, at: float) -> None:
         """The deadline of a leftover's stop (``Leftover.deadline``)."""
         self._seq += 1
-        heapq.heappush(self._heap, (at, self._seq, task, instance, -1, "leftover"))
+        heapq.heappush(self._heap, (at, self._seq, task, instance, -1, TimerPurpose.LEFTOVER))
 
     def _pop_due(self) -> TimerEntry | None:
         """The soonest entry if it is due by now, taken off the heap."""
