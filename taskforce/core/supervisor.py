@@ -39,7 +39,24 @@ from taskforce.core.requests import handle_request
 
 
 class Supervisor(EventHandlers):
-    """The pure core.  Feed it events with ``handle``; perform what it returns."""
+    """The pure core.  Feed it events with ``handle``; perform what it returns.
+
+    Its public face, for the shell, the tools and the sibling modules
+    (``requests``, ``status``, ``snapshot``); every other method and every
+    name starting with ``_`` belongs to its layers alone:
+
+    - driving it: ``handle(event)``, ``next_deadline()``;
+    - reading it: the attributes ``now``, ``facts``, ``config``, ``roles``,
+      ``role_values``, ``settings``, ``tasks``, ``order``, ``dependents``,
+      ``shutdown``, ``exited``, ``counters``, ``leftovers``; and
+      ``slot(task, instance)``, ``live_pids()``, ``wants_run(task)``,
+      ``describe_overrides(task)``;
+    - acting within a ``handle`` call (operator requests): ``emit``, ``log``,
+      ``stop_slot``, ``request_run``, ``fire_action``, ``retry_failed``,
+      ``update_watches``;
+    - copying it: ``snapshot()``, ``restore(data)``, and ``shadow()`` with
+      ``release()`` (a copy to try events on, for ``status.plan``).
+    """
 
     def handle(self, event: ev.Event) -> tuple[fx.Effect, ...]:
         """Take one event; return the effects to perform, in order."""
