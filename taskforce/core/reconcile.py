@@ -168,11 +168,7 @@ class Reconcile(Convergence):
     def describe_overrides(self, task: TaskState) -> str:
         """The overrides in force on ``task``, and since when, for the log."""
         parts = []
-        for key, value, at in (
-            ("control", task.control_override, task.control_override_at),
-            ("count", task.count_override, task.count_override_at),
-        ):
-            if value is not None:
-                since = "" if at is None else f", set {max(0.0, self.now - at):.0f}s ago"
-                parts.append(f"{key}={value} (config: {getattr(task.spec, key)}{since})")
+        for key, value, at in task.overrides():
+            since = "" if at is None else f", set {max(0.0, self.now - at):.0f}s ago"
+            parts.append(f"{key}={value} (config: {getattr(task.spec, key)}{since})")
         return ", ".join(parts)

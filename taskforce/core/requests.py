@@ -201,16 +201,23 @@ def refresh_spec(sup: SupervisorState, task: TaskState) -> None:
         )
 
 
+def _set_override(sup: Supervisor, task: TaskState, key: str, value: Any) -> str:
+    """Make ``value`` the operator's ``key`` (control or count) of ``task``:
+    an override, with since when, or none where the config says the same.
+    The spec follows (``refresh_spec``).  Returns the note for the log line."""
+    override = None if value == getattr(task.spec, key) else value
+    if override != getattr(task, f"{key}_override"):
+        setattr(task, f"{key}_override_at", None if override is None else sup.now)
+    setattr(task, f"{key}_override", override)
+    refresh_spec(sup, task)
+    return "; the operator's override ends" if override is None else ""
+
+
 def _set_control(sup: Supervisor, task: TaskState, control: str) -> None:
     previous = task.control
-    override = None if control == task.spec.control else control
-    if override != task.control_override:
-        task.control_override_at = None if override is None else sup.now
-    task.control_override = override
-    refresh_spec(sup, task)
+    note = _set_override(sup, task, "control", control)
     sup.update_watches()  # (a task the override turns on watches its files)
     name = task.spec.name
-    note = "; the operator's override ends" if override is None else ""
     sup.log("info", f"{name}: control {previous} -> {control} (control request){note}", name)
     task.run_requested = control == "once"
     if control in ("off", "suspend"):
@@ -220,13 +227,8 @@ def _set_control(sup: Supervisor, task: TaskState, control: str) -> None:
 
 def _set_count(sup: Supervisor, task: TaskState, count: int) -> None:
     previous = task.count
-    override = None if count == task.spec.count else count
-    if override != task.count_override:
-        task.count_override_at = None if override is None else sup.now
-    task.count_override = override
-    refresh_spec(sup, task)
+    note = _set_override(sup, task, "count", count)
     name = task.spec.name
-    note = "; the operator's override ends" if override is None else ""
     sup.log("info", f"{name}: count {previous} -> {count} (control request){note}", name)
     for slot in task.slots[count:]:
         sup.stop_slot(task, slot, Intent.STOP, f"stopped: control request (count {count})")

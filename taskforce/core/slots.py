@@ -12,6 +12,7 @@ This module must never do IO, read a clock or draw random numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from taskforce.core.lifecycle import LIVE_STATES, Intent, Phase, SlotState, TimerPurpose
 from taskforce.core.model import ProcessSpec, TaskSpec
@@ -112,6 +113,17 @@ class TaskState:
     @property
     def count(self) -> int:
         return self.spec.count if self.count_override is None else self.count_override
+
+    def overrides(self) -> tuple[tuple[str, Any, float | None], ...]:
+        """The operator's overrides in force: (key, value, since when), control first."""
+        return tuple(
+            (key, value, at)
+            for key, value, at in (
+                ("control", self.control_override, self.control_override_at),
+                ("count", self.count_override, self.count_override_at),
+            )
+            if value is not None
+        )
 
 
 @dataclass(eq=False)

@@ -133,17 +133,9 @@ def task_state(sup: Supervisor, task: TaskState) -> str:
 
 def task_status(sup: Supervisor, task: TaskState) -> dict[str, Any]:
     spec = task.spec
-    overrides: dict[str, Any] = {}
+    overrides = {key: value for key, value, _ in task.overrides()}
     #: when each override was made (core time; the shell shows wall time)
-    since: dict[str, float] = {}
-    if task.control_override is not None:
-        overrides["control"] = task.control_override
-        if task.control_override_at is not None:
-            since["control"] = task.control_override_at
-    if task.count_override is not None:
-        overrides["count"] = task.count_override
-        if task.count_override_at is not None:
-            since["count"] = task.count_override_at
+    since = {key: at for key, _, at in task.overrides() if at is not None}
     out: dict[str, Any] = {
         "control": task.control,
         "count": task.count,
