@@ -29,8 +29,8 @@ from taskforce.core import access
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.codec import encode, matches
-from taskforce.core.control import split_slot, task_word
 from taskforce.core.model import SpecError, build
+from taskforce.core.requests import split_slot, task_word
 from taskforce.core.snapshot import restore, snapshot
 from taskforce.core.supervisor import Supervisor
 from taskforce.eventlog import (

@@ -417,7 +417,7 @@ def test_plan_predicts_a_reload_and_changes_nothing() -> None:
 def test_core_modules_import_nothing_of_the_os() -> None:
     forbidden = {"os", "time", "select", "signal", "subprocess", "socket", "logging", "random"}
     root = Path(status.__file__).parent
-    for name in ("status.py", "control.py"):
+    for name in ("status.py", "requests.py"):
         tree = ast.parse((root / name).read_text())
         for node in ast.walk(tree):
             names = []
@@ -1232,7 +1232,7 @@ def test_tls_on_loopback(daemon: Daemon) -> None:
 
 
 def test_split_slot_reads_both_spellings() -> None:
-    from taskforce.core.control import split_slot
+    from taskforce.core.requests import split_slot
 
     assert split_slot("web[0]") == ("web", "0")
     assert split_slot("web:12") == ("web", "12")

@@ -13,8 +13,8 @@ import pytest
 from daemon_harness import Daemon, shell_task, task, wait_for
 
 from taskforce.config import check, load_config_text, validate_all
+from taskforce.core.convergence import _spec_diff
 from taskforce.core.model import HostFacts, ProcessSpec
-from taskforce.core.supervisor import _spec_diff
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 

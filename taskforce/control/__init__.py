@@ -12,7 +12,7 @@ events.
 The name is the one the docs, ``tfctl`` and the original taskforce give
 this path ("the control path", ``/manage/control``); it is not the task key
 ``control:`` (a task's start mode), nor the operator requests the core
-judges (``core/control.py``, to be ``core/requests.py``).
+judges (``core/requests.py``).
 """
 
 from __future__ import annotations

@@ -41,8 +41,8 @@ from taskforce.control.http import Deferred, Request, Response, text
 from taskforce.control.listen import Listener, Service
 from taskforce.core import access, secrets, status
 from taskforce.core import events as ev
-from taskforce.core.control import split_slot
 from taskforce.core.model import SpecError
+from taskforce.core.requests import split_slot
 from taskforce.output import Recent
 
 if TYPE_CHECKING:

@@ -3,17 +3,21 @@
 Sequences inside events and effects are always tuples and JSON has only
 lists, so decoding turns every list back into a tuple; floats survive because
 ``json`` writes them with ``repr``.  ``decode(encode(x)) == x`` for every
-event and effect.  This module must never do IO.
+event and effect.  ``to_plain``/``from_plain`` do the same for the records of
+a supervisor snapshot (specs, host facts), which name their class.  This
+module must never do IO.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Callable
 from typing import Any
 
 from taskforce.core.effects import EFFECT_TYPES, Effect
 from taskforce.core.events import EVENT_TYPES, Event
+from taskforce.core.model import Action, EventSpec, HostFacts, ProcessSpec, TaskSpec
 
 _TYPES: dict[str, type[Any]] = {**EVENT_TYPES, **EFFECT_TYPES}
 
@@ -168,3 +172,59 @@ def decode(data: dict[str, Any]) -> Any:
         item.__dict__.update(fields)
         return item
     return cls(**fields)
+
+
+# ------------------------------------------------- supervisor state (snapshots)
+
+#: the classes a snapshot holds, by name (see ``from_plain``)
+_CLASSES: dict[str, type[Any]] = {
+    cls.__name__: cls for cls in (TaskSpec, ProcessSpec, Action, EventSpec, HostFacts)
+}
+
+_SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
+#: field names by dataclass (None: not a dataclass), looked up once per class
+_FIELD_NAMES: dict[type[Any], tuple[str, ...] | None] = {}
+
+
+def to_plain(value: Any) -> Any:
+    """``value`` as JSON-able data; a dataclass as a dict naming its class."""
+    # The exact common types first: a checkpoint of a big config walks
+    # tens of thousands of values, and it is taken while supervision waits.
+    kind = type(value)
+    if kind in _SCALAR_TYPES:
+        return value
+    if kind is tuple or kind is list:
+        return [to_plain(item) for item in value]
+    if kind is dict:
+        return {key: to_plain(item) for key, item in value.items()}
+    if kind not in _FIELD_NAMES:
+        _FIELD_NAMES[kind] = (
+            tuple(fld.name for fld in dataclasses.fields(kind))
+            if dataclasses.is_dataclass(kind)
+            else None
+        )
+    names = _FIELD_NAMES[kind]
+    if names is not None:
+        out = {"__class__": kind.__name__}
+        for name in names:
+            out[name] = to_plain(getattr(value, name))
+        return out
+    if isinstance(value, (tuple, list)):
+        return [to_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: to_plain(item) for key, item in value.items()}
+    if isinstance(value, enum.Enum):
+        return value.value  # (a word of lifecycle: Intent, Phase...)
+    return value
+
+
+def from_plain(value: Any) -> Any:
+    """What ``to_plain`` made of a value, back (lists become tuples)."""
+    if isinstance(value, dict):
+        if "__class__" in value:
+            fields = {k: from_plain(v) for k, v in value.items() if k != "__class__"}
+            return _CLASSES[value["__class__"]](**fields)
+        return {key: from_plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return tuple(from_plain(item) for item in value)
+    return value

@@ -44,6 +44,63 @@ class SlotState(enum.Enum):
 
 S = SlotState
 
+
+class _Word(str, enum.Enum):
+    """A member of a closed set of words, which *is* its word.
+
+    A ``str`` that equals, hashes, formats and JSON-encodes as its value, so
+    what is logged, recorded and snapshotted stays the word it always was.
+    """
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, spec: str) -> str:
+        return str.__format__(self, spec)
+
+
+class Intent(_Word):
+    """Why a slot is stopping (``Slot.intent``; None: it is not)."""
+
+    STOP = "stop"  #: stay down
+    RESTART = "restart"  #: come back at once
+    FINISH = "finish"  #: a ``once``/``event`` task's run that is over
+
+
+class Phase(_Word):
+    """How a nowait/adopt slot knows its process (``Slot.phase``; None: it
+    is an ordinary one, its own child)."""
+
+    LAUNCHER = "launcher"  #: its start command runs
+    DAEMON = "daemon"  #: its daemon's pid came from the pidfile
+    ADOPT = "adopt"  #: probing its pidfile for a process to adopt
+
+
+class TimerPurpose(_Word):
+    """What a slot's deadline is for (``Slot.timers``, the timer heap)."""
+
+    READY = "ready"  #: its ``start_delay`` is over: what requires it may start
+    LIMIT = "limit"  #: its ``time_limit`` is reached: stop or restart it
+    KILL = "kill"  #: its ``stop_timeout`` is over: SIGKILL
+    RETRY = "retry"  #: its backoff is over: start it again
+    PIDFILE = "pidfile"  #: read its pidfile again
+    CHECK = "check"  #: run its health check
+    CHECK_TIMEOUT = "check_timeout"  #: its health check ran too long
+    LEFTOVER = "leftover"  #: a leftover's ``stop_timeout`` is over: SIGKILL
+
+
+class Shutdown(_Word):
+    """What taskforce does once every task has stopped (``Supervisor.shutdown``;
+    None: it is not shutting down)."""
+
+    STOP = "stop"  #: exit
+    RESET = "reset"  #: re-exec itself, and start them all again
+
+
+#: The controls whose task runs to its end when asked, rather than being kept
+#: running: an exit finishes it (DONE), it is never restarted.
+ONE_SHOT_CONTROLS = ("once", "event")
+
 #: (trigger, sources, destination) -- the whole lifecycle.
 TRANSITIONS: tuple[tuple[str, tuple[SlotState, ...], SlotState], ...] = (
     ("hold", (S.STOPPED, S.EXITED, S.BACKOFF, S.DONE), S.WAITING),

@@ -13,17 +13,16 @@ IO, read a clock, or change the supervisor it is given.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from taskforce.core import events as ev
-from taskforce.core.lifecycle import LIFECYCLE, SlotState
+from taskforce.core.lifecycle import ONE_SHOT_CONTROLS, Intent, SlotState, TimerPurpose
 from taskforce.core.model import DAEMON_CONTROLS, build
 
 if TYPE_CHECKING:
-    from taskforce.core.supervisor import Slot, Supervisor, TaskState
+    from taskforce.core.slots import Slot, TaskState
+    from taskforce.core.supervisor import Supervisor
 
 S = SlotState
 
@@ -63,14 +62,14 @@ def slot_status(slot: Slot) -> dict[str, Any]:
     out["restarts"] = slot.restarts
     if slot.fails:
         out["backoff_step"] = slot.fails
-    if "retry" in slot.timers:
-        out["retry_at"] = slot.timers["retry"]
-    if "kill" in slot.timers:
+    if TimerPurpose.RETRY in slot.timers:
+        out["retry_at"] = slot.timers[TimerPurpose.RETRY]
+    if TimerPurpose.KILL in slot.timers:
         # The original's flag for "a SIGKILL escalation is pending".
         out["exit_pending"] = True
-        out["kill_at"] = slot.timers["kill"]
+        out["kill_at"] = slot.timers[TimerPurpose.KILL]
     if slot.intent:
-        out["intent"] = slot.intent
+        out["intent"] = str(slot.intent)
     if slot.waiting_on:
         out["waiting_on"] = list(slot.waiting_on)
     if slot.reason:
@@ -119,7 +118,7 @@ def task_state(sup: Supervisor, task: TaskState) -> str:
         return "starting"
     if control == "suspend":
         return "suspended" if not running else "stopping"
-    if control in ("once", "event"):
+    if control in ONE_SHOT_CONTROLS:
         if running:
             return "running"
         if task.slots and done == len(task.slots):
@@ -134,17 +133,9 @@ def task_state(sup: Supervisor, task: TaskState) -> str:
 
 def task_status(sup: Supervisor, task: TaskState) -> dict[str, Any]:
     spec = task.spec
-    overrides: dict[str, Any] = {}
+    overrides = {key: value for key, value, _ in task.overrides()}
     #: when each override was made (core time; the shell shows wall time)
-    since: dict[str, float] = {}
-    if task.control_override is not None:
-        overrides["control"] = task.control_override
-        if task.control_override_at is not None:
-            since["control"] = task.control_override_at
-    if task.count_override is not None:
-        overrides["count"] = task.count_override
-        if task.count_override_at is not None:
-            since["count"] = task.count_override_at
+    since = {key: at for key, _, at in task.overrides() if at is not None}
     out: dict[str, Any] = {
         "control": task.control,
         "count": task.count,
@@ -186,7 +177,7 @@ def health(sup: Supervisor) -> dict[str, Any]:
     for name in sorted(sup.tasks):
         task = sup.tasks[name]
         running += sum(1 for slot in task.slots if slot.state is S.RUNNING)
-        if not sup._wants_run(task):
+        if not sup.wants_run(task):
             continue
         daemon = task.control in DAEMON_CONTROLS
         for instance in range(task.count):
@@ -312,56 +303,12 @@ def metrics_text(sup: Supervisor, extra: Mapping[str, float] | None = None) -> s
 # ------------------------------------------------------------------ plan
 
 
-def _shadow(sup: Supervisor) -> Supervisor:
-    """A copy of ``sup`` that can be fed events without touching ``sup``.
-
-    Containers are copied one level down and every task and slot is copied,
-    so nothing the copy changes is shared.  The copied slots are attached to
-    the lifecycle machine; ``_release`` detaches them (and any slot the copy
-    made).
-    """
-    shadow = copy.copy(sup)
-    for key, value in vars(sup).items():
-        if isinstance(value, (dict, list, set)):
-            setattr(shadow, key, copy.copy(value))
-    slots: dict[int, Slot] = {}
-    shadow.tasks = {}
-    try:
-        for name, task in sup.tasks.items():
-            twin = copy.copy(task)
-            twin.slots = []
-            shadow.tasks[name] = twin
-            for slot in task.slots:
-                # A fresh Slot (not copy.copy), registered with the machine
-                # only: the triggers are pulled through the machine, never
-                # through methods bound to the model, and binding them all
-                # (what ``LIFECYCLE.attach`` does) costs ~1 ms a slot.
-                copied = dataclasses.replace(slot, timers=dict(slot.timers))
-                copied.state = slot.state
-                LIFECYCLE.machine.models.append(copied)
-                twin.slots.append(copied)
-                slots[id(slot)] = copied
-    except BaseException:
-        _release(shadow)
-        raise
-    shadow._by_pid = {pid: slots[id(slot)] for pid, slot in sup._by_pid.items()}
-    shadow._out = []
-    return shadow
-
-
-def _release(shadow: Supervisor) -> None:
-    """Take the copy's slots off the machine (in one pass, not one by one)."""
-    gone = {id(slot) for task in shadow.tasks.values() for slot in task.slots}
-    models = LIFECYCLE.machine.models
-    models[:] = [model for model in models if id(model) not in gone]
-
-
 def _holds(slot: Slot | None) -> bool:
     """Whether a slot runs, or is about to, and is meant to stay."""
     if slot is None:
         return False
     if slot.state in (S.STOPPING, S.DRAINING):
-        return slot.intent == "restart"
+        return slot.intent == Intent.RESTART
     return slot.state in (S.RUNNING, S.STARTING, S.WAITING, S.BACKOFF, S.EXITED)
 
 
@@ -398,7 +345,7 @@ def plan(
     """
     values = dict(sup.role_values if role_values is None else role_values)
     specs = build(config, sup.facts, roles, values)
-    shadow = _shadow(sup)
+    shadow = sup.shadow()
     try:
         shadow.handle(
             ev.ConfigLoaded(
@@ -423,7 +370,7 @@ def plan(
                     after is not None
                     and new is not None
                     and instance < after.count
-                    and shadow._wants_run(after)
+                    and shadow.wants_run(after)
                 )
                 kind, why = _change(before, after, old, new, wanted)
                 if kind:
@@ -432,7 +379,7 @@ def plan(
             if not found:
                 unchanged.append(name)
     finally:
-        _release(shadow)
+        shadow.release()
     out: dict[str, Any] = {
         kind: [
             {"task": name, "instances": instances, "why": why}
@@ -456,7 +403,7 @@ def _change(
     ``wanted``: the copy would keep this slot running once it can.
     """
     if new is not None and after is not None:
-        if new.state is S.STOPPING and new.intent == "restart":
+        if new.state is S.STOPPING and new.intent == Intent.RESTART:
             if old is not None and old.state is S.RUNNING:
                 return "restart", new.reason
         elif new.state in (S.STARTING, S.WAITING) and not _holds(old):

@@ -1,4 +1,8 @@
-"""Control requests from operators, decided purely (see ``ControlRequested``).
+"""Operator requests, decided purely (the ``ControlRequested`` event).
+
+What an operator asks over the control path (tfctl, HTTP) arrives as one
+``ControlRequested`` event; this module judges and applies it through the
+Supervisor's public methods (``stop_slot``, ``request_run``, ``emit``...).
 
 This module must never do IO: it changes the supervisor's wishes and answers
 with a ``Reply`` effect; the supervisor's converge pass does the rest.
@@ -9,7 +13,7 @@ touches the supervisor.  What it changes (``control_override``,
 ``count_override``) lasts until the operator sets it back (``start`` ends a
 stop), a ``reload`` is asked for (the original's "revert to the config"), or
 the task's own config entry changes; an edit elsewhere in the config keeps
-it (``Supervisor._keep_overrides``).  The status shows it, and since when.
+it (``reconcile.Reconcile._keep_overrides``).  The status shows it, and since when.
 
 Actions and their arguments (``ControlRequested.args``):
 
@@ -39,27 +43,17 @@ from taskforce.core import access
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.context import ContextError
-from taskforce.core.lifecycle import SlotState
+from taskforce.core.lifecycle import ONE_SHOT_CONTROLS, Intent, Shutdown, SlotState, TimerPurpose
 from taskforce.core.model import CONTROLS, SpecError, _build_task
+from taskforce.core.values import MAX_COUNT, SIGNALS, signal_word
 
 if TYPE_CHECKING:
     from taskforce.core.model import TaskSpec
-    from taskforce.core.supervisor import Supervisor, TaskState
+    from taskforce.core.slots import TaskState
+    from taskforce.core.state import SupervisorState
+    from taskforce.core.supervisor import Supervisor
 
 S = SlotState
-
-#: The most slots a control request may ask a task for.  A typo such as
-#: ``count=10000000`` must not make the daemon fork until the host dies.
-MAX_COUNT = 10_000
-
-#: Signals a request may send (POSIX names; the shell canonicalizes aliases).
-SIGNALS = frozenset(
-    "SIG" + name
-    for name in (
-        "ABRT ALRM BUS CHLD CONT FPE HUP ILL INT IO KILL PIPE PROF PWR QUIT SEGV "
-        "STOP SYS TERM TRAP TSTP TTIN TTOU URG USR1 USR2 VTALRM WINCH XCPU XFSZ"
-    ).split()
-)
 
 
 class _Refused(Exception):
@@ -71,7 +65,7 @@ class _Refused(Exception):
         self.text = text
 
 
-def handle_control(sup: Supervisor, event: ev.ControlRequested) -> None:
+def handle_request(sup: Supervisor, event: ev.ControlRequested) -> None:
     """Apply one control request to ``sup`` and emit its ``Reply``.
 
     Who asked is judged first, before the action is even looked up, so a
@@ -82,21 +76,21 @@ def handle_control(sup: Supervisor, event: ev.ControlRequested) -> None:
     who = event.who if isinstance(event.who, Mapping) else {}
     if not access.grants(event.allow, who):
         asker = access.describe(who)
-        sup._log("warning", f"control request refused: {asker} may not {event.action}")
-        sup._emit(fx.Reply(event.request, 403, f"{FORBIDDEN}: {asker} may not control taskforce\n"))
+        sup.log("warning", f"control request refused: {asker} may not {event.action}")
+        sup.emit(fx.Reply(event.request, 403, f"{FORBIDDEN}: {asker} may not control taskforce\n"))
         return
     if event.action in SHELL_ACTIONS:
         # Performed by the shell (files, re-exec, a shadow core): granted here.
         if who and event.action != "plan":
-            sup._log("info", f"control request by {access.describe(who)}: {event.action}")
-        sup._emit(fx.Reply(event.request, 200, "granted\n"))
+            sup.log("info", f"control request by {access.describe(who)}: {event.action}")
+        sup.emit(fx.Reply(event.request, 200, "granted\n"))
         return
     handler = _ACTIONS.get(event.action)
     if handler is None:
-        sup._emit(fx.Reply(event.request, 404, f"unknown action {event.action!r}\n"))
+        sup.emit(fx.Reply(event.request, 404, f"unknown action {event.action!r}\n"))
         return
     if sup.shutdown:
-        sup._emit(fx.Reply(event.request, 503, f"taskforce is {_shutdown_word(sup)}\n"))
+        sup.emit(fx.Reply(event.request, 503, f"taskforce is {_shutdown_word(sup)}\n"))
         return
     args = event.args if isinstance(event.args, Mapping) else {}
     try:
@@ -105,12 +99,12 @@ def handle_control(sup: Supervisor, event: ev.ControlRequested) -> None:
         code, body = exc.code, exc.text + "\n"
     if who:
         outcome = " ".join(body.split())[:200]
-        sup._log(
+        sup.log(
             "info",
             f"control request by {access.describe(who)}: {event.action} "
             f"{_shown_args(args)} -> {code} {outcome}",
         )
-    sup._emit(fx.Reply(event.request, code, body))
+    sup.emit(fx.Reply(event.request, code, body))
 
 
 #: The first word of a refusal's body: the shell counts these by it.
@@ -129,7 +123,7 @@ def _shown_args(args: Mapping[str, Any]) -> str:
 
 
 def _shutdown_word(sup: Supervisor) -> str:
-    return "resetting" if sup.shutdown == "reset" else "stopping"
+    return "resetting" if sup.shutdown == Shutdown.RESET else "stopping"
 
 
 def _lines(results: list[tuple[str, str]]) -> str:
@@ -161,7 +155,7 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def _built(sup: Supervisor, task: TaskState, control: str, count: int) -> TaskSpec | None:
+def _built(sup: SupervisorState, task: TaskState, control: str, count: int) -> TaskSpec | None:
     """``task`` built again as if configured with ``control`` and ``count``."""
     name = task.spec.name
     raw = (sup.config.get("tasks") or {}).get(name)
@@ -179,7 +173,7 @@ def _built(sup: Supervisor, task: TaskState, control: str, count: int) -> TaskSp
         return None  # it built before, so this cannot happen
 
 
-def refresh_spec(sup: Supervisor, task: TaskState) -> None:
+def refresh_spec(sup: SupervisorState, task: TaskState) -> None:
     """Rebuild what the overrides change in ``task.spec``: scope and slots.
 
     The model folds ``control: off`` into ``in_scope`` and builds one
@@ -195,35 +189,37 @@ def refresh_spec(sup: Supervisor, task: TaskState) -> None:
         )
 
 
+def _set_override(sup: Supervisor, task: TaskState, key: str, value: Any) -> str:
+    """Make ``value`` the operator's ``key`` (control or count) of ``task``:
+    an override, with since when, or none where the config says the same.
+    The spec follows (``refresh_spec``).  Returns the note for the log line."""
+    override = None if value == getattr(task.spec, key) else value
+    if override != getattr(task, f"{key}_override"):
+        setattr(task, f"{key}_override_at", None if override is None else sup.now)
+    setattr(task, f"{key}_override", override)
+    refresh_spec(sup, task)
+    return "; the operator's override ends" if override is None else ""
+
+
 def _set_control(sup: Supervisor, task: TaskState, control: str) -> None:
     previous = task.control
-    override = None if control == task.spec.control else control
-    if override != task.control_override:
-        task.control_override_at = None if override is None else sup.now
-    task.control_override = override
-    refresh_spec(sup, task)
-    sup._update_watches()  # (a task the override turns on watches its files)
+    note = _set_override(sup, task, "control", control)
+    sup.update_watches()  # (a task the override turns on watches its files)
     name = task.spec.name
-    note = "; the operator's override ends" if override is None else ""
-    sup._log("info", f"{name}: control {previous} -> {control} (control request){note}", name)
+    sup.log("info", f"{name}: control {previous} -> {control} (control request){note}", name)
     task.run_requested = control == "once"
     if control in ("off", "suspend"):
         for slot in task.slots:
-            sup._stop_slot(task, slot, "stop", f"stopped: control request (control {control})")
+            sup.stop_slot(task, slot, Intent.STOP, f"stopped: control request (control {control})")
 
 
 def _set_count(sup: Supervisor, task: TaskState, count: int) -> None:
     previous = task.count
-    override = None if count == task.spec.count else count
-    if override != task.count_override:
-        task.count_override_at = None if override is None else sup.now
-    task.count_override = override
-    refresh_spec(sup, task)
+    note = _set_override(sup, task, "count", count)
     name = task.spec.name
-    note = "; the operator's override ends" if override is None else ""
-    sup._log("info", f"{name}: count {previous} -> {count} (control request){note}", name)
+    sup.log("info", f"{name}: count {previous} -> {count} (control request){note}", name)
     for slot in task.slots[count:]:
-        sup._stop_slot(task, slot, "stop", f"stopped: control request (count {count})")
+        sup.stop_slot(task, slot, Intent.STOP, f"stopped: control request (count {count})")
 
 
 # ---------------------------------------------------------------- actions
@@ -326,7 +322,7 @@ def _start(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
             else:
                 results.append((name, f"ok (control {target})"))
                 plan.append((task, target))
-        elif task.control in ("once", "event") and not _failed(task):
+        elif task.control in ONE_SHOT_CONTROLS and not _failed(task):
             if any(slot.live for slot in task.slots):
                 results.append((name, "already running"))
             else:
@@ -345,8 +341,8 @@ def _start(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
         elif control is not None:
             _set_control(sup, chosen, control)
         else:
-            sup._log("info", f"{chosen.spec.name}: started by control request", chosen.spec.name)
-            sup._request_run(chosen, "started: control request")
+            sup.log("info", f"{chosen.spec.name}: started by control request", chosen.spec.name)
+            sup.request_run(chosen, "started: control request")
     return (202 if plan else 200), _lines(results)
 
 
@@ -432,18 +428,18 @@ def _restart(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
     for slot in slots:
         where = f"{name}[{slot.instance}]"
         if slot.state is S.RUNNING:
-            sup._stop_slot(task, slot, "restart", why)
+            sup.stop_slot(task, slot, Intent.RESTART, why)
             results.append((where, "restarting"))
         elif slot.state is S.BACKOFF:
             # Skip the rest of the backoff: the converge pass starts it now.
-            slot.timers.pop("retry", None)
+            slot.timers.pop(TimerPurpose.RETRY, None)
             slot.fails = 0
             slot.starts = ()
             slot.reason = why
             results.append((where, "starting now (was in backoff)"))
-        elif slot.state in (S.STOPPING, S.DRAINING) and slot.intent == "restart":
+        elif slot.state in (S.STOPPING, S.DRAINING) and slot.intent == Intent.RESTART:
             results.append((where, "already restarting"))
-        elif slot.state is S.DONE and task.control in ("once", "event"):
+        elif slot.state is S.DONE and task.control in ONE_SHOT_CONTROLS:
             results.append((where, "starting again"))
         elif slot.state is S.FAILED:
             sup.retry_failed(task, "restarted by control request", slot.instance)
@@ -451,7 +447,7 @@ def _restart(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
         else:
             results.append((where, f"not running ({slot.state.value})"))
     if any(result == "starting again" for _, result in results):
-        sup._request_run(task, "started: control request")
+        sup.request_run(task, "started: control request")
     acted = [r for r in results if not r[1].startswith("not running")]
     if not acted:
         detail = f"[{instance}]" if instance is not None else ""
@@ -474,9 +470,7 @@ def _signal(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
     raw = args.get("signal")
     if raw is None or raw == "":
         raise _Refused(400, "missing parameter 'signal'")
-    signame = _text(raw).strip().upper()
-    if not signame.startswith("SIG"):
-        signame = "SIG" + signame
+    signame = signal_word(_text(raw))
     if signame not in SIGNALS:
         raise _Refused(400, f"bad signal '{_text(raw)}'")
     instance = _instance(task, args)
@@ -494,9 +488,9 @@ def _signal(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
     results = []
     for slot in targets:
         assert slot.pid is not None
-        sup._emit(fx.Signal(name, slot.instance, slot.pid, signame, group=False))
+        sup.emit(fx.Signal(name, slot.instance, slot.pid, signame, group=False))
         results.append((f"{name}[{slot.instance}]", f"sent {signame} to pid {slot.pid}"))
-    sup._log("info", f"{name}: sending {signame} (control request)", name)
+    sup.log("info", f"{name}: sending {signame} (control request)", name)
     return 200, _lines(results)
 
 
@@ -512,7 +506,7 @@ def _event(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
             continue
         for spec in task.spec.events:
             if spec.type == "external" and spec.name == event_name:
-                sup._fire_action(task, spec.action, f"external event {event_name!r}")
+                sup.fire_action(task, spec.action, f"external event {event_name!r}")
                 results.append((name, spec.action.describe()))
     if not results:
         raise _Refused(404, f"no task in scope has an external event named {event_name!r}")

@@ -1,0 +1,343 @@
+"""Convergence: after every event, move each slot towards what its task wants.
+
+``_converge`` walks the tasks an event touched (and what requires them), in
+start order, and for each slot decides: keep it running (``_keep_running``:
+start it once its requirements are met, restart it when its process spec
+changed) or keep it stopped (``_keep_stopped``: at shutdown only after what
+depends on it).  It is level-triggered -- want is compared with have on
+every pass -- which is what makes a lost process hard to lose.  What an
+earlier taskforce left running is settled here too (``_settle_leftovers``):
+no slot starts while a leftover of it runs.
+
+This module must never do IO, read a clock or draw random numbers.
+"""
+
+from __future__ import annotations
+
+from taskforce.core import effects as fx
+from taskforce.core import events as ev
+from taskforce.core.actions import SlotActions
+from taskforce.core.lifecycle import (
+    LIFECYCLE,
+    ONE_SHOT_CONTROLS,
+    Intent,
+    Phase,
+    Shutdown,
+    SlotState,
+    TimerPurpose,
+)
+from taskforce.core.model import ProcessSpec
+from taskforce.core.slots import Slot, TaskState
+
+S = SlotState
+
+
+def _spec_diff(old: ProcessSpec, new: ProcessSpec) -> str:
+    """Which parts of a process spec differ, for the restart reason."""
+    return old.diff(new)
+
+
+class Convergence(SlotActions):
+    """The converge pass and the keep-running / keep-stopped decisions."""
+
+    def _touch_for(self, event: ev.Event) -> None:
+        """Mark what ``event`` can change for the converge pass."""
+        if isinstance(event, (ev.ProcessStarted, ev.SpawnFailed, ev.PidfileRead)):
+            self._touch(event.task)
+        elif isinstance(event, (ev.ProcessExited, ev.GroupEmptied)):
+            slot = self._by_pid.get(
+                event.pid if isinstance(event, ev.ProcessExited) else event.pgid
+            )
+            if slot is not None:
+                self._touch(slot.task)
+        elif isinstance(event, ev.FileChanged):
+            self._touch(event.key.partition("#")[0])
+        elif not isinstance(event, (ev.TimerFired, ev.CommandExited)):
+            self._touch()
+
+    def _visit_order(self) -> list[str]:
+        """The tasks this converge pass visits, in start order.
+
+        Only tasks an event touched, and what requires them (transitively),
+        can have anything to do; at shutdown the stop order spans every task.
+        Nothing in a pass touches a task, so the set is known before it.
+        """
+        if self._all_dirty or self.shutdown is not None:
+            return list(self.order)
+        rank = self._rank
+        if len(self._dirty) == 1:  # the usual case: one task, maybe nothing requires it
+            (name,) = self._dirty
+            if name not in self.dependents:
+                return [name] if name in rank else []
+        todo = [name for name in self._dirty if name in rank]
+        seen = set(todo)
+        while todo:
+            for dependent in self.dependents.get(todo.pop(), ()):
+                if dependent not in seen and dependent in rank:
+                    seen.add(dependent)
+                    todo.append(dependent)
+        return sorted(seen, key=rank.__getitem__)
+
+    def _converge(self) -> None:
+        forget = []
+        for name in self._visit_order():
+            task = self.tasks[name]
+            want = task.count if self.wants_run(task) else 0
+            while len(task.slots) < want:
+                slot = Slot(task=name, instance=len(task.slots))
+                LIFECYCLE.attach(slot)
+                task.slots.append(slot)
+            gate = self._gate(task) if want else ()
+            if gate != task.waiting_on:
+                # Info when what it waits on changes, not each time the reason
+                # does (a crash-looping requirement would flood the log).
+                before = {item.split(" ", 1)[0] for item in task.waiting_on}
+                level = "info" if {item.split(" ", 1)[0] for item in gate} != before else "debug"
+                task.waiting_on = gate
+                if gate:
+                    self.log(level, f"{name}: waiting on {', '.join(gate)}", name)
+            for slot in task.slots:
+                if slot.instance < want:
+                    self._keep_running(task, slot, gate)
+                else:
+                    self._keep_stopped(task, slot)
+            while (
+                task.slots
+                and task.slots[-1].instance >= want
+                and task.slots[-1].state
+                in (
+                    S.STOPPED,
+                    S.DONE,
+                )
+            ):
+                LIFECYCLE.detach(task.slots.pop())
+            if task.removed and not task.slots:
+                forget.append(name)
+        self._dirty = set()
+        self._all_dirty = False
+        if forget:
+            for name in forget:
+                del self.tasks[name]
+            self._set_order([name for name in self.order if name not in forget])
+        if (
+            self.shutdown
+            and not self.exited
+            and not self._by_pid
+            and not self.leftovers
+            and not any(
+                slot.state is S.STARTING or slot.awaiting_daemon
+                for task in self.tasks.values()
+                for slot in task.slots
+            )
+        ):
+            self.exited = True
+            self.log("info", "every task has stopped")
+            self.emit(fx.Exit(0, reset=self.shutdown == Shutdown.RESET))
+
+    def _gate(self, task: TaskState) -> tuple[str, ...]:
+        """What ``task`` waits on before it may start (empty: nothing)."""
+        waits = []
+        for name in task.spec.requires:
+            required = self.tasks.get(name)
+            why = self._unsatisfied(required)
+            if why:
+                waits.append(f"{name} ({why})")
+        return tuple(waits)
+
+    def _unsatisfied(self, task: TaskState | None) -> str | None:
+        if task is None or task.removed:
+            return "not in the config"
+        if not task.spec.in_scope:
+            return "off" if task.spec.control == "off" else "out of scope"
+        control = task.control
+        if control == "off":
+            return "off"
+        if control in ("suspend", "event"):
+            return None
+        if control == "once":
+            if all(slot.state is S.DONE for slot in task.slots) and task.slots:
+                return None
+            return "not finished"
+        for slot in task.slots[: task.count]:
+            if slot.state is S.FAILED:
+                return "failed"
+            if slot.state is not S.RUNNING:
+                return "not running"
+            if TimerPurpose.READY in slot.timers:
+                return "in its start_delay"
+        if len(task.slots) < task.count:
+            return "not running"
+        return None
+
+    def _keep_running(self, task: TaskState, slot: Slot, gate: tuple[str, ...]) -> None:
+        processes = task.spec.processes  # (TaskSpec.process, inlined: it runs for every slot)
+        spec = processes[slot.instance] if slot.instance < len(processes) else processes[-1]
+        if slot.spec is not spec and slot.spec == spec:
+            slot.spec = spec  # same process after a reload: compare by identity from now on
+        # (A spec's __eq__ compares every field; identity is all that is left.)
+        same = slot.spec is spec
+        state = slot.state
+        if state is S.RUNNING:
+            if not same and slot.intent is None and slot.spec is not None:
+                why = f"config changed: {_spec_diff(slot.spec, spec)}"
+                self.stop_slot(task, slot, Intent.RESTART, f"restarted: {why}")
+            return
+        if state in (S.STARTING, S.STOPPING, S.DRAINING, S.PROBING):
+            return
+        if state is S.FAILED:
+            if same or slot.spec is None:
+                return  # until an operator, its config or its executable says
+            self._retry(slot, f"config changed: {_spec_diff(slot.spec, spec)}")
+            state = slot.state
+        if state is S.BACKOFF and TimerPurpose.RETRY in slot.timers and same:
+            return
+        if (
+            state is S.DONE
+            and task.control in ONE_SHOT_CONTROLS
+            and (same or task.control == "event")
+        ):
+            return
+        if slot.spec is not None and not same:
+            slot.fails = 0  # a changed config is a fresh attempt
+            slot.starts = ()
+        leftover = self.leftovers.get((slot.task, slot.instance)) if self.leftovers else None
+        if leftover is not None and not leftover.adopting:
+            gate = ("its leftover from an earlier taskforce",)
+        if gate:
+            if state is not S.WAITING:
+                LIFECYCLE.fire(slot, "hold")
+            slot.waiting_on = gate
+            return
+        slot.waiting_on = ()
+        if task.control == "adopt" and not slot.adopt_checked and spec.pidfile:
+            # Once per slot per taskforce run: is it running from before?
+            slot.adopt_checked = True
+            LIFECYCLE.fire(slot, "probe")
+            self._generation += 1
+            slot.generation = self._generation
+            slot.spec = spec
+            slot.phase = Phase.ADOPT
+            self._read_pidfile(slot)
+            return
+        self._spawn(task, slot, spec)
+
+    def _keep_stopped(self, task: TaskState, slot: Slot) -> None:
+        state = slot.state
+        if state is S.RUNNING:
+            if self.shutdown and self._has_live_dependents(task.spec.name):
+                return
+            if self.shutdown and task.control == "adopt" and slot.phase == Phase.DAEMON:
+                self.log(
+                    "info",
+                    f"{self._name(slot)} (pid {slot.pid}) left running for adoption",
+                    task.spec.name,
+                )
+                LIFECYCLE.fire(slot, "abandon")
+                self._end_check(slot)
+                if slot.pid is not None:
+                    self._by_pid.pop(slot.pid, None)
+                slot.pid = None
+                slot.timers.clear()
+                return
+            why = self._stop_reason(task)
+            self.stop_slot(task, slot, Intent.STOP, why)
+        elif state in (S.STOPPING, S.DRAINING):
+            slot.intent = Intent.STOP
+        elif slot.awaiting_daemon:
+            # Its start command is done and its pidfile does not name the
+            # daemon yet: it is stopped (or, adopt at shutdown, left running)
+            # once the pidfile names it, or released when none turns up
+            # within pidfile_timeout.  Issue 11: stopping it as if nothing
+            # ran left the daemon behind, unsupervised.
+            if slot.intent != Intent.STOP:
+                slot.intent = Intent.STOP
+                then = (
+                    "leave it running" if self.shutdown and task.control == "adopt" else "stop it"
+                )
+                self.log(
+                    "info",
+                    f"{self._name(slot)}: waiting for its pidfile to name its daemon, "
+                    f"to {then} ({self._stop_reason(task)})",
+                    task.spec.name,
+                )
+        elif state is S.FAILED:
+            why = self._stop_reason(task)
+            self._retry(slot, why, reason=why)
+        elif state in (S.WAITING, S.BACKOFF, S.EXITED) or (state is S.DONE and task.removed):
+            slot.timers.pop(TimerPurpose.RETRY, None)
+            LIFECYCLE.fire(slot, "release")
+
+    def _stop_reason(self, task: TaskState) -> str:
+        if self.shutdown:
+            return "stopped: taskforce is " + (
+                "resetting" if self.shutdown == Shutdown.RESET else "exiting"
+            )
+        if task.removed:
+            return "stopped: removed from the config"
+        if not task.spec.in_scope:
+            return "stopped: " + (
+                "control is off" if task.spec.control == "off" else "out of scope"
+            )
+        if task.control in ("suspend", "off"):
+            return f"stopped: control is {task.control}"
+        return "stopped: count reduced"
+
+    def _has_live_dependents(self, name: str, *, leftovers_only: bool = False) -> bool:
+        """Whether anything that requires ``name``, directly or through
+        others (a finished ``once`` task in between, say), still runs --
+        its own processes, or what an earlier taskforce left of it."""
+        left = {task for task, _ in self.leftovers}
+        seen = {name}
+        todo = list(self.dependents.get(name, ()))
+        while todo:
+            dependent = todo.pop()
+            if dependent in seen:
+                continue
+            seen.add(dependent)
+            if dependent in left:
+                return True
+            task = self.tasks.get(dependent)
+            if not leftovers_only and task and any(slot.live for slot in task.slots):
+                return True
+            todo.extend(self.dependents.get(dependent, ()))
+        return False
+
+    def _settle_leftovers(self) -> None:
+        """Decide, once the config is known, what becomes of each leftover:
+        kept when its slot adopts (``adopt``), otherwise stopped before the
+        slot may start again, so no slot ever runs twice."""
+        for key in sorted(self.leftovers):
+            leftover = self.leftovers[key]
+            name, instance = key
+            if leftover.stopping or self._has_live_dependents(name, leftovers_only=True):
+                continue  # (dependents' leftovers go first, as at a shutdown)
+            task = self.tasks.get(name)
+            if (
+                task is not None
+                and not self.shutdown
+                and self.wants_run(task)
+                and task.control == "adopt"
+                and instance < task.count
+                and not leftover.adopting
+            ):
+                slot = self.slot(name, instance)
+                if slot is None or not slot.adopt_checked:
+                    self.log(
+                        "info",
+                        f"{name}[{instance}]: leftover kept; its pidfile decides what is adopted",
+                        name,
+                    )
+                    leftover.adopting = True
+                    continue
+            if leftover.adopting and not self.shutdown:
+                continue
+            leftover.stopping = True
+            timeout = task.spec.stop_timeout if task is not None else self.settings.stop_timeout
+            self.log(
+                "info",
+                f"{name}[{instance}]: stopping the leftover before anything starts in its place",
+                name,
+            )
+            self.emit(fx.StopLeftover(name, instance, "SIGTERM"))
+            leftover.deadline = self.now + timeout
+            self._set_leftover_timer(name, instance, leftover.deadline)

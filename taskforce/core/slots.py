@@ -1,0 +1,193 @@
+"""What the supervisor keeps per task, per slot, per leftover and per reload.
+
+Plain records with no behaviour beyond reading their own fields: every
+decision about them is the supervisor's (``convergence``, ``actions``,
+``handlers``).  A snapshot copies every field of ``Slot``, ``TaskState`` and
+``Leftover`` (see ``state.SupervisorState.snapshot``), so a field added here
+is saved without further work -- it must hold plain, JSON-able values.
+
+This module must never do IO, read a clock or draw random numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from taskforce.core.lifecycle import LIVE_STATES, Intent, Phase, SlotState, TimerPurpose
+from taskforce.core.model import ProcessSpec, TaskSpec
+
+S = SlotState
+
+
+@dataclass(eq=False)
+class Slot:
+    """One process slot of a task: ``Task_instance`` ``instance``."""
+
+    task: str
+    instance: int
+    state: SlotState = S.STOPPED
+    generation: int = 0
+    pid: int | None = None
+    spec: ProcessSpec | None = None
+    started_at: float | None = None
+    exited_at: float | None = None
+    last_exit: str | None = None
+    restarts: int = 0
+    fails: int = 0
+    #: why the slot is stopping (None: it is not)
+    intent: Intent | None = None
+    #: why it last started, stopped or restarted -- for the operator
+    reason: str = ""
+    waiting_on: tuple[str, ...] = ()
+    #: deadline by purpose
+    timers: dict[TimerPurpose, float] = field(default_factory=dict)
+    #: nowait/adopt: how it knows its process (None: its own child)
+    phase: Phase | None = None
+    #: adopt: the pidfile was looked at once since taskforce started
+    adopt_checked: bool = False
+    #: when the current pidfile wait gives up
+    pidfile_deadline: float = 0.0
+    #: the health check running now (its ``RunCommand.run``; None: none)
+    check_run: int | None = None
+    #: health checks of this process that failed in a row
+    check_fails: int = 0
+    #: when it was last started, oldest first (at most its ``start_limit``
+    #: burst of them), since its last fresh attempt (see ``_retry``)
+    starts: tuple[float, ...] = ()
+
+    @property
+    def live(self) -> bool:
+        return self.state in _HAS_PROCESS
+
+    @property
+    def awaiting_daemon(self) -> bool:
+        """nowait/adopt: its start command is done, its daemon not yet known.
+
+        No pid of it is known, but a daemon may run: the slot is open until
+        its pidfile names one or ``pidfile_timeout`` passes.
+        """
+        return self.state is S.PROBING and self.phase == Phase.LAUNCHER
+
+    @property
+    def signal_group(self) -> bool:
+        # A daemon found through its pidfile may share a group with others
+        # (its launcher's, say): signal the process itself, never the group.
+        return self.phase != Phase.DAEMON
+
+
+#: the watch key suffix (``<task>#failed``) for the start program of a task
+#: with a slot in the failed state (event watches are ``<task>#<index>``)
+FAILED_WATCH = "failed"
+
+#: states with a process (or one on its way); a tuple, as membership by
+#: identity is cheaper than hashing an Enum member
+_HAS_PROCESS = (*sorted(LIVE_STATES, key=lambda state: state.name), S.STARTING, S.PROBING)
+
+
+@dataclass(eq=False)
+class TaskState:
+    spec: TaskSpec
+    slots: list[Slot] = field(default_factory=list)
+    removed: bool = False
+    #: once/event tasks: a run is wanted
+    run_requested: bool = False
+    #: overrides from the control path: in force until the operator undoes
+    #: them, a reload is asked for over the control path, or the task's own
+    #: config entry changes (see ``Supervisor._keep_overrides``)
+    control_override: str | None = None
+    count_override: int | None = None
+    #: when each override was made (core time)
+    control_override_at: float | None = None
+    count_override_at: float | None = None
+    waiting_on: tuple[str, ...] = ()
+    #: health checks run, failed and timed out (for /metrics)
+    check_runs: int = 0
+    check_failures: int = 0
+    check_timeouts: int = 0
+
+    @property
+    def control(self) -> str:
+        return self.control_override or self.spec.control
+
+    @property
+    def count(self) -> int:
+        return self.spec.count if self.count_override is None else self.count_override
+
+    def overrides(self) -> tuple[tuple[str, Any, float | None], ...]:
+        """The operator's overrides in force: (key, value, since when), control first."""
+        return tuple(
+            (key, value, at)
+            for key, value, at in (
+                ("control", self.control_override, self.control_override_at),
+                ("count", self.count_override, self.count_override_at),
+            )
+            if value is not None
+        )
+
+
+@dataclass(eq=False)
+class Leftover:
+    """Processes of one slot that an earlier taskforce left running."""
+
+    pids: tuple[int, ...]
+    #: asked to stop (SIGTERM sent)
+    stopping: bool = False
+    #: when SIGKILL follows the SIGTERM (None: not armed, or already sent)
+    deadline: float | None = None
+    #: its slot adopts: kept while the slot's pidfile is read, and stopped
+    #: only if that finds nothing to adopt
+    adopting: bool = False
+
+
+def describe_exit(exit_code: int | None, signal: str | None) -> str:
+    if signal:
+        return f"killed by {signal}"
+    if exit_code is None:
+        return "exited (status unknown: not our child)"
+    return "exited ok" if exit_code == 0 else f"exited {exit_code}"
+
+
+@dataclass
+class ReloadNote:
+    """What one applied reload changed, for its one summary line."""
+
+    source: str
+    changed: list[str]
+    added: list[str]
+    removed: list[str]
+    #: slots restarted, started and stopped by it (counted while it converges)
+    counting: bool = False
+    restarted: int = 0
+    started: int = 0
+    stopped: int = 0
+
+    def line(self) -> str:
+        def names(items: list[str]) -> str:
+            shown = ", ".join(items[:5]) + (", ..." if len(items) > 5 else "")
+            return f"({shown})"
+
+        tasks = []
+        if self.changed:
+            noun = "task" if len(self.changed) == 1 else "tasks"
+            tasks.append(f"{len(self.changed)} {noun} changed {names(self.changed)}")
+        if self.added:
+            tasks.append(f"{len(self.added)} added {names(self.added)}")
+        if self.removed:
+            tasks.append(f"{len(self.removed)} removed {names(self.removed)}")
+        slots = [
+            f"{count} {what}"
+            for count, what in (
+                (self.restarted, "restarted"),
+                (self.started, "started"),
+                (self.stopped, "stopped"),
+            )
+            if count
+        ]
+        if slots:
+            noun = "slot" if (self.restarted or self.started or self.stopped) == 1 else "slots"
+            first, _, rest = slots[0].partition(" ")
+            slots[0] = f"{first} {noun} {rest}"
+        done = ", ".join(slots) if slots else "no process started, stopped or restarted"
+        what = ", ".join(tasks) if tasks else "no task changed"
+        return f"reload ({self.source}): {what}; {done}"
