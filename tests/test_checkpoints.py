@@ -85,6 +85,32 @@ def test_checkpoints_are_written_and_each_is_checked(recorded: Path) -> None:
     assert f"the state at {len(checkpoints)} checkpoints" in text
 
 
+def _without(value: object, key: str) -> object:
+    if isinstance(value, dict):
+        return {k: _without(v, key) for k, v in value.items() if k != key}
+    if isinstance(value, list):
+        return [_without(item, key) for item in value]
+    return value
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_log_written_before_a_field_existed_replays(
+    recorded: Path, tmp_path: Path, jobs: int
+) -> None:
+    # As a log from the version before ``nice`` was added: no step and no
+    # checkpoint carries it.  Every field at its default: nothing differs.
+    lines = recorded.read_text().splitlines()
+    older = tmp_path / "older.jsonl"
+    older.write_text(
+        "\n".join([lines[0]] + [json.dumps(_without(json.loads(x), "nice")) for x in lines[1:]])
+        + "\n"
+    )
+    assert '"nice"' in recorded.read_text() and '"nice"' not in older.read_text()
+    rc, text = replayed(older, jobs)
+    assert rc == 0, text
+    assert "checkpoints" in text
+
+
 @pytest.mark.parametrize("jobs", [2, 3, 7])
 def test_a_parallel_replay_says_what_one_process_says(recorded: Path, jobs: int) -> None:
     assert replayed(recorded, jobs) == replayed(recorded, 1)

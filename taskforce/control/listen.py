@@ -497,8 +497,11 @@ def holder(path: str, timeout: float = 2.0) -> str | None:
     return f"pid {pid} ({os.fsdecode(argv[0])})"
 
 
-def _peer_pid(sock: socket.socket) -> int | None:
-    """The pid of the process that listens at the other end (Linux)."""
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
+    """The (pid, uid, gid) of the process at the other end of a Unix
+    socket, from the kernel (Linux ``SO_PEERCRED``); None where it cannot
+    be read.  macOS/BSD (``LOCAL_PEERCRED``/``getpeereid``) are not read
+    yet: no grant by user there, so only a token would do."""
     option = getattr(socket, "SO_PEERCRED", None)
     if option is None:
         return None
@@ -506,5 +509,11 @@ def _peer_pid(sock: socket.socket) -> int | None:
         raw = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
     except OSError:
         return None
-    pid = struct.unpack("3i", raw)[0]
-    return pid if pid > 0 else None
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+def _peer_pid(sock: socket.socket) -> int | None:
+    """The pid of the process that listens at the other end (Linux)."""
+    creds = peer_credentials(sock)
+    return creds[0] if creds is not None and creds[0] > 0 else None

@@ -30,7 +30,6 @@ import os
 import pwd
 import selectors
 import socket
-import struct
 import threading
 import time
 from collections import deque
@@ -39,7 +38,14 @@ from typing import TYPE_CHECKING, Any
 from taskforce import files
 from taskforce.control import api
 from taskforce.control.http import Connection, Deferred, Response, text
-from taskforce.control.listen import Listener, ListenError, Service, read_token, services
+from taskforce.control.listen import (
+    Listener,
+    ListenError,
+    Service,
+    peer_credentials,
+    read_token,
+    services,
+)
 from taskforce.control.options import Options
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
@@ -430,17 +436,8 @@ class _Job:
 
 def _peer_ids(sock: socket.socket) -> tuple[int, int] | None:
     """The peer's (uid, gid) of a Unix socket, from the kernel."""
-    option = getattr(socket, "SO_PEERCRED", None)
-    if option is None:
-        # macOS/BSD (LOCAL_PEERCRED/getpeereid) are not read yet: no grant
-        # by user then, so only a token would do.
-        return None
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
-    except OSError:
-        return None
-    _pid, uid, gid = struct.unpack("3i", raw)
-    return uid, gid
+    creds = peer_credentials(sock)
+    return None if creds is None else creds[1:]
 
 
 def _names(uid: int, gid: int) -> dict[str, object]:
