@@ -379,34 +379,25 @@ class Daemon:
             self.feed(ev.FileChanged(time.monotonic(), key, path))
 
     def request_reset(self, reason: str) -> bool:
-        """Stop all and re-execute -- only if the files on disk would load.
+        """Ask for a reset; True if one is under way after it.
 
-        The re-executed taskforce starts from the config and roles files; if
-        they are broken it could run nothing, so the reset is refused and
-        everything keeps running.  Once one is under way, the core decides
-        what a further request means (a reset joins it, a stop overrides it).
+        The re-executed taskforce starts from the config and roles files, so
+        the core is told what loading them finds now; it decides whether the
+        reset goes ahead, joins one under way, or is refused.
         """
-        if self.core.shutdown is not None:
-            self.feed(ev.StopRequested(time.monotonic(), reset=True, reason=reason))
-            return True
         loaded = self.load_inputs("reset")
         errors: tuple[str, ...] = ()
+        roles_missing = None
         if isinstance(loaded, ev.ConfigRejected):
             errors = loaded.errors or (loaded.error,)
-        elif isinstance(loaded, ev.ConfigLoaded) and loaded.roles_missing is not None:
-            # Started again, taskforce would refuse to run (-r PATH) or run
-            # every task (a default path): keep what runs instead.
-            errors = (f"roles file {loaded.roles_missing} not found",)
-        if errors:
-            refused = tuple(f"reset refused, {error}; nothing was stopped" for error in errors)
-            self.feed(
-                ev.ConfigRejected(
-                    loaded.at, "reset", refused[0], refused if len(refused) > 1 else ()
-                )
+        elif isinstance(loaded, ev.ConfigLoaded):
+            roles_missing = loaded.roles_missing
+        self.feed(
+            ev.ResetRequested(
+                time.monotonic(), reason=reason, errors=errors, roles_missing=roles_missing
             )
-            return False
-        self.feed(ev.StopRequested(time.monotonic(), reset=True, reason=reason))
-        return True
+        )
+        return self.core.shutdown is not None
 
     def reload(self, source: str = "request") -> ev.Event:
         """Re-read config and roles; the core applies or ignores the result."""

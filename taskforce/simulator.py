@@ -663,12 +663,18 @@ class Simulation:
         self.feed(event)
         return event
 
-    def request_reset(self, reason: str) -> bool:
-        """A reset is asked for (SIGHUP, ``-R``, a control request).  The
-        daemon refuses one while the files on disk would not load; the
-        simulated files always do, so it is always under way (True)."""
-        self.request_stop(reset=True, reason=reason)
-        return True
+    def request_reset(self, reason: str = "", errors: tuple[str, ...] = ()) -> bool:
+        """A reset is asked for (SIGHUP, ``-R``, a control request), as the
+        daemon reports it: with what loading the files on disk found --
+        ``errors`` (none: they load) and the roles file if it is missing
+        (``delete_roles``).  True if a reset is under way after it (the core
+        refuses one while the files would not load)."""
+        self._push(
+            ev.ResetRequested(
+                at=self.now, reason=reason, errors=errors, roles_missing=self.roles_missing
+            )
+        )
+        return self.core.shutdown is not None
 
     def captured(self, task: str) -> None:
         """The simulated processes write nothing: no output is captured."""

@@ -210,6 +210,24 @@ class StopRequested(Event):
 
 
 @dataclass(frozen=True)
+class ResetRequested(Event):
+    """A reset was asked for (SIGHUP, ``-R``, a control request, a change to
+    taskforce's own code): stop every task and re-execute -- if the core
+    judges that the re-executed taskforce could start again.
+
+    The shell reports what loading the config and roles files on disk found:
+    ``errors``, every problem (empty: they load), and ``roles_missing``, the
+    path of a named roles file that was not there.  (Logs recorded before
+    this event say ``StopRequested(reset=True)``, after a ``ConfigRejected``
+    of source ``reset`` when the shell refused; both still replay.)
+    """
+
+    reason: str = ""
+    errors: tuple[str, ...] = ()
+    roles_missing: str | None = None
+
+
+@dataclass(frozen=True)
 class ControlRequested(Event):
     """An operator asked for a change through the control path.
 
@@ -246,6 +264,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         FileChanged,
         TimerFired,
         StopRequested,
+        ResetRequested,
         ControlRequested,
     )
 }
