@@ -18,7 +18,10 @@ Contract kept with the core (the shell's contract, made exact):
 
 - a ``Spawn`` is answered by ``ProcessStarted`` (or ``SpawnFailed``, for a
   program listed in ``failing``) before any other event is fed, and so is a
-  ``ReadPidfile`` (by ``PidfileRead``, from the fake ``pidfiles``);
+  ``ReadPidfile`` (by ``PidfileRead``, from the fake ``pidfiles``) and a
+  ``CheckReset`` (by ``ResetRequested``: the simulated files load, unless
+  the roles file was deleted); a ``LoadInputs`` is answered afterwards, by
+  what ``load_inputs`` gives;
 - the consequences of performing effects (a signal that kills, a command that
   finishes) are fed afterwards, at the same time, in the order they arose;
 - a process the core started is reaped: its death becomes ``ProcessExited``
@@ -669,12 +672,13 @@ class Simulation:
         ``errors`` (none: they load) and the roles file if it is missing
         (``delete_roles``).  True if a reset is under way after it (the core
         refuses one while the files would not load)."""
-        self._push(
-            ev.ResetRequested(
-                at=self.now, reason=reason, errors=errors, roles_missing=self.roles_missing
-            )
-        )
+        self._push(self._reset_facts(reason, errors))
         return self.core.shutdown is not None
+
+    def _reset_facts(self, reason: str, errors: tuple[str, ...] = ()) -> ev.ResetRequested:
+        return ev.ResetRequested(
+            at=self.now, reason=reason, errors=errors, roles_missing=self.roles_missing
+        )
 
     def captured(self, task: str) -> None:
         """The simulated processes write nothing: no output is captured."""
@@ -850,6 +854,12 @@ class Simulation:
             self.logs.append((self.now, effect))
         elif isinstance(effect, fx.Reply):
             self.replies.append(effect)
+        elif isinstance(effect, fx.LoadInputs):
+            # The simulated files hold what was last given (``reload``); the
+            # read ends after what is already under way, as on a worker.
+            self._queue.append(self.load_inputs(effect.source))
+        elif isinstance(effect, fx.CheckReset):
+            self._urgent.append(self._reset_facts(effect.reason))
         elif isinstance(effect, fx.Exit):
             self.finished = effect
             self.timer = None

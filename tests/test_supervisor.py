@@ -423,6 +423,51 @@ def test_a_reset_asked_for_during_one_joins_it_however_broken_the_files() -> Non
     assert sim.finished == fx.Exit(0, reset=True)
 
 
+def test_an_edited_config_or_roles_file_is_read_again_and_new_own_code_resets() -> None:
+    """Which of taskforce's own inputs means a reload and which a reset is
+    the core's call; the shell only reports the change and does the reading."""
+    sim = boot(config(web=task("/usr/bin/web")))
+    answer = sim.feed(ev.FileChanged(sim.now, ev.CONFIG_KEY, "/etc/tf.conf"))
+    assert answer == (fx.LoadInputs("config"),)
+    assert sim.feed(ev.FileChanged(sim.now, ev.ROLES_KEY, "/etc/roles")) == (
+        fx.LoadInputs("roles"),
+    )
+    assert sim.running().keys() == {("web", 0)}, "the same files again change nothing"
+    answer = sim.feed(ev.FileChanged(sim.now, ev.CODE_KEY, "/opt/taskforce/daemon.py"))
+    assert answer == (fx.CheckReset("taskforce's own code changed (/opt/taskforce/daemon.py)"),)
+    assert (
+        "reset: stopping every task, then restarting "
+        "(taskforce's own code changed (/opt/taskforce/daemon.py))"
+    ) in sim.messages()
+    sim.settle()
+    assert sim.finished == fx.Exit(0, reset=True)
+
+
+def test_new_own_code_while_the_roles_file_is_missing_resets_nothing() -> None:
+    sim = boot(config(web=task("/usr/bin/web")), roles=("a",))
+    sim.delete_roles("/etc/roles")
+    sim.feed(ev.FileChanged(sim.now, ev.CODE_KEY, "/opt/taskforce/daemon.py"))
+    assert sim.core.shutdown is None and sim.signals() == []
+    assert "reset refused, roles file /etc/roles not found" in sim.messages("error")[-1]
+
+
+def test_a_task_named_like_an_input_key_keeps_its_own_file_events() -> None:
+    """Task watch keys hold a "#": a task called "@config" is not the config."""
+    sim = boot(
+        config(
+            **{
+                "@config": task(
+                    "/usr/bin/web",
+                    events=({"type": "file_change", "path": ("/etc/web",), "signal": "SIGHUP"},),
+                )
+            }
+        )
+    )
+    assert "@config#0" in sim.watches
+    sim.touch("/etc/web")
+    assert [s.signal for _, s in sim.signals("@config")] == ["SIGHUP"]
+
+
 def test_a_stop_during_a_reset_makes_taskforce_exit() -> None:
     sim = boot(config(web=task("/usr/bin/web")), behaviours={"web": IGNORE_TERM})
     sim.request_stop(reset=True, reason="got SIGHUP")

@@ -188,9 +188,17 @@ class CommandExited(Event):
     run: int = 0
 
 
+#: The keys the shell watches taskforce's own inputs under, and reports
+#: their changes with (``FileChanged``): the config file, the roles file, and
+#: taskforce's own code.  The core decides what a change of each means.  A
+#: task's watch keys always hold a "#", so no task can take one of these.
+CONFIG_KEY, ROLES_KEY, CODE_KEY = "@config", "@roles", "@code"
+
+
 @dataclass(frozen=True)
 class FileChanged(Event):
-    """A path watched under ``key`` (see ``Watch``) changed, appeared or went."""
+    """A path watched under ``key`` (see ``Watch``, and ``CONFIG_KEY`` and
+    its kin) changed, appeared or went."""
 
     key: str = ""
     path: str = ""

@@ -322,6 +322,9 @@ class EventHandlers(Reconcile):
             self._set_timer(slot, TimerPurpose.CHECK, self.now + spec.check_interval)
 
     def _on_FileChanged(self, event: ev.FileChanged) -> None:
+        if event.key in (ev.CONFIG_KEY, ev.ROLES_KEY, ev.CODE_KEY):
+            self._input_changed(event)
+            return
         name, _, index = event.key.partition("#")
         task = self.tasks.get(name)
         if task is None or task.removed or not task.spec.in_scope:
@@ -336,6 +339,17 @@ class EventHandlers(Reconcile):
                 if spec.type == "self":
                     self.retry_failed(task, f"its executable {event.path} changed")
                 self.fire_action(task, spec.action, f"{event.path} changed")
+
+    def _input_changed(self, event: ev.FileChanged) -> None:
+        """One of taskforce's own inputs changed (the shell watches them
+        under ``events.CONFIG_KEY`` and its kin).  An edited config or roles
+        file is read again; new code of taskforce's own can only run after a
+        reset -- which, like any reset, goes ahead only if the files on disk
+        load (``CheckReset`` asks the shell what they hold)."""
+        if event.key == ev.CODE_KEY:
+            self.emit(fx.CheckReset(f"taskforce's own code changed ({event.path})"))
+        else:
+            self.emit(fx.LoadInputs("config" if event.key == ev.CONFIG_KEY else "roles"))
 
     def _on_TimerFired(self, event: ev.TimerFired) -> None:
         pass  # due timers already ran in handle()
