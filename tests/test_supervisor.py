@@ -426,7 +426,7 @@ def test_a_reset_asked_for_during_one_joins_it_however_broken_the_files() -> Non
 def test_an_edited_config_or_roles_file_is_read_again_and_new_own_code_resets() -> None:
     """Which of taskforce's own inputs means a reload and which a reset is
     the core's call; the shell only reports the change and does the reading."""
-    sim = boot(config(web=task("/usr/bin/web")))
+    sim = boot(config(web=task("/usr/bin/web")), behaviours={"web": IGNORE_TERM})
     answer = sim.feed(ev.FileChanged(sim.now, ev.CONFIG_KEY, "/etc/tf.conf"))
     assert answer == (fx.LoadInputs("config"),)
     assert sim.feed(ev.FileChanged(sim.now, ev.ROLES_KEY, "/etc/roles")) == (
@@ -439,6 +439,12 @@ def test_an_edited_config_or_roles_file_is_read_again_and_new_own_code_resets() 
         "reset: stopping every task, then restarting "
         "(taskforce's own code changed (/opt/taskforce/daemon.py))"
     ) in sim.messages()
+    # The rest of an update joins the reset without the files being read.
+    answer = sim.feed(ev.FileChanged(sim.now, ev.CODE_KEY, "/opt/taskforce/tools.py"))
+    assert not any(isinstance(e, fx.CheckReset) for e in answer)
+    assert sim.messages()[-1] == (
+        "a reset is already under way (taskforce's own code changed (/opt/taskforce/tools.py))"
+    )
     sim.settle()
     assert sim.finished == fx.Exit(0, reset=True)
 

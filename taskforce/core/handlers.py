@@ -347,7 +347,14 @@ class EventHandlers(Reconcile):
         reset -- which, like any reset, goes ahead only if the files on disk
         load (``CheckReset`` asks the shell what they hold)."""
         if event.key == ev.CODE_KEY:
-            self.emit(fx.CheckReset(f"taskforce's own code changed ({event.path})"))
+            reason = f"taskforce's own code changed ({event.path})"
+            if self.shutdown is not None:
+                # The files do not matter once one is under way (see
+                # _on_ResetRequested): join it without having the shell read
+                # them -- an update writes dozens of modules at once.
+                self._begin_shutdown(reset=True, reason=reason)
+            else:
+                self.emit(fx.CheckReset(reason))
         else:
             self.emit(fx.LoadInputs("config" if event.key == ev.CONFIG_KEY else "roles"))
 
