@@ -538,6 +538,95 @@ class CoreMachine(RuleBasedStateMachine):
         self.stopping = False
         self._start(self.u, start=s.now)
 
+    def _reset_twin(self, old: ev.Event) -> tuple[tuple[fx.Effect, ...], dict[str, Any]]:
+        """What the core did for ``old`` -- the events the shell fed for a
+        reset before the core decided on it -- fed to a copy of it now."""
+        twin = self.s.core.shadow()
+        try:
+            return twin.handle(old), twin.snapshot()
+        finally:
+            twin.release()
+
+    @precondition(lambda self: self.sim is not None)
+    @rule(
+        errors=st.lists(st.sampled_from(("config: bad", "roles: bad")), max_size=2).map(tuple),
+        roles_missing=st.booleans(),
+        again=st.lists(st.sampled_from(("config: bad", "roles: bad")), max_size=2).map(tuple),
+        by_code=st.booleans(),
+    )
+    def request_reset(
+        self, errors: tuple[str, ...], roles_missing: bool, again: tuple[str, ...], by_code: bool
+    ) -> None:
+        """A reset is asked for, the shell reporting what the files on disk
+        hold.  Broken (or the roles file gone), it is refused: nothing stops,
+        no slot changes, and the core does exactly what it did for the
+        ``ConfigRejected`` the shell used to feed in its place.  Sound, it
+        stops everything and ends in ``Exit(reset)``; a second request while
+        it is under way joins it, however broken the files are then.  New
+        code of taskforce's own (``by_code``) asks for a reset the same way."""
+        s = self.s
+        kept = s.roles_missing
+        if roles_missing:
+            s.roles_missing = "/etc/roles"
+        found = errors + (("roles file /etc/roles not found",) if roles_missing else ())
+        if found:
+            refused = tuple(f"reset refused, {e}; nothing was stopped" for e in found)
+            old = ev.ConfigRejected(s.now, "reset", refused[0], refused if len(refused) > 1 else ())
+            want, state = self._reset_twin(old)
+            mark = len(s.log)
+            assert not s.request_reset("got SIGHUP", errors=errors), "a broken reset went ahead"
+            self.rejected_steps.update(range(mark, len(s.log)))  # its error lines
+            got = s.log[mark][1]
+            assert got == want, f"a refused reset did {got}, not {want}"
+            assert not any(isinstance(e, (fx.Signal, fx.StopCommand, fx.Exit)) for e in got)
+            if len(s.log) == mark + 1:  # nothing followed from it: the same state
+                assert s.core.snapshot() == state, "a refused reset changed the core"
+            s.roles_missing = kept
+            return
+        s.roles_missing = None
+        self.stopping = True
+        if by_code:
+            answer = s.feed(ev.FileChanged(s.now, ev.CODE_KEY, "/opt/taskforce/daemon.py"))
+            assert fx.CheckReset("taskforce's own code changed (/opt/taskforce/daemon.py)") in (
+                answer
+            )
+            assert s.core.shutdown is not None, "new code of taskforce's own did not reset it"
+        else:
+            assert s.request_reset("got SIGHUP"), "a reset with sound files was refused"
+        if again:
+            want, state = self._reset_twin(ev.StopRequested(s.now, reset=True, reason="-R"))
+            mark = len(s.log)
+            assert s.request_reset("-R", errors=again), "a reset under way was left"
+            assert s.log[mark][1] == want, "a second reset did not join the one under way"
+        s.settle(max_time=600.0)
+        assert s.finished == fx.Exit(0, reset=True), f"{s.finished} after a reset"
+        left = [p for p in s.processes.values() if p.present]
+        assert not left, f"processes left after Exit: {left}"
+        self._check_replay()
+        self.stopping = False
+        self._start(self.u, start=s.now)
+
+    @precondition(lambda self: self.sim is not None)
+    @rule(roles=st.booleans())
+    def input_edited(self, roles: bool) -> None:
+        """The config (or roles) file was written, as it is: the core asks
+        for it to be read again, and what it holds -- the config in force --
+        changes nothing that runs (a broken one, last given, is rejected
+        again)."""
+        s = self.s
+        before, mark = s.running(), len(s.log)
+        answer = s.feed(ev.FileChanged(s.now, ev.ROLES_KEY if roles else ev.CONFIG_KEY, "/etc/x"))
+        assert fx.LoadInputs("roles" if roles else "config") in answer
+        assert s.running() == before, "reading the same files again changed what runs"
+        errors = [
+            effect.message
+            for _, effects in s.log[mark:]
+            for effect in effects
+            if isinstance(effect, fx.Log) and effect.level == "error"
+        ]
+        assert all("config rejected" in m for m in errors), errors
+        self.rejected_steps.update(range(mark, len(s.log)))
+
     # ------------------------------------------------------- invariants
 
     @invariant()
@@ -725,6 +814,13 @@ events = st.one_of(
     st.builds(ev.TimerFired, at=times),
     st.builds(ev.StopRequested, at=times, reset=st.booleans(), reason=texts),
     st.builds(
+        ev.ResetRequested,
+        at=times,
+        reason=texts,
+        errors=st.lists(texts, max_size=3).map(tuple),
+        roles_missing=st.one_of(st.none(), texts),
+    ),
+    st.builds(
         ev.ControlRequested,
         at=times,
         request=st.integers(0, 2**31),
@@ -778,6 +874,8 @@ effects = st.one_of(
         fx.Reply, request=st.integers(0, 2**31), code=st.integers(100, 599), body=json_values
     ),
     st.builds(fx.Exit, code=st.integers(0, 255), reset=st.booleans()),
+    st.builds(fx.LoadInputs, source=texts),
+    st.builds(fx.CheckReset, reason=texts),
 )
 
 

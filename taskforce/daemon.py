@@ -259,7 +259,9 @@ class Daemon:
             self.feed(ev.StopRequested(at=now, reason="--expires reached"))
         self.pidwatch.poll(time.monotonic())
         for key, path in self.watcher.take_changes(time.monotonic()):
-            self._on_file_change(key, path)
+            # Taskforce's own inputs too: the core answers with LoadInputs
+            # or CheckReset.
+            self.feed(ev.FileChanged(time.monotonic(), key, path))
         loaded = self.loads.take()
         if loaded is not None:
             self.apply_loaded(loaded)
@@ -364,49 +366,35 @@ class Daemon:
 
     def _watch_inputs(self) -> None:
         """The config and roles files are watched like any task's file, and
-        so is taskforce's own code: a new version means a reset."""
-        self.watcher.watch(fx.Watch("@config", "file", (self.config_path,)))
+        so is taskforce's own code; the core says what a change of each
+        means (``LoadInputs``, ``CheckReset``)."""
+        self.watcher.watch(fx.Watch(ev.CONFIG_KEY, "file", (self.config_path,)))
         if self.roles_path:
-            self.watcher.watch(fx.Watch("@roles", "file", (self.roles_path,)))
-        self.watcher.watch(fx.Watch("@code", "file", own_code_files()))
-
-    def _on_file_change(self, key: str, path: str) -> None:
-        if key in ("@config", "@roles"):
-            self.loads.request("config" if key == "@config" else "roles")
-        elif key == "@code":
-            self.request_reset(f"taskforce's own code changed ({path})")
-        else:
-            self.feed(ev.FileChanged(time.monotonic(), key, path))
+            self.watcher.watch(fx.Watch(ev.ROLES_KEY, "file", (self.roles_path,)))
+        self.watcher.watch(fx.Watch(ev.CODE_KEY, "file", own_code_files()))
 
     def request_reset(self, reason: str) -> bool:
-        """Stop all and re-execute -- only if the files on disk would load.
+        """Ask for a reset; True if one is under way after it.
 
-        The re-executed taskforce starts from the config and roles files; if
-        they are broken it could run nothing, so the reset is refused and
-        everything keeps running.  Once one is under way, the core decides
-        what a further request means (a reset joins it, a stop overrides it).
+        The re-executed taskforce starts from the config and roles files, so
+        the core is told what loading them finds now; it decides whether the
+        reset goes ahead, joins one under way, or is refused.
         """
-        if self.core.shutdown is not None:
-            self.feed(ev.StopRequested(time.monotonic(), reset=True, reason=reason))
-            return True
+        self.feed(self._reset_facts(reason))
+        return self.core.shutdown is not None
+
+    def _reset_facts(self, reason: str) -> ev.ResetRequested:
+        """A reset asked for, with what loading the files on disk finds now."""
         loaded = self.load_inputs("reset")
         errors: tuple[str, ...] = ()
+        roles_missing = None
         if isinstance(loaded, ev.ConfigRejected):
             errors = loaded.errors or (loaded.error,)
-        elif isinstance(loaded, ev.ConfigLoaded) and loaded.roles_missing is not None:
-            # Started again, taskforce would refuse to run (-r PATH) or run
-            # every task (a default path): keep what runs instead.
-            errors = (f"roles file {loaded.roles_missing} not found",)
-        if errors:
-            refused = tuple(f"reset refused, {error}; nothing was stopped" for error in errors)
-            self.feed(
-                ev.ConfigRejected(
-                    loaded.at, "reset", refused[0], refused if len(refused) > 1 else ()
-                )
-            )
-            return False
-        self.feed(ev.StopRequested(time.monotonic(), reset=True, reason=reason))
-        return True
+        elif isinstance(loaded, ev.ConfigLoaded):
+            roles_missing = loaded.roles_missing
+        return ev.ResetRequested(
+            time.monotonic(), reason=reason, errors=errors, roles_missing=roles_missing
+        )
 
     def reload(self, source: str = "request") -> ev.Event:
         """Re-read config and roles; the core applies or ignores the result."""
@@ -497,6 +485,10 @@ class Daemon:
             )
         elif isinstance(effect, fx.WatchProcess):
             self._watch_process(effect.task, effect.instance, effect.pid)
+        elif isinstance(effect, fx.LoadInputs):
+            self.loads.request(effect.source)  # read on a worker; fed when done
+        elif isinstance(effect, fx.CheckReset):
+            return self._reset_facts(effect.reason)
         elif isinstance(effect, fx.Reply):
             pass  # --- control server: it finds the reply among what ``feed`` returns
         elif isinstance(effect, fx.Exit):

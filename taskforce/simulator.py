@@ -18,7 +18,10 @@ Contract kept with the core (the shell's contract, made exact):
 
 - a ``Spawn`` is answered by ``ProcessStarted`` (or ``SpawnFailed``, for a
   program listed in ``failing``) before any other event is fed, and so is a
-  ``ReadPidfile`` (by ``PidfileRead``, from the fake ``pidfiles``);
+  ``ReadPidfile`` (by ``PidfileRead``, from the fake ``pidfiles``) and a
+  ``CheckReset`` (by ``ResetRequested``: the simulated files load, unless
+  the roles file was deleted); a ``LoadInputs`` is answered afterwards, by
+  what ``load_inputs`` gives;
 - the consequences of performing effects (a signal that kills, a command that
   finishes) are fed afterwards, at the same time, in the order they arose;
 - a process the core started is reaped: its death becomes ``ProcessExited``
@@ -663,12 +666,19 @@ class Simulation:
         self.feed(event)
         return event
 
-    def request_reset(self, reason: str) -> bool:
-        """A reset is asked for (SIGHUP, ``-R``, a control request).  The
-        daemon refuses one while the files on disk would not load; the
-        simulated files always do, so it is always under way (True)."""
-        self.request_stop(reset=True, reason=reason)
-        return True
+    def request_reset(self, reason: str = "", errors: tuple[str, ...] = ()) -> bool:
+        """A reset is asked for (SIGHUP, ``-R``, a control request), as the
+        daemon reports it: with what loading the files on disk found --
+        ``errors`` (none: they load) and the roles file if it is missing
+        (``delete_roles``).  True if a reset is under way after it (the core
+        refuses one while the files would not load)."""
+        self._push(self._reset_facts(reason, errors))
+        return self.core.shutdown is not None
+
+    def _reset_facts(self, reason: str, errors: tuple[str, ...] = ()) -> ev.ResetRequested:
+        return ev.ResetRequested(
+            at=self.now, reason=reason, errors=errors, roles_missing=self.roles_missing
+        )
 
     def captured(self, task: str) -> None:
         """The simulated processes write nothing: no output is captured."""
@@ -844,6 +854,12 @@ class Simulation:
             self.logs.append((self.now, effect))
         elif isinstance(effect, fx.Reply):
             self.replies.append(effect)
+        elif isinstance(effect, fx.LoadInputs):
+            # The simulated files hold what was last given (``reload``); the
+            # read ends after what is already under way, as on a worker.
+            self._queue.append(self.load_inputs(effect.source))
+        elif isinstance(effect, fx.CheckReset):
+            self._urgent.append(self._reset_facts(effect.reason))
         elif isinstance(effect, fx.Exit):
             self.finished = effect
             self.timer = None

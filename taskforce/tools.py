@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from taskforce.config import ConfigError, host_facts, load_config, load_roles
-from taskforce.core import access
+from taskforce.core import Intent, access
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.codec import encode, matches
@@ -240,6 +240,9 @@ def describe_event(event: ev.Event, names: dict[int, str]) -> str:
         return f"config rejected: {event.error}"
     if isinstance(event, ev.StopRequested):
         return ("reset" if event.reset else "stop") + f" requested ({event.reason})"
+    if isinstance(event, ev.ResetRequested):
+        broken = " (the files on disk do not load)" if event.errors or event.roles_missing else ""
+        return f"reset requested ({event.reason}){broken}"
     if isinstance(event, ev.TimerFired):
         return "timer"
     if isinstance(event, ev.GroupEmptied):
@@ -421,10 +424,12 @@ def scope_plan(config_path: str, roles_paths: Sequence[str], *, out: Any = sys.s
             note = f" x{spec.count}" if spec.count != 1 else ""
             print(f"  {name} ({spec.control}){note}", file=out)
             for required in spec.requires:
-                other = specs[required]
-                if not other.in_scope:
+                # The core's own judgement of a requirement that cannot
+                # run here (it is what makes the task wait), in plan's words.
+                gap = specs[required].not_run_here()
+                if gap is not None:
                     problems += 1
-                    why = "off" if other.control == "off" else "not run on this host"
+                    why = "not run on this host" if gap == "out of scope" else gap
                     print(f"    ! requires {required}, which is {why}: {name} will wait", file=out)
     idle = sorted(set(config["tasks"]) - runs_somewhere)
     if idle:
@@ -472,7 +477,8 @@ def print_plan(core: Supervisor, effects: Iterable[fx.Effect], out: Any) -> None
         if isinstance(effect, fx.Signal):
             slot = core.slot(effect.task, effect.instance)
             name = f"{effect.task}[{effect.instance}]"
-            (restarts if slot is not None and slot.intent == "restart" else stops).append(name)
+            # The core decided why it stops the slot: its intent says.
+            (restarts if slot is not None and slot.intent == Intent.RESTART else stops).append(name)
     stops, restarts = sorted(set(stops)), sorted(set(restarts))
     print("start:   " + (", ".join(starts) or "nothing"), file=out)
     print("stop:    " + (", ".join(stops) or "nothing"), file=out)

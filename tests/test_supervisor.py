@@ -381,6 +381,99 @@ def test_resets_asked_for_during_a_reset_join_it() -> None:
     assert sim.finished == fx.Exit(0, reset=True)
 
 
+def test_a_reset_while_the_files_are_broken_is_refused_and_stops_nothing() -> None:
+    """The shell reports what loading the files found; the core refuses, in
+    the words (and with the counter) the shell's own refusal used."""
+    sim = boot(config(web=task("/usr/bin/web")))
+    pid = sim.running()[("web", 0)]
+    assert not sim.request_reset("got SIGHUP", errors=("/etc/tf.conf: line 3: bad",))
+    assert not sim.request_reset("-R", errors=("tasks.a: no start", "tasks.b: no start"))
+    assert sim.messages("error") == [
+        "reset: reset refused, /etc/tf.conf: line 3: bad; nothing was stopped; nothing was changed",
+        "reset: reset refused, tasks.a: no start; nothing was stopped",
+        "reset: reset refused, tasks.b: no start; nothing was stopped",
+        "reset: 2 errors; nothing was changed",
+    ]
+    assert sim.core.counters["reload_errors"] == 2
+    assert sim.core.shutdown is None and sim.signals() == []
+    assert sim.running() == {("web", 0): pid}
+
+
+def test_a_reset_while_the_roles_file_is_missing_is_refused() -> None:
+    sim = boot(config(web=task("/usr/bin/web")), roles=("a",))
+    sim.delete_roles("/etc/roles")
+    assert not sim.request_reset("got SIGHUP")
+    assert sim.messages("error")[-1] == (
+        "reset: reset refused, roles file /etc/roles not found; nothing was stopped; "
+        "nothing was changed"
+    )
+    sim.reload(roles=("a",))  # the file is back
+    assert sim.request_reset("got SIGHUP")
+    sim.settle()
+    assert sim.finished == fx.Exit(0, reset=True)
+
+
+def test_a_reset_asked_for_during_one_joins_it_however_broken_the_files() -> None:
+    sim = boot(config(web=task("/usr/bin/web")), behaviours={"web": IGNORE_TERM})
+    assert sim.request_reset("got SIGHUP")
+    assert sim.request_reset("-R", errors=("/etc/tf.conf: line 3: bad",))
+    assert sim.messages()[-1] == "a reset is already under way (-R)"
+    assert not sim.messages("error")
+    sim.settle()
+    assert sim.finished == fx.Exit(0, reset=True)
+
+
+def test_an_edited_config_or_roles_file_is_read_again_and_new_own_code_resets() -> None:
+    """Which of taskforce's own inputs means a reload and which a reset is
+    the core's call; the shell only reports the change and does the reading."""
+    sim = boot(config(web=task("/usr/bin/web")), behaviours={"web": IGNORE_TERM})
+    answer = sim.feed(ev.FileChanged(sim.now, ev.CONFIG_KEY, "/etc/tf.conf"))
+    assert answer == (fx.LoadInputs("config"),)
+    assert sim.feed(ev.FileChanged(sim.now, ev.ROLES_KEY, "/etc/roles")) == (
+        fx.LoadInputs("roles"),
+    )
+    assert sim.running().keys() == {("web", 0)}, "the same files again change nothing"
+    answer = sim.feed(ev.FileChanged(sim.now, ev.CODE_KEY, "/opt/taskforce/daemon.py"))
+    assert answer == (fx.CheckReset("taskforce's own code changed (/opt/taskforce/daemon.py)"),)
+    assert (
+        "reset: stopping every task, then restarting "
+        "(taskforce's own code changed (/opt/taskforce/daemon.py))"
+    ) in sim.messages()
+    # The rest of an update joins the reset without the files being read.
+    answer = sim.feed(ev.FileChanged(sim.now, ev.CODE_KEY, "/opt/taskforce/tools.py"))
+    assert not any(isinstance(e, fx.CheckReset) for e in answer)
+    assert sim.messages()[-1] == (
+        "a reset is already under way (taskforce's own code changed (/opt/taskforce/tools.py))"
+    )
+    sim.settle()
+    assert sim.finished == fx.Exit(0, reset=True)
+
+
+def test_new_own_code_while_the_roles_file_is_missing_resets_nothing() -> None:
+    sim = boot(config(web=task("/usr/bin/web")), roles=("a",))
+    sim.delete_roles("/etc/roles")
+    sim.feed(ev.FileChanged(sim.now, ev.CODE_KEY, "/opt/taskforce/daemon.py"))
+    assert sim.core.shutdown is None and sim.signals() == []
+    assert "reset refused, roles file /etc/roles not found" in sim.messages("error")[-1]
+
+
+def test_a_task_named_like_an_input_key_keeps_its_own_file_events() -> None:
+    """Task watch keys hold a "#": a task called "@config" is not the config."""
+    sim = boot(
+        config(
+            **{
+                "@config": task(
+                    "/usr/bin/web",
+                    events=({"type": "file_change", "path": ("/etc/web",), "signal": "SIGHUP"},),
+                )
+            }
+        )
+    )
+    assert "@config#0" in sim.watches
+    sim.touch("/etc/web")
+    assert [s.signal for _, s in sim.signals("@config")] == ["SIGHUP"]
+
+
 def test_a_stop_during_a_reset_makes_taskforce_exit() -> None:
     sim = boot(config(web=task("/usr/bin/web")), behaviours={"web": IGNORE_TERM})
     sim.request_stop(reset=True, reason="got SIGHUP")

@@ -147,8 +147,9 @@ class Convergence(SlotActions):
     def _unsatisfied(self, task: TaskState | None) -> str | None:
         if task is None or task.removed:
             return "not in the config"
-        if not task.spec.in_scope:
-            return "off" if task.spec.control == "off" else "out of scope"
+        elsewhere = task.spec.not_run_here()
+        if elsewhere is not None:
+            return elsewhere
         control = task.control
         if control == "off":
             return "off"

@@ -190,6 +190,24 @@ class Reply(Effect):
 
 
 @dataclass(frozen=True)
+class LoadInputs(Effect):
+    """Read the config and roles files again, away from the loop, and report
+    what was found (``ConfigLoaded`` or ``ConfigRejected``, with ``source``)
+    once it is read.  A read asked for while one is running is done after it.
+    """
+
+    source: str = "config"
+
+
+@dataclass(frozen=True)
+class CheckReset(Effect):
+    """Read the config and roles files now and answer, before anything else,
+    with ``ResetRequested(reason=reason)`` saying what loading them found."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class Exit(Effect):
     """Every task is stopped: exit with ``code``, or re-execute (``reset``)."""
 
@@ -212,6 +230,8 @@ EFFECT_TYPES: dict[str, type[Effect]] = {
         ArmTimer,
         Log,
         Reply,
+        LoadInputs,
+        CheckReset,
         Exit,
     )
 }

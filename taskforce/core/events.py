@@ -188,9 +188,17 @@ class CommandExited(Event):
     run: int = 0
 
 
+#: The keys the shell watches taskforce's own inputs under, and reports
+#: their changes with (``FileChanged``): the config file, the roles file, and
+#: taskforce's own code.  The core decides what a change of each means.  A
+#: task's watch keys always hold a "#", so no task can take one of these.
+CONFIG_KEY, ROLES_KEY, CODE_KEY = "@config", "@roles", "@code"
+
+
 @dataclass(frozen=True)
 class FileChanged(Event):
-    """A path watched under ``key`` (see ``Watch``) changed, appeared or went."""
+    """A path watched under ``key`` (see ``Watch``, and ``CONFIG_KEY`` and
+    its kin) changed, appeared or went."""
 
     key: str = ""
     path: str = ""
@@ -207,6 +215,24 @@ class StopRequested(Event):
 
     reset: bool = False
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class ResetRequested(Event):
+    """A reset was asked for (SIGHUP, ``-R``, a control request, a change to
+    taskforce's own code): stop every task and re-execute -- if the core
+    judges that the re-executed taskforce could start again.
+
+    The shell reports what loading the config and roles files on disk found:
+    ``errors``, every problem (empty: they load), and ``roles_missing``, the
+    path of a named roles file that was not there.  (Logs recorded before
+    this event say ``StopRequested(reset=True)``, after a ``ConfigRejected``
+    of source ``reset`` when the shell refused; both still replay.)
+    """
+
+    reason: str = ""
+    errors: tuple[str, ...] = ()
+    roles_missing: str | None = None
 
 
 @dataclass(frozen=True)
@@ -246,6 +272,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         FileChanged,
         TimerFired,
         StopRequested,
+        ResetRequested,
         ControlRequested,
     )
 }

@@ -322,6 +322,9 @@ class EventHandlers(Reconcile):
             self._set_timer(slot, TimerPurpose.CHECK, self.now + spec.check_interval)
 
     def _on_FileChanged(self, event: ev.FileChanged) -> None:
+        if event.key in (ev.CONFIG_KEY, ev.ROLES_KEY, ev.CODE_KEY):
+            self._input_changed(event)
+            return
         name, _, index = event.key.partition("#")
         task = self.tasks.get(name)
         if task is None or task.removed or not task.spec.in_scope:
@@ -337,24 +340,65 @@ class EventHandlers(Reconcile):
                     self.retry_failed(task, f"its executable {event.path} changed")
                 self.fire_action(task, spec.action, f"{event.path} changed")
 
+    def _input_changed(self, event: ev.FileChanged) -> None:
+        """One of taskforce's own inputs changed (the shell watches them
+        under ``events.CONFIG_KEY`` and its kin).  An edited config or roles
+        file is read again; new code of taskforce's own can only run after a
+        reset -- which, like any reset, goes ahead only if the files on disk
+        load (``CheckReset`` asks the shell what they hold)."""
+        if event.key == ev.CODE_KEY:
+            reason = f"taskforce's own code changed ({event.path})"
+            if self.shutdown is not None:
+                # The files do not matter once one is under way (see
+                # _on_ResetRequested): join it without having the shell read
+                # them -- an update writes dozens of modules at once.
+                self._begin_shutdown(reset=True, reason=reason)
+            else:
+                self.emit(fx.CheckReset(reason))
+        else:
+            self.emit(fx.LoadInputs("config" if event.key == ev.CONFIG_KEY else "roles"))
+
     def _on_TimerFired(self, event: ev.TimerFired) -> None:
         pass  # due timers already ran in handle()
 
+    def _on_ResetRequested(self, event: ev.ResetRequested) -> None:
+        if self.shutdown is None:
+            errors = event.errors
+            if event.roles_missing is not None:
+                # Started again, taskforce would refuse to run (-r PATH) or
+                # run every task (a default path): keep what runs instead.
+                errors += (f"roles file {event.roles_missing} not found",)
+            if errors:
+                # The re-executed taskforce starts from the files on disk;
+                # broken, it could run nothing: refuse, and keep everything.
+                # (Worded, and counted, as the shell's refusal always was.)
+                self._reject(
+                    "reset",
+                    tuple(f"reset refused, {error}; nothing was stopped" for error in errors),
+                )
+                return
+        # Under way already, the files do not matter: a reset joins it (and
+        # a stop under way stays a stop), as for a StopRequested.
+        self._begin_shutdown(reset=True, reason=event.reason)
+
     def _on_StopRequested(self, event: ev.StopRequested) -> None:
-        mode = Shutdown.RESET if event.reset else Shutdown.STOP
+        # (With ``reset``, as the shell asked for a reset before it reported
+        # ``ResetRequested``; recorded logs still hold them.)
+        self._begin_shutdown(reset=event.reset, reason=event.reason)
+
+    def _begin_shutdown(self, *, reset: bool, reason: str) -> None:
+        mode = Shutdown.RESET if reset else Shutdown.STOP
         if self.shutdown == Shutdown.STOP:
             return
-        if self.shutdown == Shutdown.RESET and event.reset:
+        if self.shutdown == Shutdown.RESET and reset:
             # A storm of resets (two logrotate stanzas, -R typed twice) is one
             # reset: the tasks are stopping already and all start again after
             # the re-exec.  A stop, though, overrides a reset under way.
-            self.log("info", f"a reset is already under way ({event.reason or 'requested'})")
+            self.log("info", f"a reset is already under way ({reason or 'requested'})")
             return
         self.shutdown = mode
-        what = (
-            "reset: stopping every task, then restarting" if event.reset else "stopping every task"
-        )
-        self.log("info", f"{what} ({event.reason or 'requested'})")
+        what = "reset: stopping every task, then restarting" if reset else "stopping every task"
+        self.log("info", f"{what} ({reason or 'requested'})")
         for name in sorted(self.tasks):
             for slot in self.tasks[name].slots:
                 slot.timers.pop(TimerPurpose.CHECK, None)

@@ -79,16 +79,20 @@ class Reconcile(Convergence):
             )
 
     def _on_ConfigRejected(self, event: ev.ConfigRejected) -> None:
+        self._reject(event.source, event.errors or (event.error,))
+
+    def _reject(self, source: str, errors: tuple[str, ...]) -> None:
+        """Files that did not load (for ``source``): counted and logged;
+        nothing that runs changes."""
         self.counters["reload_errors"] += 1
-        errors = event.errors or (event.error,)
         if len(errors) == 1:
-            self.log("error", f"{event.source}: {errors[0]}; nothing was changed")
+            self.log("error", f"{source}: {errors[0]}; nothing was changed")
             return
         # Every problem, one line each (as -C prints them), so one edit
         # fixes them all; then what became of it.
         for error in errors:
-            self.log("error", f"{event.source}: {error}")
-        self.log("error", f"{event.source}: {len(errors)} errors; nothing was changed")
+            self.log("error", f"{source}: {error}")
+        self.log("error", f"{source}: {len(errors)} errors; nothing was changed")
 
     def _apply_specs(
         self,

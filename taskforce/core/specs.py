@@ -260,6 +260,15 @@ class TaskSpec:
         """The spec of slot ``instance`` (slots beyond the built ones reuse the last)."""
         return self.processes[min(instance, len(self.processes) - 1)]
 
+    def not_run_here(self) -> str | None:
+        """Why no process of this task runs on this host whatever happens:
+        ``"off"`` or ``"out of scope"`` (its roles are not the host's); None
+        when it may run.  A task that requires it waits (``_unsatisfied``),
+        and ``taskforce plan`` says so in the same terms."""
+        if self.in_scope:
+            return None
+        return "off" if self.control == "off" else "out of scope"
+
 
 @dataclass(frozen=True)
 class Settings:
