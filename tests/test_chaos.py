@@ -855,7 +855,13 @@ class Chaos:
             if have["commands"]["start"] != want["commands"]["start"]:
                 out.append(f"{name}: argv {have['commands']['start'][-1]!r}")
             shown = status.get(name)
-            if shown is not None and shown.get("in_scope") != plan.in_scope(plan.tasks[name]):
+            # An operator's control override outlives an edit that leaves the
+            # task's entry as it was (issue 13); the reload that follows ends it.
+            if (
+                shown is not None
+                and not shown.get("overrides")
+                and shown.get("in_scope") != plan.in_scope(plan.tasks[name])
+            ):
                 out.append(f"{name}: in_scope {shown.get('in_scope')}")
         return out
 
