@@ -813,6 +813,7 @@ events = st.one_of(
     st.builds(ev.FileChanged, at=times, key=texts, path=texts),
     st.builds(ev.TimerFired, at=times),
     st.builds(ev.StopRequested, at=times, reset=st.booleans(), reason=texts),
+    st.builds(ev.ResetAsked, at=times, reason=texts),
     st.builds(
         ev.ResetRequested,
         at=times,

@@ -376,11 +376,11 @@ class Daemon:
     def request_reset(self, reason: str) -> bool:
         """Ask for a reset; True if one is under way after it.
 
-        The re-executed taskforce starts from the config and roles files, so
-        the core is told what loading them finds now; it decides whether the
-        reset goes ahead, joins one under way, or is refused.
+        The core decides: it joins a reset under way, or asks (``CheckReset``)
+        what loading the config and roles files finds now -- the re-executed
+        taskforce starts from them -- and goes ahead or refuses.
         """
-        self.feed(self._reset_facts(reason))
+        self.feed(ev.ResetAsked(time.monotonic(), reason))
         return self.core.shutdown is not None
 
     def _reset_facts(self, reason: str) -> ev.ResetRequested:

@@ -240,6 +240,8 @@ def describe_event(event: ev.Event, names: dict[int, str]) -> str:
         return f"config rejected: {event.error}"
     if isinstance(event, ev.StopRequested):
         return ("reset" if event.reset else "stop") + f" requested ({event.reason})"
+    if isinstance(event, ev.ResetAsked):
+        return f"reset asked for ({event.reason})"
     if isinstance(event, ev.ResetRequested):
         broken = " (the files on disk do not load)" if event.errors or event.roles_missing else ""
         return f"reset requested ({event.reason}){broken}"

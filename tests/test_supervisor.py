@@ -423,6 +423,21 @@ def test_a_reset_asked_for_during_one_joins_it_however_broken_the_files() -> Non
     assert sim.finished == fx.Exit(0, reset=True)
 
 
+def test_a_reset_asked_for_is_checked_once_and_a_storm_during_it_reads_no_file() -> None:
+    """A signal or request asks without facts: the core asks the shell to read
+    the files (CheckReset) only when no reset is under way yet."""
+    sim = boot(config(web=task("/usr/bin/web")), behaviours={"web": IGNORE_TERM})
+    assert sim.feed(ev.ResetAsked(sim.now, "got SIGHUP")) == (fx.CheckReset("got SIGHUP"),)
+    sim.feed(ev.ResetRequested(sim.now, reason="got SIGHUP"))
+    assert sim.core.shutdown is not None
+    for _ in range(3):
+        answer = sim.feed(ev.ResetAsked(sim.now, "got SIGHUP"))
+        assert not any(isinstance(e, fx.CheckReset) for e in answer)
+    assert sim.messages()[-1] == "a reset is already under way (got SIGHUP)"
+    sim.settle()
+    assert sim.finished == fx.Exit(0, reset=True)
+
+
 def test_an_edited_config_or_roles_file_is_read_again_and_new_own_code_resets() -> None:
     """Which of taskforce's own inputs means a reload and which a reset is
     the core's call; the shell only reports the change and does the reading."""

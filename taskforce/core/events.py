@@ -218,6 +218,16 @@ class StopRequested(Event):
 
 
 @dataclass(frozen=True)
+class ResetAsked(Event):
+    """A reset was asked for (SIGHUP, ``-R``, a control request), with no
+    facts yet: the core joins a reset under way, or answers ``CheckReset`` to
+    learn what the files on disk hold (then ``ResetRequested``).  So a storm
+    of requests during a reset reads no file."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class ResetRequested(Event):
     """A reset was asked for (SIGHUP, ``-R``, a control request, a change to
     taskforce's own code): stop every task and re-execute -- if the core
@@ -272,6 +282,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         FileChanged,
         TimerFired,
         StopRequested,
+        ResetAsked,
         ResetRequested,
         ControlRequested,
     )

@@ -347,19 +347,24 @@ class EventHandlers(Reconcile):
         reset -- which, like any reset, goes ahead only if the files on disk
         load (``CheckReset`` asks the shell what they hold)."""
         if event.key == ev.CODE_KEY:
-            reason = f"taskforce's own code changed ({event.path})"
-            if self.shutdown is not None:
-                # The files do not matter once one is under way (see
-                # _on_ResetRequested): join it without having the shell read
-                # them -- an update writes dozens of modules at once.
-                self._begin_shutdown(reset=True, reason=reason)
-            else:
-                self.emit(fx.CheckReset(reason))
+            self._ask_reset(f"taskforce's own code changed ({event.path})")
         else:
             self.emit(fx.LoadInputs("config" if event.key == ev.CONFIG_KEY else "roles"))
 
     def _on_TimerFired(self, event: ev.TimerFired) -> None:
         pass  # due timers already ran in handle()
+
+    def _on_ResetAsked(self, event: ev.ResetAsked) -> None:
+        self._ask_reset(event.reason)
+
+    def _ask_reset(self, reason: str) -> None:
+        if self.shutdown is not None:
+            # The files do not matter once one is under way (see
+            # _on_ResetRequested): join it without having the shell read
+            # them -- a signal storm, or an update writing dozens of modules.
+            self._begin_shutdown(reset=True, reason=reason)
+        else:
+            self.emit(fx.CheckReset(reason))
 
     def _on_ResetRequested(self, event: ev.ResetRequested) -> None:
         if self.shutdown is None:
