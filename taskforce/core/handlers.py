@@ -351,6 +351,12 @@ class EventHandlers(Reconcile):
         else:
             self.emit(fx.LoadInputs("config" if event.key == ev.CONFIG_KEY else "roles"))
 
+    def _on_Notified(self, event: ev.Notified) -> None:
+        pass  # readiness: filled in by the readiness work (issue 15)
+
+    def _on_ProbeFinished(self, event: ev.ProbeFinished) -> None:
+        pass  # readiness: filled in by the readiness work (issue 15)
+
     def _on_TimerFired(self, event: ev.TimerFired) -> None:
         pass  # due timers already ran in handle()
 

@@ -162,6 +162,10 @@ class ProcessSpec:
         default=None, metadata=_attr(key="nice", parse=Whole(-20, 19), start=True)
     )
 
+    #: whether it gets ``NOTIFY_SOCKET`` (its task has ``ready: notify``):
+    #: the shell adds the path of the socket it owns to the environment
+    notify: bool = field(default=False, metadata=_attr(reason="ready"))
+
     def diff(self, new: ProcessSpec) -> str:
         """Which parts differ from ``new``, for the reason of a restart.
 
