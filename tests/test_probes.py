@@ -15,6 +15,7 @@ import pytest
 from taskforce import probes
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
+from taskforce.simulator import FakeProcess, Simulation
 
 
 class Loop:
@@ -227,3 +228,58 @@ def test_status_lines() -> None:
     assert probes.parse_tcp("[::1]:8080") == ("::1", 8080)
     assert probes.parse_tcp("8080") == ("127.0.0.1", 8080)
     assert probes.parse_tcp("db.example:5432") == ("db.example", 5432)
+
+
+# ----------------------------------------------- the simulator's answers
+# (Until the core asks for probes and notify itself, its readiness helpers
+# are driven directly; the property tests drive them through the core.)
+
+
+def simulated(delay: float | None) -> tuple[Simulation, FakeProcess]:
+    sim = Simulation()
+    if delay is None:
+        sim.never_ready.add("web")
+    else:
+        sim.ready_delays["web"] = delay
+    sim.boot({"tasks": {"web": {"commands": {"start": ["/bin/web"]}}}})
+    pid = sim.running()[("web", 0)]
+    return sim, sim.processes[pid]
+
+
+def fed(sim: Simulation, kind: type[ev.Event]) -> list[ev.Event]:
+    return [event for event, _ in sim.log if isinstance(event, kind)]
+
+
+def test_the_simulator_answers_a_probe_once_the_process_is_ready() -> None:
+    sim, _ = simulated(2.0)
+    sim._probe(fx.Probe("web", 0, 1, "tcp", "8080", 5.0))
+    sim.advance(1.0)
+    assert not fed(sim, ev.ProbeFinished)
+    sim.advance(1.5)
+    (answer,) = fed(sim, ev.ProbeFinished)
+    assert (answer.at, answer.ok, answer.run) == (2.0, True, 1)  # type: ignore[attr-defined]
+
+
+def test_the_simulator_times_a_probe_out_and_refuses_without_a_process() -> None:
+    sim, proc = simulated(None)
+    sim._probe(fx.Probe("web", 0, 1, "http", "http://127.0.0.1/", 3.0))
+    sim.advance(10.0)
+    sim.kill(proc.pid)
+    sim._probe(fx.Probe("web", 1, 2, "tcp", "8080", 3.0))  # no such slot running
+    sim.advance(0.0)
+    answers = [(e.at, e.ok, e.detail) for e in fed(sim, ev.ProbeFinished)]  # type: ignore[attr-defined]
+    assert answers == [(3.0, False, "timed out after 3s"), (10.0, False, "connection refused")]
+
+
+def test_the_simulator_sends_ready_for_a_notify_process() -> None:
+    sim, proc = simulated(1.5)
+    sim._notify_ready(proc)
+    sim.settle()
+    (notified,) = fed(sim, ev.Notified)
+    assert (notified.at, notified.pid, notified.message) == (1.5, proc.pid, "READY=1")  # type: ignore[attr-defined]
+    # One that dies first never sends.
+    sim2, proc2 = simulated(1.5)
+    sim2._notify_ready(proc2)
+    sim2.kill(proc2.pid)
+    sim2.advance(5.0)
+    assert not fed(sim2, ev.Notified)
