@@ -306,3 +306,30 @@ def test_drops_are_logged_rarely(caplog: pytest.LogCaptureFixture) -> None:
     assert len(lines) == notify.LOG_LINES_PER_MINUTE + 1
     assert "more not logged" in lines[-1]
     assert drops.total == 121
+
+
+def ready_key_accepted() -> bool:
+    """Whether the config takes ``ready: notify`` yet (the core's half of
+    readiness); until then a task cannot ask for NOTIFY_SOCKET."""
+    from taskforce.config import ConfigError, load_config_text
+
+    try:
+        load_config_text('{"tasks": {"a": {"ready": "notify", "commands": {"start": ["x"]}}}}')
+    except ConfigError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not root_with_nobody(), reason="needs root and a user nobody")
+@pytest.mark.skipif(not ready_key_accepted(), reason="no ready: key in the config yet")
+def test_a_task_running_as_another_user_can_notify(daemon: Daemon) -> None:
+    start = [sys.executable, "-c", TALKER, "-", daemon.marker, "talker"]
+    task = {"user": NOBODY, "cwd": "/", "ready": "notify", "commands": {"start": start}}
+    daemon.write_config({"tasks": {"talker": task}})
+    daemon.start()
+    wait_for(lambda: len(recorded(daemon, ev.Notified)) >= 2, what="nobody's datagrams")
+    uid = pwd.getpwnam(NOBODY).pw_uid
+    ident = instance_id(str(daemon.config), None)
+    path = notify.socket_path(notify.runtime_folder(), ident, uid)
+    assert os.stat(path).st_uid == uid
+    assert daemon.stop() == 0
