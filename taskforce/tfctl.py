@@ -288,7 +288,7 @@ def format_table(rows: list[list[str]]) -> str:
 
 def format_plan(answer: dict[str, Any]) -> str:
     lines = []
-    for kind in ("start", "restart", "stop"):
+    for kind in ("start", "restart", "stop", "wait"):
         for change in answer.get(kind) or ():
             slots = ",".join(str(i) for i in change["instances"])
             lines.append(f"{kind:<8} {change['task']}[{slots}]  {change['why']}")
