@@ -14,13 +14,27 @@ from __future__ import annotations
 
 from taskforce.core import effects as fx
 from taskforce.core.lifecycle import (
+    INTENT_FINISH,
+    INTENT_RESTART,
+    INTENT_STOP,
     LIFECYCLE,
     ONE_SHOT_CONTROLS,
+    PHASE_LAUNCHER,
+    SHUTDOWN_RESET,
+    SLOT_DONE,
+    SLOT_DRAINING,
+    SLOT_EXITED,
+    SLOT_FAILED,
+    SLOT_RUNNING,
+    SLOT_STOPPING,
+    TIMER_CHECK,
+    TIMER_CHECK_TIMEOUT,
+    TIMER_KILL,
+    TIMER_LIMIT,
+    TIMER_READY,
+    TIMER_RETRY,
     Intent,
-    Phase,
-    Shutdown,
     SlotState,
-    TimerPurpose,
 )
 from taskforce.core.model import DAEMON_CONTROLS, Action, ProcessSpec
 from taskforce.core.slots import FAILED_WATCH, Slot, TaskState
@@ -61,7 +75,7 @@ class SlotActions(Timers):
         slot.intent = None
         slot.check_fails = 0
         slot.phase = (
-            Phase.LAUNCHER if task.control in ("nowait", "adopt") and spec.pidfile else None
+            PHASE_LAUNCHER if task.control in ("nowait", "adopt") and spec.pidfile else None
         )
         slot.timers.clear()
         self.emit(
@@ -69,24 +83,24 @@ class SlotActions(Timers):
         )
 
     def stop_slot(self, task: TaskState, slot: Slot, intent: Intent, reason: str) -> None:
-        if slot.state in (S.STOPPING, S.DRAINING):
-            if intent == Intent.STOP:
-                slot.intent = Intent.STOP
+        if slot.state in (SLOT_STOPPING, SLOT_DRAINING):
+            if intent == INTENT_STOP:
+                slot.intent = INTENT_STOP
             return
-        if slot.state is not S.RUNNING or slot.pid is None:
+        if slot.state is not SLOT_RUNNING or slot.pid is None:
             return
         LIFECYCLE.fire(slot, "stop")
         slot.intent = intent
         slot.reason = reason
         if self._reload is not None and self._reload.counting:
-            if intent == Intent.RESTART:
+            if intent == INTENT_RESTART:
                 self._reload.restarted += 1
             else:
                 self._reload.stopped += 1
-        for purpose in (TimerPurpose.READY, TimerPurpose.LIMIT, TimerPurpose.CHECK):
+        for purpose in (TIMER_READY, TIMER_LIMIT, TIMER_CHECK):
             slot.timers.pop(purpose, None)
         self._end_check(slot)
-        use_restart = intent == Intent.RESTART or self.shutdown == Shutdown.RESET
+        use_restart = intent == INTENT_RESTART or self.shutdown == SHUTDOWN_RESET
         action = (task.spec.restart_action if use_restart else None) or task.spec.stop_action
         name = task.spec.name
         if action and action.signal:
@@ -97,7 +111,7 @@ class SlotActions(Timers):
             self._run_command(task, action.command or "")
         else:
             self.emit(fx.Signal(name, slot.instance, slot.pid, "SIGTERM", group=slot.signal_group))
-        self._set_timer(slot, TimerPurpose.KILL, self.now + task.spec.stop_timeout)
+        self._set_timer(slot, TIMER_KILL, self.now + task.spec.stop_timeout)
         self.log("info", f"{self._name(slot)} (pid {slot.pid}) {reason}", name)
 
     def _process_gone(self, slot: Slot, *, failed: bool = False) -> None:
@@ -121,13 +135,13 @@ class SlotActions(Timers):
             if pid
             else f"{name} {slot.last_exit}"
         )
-        if slot.intent == Intent.STOP or not self.wants_run(task) or slot.instance >= task.count:
+        if slot.intent == INTENT_STOP or not self.wants_run(task) or slot.instance >= task.count:
             self.log("info", what, slot.task)
             LIFECYCLE.fire(slot, "release")
-        elif slot.intent == Intent.RESTART:
+        elif slot.intent == INTENT_RESTART:
             self.log("info", what, slot.task)
             slot.fails = 0  # deliberate; the next start is immediate
-        elif slot.intent == Intent.FINISH or (task.control in ONE_SHOT_CONTROLS and not failed):
+        elif slot.intent == INTENT_FINISH or (task.control in ONE_SHOT_CONTROLS and not failed):
             self.log("info", what, slot.task)
             LIFECYCLE.fire(slot, "finish")
             slot.reason = f"finished: {slot.last_exit}"
@@ -170,8 +184,8 @@ class SlotActions(Timers):
                 self.log("debug", f"{what}; retry {slot.fails} in {delay:g}s", slot.task)
             LIFECYCLE.fire(slot, "back_off")
             slot.reason = f"backoff step {slot.fails} after: {slot.last_exit}"
-            self._set_timer(slot, TimerPurpose.RETRY, self.now + delay)
-        slot.intent = None if slot.state is not S.EXITED else slot.intent
+            self._set_timer(slot, TIMER_RETRY, self.now + delay)
+        slot.intent = None if slot.state is not SLOT_EXITED else slot.intent
         if not self.shutdown and not any(s.live for s in task.slots):
             self._onexit(task)
 
@@ -191,7 +205,7 @@ class SlotActions(Timers):
     def _retry(self, slot: Slot, why: str, *, reason: str | None = None) -> None:
         """A failed slot may start again (a fresh attempt): ``why`` says who
         or what said so; ``reason``, when it is stopped instead."""
-        if slot.state is not S.FAILED:
+        if slot.state is not SLOT_FAILED:
             return
         self._touch(slot.task)
         LIFECYCLE.fire(slot, "release")
@@ -205,7 +219,7 @@ class SlotActions(Timers):
         """Let ``task``'s failed slots (or slot ``instance``) start again; how many."""
         found = 0
         for slot in task.slots:
-            if slot.state is S.FAILED and instance in (None, slot.instance):
+            if slot.state is SLOT_FAILED and instance in (None, slot.instance):
                 self._retry(slot, why)
                 found += 1
         return found
@@ -232,7 +246,7 @@ class SlotActions(Timers):
         if action.signal:
             self.log("info", f"{name}: {why}; sending {action.signal}", name)
             for slot in task.slots:
-                if slot.state is S.RUNNING and slot.pid is not None:
+                if slot.state is SLOT_RUNNING and slot.pid is not None:
                     self.emit(fx.Signal(name, slot.instance, slot.pid, action.signal, group=False))
             return
         command = action.command or ""
@@ -250,7 +264,7 @@ class SlotActions(Timers):
                 return
             self.log("info", f"{name}: {why}; restarting", name)
             for slot in task.slots:
-                self.stop_slot(task, slot, Intent.RESTART, f"restarted: {why}")
+                self.stop_slot(task, slot, INTENT_RESTART, f"restarted: {why}")
 
     def _run_command(self, task: TaskState, command: str, instance: int = 0, run: int = 0) -> None:
         spec = task.spec.process(instance)
@@ -272,14 +286,14 @@ class SlotActions(Timers):
         self._touch(task.spec.name)
         task.run_requested = True
         for slot in task.slots:
-            if slot.state is S.DONE:
+            if slot.state is SLOT_DONE:
                 LIFECYCLE.fire(slot, "release")
                 slot.reason = why
 
     def _end_check(self, slot: Slot) -> None:
         """Kill the slot's running health check, if any.  A check belongs to
         its process: it must not outlive it, its stop, or taskforce."""
-        slot.timers.pop(TimerPurpose.CHECK_TIMEOUT, None)
+        slot.timers.pop(TIMER_CHECK_TIMEOUT, None)
         if slot.check_run is not None:
             self.emit(fx.StopCommand(slot.task, slot.instance, slot.check_run, "SIGKILL"))
             slot.check_run = None
@@ -305,7 +319,7 @@ class SlotActions(Timers):
                     wanted[key] = fx.Watch(key, "executable", spec.paths[:1], task.spec.search_path)
                 elif spec.type == "python":
                     wanted[key] = fx.Watch(key, "python", spec.paths, task.spec.search_path)
-            if any(slot.state is S.FAILED for slot in task.slots) and not any(
+            if any(slot.state is SLOT_FAILED for slot in task.slots) and not any(
                 spec.type == "self" for spec in task.spec.events
             ):
                 # A crash loop that gave up is often a program not (yet)
