@@ -13,10 +13,11 @@ signals or starts a process.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import os
 import tempfile
+
+from taskforce.pidlock import lock_and_write_pid
 
 
 def instance_id(config_path: str, roles_path: str | None) -> str:
@@ -43,24 +44,13 @@ class InstanceLock:
         self.fd: int | None = None
 
     def claim(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
-            try:
-                with open(self.path) as handle:
-                    owner = handle.read().strip() or "?"
-            except OSError:
-                owner = "?"
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        fd, owner = lock_and_write_pid(self.path, flags, 0o600)
+        if owner is not None:
             raise InstanceHeld(
                 f"another taskforce (pid {owner}) already supervises this config "
                 f"and roles file (lock {self.path}); stop it first"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+            )
         self.fd = fd
 
     def release(self) -> None:

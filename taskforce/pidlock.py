@@ -1,8 +1,9 @@
 """The daemon's own pidfile, claimed under a lock, and detaching from the terminal.
 
 ``Pidfile`` holds taskforce's pidfile with an exclusive lock, so a stale one
-is taken over safely and a live owner is always found; ``daemonize`` is the
-double fork of ``-b``.  Split out of ``taskforce.cli``.
+is taken over safely and a live owner is always found (``lock_and_write_pid``,
+which ``taskforce.instancelock`` uses too); ``daemonize`` is the double fork
+of ``-b``.  Split out of ``taskforce.cli``.
 
 This module decides nothing about tasks; it never signals or starts one.
 """
@@ -12,6 +13,27 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+
+
+def lock_and_write_pid(path: str, flags: int, mode: int) -> tuple[int | None, str | None]:
+    """Open ``path``, take its exclusive lock and write our pid in it: the
+    fd and None.  When a live process holds the lock: None and the pid it
+    wrote there (``"?"`` if unreadable).  Other errors are raised."""
+    fd = os.open(path, flags, mode)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise
+        try:
+            with open(path) as handle:
+                return None, handle.read().strip() or "?"
+        except OSError:
+            return None, "?"
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd, None
 
 
 class PidfileHeld(Exception):
@@ -27,23 +49,9 @@ class Pidfile:
         self.fd: int | None = None
 
     def claim(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                try:
-                    with open(self.path) as handle:
-                        owner = handle.read().strip() or "?"
-                except OSError:
-                    owner = "?"
-                raise PidfileHeld(
-                    f"taskforce is already running as pid {owner} (pidfile {self.path})"
-                ) from None
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        fd, owner = lock_and_write_pid(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if owner is not None:
+            raise PidfileHeld(f"taskforce is already running as pid {owner} (pidfile {self.path})")
         self.fd = fd
 
     def release(self, *, remove: bool) -> None:

@@ -173,19 +173,7 @@ class FakeOS:
         behaviour: str = TERM,
     ) -> int:
         """A process taskforce did not start (one to adopt), in its own session."""
-        pid = self._allocate_pid()
-        self.processes[pid] = FakeProcess(
-            pid=pid,
-            pgid=pid,
-            task=task,
-            instance=instance,
-            generation=0,
-            argv=argv,
-            behaviour=behaviour,
-            started_at=self.now,
-            child=False,
-            marked=False,
-        )
+        pid = self._new_process(task, instance, argv, behaviour, child=False, marked=False)
         if pidfile is not None:
             self.write_pidfile(pidfile, pid)
         return pid
@@ -193,18 +181,7 @@ class FakeOS:
     def add_stranger(self, argv: tuple[str, ...] = ("/usr/sbin/sshd",)) -> int:
         """A process outside every slot (root's, say) that taskforce must
         never signal; it ignores SIGTERM, so a signal to it is seen."""
-        pid = self._allocate_pid()
-        self.processes[pid] = FakeProcess(
-            pid=pid,
-            pgid=pid,
-            task="",
-            instance=-1,
-            generation=0,
-            argv=argv,
-            behaviour=IGNORE_TERM,
-            started_at=self.now,
-            child=False,
-        )
+        pid = self._new_process("", -1, argv, IGNORE_TERM, child=False)
         self.strangers.add(pid)
         return pid
 
@@ -350,6 +327,37 @@ class FakeOS:
             error=error,
         )
 
+    def _new_process(
+        self,
+        task: str,
+        instance: int,
+        argv: tuple[str, ...],
+        behaviour: str,
+        *,
+        generation: int = 0,
+        leader: int | None = None,
+        child: bool = True,
+        marked: bool = True,
+        escaped: bool = False,
+    ) -> int:
+        """A new row of the process table, started now; its pid.  ``leader``
+        is the group it joins (None: a group of its own)."""
+        pid = self._allocate_pid()
+        self.processes[pid] = FakeProcess(
+            pid=pid,
+            pgid=pid if leader is None else leader,
+            task=task,
+            instance=instance,
+            generation=generation,
+            argv=argv,
+            behaviour=behaviour,
+            started_at=self.now,
+            child=child,
+            marked=marked,
+            escaped=escaped,
+        )
+        return pid
+
     def _allocate_pid(self) -> int:
         pid = self._next_pid
         self._next_pid += 1
@@ -384,34 +392,21 @@ class FakeOS:
         behaviour = self.behaviours.get(spawn.task, self.default_behaviour)
         if behaviour not in BEHAVIOURS:
             raise ValueError(f"unknown behaviour {behaviour!r} for {spawn.task}")
-        pid = self._allocate_pid()
-        self.processes[pid] = FakeProcess(
-            pid=pid,
-            pgid=pid,
-            task=spawn.task,
-            instance=spawn.instance,
-            generation=spawn.generation,
-            argv=spawn.argv,
-            behaviour=behaviour,
-            started_at=self.now,
-            env={**spawn.env, **process_facts(spawn, pid, self.now)},
-        )
+        slot = (spawn.task, spawn.instance)
+        pid = self._new_process(*slot, spawn.argv, behaviour, generation=spawn.generation)
+        self.processes[pid].env = {**spawn.env, **process_facts(spawn, pid, self.now)}
         if behaviour == DAEMONIZE:
             self._daemonize(spawn)
             self._die(self.processes[pid], exit_code=0)
         if behaviour in (WRAPPER, STUBBORN_WRAPPER, ESCAPER):
-            child = self._allocate_pid()
             # An escaper keeps ``pgid`` as the tree it belongs to; ``escaped``
             # says a plain process-group signal would miss it.
-            self.processes[child] = FakeProcess(
-                pid=child,
-                pgid=pid,
-                task=spawn.task,
-                instance=spawn.instance,
+            self._new_process(
+                *slot,
+                spawn.argv[-1:],
+                behaviour,
                 generation=spawn.generation,
-                argv=spawn.argv[-1:],
-                behaviour=behaviour,
-                started_at=self.now,
+                leader=pid,
                 escaped=behaviour == ESCAPER,
             )
         self._urgent.append(

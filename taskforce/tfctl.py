@@ -287,22 +287,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    status = sub.add_parser("status", help="every task and process, as a table")
-    status.add_argument("tasks", nargs="*", metavar="TASK", help="only these tasks")
-    status.add_argument("--json", action="store_true", help="print the JSON status")
-    health = sub.add_parser("health", help="ok, or what should run but does not")
-    health.add_argument("--json", action="store_true", help="print the JSON report")
-    version = sub.add_parser("version", help="taskforce and Python versions")
-    version.add_argument("--json", action="store_true", help="print the JSON answer")
+    # The reading commands, each with --json: (name, what it prints, what --json prints).
+    for name, summary, answer in (
+        ("status", "every task and process, as a table", "status"),
+        ("health", "ok, or what should run but does not", "report"),
+        ("version", "taskforce and Python versions", "answer"),
+    ):
+        reader = sub.add_parser(name, help=summary)
+        if name == "status":
+            reader.add_argument("tasks", nargs="*", metavar="TASK", help="only these tasks")
+        reader.add_argument("--json", action="store_true", help=f"print the JSON {answer}")
 
-    start = sub.add_parser("start", help="start tasks that are off, or run a once task again")
-    start.add_argument("tasks", nargs="+", metavar="TASK")
-    stop = sub.add_parser(
-        "stop", help="stop tasks (control off until started, reloaded or their entry changes)"
-    )
-    stop.add_argument("tasks", nargs="+", metavar="TASK")
-    restart = sub.add_parser("restart", help="restart tasks, or one slot as TASK:N (or TASK[N])")
-    restart.add_argument("tasks", nargs="+", metavar="TASK[:N]")
+    # The commands that take task names and nothing else.
+    for name, summary, metavar in (
+        ("start", "start tasks that are off, or run a once task again", "TASK"),
+        ("stop", "stop tasks (control off until started, reloaded or their entry changes)", "TASK"),
+        ("restart", "restart tasks, or one slot as TASK:N (or TASK[N])", "TASK[:N]"),
+    ):
+        sub.add_parser(name, help=summary).add_argument("tasks", nargs="+", metavar=metavar)
     sig = sub.add_parser(
         "signal",
         help="send a signal to tasks' processes: TASK[:N]... SIGNAL (or SIGNAL TASK[:N]...)",
