@@ -1,4 +1,4 @@
-"""The ``taskforce`` command line: options, logging, pidfile, daemonizing.
+"""The ``taskforce`` command line: options, exit codes, starting the daemon.
 
 Options and defaults follow the original taskforce.  Exit codes:
 
@@ -8,6 +8,11 @@ Options and defaults follow the original taskforce.  Exit codes:
   ``-R``/``-S``, bad arguments (argparse uses 2 for those, as usual);
 - 2: the pidfile is held by a live taskforce;
 - 3: taskforce failed while running.
+
+Where the daemon logs is set up in ``taskforce.logsetup``, its pidfile and
+the detaching of ``-b`` are in ``taskforce.pidlock``, and the checks that
+refuse a start (unprotected or held control sockets) in
+``taskforce.preflight``.
 
 This module never decides anything about tasks; it only sets the stage for
 ``taskforce.daemon``.

@@ -77,7 +77,7 @@ def diff_plan(
             core.handle(item.event)
         roles = load_roles(roles_path)
         config = load_config(config_path, roles=roles.names, role_values=roles.values)
-        answer = status.plan(core, dict(config), roles.names, dict(roles.values))
+        answer = status.plan(core, dict(config), roles.names, dict(roles.values), notes=True)
     except (ConfigError, OSError, ValueError) as exc:  # (a SpecError is a ValueError)
         print(f"taskforce plan: {exc}", file=out)
         return 1

@@ -8,7 +8,8 @@
   table and file system, following a script of happenings, and print what
   taskforce would do.  Nothing is started.
 - plan: which tasks a config runs for each roles file (one per kind of host),
-  and what would start, stop or restart against a recorded run.
+  and what would start, stop, restart or wait against a recorded run
+  (formatted in ``taskforce.plans``; re-exported here).
 
 These commands never start, stop or signal a process.
 """

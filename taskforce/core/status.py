@@ -374,16 +374,20 @@ def plan(
     config: Mapping[str, Any],
     roles: tuple[str, ...] | None,
     role_values: Mapping[str, str] | None = None,
+    *,
+    notes: bool = False,
 ) -> dict[str, Any]:
     """What applying ``config`` (with ``roles``) would start, stop and restart.
 
     Raises ``model.SpecError`` when the config cannot be built.  The answer
     is ``{"start": [...], "stop": [...], "restart": [...], "wait": [...],
-    "unchanged": [...], "notes": [...]}``; each change is ``{"task",
-    "instances", "why"}``.  ``start`` is what would start at once, ``wait``
-    what would start but waits (for a task it requires, say) -- the shell's
-    tools only format this, they do not classify.  ``notes`` are the
-    messages (above debug) the core would log on applying it.  Like a reload
+    "unchanged": [...]}``; each change is ``{"task", "instances", "why"}``.
+    ``start`` is what would start at once, ``wait`` what would start but
+    waits (for a task it requires, say) -- the shell's tools only format
+    this, they do not classify.  With ``notes``, ``"notes"`` lists the
+    messages (above debug) the core would log on applying it -- for a local
+    tool only: secrets are taken out of log lines by the shell as it logs
+    them, so the control server's answer leaves them out.  Like a reload
     of an edited file, it keeps the operator's overrides of the tasks whose
     own entry it leaves as it is.
     """
@@ -433,7 +437,8 @@ def plan(
         for kind, found in changes.items()
     }
     out["unchanged"] = unchanged
-    out["notes"] = [e.message for e in effects if isinstance(e, Log) and e.level != "debug"]
+    if notes:
+        out["notes"] = [e.message for e in effects if isinstance(e, Log) and e.level != "debug"]
     return out
 
 
