@@ -58,7 +58,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import pids_with_marker, read_bytes  # noqa: E402
-from loadgen import Load, Result, request  # noqa: E402
+from loadgen import Load, Result, Sample, percentile, request  # noqa: E402
 from rollout_peers import MARKER_VAR, PEERS, Supervisor, Taskforce, find_pm2  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,6 +98,25 @@ def snapshot(ref: str, python: str) -> Path:
         ).stdout
         subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     return folder
+
+
+def commit_of(ref: str) -> str:
+    """`` (git abc1234)`` for a ref, or for the work tree (``, modified``)."""
+    head = "HEAD" if ref == "worktree" else ref
+    done = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", head], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        return ""
+    dirty = ""
+    if ref == "worktree":
+        status = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "taskforce"],
+            capture_output=True,
+            text=True,
+        )
+        dirty = ", modified" if status.stdout.strip() else ""
+    return f" (git {done.stdout.strip()}{dirty})"
 
 
 def wait_serving(port: int, deadline: float, sup: Supervisor) -> None:
@@ -141,14 +160,15 @@ def run_one(sup: Supervisor, options: argparse.Namespace) -> dict[str, Any]:
 def figures(result: Result, changes: list[Any], options: argparse.Namespace) -> dict[str, Any]:
     whole = result.summary()
     during = [(changed, settled) for changed, settled, *_ in changes]
-    in_changes, outside = [], []
+    in_changes: list[Sample] = []
+    outside: list[Sample] = []
     for sample in result.samples:
         hit = any(sample.end >= a and sample.start <= b for a, b in during)
         (in_changes if hit else outside).append(sample)
 
-    def p99(samples: Sequence[Any]) -> float | None:
-        values = sorted(s.latency * 1000 for s in samples if s.outcome == "ok")
-        return values[max(0, -(-99 * len(values) // 100) - 1)] if values else None
+    def p99(samples: Sequence[Sample]) -> float | None:
+        values = [s.latency * 1000 for s in samples if s.outcome == "ok"]
+        return percentile(values, 99) if values else None
 
     converged = []
     for changed, settled, version, done, _tool in changes:
@@ -265,6 +285,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return options
 
 
+def versions(plan: Sequence[Supervisor]) -> str:
+    """What ran: each supervisor's version, as it reports it."""
+    found = [f"Python {sys.version.split()[0]}", f"{os.cpu_count()} CPUs"]
+    for sup in plan:
+        argv = sup.version_command()
+        if not argv:
+            continue
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=sup.env)
+            text = (done.stdout or done.stderr).strip().splitlines()
+            said = text[-1] if text else "?"
+            # taskforce -V says "taskforce X"; the label already names it.
+            said = said.removeprefix(sup.name.split("@")[0]).strip()
+            found.append(f"{sup.name} {said}{getattr(sup, 'commit', '')}")
+        except (OSError, subprocess.SubprocessError):
+            found.append(f"{sup.name} ?")
+    return ", ".join(found)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
     marker = uuid.uuid4().hex
@@ -290,17 +329,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     tree = snapshot(ref, sys.executable)
                     snapshots.append(tree)
                     label = "taskforce" if ref == "worktree" else f"taskforce@{ref}"
-                    sup = Taskforce(base / label, env, options, tree, label)
-                    if not options.legacy and not sup.accepts_rollout():
-                        sup.legacy = True
+                    tf = Taskforce(base / label, env, options, tree, label)
+                    tf.commit = commit_of(ref)
+                    if not options.legacy and not tf.accepts_rollout():
+                        tf.legacy = True
                         notes.append(
                             f"{label}: the config checker refuses sockets:/ready:/rollout:, "
                             "so its workers bind the port with SO_REUSEPORT and start_delay "
                             "stands for readiness"
                         )
                     elif options.legacy:
-                        sup.legacy = True
-                    plan.append(sup)
+                        tf.legacy = True
+                    plan.append(tf)
                 continue
             if name == "pm2":
                 pm2, why = find_pm2(options.pm2, env)
@@ -319,22 +359,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 notes.append(line)
                 continue
             plan.append(peer)
-        for sup in plan:
-            sup.port = free_port()
-            log(f"{sup.name} ({sup.describe()}) ...")
+        for one in plan:
+            one.port = free_port()
+            log(f"{one.name} ({one.describe()}) ...")
             try:
-                results[sup.name] = run_one(sup, options)
-                results[sup.name]["how"] = sup.describe()
-                got = results[sup.name]
-                log(f"  {sup.name}: {got['failed']} of {got['requests']} failed")
+                results[one.name] = run_one(one, options)
+                results[one.name]["how"] = one.describe()
+                got = results[one.name]
+                log(f"  {one.name}: {got['failed']} of {got['requests']} failed")
             except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
-                log(f"  {sup.name} failed: {exc}")
-                notes.append(f"{sup.name}: failed: {exc}")
+                log(f"  {one.name} failed: {exc}")
+                notes.append(f"{one.name}: failed: {exc}")
                 status = 1
             finally:
                 left = pids_with_marker(marker)
                 if left:
-                    log(f"  {sup.name}: left running, killed: {sorted(left)}")
+                    log(f"  {one.name}: left running, killed: {sorted(left)}")
                     kill_all(left)
     except (Interrupted, KeyboardInterrupt) as exc:
         log(f"interrupted ({exc or 'Ctrl-C'}); stopping everything")
@@ -356,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{options.changes} code changes each, warm-up {options.warmup:g} s; "
         f"load average {' '.join(load)}"
     )
+    print(f"  {versions(plan)}")
     if results:
         print(table(results))
     for sup in plan:

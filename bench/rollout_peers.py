@@ -89,6 +89,9 @@ class Supervisor:
     def missing(self) -> str:
         return ""
 
+    def version_command(self) -> list[str]:
+        return []
+
     def start(self) -> None:
         with open(self.folder / "daemon.log", "ab") as out:
             self.proc = subprocess.Popen(
@@ -154,10 +157,14 @@ class Taskforce(Supervisor):
         super().__init__(folder, {**env, "PYTHONPATH": path}, options, tree)
         self.name = label
         self.legacy = False
+        self.commit = ""
 
     @property
     def config(self) -> Path:
         return self.folder / "taskforce.conf"
+
+    def version_command(self) -> list[str]:
+        return [sys.executable, "-m", "taskforce", "-V"]
 
     def render(self) -> dict[str, Any]:
         warmup = self.options.warmup
@@ -206,6 +213,10 @@ class Taskforce(Supervisor):
             "-",
             "-p",
             "-",
+            # Should this benchmark be SIGKILLed, taskforce still stops its
+            # workers and exits on its own.
+            "--expires",
+            str(int(self.options.budget) + 60),
         ]
 
     def describe(self) -> str:
@@ -222,6 +233,9 @@ class Supervisord(Supervisor):
     @property
     def config(self) -> Path:
         return self.folder / "supervisord.conf"
+
+    def version_command(self) -> list[str]:
+        return [str(self.options.peers_bin / "supervisord"), "--version"]
 
     def missing(self) -> str:
         bin_ = self.options.peers_bin
@@ -286,6 +300,9 @@ class Circus(Supervisor):
     @property
     def config(self) -> Path:
         return self.folder / "circus.ini"
+
+    def version_command(self) -> list[str]:
+        return [str(self.options.peers_bin / "circusd"), "--version"]
 
     @property
     def endpoint(self) -> str:
@@ -375,6 +392,12 @@ class PM2(Supervisor):
         self.pm2 = str(extra)
         self.daemon_pid = 0
 
+    def version_command(self) -> list[str]:
+        # Not `pm2 --version`: that starts a pm2 daemon.
+        package = Path(os.path.realpath(self.pm2)).parent.parent / "package.json"
+        script = f"console.log(require({json.dumps(str(package))}).version, process.version)"
+        return ["node", "-e", script]
+
     def prepare(self, version: str) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.write_version(version)
@@ -427,15 +450,6 @@ class PM2(Supervisor):
 
     def describe(self) -> str:
         return "cluster mode, wait_ready, Node worker; change: worker.js saved, pm2 reload web"
-
-
-def node_version() -> str:
-    try:
-        return subprocess.run(
-            ["node", "--version"], capture_output=True, text=True, timeout=30
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
 
 
 def find_pm2(explicit: str | None, env: dict[str, str]) -> tuple[str | None, str]:
