@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from taskforce import tfwait
 from taskforce.tfclient import Client as Client
 from taskforce.tfclient import UnixConnection as UnixConnection
 from taskforce.tfclient import Unreachable as Unreachable
@@ -151,6 +152,10 @@ def run(args: argparse.Namespace, client: Client) -> int:
         return _plan(args, client)
     if command == "logs":
         return _logs(args, client)
+    if command == "rollout":
+        return tfwait.rollout(args, client)
+    if command == "wait":
+        return tfwait.wait(args, client)
     params: list[tuple[str, str]] = []
     path = ""
     if command in ("start", "stop"):
@@ -328,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--roles", metavar="ROLES", help='plan for these roles (comma-separated; "-": none)'
     )
     plan.add_argument("--json", action="store_true", help="print the JSON plan")
+    tfwait.add_commands(sub)
     logs = sub.add_parser("logs", help="a task's recent output lines; -f: follow them")
     logs.add_argument("task", metavar="TASK[:INSTANCE]")
     logs.add_argument(

@@ -243,8 +243,13 @@ def wall_clock(tasks: dict[str, Any], now_mono: float, now_wall: float) -> dict[
             walls = {key: round((at + offset) * 1000) for key, at in since.items()}
             task["overrides_t"] = {key: wall / 1000 for key, wall in walls.items()}
             task["overrides_since"] = {key: _iso(wall) for key, wall in walls.items()}
+        rollout = task.get("rollout")
+        if rollout and rollout.get("started_at") is not None:
+            wall_ms = round((rollout.pop("started_at") + offset) * 1000)
+            rollout["started_t"] = wall_ms / 1000
+            rollout["started"] = _iso(wall_ms)
         for slot in task["processes"]:
-            for what in ("started", "exited"):
+            for what in ("started", "exited", "ready"):
                 at = slot.pop(f"{what}_at", None)
                 if at is not None:
                     wall_ms = round((at + offset) * 1000)

@@ -64,6 +64,11 @@ def _restart(server: ControlServer, request: Request, params: Params) -> Respons
     return _reply(server, request, "restart", args)
 
 
+def _rollout(server: ControlServer, request: Request, params: Params) -> Response:
+    args = {"task": first(params, "task"), "resume": first(params, "resume")}
+    return _reply(server, request, "rollout", args)
+
+
 def _signal(server: ControlServer, request: Request, params: Params) -> Response:
     raw = first(params, "signal")
     if not raw:
@@ -205,6 +210,7 @@ MANAGE: dict[str, Callable[[ControlServer, Request, Params], Response | Deferred
     "/manage/reset": _shutdown(reset=True),
     "/manage/start": _start,
     "/manage/restart": _restart,
+    "/manage/rollout": _rollout,
     "/manage/signal": _signal,
     "/manage/event": _event,
     "/manage/plan": _plan,

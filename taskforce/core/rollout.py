@@ -77,8 +77,14 @@ class Rollouts(SlotActions):
         if slot.phase == PHASE_LAUNCHER:
             return  # its daemon, once found, is what becomes ready
         if ready.kind == "delay":
-            if spec.start_delay > 0:
-                self._set_timer(slot, TIMER_READY, self.now + spec.start_delay)
+            delay = spec.start_delay
+            if slot.trial:
+                # Nothing says when a rollout's new process is ready: it must
+                # at least not fail fast, or a release that cannot start
+                # would replace the pool one process at a time.
+                delay = max(delay, self.settings.stable_after)
+            if delay > 0:
+                self._set_timer(slot, TIMER_READY, self.now + delay)
             else:
                 self._mark_ready(task, slot, "")
             return
@@ -178,7 +184,8 @@ class Rollouts(SlotActions):
         ``READY_TIMEOUT``, ``WATCHDOG``)."""
         ready = task.spec.readiness
         if purpose == TIMER_READY:
-            self._mark_ready(task, slot, f"ran for its start_delay of {task.spec.start_delay:g}s")
+            # (Logged for a rollout's process only: a start_delay never was.)
+            self._mark_ready(task, slot, "it did not fail fast" if slot.trial else "")
         elif purpose == TIMER_PROBE and slot.state is _RUNNING and not self.shutdown:
             if slot.probe_run is not None:  # a command probe ran too long
                 run = slot.probe_run
