@@ -27,6 +27,22 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
 
 
+def describe_rollout(name: str, task: dict[str, Any], now: float) -> str:
+    """One line: where the task's rollout stands."""
+    rollout = task.get("rollout")
+    if not rollout:
+        return f"{name}: no rollout"
+    if rollout.get("halted"):
+        return str(rollout["halted"])
+    took = ""
+    if "started_t" in rollout:
+        took = f", for {_duration(now - rollout['started_t'])}"
+    return (
+        f"rollout of {name}: {rollout.get('replaced', 0)} of {rollout.get('count', '?')} "
+        f"replaced{took} ({rollout.get('why', '')})"
+    )
+
+
 def status_rows(tasks: dict[str, Any], now: float) -> list[list[str]]:
     """The status table: one row per slot (or per task without slots)."""
     rows = [["TASK", "STATE", "PID", "UPTIME", "RESTARTS", "INFO"]]
@@ -42,6 +58,8 @@ def status_rows(tasks: dict[str, Any], now: float) -> list[list[str]]:
                 f"override {key}={overrides[key]} (config: {configured.get(key)}){since}, "
                 "until undone, a reload request or an edit of this task"
             )
+        if task.get("rollout"):
+            notes.append(describe_rollout(name, task, now))
         processes = task.get("processes") or []
         if not processes:
             state = task.get("state", "?")
@@ -60,6 +78,8 @@ def status_rows(tasks: dict[str, Any], now: float) -> list[list[str]]:
                 details.append("waiting on " + ", ".join(slot["waiting_on"]))
             if slot.get("reason"):
                 details.append(slot["reason"])
+            if slot.get("status"):
+                details.append(f"status: {slot['status']}")
             if slot.get("exit") and slot["exit"] not in (slot.get("reason") or ""):
                 details.append(f"last: {slot['exit']}")
             if "retry_t" in slot:

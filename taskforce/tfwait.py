@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from taskforce.tfclient import Client
-from taskforce.tfformat import format_table, status_rows
+from taskforce.tfformat import describe_rollout, format_table, status_rows
 
 #: how often ``tfctl wait`` asks (seconds)
 WAIT_POLL = 0.1
@@ -38,22 +38,6 @@ def _tasks(client: Client) -> tuple[int, dict[str, Any] | str]:
         return code, body
     answer: dict[str, Any] = json.loads(body)
     return code, answer
-
-
-def describe_rollout(name: str, task: dict[str, Any], now: float) -> str:
-    """One line: where the task's rollout stands."""
-    rollout = task.get("rollout")
-    if not rollout:
-        return f"{name}: no rollout"
-    if rollout.get("halted"):
-        return str(rollout["halted"])
-    took = ""
-    if "started_t" in rollout:
-        took = f", for {max(0.0, now - rollout['started_t']):.1f}s"
-    return (
-        f"rollout of {name}: {rollout.get('replaced', 0)} of {rollout.get('count', '?')} "
-        f"replaced{took} ({rollout.get('why', '')})"
-    )
 
 
 def rollout(args: argparse.Namespace, client: Client) -> int:

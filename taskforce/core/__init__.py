@@ -34,10 +34,12 @@ Where things are, in reading order:
 - ``events``, ``effects``: what comes in, what goes out (frozen dataclasses).
 - ``lifecycle``: a slot's states and the transition table; the closed sets
   of words beside them (``Intent``, ``Phase``, ``TimerPurpose``, ``Shutdown``).
-- ``model``: a config built into task and process specs (pure, validated).
+- ``model``: a config built into task and process specs (pure, validated);
+  ``specs`` declares them, ``readiness`` reads a task's ``ready``/``rollout``.
 - ``supervisor``: ``Supervisor.handle``, and the map of its layers --
-  ``state``, ``timers``, ``actions``, ``convergence``, ``reconcile``,
-  ``handlers`` -- with the records they keep in ``slots``.
+  ``state``, ``timers``, ``actions``, ``rollout`` (readiness, and replacing
+  a pool without downtime), ``convergence``, ``reconcile``, ``handlers`` --
+  with the records they keep in ``slots``.
 - ``requests``: operator requests (``ControlRequested``), judged and applied.
 - ``status``: what the supervisor knows, as data, and ``plan`` (a shadow core).
 - ``snapshot``, ``codec``: the supervisor's state and the events and effects

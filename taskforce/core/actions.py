@@ -359,14 +359,23 @@ class SlotActions(Timers):
             self.log("info", f"{name}: {why}; restarting", name)
             self.replace(task, why)
 
-    def _run_command(self, task: TaskState, command: str, instance: int = 0, run: int = 0) -> None:
+    def _run_command(
+        self,
+        task: TaskState,
+        command: str,
+        instance: int = 0,
+        run: int = 0,
+        argv: tuple[str, ...] | None = None,
+    ) -> None:
+        """Run the task's command ``command`` (or ``argv``, named so) in slot
+        ``instance``'s environment; ``run`` numbers a check or a probe."""
         spec = task.spec.process(instance)
         self.emit(
             fx.RunCommand(
                 task=task.spec.name,
                 instance=instance,
                 name=command,
-                argv=task.spec.commands[command],
+                argv=task.spec.commands[command] if argv is None else argv,
                 env=dict(spec.env),
                 cwd=spec.cwd,
                 user=spec.user,

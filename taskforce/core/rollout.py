@@ -119,20 +119,7 @@ class Rollouts(SlotActions):
         self._runs += 1
         slot.probe_run = self._runs
         if ready.kind == "command":
-            spec = task.spec.process(slot.instance)
-            self.emit(
-                fx.RunCommand(
-                    task=slot.task,
-                    instance=slot.instance,
-                    name="ready",
-                    argv=ready.argv,
-                    env=dict(spec.env),
-                    cwd=spec.cwd,
-                    user=spec.user,
-                    group=spec.group,
-                    run=self._runs,
-                )
-            )
+            self._run_command(task, "ready", slot.instance, self._runs, argv=ready.argv)
             # Its deadline: a probe never runs into the next one.
             self._set_timer(slot, TIMER_PROBE, self.now + ready.interval)
         else:

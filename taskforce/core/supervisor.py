@@ -19,6 +19,7 @@ layer using only those below it:
 - ``state``: every field, the effects being collected, slot lookup;
 - ``timers``: the deadline heap;
 - ``actions``: what is done to one slot (spawn, stop, judge an exit, retry);
+- ``rollout``: readiness of a slot, and a task's rollout (surge, floor, halt);
 - ``convergence``: the converge pass -- keep running, keep stopped, leftovers;
 - ``reconcile``: a new config applied (diff, overrides, order, watches);
 - ``handlers``: one ``_on_<Event>`` per event type, and due timers;
@@ -53,7 +54,7 @@ class Supervisor(EventHandlers):
       ``describe_overrides(task)``;
     - acting within a ``handle`` call (operator requests): ``emit``, ``log``,
       ``stop_slot``, ``request_run``, ``fire_action``, ``retry_failed``,
-      ``update_watches``;
+      ``update_watches``, ``rolls``, ``replace`` and ``resume`` (rollouts);
     - copying it: ``snapshot()``, ``restore(data)``, and ``shadow()`` with
       ``release()`` (a copy to try events on, for ``status.plan``).
     """
