@@ -62,6 +62,19 @@ def _environ(pid: int) -> list[bytes] | None:
         return None
 
 
+def _marked_slot(fields: list[bytes]) -> Slot | None:
+    """The slot an environment (``/proc/PID/environ``, split) names."""
+    task = instance = None
+    for item in fields:
+        if item.startswith(b"Task_name="):
+            task = os.fsdecode(item[10:])
+        elif item.startswith(b"Task_instance="):
+            instance = item[14:]
+    if task is None or instance is None or not instance.isdigit():
+        return None
+    return task, int(instance)
+
+
 def marked_processes(ident: str, skip: frozenset[int] = frozenset()) -> dict[Slot, list[int]]:
     """Live processes carrying ``TASKFORCE_ID=ident``, by the slot they name."""
     needle = f"{MARKER}={ident}".encode()
@@ -80,15 +93,10 @@ def marked_processes(ident: str, skip: frozenset[int] = frozenset()) -> dict[Slo
         fields = _environ(pid)
         if not fields or needle not in fields:
             continue
-        task = instance = None
-        for item in fields:
-            if item.startswith(b"Task_name="):
-                task = os.fsdecode(item[10:])
-            elif item.startswith(b"Task_instance="):
-                instance = item[14:]
-        if task is None or instance is None or not instance.isdigit() or not alive(pid):
+        slot = _marked_slot(fields)
+        if slot is None or not alive(pid):
             continue
-        found.setdefault((task, int(instance)), []).append(pid)
+        found.setdefault(slot, []).append(pid)
     for pids in found.values():
         pids.sort()
     return found
@@ -321,15 +329,7 @@ class Tracker:
         fields = _environ(pid)
         if not fields or f"{MARKER}={self.ident}".encode() not in fields:
             return None
-        task = instance = None
-        for item in fields:
-            if item.startswith(b"Task_name="):
-                task = os.fsdecode(item[10:])
-            elif item.startswith(b"Task_instance="):
-                instance = item[14:]
-        if task is None or instance is None or not instance.isdigit():
-            return None
-        return task, int(instance)
+        return _marked_slot(fields)
 
     def signal(
         self, slot: Slot, pgid: int, signame: str, skip: frozenset[int] = frozenset()
