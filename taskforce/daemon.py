@@ -24,12 +24,14 @@ from collections.abc import Callable
 from typing import Any
 
 from taskforce import loader, output, pidwatch, process, signals, tracking
-from taskforce.config import ConfigError, Roles, RolesFileMissing, load_config, load_roles
+from taskforce.config import ConfigError, Roles, RolesFileMissing, line_of, load_config, load_roles
 from taskforce.control.options import Options  # --- control server
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
+from taskforce.core.sockets import socket_specs
 from taskforce.core.supervisor import Supervisor
 from taskforce.redact import LogSecrets
+from taskforce.sockets import SocketError, Sockets
 from taskforce.watch import Watcher, make_watcher
 
 log = logging.getLogger("taskforce")
@@ -60,6 +62,7 @@ class Daemon:
         recorder: Callable[[ev.Event, tuple[fx.Effect, ...]], None] | None = None,
         watcher: Watcher | None = None,
         server: Options | None = None,
+        sockets: Sockets | None = None,
     ) -> None:
         self.config_path = config_path
         self.roles_path = roles_path
@@ -114,6 +117,8 @@ class Daemon:
         self.log_secrets.install()
         #: Task output pipes, read on this selector (see taskforce.output).
         self.output = output.Output(self.selector)
+        # --- sockets held for tasks (opened before the core sees a config)
+        self.sockets = sockets if sockets is not None else Sockets.inherited()
 
     # ------------------------------------------------------------ start-up
 
@@ -218,6 +223,11 @@ class Daemon:
             self.watcher.close()
             self.tracker.close()
             signal.set_wakeup_fd(-1)
+            # --- sockets: through a reset's exec they stay open; else closed
+            if self.exit_effect is not None and self.exit_effect.reset:
+                self.sockets.pass_on()
+            else:
+                self.sockets.close()
         return self.exit_effect
 
     def _timeout(self) -> float | None:
@@ -429,6 +439,8 @@ class Daemon:
         answer: tuple[fx.Effect, ...] | None = None
         while queue:
             current = queue.popleft()
+            if isinstance(current, ev.ConfigLoaded):
+                current = self._open_sockets(current)  # --- sockets
             if isinstance(current, (ev.ConfigLoaded, ev.Booted)):
                 self._learn_secrets(current)
             effects = self.core.handle(current)
@@ -444,6 +456,21 @@ class Daemon:
                 if result is not None:
                     queue.append(result)
         return answer or ()
+
+    def _open_sockets(self, event: ev.ConfigLoaded) -> ev.ConfigLoaded | ev.ConfigRejected:
+        """Hold the sockets ``event``'s config asks for before the core sees
+        it; a socket that cannot be opened rejects the config, as a bad
+        value would (nothing that runs changes)."""
+        try:
+            for said in self.sockets.update(socket_specs(event.config)):
+                log.info("%s", said)
+        except SocketError as exc:
+            text = str(exc)
+            key = text.partition(":")[0]
+            line = line_of(getattr(event.config, "lines", {}), tuple(key.split(".")))
+            where = self.config_path if line is None else f"{self.config_path}:{line}"
+            return ev.ConfigRejected(event.at, source=event.source, error=f"{where}: {text}")
+        return event
 
     def _learn_secrets(self, event: ev.ConfigLoaded | ev.Booted) -> None:
         """What the log must not show (see ``taskforce.redact``)."""
@@ -534,14 +561,16 @@ class Daemon:
             )
         try:
             slot = (effect.task, effect.instance)
+            options = effect.start_options()
+            options["sockets"] = self.sockets.fds(effect.sockets)  # --- sockets: (name, fd)
             pid, report = process.start(
                 effect.argv,
                 self.tracker.environment(effect.env),
                 cgroup=self.tracker.slot_cgroup(slot),
                 stdout=stdout,
-                **effect.start_options(),
+                **options,
             )
-        except (process.SpawnError, OSError) as exc:
+        except (process.SpawnError, SocketError, OSError) as exc:
             output_done(False)
             return ev.SpawnFailed(
                 time.monotonic(), effect.task, effect.instance, effect.generation, str(exc)

@@ -8,7 +8,11 @@ back as a ``SpawnError`` naming the cause, never as a crash of the daemon.
 
 Each process gets the built-ins only its start knows (as the original set
 them): ``Task_pid``, ``Task_uid`` and ``Task_gid`` (the ids it runs as) and
-``Task_started`` (when it was started, in seconds since the epoch).
+``Task_started`` (when it was started, in seconds since the epoch).  A
+process given ``sockets`` (listening sockets taskforce holds) gets them from
+fd 3 on, with ``LISTEN_FDS``, ``LISTEN_FDNAMES`` and ``LISTEN_PID`` (its own
+pid) as systemd's socket activation sets them; every other descriptor above
+2 is closed.
 
 This module holds no policy: it never decides what to start, stop or retry.
 """
@@ -16,6 +20,7 @@ This module holds no policy: it never decides what to start, stop or retry.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import grp
 import os
 import pwd
@@ -72,6 +77,7 @@ def _child(
     limits: Sequence[Limit] = (),
     cgroup: str | None = None,
     nice: int | None = None,
+    sockets: Sequence[tuple[str, int]] = (),
 ) -> None:
     """Runs in the forked child: set up, then exec.  Never returns."""
     stage = "setup"
@@ -132,7 +138,13 @@ def _child(
         if cwd is not None:
             stage = f"cwd {cwd!r}"
             os.chdir(cwd)
-        os.closerange(3, report)
+        if sockets:
+            stage = "sockets"
+            report = _place_sockets([fd for _, fd in sockets], report)
+            env["LISTEN_FDS"] = str(len(sockets))
+            env["LISTEN_FDNAMES"] = ":".join(name for name, _ in sockets)
+            env["LISTEN_PID"] = str(os.getpid())
+        os.closerange(3 + len(sockets), report)
         os.closerange(report + 1, 65536)
         env["Task_pid"] = str(os.getpid())
         stage = f"exec {argv[0]!r}"
@@ -146,6 +158,22 @@ def _child(
             os.write(report, f"{stage}: {detail}".encode(errors="replace")[:4000])
         finally:
             os._exit(127)
+
+
+def _place_sockets(fds: Sequence[int], report: int) -> int:
+    """Put ``fds`` at 3, 4, ... (inherited by the exec); the report pipe's
+    new number, moved out of their way.
+
+    Everything is first copied above the range it fills, so a socket that
+    already sits at 3 or 4 is never overwritten before it is placed.
+    """
+    floor = 3 + len(fds)
+    report = fcntl.fcntl(report, fcntl.F_DUPFD_CLOEXEC, floor)
+    copies = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in fds]
+    for target, copy in enumerate(copies, start=3):
+        os.dup2(copy, target, inheritable=True)
+    # The copies (and the originals) are closed with everything else.
+    return report
 
 
 def _join_cgroup(procs: str) -> None:
@@ -212,6 +240,7 @@ def start(
     limits: Sequence[Limit] = (),
     cgroup: str | None = None,
     nice: int | None = None,
+    sockets: Sequence[tuple[str, int]] = (),
 ) -> tuple[int, int]:
     """Fork ``argv`` in a new process group without waiting for its exec.
 
@@ -220,12 +249,14 @@ def start(
     when anything before the exec fails (the child then exits 127).  Not
     waiting lets children exec in parallel with the next fork.  With
     ``cgroup`` (a ``cgroup.procs`` path) the child joins that cgroup first.
+    ``sockets``, (name, fd) pairs, are the listening sockets it gets from
+    fd 3 on, with ``LISTEN_*`` set as systemd does.
     """
     if not argv:
         raise SpawnError("empty command")
     # posix_spawn sets none of these: a task that has one takes the fork path.
     if FAST_SPAWN and cwd is None and user is None and group is None and umask is None:
-        if procname is None and not limits and nice is None:
+        if procname is None and not limits and nice is None and not sockets:
             ids = {"Task_uid": str(os.geteuid()), "Task_gid": str(os.getegid())}
             return _start_fast(argv, dict(env, **ids, Task_started=started_now()), stdout, cgroup)
     read_end, write_end = os.pipe()  # both close on exec
@@ -246,6 +277,7 @@ def start(
             limits,
             cgroup,
             nice,
+            sockets,
         )
     os.close(write_end)
     try:

@@ -67,9 +67,10 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "OUTPUT_FILE_KEYS": ("Output destinations", "row"),
     "LIMIT_NAMES": ("Resource limits", "row"),
     "ENVIRONMENTS": ("Environment choices", "row"),
+    "SOCKET_KEYS": ("Sockets", "heading"),
 }
 #: Sections whose key headings must each carry a "Default:".
-NEEDS_DEFAULT = {"Top level", "Settings keys", "Task keys"}
+NEEDS_DEFAULT = {"Top level", "Settings keys", "Task keys", "Sockets"}
 
 
 def key_tuples() -> dict[str, tuple[str, ...]]:
