@@ -289,6 +289,7 @@ EXAMPLE_CONFIGS = [
     (EXAMPLES / "systemd" / "taskforce.conf", _roles_files(EXAMPLES / "systemd")),
     (EXAMPLES / "container" / "taskforce.conf", _roles_files(EXAMPLES / "container")),
     (EXAMPLES / "fleet" / "taskforce.conf", _roles_files(EXAMPLES / "fleet")),
+    (EXAMPLES / "sockets" / "taskforce.conf", _roles_files(EXAMPLES / "sockets")),
 ]
 
 
