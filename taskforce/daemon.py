@@ -138,7 +138,8 @@ class Daemon:
             pid=os.getpid(),
             ppid=os.getppid(),
         )
-        return [booted, *self.find_leftovers(), self.load_inputs("start")]
+        loaded = self._open_sockets(self.load_inputs("start"))  # --- sockets
+        return [booted, *self.find_leftovers(), loaded]
 
     def find_leftovers(self) -> list[ev.Event]:
         """What an earlier taskforce with this config left running (after a
@@ -413,7 +414,7 @@ class Daemon:
     def apply_loaded(self, loaded: ev.Event) -> ev.Event:
         """Feed what ``load_inputs`` read (maybe on another thread), stamped
         now, as it reaches the core in its order."""
-        event = dataclasses.replace(loaded, at=time.monotonic())
+        event = self._open_sockets(dataclasses.replace(loaded, at=time.monotonic()))
         self.feed(event)
         return event
 
@@ -439,8 +440,6 @@ class Daemon:
         answer: tuple[fx.Effect, ...] | None = None
         while queue:
             current = queue.popleft()
-            if isinstance(current, ev.ConfigLoaded):
-                current = self._open_sockets(current)  # --- sockets
             if isinstance(current, (ev.ConfigLoaded, ev.Booted)):
                 self._learn_secrets(current)
             effects = self.core.handle(current)
@@ -457,10 +456,12 @@ class Daemon:
                     queue.append(result)
         return answer or ()
 
-    def _open_sockets(self, event: ev.ConfigLoaded) -> ev.ConfigLoaded | ev.ConfigRejected:
-        """Hold the sockets ``event``'s config asks for before the core sees
-        it; a socket that cannot be opened rejects the config, as a bad
-        value would (nothing that runs changes)."""
+    def _open_sockets(self, event: ev.Event) -> ev.Event:
+        """Hold the sockets a ``ConfigLoaded``'s config asks for before the
+        core sees it; a socket that cannot be opened rejects the config, as
+        a bad value would (nothing that runs changes)."""
+        if not isinstance(event, ev.ConfigLoaded):
+            return event
         try:
             for said in self.sockets.update(socket_specs(event.config)):
                 log.info("%s", said)

@@ -14,6 +14,7 @@ import signal
 import socket
 import stat
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -174,35 +175,41 @@ def test_connection_waits_while_the_task_is_down_and_socket_survives(daemon: Dae
     daemon.write_config(
         {
             "sockets": {"web": {"listen": f"127.0.0.1:{port}"}},
-            "tasks": {"srv": server_task(daemon, "srv", ["web"], start_delay=0.2)},
-            "settings": {"backoff_initial": 1.0},
+            "tasks": {"srv": server_task(daemon, "srv", ["web"])},
+            # Every exit is a fast failure, restarted only after a while:
+            # a window with no process at all.
+            "settings": {"stable_after": 600, "backoff_initial": 1.5},
         }
     )
     daemon.start()
     (first,) = daemon.wait_pids("srv", 1)
     inode = seen(daemon, "srv", first)["links"]["3"]
     assert inode in socket_links(daemon.pid)
-    # Killed: until it runs again nothing accepts, yet no client is refused.
     os.kill(first, signal.SIGKILL)
-    wait_for(lambda: not daemon.pids("srv") or daemon.pids("srv") != {first}, what="srv gone")
+    daemon.wait_log("failing fast")
+    assert daemon.pids("srv") == set()
     with socket.socket() as client:
-        client.settimeout(10)
+        client.settimeout(20)
         client.connect(("127.0.0.1", port))  # queued in the backlog, not refused
+        assert daemon.pids("srv") == set(), "connected while nothing accepts"
         answer = int(client.makefile().readline())
     (second,) = daemon.wait_pids("srv", 1)
     assert answer == second != first
     assert seen(daemon, "srv", second)["links"]["3"] == inode, "the same socket after a restart"
-    # A reset (SIGHUP) re-executes taskforce: the socket goes through it.
+    # A reset (SIGHUP) re-executes taskforce: the socket goes through it,
+    # and a client that comes meanwhile is served all the same.
     os.kill(daemon.pid, signal.SIGHUP)
+    assert ask(("127.0.0.1", port), timeout=20) in (second, *daemon.pids("srv"))
     third = wait_for(
         lambda: (lambda p: p if p and p != {second} else None)(daemon.pids("srv")),
         timeout=20,
         what="srv started again after the reset",
     )
     (third_pid,) = third
-    assert seen(daemon, "srv", third_pid)["links"]["3"] == inode, "the same socket after a reset"
+    got = seen(daemon, "srv", third_pid)
+    assert got["links"]["3"] == inode, "the same socket after a reset"
+    assert got["env"]["LISTEN_PID"] == str(third_pid)
     assert inode in socket_links(daemon.pid)
-    assert "TASKFORCE_SOCKETS" not in seen(daemon, "srv", third_pid)["env"]
     assert ask(("127.0.0.1", port)) == third_pid
     assert daemon.stop() == 0
     assert daemon.replay_problems() == []
@@ -399,3 +406,110 @@ def test_bad_listen_is_a_config_error(listen: Any) -> None:
     )
     (found,) = errors(text)
     assert "sockets.s.listen" in found
+
+
+# ------------------------------------------------- the shell's parts, alone
+
+
+def test_sockets_are_kept_by_address_through_renames_and_swaps() -> None:
+    from taskforce.core.sockets import SocketSpec
+    from taskforce.sockets import Sockets
+
+    one, two = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    held = Sockets()
+    try:
+        said = held.update({"a": SocketSpec("a", one), "b": SocketSpec("b", two)})
+        assert len(said) == 2
+        fds = {listen: item.sock.fileno() for listen, item in held.held.items()}
+        # The names trade addresses: nothing is bound again (it could not be).
+        held.update({"a": SocketSpec("a", two), "b": SocketSpec("b", one, backlog=4)})
+        assert {listen: item.sock.fileno() for listen, item in held.held.items()} == fds
+        assert held.fds([SocketSpec("a", two), SocketSpec("b", one, backlog=4)]) == [
+            ("a", fds[two]),
+            ("b", fds[one]),
+        ]
+        said = held.update({"b": SocketSpec("b", one, backlog=4)})
+        assert said == [f"socket a: closed ({two} is not in the config)"]
+    finally:
+        held.close()
+    assert held.held == {}
+
+
+def test_pass_on_and_inherited_hand_the_same_sockets_over(tmp_path: Path) -> None:
+    from taskforce.core.sockets import SocketSpec
+    from taskforce.sockets import INHERIT_ENV, Sockets
+
+    path = str(tmp_path / "x.sock")
+    specs = {"t": SocketSpec("t", f"127.0.0.1:{free_port()}"), "u": SocketSpec("u", path)}
+    before = Sockets()
+    before.update(specs)
+    links = {
+        listen: os.readlink(f"/proc/self/fd/{h.sock.fileno()}") for listen, h in before.held.items()
+    }
+    before.pass_on()
+    assert all(h.sock.get_inheritable() for h in before.held.values())
+    for item in before.held.values():
+        item.sock.detach()  # the "new image" owns the descriptors now
+    after = Sockets.inherited()
+    try:
+        assert INHERIT_ENV not in os.environ
+        assert {
+            listen: os.readlink(f"/proc/self/fd/{h.sock.fileno()}")
+            for listen, h in after.held.items()
+        } == links
+        assert not any(h.sock.get_inheritable() for h in after.held.values())
+        assert after.update(specs) == []  # adopted: nothing bound again
+    finally:
+        after.close()
+    assert not os.path.exists(path)
+
+
+def test_a_child_gets_its_sockets_in_order_whatever_their_numbers(tmp_path: Path) -> None:
+    from taskforce import process
+
+    first, second = socket.socket(), socket.socket()
+    first.bind(("127.0.0.1", 0))
+    second.bind(("127.0.0.1", 0))
+    out = tmp_path / "out"
+    code = (
+        "import os, socket, sys; "
+        "names = [socket.socket(fileno=fd).getsockname()[1] for fd in (3, 4)]; "
+        "env = [os.environ.get(k) for k in ('LISTEN_FDS', 'LISTEN_FDNAMES', 'LISTEN_PID')]; "
+        "open(sys.argv[1], 'w').write(repr((names, env, os.getpid())))"
+    )
+    try:
+        # Given in the opposite order of their descriptors: each is moved
+        # out of the way before the other takes its place.
+        pid = process.spawn(
+            [sys.executable, "-c", code, str(out)],
+            dict(os.environ),
+            sockets=[("two", second.fileno()), ("one", first.fileno())],
+        )
+        os.waitpid(pid, 0)
+        names, env, child = eval(out.read_text())  # noqa: S307 -- our own child's repr
+        assert names == [second.getsockname()[1], first.getsockname()[1]]
+        assert env == ["2", "two:one", str(child)]
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_unix_socket_owner_and_mode(tmp_path: Path) -> None:
+    from taskforce.core.sockets import SocketSpec
+    from taskforce.sockets import Sockets
+
+    path = str(tmp_path / "owned.sock")
+    held = Sockets()
+    try:
+        held.update({"o": SocketSpec("o", path, mode=0o640, owner="nobody")})
+        found = os.stat(path)
+        assert (found.st_uid, stat.S_IMODE(found.st_mode)) == (65534, 0o640)
+        # Changed in place: the same socket, its file adjusted.
+        fd = held.held[path].sock.fileno()
+        held.update({"o": SocketSpec("o", path, mode=0o600, owner="0:0")})
+        found = os.stat(path)
+        assert (found.st_uid, found.st_gid, stat.S_IMODE(found.st_mode)) == (0, 0, 0o600)
+        assert held.held[path].sock.fileno() == fd
+    finally:
+        held.close()
