@@ -256,9 +256,13 @@ def start(
         raise SpawnError("empty command")
     # posix_spawn sets none of these: a task that has one takes the fork path.
     if FAST_SPAWN and cwd is None and user is None and group is None and umask is None:
-        if procname is None and not limits and nice is None and not sockets:
+        # Sockets at 3, 4, ... are placed by plain dup2s when none of them
+        # sits where another goes (taskforce keeps them high: see sockets.py).
+        placed = all(fd >= 3 + len(sockets) for _, fd in sockets)
+        if procname is None and not limits and nice is None and placed:
             ids = {"Task_uid": str(os.geteuid()), "Task_gid": str(os.getegid())}
-            return _start_fast(argv, dict(env, **ids, Task_started=started_now()), stdout, cgroup)
+            fast_env = dict(env, **ids, Task_started=started_now())
+            return _start_fast(argv, fast_env, stdout, cgroup, sockets)
     read_end, write_end = os.pipe()  # both close on exec
     child_env = dict(env, Task_started=started_now())
     pid = os.fork()
@@ -309,7 +313,11 @@ _CGROUP_SHIM = (
 
 
 def _start_fast(
-    argv: Sequence[str], env: Mapping[str, str], stdout: int | None, cgroup: str | None = None
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    stdout: int | None,
+    cgroup: str | None = None,
+    sockets: Sequence[tuple[str, int]] = (),
 ) -> tuple[int, int]:
     """Start a task that needs no cwd, identity, umask, limits, niceness or procname.
 
@@ -319,7 +327,9 @@ def _start_fast(
     child's own pid, which no parent can put in an environment -- and
     execs the program with its argv as given.  The program is looked up
     first, so a missing one is reported as a failed start, as on the fork
-    path.
+    path.  Sockets are put at 3, 4, ... (each above them already, so no
+    dup2 overwrites one still to be placed), and the shim sets
+    ``LISTEN_PID`` as it sets ``Task_pid``.
     """
     program = argv[0]
     found = shutil.which(program, path=env.get("PATH", os.defpath))
@@ -328,10 +338,18 @@ def _start_fast(
     file_actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0)]
     if stdout is not None:
         file_actions += [(os.POSIX_SPAWN_DUP2, stdout, 1), (os.POSIX_SPAWN_DUP2, stdout, 2)]
+    env = dict(env)
+    if sockets:
+        # dup2 to another number clears close-on-exec: these reach the program.
+        file_actions += [(os.POSIX_SPAWN_DUP2, fd, 3 + i) for i, (_, fd) in enumerate(sockets)]
+        env["LISTEN_FDS"] = str(len(sockets))
+        env["LISTEN_FDNAMES"] = ":".join(name for name, _ in sockets)
     if hasattr(os, "POSIX_SPAWN_CLOSEFROM"):
-        # Python 3.13+: nothing above 2 reaches the child, whatever its flags.
-        file_actions.append((os.POSIX_SPAWN_CLOSEFROM, 3))
+        # Python 3.13+: nothing else above 2 reaches the child, whatever its flags.
+        file_actions.append((os.POSIX_SPAWN_CLOSEFROM, 3 + len(sockets)))
     shim, extra = (_SHIM, []) if cgroup is None else (_CGROUP_SHIM, [cgroup])
+    if sockets:
+        shim = "LISTEN_PID=$$; export LISTEN_PID; " + shim
     pid = os.posix_spawn(
         "/bin/sh",
         # A shell exports PWD: take it away again unless the task had it.

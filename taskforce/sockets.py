@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import grp
 import json
 import os
@@ -35,6 +36,11 @@ from taskforce.core.sockets import SocketSpec, family, split_address
 #: The environment variable that carries the held sockets to a re-executed
 #: taskforce (taken out of the environment before anything reads it).
 INHERIT_ENV = "TASKFORCE_SOCKETS"
+#: Held sockets are moved to this descriptor or above, clear of 3, 4, ...
+#: where a process gets them: posix_spawn then places them with plain dup2s
+#: (no number to move out of the way first), so a task with sockets still
+#: starts without a fork of taskforce (``process.start``).
+HIGH_FD = 256
 #: A Unix socket's permissions when the config gives no ``mode`` (as
 #: systemd's ``SocketMode=``): who may connect is up to its folder.
 DEFAULT_MODE = 0o666
@@ -161,7 +167,23 @@ def open_socket(spec: SocketSpec) -> Held:
     except BaseException:
         sock.close()
         raise
+    held.sock = _lifted(sock)
     return held
+
+
+def _lifted(sock: socket.socket) -> socket.socket:
+    """``sock`` at a descriptor of ``HIGH_FD`` or above (close-on-exec); as
+    it is if the descriptor limit is lower (its tasks then take the fork
+    path)."""
+    if sock.fileno() >= HIGH_FD:
+        return sock
+    try:
+        fd = fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, HIGH_FD)
+    except OSError:
+        return sock
+    lifted = socket.socket(fileno=fd)
+    sock.close()
+    return lifted
 
 
 def _remove_file(held: Held) -> None:
@@ -215,6 +237,7 @@ class Sockets:
             if not _address_matches(sock, spec.listen):
                 sock.close()
                 continue
+            sock = _lifted(sock)
             file_id = entry.get("file_id")
             found.held[spec.listen] = Held(spec, sock, tuple(file_id) if file_id else None)
         return found
