@@ -73,9 +73,10 @@ def _file_id(path: str) -> tuple[int, int] | None:
     return (found.st_dev, found.st_ino) if stat.S_ISSOCK(found.st_mode) else None
 
 
-def _clear_stale(spec: SocketSpec) -> None:
+def _clear_stale(spec: SocketSpec, share: bool) -> None:
     """Remove a Unix socket file left by a process that is gone; refuse
-    anything else at that path (a file, or a socket someone listens on)."""
+    anything else at that path (a file, or a socket someone listens on,
+    unless ``share``: then it is taken over)."""
     path = spec.listen
     try:
         found = os.lstat(path)
@@ -97,6 +98,12 @@ def _clear_stale(spec: SocketSpec) -> None:
         raise SocketError(f"sockets.{spec.name}.listen: {path}: {_describe(exc)}") from None
     finally:
         probe.close()
+    if share:
+        # Held by what an earlier taskforce left running: it keeps its own
+        # socket until it is stopped; new clients come to ours.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
     raise SocketError(
         f"sockets.{spec.name}.listen: {path} is in use by another process (something listens on it)"
     )
@@ -133,22 +140,43 @@ def _backlog(spec: SocketSpec) -> int:
     return socket.SOMAXCONN if spec.backlog is None else spec.backlog
 
 
-def open_socket(spec: SocketSpec) -> Held:
-    """Bind and listen as ``spec`` says; SocketError naming it if not."""
+def _tcp_socket(kind: str, *, reuse_port: bool) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if kind == "inet6" else socket.AF_INET)
+    # Bound again at once after taskforce exits, whatever TIME_WAIT says.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if kind == "inet6":
+        # [::]:80 is IPv6 only, so it never collides with 0.0.0.0:80.
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return sock
+
+
+def open_socket(spec: SocketSpec, *, share: bool = False) -> Held:
+    """Bind and listen as ``spec`` says; SocketError naming it if not.
+
+    A TCP socket is bound with ``SO_REUSEPORT`` (where there is one), so
+    that after a crash of taskforce the next one can bind beside the copies
+    its leftover processes still hold (``share``); a probe without it first
+    makes sure nothing else listens there, so no one else's socket is ever
+    shared by accident.
+    """
     kind = family(spec.listen)
     where = f"sockets.{spec.name}.listen: cannot listen on {spec.listen}"
+    reuse_port = hasattr(socket, "SO_REUSEPORT")
     if kind == "unix":
-        _clear_stale(spec)
+        _clear_stale(spec, share)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         address: str | tuple[str, int] = spec.listen
     else:
-        sock = socket.socket(socket.AF_INET6 if kind == "inet6" else socket.AF_INET)
-        # Bound again at once after taskforce exits, whatever TIME_WAIT says.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if kind == "inet6":
-            # [::]:80 is IPv6 only, so it never collides with 0.0.0.0:80.
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         address = split_address(spec.listen)
+        if reuse_port and not share:
+            with _tcp_socket(kind, reuse_port=False) as probe:
+                try:
+                    probe.bind(address)
+                except OSError as exc:
+                    raise SocketError(f"{where}: {_describe(exc)}") from None
+        sock = _tcp_socket(kind, reuse_port=reuse_port)
     try:
         try:
             sock.bind(address)
@@ -242,7 +270,7 @@ class Sockets:
             found.held[spec.listen] = Held(spec, sock, tuple(file_id) if file_id else None)
         return found
 
-    def update(self, wanted: Mapping[str, SocketSpec]) -> list[str]:
+    def update(self, wanted: Mapping[str, SocketSpec], *, share: bool = False) -> list[str]:
         """Hold exactly the sockets ``wanted`` (by name), each as its spec
         says; what changed, one line each.
 
@@ -250,13 +278,15 @@ class Sockets:
         closed again and SocketError says why, with nothing else changed.
         Only then are held ones adjusted (backlog, mode, owner, name) and
         those no longer wanted closed (a process keeps its own copy).
+        ``share``: an address in use may be held by processes an earlier
+        taskforce left running (see ``open_socket``).
         """
         fresh: dict[str, Held] = {}
         try:
             for name in sorted(wanted):
                 spec = wanted[name]
                 if spec.listen not in self.held:
-                    fresh[spec.listen] = open_socket(spec)
+                    fresh[spec.listen] = open_socket(spec, share=share)
             changes = self._adjust(wanted)
         except BaseException:
             for held in fresh.values():

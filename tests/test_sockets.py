@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import stat
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,10 @@ for s in socks:
 while True:
     for key, _ in chooser.select():
         conn, _ = key.fileobj.accept()
-        conn.sendall(f"{os.getpid()}\n".encode())
+        try:
+            conn.sendall(f"{os.getpid()}\n".encode())
+        except OSError:
+            pass  # a client gone already (taskforce's probe of a live socket)
         conn.close()
 """
 
@@ -301,6 +305,55 @@ def test_busy_port_refuses_start_and_reload_changes_nothing(daemon: Daemon) -> N
         assert daemon.pids("srv") == {pid}
         assert socket_links(daemon.pid) == held, "no socket opened or closed"
         assert ask(("127.0.0.1", good)) == pid
+    assert daemon.stop() == 0
+
+
+def test_after_a_crash_taskforce_binds_beside_its_leftovers(daemon: Daemon) -> None:
+    port = free_port()
+    path = daemon.root / "app.sock"
+    daemon.write_config(
+        {
+            "sockets": {"web": {"listen": f"127.0.0.1:{port}"}, "app": {"listen": str(path)}},
+            "tasks": {"srv": server_task(daemon, "srv", ["web", "app"])},
+        }
+    )
+    daemon.start()
+    (old,) = daemon.wait_pids("srv", 1)
+    assert daemon.proc is not None
+    daemon.proc.kill()  # taskforce dies; its task (and the sockets it holds) live on
+    daemon.proc.wait(10)
+    assert daemon.pids("srv") == {old}
+    assert ask(("127.0.0.1", port)) == old
+    daemon.start()
+    new = wait_for(
+        lambda: (lambda p: p if p and old not in p else None)(daemon.pids("srv")),
+        timeout=20,
+        what="the leftover stopped and a new srv running",
+    )
+    (new_pid,) = new
+    assert ask(("127.0.0.1", port)) == new_pid
+    assert ask(str(path), socket.AF_UNIX) == new_pid
+    assert daemon.stop() == 0
+
+
+def test_a_second_taskforce_does_not_take_the_sockets_of_a_live_one(daemon: Daemon) -> None:
+    port = free_port()
+    path = daemon.root / "app.sock"
+    daemon.write_config(
+        {
+            "sockets": {"web": {"listen": f"127.0.0.1:{port}"}, "app": {"listen": str(path)}},
+            "tasks": {"srv": server_task(daemon, "srv", ["web", "app"])},
+        }
+    )
+    daemon.start()
+    (pid,) = daemon.wait_pids("srv", 1)
+    second = subprocess.run(
+        daemon.command(), cwd=daemon.root, capture_output=True, text=True, timeout=60
+    )
+    assert second.returncode != 0
+    assert "in use" in second.stderr
+    assert ask(("127.0.0.1", port)) == pid
+    assert ask(str(path), socket.AF_UNIX) == pid
     assert daemon.stop() == 0
 
 
