@@ -25,7 +25,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.codec import freeze
-from taskforce.core.lifecycle import SlotState
+from taskforce.core.lifecycle import UP_STATES
 from taskforce.simulator import HANG, IGNORE_TERM, TERM, FakeCommand, Simulation, replay
 
 NAMES = ("a", "b", "c")
@@ -167,7 +167,7 @@ class CheckWorld(RuleBasedStateMachine):
     def a_check_runs_only_beside_its_process(self) -> None:
         for run in self.sim.running_commands():
             slot = self.sim.core.slot(run.effect.task, run.effect.instance)
-            assert slot is not None and slot.state is SlotState.RUNNING, run
+            assert slot is not None and slot.state in UP_STATES, run
             assert slot.check_run == run.effect.run, (run, slot.check_run)
             assert slot.pid in self.sim.running().values(), run
         if self.sim.finished is not None:
@@ -177,7 +177,7 @@ class CheckWorld(RuleBasedStateMachine):
     def no_running_slot_is_past_its_threshold(self) -> None:
         for name, task in self.sim.core.tasks.items():
             for slot in task.slots:
-                if slot.state is SlotState.RUNNING:
+                if slot.state in UP_STATES:
                     assert slot.check_fails < task.spec.check_failures, (name, slot)
 
     @invariant()

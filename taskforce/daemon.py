@@ -30,6 +30,8 @@ from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.sockets import socket_specs
 from taskforce.core.supervisor import Supervisor
+from taskforce.notify import NotifySockets, sender_slot  # --- readiness
+from taskforce.probes import Probes  # --- readiness
 from taskforce.redact import LogSecrets
 from taskforce.sockets import SocketError, Sockets
 from taskforce.watch import Watcher, make_watcher
@@ -117,6 +119,11 @@ class Daemon:
         self.log_secrets.install()
         #: Task output pipes, read on this selector (see taskforce.output).
         self.output = output.Output(self.selector)
+        # --- readiness: the notify sockets (sd_notify) and readiness probes
+        self.notify = NotifySockets(
+            self.tracker.ident, self.selector, self._notify_sender, self._notified
+        )
+        self.probes = Probes(self.selector, self.wake)
         # --- sockets held for tasks (opened before the core sees a config)
         self.sockets = sockets if sockets is not None else Sockets.inherited()
 
@@ -202,6 +209,7 @@ class Daemon:
         log.info("keeping track of every task's processes with %s", self.tracker.how)
         self._install_signals()
         self._watch_inputs()
+        self.notify.start()  # --- readiness
         try:
             for event in self.boot_events():
                 self.feed(event)
@@ -221,6 +229,9 @@ class Daemon:
                 self.signals.hold()
             self.server.close()  # --- control server: flush replies, remove sockets
             self.output.close()
+            # --- readiness: a reset's successor binds the same notify paths
+            self.probes.close()
+            self.notify.close(keep=self.exit_effect is not None and self.exit_effect.reset)
             self.watcher.close()
             self.tracker.close()
             signal.set_wakeup_fd(-1)
@@ -243,6 +254,9 @@ class Daemon:
         pid_due = self.pidwatch.next_deadline()
         if pid_due is not None:
             deadlines.append(pid_due)
+        probe_due = self.probes.next_deadline()  # --- readiness
+        if probe_due is not None:
+            deadlines.append(probe_due)
         server_due = self.server.next_deadline()  # --- control server
         if server_due is not None:
             deadlines.append(server_due)
@@ -273,6 +287,8 @@ class Daemon:
             # Taskforce's own inputs too: the core answers with LoadInputs
             # or CheckReset.
             self.feed(ev.FileChanged(time.monotonic(), key, path))
+        for finished in self.probes.take():  # --- readiness
+            self.feed(finished)
         loaded = self.loads.take()
         if loaded is not None:
             self.apply_loaded(loaded)
@@ -517,6 +533,8 @@ class Daemon:
             self.loads.request(effect.source)  # read on a worker; fed when done
         elif isinstance(effect, fx.CheckReset):
             return self._reset_facts(effect.reason)
+        elif isinstance(effect, fx.Probe):
+            return self.probes.start(effect)  # --- readiness: None while under way
         elif isinstance(effect, fx.Reply):
             pass  # --- control server: it finds the reply among what ``feed`` returns
         elif isinstance(effect, fx.Exit):
@@ -562,11 +580,14 @@ class Daemon:
             )
         try:
             slot = (effect.task, effect.instance)
+            env = self.tracker.environment(effect.env)
+            if effect.notify:  # --- readiness
+                env = self.notify.environment(slot, effect.user, env)
             options = effect.start_options()
             options["sockets"] = self.sockets.fds(effect.sockets)  # --- sockets: (name, fd)
             pid, report = process.start(
                 effect.argv,
-                self.tracker.environment(effect.env),
+                env,
                 cgroup=self.tracker.slot_cgroup(slot),
                 stdout=stdout,
                 **options,
@@ -585,6 +606,14 @@ class Daemon:
         return ev.ProcessStarted(
             time.monotonic(), effect.task, effect.instance, effect.generation, pid
         )
+
+    # --- readiness: who sent a notify datagram, and telling the core
+
+    def _notify_sender(self, pid: int) -> tracking.Slot | None:
+        return sender_slot(pid, self.tracker, self.leaders, self.draining, self.commands)
+
+    def _notified(self, slot: tracking.Slot, pid: int, message: str) -> None:
+        self.feed(ev.Notified(time.monotonic(), slot[0], slot[1], pid, message))
 
     def _run_command(self, effect: fx.RunCommand) -> ev.Event | None:
         try:

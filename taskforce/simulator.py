@@ -42,6 +42,13 @@ Contract kept with the core (the shell's contract, made exact):
   once by default; never, for ``HANG``), and ``CommandExited`` says so; a
   ``StopCommand`` kills it at once if it still runs (every run, with when
   it started and ended, is kept in ``runs``);
+- readiness (see ``_probe`` and ``_notify_ready``): a slot's process is
+  ready ``ready_delays[task]`` seconds after it started (at once by
+  default; never for a task in ``never_ready``); a ``Probe`` is answered by
+  ``ProbeFinished`` -- ok once it is ready, "connection refused" with no
+  live process, "timed out after Ns" when it is not ready within the
+  probe's timeout -- and a ``Spawn`` with ``notify`` is followed by that
+  process's ``Notified("READY=1")`` when it becomes ready, if still alive;
 - there is one timer: each ``ArmTimer`` replaces it, and it is fed back as
   ``TimerFired`` when ``advance`` reaches it (or at once when it is already
   due); ``stall`` lets the clock run on without it, as a busy shell would.
@@ -324,6 +331,13 @@ class Simulation:
         self.role_values: dict[str, str] = {}
         #: the path of the roles file while it is deleted (see delete_roles)
         self.roles_missing: str | None = None
+        # --- readiness (issue 15): see _probe and _notify_ready
+        #: how long after its start a task's process is ready (default 0)
+        self.ready_delays: dict[str, float] = {}
+        #: tasks whose processes never become ready
+        self.never_ready: set[str] = set()
+        #: readiness answers to come, by when: (when, event, the pid it needs alive)
+        self._readiness: list[tuple[float, ev.Event, int | None]] = []
         self._next_pid = FIRST_PID
         self._urgent: deque[ev.Event] = deque()
         self._queue: deque[ev.Event | _Reap] = deque()
@@ -493,6 +507,7 @@ class Simulation:
                 run.ended_at = self.now
         self._urgent.clear()
         self._queue.clear()
+        self._readiness.clear()  # the old shell's probes and sockets went with it
         found: dict[tuple[str, int], list[int]] = {}
         for pid, proc in sorted(self.processes.items()):
             if not proc.alive:
@@ -562,7 +577,7 @@ class Simulation:
         target = self.now + seconds
         self._drain()
         while True:
-            ending = self._next_command_end()
+            ending = self._next_happening()
             if self.finished or self.timer is None:
                 due = ending
             else:
@@ -572,6 +587,7 @@ class Simulation:
             self.now = max(self.now, due)
             if ending is not None and ending <= self.now:
                 self._end_commands()
+                self._deliver_readiness()
             if self.timer is not None and self.timer <= self.now and not self.finished:
                 self.timer = None
                 self._queue.append(ev.TimerFired(at=self.now))
@@ -629,7 +645,7 @@ class Simulation:
         limit = self.now + max_time
         self._drain()
         while True:
-            ending = self._next_command_end()
+            ending = self._next_happening()
             due = self.timer if not self.finished else None
             if ending is not None:
                 due = ending if due is None else min(due, ending)
@@ -860,6 +876,8 @@ class Simulation:
             self._queue.append(self.load_inputs(effect.source))
         elif isinstance(effect, fx.CheckReset):
             self._urgent.append(self._reset_facts(effect.reason))
+        elif isinstance(effect, fx.Probe):
+            self._probe(effect)
         elif isinstance(effect, fx.Exit):
             self.finished = effect
             self.timer = None
@@ -969,6 +987,81 @@ class Simulation:
                 pid=pid,
             )
         )
+        if spawn.notify:
+            self._notify_ready(self.processes[pid])
+
+    # ------------------------------------------------ readiness (issue 15)
+
+    def _ready_at(self, proc: FakeProcess) -> float | None:
+        """When ``proc`` is ready (None: never)."""
+        if proc.task in self.never_ready:
+            return None
+        return proc.started_at + self.ready_delays.get(proc.task, 0.0)
+
+    def _probe(self, probe: fx.Probe) -> None:
+        """Answer ``probe`` as the shell's probe of a process that listens
+        once it is ready would: exactly one ``ProbeFinished``."""
+        pid = self.running().get((probe.task, probe.instance))
+        ready_at = None if pid is None else self._ready_at(self.processes[pid])
+
+        def finished(ok: bool, detail: str) -> ev.ProbeFinished:
+            return ev.ProbeFinished(
+                at=self.now,
+                task=probe.task,
+                instance=probe.instance,
+                run=probe.run,
+                ok=ok,
+                detail=detail,
+            )
+
+        if pid is None:
+            self._queue.append(finished(False, "connection refused"))
+        elif ready_at is None or ready_at > self.now + probe.timeout:
+            late = finished(False, f"timed out after {probe.timeout:g}s")
+            self._expect(self.now + probe.timeout, late, None)
+        else:
+            self._expect(max(self.now, ready_at), finished(True, ""), pid)
+
+    def _notify_ready(self, proc: FakeProcess) -> None:
+        """A ``notify`` process sends ``READY=1`` once it is ready."""
+        ready_at = self._ready_at(proc)
+        if ready_at is not None:
+            notified = ev.Notified(
+                at=ready_at, task=proc.task, instance=proc.instance, pid=proc.pid, message="READY=1"
+            )
+            self._expect(ready_at, notified, proc.pid)
+
+    def _expect(self, when: float, event: ev.Event, pid: int | None) -> None:
+        """``event`` happens at ``when`` (if process ``pid`` is alive then)."""
+        if when <= self.now and pid is None:
+            self._queue.append(dataclasses.replace(event, at=self.now))
+            return
+        self._readiness.append((when, event, pid))
+        self._readiness.sort(key=lambda item: item[0])  # (stable: ties keep their order)
+        if when <= self.now:
+            self._deliver_readiness()
+
+    def _next_happening(self) -> float | None:
+        """The next command end or readiness answer, whichever comes first."""
+        dues = [self._readiness[0][0]] if self._readiness else []
+        ending = self._next_command_end()
+        if ending is not None:
+            dues.append(ending)
+        return min(dues, default=None)
+
+    def _deliver_readiness(self) -> None:
+        """Queue the readiness answers that are due, in their order; a
+        process that died meanwhile sends nothing, and its probe is refused."""
+        while self._readiness and self._readiness[0][0] <= self.now:
+            _, event, pid = self._readiness.pop(0)
+            if self.finished:
+                continue  # the shell stopped: pending probes are dropped
+            alive = pid is None or self.processes[pid].alive
+            if isinstance(event, ev.ProbeFinished) and not alive:
+                event = dataclasses.replace(event, ok=False, detail="connection refused")
+            elif not alive:
+                continue
+            self._queue.append(dataclasses.replace(event, at=self.now))
 
     def _daemonize(self, spawn: fx.Spawn) -> None:
         """What a ``DAEMONIZE`` launcher does before it exits 0."""

@@ -262,7 +262,7 @@ def status_rows(tasks: dict[str, Any], now: float) -> list[list[str]]:
                 details.append(f"last: {slot['exit']}")
             if "retry_t" in slot:
                 details.append(f"retry in {max(0.0, slot['retry_t'] - now):.1f}s")
-            running = slot.get("state") == "running" and "started_t" in slot
+            running = slot.get("state") in ("running", "ready") and "started_t" in slot
             rows.append(
                 [
                     f"{name}[{slot.get('instance', 0)}]",

@@ -370,6 +370,36 @@ class Tracker:
         )
         return all(item in fields for item in wanted)
 
+    def slot_of(self, pid: int) -> Slot | None:
+        """The slot whose process tree holds ``pid``, the other way round from
+        ``holds``: its cgroup when slots have them (then only that: every
+        process of a slot is in it, and a cgroup cannot be forged), else
+        this taskforce's marker in its environment; None for any other."""
+        if self.tree_in_hierarchy is not None:
+            try:
+                with open(f"/proc/{pid}/cgroup") as handle:
+                    line = next((ln for ln in handle if ln.startswith("0::")), "")
+            except OSError:
+                return None
+            where, prefix = line[3:].strip(), self.tree_in_hierarchy.rstrip("/") + "/"
+            return (
+                _folder_slot(where[len(prefix) :].split("/")[0])
+                if where.startswith(prefix)
+                else None
+            )
+        fields = _environ(pid)
+        if not fields or f"{MARKER}={self.ident}".encode() not in fields:
+            return None
+        task = instance = None
+        for item in fields:
+            if item.startswith(b"Task_name="):
+                task = os.fsdecode(item[10:])
+            elif item.startswith(b"Task_instance="):
+                instance = item[14:]
+        if task is None or instance is None or not instance.isdigit():
+            return None
+        return task, int(instance)
+
     def signal(
         self, slot: Slot, pgid: int, signame: str, skip: frozenset[int] = frozenset()
     ) -> None:

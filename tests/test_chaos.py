@@ -898,10 +898,8 @@ class Chaos:
             pids = {s["pid"] for s in shown["processes"] if "pid" in s}
             reported |= pids
             states = sorted({s["state"] for s in shown["processes"]})
-            if want and (states != ["running"] or len(shown["processes"]) != want):
-                out.append(
-                    f"{name}: slots {states} x{len(shown['processes'])}, want {want} running"
-                )
+            if want and (states != ["ready"] or len(shown["processes"]) != want):
+                out.append(f"{name}: slots {states} x{len(shown['processes'])}, want {want} ready")
             if pids != have:
                 out.append(f"{name}: daemon reports pids {sorted(pids)}, running {sorted(have)}")
             if shown.get("overrides"):

@@ -216,7 +216,7 @@ def test_restart_a_task_or_one_slot() -> None:
     assert sim.core.tasks["a"].slots[1].reason == "restarted: control request"
     assert sim.core.tasks["a"].slots[1].restarts == 1
     reply, _ = request(sim, "restart", {"task": "a"})
-    assert reply.body == "a[0]\trestarting\na[1]\trestarting\n"
+    assert reply.body == "a[0]\trestarting (rollout)\na[1]\trestarting (rollout)\n"
     for args, code, text in [
         ({"task": "nope"}, 404, "nope: not found\n"),
         ({}, 400, "missing parameter 'task'\n"),
@@ -675,7 +675,7 @@ def test_status_endpoints_over_a_unix_socket(daemon: Daemon) -> None:
     tasks = tasks_json(sock)
     assert set(tasks) == {"a", "off"}
     slot = tasks["a"]["processes"][0]
-    assert slot["pid"] in daemon.pids("a") and slot["state"] == "running"
+    assert slot["pid"] in daemon.pids("a") and slot["state"] == "ready"
     assert abs(slot["started_t"] - time.time()) < 60
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d", slot["started"])
     assert tasks["off"] == {**tasks["off"], "control": "off", "processes": [], "state": "off"}

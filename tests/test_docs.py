@@ -531,7 +531,7 @@ def test_readme_commands_work_as_written(tmp_path: Path) -> None:
             except tfctl.Unreachable:
                 return False
             slots = json.loads(body).get("web", {}).get("processes", []) if code == 200 else []
-            return len(slots) == 2 and all(s.get("state") == "running" for s in slots)
+            return len(slots) == 2 and all(s.get("state") == "ready" for s in slots)
 
         wait_for(web_runs, 30.0, "the demo's web workers")
         for argv in commands:

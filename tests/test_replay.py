@@ -240,6 +240,6 @@ def test_simulate_on_the_example_agrees_with_the_real_daemon(daemon: Daemon) -> 
         f"{name}[{slot['instance']}]"
         for name, task in tasks.items()
         for slot in task.get("slots", task.get("processes", []))
-        if slot.get("state") == "running"
+        if slot.get("state") in ("running", "ready")
     )
     assert running == expected

@@ -63,7 +63,7 @@ def test_every_command_over_a_unix_socket(
     code, out, _ = run(capsys, *s, "status")
     lines = out.splitlines()
     assert code == 0 and lines[0].split() == ["TASK", "STATE", "PID", "UPTIME", "RESTARTS", "INFO"]
-    assert any(line.startswith("a[0]") and " running " in line for line in lines)
+    assert any(line.startswith("a[0]") and " ready " in line for line in lines)
     assert any(line.startswith("dormant") and " off " in line for line in lines)
     code, out, _ = run(capsys, *s, "status", "--json", "a")
     assert code == 0 and list(json.loads(out)) == ["a"]

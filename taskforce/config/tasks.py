@@ -19,6 +19,7 @@ from typing import Any
 
 from taskforce.config.checker import one_or_many
 from taskforce.config.errors import KeyPath, suggest
+from taskforce.config.readiness import READINESS_RULES
 from taskforce.config.sockets import SocketsSchema
 from taskforce.core.codec import freeze
 from taskforce.core.specs import (
@@ -373,6 +374,7 @@ TASK_RULES: dict[str, TaskRule] = {
     "onexit": lambda schema, value, path, task: schema.onexit(value, path),
     "environment": single(lambda schema, v, p: schema.choice(v, p, ENVIRONMENTS, "environment")),
     "start_limit": lambda schema, value, path, task: schema.start_limit(value, path),
+    **READINESS_RULES,
 }
 TASK_KEYS = tuple(TASK_RULES)
 

@@ -16,6 +16,7 @@ from taskforce.core import effects as fx
 from taskforce.core.lifecycle import (
     LIFECYCLE,
     ONE_SHOT_CONTROLS,
+    UP_STATES,
     Intent,
     Phase,
     Shutdown,
@@ -27,6 +28,15 @@ from taskforce.core.slots import FAILED_WATCH, Slot, TaskState
 from taskforce.core.timers import Timers
 
 S = SlotState
+#: the deadlines of a running process that a stop makes moot
+_RUNNING_TIMERS = (
+    TimerPurpose.READY,
+    TimerPurpose.LIMIT,
+    TimerPurpose.CHECK,
+    TimerPurpose.PROBE,
+    TimerPurpose.READY_TIMEOUT,
+    TimerPurpose.WATCHDOG,
+)
 
 
 class SlotActions(Timers):
@@ -60,6 +70,14 @@ class SlotActions(Timers):
         slot.spec = spec
         slot.intent = None
         slot.check_fails = 0
+        # A process started while its task rolls out is on trial: if it
+        # fails before it is ready, the rollout halts (see ``rollout``).
+        slot.trial = bool(task.rollout) and not task.rollout_halted
+        slot.surge = slot.instance >= task.count
+        slot.stale = ""
+        slot.status = ""
+        slot.main_pid = None
+        slot.ready_at = None
         slot.phase = (
             Phase.LAUNCHER if task.control in ("nowait", "adopt") and spec.pidfile else None
         )
@@ -73,7 +91,7 @@ class SlotActions(Timers):
             if intent == Intent.STOP:
                 slot.intent = Intent.STOP
             return
-        if slot.state is not S.RUNNING or slot.pid is None:
+        if slot.state not in UP_STATES or slot.pid is None:
             return
         LIFECYCLE.fire(slot, "stop")
         slot.intent = intent
@@ -83,7 +101,7 @@ class SlotActions(Timers):
                 self._reload.restarted += 1
             else:
                 self._reload.stopped += 1
-        for purpose in (TimerPurpose.READY, TimerPurpose.LIMIT, TimerPurpose.CHECK):
+        for purpose in _RUNNING_TIMERS:
             slot.timers.pop(purpose, None)
         self._end_check(slot)
         use_restart = intent == Intent.RESTART or self.shutdown == Shutdown.RESET
@@ -121,7 +139,18 @@ class SlotActions(Timers):
             if pid
             else f"{name} {slot.last_exit}"
         )
-        if slot.intent == Intent.STOP or not self.wants_run(task) or slot.instance >= task.count:
+        if self.wants_run(task) and (
+            slot.intent == Intent.HALT or (slot.trial and slot.intent is None and task.rollout)
+        ):
+            # A new process of a rollout failed: the rollout halts on it, and
+            # it is not tried again against the pool until the next change.
+            self.log("info", what, slot.task)
+            self._halt(task, slot, slot.last_exit or "exited")
+            LIFECYCLE.fire(slot, "give_up")
+            slot.reason = f"failed: {task.rollout_halted}"
+            slot.trial = False
+            self.update_watches()
+        elif slot.intent == Intent.STOP or not self.wants_run(task) or slot.instance >= task.count:
             self.log("info", what, slot.task)
             LIFECYCLE.fire(slot, "release")
         elif slot.intent == Intent.RESTART:
@@ -208,7 +237,63 @@ class SlotActions(Timers):
             if slot.state is S.FAILED and instance in (None, slot.instance):
                 self._retry(slot, why)
                 found += 1
+        self.resume(task, why)
         return found
+
+    # -- replacing processes: at once, or by a rollout (see ``rollout``)
+
+    def rolls(self, task: TaskState) -> bool:
+        """Whether a change replaces ``task``'s processes by a rollout (a
+        daemon task of its own children), rather than all at once."""
+        return task.control == "wait" and not self.shutdown
+
+    def replace(self, task: TaskState, why: str, instance: int | None = None) -> int:
+        """Replace ``task``'s running processes (or slot ``instance``'s)
+        because of ``why``: by a rollout where the task rolls, else at once.
+        How many were marked or stopped."""
+        done = 0
+        if not self.rolls(task) or instance is not None:
+            for slot in task.slots:
+                if instance in (None, slot.instance) and slot.state in UP_STATES:
+                    self.stop_slot(task, slot, Intent.RESTART, f"restarted: {why}")
+                    done += 1
+            return done
+        self._touch(task.spec.name)
+        for slot in task.slots[: task.count]:
+            if slot.state in UP_STATES and slot.intent is None:
+                slot.stale = why
+                done += 1
+        self.resume(task, why)
+        return done
+
+    def resume(self, task: TaskState, why: str) -> bool:
+        """A change came: a halted rollout of ``task`` goes on, and the
+        processes it left failed are tried again.  Whether one was halted."""
+        if not task.rollout_halted:
+            return False
+        self.log("info", f"rollout of {task.spec.name} resumed: {why}", task.spec.name)
+        task.rollout_halted = ""
+        self._touch(task.spec.name)
+        for slot in task.slots:
+            self._retry(slot, why)  # (only a failed one)
+        return True
+
+    def _halt(self, task: TaskState, slot: Slot, what: str) -> None:
+        """A process of the rollout failed (``what``): halt it."""
+        if task.rollout_halted:
+            return
+        ran = self.now - (self.now if slot.started_at is None else slot.started_at)
+        task.rollout_halted = (
+            f"rollout of {task.spec.name} halted: {self._name(slot)} (new) "
+            f"not ready after {ran:.1f}s: {what}"
+        )
+        self.counters["rollout_halts"] = self.counters.get("rollout_halts", 0) + 1
+        self.log(
+            "warning",
+            f"{task.rollout_halted}; what runs keeps running, nothing more is replaced "
+            "until the next change (or tfctl rollout --resume)",
+            task.spec.name,
+        )
 
     def _onexit(self, task: TaskState) -> None:
         for kind, target_name in task.spec.onexit:
@@ -232,7 +317,7 @@ class SlotActions(Timers):
         if action.signal:
             self.log("info", f"{name}: {why}; sending {action.signal}", name)
             for slot in task.slots:
-                if slot.state is S.RUNNING and slot.pid is not None:
+                if slot.state in UP_STATES and slot.pid is not None:
                     self.emit(fx.Signal(name, slot.instance, slot.pid, action.signal, group=False))
             return
         command = action.command or ""
@@ -249,8 +334,7 @@ class SlotActions(Timers):
                 )
                 return
             self.log("info", f"{name}: {why}; restarting", name)
-            for slot in task.slots:
-                self.stop_slot(task, slot, Intent.RESTART, f"restarted: {why}")
+            self.replace(task, why)
 
     def _run_command(self, task: TaskState, command: str, instance: int = 0, run: int = 0) -> None:
         spec = task.spec.process(instance)
@@ -277,12 +361,21 @@ class SlotActions(Timers):
                 slot.reason = why
 
     def _end_check(self, slot: Slot) -> None:
-        """Kill the slot's running health check, if any.  A check belongs to
-        its process: it must not outlive it, its stop, or taskforce."""
+        """Kill the slot's running health check, if any, and forget its
+        readiness probe (a command probe is killed).  Both belong to its
+        process: they must not outlive it, its stop, or taskforce."""
         slot.timers.pop(TimerPurpose.CHECK_TIMEOUT, None)
         if slot.check_run is not None:
             self.emit(fx.StopCommand(slot.task, slot.instance, slot.check_run, "SIGKILL"))
             slot.check_run = None
+        self._end_probe(slot)
+
+    def _end_probe(self, slot: Slot) -> None:
+        """Forget the slot's running readiness probe; a command probe is killed."""
+        if slot.probe_run is not None:
+            if self.tasks[slot.task].spec.readiness.kind == "command":
+                self.emit(fx.StopCommand(slot.task, slot.instance, slot.probe_run, "SIGKILL"))
+            slot.probe_run = None
 
     def _pidfile_path(self, slot: Slot) -> str:
         return self.tasks[slot.task].spec.process(slot.instance).pidfile or ""

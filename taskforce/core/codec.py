@@ -18,6 +18,7 @@ from typing import Any
 from taskforce.core.effects import EFFECT_TYPES, Effect
 from taskforce.core.events import EVENT_TYPES, Event
 from taskforce.core.model import Action, EventSpec, HostFacts, ProcessSpec, TaskSpec
+from taskforce.core.specs import Readiness
 
 _TYPES: dict[str, type[Any]] = {**EVENT_TYPES, **EFFECT_TYPES}
 
@@ -178,7 +179,7 @@ def decode(data: dict[str, Any]) -> Any:
 
 #: the classes a snapshot holds, by name (see ``from_plain``)
 _CLASSES: dict[str, type[Any]] = {
-    cls.__name__: cls for cls in (TaskSpec, ProcessSpec, Action, EventSpec, HostFacts)
+    cls.__name__: cls for cls in (TaskSpec, ProcessSpec, Action, EventSpec, HostFacts, Readiness)
 }
 
 _SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})

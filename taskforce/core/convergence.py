@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
-from taskforce.core.actions import SlotActions
 from taskforce.core.lifecycle import (
     LIFECYCLE,
     ONE_SHOT_CONTROLS,
@@ -27,6 +26,7 @@ from taskforce.core.lifecycle import (
     TimerPurpose,
 )
 from taskforce.core.model import ProcessSpec
+from taskforce.core.rollout import Rollouts
 from taskforce.core.slots import Slot, TaskState
 
 S = SlotState
@@ -37,7 +37,7 @@ def _spec_diff(old: ProcessSpec, new: ProcessSpec) -> str:
     return old.diff(new)
 
 
-class Convergence(SlotActions):
+class Convergence(Rollouts):
     """The converge pass and the keep-running / keep-stopped decisions."""
 
     def _touch_for(self, event: ev.Event) -> None:
@@ -83,6 +83,8 @@ class Convergence(SlotActions):
         for name in self._visit_order():
             task = self.tasks[name]
             want = task.count if self.wants_run(task) else 0
+            if want and (task.rollout or self.rolls(task)):
+                want += self._rollout_pass(task)  # (its surge slots, if any)
             while len(task.slots) < want:
                 slot = Slot(task=name, instance=len(task.slots))
                 LIFECYCLE.attach(slot)
@@ -115,6 +117,8 @@ class Convergence(SlotActions):
                 forget.append(name)
         self._dirty = set()
         self._all_dirty = False
+        if self._spare:
+            self._spare = {}
         if forget:
             for name in forget:
                 del self.tasks[name]
@@ -160,12 +164,16 @@ class Convergence(SlotActions):
                 return None
             return "not finished"
         for slot in task.slots[: task.count]:
-            if slot.state is S.FAILED:
+            state = slot.state
+            if state is S.READY:
+                continue
+            if state is S.FAILED:
                 return "failed"
-            if slot.state is not S.RUNNING:
+            if state is not S.RUNNING:
                 return "not running"
             if TimerPurpose.READY in slot.timers:
                 return "in its start_delay"
+            return "not ready"
         if len(task.slots) < task.count:
             return "not running"
         return None
@@ -178,10 +186,14 @@ class Convergence(SlotActions):
         # (A spec's __eq__ compares every field; identity is all that is left.)
         same = slot.spec is spec
         state = slot.state
-        if state is S.RUNNING:
-            if not same and slot.intent is None and slot.spec is not None:
-                why = f"config changed: {_spec_diff(slot.spec, spec)}"
-                self.stop_slot(task, slot, Intent.RESTART, f"restarted: {why}")
+        if state is S.READY or state is S.RUNNING:
+            if slot.intent is None and slot.spec is not None and (slot.stale or not same):
+                why = slot.stale or f"config changed: {_spec_diff(slot.spec, spec)}"
+                if not self.rolls(task):
+                    self.stop_slot(task, slot, Intent.RESTART, f"restarted: {why}")
+                elif self._may_replace(task, slot):
+                    how = " (rollout)" if task.gradual else ""
+                    self.stop_slot(task, slot, Intent.RESTART, f"restarted: {why}{how}")
             return
         if state in (S.STARTING, S.STOPPING, S.DRAINING, S.PROBING):
             return
@@ -224,7 +236,8 @@ class Convergence(SlotActions):
 
     def _keep_stopped(self, task: TaskState, slot: Slot) -> None:
         state = slot.state
-        if state is S.RUNNING:
+        wants_run = slot.surge and self.wants_run(task)
+        if state is S.RUNNING or state is S.READY:
             if self.shutdown and self._has_live_dependents(task.spec.name):
                 return
             if self.shutdown and task.control == "adopt" and slot.phase == Phase.DAEMON:
@@ -240,7 +253,10 @@ class Convergence(SlotActions):
                 slot.pid = None
                 slot.timers.clear()
                 return
-            why = self._stop_reason(task)
+            if slot.surge and wants_run:
+                why = "stopped: the rollout no longer needs this extra process"
+            else:
+                why = self._stop_reason(task)
             self.stop_slot(task, slot, Intent.STOP, why)
         elif state in (S.STOPPING, S.DRAINING):
             slot.intent = Intent.STOP

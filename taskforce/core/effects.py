@@ -208,6 +208,22 @@ class CheckReset(Effect):
 
 
 @dataclass(frozen=True)
+class Probe(Effect):
+    """Try once whether slot (``task``, ``instance``) is ready, from the
+    loop, and answer with ``ProbeFinished(run=run)`` within ``timeout``
+    seconds: ``kind`` ``tcp`` connects to ``target`` (``HOST:PORT``);
+    ``http`` sends ``GET`` to ``target`` (a URL) and passes on a 2xx answer.
+    (A ``command`` probe is a ``RunCommand`` named ``ready``.)"""
+
+    task: str
+    instance: int
+    run: int
+    kind: str
+    target: str
+    timeout: float
+
+
+@dataclass(frozen=True)
 class Exit(Effect):
     """Every task is stopped: exit with ``code``, or re-execute (``reset``)."""
 
@@ -232,6 +248,7 @@ EFFECT_TYPES: dict[str, type[Effect]] = {
         Reply,
         LoadInputs,
         CheckReset,
+        Probe,
         Exit,
     )
 }

@@ -188,6 +188,37 @@ class CommandExited(Event):
     run: int = 0
 
 
+@dataclass(frozen=True)
+class Notified(Event):
+    """A datagram on the notify socket (systemd's ``sd_notify`` protocol).
+
+    ``pid`` sent it, as the kernel vouches (``SCM_CREDENTIALS``), and the
+    shell found that pid inside the process tree of slot (``task``,
+    ``instance``) -- its cgroup, process group or environment marker;
+    messages from any other process never become an event.  ``message`` is
+    the datagram as text: ``KEY=VALUE`` lines (``READY=1``, ``STATUS=...``,
+    ``STOPPING=1``, ``WATCHDOG=1``, ``MAINPID=N``).
+    """
+
+    task: str = ""
+    instance: int = 0
+    pid: int = 0
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ProbeFinished(Event):
+    """A readiness probe asked for by a ``Probe`` effect ended: ``ok`` when
+    it passed (a TCP connect accepted, an HTTP answer 2xx), else ``detail``
+    says what it found (refused, timed out, HTTP 503...)."""
+
+    task: str = ""
+    instance: int = 0
+    run: int = 0
+    ok: bool = False
+    detail: str = ""
+
+
 #: The keys the shell watches taskforce's own inputs under, and reports
 #: their changes with (``FileChanged``): the config file, the roles file, and
 #: taskforce's own code.  The core decides what a change of each means.  A
@@ -285,5 +316,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ResetAsked,
         ResetRequested,
         ControlRequested,
+        Notified,
+        ProbeFinished,
     )
 }

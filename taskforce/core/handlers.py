@@ -17,6 +17,7 @@ from taskforce.core import events as ev
 from taskforce.core.lifecycle import (
     LIFECYCLE,
     ONE_SHOT_CONTROLS,
+    UP_STATES,
     Intent,
     Phase,
     Shutdown,
@@ -28,6 +29,12 @@ from taskforce.core.reconcile import Reconcile
 from taskforce.core.slots import FAILED_WATCH, Leftover, Slot, TaskState, describe_exit
 
 S = SlotState
+_READINESS_TIMERS = (
+    TimerPurpose.READY,
+    TimerPurpose.PROBE,
+    TimerPurpose.READY_TIMEOUT,
+    TimerPurpose.WATCHDOG,
+)
 
 
 class EventHandlers(Reconcile):
@@ -242,18 +249,22 @@ class EventHandlers(Reconcile):
     def _arm_running_timers(self, task: TaskState, slot: Slot) -> None:
         """Deadlines of a slot whose process (or daemon) now runs."""
         spec = task.spec
-        if spec.start_delay > 0:
-            self._set_timer(slot, TimerPurpose.READY, self.now + spec.start_delay)
         if spec.time_limit:
             self._set_timer(slot, TimerPurpose.LIMIT, self.now + spec.start_delay + spec.time_limit)
         if spec.check_interval and slot.phase != Phase.LAUNCHER:
             self._set_timer(slot, TimerPurpose.CHECK, self.now + spec.check_interval)
+        self._arm_readiness(task, slot)
 
     def _on_CommandExited(self, event: ev.CommandExited) -> None:
         outcome = event.error or describe_exit(event.exit_code, event.signal)
         failed = bool(event.error) or event.exit_code != 0
         if event.name == "check":
             self._check_done(event, failed, outcome)
+            return
+        if event.name == "ready":
+            slot = self.slot(event.task, event.instance)
+            if slot is not None:
+                self._probe_judged(slot, event.run, not failed, f"command {outcome}")
             return
         level = "warning" if failed else "info"
         self.log(level, f"{event.task}: command {event.name!r} {outcome}", event.task)
@@ -262,7 +273,7 @@ class EventHandlers(Reconcile):
         """A health check ended by itself: judge it."""
         slot = self.slot(event.task, event.instance)
         task = self.tasks.get(event.task)
-        if slot is None or task is None or slot.state is not S.RUNNING:
+        if slot is None or task is None or slot.state not in UP_STATES:
             return  # the slot moved on while the check ran
         if event.run != slot.check_run:
             return  # a run already judged (timed out, or its slot restarted)
@@ -350,6 +361,19 @@ class EventHandlers(Reconcile):
             self._ask_reset(f"taskforce's own code changed ({event.path})")
         else:
             self.emit(fx.LoadInputs("config" if event.key == ev.CONFIG_KEY else "roles"))
+
+    def _on_Notified(self, event: ev.Notified) -> None:
+        # (The shell vouches that the sender is a process of this slot.)
+        slot = self.slot(event.task, event.instance)
+        if slot is None or slot.state not in UP_STATES:
+            return
+        self._touch(event.task)
+        self._notified(self.tasks[event.task], slot, event.message)
+
+    def _on_ProbeFinished(self, event: ev.ProbeFinished) -> None:
+        slot = self.slot(event.task, event.instance)
+        if slot is not None:
+            self._probe_judged(slot, event.run, event.ok, event.detail)
 
     def _on_TimerFired(self, event: ev.TimerFired) -> None:
         pass  # due timers already ran in handle()
@@ -445,15 +469,17 @@ class EventHandlers(Reconcile):
                 )
             elif purpose == TimerPurpose.PIDFILE and slot.state is S.PROBING:
                 self._read_pidfile(slot)
+            elif purpose in _READINESS_TIMERS:
+                self._readiness_due(task, slot, purpose)
             elif (
                 purpose == TimerPurpose.CHECK
-                and slot.state is S.RUNNING
+                and slot.state in UP_STATES
                 and "check" in task.spec.commands
                 and slot.check_run is None
                 and not self.shutdown
             ):
                 self._start_check(task, slot)
-            elif purpose == TimerPurpose.CHECK_TIMEOUT and slot.state is S.RUNNING:
+            elif purpose == TimerPurpose.CHECK_TIMEOUT and slot.state in UP_STATES:
                 self._check_timed_out(task, slot)
             elif purpose == TimerPurpose.LIMIT and not self.shutdown:
                 # (At shutdown the stop order decides when it goes.)

@@ -30,7 +30,10 @@ class SlotState(enum.Enum):
     #: command exited -- then the slot is open: a stop waits here for the
     #: daemon (up to ``pidfile_timeout``), and so does shutdown
     PROBING = "probing"
-    RUNNING = "running"  #: its process is alive
+    RUNNING = "running"  #: its process is alive, not yet ready
+    #: its process is alive and ready: it said so (``READY=1``), its probe
+    #: passed, or it ran for its ``start_delay``; what requires it may start
+    READY = "ready"
     STOPPING = "stopping"  #: asked to stop, waiting for it to exit
     DRAINING = "draining"  #: leader gone, other group members being killed
     EXITED = "exited"  #: process and group gone; what next is being decided
@@ -65,6 +68,8 @@ class Intent(_Word):
     STOP = "stop"  #: stay down
     RESTART = "restart"  #: come back at once
     FINISH = "finish"  #: a ``once``/``event`` task's run that is over
+    #: a rollout halted on it: stay down (failed) until the next change
+    HALT = "halt"
 
 
 class Phase(_Word):
@@ -79,7 +84,10 @@ class Phase(_Word):
 class TimerPurpose(_Word):
     """What a slot's deadline is for (``Slot.timers``, the timer heap)."""
 
-    READY = "ready"  #: its ``start_delay`` is over: what requires it may start
+    READY = "ready"  #: its ``start_delay`` is over: it is ready
+    PROBE = "probe"  #: run its readiness probe (or: the one running took too long)
+    READY_TIMEOUT = "ready_timeout"  #: its ``ready_timeout`` is over: not ready
+    WATCHDOG = "watchdog"  #: its ``watchdog_sec`` passed without a ``WATCHDOG=1``
     LIMIT = "limit"  #: its ``time_limit`` is reached: stop or restart it
     KILL = "kill"  #: its ``stop_timeout`` is over: SIGKILL
     RETRY = "retry"  #: its backoff is over: start it again
@@ -107,22 +115,25 @@ TRANSITIONS: tuple[tuple[str, tuple[SlotState, ...], SlotState], ...] = (
     ("release", (S.WAITING, S.BACKOFF, S.EXITED, S.DONE, S.FAILED), S.STOPPED),
     ("spawn", (S.STOPPED, S.WAITING, S.BACKOFF, S.EXITED, S.DONE, S.PROBING), S.STARTING),
     ("spawned", (S.STARTING,), S.RUNNING),
+    ("ready", (S.RUNNING,), S.READY),
     ("probe", (S.STOPPED, S.WAITING, S.BACKOFF, S.EXITED, S.DONE), S.PROBING),
     ("launched", (S.RUNNING,), S.PROBING),
     ("found", (S.PROBING,), S.RUNNING),
     ("lost", (S.PROBING,), S.EXITED),
-    ("abandon", (S.RUNNING,), S.STOPPED),
+    ("abandon", (S.RUNNING, S.READY), S.STOPPED),
     ("spawn_failed", (S.STARTING,), S.EXITED),
-    ("stop", (S.RUNNING,), S.STOPPING),
-    ("leader_exited", (S.RUNNING, S.STOPPING), S.DRAINING),
-    ("exited", (S.RUNNING, S.STOPPING, S.DRAINING), S.EXITED),
+    ("stop", (S.RUNNING, S.READY), S.STOPPING),
+    ("leader_exited", (S.RUNNING, S.READY, S.STOPPING), S.DRAINING),
+    ("exited", (S.RUNNING, S.READY, S.STOPPING, S.DRAINING), S.EXITED),
     ("back_off", (S.EXITED,), S.BACKOFF),
     ("finish", (S.EXITED,), S.DONE),
     ("give_up", (S.EXITED,), S.FAILED),
 )
 
 #: States in which the slot has a live process group.
-LIVE_STATES = frozenset({S.RUNNING, S.STOPPING, S.DRAINING})
+LIVE_STATES = frozenset({S.RUNNING, S.READY, S.STOPPING, S.DRAINING})
+#: States in which the slot's process runs and is not being stopped.
+UP_STATES = (S.RUNNING, S.READY)
 
 
 class _Lifecycle:

@@ -24,6 +24,7 @@ from taskforce.core.context import (
     resolve_one,
 )
 from taskforce.core.order import find_cycle, start_order
+from taskforce.core.readiness import readiness_of
 from taskforce.core.scope import in_scope, task_context
 from taskforce.core.sockets import SocketSpec, socket_specs, task_sockets
 from taskforce.core.specs import (
@@ -51,6 +52,7 @@ from taskforce.core.specs import (
     EventSpec,
     HostFacts,
     ProcessSpec,
+    Readiness,
     Settings,
     SpecError,
     TaskSpec,
@@ -230,11 +232,16 @@ def _action(event: Mapping[str, Any], ctx: Mapping[str, str | None]) -> Action:
     return Action(command=as_text(command), signal=as_text(signal))
 
 
+#: readiness of a task that says nothing of it
+_NO_READINESS = Readiness()
+
+
 def _process_spec(
     task: Mapping[str, Any],
     ctx: dict[str, str | None],
     settings_output: Any = None,
     sockets: Mapping[str, SocketSpec] | None = None,
+    readiness: Readiness = _NO_READINESS,
 ) -> ProcessSpec:
     argv = tuple(expand_all(resolve(task["commands"]["start"], ctx), ctx))
     if not argv:
@@ -245,6 +252,9 @@ def _process_spec(
             text = expand(value, ctx)
             if text is not None:
                 env[key] = text
+    if readiness.watchdog:
+        # As systemd tells a service: how often it must say WATCHDOG=1.
+        env["WATCHDOG_USEC"] = str(round(readiness.watchdog * 1_000_000))
     output = task.get("output")
     if output is None:
         output = settings_output
@@ -273,6 +283,7 @@ def _process_spec(
         output_max_bytes=max_bytes,
         output_backups=backups,
         limits=_limits(task.get("limits"), ctx),
+        notify=readiness.kind == "notify",
         **values,
     )
 
@@ -315,11 +326,16 @@ def _build_task(
             raise SpecError(("check_failures",), str(exc)) from None
         if check_failures < 1:
             raise SpecError(("check_failures",), f"must be at least 1, got {check_failures}")
+    readiness = readiness_of(task, ctx, uses_sockets=bool(task.get("sockets")))
     processes = []
     settings_output = (config.get("settings") or {}).get("output")
-    for instance in range(max(count, 1)):
+    # A rollout's extra processes take the instances after the pool's: a
+    # spec each, so each has its own Task_instance (see core.rollout).
+    for instance in range(max(count, 1) + readiness.max_surge):
         slot_ctx = dict(ctx, Task_instance=str(instance))
-        processes.append(_process_spec(task, slot_ctx, settings_output, sockets))
+        processes.append(
+            _process_spec(task, slot_ctx, settings_output, sockets=sockets, readiness=readiness)
+        )
     first_ctx = dict(ctx, Task_instance="0")
     commands = {
         cmd: tuple(expand_all(resolve(argv, first_ctx), first_ctx))
@@ -376,6 +392,7 @@ def _build_task(
         check_timeout=check_timeout or None,
         check_failures=check_failures,
         start_limit=_start_limit(task.get("start_limit"), ctx, settings.start_limit),
+        readiness=readiness,
     )
 
 

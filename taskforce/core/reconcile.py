@@ -126,6 +126,7 @@ class Reconcile(Convergence):
                 for slot in task.slots:
                     if slot.state is S.FAILED:
                         self._retry(slot, "its config entry changed")
+                self.resume(task, "its config entry changed")
             if spec.in_scope != old.in_scope:
                 why = "roles changed" if roles_changed else "config changed"
                 where = "in scope" if spec.in_scope else "out of scope"

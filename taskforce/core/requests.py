@@ -43,7 +43,14 @@ from taskforce.core import access
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.context import ContextError
-from taskforce.core.lifecycle import ONE_SHOT_CONTROLS, Intent, Shutdown, SlotState, TimerPurpose
+from taskforce.core.lifecycle import (
+    ONE_SHOT_CONTROLS,
+    UP_STATES,
+    Intent,
+    Shutdown,
+    SlotState,
+    TimerPurpose,
+)
 from taskforce.core.model import CONTROLS, SpecError, _build_task
 from taskforce.core.values import MAX_COUNT, SIGNALS, signal_word
 
@@ -425,9 +432,13 @@ def _restart(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
     why = "restarted: control request"
     slots = [s for s in task.slots if instance is None or s.instance == instance]
     results = []
+    # A whole task that rolls is replaced a few at a time (see core.rollout).
+    rolling = instance is None and sup.rolls(task)
     for slot in slots:
         where = f"{name}[{slot.instance}]"
-        if slot.state is S.RUNNING:
+        if slot.state in UP_STATES and rolling:
+            results.append((where, "restarting (rollout)" if task.gradual else "restarting"))
+        elif slot.state in UP_STATES:
             sup.stop_slot(task, slot, Intent.RESTART, why)
             results.append((where, "restarting"))
         elif slot.state is S.BACKOFF:
@@ -446,6 +457,8 @@ def _restart(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
             results.append((where, "starting again (had failed)"))
         else:
             results.append((where, f"not running ({slot.state.value})"))
+    if rolling:
+        sup.replace(task, "control request")
     if any(result == "starting again" for _, result in results):
         sup.request_run(task, "started: control request")
     acted = [r for r in results if not r[1].startswith("not running")]
@@ -453,6 +466,23 @@ def _restart(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
         detail = f"[{instance}]" if instance is not None else ""
         raise _Refused(409, f"{name}{detail}: nothing to restart ({task_word(task)})")
     return 202, _lines(results)
+
+
+def _rollout(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
+    """``rollout``: resume a halted rollout of a task (``resume``), else say
+    where it stands (the status shows the same, see ``status.rollout_status``)."""
+    task = _task_arg(sup, args)
+    name = task.spec.name
+    if args.get("resume") not in (None, "", False, "0", "false", "no"):
+        if not task.rollout_halted:
+            raise _Refused(409, f"{name}: no halted rollout to resume")
+        sup.resume(task, "resumed by control request")
+        return 202, f"{name}\tresumed\n"
+    if not task.rollout:
+        return 200, f"{name}\tno rollout\n"
+    if task.rollout_halted:
+        return 200, f"{name}\t{task.rollout_halted}\n"
+    return 200, f"{name}\trolling out: {task.rollout_replaced} of {task.count} replaced\n"
 
 
 def task_word(task: TaskState) -> str:
@@ -479,7 +509,7 @@ def _signal(sup: Supervisor, args: Mapping[str, Any]) -> tuple[int, str]:
         slot
         for slot in task.slots
         if (instance is None or slot.instance == instance)
-        and slot.state is S.RUNNING
+        and slot.state in UP_STATES
         and slot.pid is not None
     ]
     if not targets:
@@ -518,6 +548,7 @@ _ACTIONS: dict[str, Callable[[Supervisor, Mapping[str, Any]], tuple[int, str]]] 
     "count": _count,
     "start": _start,
     "restart": _restart,
+    "rollout": _rollout,
     "signal": _signal,
     "event": _event,
 }

@@ -55,6 +55,21 @@ class Slot:
     #: when it was last started, oldest first (at most its ``start_limit``
     #: burst of them), since its last fresh attempt (see ``_retry``)
     starts: tuple[float, ...] = ()
+    #: an extra slot, after the pool's, that a rollout started (``surge``)
+    surge: bool = False
+    #: the readiness probe running now (its run number; None: none)
+    probe_run: int | None = None
+    #: started while its task's rollout is under way and not ready yet: if
+    #: it fails, the rollout halts (see ``rollout``)
+    trial: bool = False
+    #: why its process must be replaced by the rollout ("": it need not)
+    stale: str = ""
+    #: what its process last said (``STATUS=``), or its last probe's failure
+    status: str = ""
+    #: the pid its process named with ``MAINPID=`` (None: none)
+    main_pid: int | None = None
+    #: when its process became ready (None: it is not)
+    ready_at: float | None = None
 
     @property
     def live(self) -> bool:
@@ -105,10 +120,25 @@ class TaskState:
     check_runs: int = 0
     check_failures: int = 0
     check_timeouts: int = 0
+    #: why its rollout is under way ("": none is)
+    rollout: str = ""
+    #: when it began
+    rollout_at: float | None = None
+    #: why it halted ("": it did not)
+    rollout_halted: str = ""
+    #: processes of the pool it has replaced so far
+    rollout_replaced: int = 0
+    #: extra (surge) slots it runs
+    rollout_surge: int = 0
 
     @property
     def control(self) -> str:
         return self.control_override or self.spec.control
+
+    @property
+    def gradual(self) -> bool:
+        """Whether a rollout of it is more than a restart of its one process."""
+        return self.count > 1 or self.spec.readiness.max_surge > 0
 
     @property
     def count(self) -> int:

@@ -171,6 +171,10 @@ class ProcessSpec:
         default=(), metadata=_attr(key="sockets", check="sockets", start=True)
     )
 
+    #: whether it gets ``NOTIFY_SOCKET`` (its task has ``ready: notify``):
+    #: the shell adds the path of the socket it owns to the environment
+    notify: bool = field(default=False, metadata=_attr(reason="ready"))
+
     def diff(self, new: ProcessSpec) -> str:
         """Which parts differ from ``new``, for the reason of a restart.
 
@@ -238,6 +242,32 @@ class EventSpec:
 
 
 @dataclass(frozen=True)
+class Readiness:
+    """How a task's processes show they are ready, and how a change
+    replaces them (see ``core.readiness`` for the keys it is built from)."""
+
+    #: ``delay`` (ready once running for ``start_delay``), ``notify``
+    #: (``READY=1`` on the notify socket), or a probe: ``tcp``, ``http``,
+    #: ``command``
+    kind: str = "delay"
+    #: a probe's ``HOST:PORT`` (tcp) or URL (http)
+    target: str = ""
+    #: a command probe's argv
+    argv: tuple[str, ...] = ()
+    #: seconds between probes
+    interval: float = 1.0
+    #: seconds a new process has to become ready (None: no limit)
+    timeout: float | None = None
+    #: ``watchdog_sec``: a notify process that sends no ``WATCHDOG=1`` for
+    #: this long is restarted (None: no watchdog)
+    watchdog: float | None = None
+    #: extra processes a rollout may start beyond ``count``
+    max_surge: int = 0
+    #: ready processes a rollout may take away below ``count``
+    max_unavailable: int = 1
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     name: str
     control: str
@@ -264,6 +294,8 @@ class TaskSpec:
     #: (burst, interval): a slot started ``burst`` times within ``interval``
     #: seconds that exits again is not restarted (it fails); 0 turns it off
     start_limit: tuple[int, float] = (5, 10.0)
+    #: readiness and rollout
+    readiness: Readiness = Readiness()
 
     def process(self, instance: int) -> ProcessSpec:
         """The spec of slot ``instance`` (slots beyond the built ones reuse the last)."""

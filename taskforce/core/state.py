@@ -79,6 +79,7 @@ class SupervisorState:
             "_dirty",
             "_all_dirty",
             "_reload",
+            "_spare",
         }
     )
 
@@ -106,6 +107,8 @@ class SupervisorState:
             "check_failures": 0,
             "check_timeouts": 0,
             "start_limit_hits": 0,
+            "rollouts": 0,
+            "rollout_halts": 0,
         }
         #: what an earlier taskforce left running, by (task, instance); a
         #: slot with a leftover waits until it is gone
@@ -123,6 +126,9 @@ class SupervisorState:
         self._all_dirty = True
         #: the reload being applied by the current event (see ``handle``)
         self._reload: ReloadNote | None = None
+        #: ready processes each rolling task may still lose in this
+        #: converge pass (see ``rollout``)
+        self._spare: dict[str, int] = {}
 
     def slot(self, task: str, instance: int) -> Slot | None:
         """Slot ``instance`` of ``task`` (None: no such slot)."""

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from taskforce.core import events as ev
-from taskforce.core.lifecycle import ONE_SHOT_CONTROLS, Intent, SlotState, TimerPurpose
+from taskforce.core.lifecycle import ONE_SHOT_CONTROLS, UP_STATES, Intent, SlotState, TimerPurpose
 from taskforce.core.model import DAEMON_CONTROLS, build
 
 if TYPE_CHECKING:
@@ -74,6 +74,31 @@ def slot_status(slot: Slot) -> dict[str, Any]:
         out["waiting_on"] = list(slot.waiting_on)
     if slot.reason:
         out["reason"] = slot.reason
+    if slot.ready_at is not None:
+        out["ready_at"] = slot.ready_at
+    if slot.status:
+        out["status"] = slot.status  # what it said (STATUS=), or its probe found
+    if slot.main_pid is not None:
+        out["main_pid"] = slot.main_pid
+    if slot.surge:
+        out["surge"] = True  # an extra process of a rollout
+    if slot.stale:
+        out["outdated"] = slot.stale  # to be replaced by the rollout
+    return out
+
+
+def rollout_status(task: TaskState) -> dict[str, Any] | None:
+    """The task's rollout under way or halted (None: none)."""
+    if not task.rollout:
+        return None
+    out: dict[str, Any] = {
+        "why": task.rollout,
+        "started_at": task.rollout_at,
+        "replaced": task.rollout_replaced,
+        "count": task.count,
+    }
+    if task.rollout_halted:
+        out["halted"] = task.rollout_halted
     return out
 
 
@@ -92,8 +117,11 @@ def task_state(sup: Supervisor, task: TaskState) -> str:
     failed = backoff = waiting = stopping = starting = False
     for slot in task.slots:
         state = slot.state
-        if state is S.RUNNING:
+        if state is S.READY:
             running += 1
+        elif state is S.RUNNING:
+            running += 1
+            starting = True
         elif state is S.FAILED:
             failed = True
         elif state is S.DONE:
@@ -152,6 +180,9 @@ def task_status(sup: Supervisor, task: TaskState) -> dict[str, Any]:
     }
     if since:
         out["overrides_at"] = since
+    rollout = rollout_status(task)
+    if rollout is not None:
+        out["rollout"] = rollout
     if task.removed:
         out["removed"] = True
     return out
@@ -176,7 +207,9 @@ def health(sup: Supervisor) -> dict[str, Any]:
     running = 0
     for name in sorted(sup.tasks):
         task = sup.tasks[name]
-        running += sum(1 for slot in task.slots if slot.state is S.RUNNING)
+        running += sum(1 for slot in task.slots if slot.state in UP_STATES)
+        if task.rollout_halted:
+            problems[name] = task.rollout_halted
         if not sup.wants_run(task):
             continue
         daemon = task.control in DAEMON_CONTROLS
@@ -185,7 +218,7 @@ def health(sup: Supervisor) -> dict[str, Any]:
             where = f"{name}[{instance}]"
             if slot is None:
                 problems[where] = "not started"
-            elif slot.state in (S.RUNNING, S.STARTING):
+            elif slot.state in (S.READY, S.RUNNING, S.STARTING):
                 continue
             elif not daemon and slot.state is S.DONE:
                 continue
@@ -236,6 +269,8 @@ _COUNTERS = (
         "taskforce_start_limit_hits_total",
         "Slots that hit their start limit and failed.",
     ),
+    ("rollouts", "taskforce_rollouts_total", "Rollouts begun (processes replaced gradually)."),
+    ("rollout_halts", "taskforce_rollout_halts_total", "Rollouts halted by a failing new process."),
 )
 #: per task, for the tasks that have a health check
 _TASK_CHECK_COUNTERS = (
@@ -279,8 +314,19 @@ def metrics_text(sup: Supervisor, extra: Mapping[str, float] | None = None) -> s
         lines.append(f'taskforce_task_restarts_total{{task="{_label(name)}"}} {restarts}')
     family("taskforce_task_running", "gauge", "Running processes of each task.")
     for name in sorted(sup.tasks):
-        running = sum(1 for slot in sup.tasks[name].slots if slot.state is S.RUNNING)
+        running = sum(1 for slot in sup.tasks[name].slots if slot.state in UP_STATES)
         lines.append(f'taskforce_task_running{{task="{_label(name)}"}} {running}')
+    family("taskforce_task_ready", "gauge", "Ready processes of each task.")
+    for name in sorted(sup.tasks):
+        ready = sum(1 for slot in sup.tasks[name].slots if slot.state is S.READY)
+        lines.append(f'taskforce_task_ready{{task="{_label(name)}"}} {ready}')
+    family(
+        "taskforce_task_rollout", "gauge", "1 while a rollout of the task is under way, 2 halted."
+    )
+    for name in sorted(sup.tasks):
+        task = sup.tasks[name]
+        value = 2 if task.rollout_halted else 1 if task.rollout else 0
+        lines.append(f'taskforce_task_rollout{{task="{_label(name)}"}} {value}')
     checked = [name for name in sorted(sup.tasks) if sup.tasks[name].spec.check_interval]
     for attribute, metric, text in _TASK_CHECK_COUNTERS:
         family(metric, "counter", text)
@@ -309,7 +355,7 @@ def _holds(slot: Slot | None) -> bool:
         return False
     if slot.state in (S.STOPPING, S.DRAINING):
         return slot.intent == Intent.RESTART
-    return slot.state in (S.RUNNING, S.STARTING, S.WAITING, S.BACKOFF, S.EXITED)
+    return slot.state in (S.READY, S.RUNNING, S.STARTING, S.WAITING, S.BACKOFF, S.EXITED)
 
 
 def _start_reason(before: TaskState | None, after: TaskState, slot: Slot) -> str:
@@ -403,8 +449,16 @@ def _change(
     ``wanted``: the copy would keep this slot running once it can.
     """
     if new is not None and after is not None:
+        if new.surge:
+            return None, ""  # a rollout's extra process, gone once it is over
+        if new.state in UP_STATES and after.rollout and old is not None and old.state in UP_STATES:
+            # A rollout replaces it when its turn comes (see core.rollout).
+            spec = after.spec.process(new.instance)
+            if new.stale or (new.spec is not spec and new.spec != spec):
+                why = new.stale or f"config changed: {new.spec.diff(spec) if new.spec else 'spec'}"
+                return "restart", f"restarted: {why}" + (" (rollout)" if after.gradual else "")
         if new.state is S.STOPPING and new.intent == Intent.RESTART:
-            if old is not None and old.state is S.RUNNING:
+            if old is not None and old.state in UP_STATES:
                 return "restart", new.reason
         elif new.state in (S.STARTING, S.WAITING) and not _holds(old):
             return "start", _start_reason(before, after, new)
@@ -414,7 +468,7 @@ def _change(
             # Being stopped now, but the new config wants it: it comes back.
             return "start", _start_reason(before, after, new)
     if _holds(old) and not _holds(new):
-        if old is not None and old.state is S.RUNNING and new is not None:
+        if old is not None and old.state in UP_STATES and new is not None:
             return "stop", new.reason
         return "stop", "no longer wanted"
     return None, ""
