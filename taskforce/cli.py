@@ -1,4 +1,4 @@
-"""The ``taskforce`` command line: options, logging, pidfile, daemonizing.
+"""The ``taskforce`` command line: options, exit codes, starting the daemon.
 
 Options and defaults follow the original taskforce.  Exit codes:
 
@@ -9,6 +9,11 @@ Options and defaults follow the original taskforce.  Exit codes:
 - 2: the pidfile is held by a live taskforce;
 - 3: taskforce failed while running.
 
+Where the daemon logs is set up in ``taskforce.logsetup``, its pidfile and
+the detaching of ``-b`` are in ``taskforce.pidlock``, and the checks that
+refuse a start (unprotected or held control sockets) in
+``taskforce.preflight``.
+
 This module never decides anything about tasks; it only sets the stage for
 ``taskforce.daemon``.
 """
@@ -16,12 +21,9 @@ This module never decides anything about tasks; it only sets the stage for
 from __future__ import annotations
 
 import argparse
-import errno
-import fcntl
 import logging
 import os
 import signal
-import stat
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +36,9 @@ from taskforce.config import (
     load_roles,
     program_warnings,
 )
+from taskforce.logsetup import setup_logging, syslog_socket
+from taskforce.pidlock import Pidfile, PidfileHeld, daemonize
+from taskforce.preflight import auth_problems, held_sockets
 
 DEFAULT_CONFIG = "/usr/local/etc/taskforce.conf"
 DEFAULT_ROLES = ("/var/local/etc/tf_roles.conf", "/usr/local/etc/tf_roles.conf")
@@ -202,114 +207,6 @@ def pick_pidfile(args: argparse.Namespace) -> str | None:
     return None
 
 
-#: Where syslog listens, in the order tried (Linux, then the BSDs and macOS).
-SYSLOG_SOCKETS = ("/dev/log", "/var/run/log")
-LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
-
-
-def syslog_socket() -> str | None:
-    """The first of ``SYSLOG_SOCKETS`` that is a socket, or None.
-
-    Only a socket will do: on many hosts (containers) ``/var/run/log`` is a
-    folder, and a handler pointed at it fails on every line.
-    """
-    for path in SYSLOG_SOCKETS:
-        try:
-            if stat.S_ISSOCK(os.stat(path).st_mode):
-                return path
-        except OSError:
-            continue
-    return None
-
-
-def _stderr_handler() -> logging.Handler:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    return handler
-
-
-class FallbackHandler(logging.Handler):
-    """Sends each record to ``primary`` (syslog); a record it cannot take
-    goes to ``fallback`` (stderr) instead, so no line is lost to a logging
-    error and none becomes a traceback.  The first failure says so, once;
-    the next record tries syslog again (the handler reconnects), and the
-    first one that gets through says that syslog is back."""
-
-    def __init__(self, primary: logging.Handler, fallback: logging.Handler, where: str) -> None:
-        super().__init__()
-        self.primary = primary
-        self.fallback = fallback
-        self.where = where
-        self.failing = False
-        primary.handleError = self._failed  # type: ignore[method-assign]
-        self._failure: BaseException | None = None
-
-    def _failed(self, record: logging.LogRecord) -> None:
-        self._failure = sys.exc_info()[1] or OSError("unknown error")
-
-    def setFormatter(self, fmt: logging.Formatter | None) -> None:  # noqa: N802 (logging's name)
-        self.primary.setFormatter(fmt)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self._failure = None
-        self.primary.emit(record)
-        if self._failure is None:
-            if self.failing:
-                self.failing = False
-                self._note(f"syslog at {self.where} works again; logging there")
-            return
-        if not self.failing:
-            self.failing = True
-            why = getattr(self._failure, "strerror", None) or self._failure
-            self._note(f"cannot log to syslog at {self.where} ({why}); logging to stderr")
-        self.fallback.handle(record)
-
-    def _note(self, message: str) -> None:
-        self.fallback.handle(
-            logging.LogRecord("taskforce", logging.WARNING, __file__, 0, message, None, None)
-        )
-
-    def close(self) -> None:
-        self.primary.close()
-        self.fallback.close()
-        super().close()
-
-
-def setup_logging(args: argparse.Namespace, address: str | None = None) -> None:
-    """Log to stderr (``-e``), else to syslog at ``address`` (see
-    ``syslog_socket``), else to stderr with one warning saying why."""
-    name = args.logging_name or "taskforce"
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    handler: logging.Handler
-    warning = None
-    if args.log_stderr:
-        handler = _stderr_handler()
-    elif address is None:
-        handler = _stderr_handler()
-        warning = (
-            f"no syslog socket at {' or '.join(SYSLOG_SOCKETS)}; logging to stderr "
-            "(-e says so without this warning)"
-        )
-    else:
-        from logging.handlers import SysLogHandler  # only for syslog: costs memory
-
-        try:
-            syslog = SysLogHandler(address=address)
-        except OSError as exc:
-            handler = _stderr_handler()
-            why = exc.strerror or exc
-            warning = f"cannot log to syslog at {address} ({why}); logging to stderr"
-        else:
-            handler = FallbackHandler(syslog, _stderr_handler(), address)
-            handler.setFormatter(logging.Formatter(f"{name}[%(process)d]: %(message)s"))
-    root = logging.getLogger("taskforce")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-    if warning is not None:
-        log.warning("%s", warning)
-
-
 def signal_running(pidfile: str, signum: int) -> int:
     """-R / -S: signal the taskforce that holds ``pidfile``."""
     what = "reset" if signum == signal.SIGHUP else "stop"
@@ -332,117 +229,6 @@ def signal_running(pidfile: str, signum: int) -> int:
         print(f"taskforce: cannot {what}: not allowed to signal pid {pid}", file=sys.stderr)
         return EXIT_BAD
     return EXIT_OK
-
-
-class PidfileHeld(Exception):
-    pass
-
-
-class Pidfile:
-    """A pidfile claimed with an exclusive lock, so a stale one is taken over
-    safely and a live owner is always detected."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.fd: int | None = None
-
-    def claim(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                try:
-                    with open(self.path) as handle:
-                        owner = handle.read().strip() or "?"
-                except OSError:
-                    owner = "?"
-                raise PidfileHeld(
-                    f"taskforce is already running as pid {owner} (pidfile {self.path})"
-                ) from None
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
-
-    def release(self, *, remove: bool) -> None:
-        if self.fd is None:
-            return
-        if remove:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-        os.close(self.fd)
-        self.fd = None
-
-
-def daemonize(keep_stderr: bool) -> None:
-    """Detach from the terminal: double fork, new session, / as cwd.
-
-    With ``-e`` the caller asked for logs on stderr, so stderr is kept.
-    """
-    if os.fork():
-        os._exit(0)
-    os.setsid()
-    if os.fork():
-        os._exit(0)
-    os.chdir("/")
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1) if keep_stderr else (0, 1, 2):
-        os.dup2(null, fd)
-    if null > 2:
-        os.close(null)
-
-
-def auth_problems(args: argparse.Namespace, config: dict[str, Any]) -> list[str]:
-    """Why the listeners asked for (config and ``-w``/``-c``/``-A``) must not
-    run: control over TCP that nothing protects (see ``control.listen``)."""
-    settings = config.get("settings") or {}
-    if not (settings.get("http") or args.http is not None):
-        return []  # (before the imports: no listener, no TLS machinery)
-    from taskforce.config import host_facts
-    from taskforce.control.listen import ListenError, services
-    from taskforce.control.listen import auth_problems as problems_of
-    from taskforce.control.options import Options
-
-    options = Options(listen=args.http, certfile=args.certfile, allow_control=args.allow_control)
-    try:
-        found = services(config, options, host_facts(), None, {})
-    except ListenError:
-        return []  # reported, with its reason, when the server starts
-    return problems_of(found)
-
-
-def held_sockets(
-    args: argparse.Namespace, config: dict[str, Any], roles_path: str | None
-) -> list[str]:
-    """Why the control sockets asked for (config and ``-w``) cannot be
-    ours: a live process listens there.  A stale socket (its taskforce was
-    killed) is not a reason: the listener takes it over."""
-    settings = config.get("settings") or {}
-    if not (settings.get("http") or args.http is not None):
-        return []  # (before the imports: no listener, no TLS machinery)
-    from taskforce.config import host_facts
-    from taskforce.control.listen import ListenError, holder, services
-    from taskforce.control.options import Options
-
-    options = Options(listen=args.http, certfile=args.certfile, allow_control=args.allow_control)
-    try:
-        roles = load_roles(roles_path)
-        found = services(config, options, host_facts(), roles.names, roles.values)
-    except (ConfigError, OSError, ListenError):
-        return []  # reported, with its reason, when the server starts
-    problems = []
-    for service in found:
-        who = holder(service.listen) if service.is_unix else None
-        if who is not None:
-            problems.append(
-                f"the control socket {service.listen} is held by {who}; "
-                "stop that one first, or listen elsewhere (-w PATH)"
-            )
-    return problems
 
 
 def check_config(

@@ -27,14 +27,9 @@ Sinks: ``inherit`` (no pipe: the daemon's own stdout and stderr), ``discard``
 write would take it past ``max_bytes`` it is rotated at a line boundary,
 PATH -> PATH.1 -> ... -> PATH.backups).
 
-Recent lines: for every task whose output is captured (``log`` and
-``file``), the most recent lines (at most ``RECENT_LINES`` and
-``RECENT_BYTES``) are kept in a ``Recent`` ring, each with a sequence number,
-its instance and the wall-clock time it was read, for ``tfctl logs``.  The
-ring holds the blocks of lines as they were written (one per write, so a
-fast writer costs one append per chunk, not one per line) and drops the
-oldest when the newer ones alone fill it: its memory stays under
-``RECENT_BYTES`` plus one block.
+Recent lines: for every task whose output is captured, the most recent
+lines are kept in a ``Recent`` ring for ``tfctl logs`` (``taskforce.recent``);
+the ``file`` sink is a ``FileSink`` (``taskforce.filesink``).
 
 This module decides nothing about processes: it never starts, signals or
 waits for one.  Failures to write are logged (once until writing works
@@ -48,13 +43,13 @@ import fcntl
 import logging
 import os
 import selectors
-import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from collections.abc import Callable
 
-from taskforce import files
 from taskforce.core.effects import Spawn
+from taskforce.filesink import FileSink
+from taskforce.recent import RECENT_BYTES as RECENT_BYTES
+from taskforce.recent import RECENT_LINES as RECENT_LINES
+from taskforce.recent import Recent as Recent
 
 log = logging.getLogger("taskforce")
 output_log = logging.getLogger("taskforce.output")
@@ -73,211 +68,9 @@ PIPE_SIZE = 1024 * 1024
 #: A file dropped by rotation is freed this much per turn of the loop:
 #: freeing a large file at once can block for a tenth of a second or more.
 SHRINK_STEP = 4 * 1024 * 1024
-#: Recent lines kept per task for ``tfctl logs``: this many lines at most,
-#: and no more than this many bytes of them, whichever is reached first.
-RECENT_LINES = 1000
-RECENT_BYTES = 256 * 1024
 #: Rings of tasks without a running process are forgotten, longest idle
 #: first, once there are more rings than this.
 MAX_RINGS = 1024
-
-
-class FileSink:
-    """One output file with size-based rotation, shared by path.
-
-    The file that rotation drops (the oldest backup, or the file itself with
-    no backups) is unlinked while an fd still holds it, and that fd is handed
-    to ``retire``, which frees it bit by bit.
-    """
-
-    def __init__(
-        self, path: str, max_bytes: int, backups: int, retire: Callable[[int], None]
-    ) -> None:
-        self.path = path
-        self.retire = retire
-        self.max_bytes = max(1, max_bytes)
-        self.backups = max(0, backups)
-        self.users = 0
-        self.failing = False
-        self.fd = self._open()
-        self.size = os.fstat(self.fd).st_size
-
-    def _open(self) -> int:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
-        return files.open_private(self.path, flags, keep_existing=True)
-
-    def write(self, data: bytes | bytearray) -> None:
-        """Append ``data`` (whole lines); rotate between lines when full."""
-        try:
-            while data:
-                room = self.max_bytes - self.size
-                if len(data) <= room:
-                    self._write_all(data)
-                    break
-                cut = data.rfind(b"\n", 0, max(room, 0)) + 1
-                if cut == 0 and self.size == 0:
-                    # One line longer than max_bytes: it goes whole into a
-                    # fresh file rather than being split.
-                    cut = data.find(b"\n") + 1 or len(data)
-                if cut:
-                    self._write_all(data[:cut])
-                    data = data[cut:]
-                self._rotate()
-            if self.failing:
-                self.failing = False
-                log.info("output file %s: writing again", self.path)
-        except OSError as exc:
-            if not self.failing:
-                self.failing = True
-                log.error("output file %s: %s; output is dropped", self.path, exc.strerror or exc)
-
-    def _write_all(self, data: bytes | bytearray) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.write(self.fd, view)
-            self.size += written
-            view = view[written:]
-
-    def _rotate(self) -> None:
-        # PATH may be gone (removed or moved away by hand): then the rotation
-        # just starts a new PATH.
-        old = self.fd
-        if self.backups == 0:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-            doomed: int | None = old
-        else:
-            oldest = f"{self.path}.{self.backups}"
-            try:
-                doomed = os.open(oldest, os.O_WRONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                doomed = None
-            else:
-                os.unlink(oldest)
-            for index in range(self.backups - 1, 0, -1):
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(f"{self.path}.{index}", f"{self.path}.{index + 1}")
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(self.path, f"{self.path}.1")
-        self.fd = self._open()
-        self.size = os.fstat(self.fd).st_size
-        if doomed != old:
-            os.close(old)
-        if doomed is not None:
-            self.retire(doomed)
-
-    def reopen(self) -> None:
-        """Write to whatever is at PATH now: after logrotate moved the file
-        away (SIGUSR1/SIGUSR2), a new PATH is created.  If it cannot be
-        opened, writing goes on to the file already open."""
-        try:
-            fd = self._open()
-        except OSError as exc:
-            log.error("output file %s: cannot reopen: %s", self.path, exc.strerror or exc)
-            return
-        os.close(self.fd)
-        self.fd = fd
-        self.size = os.fstat(fd).st_size
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-class Block(NamedTuple):
-    """Whole lines written at once by one process: ``data`` ends with a newline."""
-
-    first: int  # sequence number of its first line
-    lines: int
-    instance: int
-    time: float  # wall clock, when they were read
-    data: bytes | bytearray
-
-
-class Line(NamedTuple):
-    seq: int
-    instance: int
-    time: float
-    text: str
-
-
-class Recent:
-    """The most recent captured lines of one task, numbered from 1."""
-
-    def __init__(self) -> None:
-        self.blocks: deque[Block] = deque()
-        #: Sequence number of the next line to come.
-        self.next = 1
-        self.lines = 0
-        self.bytes = 0
-        #: Captures (pipes) feeding this ring now.
-        self.users = 0
-
-    def add(self, data: bytes | bytearray, instance: int) -> None:
-        """Keep ``data``, whole lines each ending with a newline, as it is:
-        the caller must not change it afterwards."""
-        count = data.count(b"\n")
-        if not count:
-            return
-        block = Block(self.next, count, instance, time.time(), data)
-        self.next += count
-        self.lines += count
-        self.bytes += len(block.data)
-        blocks = self.blocks
-        blocks.append(block)
-        # Drop the oldest block while the newer ones alone fill the ring.
-        while len(blocks) > 1:
-            oldest = blocks[0]
-            if (
-                self.lines - oldest.lines < RECENT_LINES
-                and self.bytes - len(oldest.data) < RECENT_BYTES
-            ):
-                break
-            blocks.popleft()
-            self.lines -= oldest.lines
-            self.bytes -= len(oldest.data)
-
-    @property
-    def last_time(self) -> float:
-        return self.blocks[-1].time if self.blocks else 0.0
-
-    def _newest_first(self) -> Iterator[Line]:
-        """The lines kept, newest first (at most RECENT_LINES and RECENT_BYTES)."""
-        count = size = 0
-        for block in reversed(self.blocks):
-            pieces = block.data.split(b"\n")
-            pieces.pop()  # after the last newline: nothing
-            for index in range(len(pieces) - 1, -1, -1):
-                piece = pieces[index]
-                count += 1
-                size += len(piece) + 1
-                if count > RECENT_LINES or (size > RECENT_BYTES and count > 1):
-                    return
-                text = piece.decode(errors="replace").removesuffix("\r")
-                yield Line(block.first + index, block.instance, block.time, text)
-
-    def read(
-        self, since: int | None = None, instance: int | None = None, limit: int | None = None
-    ) -> tuple[list[Line], int]:
-        """Lines from ``since`` on (all kept lines without it), of ``instance``
-        only if given, at most the last ``limit``; oldest first.  Also how many
-        lines from ``since`` on are no longer kept (0 without ``since``);
-        with ``instance`` that count is of every instance's lines."""
-        found: list[Line] = []
-        oldest = self.next
-        for line in self._newest_first():
-            if since is not None and line.seq < since:
-                oldest = since
-                break
-            oldest = line.seq
-            if limit is not None and len(found) >= limit:
-                if since is None:
-                    break
-                continue
-            if instance is None or line.instance == instance:
-                found.append(line)
-        found.reverse()
-        dropped = 0 if since is None else max(0, oldest - max(since, 1))
-        return found, dropped
 
 
 class Capture:

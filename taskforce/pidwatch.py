@@ -23,7 +23,12 @@ from collections.abc import Callable
 from typing import Any
 
 #: How stale a pidfile may be relative to its process's start (clock ticks
-#: and file time stamps are coarse).
+#: and file time stamps are coarse).  A measurement fact of this shell, not a
+#: policy: the core is told only the outcome (``started_after_file``), since
+#: how precise a start time and a file time are depends on the OS that
+#: measured them (``/proc`` clock ticks here); the core judges what a
+#: recycled pid means.  Reporting the raw times instead would change the
+#: record format of ``PidfileRead``.
 _START_SLACK = 1.0
 #: Polling interval for exits no pidfd can tell us about.
 POLL_INTERVAL = 1.0
@@ -125,6 +130,12 @@ def read_pidfile(path: str, belongs: Callable[[int], bool]) -> dict[str, Any]:
         pid = int(text.split()[0]) if text else 0
     except ValueError:
         return {"error": f"pidfile {path} holds no pid"}
+    # Below 2 is "no pid", measured here rather than judged by the core: the
+    # probes that follow cannot be asked about it (kill(0, ...) and
+    # kill(-n, ...) address process groups, /proc/0 does not exist), and pid
+    # 1 is init, which no launcher's daemon can be -- probing it would only
+    # report facts about the host's init.  The record keeps its meaning: the
+    # core has always been told "holds no pid" for these.
     if pid <= 1:
         return {"error": f"pidfile {path} holds no pid"}
     if not alive(pid):

@@ -14,48 +14,9 @@ its own.  It is also a ``taskforce.control.shell.Shell``, so the control
 server can be run against it in-process (``feed``, ``load_inputs``,
 ``apply_loaded``, ``request_reset``, ``captured``, ``wake``, ``fed``).
 
-Contract kept with the core (the shell's contract, made exact):
-
-- a ``Spawn`` is answered by ``ProcessStarted`` (or ``SpawnFailed``, for a
-  program listed in ``failing``) before any other event is fed, and so is a
-  ``ReadPidfile`` (by ``PidfileRead``, from the fake ``pidfiles``) and a
-  ``CheckReset`` (by ``ResetRequested``: the simulated files load, unless
-  the roles file was deleted); a ``LoadInputs`` is answered afterwards, by
-  what ``load_inputs`` gives;
-- the consequences of performing effects (a signal that kills, a command that
-  finishes) are fed afterwards, at the same time, in the order they arose;
-- a process the core started is reaped: its death becomes ``ProcessExited``
-  (``group_alive`` when members of its group remain, then ``GroupEmptied``
-  when the last goes); one it did not start is reported only once watched
-  (``WatchProcess``);
-- a group ``Signal`` reaches every process of the slot, as the shell's
-  cgroup (or its environment marker) makes it: a grandchild that left the
-  process group (``ESCAPER``) gets it too, and the group is "alive" until
-  the last of them is gone;
-- a started process's ``env`` is the ``Spawn``'s plus the facts only its
-  start knows (``process_facts``: ``Task_pid``, ``Task_uid``, ``Task_gid``,
-  ``Task_started``), as the shell adds them;
-- after ``crash`` (taskforce SIGKILLed and started again) the processes of
-  the old incarnation are reported by ``LeftoversFound`` slot by slot, a
-  ``StopLeftover`` signals them, and ``LeftoverGone`` follows the last one;
-- a ``RunCommand`` ends ``command_durations`` seconds after it started (at
-  once by default; never, for ``HANG``), and ``CommandExited`` says so; a
-  ``StopCommand`` kills it at once if it still runs (every run, with when
-  it started and ended, is kept in ``runs``);
-- readiness (see ``_probe`` and ``_notify_ready``): a slot's process is
-  ready ``ready_delays[task]`` seconds after it started (at once by
-  default; never for a task in ``never_ready``); a ``Probe`` is answered by
-  ``ProbeFinished`` -- ok once it is ready, "connection refused" with no
-  live process, "timed out after Ns" when it is not ready within the
-  probe's timeout -- and a ``Spawn`` with ``notify`` is followed by that
-  process's ``Notified("READY=1")`` when it becomes ready, if still alive;
-- there is one timer: each ``ArmTimer`` replaces it, and it is fed back as
-  ``TimerFired`` when ``advance`` reaches it (or at once when it is already
-  due); ``stall`` lets the clock run on without it, as a busy shell would.
-
-Breaches of the shell contract by the core -- a signal for a process group
-with no member left, a second live process in one slot -- are recorded in
-``violations`` rather than raised, so a test can report them with the log.
+How the fake world answers each effect -- the shell's contract, made
+exact -- is written in ``taskforce.simos``; the rows of that world
+(``FakeProcess``, ``FakeCommand``) and ``replay`` are in ``taskforce.simworld``.
 
 This module must never touch the OS: it imports no ``os``, ``time``,
 ``subprocess``, ``signal``, ``socket``, ``select``, ``logging`` or ``random``
@@ -68,186 +29,68 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.codec import freeze
-from taskforce.core.model import PER_PROCESS_KEYS
 from taskforce.core.supervisor import Supervisor
+from taskforce.simos import FakeOS
+from taskforce.simworld import (
+    BEHAVIOURS,
+    DAEMONIZE,
+    ESCAPER,
+    FIRST_PID,
+    HANG,
+    IGNORE_TERM,
+    NOBODY,
+    STUBBORN_WRAPPER,
+    TERM,
+    WRAPPER,
+    Delivery,
+    Divergence,
+    EffectObserver,
+    FakeCommand,
+    FakeProcess,
+    Reap,
+    Recorder,
+    Step,
+    Violation,
+    covers,
+    process_facts,
+    replay,
+)
 
-#: Exits on SIGTERM, SIGINT, SIGQUIT and SIGKILL; other signals are handled.
-TERM = "term"
-#: Ignores SIGTERM (and SIGINT, SIGQUIT): only SIGKILL ends it.
-IGNORE_TERM = "ignore_term"
-#: A shell wrapper: the leader has a grandchild in its process group that
-#: outlives the leader unless the whole group is signalled (or it is killed).
-WRAPPER = "wrapper"
-#: A shell wrapper whose grandchild also ignores SIGTERM: only SIGKILL ends it.
-STUBBORN_WRAPPER = "stubborn_wrapper"
-#: A launcher (``nowait``/``adopt``): it starts a daemon in a session of its
-#: own, writes the daemon's pid to the pidfile (the ``Task_pidfile`` of its
-#: environment) and exits 0.  The daemon exits on SIGTERM.  With a delay in
-#: ``pidfile_delays`` the daemon writes its pidfile that long after the
-#: launcher exited; a task in ``forging`` starts no daemon and writes the pid
-#: of a stranger (a process outside every slot) instead.
-DAEMONIZE = "daemonize"
-
-#: A shell wrapper whose grandchild called ``setsid``: it left the process
-#: group, but not the slot (its cgroup, its environment marker).
-ESCAPER = "escaper"
-
-BEHAVIOURS = (TERM, IGNORE_TERM, WRAPPER, STUBBORN_WRAPPER, DAEMONIZE, ESCAPER)
-
-_STOPPING_SIGNALS = frozenset({"SIGTERM", "SIGINT", "SIGQUIT"})
+__all__ = [
+    "BEHAVIOURS",
+    "DAEMONIZE",
+    "ESCAPER",
+    "FIRST_PID",
+    "HANG",
+    "IGNORE_TERM",
+    "NOBODY",
+    "STUBBORN_WRAPPER",
+    "TERM",
+    "WRAPPER",
+    "Delivery",
+    "Divergence",
+    "EffectObserver",
+    "FakeCommand",
+    "FakeProcess",
+    "Recorder",
+    "Simulation",
+    "Step",
+    "Violation",
+    "process_facts",
+    "replay",
+]
 
 #: Marks an argument as "leave it as it is".
 _KEEP: Any = object()
 
-FIRST_PID = 1000
-#: The uid a pidfile written by a task with a ``user`` (or a forged one) has.
-NOBODY = 65534
 
-
-#: A command duration that never ends by itself: only a ``StopCommand`` ends it.
-HANG = float("inf")
-
-
-@dataclass
-class FakeCommand:
-    """One run of a task's command (``RunCommand``): its pid, when it
-    started, when it will end by itself (``HANG``: never), and when it did
-    end (None: it still runs) and how (``killed_by``)."""
-
-    pid: int
-    effect: fx.RunCommand
-    started_at: float
-    ends_at: float
-    exit_code: int
-    ended_at: float | None = None
-    killed_by: str | None = None
-
-
-class Delivery(NamedTuple):
-    """A signal a fake process received: when, which, and whether group-wide."""
-
-    at: float
-    signal: str
-    group: bool
-
-
-@dataclass
-class FakeProcess:
-    """One row of the fake process table.
-
-    ``pgid`` is the pid of the group leader (the process the core spawned);
-    grandchildren of a wrapper share it.  ``alive`` turns False when the
-    process dies; ``reaped`` turns True when the core has been told (a
-    leader's ``ProcessExited``) -- until then a dead leader is a zombie and
-    still holds its process group.  ``received`` lists a ``Delivery`` for
-    every signal the process got, from the core or from the test.  ``child``
-    is False for a process the core did not spawn (a daemon found through
-    its pidfile): its exit is reported only when watched (``WatchProcess``),
-    and without an exit status.
-    """
-
-    pid: int
-    pgid: int
-    task: str
-    instance: int
-    generation: int
-    argv: tuple[str, ...]
-    behaviour: str
-    started_at: float
-    alive: bool = True
-    reaped: bool = False
-    exit_code: int | None = None
-    signal: str | None = None
-    received: list[Delivery] = field(default_factory=list)
-    child: bool = True
-    #: left its process group (``setsid``) but not its slot
-    escaped: bool = False
-    #: started by a taskforce (it carries the slot's marker)
-    marked: bool = True
-    #: left running by a taskforce that crashed (see ``crash``)
-    leftover: bool = False
-    #: its environment as the shell gives it: the ``Spawn``'s, plus the facts
-    #: of this one process (``model.PER_PROCESS_KEYS``, see ``process_facts``)
-    env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def leader(self) -> bool:
-        return self.pid == self.pgid and not self.escaped
-
-    @property
-    def present(self) -> bool:
-        """Still in the process table: alive, or a leader not yet reaped."""
-        return self.alive or (self.leader and not self.reaped)
-
-    def dies_of(self, signal: str) -> bool:
-        if signal == "SIGKILL":
-            return True
-        if signal not in _STOPPING_SIGNALS:
-            return False  # handled (SIGHUP reloads, SIGUSR1...)
-        if self.behaviour == IGNORE_TERM:
-            return False
-        if self.behaviour == STUBBORN_WRAPPER and not self.leader:
-            return False
-        return True
-
-
-def process_facts(spawn: fx.Spawn, pid: int, now: float) -> dict[str, str]:
-    """The built-ins the shell adds as it starts a process (``process.start``):
-    its pid, the ids it runs as (root, or ``NOBODY`` for another user or
-    group) and when it started (the fake clock stands for the epoch's)."""
-    uid = 0 if spawn.user in (None, "", "root", "0") else NOBODY
-    gid = 0 if spawn.group in (None, "", "root", "0") and uid == 0 else NOBODY
-    values = (str(pid), str(uid), str(gid), f"{now:.6f}")
-    return dict(zip(PER_PROCESS_KEYS, values, strict=True))
-
-
-@dataclass(frozen=True)
-class _Reap:
-    """Queued: tell the core that leader ``pid`` died (built when fed)."""
-
-    pid: int
-
-
-class Violation(NamedTuple):
-    """The core broke the shell contract while handling ``event``.
-
-    ``kind`` is ``"signal-to-nothing"`` (a ``Signal`` for a pid or group with
-    no member left) or ``"second-process"`` (a ``Spawn`` for a slot whose
-    previous process group is still there).
-    """
-
-    at: float
-    kind: str
-    event: ev.Event
-    effect: fx.Effect
-    message: str
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class Divergence(NamedTuple):
-    """Where a replay first differed from the recording: ``log[step]``."""
-
-    step: int
-    event: ev.Event
-    recorded: tuple[fx.Effect, ...]
-    replayed: tuple[fx.Effect, ...]
-
-
-Step = tuple[ev.Event, tuple[fx.Effect, ...]]
-EffectObserver = Callable[["Simulation", ev.Event, fx.Effect], None]
-Recorder = Callable[[ev.Event, tuple[fx.Effect, ...]], None]
-
-
-class Simulation:
+class Simulation(FakeOS):
     """The core under a fake clock, a fake process table and fake files.
 
     ``Simulation.latest`` is the most recently made one: after a failing
@@ -331,16 +174,13 @@ class Simulation:
         self.role_values: dict[str, str] = {}
         #: the path of the roles file while it is deleted (see delete_roles)
         self.roles_missing: str | None = None
-        # --- readiness (issue 15): see _probe and _notify_ready
-        #: how long after its start a task's process is ready (default 0)
+        # readiness (see taskforce.simready)
         self.ready_delays: dict[str, float] = {}
-        #: tasks whose processes never become ready
         self.never_ready: set[str] = set()
-        #: readiness answers to come, by when: (when, event, the pid it needs alive)
         self._readiness: list[tuple[float, ev.Event, int | None]] = []
         self._next_pid = FIRST_PID
         self._urgent: deque[ev.Event] = deque()
-        self._queue: deque[ev.Event | _Reap] = deque()
+        self._queue: deque[ev.Event | Reap] = deque()
 
     # ------------------------------------------------------------- driving
 
@@ -455,32 +295,6 @@ class Simulation:
                 self._die(proc, exit_code=code)
         self._drain()
 
-    def add_process(
-        self,
-        task: str,
-        instance: int = 0,
-        argv: tuple[str, ...] = ("daemon",),
-        pidfile: str | None = None,
-        behaviour: str = TERM,
-    ) -> int:
-        """A process taskforce did not start (one to adopt), in its own session."""
-        pid = self._allocate_pid()
-        self.processes[pid] = FakeProcess(
-            pid=pid,
-            pgid=pid,
-            task=task,
-            instance=instance,
-            generation=0,
-            argv=argv,
-            behaviour=behaviour,
-            started_at=self.now,
-            child=False,
-            marked=False,
-        )
-        if pidfile is not None:
-            self.write_pidfile(pidfile, pid)
-        return pid
-
     def crash(
         self,
         config: Mapping[str, Any] | None = None,
@@ -527,46 +341,10 @@ class Simulation:
         leftovers = tuple((task, instance, tuple(pids)) for (task, instance), pids in found.items())
         self.boot(cfg, new_roles, role_values=role_values, leftovers=leftovers)
 
-    def add_stranger(self, argv: tuple[str, ...] = ("/usr/sbin/sshd",)) -> int:
-        """A process outside every slot (root's, say) that taskforce must
-        never signal; it ignores SIGTERM, so a signal to it is seen."""
-        pid = self._allocate_pid()
-        self.processes[pid] = FakeProcess(
-            pid=pid,
-            pgid=pid,
-            task="",
-            instance=-1,
-            generation=0,
-            argv=argv,
-            behaviour=IGNORE_TERM,
-            started_at=self.now,
-            child=False,
-        )
-        self.strangers.add(pid)
-        return pid
-
-    def write_pidfile(self, path: str, pid: int, owner: int = 0) -> None:
-        """``pid`` is written to ``path`` now, by ``owner`` (a uid)."""
-        self.pending_pidfiles.pop(path, None)
-        self.pidfiles[path] = pid
-        self.pidfile_owners[path] = owner
-        self.pidfile_written[path] = self.now
-
-    def _write_due_pidfiles(self) -> None:
-        for path, (due, pid, owner) in sorted(self.pending_pidfiles.items()):
-            if due <= self.now:
-                del self.pending_pidfiles[path]
-                if not self.processes[pid].alive:
-                    continue  # it died before it got to write it
-                # (written at its own time: what a later read compares with)
-                self.pidfiles[path] = pid
-                self.pidfile_owners[path] = owner
-                self.pidfile_written[path] = due
-
     def touch(self, path: str) -> None:
         """``path`` changed: a ``FileChanged`` for every watch covering it."""
         for key in sorted(self.watches):
-            if _covers(self.watches[key], path):
+            if covers(self.watches[key], path):
                 self._queue.append(ev.FileChanged(at=self.now, key=key, path=path))
         self._drain()
 
@@ -595,6 +373,13 @@ class Simulation:
         self.now = target
         self._write_due_pidfiles()
 
+    def _next_happening(self) -> float | None:
+        """The next command end or readiness answer, whichever comes first."""
+        dues = [
+            due for due in (self._next_readiness(), self._next_command_end()) if due is not None
+        ]
+        return min(dues, default=None)
+
     def _next_command_end(self) -> float | None:
         ends = [run.ends_at for run in self.runs.values() if run.ended_at is None]
         due = min(ends, default=HANG)
@@ -606,25 +391,6 @@ class Simulation:
             if run.ended_at is None and run.ends_at <= self.now:
                 run.ended_at = self.now
                 self._queue.append(self._command_exited(run, exit_code=run.exit_code))
-
-    def _command_exited(
-        self, run: FakeCommand, exit_code: int | None = None, signal: str | None = None
-    ) -> ev.CommandExited:
-        effect = run.effect
-        return ev.CommandExited(
-            at=self.now,
-            task=effect.task,
-            name=effect.name,
-            pid=run.pid,
-            exit_code=exit_code,
-            signal=signal,
-            instance=effect.instance,
-            run=effect.run,
-        )
-
-    def running_commands(self) -> list[FakeCommand]:
-        """Commands that have not ended, by pid."""
-        return [run for _, run in sorted(self.runs.items()) if run.ended_at is None]
 
     def stall(self, seconds: float) -> None:
         """The shell is busy: the clock moves on and nothing is delivered.
@@ -704,58 +470,6 @@ class Simulation:
         """There is no loop to wake: whoever drives the simulation turns the
         control server (``tick``) itself."""
 
-    # ------------------------------------------------------------- queries
-
-    def running(self) -> dict[tuple[str, int], int]:
-        """Live group leaders by (task, instance)."""
-        return {
-            (proc.task, proc.instance): proc.pid
-            for proc in sorted(self.processes.values(), key=lambda p: p.pid)
-            if proc.leader and proc.alive
-        }
-
-    def alive(self) -> list[FakeProcess]:
-        """Every live process, leaders and grandchildren, by pid."""
-        return [p for _, p in sorted(self.processes.items()) if p.alive]
-
-    def groups(self) -> dict[int, tuple[str, int]]:
-        """Process groups that still have a member (zombie leaders count)."""
-        out: dict[int, tuple[str, int]] = {}
-        for _, proc in sorted(self.processes.items()):
-            if proc.present:
-                out.setdefault(proc.pgid, (proc.task, proc.instance))
-        return dict(sorted(out.items()))
-
-    def effects(self, kind: type[fx.Effect] | None = None) -> list[tuple[float, fx.Effect]]:
-        """Every effect so far (of type ``kind``), with the time it was given."""
-        return [
-            (event.at, effect)
-            for event, effects in self.log
-            for effect in effects
-            if kind is None or isinstance(effect, kind)
-        ]
-
-    def spawns(self, task: str | None = None) -> list[tuple[float, fx.Spawn]]:
-        return [
-            (at, e)
-            for at, e in self.effects(fx.Spawn)
-            if isinstance(e, fx.Spawn) and (task is None or e.task == task)
-        ]
-
-    def signals(self, task: str | None = None) -> list[tuple[float, fx.Signal]]:
-        return [
-            (at, e)
-            for at, e in self.effects(fx.Signal)
-            if isinstance(e, fx.Signal) and (task is None or e.task == task)
-        ]
-
-    def messages(self, level: str | None = None, task: str | None = None) -> list[str]:
-        return [
-            log.message
-            for _, log in self.logs
-            if (level is None or log.level == level) and (task is None or log.task == task)
-        ]
-
     # ------------------------------------------------------------ internals
 
     def _load(
@@ -778,7 +492,7 @@ class Simulation:
     def _drain(self) -> None:
         steps = 0
         while True:
-            item: ev.Event | _Reap
+            item: ev.Event | Reap
             if self._urgent:
                 item = self._urgent.popleft()
             elif self._queue:
@@ -791,22 +505,9 @@ class Simulation:
             steps += 1
             if steps > self.max_steps_per_call:
                 raise RuntimeError(f"no quiet point after {steps} steps: a livelock?")
-            event = self._reap(item) if isinstance(item, _Reap) else item
+            event = self._reap(item) if isinstance(item, Reap) else item
             if event is not None:
                 self._feed(event)
-
-    def _reap(self, item: _Reap) -> ev.ProcessExited | None:
-        proc = self.processes[item.pid]
-        if proc.reaped:
-            return None
-        proc.reaped = True
-        return ev.ProcessExited(
-            at=self.now,
-            pid=proc.pid,
-            exit_code=proc.exit_code,
-            signal=proc.signal,
-            group_alive=any(m.alive for m in self._members(proc.pgid)),
-        )
 
     def _feed(self, event: ev.Event) -> tuple[fx.Effect, ...]:
         effects = self.core.handle(event)
@@ -819,349 +520,3 @@ class Simulation:
                 observer(self, event, effect)
             self._perform(event, effect)
         return effects
-
-    def _perform(self, event: ev.Event, effect: fx.Effect) -> None:
-        if isinstance(effect, fx.Spawn):
-            self._spawn(event, effect)
-        elif isinstance(effect, fx.Signal):
-            self._signal(event, effect)
-        elif isinstance(effect, fx.ArmTimer):
-            self.timer = effect.at
-        elif isinstance(effect, fx.StopLeftover):
-            targets = self._leftovers(effect.task, effect.instance)
-            if not targets:
-                self._queue.append(
-                    ev.LeftoverGone(at=self.now, task=effect.task, instance=effect.instance)
-                )
-            for target in targets:  # the last one to die reports LeftoverGone (_die)
-                self._deliver(target.pid, effect.signal, group=True)
-        elif isinstance(effect, fx.ReadPidfile):
-            self._urgent.append(self._read_pidfile(effect))
-        elif isinstance(effect, fx.WatchProcess):
-            proc = self.processes.get(effect.pid)
-            if proc is None or not proc.alive:
-                self._queue.append(ev.ProcessExited(at=self.now, pid=effect.pid))
-            else:
-                self.watched_pids.add(effect.pid)
-        elif isinstance(effect, fx.RunCommand):
-            self.commands.append((self.now, effect))
-            pid = self._allocate_pid()
-            code = self.command_codes.get((effect.task, effect.name), 0)
-            duration = self.command_durations.get((effect.task, effect.name), 0.0)
-            run = FakeCommand(pid, effect, self.now, self.now + duration, code)
-            self.runs[pid] = run
-            if duration <= 0:
-                run.ended_at = self.now
-                self._queue.append(self._command_exited(run, exit_code=code))
-        elif isinstance(effect, fx.StopCommand):
-            for run in self.running_commands():
-                key = (run.effect.task, run.effect.instance, run.effect.run)
-                if key == (effect.task, effect.instance, effect.run):
-                    # (Every command is killed by any signal here: the core
-                    # sends only SIGKILL.)
-                    run.ended_at = self.now
-                    run.killed_by = effect.signal
-                    self._queue.append(self._command_exited(run, signal=effect.signal))
-        elif isinstance(effect, fx.Watch):
-            self.watches[effect.key] = effect
-        elif isinstance(effect, fx.Unwatch):
-            self.watches.pop(effect.key, None)
-        elif isinstance(effect, fx.Log):
-            self.logs.append((self.now, effect))
-        elif isinstance(effect, fx.Reply):
-            self.replies.append(effect)
-        elif isinstance(effect, fx.LoadInputs):
-            # The simulated files hold what was last given (``reload``); the
-            # read ends after what is already under way, as on a worker.
-            self._queue.append(self.load_inputs(effect.source))
-        elif isinstance(effect, fx.CheckReset):
-            self._urgent.append(self._reset_facts(effect.reason))
-        elif isinstance(effect, fx.Probe):
-            self._probe(effect)
-        elif isinstance(effect, fx.Exit):
-            self.finished = effect
-            self.timer = None
-        else:  # pragma: no cover - a new effect type needs a line here
-            raise TypeError(f"the simulator cannot perform {effect!r}")
-
-    def _read_pidfile(self, read: fx.ReadPidfile) -> ev.PidfileRead:
-        """What the shell finds out (see ``taskforce.pidwatch.read_pidfile``)."""
-        self._write_due_pidfiles()
-        pid = self.pidfiles.get(read.path)
-        if pid is None:
-            error = f"no pidfile {read.path}"
-        elif pid not in self.processes or not self.processes[pid].alive:
-            error = f"pid {pid} from {read.path} is not running"
-        else:
-            proc = self.processes[pid]
-            owner = self.pidfile_owners.get(read.path, 0)
-            return ev.PidfileRead(
-                at=self.now,
-                task=read.task,
-                instance=read.instance,
-                generation=read.generation,
-                pid=pid,
-                owner=owner,
-                writable_by_non_root=owner != 0,
-                started_after_file=proc.started_at > self.pidfile_written.get(read.path, 0.0),
-                in_slot=(proc.task, proc.instance) == (read.task, read.instance),
-            )
-        return ev.PidfileRead(
-            at=self.now,
-            task=read.task,
-            instance=read.instance,
-            generation=read.generation,
-            error=error,
-        )
-
-    def _allocate_pid(self) -> int:
-        pid = self._next_pid
-        self._next_pid += 1
-        return pid
-
-    def _violation(self, kind: str, event: ev.Event, effect: fx.Effect, message: str) -> None:
-        text = f"t={self.now:g} on {type(event).__name__}: {message}"
-        self.violations.append(Violation(self.now, kind, event, effect, text))
-
-    def _spawn(self, event: ev.Event, spawn: fx.Spawn) -> None:
-        for proc in self.processes.values():
-            if proc.present and (proc.task, proc.instance) == (spawn.task, spawn.instance):
-                self._violation(
-                    "second-process",
-                    event,
-                    spawn,
-                    f"Spawn for {spawn.task}[{spawn.instance}] while pid {proc.pid} "
-                    f"(group {proc.pgid}) of that slot is still there",
-                )
-                break
-        if spawn.argv and spawn.argv[0] in self.failing:
-            self._urgent.append(
-                ev.SpawnFailed(
-                    at=self.now,
-                    task=spawn.task,
-                    instance=spawn.instance,
-                    generation=spawn.generation,
-                    error=f"{spawn.argv[0]}: No such file or directory",
-                )
-            )
-            return
-        behaviour = self.behaviours.get(spawn.task, self.default_behaviour)
-        if behaviour not in BEHAVIOURS:
-            raise ValueError(f"unknown behaviour {behaviour!r} for {spawn.task}")
-        pid = self._allocate_pid()
-        self.processes[pid] = FakeProcess(
-            pid=pid,
-            pgid=pid,
-            task=spawn.task,
-            instance=spawn.instance,
-            generation=spawn.generation,
-            argv=spawn.argv,
-            behaviour=behaviour,
-            started_at=self.now,
-            env={**spawn.env, **process_facts(spawn, pid, self.now)},
-        )
-        if behaviour == DAEMONIZE:
-            self._daemonize(spawn)
-            self._die(self.processes[pid], exit_code=0)
-        if behaviour in (WRAPPER, STUBBORN_WRAPPER, ESCAPER):
-            child = self._allocate_pid()
-            # An escaper keeps ``pgid`` as the tree it belongs to; ``escaped``
-            # says a plain process-group signal would miss it.
-            self.processes[child] = FakeProcess(
-                pid=child,
-                pgid=pid,
-                task=spawn.task,
-                instance=spawn.instance,
-                generation=spawn.generation,
-                argv=spawn.argv[-1:],
-                behaviour=behaviour,
-                started_at=self.now,
-                escaped=behaviour == ESCAPER,
-            )
-        self._urgent.append(
-            ev.ProcessStarted(
-                at=self.now,
-                task=spawn.task,
-                instance=spawn.instance,
-                generation=spawn.generation,
-                pid=pid,
-            )
-        )
-        if spawn.notify:
-            self._notify_ready(self.processes[pid])
-
-    # ------------------------------------------------ readiness (issue 15)
-
-    def _ready_at(self, proc: FakeProcess) -> float | None:
-        """When ``proc`` is ready (None: never)."""
-        if proc.task in self.never_ready:
-            return None
-        return proc.started_at + self.ready_delays.get(proc.task, 0.0)
-
-    def _probe(self, probe: fx.Probe) -> None:
-        """Answer ``probe`` as the shell's probe of a process that listens
-        once it is ready would: exactly one ``ProbeFinished``."""
-        pid = self.running().get((probe.task, probe.instance))
-        ready_at = None if pid is None else self._ready_at(self.processes[pid])
-
-        def finished(ok: bool, detail: str) -> ev.ProbeFinished:
-            return ev.ProbeFinished(
-                at=self.now,
-                task=probe.task,
-                instance=probe.instance,
-                run=probe.run,
-                ok=ok,
-                detail=detail,
-            )
-
-        if pid is None:
-            self._queue.append(finished(False, "connection refused"))
-        elif ready_at is None or ready_at > self.now + probe.timeout:
-            late = finished(False, f"timed out after {probe.timeout:g}s")
-            self._expect(self.now + probe.timeout, late, None)
-        else:
-            self._expect(max(self.now, ready_at), finished(True, ""), pid)
-
-    def _notify_ready(self, proc: FakeProcess) -> None:
-        """A ``notify`` process sends ``READY=1`` once it is ready."""
-        ready_at = self._ready_at(proc)
-        if ready_at is not None:
-            notified = ev.Notified(
-                at=ready_at, task=proc.task, instance=proc.instance, pid=proc.pid, message="READY=1"
-            )
-            self._expect(ready_at, notified, proc.pid)
-
-    def _expect(self, when: float, event: ev.Event, pid: int | None) -> None:
-        """``event`` happens at ``when`` (if process ``pid`` is alive then)."""
-        if when <= self.now and pid is None:
-            self._queue.append(dataclasses.replace(event, at=self.now))
-            return
-        self._readiness.append((when, event, pid))
-        self._readiness.sort(key=lambda item: item[0])  # (stable: ties keep their order)
-        if when <= self.now:
-            self._deliver_readiness()
-
-    def _next_happening(self) -> float | None:
-        """The next command end or readiness answer, whichever comes first."""
-        dues = [self._readiness[0][0]] if self._readiness else []
-        ending = self._next_command_end()
-        if ending is not None:
-            dues.append(ending)
-        return min(dues, default=None)
-
-    def _deliver_readiness(self) -> None:
-        """Queue the readiness answers that are due, in their order; a
-        process that died meanwhile sends nothing, and its probe is refused."""
-        while self._readiness and self._readiness[0][0] <= self.now:
-            _, event, pid = self._readiness.pop(0)
-            if self.finished:
-                continue  # the shell stopped: pending probes are dropped
-            alive = pid is None or self.processes[pid].alive
-            if isinstance(event, ev.ProbeFinished) and not alive:
-                event = dataclasses.replace(event, ok=False, detail="connection refused")
-            elif not alive:
-                continue
-            self._queue.append(dataclasses.replace(event, at=self.now))
-
-    def _daemonize(self, spawn: fx.Spawn) -> None:
-        """What a ``DAEMONIZE`` launcher does before it exits 0."""
-        pidfile = spawn.env.get("Task_pidfile")
-        owner = 0 if spawn.user in (None, "", "root") else NOBODY
-        if spawn.task in self.forging:
-            stranger = min(self.strangers) if self.strangers else self.add_stranger()
-            if pidfile is not None:
-                self.write_pidfile(pidfile, stranger, NOBODY)
-            return
-        daemon = self.add_process(spawn.task, spawn.instance, spawn.argv)
-        self.processes[daemon].generation = spawn.generation
-        self.processes[daemon].marked = True  # it inherited the launcher's environment
-        if pidfile is None:
-            return
-        delay = self.pidfile_delays.get(spawn.task, 0.0)
-        if delay > 0:
-            self.pending_pidfiles[pidfile] = (self.now + delay, daemon, owner)
-        else:
-            self.write_pidfile(pidfile, daemon, owner)
-
-    def _signal(self, event: ev.Event, signal: fx.Signal) -> None:
-        if signal.group:
-            targets = [p for p in self._members(signal.pid) if p.present]
-        else:
-            proc = self.processes.get(signal.pid)
-            targets = [proc] if proc is not None and proc.present else []
-        if not targets:
-            what = "group" if signal.group else "pid"
-            self._violation(
-                "signal-to-nothing",
-                event,
-                signal,
-                f"{signal.signal} to {what} {signal.pid} ({signal.task}[{signal.instance}]) "
-                "which has no member left",
-            )
-            return
-        for proc in targets:
-            self._deliver(proc.pid, signal.signal, group=signal.group)
-
-    def _deliver(self, pid: int, signal: str, *, group: bool) -> None:
-        proc = self.processes.get(pid)
-        if proc is None or not proc.alive:
-            return
-        proc.received.append(Delivery(self.now, signal, group))
-        if proc.dies_of(signal):
-            self._die(proc, signal=signal)
-
-    def _die(
-        self, proc: FakeProcess, *, exit_code: int | None = None, signal: str | None = None
-    ) -> None:
-        proc.alive = False
-        proc.exit_code = exit_code
-        proc.signal = signal
-        if proc.leftover and not self._leftovers(proc.task, proc.instance):
-            self._queue.append(ev.LeftoverGone(at=self.now, task=proc.task, instance=proc.instance))
-        if not proc.child:
-            if proc.pid in self.watched_pids:
-                self.watched_pids.discard(proc.pid)
-                proc.reaped = True
-                self._queue.append(ev.ProcessExited(at=self.now, pid=proc.pid))
-            else:
-                proc.reaped = True
-            return
-        if proc.leader:
-            self._queue.append(_Reap(proc.pid))
-            return
-        leader = self.processes[proc.pgid]
-        if leader.reaped and not any(m.alive for m in self._members(proc.pgid)):
-            # The core was told the group outlived its leader; now it is empty.
-            self._queue.append(ev.GroupEmptied(at=self.now, pgid=proc.pgid))
-
-    def _members(self, pgid: int) -> list[FakeProcess]:
-        """The process group ``pgid`` and whatever left it but not its slot."""
-        return [p for _, p in sorted(self.processes.items()) if p.pgid == pgid]
-
-    def _leftovers(self, task: str, instance: int) -> list[FakeProcess]:
-        return [
-            p
-            for _, p in sorted(self.processes.items())
-            if p.leftover and p.alive and (p.task, p.instance) == (task, instance)
-        ]
-
-
-def _covers(watch: fx.Watch, path: str) -> bool:
-    for watched in watch.paths:
-        if path == watched or path.startswith(watched.rstrip("/") + "/"):
-            return True
-        if watch.kind == "executable" and "/" not in watched:
-            folder, _, base = path.rpartition("/")
-            if base == watched and folder in watch.search_path.split(":"):
-                return True
-    return False
-
-
-def replay(log: Iterable[Step]) -> Divergence | None:
-    """Feed the recorded events to a fresh core; the first step that differs."""
-    core = Supervisor()
-    for step, (event, recorded) in enumerate(log):
-        replayed = core.handle(event)
-        if replayed != recorded:
-            return Divergence(step, event, recorded, replayed)
-    return None

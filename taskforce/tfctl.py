@@ -18,160 +18,32 @@ Only the standard library is used, so tfctl runs wherever Python does.
 from __future__ import annotations
 
 import argparse
-import datetime
-import http.client
 import json
 import os
 import signal
-import socket
-import ssl
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+
+from taskforce import tfwait
+from taskforce.tfclient import Client as Client
+from taskforce.tfclient import UnixConnection as UnixConnection
+from taskforce.tfclient import Unreachable as Unreachable
+from taskforce.tfclient import Usage
+from taskforce.tfformat import (
+    format_log_line,
+    format_plan,
+    format_table,
+    format_version,
+    one_line,
+    status_rows,
+)
 
 DEFAULT_SOCKET = "/var/run/s.taskforce"
 #: ``logs -f`` asks for new lines this often (seconds).
 FOLLOW_POLL = 0.5
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-
-
-class Unreachable(Exception):
-    """The daemon cannot be reached; the message says where and why."""
-
-
-class Usage(Exception):
-    """Bad arguments, found after argparse had its say."""
-
-
-class UnixConnection(http.client.HTTPConnection):
-    """HTTP over a Unix socket (the tests and benchmarks use it too)."""
-
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-class Client:
-    """One daemon address; ``request`` returns (status, headers, body text)."""
-
-    def __init__(
-        self,
-        address: str,
-        *,
-        timeout: float = 10.0,
-        cafile: str | None = None,
-        insecure: bool = False,
-        token: str | None = None,
-        cert: str | None = None,
-        key: str | None = None,
-    ) -> None:
-        self.address = address
-        self.timeout = timeout
-        self.cafile = cafile
-        self.insecure = insecure
-        #: the bearer token sent with every request (TCP control needs one)
-        self.token = token
-        #: a client certificate (PEM, with its key unless ``key`` names one)
-        self.cert = cert
-        self.key = key
-
-    def _connection(self) -> http.client.HTTPConnection:
-        address = self.address
-        if "://" in address:
-            parts = urlsplit(address)
-            tls = parts.scheme == "https"
-            host, port = parts.hostname or "localhost", parts.port
-        elif "/" in address:
-            return UnixConnection(address, self.timeout)
-        else:
-            tls = bool(self.cafile) or self.insecure or bool(self.cert)
-            host, port = _host_port(address)
-        if port is None:
-            port = 8443 if tls else 8080
-        if not tls:
-            return http.client.HTTPConnection(host, port, timeout=self.timeout)
-        context = ssl.create_default_context(cafile=self.cafile)
-        if self.insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        if self.cert:
-            try:
-                context.load_cert_chain(self.cert, self.key)
-            except (OSError, ssl.SSLError) as exc:
-                raise Unreachable(f"client certificate {self.cert}: {exc}") from None
-        return http.client.HTTPSConnection(host, port, timeout=self.timeout, context=context)
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        params: Sequence[tuple[str, str]] = (),
-        *,
-        body: bytes | None = None,
-        content_type: str | None = None,
-    ) -> tuple[int, dict[str, str], str]:
-        headers = {"Accept": "application/json, text/plain"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        if params and body is None and method == "POST":
-            body = urlencode(list(params)).encode()
-            content_type = "application/x-www-form-urlencoded"
-        elif params:
-            path = f"{path}?{urlencode(list(params))}"
-        if content_type:
-            headers["Content-Type"] = content_type
-        conn = self._connection()
-        try:
-            conn.request(method, path, body=body, headers=headers)
-            response = conn.getresponse()
-            data = response.read()
-        except ssl.SSLError as exc:
-            raise Unreachable(f"TLS with {self.address} failed: {exc.reason or exc}") from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise Unreachable(_why(self.address, exc)) from None
-        finally:
-            conn.close()
-        found = {name.lower(): value for name, value in response.getheaders()}
-        return response.status, found, data.decode("utf-8", "replace")
-
-
-def _host_port(address: str) -> tuple[str, int | None]:
-    if address.startswith("["):
-        host, _, rest = address[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    else:
-        host, _, port = address.rpartition(":") if ":" in address else (address, "", "")
-    if port and not (port.isascii() and port.isdigit()):
-        raise Usage(f"bad port in {address!r}")
-    return host or "localhost", int(port) if port else None
-
-
-def _why(address: str, exc: BaseException) -> str:
-    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    hint = ""
-    if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
-        hint = (
-            "; is taskforce running with a control socket there "
-            "(taskforce -w PATH, or settings.http in its config)?"
-        )
-    elif isinstance(exc, PermissionError):
-        hint = "; the socket is mode 0600: run tfctl as the user taskforce runs as"
-    return f"cannot connect to {address}: {reason}{hint}"
-
-
-# --------------------------------------------------------------- commands
 
 
 def is_signal(word: str) -> bool:
@@ -214,92 +86,6 @@ def _assignments(items: Sequence[str], what: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
-
-
-def status_rows(tasks: dict[str, Any], now: float) -> list[list[str]]:
-    """The status table: one row per slot (or per task without slots)."""
-    rows = [["TASK", "STATE", "PID", "UPTIME", "RESTARTS", "INFO"]]
-    for name in sorted(tasks):
-        task = tasks[name]
-        notes = []
-        overrides = task.get("overrides") or {}
-        configured = task.get("configured") or {}
-        made = task.get("overrides_t") or {}
-        for key in sorted(overrides):
-            since = f" for {_duration(now - made[key])}" if key in made else ""
-            notes.append(
-                f"override {key}={overrides[key]} (config: {configured.get(key)}){since}, "
-                "until undone, a reload request or an edit of this task"
-            )
-        processes = task.get("processes") or []
-        if not processes:
-            state = task.get("state", "?")
-            if state == "out_of_scope":
-                why = "not in this host's roles"
-            elif task.get("waiting_on"):
-                why = "waiting on " + ", ".join(task["waiting_on"])
-            else:
-                why = f"control {task.get('control')}"
-            info = "; ".join([why, *notes])
-            rows.append([name, state, "-", "-", "-", info])
-            continue
-        for slot in processes:
-            details: list[str] = []
-            if slot.get("waiting_on"):
-                details.append("waiting on " + ", ".join(slot["waiting_on"]))
-            if slot.get("reason"):
-                details.append(slot["reason"])
-            if slot.get("exit") and slot["exit"] not in (slot.get("reason") or ""):
-                details.append(f"last: {slot['exit']}")
-            if "retry_t" in slot:
-                details.append(f"retry in {max(0.0, slot['retry_t'] - now):.1f}s")
-            running = slot.get("state") in ("running", "ready") and "started_t" in slot
-            rows.append(
-                [
-                    f"{name}[{slot.get('instance', 0)}]",
-                    str(slot.get("state", "?")),
-                    str(slot.get("pid", "-")),
-                    _duration(now - slot["started_t"]) if running else "-",
-                    str(slot.get("restarts", 0)),
-                    "; ".join(details + notes),
-                ]
-            )
-    return rows
-
-
-def format_table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    lines = []
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
-        cells.append(row[-1])
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
-
-
-def format_plan(answer: dict[str, Any]) -> str:
-    lines = []
-    for kind in ("start", "restart", "stop"):
-        for change in answer.get(kind) or ():
-            slots = ",".join(str(i) for i in change["instances"])
-            lines.append(f"{kind:<8} {change['task']}[{slots}]  {change['why']}")
-    if not lines:
-        lines.append("no change: nothing would start, stop or restart")
-    unchanged = answer.get("unchanged") or []
-    if unchanged:
-        lines.append(f"unchanged: {len(unchanged)} task{'s' if len(unchanged) != 1 else ''}")
-    return "\n".join(lines)
-
-
 def _print_body(body: str, stream: Any = None) -> None:
     if body:
         print(body, end="" if body.endswith("\n") else "\n", file=stream or sys.stdout)
@@ -326,20 +112,6 @@ def _finish(code: int, headers: dict[str, str], body: str, address: str) -> int:
     else:
         print(f"tfctl: refused ({code}): {one_line(body)}", file=sys.stderr)
     return EXIT_REFUSED
-
-
-def one_line(body: str) -> str:
-    """A refusal's reason on one line: the per-task lines (``task<TAB>why``)
-    joined as ``task: why; task: why``."""
-    lines = [line.strip().replace("\t", ": ") for line in body.splitlines() if line.strip()]
-    return "; ".join(lines) or "no reason given"
-
-
-def format_version(info: dict[str, Any]) -> str:
-    """``taskforce 1.2 (Python 3.12.1, Linux-6.1-x86_64)``."""
-    where = info.get("platform") or {}
-    system = where.get("platform") or where.get("system") or "?"
-    return f"taskforce {info.get('taskforce', '?')} (Python {info.get('python', '?')}, {system})"
 
 
 def run(args: argparse.Namespace, client: Client) -> int:
@@ -380,6 +152,10 @@ def run(args: argparse.Namespace, client: Client) -> int:
         return _plan(args, client)
     if command == "logs":
         return _logs(args, client)
+    if command == "rollout":
+        return tfwait.rollout(args, client)
+    if command == "wait":
+        return tfwait.wait(args, client)
     params: list[tuple[str, str]] = []
     path = ""
     if command in ("start", "stop"):
@@ -441,12 +217,6 @@ def _plan(args: argparse.Namespace, client: Client) -> int:
     else:
         print(format_plan(json.loads(body)))
     return EXIT_OK
-
-
-def format_log_line(task: str, line: dict[str, Any]) -> str:
-    """``time task[instance] text``, the time local, to the millisecond."""
-    moment = datetime.datetime.fromtimestamp(line["time"])
-    return f"{moment.isoformat(timespec='milliseconds')} {task}[{line['instance']}] {line['text']}"
 
 
 def _logs(args: argparse.Namespace, client: Client) -> int:
@@ -522,22 +292,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    status = sub.add_parser("status", help="every task and process, as a table")
-    status.add_argument("tasks", nargs="*", metavar="TASK", help="only these tasks")
-    status.add_argument("--json", action="store_true", help="print the JSON status")
-    health = sub.add_parser("health", help="ok, or what should run but does not")
-    health.add_argument("--json", action="store_true", help="print the JSON report")
-    version = sub.add_parser("version", help="taskforce and Python versions")
-    version.add_argument("--json", action="store_true", help="print the JSON answer")
+    # The reading commands, each with --json: (name, what it prints, what --json prints).
+    for name, summary, answer in (
+        ("status", "every task and process, as a table", "status"),
+        ("health", "ok, or what should run but does not", "report"),
+        ("version", "taskforce and Python versions", "answer"),
+    ):
+        reader = sub.add_parser(name, help=summary)
+        if name == "status":
+            reader.add_argument("tasks", nargs="*", metavar="TASK", help="only these tasks")
+        reader.add_argument("--json", action="store_true", help=f"print the JSON {answer}")
 
-    start = sub.add_parser("start", help="start tasks that are off, or run a once task again")
-    start.add_argument("tasks", nargs="+", metavar="TASK")
-    stop = sub.add_parser(
-        "stop", help="stop tasks (control off until started, reloaded or their entry changes)"
-    )
-    stop.add_argument("tasks", nargs="+", metavar="TASK")
-    restart = sub.add_parser("restart", help="restart tasks, or one slot as TASK:N (or TASK[N])")
-    restart.add_argument("tasks", nargs="+", metavar="TASK[:N]")
+    # The commands that take task names and nothing else.
+    for name, summary, metavar in (
+        ("start", "start tasks that are off, or run a once task again", "TASK"),
+        ("stop", "stop tasks (control off until started, reloaded or their entry changes)", "TASK"),
+        ("restart", "restart tasks, or one slot as TASK:N (or TASK[N])", "TASK[:N]"),
+    ):
+        sub.add_parser(name, help=summary).add_argument("tasks", nargs="+", metavar=metavar)
     sig = sub.add_parser(
         "signal",
         help="send a signal to tasks' processes: TASK[:N]... SIGNAL (or SIGNAL TASK[:N]...)",
@@ -561,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--roles", metavar="ROLES", help='plan for these roles (comma-separated; "-": none)'
     )
     plan.add_argument("--json", action="store_true", help="print the JSON plan")
+    tfwait.add_commands(sub)
     logs = sub.add_parser("logs", help="a task's recent output lines; -f: follow them")
     logs.add_argument("task", metavar="TASK[:INSTANCE]")
     logs.add_argument(

@@ -8,7 +8,8 @@
   table and file system, following a script of happenings, and print what
   taskforce would do.  Nothing is started.
 - plan: which tasks a config runs for each roles file (one per kind of host),
-  and what would start, stop or restart against a recorded run.
+  and what would start, stop, restart or wait against a recorded run
+  (formatted in ``taskforce.plans``; re-exported here).
 
 These commands never start, stop or signal a process.
 """
@@ -19,17 +20,16 @@ import json
 import multiprocessing
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
 
-from taskforce.config import ConfigError, host_facts, load_config, load_roles
-from taskforce.core import Intent, access
+from taskforce.config import ConfigError, load_config, load_roles
+from taskforce.core import access
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.codec import encode, matches
-from taskforce.core.model import SpecError, build
 from taskforce.core.requests import split_slot, task_word
 from taskforce.core.snapshot import restore, snapshot
 from taskforce.core.supervisor import Supervisor
@@ -40,6 +40,8 @@ from taskforce.eventlog import (
     find_checkpoint,
     read_log,
 )
+from taskforce.plans import diff_plan as diff_plan
+from taskforce.plans import scope_plan as scope_plan
 
 # ---------------------------------------------------------------- replay
 
@@ -392,102 +394,6 @@ def _perform(sim: Any, entry: dict[str, Any], roles_path: str | None) -> None:
         raise ValueError(
             "expected one of kill, exit, touch, config, roles, roles_deleted, stop, reset"
         )
-
-
-# ------------------------------------------------------------------- plan
-
-
-def scope_plan(config_path: str, roles_paths: Sequence[str], *, out: Any = sys.stdout) -> int:
-    """What each kind of host (one roles file each) runs, and what cannot run."""
-    facts = host_facts()
-    try:
-        config = load_config(config_path)
-    except (ConfigError, OSError) as exc:
-        print(f"taskforce plan: {exc}", file=out)
-        return 1
-    runs_somewhere: set[str] = set()
-    problems = 0
-    for roles_path in roles_paths or ["-"]:
-        try:
-            roles = load_roles(None if roles_path == "-" else roles_path)
-            specs = build(config, facts, roles.names, roles.values)
-        except (ConfigError, OSError) as exc:
-            print(f"taskforce plan: {exc}", file=out)
-            return 1
-        except SpecError as exc:
-            print(f"taskforce plan: {roles_path}: {exc.message}", file=out)
-            return 1
-        label = roles_path if roles_path != "-" else "(no roles file)"
-        print(f"{label}:", file=out)
-        for name, spec in sorted(specs.items()):
-            if not spec.in_scope:
-                continue
-            runs_somewhere.add(name)
-            note = f" x{spec.count}" if spec.count != 1 else ""
-            print(f"  {name} ({spec.control}){note}", file=out)
-            for required in spec.requires:
-                # The core's own judgement of a requirement that cannot
-                # run here (it is what makes the task wait), in plan's words.
-                gap = specs[required].not_run_here()
-                if gap is not None:
-                    problems += 1
-                    why = "not run on this host" if gap == "out of scope" else gap
-                    print(f"    ! requires {required}, which is {why}: {name} will wait", file=out)
-    idle = sorted(set(config["tasks"]) - runs_somewhere)
-    if idle:
-        print("tasks no host runs: " + ", ".join(idle), file=out)
-    return 1 if problems else 0
-
-
-def diff_plan(
-    config_path: str, roles_path: str | None, against: str, *, out: Any = sys.stdout
-) -> int:
-    """What applying a config would start, stop or restart after a recorded run."""
-    core = Supervisor()
-    try:
-        for item in read_log(against):
-            if isinstance(item, Marker):
-                if item.kind == "snapshot":
-                    core = restore(item.data)
-                continue
-            core.handle(item.event)
-        roles = load_roles(roles_path)
-        config = load_config(config_path, roles=roles.names, role_values=roles.values)
-    except (ConfigError, OSError, ValueError) as exc:
-        print(f"taskforce plan: {exc}", file=out)
-        return 1
-    effects = core.handle(
-        ev.ConfigLoaded(
-            at=core.now,
-            config=dict(config),
-            roles=roles.names,
-            role_values=dict(roles.values),
-            source="plan",
-        )
-    )
-    print_plan(core, effects, out)
-    return 0
-
-
-def print_plan(core: Supervisor, effects: Iterable[fx.Effect], out: Any) -> None:
-    """What ``effects`` (the answer to a new config) start, stop and restart."""
-    effects = list(effects)
-    starts = sorted({f"{e.task}[{e.instance}]" for e in effects if isinstance(e, fx.Spawn)})
-    stops: list[str] = []
-    restarts: list[str] = []
-    for effect in effects:
-        if isinstance(effect, fx.Signal):
-            slot = core.slot(effect.task, effect.instance)
-            name = f"{effect.task}[{effect.instance}]"
-            # The core decided why it stops the slot: its intent says.
-            (restarts if slot is not None and slot.intent == Intent.RESTART else stops).append(name)
-    stops, restarts = sorted(set(stops)), sorted(set(restarts))
-    print("start:   " + (", ".join(starts) or "nothing"), file=out)
-    print("stop:    " + (", ".join(stops) or "nothing"), file=out)
-    print("restart: " + (", ".join(restarts) or "nothing"), file=out)
-    for effect in effects:
-        if isinstance(effect, fx.Log) and effect.level != "debug":
-            print(f"  {effect.message}", file=out)
 
 
 # ------------------------------------------------------------------- main

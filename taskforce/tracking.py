@@ -21,8 +21,8 @@ Two ways, chosen once at start and logged:
 ``<id>`` names one taskforce by what it supervises (its config and roles
 files), so that after a crash (SIGKILL, the OOM killer) the next one finds
 what the last one left (``sweep``) whichever way it ran.  ``InstanceLock``
-makes sure two taskforces with the same id never run at once, so a sweep
-never takes the processes of a live taskforce.
+(``taskforce.instancelock``) makes sure two taskforces with the same id
+never run at once, so a sweep never takes the processes of a live taskforce.
 
 This module reports facts and carries out signals; it never decides what to
 stop, keep or start -- the core does.
@@ -30,17 +30,16 @@ stop, keep or start -- the core does.
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import hashlib
 import logging
 import os
 import selectors
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import quote, unquote
 
+from taskforce.instancelock import InstanceHeld as InstanceHeld
+from taskforce.instancelock import InstanceLock as InstanceLock
+from taskforce.instancelock import instance_id as instance_id
 from taskforce.pidwatch import alive
 from taskforce.process import group_alive, send_signal
 
@@ -50,74 +49,6 @@ log = logging.getLogger("taskforce")
 MARKER = "TASKFORCE_ID"
 
 Slot = tuple[str, int]
-
-
-def instance_id(config_path: str, roles_path: str | None) -> str:
-    """A short stable name for the taskforce that runs this config and roles file."""
-    text = os.path.abspath(config_path) + "\0" + (os.path.abspath(roles_path) if roles_path else "")
-    return hashlib.sha256(text.encode(errors="surrogateescape")).hexdigest()[:16]
-
-
-# ----------------------------------------------------------------- the lock
-
-
-class InstanceHeld(Exception):
-    """Another live taskforce supervises the same config and roles."""
-
-
-class InstanceLock:
-    """An exclusive lock per id, held for as long as the taskforce runs.
-
-    It lives in a folder only its user may write (``/run/taskforce`` for
-    root, else a private folder in the temporary directory), so no one else
-    can hold it to keep taskforce from starting.  Released by the kernel when
-    the process dies or execs (a reset takes it again at once).
-    """
-
-    def __init__(self, ident: str) -> None:
-        self.path = os.path.join(_private_folder(), f"{ident}.lock")
-        self.fd: int | None = None
-
-    def claim(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
-            try:
-                with open(self.path) as handle:
-                    owner = handle.read().strip() or "?"
-            except OSError:
-                owner = "?"
-            raise InstanceHeld(
-                f"another taskforce (pid {owner}) already supervises this config "
-                f"and roles file (lock {self.path}); stop it first"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-def _private_folder() -> str:
-    if os.geteuid() == 0 and os.path.isdir("/run"):
-        folder = "/run/taskforce"
-    else:
-        folder = os.path.join(tempfile.gettempdir(), f"taskforce-{os.geteuid()}")
-    try:
-        os.mkdir(folder, 0o700)
-    except FileExistsError:
-        pass
-    info = os.lstat(folder)
-    if info.st_uid != os.geteuid() or info.st_mode & 0o022 or not os.path.isdir(folder):
-        raise OSError(errno.EPERM, "not a private folder of this user", folder)
-    return folder
 
 
 # ------------------------------------------------------------- /proc facts

@@ -19,8 +19,8 @@ def start_with_syslog(daemon: Daemon, syslog: tuple[str, ...], *extra: str) -> N
     """Start ``daemon`` without ``-e``, with ``syslog`` as the places syslog
     may listen (instead of /dev/log and /var/run/log)."""
     prelude = (
-        "import sys, taskforce.cli as cli; "
-        f"cli.SYSLOG_SOCKETS = {syslog!r}; sys.exit(cli.main(sys.argv[1:]))"
+        "import sys, taskforce.cli as cli, taskforce.logsetup as logsetup; "
+        f"logsetup.SYSLOG_SOCKETS = {syslog!r}; sys.exit(cli.main(sys.argv[1:]))"
     )
     command = [
         sys.executable,

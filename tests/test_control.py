@@ -414,6 +414,27 @@ def test_plan_predicts_a_reload_and_changes_nothing() -> None:
     assert sim.core.tasks["gone"].slots[0].intent == "stop"
 
 
+def test_plan_tells_what_would_wait_from_what_would_start() -> None:
+    sim = world({"tasks": {"base": sleeper()}})
+    new = {
+        "tasks": {
+            "base": sleeper(),
+            "db": sleeper(start_delay=5),
+            "app": sleeper(requires=["db"]),
+        }
+    }
+    config = load_config_text(json.dumps(new), "<new>")
+    answer = status.plan(sim.core, config, None)
+    assert [(c["task"], c["why"]) for c in answer["start"]] == [("db", "new in the config")]
+    assert [(c["task"], c["why"]) for c in answer["wait"]] == [
+        ("app", "new in the config; will start after db (not running)")
+    ]
+    assert answer["unchanged"] == ["base"]
+    assert "notes" not in answer, "the control server's answer carries no log lines"
+    noted = status.plan(sim.core, config, None, notes=True)["notes"]
+    assert any("app" in note for note in noted)
+
+
 def test_core_modules_import_nothing_of_the_os() -> None:
     forbidden = {"os", "time", "select", "signal", "subprocess", "socket", "logging", "random"}
     root = Path(status.__file__).parent

@@ -7,8 +7,9 @@ with ``ast`` -- every ``import`` and ``from ... import`` statement, at any
 depth, plus ``__import__``/``importlib.import_module`` calls spelled with a
 literal name -- so a forbidden import hidden in a function is caught too.
 
-The simulator (``taskforce/simulator.py``) is held to the same rule: it must
-drive the core without touching the OS either.
+The simulator (``taskforce/simulator.py``, with its parts ``simos.py``, ``simready.py`` and
+``simworld.py``) is held to the same rule: it must drive the core without
+touching the OS either.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE = ROOT / "taskforce" / "core"
-SIMULATOR = ROOT / "taskforce" / "simulator.py"
+SIMULATOR = [
+    ROOT / "taskforce" / name for name in ("simulator.py", "simos.py", "simworld.py", "simready.py")
+]
 
 FORBIDDEN = frozenset(
     {"os", "time", "select", "signal", "subprocess", "socket", "logging", "random", "yaml"}
@@ -60,7 +63,7 @@ def test_the_core_package_is_found() -> None:
     assert {"supervisor.py", "events.py", "effects.py", "lifecycle.py"} <= names
 
 
-@pytest.mark.parametrize("path", core_modules() + [SIMULATOR], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", core_modules() + SIMULATOR, ids=lambda p: p.name)
 def test_module_imports_nothing_from_the_os(path: Path) -> None:
     problems = forbidden_imports(path.read_text(encoding="utf-8"), str(path))
     assert not problems, f"{path.relative_to(ROOT)} must stay pure: {problems}"

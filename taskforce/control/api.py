@@ -17,7 +17,10 @@ service, so its clients keep working:
 - an unknown path is a 404 naming it.
 
 Requests that change something go to the core as ``ControlRequested``
-events; the core's ``Reply`` is the answer.  Nothing here decides about
+events; the core's ``Reply`` is the answer (the ``/manage/...`` endpoints
+are in ``taskforce.control.manage``, the parsing of parameters in
+``taskforce.control.params``; this module checks who may ask and answers
+the ``/status/...`` paths).  Nothing here decides about
 tasks.
 """
 
@@ -30,18 +33,14 @@ import logging
 import platform
 import time
 from collections.abc import Callable
-from email.parser import BytesParser
-from email.policy import HTTP
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
 
 from taskforce import __version__
-from taskforce.config import ConfigError, load_config_text, signal_name
-from taskforce.control.http import Deferred, Request, Response, text
+from taskforce.control.http import JSON, Deferred, Request, Response, text
 from taskforce.control.listen import Listener, Service
+from taskforce.control.manage import MANAGE as MANAGE
+from taskforce.control.params import Params, ParseError, first, request_params
 from taskforce.core import access, secrets, status
-from taskforce.core import events as ev
-from taskforce.core.model import SpecError
 from taskforce.core.requests import split_slot
 from taskforce.output import Recent
 
@@ -49,16 +48,8 @@ if TYPE_CHECKING:
     from taskforce.control.server import ControlServer
 
 log = logging.getLogger("taskforce")
-Params = dict[str, list[str]]
 Who = dict[str, Any]
-JSON = "application/json"
 METRICS = "text/plain; version=0.0.4; charset=utf-8"
-#: More fields than this in one request is an error, not work to do.
-MAX_FIELDS = 2000
-
-
-class ParseError(ValueError):
-    pass
 
 
 def handle(
@@ -94,7 +85,7 @@ def handle(
         if not access.grants(listener.status_grants, who):
             return _denied(server, listener, who, "status")
         try:
-            params = _params(request)
+            params = request_params(request)
         except ParseError as exc:
             return text(400, f"Parse error -- {exc}\n")
         return _status(server, path, reader, params, service)
@@ -112,7 +103,7 @@ def handle(
             if reply is not None and reply.code == 403:
                 return _denied(server, listener, who, "control", str(reply.body))
         try:
-            params = _params(request)
+            params = request_params(request)
         except ParseError as exc:
             return text(400, f"Parse error -- {exc}\n")
         return action(server, request, params)
@@ -144,55 +135,6 @@ def _denied(
     return text(403, body or f"not allowed: {access.describe(who)} may not read {what}\n")
 
 
-# ------------------------------------------------------------- parameters
-
-
-def _params(request: Request) -> Params:
-    """The query merged over the form body (the query wins)."""
-    params: Params = {}
-    if request.method == "POST" and request.body:
-        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media == "application/x-www-form-urlencoded":
-            params.update(_parse_qs(request.body.decode("utf-8", "replace")))
-        elif media == "multipart/form-data":
-            params.update(_multipart(request))
-    params.update(_parse_qs(request.query))
-    return params
-
-
-def _parse_qs(query: str) -> Params:
-    try:
-        return parse_qs(query, keep_blank_values=True, max_num_fields=MAX_FIELDS)
-    except ValueError as exc:
-        raise ParseError(str(exc)) from None
-
-
-def _multipart(request: Request) -> Params:
-    head = f"Content-Type: {request.headers['content-type']}\r\n\r\n".encode("latin-1")
-    try:
-        message = BytesParser(policy=HTTP).parsebytes(head + request.body)
-        if not message.is_multipart():
-            raise ParseError("multipart body without parts")
-        params: Params = {}
-        for part in message.iter_parts():
-            name = part.get_param("name", header="content-disposition")
-            if not isinstance(name, str):
-                continue
-            payload = part.get_payload(decode=True)
-            value = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
-            params.setdefault(name, []).append(value)
-            if len(params) > MAX_FIELDS:
-                raise ParseError("too many fields")
-    except (ValueError, LookupError, TypeError) as exc:
-        raise ParseError(str(exc)) from None
-    return params
-
-
-def _first(params: Params, name: str) -> str | None:
-    values = params.get(name)
-    return values[0] if values else None
-
-
 # ----------------------------------------------------------------- status
 
 
@@ -209,10 +151,10 @@ def _status(
             body = status.metrics_text(server.shell.core, server.figures()) + _refused(server)
             server.turn_cache[key] = Response(200, body.encode(), METRICS)
         return server.turn_cache[key]
-    fmt = (_first(params, "fmt") or "json").lower()
+    fmt = (first(params, "fmt") or "json").lower()
     if fmt != "json":
         return text(415, f'Invalid fmt request "{fmt}", supported formats are: json\n')
-    indent_text = _first(params, "indent")
+    indent_text = first(params, "indent")
     indent = None
     if indent_text:
         digits = indent_text.strip()
@@ -301,8 +243,13 @@ def wall_clock(tasks: dict[str, Any], now_mono: float, now_wall: float) -> dict[
             walls = {key: round((at + offset) * 1000) for key, at in since.items()}
             task["overrides_t"] = {key: wall / 1000 for key, wall in walls.items()}
             task["overrides_since"] = {key: _iso(wall) for key, wall in walls.items()}
+        rollout = task.get("rollout")
+        if rollout and rollout.get("started_at") is not None:
+            wall_ms = round((rollout.pop("started_at") + offset) * 1000)
+            rollout["started_t"] = wall_ms / 1000
+            rollout["started"] = _iso(wall_ms)
         for slot in task["processes"]:
-            for what in ("started", "exited"):
+            for what in ("started", "exited", "ready"):
                 at = slot.pop(f"{what}_at", None)
                 if at is not None:
                     wall_ms = round((at + offset) * 1000)
@@ -335,12 +282,12 @@ def _logs(server: ControlServer, params: Params, indent: int | None) -> Response
     task's recent captured lines (see ``taskforce.output.Recent``), oldest
     first, with ``next`` (the sequence number to ask ``since`` next time)
     and ``dropped`` (lines from ``since`` on no longer kept)."""
-    name = _first(params, "task")
+    name = first(params, "task")
     if not name:
         return text(400, "missing parameter 'task'\n")
     numbers: dict[str, int | None] = {}
     for key in ("instance", "since", "lines"):
-        raw = _first(params, key)
+        raw = first(params, key)
         digits = (raw or "").strip()
         if not digits:
             numbers[key] = None
@@ -388,189 +335,4 @@ STATUS: dict[str, Callable[[ControlServer, Service], tuple[int, Any]]] = {
     "/status/health": _health,
     "/status/logs": _health,  # answered in _status; listed so the path is known
     "/metrics": _health,  # answered in _status; listed so the path is known
-}
-
-
-# ----------------------------------------------------------------- manage
-
-
-def _reply(server: ControlServer, request: Request, action: str, args: dict[str, Any]) -> Response:
-    reply = server.control(action, args, request.who, _grants(server, request))
-    if reply is None:
-        return text(503, "taskforce is exiting\n")
-    if isinstance(reply.body, str):
-        return text(reply.code, reply.body)
-    return Response(reply.code, (json.dumps(reply.body) + "\n").encode(), JSON)
-
-
-def _pairs(server: ControlServer, request: Request, params: Params, action: str) -> Response:
-    # Every parameter names a task (the original's shape: ?web=off&db=wait).
-    args = {name: values[0] for name, values in sorted(params.items())}
-    return _reply(server, request, action, args)
-
-
-def _control(server: ControlServer, request: Request, params: Params) -> Response:
-    return _pairs(server, request, params, "control")
-
-
-def _count(server: ControlServer, request: Request, params: Params) -> Response:
-    return _pairs(server, request, params, "count")
-
-
-def _start(server: ControlServer, request: Request, params: Params) -> Response:
-    names = tuple(params.get("task", ()))
-    if not names:
-        return text(400, "missing parameter 'task'\n")
-    return _reply(server, request, "start", {"tasks": names})
-
-
-def _restart(server: ControlServer, request: Request, params: Params) -> Response:
-    args = {"task": _first(params, "task"), "instance": _first(params, "instance")}
-    return _reply(server, request, "restart", args)
-
-
-def _signal(server: ControlServer, request: Request, params: Params) -> Response:
-    raw = _first(params, "signal")
-    if not raw:
-        return text(400, "missing parameter 'signal'\n")
-    name = signal_name(raw)
-    if name is None:
-        return text(400, f"bad signal '{raw}'\n")
-    args = {"task": _first(params, "task"), "signal": name, "instance": _first(params, "instance")}
-    return _reply(server, request, "signal", args)
-
-
-def _event(server: ControlServer, request: Request, params: Params) -> Response:
-    return _reply(server, request, "event", {"name": _first(params, "name")})
-
-
-def _header_value(message: str) -> str:
-    line = message.strip().splitlines()[0] if message.strip() else ""
-    return line.encode("latin-1", "replace").decode("latin-1")[:300]
-
-
-def _grants(server: ControlServer, request: Request) -> tuple[str, ...] | None:
-    return None if request.listener is None else request.listener.control_grants
-
-
-def _granted(server: ControlServer, request: Request, action: str) -> Response | None:
-    """None when the core grants ``action`` (performed here), else its answer."""
-    reply = server.control(action, {}, request.who, _grants(server, request))
-    if reply is None:
-        return text(503, "taskforce is exiting\n")
-    if reply.code != 200:
-        return text(reply.code, str(reply.body))
-    return None
-
-
-def _reload(server: ControlServer, request: Request, params: Params) -> Response | Deferred:
-    """Read the files again (on a worker thread: see ``taskforce.loader``),
-    then apply them on the loop and answer."""
-    refused = _granted(server, request, "reload")
-    if refused is not None:
-        return refused
-    shell = server.shell
-
-    def finish(loaded: object) -> Response:
-        assert isinstance(loaded, ev.Event)
-        event = shell.apply_loaded(loaded)
-        body = "Taskforce config reload initiated\n"
-        if isinstance(event, ev.ConfigRejected):
-            errors = event.errors or (event.error,)
-            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-            outcome = "rejected: " + _header_value(errors[0]) + more
-            body += "".join(f"{error}\n" for error in errors)
-        else:
-            outcome = "applied"
-        return text(202, body, headers=[("X-Taskforce-Reload", outcome)])
-
-    return Deferred(lambda: shell.load_inputs("request"), finish)
-
-
-def _shutdown(reset: bool) -> Callable[[ControlServer, Request, Params], Response]:
-    def handler(server: ControlServer, request: Request, params: Params) -> Response:
-        refused = _granted(server, request, "reset" if reset else "stop")
-        if refused is not None:
-            return refused
-
-        def stop() -> None:
-            if reset:
-                server.shell.request_reset("control request")
-            else:
-                server.shell.feed(
-                    ev.StopRequested(at=server.shell.now, reset=False, reason="control request")
-                )
-
-        word = "reset" if reset else "exit"
-        return text(202, f"Taskforce {word} initiated\n", after=stop)
-
-    return handler
-
-
-def _plan(server: ControlServer, request: Request, params: Params) -> Response | Deferred:
-    """What a posted config would change, computed by a shadow of the core.
-
-    Reading and checking the config takes time in its size (up to
-    ``PLAN_BODY_LIMIT`` bytes, and ``config.MAX_NODES`` values once its
-    aliases are expanded: seconds, at the top), so it runs on a worker
-    thread; only the plan itself, which copies the live core as a reload
-    would use it, runs on the loop, with the posted config's tasks already
-    built.
-    """
-    refused = _granted(server, request, "plan")
-    if refused is not None:
-        return refused
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        posted = (_first(params, "config") or "").encode()
-    else:
-        posted = request.body
-    if not posted.strip():
-        return text(400, "no config posted: send the config text as the request body\n")
-    try:
-        config_text = posted.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return text(400, f"the posted config is not UTF-8 text (byte {exc.start})\n")
-    core = server.shell.core
-    roles, role_values = core.roles, dict(core.role_values)
-    roles_param = _first(params, "roles")
-    if roles_param is not None:
-        roles = None if roles_param.strip() == "-" else tuple(roles_param.replace(",", " ").split())
-        role_values = {}
-    facts = core.facts
-
-    def check() -> object:
-        # On the worker thread: reads only the text and what was captured.
-        try:
-            return load_config_text(config_text, "<posted config>", roles, role_values, facts=facts)
-        except ConfigError as exc:
-            errors = getattr(exc, "errors", None) or [exc]
-            return text(400, "".join(f"{error}\n" for error in errors))
-
-    def finish(checked: object) -> Response:
-        if isinstance(checked, Response):
-            return checked
-        assert isinstance(checked, dict)
-        try:
-            answer = status.plan(server.shell.core, checked, roles, role_values)
-        except SpecError as exc:
-            where = ".".join(str(p) for p in exc.path)
-            return text(400, f"<posted config>: {where}: {exc.message}\n")
-        answer["roles"] = list(roles) if roles is not None else None
-        return Response(200, (json.dumps(answer, indent=1) + "\n").encode(), JSON)
-
-    return Deferred(check, finish)
-
-
-MANAGE: dict[str, Callable[[ControlServer, Request, Params], Response | Deferred]] = {
-    "/manage/control": _control,
-    "/manage/count": _count,
-    "/manage/reload": _reload,
-    "/manage/stop": _shutdown(reset=False),
-    "/manage/reset": _shutdown(reset=True),
-    "/manage/start": _start,
-    "/manage/restart": _restart,
-    "/manage/signal": _signal,
-    "/manage/event": _event,
-    "/manage/plan": _plan,
 }

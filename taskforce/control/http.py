@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from taskforce.control.listen import Listener
     from taskforce.control.server import ControlServer
 
+#: The media type of every JSON answer.
+JSON = "application/json"
 #: Bytes of request line and headers h11 will buffer before giving up (431).
 MAX_HEAD = 16 * 1024
 #: Bytes read from a socket per wake-up; more waits for the next turn.

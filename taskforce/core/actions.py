@@ -14,14 +14,31 @@ from __future__ import annotations
 
 from taskforce.core import effects as fx
 from taskforce.core.lifecycle import (
+    INTENT_FINISH,
+    INTENT_HALT,
+    INTENT_RESTART,
+    INTENT_STOP,
     LIFECYCLE,
     ONE_SHOT_CONTROLS,
+    PHASE_LAUNCHER,
+    SHUTDOWN_RESET,
+    SLOT_DONE,
+    SLOT_DRAINING,
+    SLOT_EXITED,
+    SLOT_FAILED,
+    SLOT_STOPPING,
+    TIMER_CHECK,
+    TIMER_CHECK_TIMEOUT,
+    TIMER_KILL,
+    TIMER_LIMIT,
+    TIMER_PROBE,
+    TIMER_READY,
+    TIMER_READY_TIMEOUT,
+    TIMER_RETRY,
+    TIMER_WATCHDOG,
     UP_STATES,
     Intent,
-    Phase,
-    Shutdown,
     SlotState,
-    TimerPurpose,
 )
 from taskforce.core.model import DAEMON_CONTROLS, Action, ProcessSpec
 from taskforce.core.slots import FAILED_WATCH, Slot, TaskState
@@ -30,12 +47,12 @@ from taskforce.core.timers import Timers
 S = SlotState
 #: the deadlines of a running process that a stop makes moot
 _RUNNING_TIMERS = (
-    TimerPurpose.READY,
-    TimerPurpose.LIMIT,
-    TimerPurpose.CHECK,
-    TimerPurpose.PROBE,
-    TimerPurpose.READY_TIMEOUT,
-    TimerPurpose.WATCHDOG,
+    TIMER_READY,
+    TIMER_LIMIT,
+    TIMER_CHECK,
+    TIMER_PROBE,
+    TIMER_READY_TIMEOUT,
+    TIMER_WATCHDOG,
 )
 
 
@@ -79,7 +96,7 @@ class SlotActions(Timers):
         slot.main_pid = None
         slot.ready_at = None
         slot.phase = (
-            Phase.LAUNCHER if task.control in ("nowait", "adopt") and spec.pidfile else None
+            PHASE_LAUNCHER if task.control in ("nowait", "adopt") and spec.pidfile else None
         )
         slot.timers.clear()
         self.emit(
@@ -87,9 +104,9 @@ class SlotActions(Timers):
         )
 
     def stop_slot(self, task: TaskState, slot: Slot, intent: Intent, reason: str) -> None:
-        if slot.state in (S.STOPPING, S.DRAINING):
-            if intent == Intent.STOP:
-                slot.intent = Intent.STOP
+        if slot.state in (SLOT_STOPPING, SLOT_DRAINING):
+            if intent == INTENT_STOP:
+                slot.intent = INTENT_STOP
             return
         if slot.state not in UP_STATES or slot.pid is None:
             return
@@ -97,14 +114,14 @@ class SlotActions(Timers):
         slot.intent = intent
         slot.reason = reason
         if self._reload is not None and self._reload.counting:
-            if intent == Intent.RESTART:
+            if intent == INTENT_RESTART:
                 self._reload.restarted += 1
             else:
                 self._reload.stopped += 1
         for purpose in _RUNNING_TIMERS:
             slot.timers.pop(purpose, None)
         self._end_check(slot)
-        use_restart = intent == Intent.RESTART or self.shutdown == Shutdown.RESET
+        use_restart = intent == INTENT_RESTART or self.shutdown == SHUTDOWN_RESET
         action = (task.spec.restart_action if use_restart else None) or task.spec.stop_action
         name = task.spec.name
         if action and action.signal:
@@ -115,7 +132,7 @@ class SlotActions(Timers):
             self._run_command(task, action.command or "")
         else:
             self.emit(fx.Signal(name, slot.instance, slot.pid, "SIGTERM", group=slot.signal_group))
-        self._set_timer(slot, TimerPurpose.KILL, self.now + task.spec.stop_timeout)
+        self._set_timer(slot, TIMER_KILL, self.now + task.spec.stop_timeout)
         self.log("info", f"{self._name(slot)} (pid {slot.pid}) {reason}", name)
 
     def _process_gone(self, slot: Slot, *, failed: bool = False) -> None:
@@ -140,7 +157,7 @@ class SlotActions(Timers):
             else f"{name} {slot.last_exit}"
         )
         if self.wants_run(task) and (
-            slot.intent == Intent.HALT or (slot.trial and slot.intent is None and task.rollout)
+            slot.intent == INTENT_HALT or (slot.trial and slot.intent is None and task.rollout)
         ):
             # A new process of a rollout failed: the rollout halts on it, and
             # it is not tried again against the pool until the next change.
@@ -150,13 +167,13 @@ class SlotActions(Timers):
             slot.reason = f"failed: {task.rollout_halted}"
             slot.trial = False
             self.update_watches()
-        elif slot.intent == Intent.STOP or not self.wants_run(task) or slot.instance >= task.count:
+        elif slot.intent == INTENT_STOP or not self.wants_run(task) or slot.instance >= task.count:
             self.log("info", what, slot.task)
             LIFECYCLE.fire(slot, "release")
-        elif slot.intent == Intent.RESTART:
+        elif slot.intent == INTENT_RESTART:
             self.log("info", what, slot.task)
             slot.fails = 0  # deliberate; the next start is immediate
-        elif slot.intent == Intent.FINISH or (task.control in ONE_SHOT_CONTROLS and not failed):
+        elif slot.intent == INTENT_FINISH or (task.control in ONE_SHOT_CONTROLS and not failed):
             self.log("info", what, slot.task)
             LIFECYCLE.fire(slot, "finish")
             slot.reason = f"finished: {slot.last_exit}"
@@ -199,8 +216,8 @@ class SlotActions(Timers):
                 self.log("debug", f"{what}; retry {slot.fails} in {delay:g}s", slot.task)
             LIFECYCLE.fire(slot, "back_off")
             slot.reason = f"backoff step {slot.fails} after: {slot.last_exit}"
-            self._set_timer(slot, TimerPurpose.RETRY, self.now + delay)
-        slot.intent = None if slot.state is not S.EXITED else slot.intent
+            self._set_timer(slot, TIMER_RETRY, self.now + delay)
+        slot.intent = None if slot.state is not SLOT_EXITED else slot.intent
         if not self.shutdown and not any(s.live for s in task.slots):
             self._onexit(task)
 
@@ -220,7 +237,7 @@ class SlotActions(Timers):
     def _retry(self, slot: Slot, why: str, *, reason: str | None = None) -> None:
         """A failed slot may start again (a fresh attempt): ``why`` says who
         or what said so; ``reason``, when it is stopped instead."""
-        if slot.state is not S.FAILED:
+        if slot.state is not SLOT_FAILED:
             return
         self._touch(slot.task)
         LIFECYCLE.fire(slot, "release")
@@ -234,7 +251,7 @@ class SlotActions(Timers):
         """Let ``task``'s failed slots (or slot ``instance``) start again; how many."""
         found = 0
         for slot in task.slots:
-            if slot.state is S.FAILED and instance in (None, slot.instance):
+            if slot.state is SLOT_FAILED and instance in (None, slot.instance):
                 self._retry(slot, why)
                 found += 1
         self.resume(task, why)
@@ -255,7 +272,7 @@ class SlotActions(Timers):
         if not self.rolls(task) or instance is not None:
             for slot in task.slots:
                 if instance in (None, slot.instance) and slot.state in UP_STATES:
-                    self.stop_slot(task, slot, Intent.RESTART, f"restarted: {why}")
+                    self.stop_slot(task, slot, INTENT_RESTART, f"restarted: {why}")
                     done += 1
             return done
         self._touch(task.spec.name)
@@ -356,7 +373,7 @@ class SlotActions(Timers):
         self._touch(task.spec.name)
         task.run_requested = True
         for slot in task.slots:
-            if slot.state is S.DONE:
+            if slot.state is SLOT_DONE:
                 LIFECYCLE.fire(slot, "release")
                 slot.reason = why
 
@@ -364,7 +381,7 @@ class SlotActions(Timers):
         """Kill the slot's running health check, if any, and forget its
         readiness probe (a command probe is killed).  Both belong to its
         process: they must not outlive it, its stop, or taskforce."""
-        slot.timers.pop(TimerPurpose.CHECK_TIMEOUT, None)
+        slot.timers.pop(TIMER_CHECK_TIMEOUT, None)
         if slot.check_run is not None:
             self.emit(fx.StopCommand(slot.task, slot.instance, slot.check_run, "SIGKILL"))
             slot.check_run = None
@@ -398,7 +415,7 @@ class SlotActions(Timers):
                     wanted[key] = fx.Watch(key, "executable", spec.paths[:1], task.spec.search_path)
                 elif spec.type == "python":
                     wanted[key] = fx.Watch(key, "python", spec.paths, task.spec.search_path)
-            if any(slot.state is S.FAILED for slot in task.slots) and not any(
+            if any(slot.state is SLOT_FAILED for slot in task.slots) and not any(
                 spec.type == "self" for spec in task.spec.events
             ):
                 # A crash loop that gave up is often a program not (yet)

@@ -17,13 +17,28 @@ from __future__ import annotations
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.lifecycle import (
+    INTENT_RESTART,
+    INTENT_STOP,
     LIFECYCLE,
     ONE_SHOT_CONTROLS,
-    Intent,
-    Phase,
-    Shutdown,
+    PHASE_ADOPT,
+    PHASE_DAEMON,
+    SHUTDOWN_RESET,
+    SLOT_BACKOFF,
+    SLOT_DONE,
+    SLOT_DRAINING,
+    SLOT_EXITED,
+    SLOT_FAILED,
+    SLOT_PROBING,
+    SLOT_READY,
+    SLOT_RUNNING,
+    SLOT_STARTING,
+    SLOT_STOPPED,
+    SLOT_STOPPING,
+    SLOT_WAITING,
+    TIMER_READY,
+    TIMER_RETRY,
     SlotState,
-    TimerPurpose,
 )
 from taskforce.core.model import ProcessSpec
 from taskforce.core.rollout import Rollouts
@@ -108,8 +123,8 @@ class Convergence(Rollouts):
                 and task.slots[-1].instance >= want
                 and task.slots[-1].state
                 in (
-                    S.STOPPED,
-                    S.DONE,
+                    SLOT_STOPPED,
+                    SLOT_DONE,
                 )
             ):
                 LIFECYCLE.detach(task.slots.pop())
@@ -129,14 +144,14 @@ class Convergence(Rollouts):
             and not self._by_pid
             and not self.leftovers
             and not any(
-                slot.state is S.STARTING or slot.awaiting_daemon
+                slot.state is SLOT_STARTING or slot.awaiting_daemon
                 for task in self.tasks.values()
                 for slot in task.slots
             )
         ):
             self.exited = True
             self.log("info", "every task has stopped")
-            self.emit(fx.Exit(0, reset=self.shutdown == Shutdown.RESET))
+            self.emit(fx.Exit(0, reset=self.shutdown == SHUTDOWN_RESET))
 
     def _gate(self, task: TaskState) -> tuple[str, ...]:
         """What ``task`` waits on before it may start (empty: nothing)."""
@@ -160,18 +175,18 @@ class Convergence(Rollouts):
         if control in ("suspend", "event"):
             return None
         if control == "once":
-            if all(slot.state is S.DONE for slot in task.slots) and task.slots:
+            if all(slot.state is SLOT_DONE for slot in task.slots) and task.slots:
                 return None
             return "not finished"
         for slot in task.slots[: task.count]:
             state = slot.state
-            if state is S.READY:
+            if state is SLOT_READY:
                 continue
-            if state is S.FAILED:
+            if state is SLOT_FAILED:
                 return "failed"
-            if state is not S.RUNNING:
+            if state is not SLOT_RUNNING:
                 return "not running"
-            if TimerPurpose.READY in slot.timers:
+            if TIMER_READY in slot.timers:
                 return "in its start_delay"
             return "not ready"
         if len(task.slots) < task.count:
@@ -186,26 +201,26 @@ class Convergence(Rollouts):
         # (A spec's __eq__ compares every field; identity is all that is left.)
         same = slot.spec is spec
         state = slot.state
-        if state is S.READY or state is S.RUNNING:
+        if state is SLOT_READY or state is SLOT_RUNNING:
             if slot.intent is None and slot.spec is not None and (slot.stale or not same):
                 why = slot.stale or f"config changed: {_spec_diff(slot.spec, spec)}"
                 if not self.rolls(task):
-                    self.stop_slot(task, slot, Intent.RESTART, f"restarted: {why}")
+                    self.stop_slot(task, slot, INTENT_RESTART, f"restarted: {why}")
                 elif self._may_replace(task, slot):
                     how = " (rollout)" if task.gradual else ""
-                    self.stop_slot(task, slot, Intent.RESTART, f"restarted: {why}{how}")
+                    self.stop_slot(task, slot, INTENT_RESTART, f"restarted: {why}{how}")
             return
-        if state in (S.STARTING, S.STOPPING, S.DRAINING, S.PROBING):
+        if state in (SLOT_STARTING, SLOT_STOPPING, SLOT_DRAINING, SLOT_PROBING):
             return
-        if state is S.FAILED:
+        if state is SLOT_FAILED:
             if same or slot.spec is None:
                 return  # until an operator, its config or its executable says
             self._retry(slot, f"config changed: {_spec_diff(slot.spec, spec)}")
             state = slot.state
-        if state is S.BACKOFF and TimerPurpose.RETRY in slot.timers and same:
+        if state is SLOT_BACKOFF and TIMER_RETRY in slot.timers and same:
             return
         if (
-            state is S.DONE
+            state is SLOT_DONE
             and task.control in ONE_SHOT_CONTROLS
             and (same or task.control == "event")
         ):
@@ -217,7 +232,7 @@ class Convergence(Rollouts):
         if leftover is not None and not leftover.adopting:
             gate = ("its leftover from an earlier taskforce",)
         if gate:
-            if state is not S.WAITING:
+            if state is not SLOT_WAITING:
                 LIFECYCLE.fire(slot, "hold")
             slot.waiting_on = gate
             return
@@ -229,7 +244,7 @@ class Convergence(Rollouts):
             self._generation += 1
             slot.generation = self._generation
             slot.spec = spec
-            slot.phase = Phase.ADOPT
+            slot.phase = PHASE_ADOPT
             self._read_pidfile(slot)
             return
         self._spawn(task, slot, spec)
@@ -237,10 +252,10 @@ class Convergence(Rollouts):
     def _keep_stopped(self, task: TaskState, slot: Slot) -> None:
         state = slot.state
         wants_run = slot.surge and self.wants_run(task)
-        if state is S.RUNNING or state is S.READY:
+        if state is SLOT_RUNNING or state is SLOT_READY:
             if self.shutdown and self._has_live_dependents(task.spec.name):
                 return
-            if self.shutdown and task.control == "adopt" and slot.phase == Phase.DAEMON:
+            if self.shutdown and task.control == "adopt" and slot.phase == PHASE_DAEMON:
                 self.log(
                     "info",
                     f"{self._name(slot)} (pid {slot.pid}) left running for adoption",
@@ -257,17 +272,17 @@ class Convergence(Rollouts):
                 why = "stopped: the rollout no longer needs this extra process"
             else:
                 why = self._stop_reason(task)
-            self.stop_slot(task, slot, Intent.STOP, why)
-        elif state in (S.STOPPING, S.DRAINING):
-            slot.intent = Intent.STOP
+            self.stop_slot(task, slot, INTENT_STOP, why)
+        elif state in (SLOT_STOPPING, SLOT_DRAINING):
+            slot.intent = INTENT_STOP
         elif slot.awaiting_daemon:
             # Its start command is done and its pidfile does not name the
             # daemon yet: it is stopped (or, adopt at shutdown, left running)
             # once the pidfile names it, or released when none turns up
             # within pidfile_timeout.  Issue 11: stopping it as if nothing
             # ran left the daemon behind, unsupervised.
-            if slot.intent != Intent.STOP:
-                slot.intent = Intent.STOP
+            if slot.intent != INTENT_STOP:
+                slot.intent = INTENT_STOP
                 then = (
                     "leave it running" if self.shutdown and task.control == "adopt" else "stop it"
                 )
@@ -277,17 +292,19 @@ class Convergence(Rollouts):
                     f"to {then} ({self._stop_reason(task)})",
                     task.spec.name,
                 )
-        elif state is S.FAILED:
+        elif state is SLOT_FAILED:
             why = self._stop_reason(task)
             self._retry(slot, why, reason=why)
-        elif state in (S.WAITING, S.BACKOFF, S.EXITED) or (state is S.DONE and task.removed):
-            slot.timers.pop(TimerPurpose.RETRY, None)
+        elif state in (SLOT_WAITING, SLOT_BACKOFF, SLOT_EXITED) or (
+            state is SLOT_DONE and task.removed
+        ):
+            slot.timers.pop(TIMER_RETRY, None)
             LIFECYCLE.fire(slot, "release")
 
     def _stop_reason(self, task: TaskState) -> str:
         if self.shutdown:
             return "stopped: taskforce is " + (
-                "resetting" if self.shutdown == Shutdown.RESET else "exiting"
+                "resetting" if self.shutdown == SHUTDOWN_RESET else "exiting"
             )
         if task.removed:
             return "stopped: removed from the config"

@@ -15,14 +15,30 @@ from __future__ import annotations
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.lifecycle import (
+    INTENT_FINISH,
+    INTENT_RESTART,
     LIFECYCLE,
     ONE_SHOT_CONTROLS,
+    PHASE_ADOPT,
+    PHASE_DAEMON,
+    PHASE_LAUNCHER,
+    SHUTDOWN_RESET,
+    SHUTDOWN_STOP,
+    SLOT_DRAINING,
+    SLOT_PROBING,
+    SLOT_RUNNING,
+    SLOT_STARTING,
+    TIMER_CHECK,
+    TIMER_CHECK_TIMEOUT,
+    TIMER_KILL,
+    TIMER_LIMIT,
+    TIMER_PIDFILE,
+    TIMER_PROBE,
+    TIMER_READY,
+    TIMER_READY_TIMEOUT,
+    TIMER_WATCHDOG,
     UP_STATES,
-    Intent,
-    Phase,
-    Shutdown,
     SlotState,
-    TimerPurpose,
 )
 from taskforce.core.model import HostFacts
 from taskforce.core.reconcile import Reconcile
@@ -30,10 +46,10 @@ from taskforce.core.slots import FAILED_WATCH, Leftover, Slot, TaskState, descri
 
 S = SlotState
 _READINESS_TIMERS = (
-    TimerPurpose.READY,
-    TimerPurpose.PROBE,
-    TimerPurpose.READY_TIMEOUT,
-    TimerPurpose.WATCHDOG,
+    TIMER_READY,
+    TIMER_PROBE,
+    TIMER_READY_TIMEOUT,
+    TIMER_WATCHDOG,
 )
 
 
@@ -48,7 +64,7 @@ class EventHandlers(Reconcile):
 
     def _on_ProcessStarted(self, event: ev.ProcessStarted) -> None:
         slot = self.slot(event.task, event.instance)
-        if slot is None or slot.generation != event.generation or slot.state is not S.STARTING:
+        if slot is None or slot.generation != event.generation or slot.state is not SLOT_STARTING:
             # Cannot happen under the spawn contract; never lose the process.
             self.log("error", f"unexpected process {event.pid} for {event.task}; killing it")
             self.emit(fx.Signal(event.task, event.instance, event.pid, "SIGKILL"))
@@ -66,7 +82,7 @@ class EventHandlers(Reconcile):
 
     def _on_SpawnFailed(self, event: ev.SpawnFailed) -> None:
         slot = self.slot(event.task, event.instance)
-        if slot is None or slot.generation != event.generation or slot.state is not S.STARTING:
+        if slot is None or slot.generation != event.generation or slot.state is not SLOT_STARTING:
             return
         LIFECYCLE.fire(slot, "spawn_failed")
         self.counters["spawn_failures"] += 1
@@ -84,19 +100,19 @@ class EventHandlers(Reconcile):
             slot.last_exit = f"failed to start: {event.error}"
             self.counters["spawn_failures"] += 1
         slot.exited_at = self.now
-        if slot.phase == Phase.LAUNCHER and slot.state is S.RUNNING and not event.error:
+        if slot.phase == PHASE_LAUNCHER and slot.state is SLOT_RUNNING and not event.error:
             self._launcher_exited(slot, event)
             return
         self.counters["exits"] += 1
         self._end_check(slot)
         if event.group_alive:
             LIFECYCLE.fire(slot, "leader_exited")
-            if TimerPurpose.KILL not in slot.timers:
+            if TIMER_KILL not in slot.timers:
                 # The leader died on its own and left members behind: they
                 # must be gone before a replacement may start.
                 self.emit(fx.Signal(slot.task, slot.instance, event.pid, "SIGTERM"))
                 self._set_timer(
-                    slot, TimerPurpose.KILL, self.now + self.tasks[slot.task].spec.stop_timeout
+                    slot, TIMER_KILL, self.now + self.tasks[slot.task].spec.stop_timeout
                 )
             self.log(
                 "info",
@@ -121,8 +137,8 @@ class EventHandlers(Reconcile):
             return
         LIFECYCLE.fire(slot, "launched")
         self.log("debug", f"{self._name(slot)}: start command done; reading its pidfile", slot.task)
-        slot.timers.pop(TimerPurpose.LIMIT, None)
-        slot.timers.pop(TimerPurpose.READY, None)
+        slot.timers.pop(TIMER_LIMIT, None)
+        slot.timers.pop(TIMER_READY, None)
         slot.pidfile_deadline = self.now + self.settings.pidfile_timeout
         self._read_pidfile(slot)
 
@@ -152,7 +168,7 @@ class EventHandlers(Reconcile):
 
     def _on_PidfileRead(self, event: ev.PidfileRead) -> None:
         slot = self.slot(event.task, event.instance)
-        if slot is None or slot.generation != event.generation or slot.state is not S.PROBING:
+        if slot is None or slot.generation != event.generation or slot.state is not SLOT_PROBING:
             return
         task = self.tasks[slot.task]
         name = self._name(slot)
@@ -163,14 +179,14 @@ class EventHandlers(Reconcile):
             self.log("warning", f"{name}: refused: {refusal}; it is not signalled", slot.task)
         if not refusal and event.pid is not None:
             LIFECYCLE.fire(slot, "found")
-            adopted = slot.phase == Phase.ADOPT
-            slot.phase = Phase.DAEMON
+            adopted = slot.phase == PHASE_ADOPT
+            slot.phase = PHASE_DAEMON
             # Whether it is still wanted is decided afresh (a stop that came
             # while the pidfile was awaited stops it now; see _keep_stopped).
             slot.intent = None
             slot.pid = event.pid
             slot.started_at = self.now
-            slot.timers.pop(TimerPurpose.PIDFILE, None)
+            slot.timers.pop(TIMER_PIDFILE, None)
             self._by_pid[event.pid] = slot
             self.emit(fx.WatchProcess(slot.task, slot.instance, event.pid))
             if adopted:
@@ -183,7 +199,7 @@ class EventHandlers(Reconcile):
             what = "adopted" if adopted else "daemon running as"
             self.log("info", f"{name} {what} pid {event.pid}", slot.task)
             return
-        if slot.phase == Phase.ADOPT:
+        if slot.phase == PHASE_ADOPT:
             leftover = self.leftovers.get((slot.task, slot.instance))
             if leftover is not None:
                 # Its pidfile names none of what the last taskforce left in
@@ -200,14 +216,14 @@ class EventHandlers(Reconcile):
             return
         if self.now < slot.pidfile_deadline and not forged:
             # Not written yet, or still the last daemon's: look again soon.
-            self._set_timer(slot, TimerPurpose.PIDFILE, min(self.now + 0.1, slot.pidfile_deadline))
+            self._set_timer(slot, TIMER_PIDFILE, min(self.now + 0.1, slot.pidfile_deadline))
             return
         # A forged pidfile is not waited out: the file is there and names a
         # live process, just not ours.  Lost: the usual backoff applies.
         LIFECYCLE.fire(slot, "lost")
         slot.exited_at = self.now
         slot.phase = None
-        slot.timers.pop(TimerPurpose.PIDFILE, None)
+        slot.timers.pop(TIMER_PIDFILE, None)
         if forged:  # (the warning above said where and why)
             refusal = f"its pidfile was refused (pid {event.pid} is not a process of the task)"
         slot.last_exit = f"no daemon after its start command: {refusal}"
@@ -243,16 +259,16 @@ class EventHandlers(Reconcile):
 
     def _on_GroupEmptied(self, event: ev.GroupEmptied) -> None:
         slot = self._by_pid.get(event.pgid)
-        if slot is not None and slot.state is S.DRAINING:
+        if slot is not None and slot.state is SLOT_DRAINING:
             self._process_gone(slot)
 
     def _arm_running_timers(self, task: TaskState, slot: Slot) -> None:
         """Deadlines of a slot whose process (or daemon) now runs."""
         spec = task.spec
         if spec.time_limit:
-            self._set_timer(slot, TimerPurpose.LIMIT, self.now + spec.start_delay + spec.time_limit)
-        if spec.check_interval and slot.phase != Phase.LAUNCHER:
-            self._set_timer(slot, TimerPurpose.CHECK, self.now + spec.check_interval)
+            self._set_timer(slot, TIMER_LIMIT, self.now + spec.start_delay + spec.time_limit)
+        if spec.check_interval and slot.phase != PHASE_LAUNCHER:
+            self._set_timer(slot, TIMER_CHECK, self.now + spec.check_interval)
         self._arm_readiness(task, slot)
 
     def _on_CommandExited(self, event: ev.CommandExited) -> None:
@@ -278,7 +294,7 @@ class EventHandlers(Reconcile):
         if event.run != slot.check_run:
             return  # a run already judged (timed out, or its slot restarted)
         slot.check_run = None
-        slot.timers.pop(TimerPurpose.CHECK_TIMEOUT, None)
+        slot.timers.pop(TIMER_CHECK_TIMEOUT, None)
         self._touch(event.task)
         self._check_judged(task, slot, failed, outcome)
 
@@ -290,7 +306,7 @@ class EventHandlers(Reconcile):
         self.counters["check_runs"] += 1
         self._run_command(task, "check", slot.instance, run=self._runs)
         if task.spec.check_timeout:
-            self._set_timer(slot, TimerPurpose.CHECK_TIMEOUT, self.now + task.spec.check_timeout)
+            self._set_timer(slot, TIMER_CHECK_TIMEOUT, self.now + task.spec.check_timeout)
 
     def _check_timed_out(self, task: TaskState, slot: Slot) -> None:
         """A health check ran past ``check_timeout``: kill it, count a failure."""
@@ -312,7 +328,7 @@ class EventHandlers(Reconcile):
             if slot.check_fails >= spec.check_failures:
                 streak = f" ({slot.check_fails} in a row)" if slot.check_fails > 1 else ""
                 self.stop_slot(
-                    task, slot, Intent.RESTART, f"restarted: health check {outcome}{streak}"
+                    task, slot, INTENT_RESTART, f"restarted: health check {outcome}{streak}"
                 )
                 return
             self.log(
@@ -330,7 +346,7 @@ class EventHandlers(Reconcile):
             )
             slot.check_fails = 0
         if spec.check_interval and not self.shutdown:
-            self._set_timer(slot, TimerPurpose.CHECK, self.now + spec.check_interval)
+            self._set_timer(slot, TIMER_CHECK, self.now + spec.check_interval)
 
     def _on_FileChanged(self, event: ev.FileChanged) -> None:
         if event.key in (ev.CONFIG_KEY, ev.ROLES_KEY, ev.CODE_KEY):
@@ -416,10 +432,10 @@ class EventHandlers(Reconcile):
         self._begin_shutdown(reset=event.reset, reason=event.reason)
 
     def _begin_shutdown(self, *, reset: bool, reason: str) -> None:
-        mode = Shutdown.RESET if reset else Shutdown.STOP
-        if self.shutdown == Shutdown.STOP:
+        mode = SHUTDOWN_RESET if reset else SHUTDOWN_STOP
+        if self.shutdown == SHUTDOWN_STOP:
             return
-        if self.shutdown == Shutdown.RESET and reset:
+        if self.shutdown == SHUTDOWN_RESET and reset:
             # A storm of resets (two logrotate stanzas, -R typed twice) is one
             # reset: the tasks are stopping already and all start again after
             # the re-exec.  A stop, though, overrides a reset under way.
@@ -430,7 +446,7 @@ class EventHandlers(Reconcile):
         self.log("info", f"{what} ({reason or 'requested'})")
         for name in sorted(self.tasks):
             for slot in self.tasks[name].slots:
-                slot.timers.pop(TimerPurpose.CHECK, None)
+                slot.timers.pop(TIMER_CHECK, None)
                 self._end_check(slot)
         for key in sorted(self.leftovers):
             if self.leftovers[key].adopting:
@@ -456,7 +472,7 @@ class EventHandlers(Reconcile):
             del slot.timers[purpose]
             self._touch(slot.task)
             task = self.tasks[slot.task]
-            if purpose == TimerPurpose.KILL and slot.pid is not None:
+            if purpose == TIMER_KILL and slot.pid is not None:
                 self.log(
                     "warning",
                     f"{self._name(slot)} (pid {slot.pid}) did not stop; SIGKILL",
@@ -467,23 +483,23 @@ class EventHandlers(Reconcile):
                         slot.task, slot.instance, slot.pid, "SIGKILL", group=slot.signal_group
                     )
                 )
-            elif purpose == TimerPurpose.PIDFILE and slot.state is S.PROBING:
+            elif purpose == TIMER_PIDFILE and slot.state is SLOT_PROBING:
                 self._read_pidfile(slot)
             elif purpose in _READINESS_TIMERS:
                 self._readiness_due(task, slot, purpose)
             elif (
-                purpose == TimerPurpose.CHECK
+                purpose == TIMER_CHECK
                 and slot.state in UP_STATES
                 and "check" in task.spec.commands
                 and slot.check_run is None
                 and not self.shutdown
             ):
                 self._start_check(task, slot)
-            elif purpose == TimerPurpose.CHECK_TIMEOUT and slot.state in UP_STATES:
+            elif purpose == TIMER_CHECK_TIMEOUT and slot.state in UP_STATES:
                 self._check_timed_out(task, slot)
-            elif purpose == TimerPurpose.LIMIT and not self.shutdown:
+            elif purpose == TIMER_LIMIT and not self.shutdown:
                 # (At shutdown the stop order decides when it goes.)
                 if task.control in ONE_SHOT_CONTROLS:
-                    self.stop_slot(task, slot, Intent.FINISH, "stopped: time_limit reached")
+                    self.stop_slot(task, slot, INTENT_FINISH, "stopped: time_limit reached")
                 else:
-                    self.stop_slot(task, slot, Intent.RESTART, "restarted: time_limit reached")
+                    self.stop_slot(task, slot, INTENT_RESTART, "restarted: time_limit reached")

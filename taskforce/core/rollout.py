@@ -38,12 +38,26 @@ from __future__ import annotations
 
 from taskforce.core import effects as fx
 from taskforce.core.actions import SlotActions
-from taskforce.core.lifecycle import LIFECYCLE, UP_STATES, Intent, Phase, SlotState, TimerPurpose
+from taskforce.core.lifecycle import (
+    INTENT_HALT,
+    INTENT_RESTART,
+    LIFECYCLE,
+    PHASE_LAUNCHER,
+    SLOT_READY,
+    SLOT_RUNNING,
+    TIMER_PROBE,
+    TIMER_READY,
+    TIMER_READY_TIMEOUT,
+    TIMER_WATCHDOG,
+    UP_STATES,
+    SlotState,
+    TimerPurpose,
+)
 from taskforce.core.slots import Slot, TaskState
 
 S = SlotState
-_READY = S.READY
-_RUNNING = S.RUNNING
+_READY = SLOT_READY
+_RUNNING = SLOT_RUNNING
 #: the first probe comes this soon after the start (or ``ready_interval``,
 #: if that is shorter): most programs are not listening at exec
 FIRST_PROBE = 0.2
@@ -60,28 +74,34 @@ class Rollouts(SlotActions):
         """A slot's process (or daemon) runs: how it becomes ready."""
         spec = task.spec
         ready = spec.readiness
-        if slot.phase == Phase.LAUNCHER:
+        if slot.phase == PHASE_LAUNCHER:
             return  # its daemon, once found, is what becomes ready
         if ready.kind == "delay":
-            if spec.start_delay > 0:
-                self._set_timer(slot, TimerPurpose.READY, self.now + spec.start_delay)
+            delay = spec.start_delay
+            if slot.trial:
+                # Nothing says when a rollout's new process is ready: it must
+                # at least not fail fast, or a release that cannot start
+                # would replace the pool one process at a time.
+                delay = max(delay, self.settings.stable_after)
+            if delay > 0:
+                self._set_timer(slot, TIMER_READY, self.now + delay)
             else:
                 self._mark_ready(task, slot, "")
             return
         if ready.kind != "notify":
-            self._set_timer(slot, TimerPurpose.PROBE, self.now + min(FIRST_PROBE, ready.interval))
+            self._set_timer(slot, TIMER_PROBE, self.now + min(FIRST_PROBE, ready.interval))
         if ready.timeout:
-            self._set_timer(slot, TimerPurpose.READY_TIMEOUT, self.now + ready.timeout)
+            self._set_timer(slot, TIMER_READY_TIMEOUT, self.now + ready.timeout)
         if ready.watchdog:
-            self._set_timer(slot, TimerPurpose.WATCHDOG, self.now + ready.watchdog)
+            self._set_timer(slot, TIMER_WATCHDOG, self.now + ready.watchdog)
 
     def _mark_ready(self, task: TaskState, slot: Slot, how: str) -> None:
         """``slot`` is ready (``how``: what said so, for the log; "" says nothing)."""
-        if slot.state is not _RUNNING or slot.phase == Phase.LAUNCHER:
+        if slot.state is not _RUNNING or slot.phase == PHASE_LAUNCHER:
             return
         LIFECYCLE.fire(slot, "ready")
         slot.ready_at = self.now
-        for purpose in (TimerPurpose.READY, TimerPurpose.PROBE, TimerPurpose.READY_TIMEOUT):
+        for purpose in (TIMER_READY, TIMER_PROBE, TIMER_READY_TIMEOUT):
             slot.timers.pop(purpose, None)
         self._end_probe(slot)
         slot.status = "" if slot.status.startswith("probe: ") else slot.status
@@ -114,7 +134,7 @@ class Rollouts(SlotActions):
                 )
             )
             # Its deadline: a probe never runs into the next one.
-            self._set_timer(slot, TimerPurpose.PROBE, self.now + ready.interval)
+            self._set_timer(slot, TIMER_PROBE, self.now + ready.interval)
         else:
             self.emit(
                 fx.Probe(
@@ -127,7 +147,7 @@ class Rollouts(SlotActions):
         if slot.probe_run != run:
             return  # not the probe running now (its slot moved on)
         slot.probe_run = None
-        slot.timers.pop(TimerPurpose.PROBE, None)
+        slot.timers.pop(TIMER_PROBE, None)
         if slot.state is not _RUNNING:
             return
         task = self.tasks[slot.task]
@@ -135,7 +155,7 @@ class Rollouts(SlotActions):
             self._mark_ready(task, slot, f"{task.spec.readiness.kind} probe passed")
             return
         slot.status = f"probe: {detail}"[:STATUS_MAX]
-        self._set_timer(slot, TimerPurpose.PROBE, self.now + task.spec.readiness.interval)
+        self._set_timer(slot, TIMER_PROBE, self.now + task.spec.readiness.interval)
 
     def _notified(self, task: TaskState, slot: Slot, message: str) -> None:
         """What a process of ``slot`` said on the notify socket."""
@@ -155,17 +175,18 @@ class Rollouts(SlotActions):
             self._mark_ready(task, slot, "READY=1")
         watchdog = said.get("WATCHDOG")
         if watchdog == "1" and ready.watchdog and slot.state in UP_STATES:
-            self._set_timer(slot, TimerPurpose.WATCHDOG, self.now + ready.watchdog)
+            self._set_timer(slot, TIMER_WATCHDOG, self.now + ready.watchdog)
         elif watchdog == "trigger" and slot.state in UP_STATES:
-            self.stop_slot(task, slot, Intent.RESTART, "restarted: watchdog (it asked)")
+            self.stop_slot(task, slot, INTENT_RESTART, "restarted: watchdog (it asked)")
 
     def _readiness_due(self, task: TaskState, slot: Slot, purpose: TimerPurpose) -> None:
         """A readiness deadline of ``slot`` came (``READY``, ``PROBE``,
         ``READY_TIMEOUT``, ``WATCHDOG``)."""
         ready = task.spec.readiness
-        if purpose == TimerPurpose.READY:
-            self._mark_ready(task, slot, f"ran for its start_delay of {task.spec.start_delay:g}s")
-        elif purpose == TimerPurpose.PROBE and slot.state is _RUNNING and not self.shutdown:
+        if purpose == TIMER_READY:
+            # (Logged for a rollout's process only: a start_delay never was.)
+            self._mark_ready(task, slot, "it did not fail fast" if slot.trial else "")
+        elif purpose == TIMER_PROBE and slot.state is _RUNNING and not self.shutdown:
             if slot.probe_run is not None:  # a command probe ran too long
                 run = slot.probe_run
                 self._end_probe(slot)
@@ -173,18 +194,18 @@ class Rollouts(SlotActions):
                 self._probe_judged(slot, run, False, f"timed out after {ready.interval:g}s")
             else:
                 self._start_probe(task, slot)
-        elif purpose == TimerPurpose.READY_TIMEOUT and slot.state is _RUNNING:
+        elif purpose == TIMER_READY_TIMEOUT and slot.state is _RUNNING:
             what = f"not ready after {ready.timeout:g}s"
             if slot.trial and task.rollout:
                 self._halt(task, slot, what)
-                self.stop_slot(task, slot, Intent.HALT, f"stopped: {what}")
+                self.stop_slot(task, slot, INTENT_HALT, f"stopped: {what}")
             else:
-                self.stop_slot(task, slot, Intent.RESTART, f"restarted: {what}")
-        elif purpose == TimerPurpose.WATCHDOG and slot.state in UP_STATES:
+                self.stop_slot(task, slot, INTENT_RESTART, f"restarted: {what}")
+        elif purpose == TIMER_WATCHDOG and slot.state in UP_STATES:
             self.stop_slot(
                 task,
                 slot,
-                Intent.RESTART,
+                INTENT_RESTART,
                 f"restarted: watchdog (no WATCHDOG=1 for {ready.watchdog:g}s)",
             )
 

@@ -2,7 +2,8 @@
 expanded) and whether it is in scope on this host.
 
 Context precedence (later wins): the daemon's environment (less any inherited
-``Task_*``), the built-ins, top-level ``defines``, top-level ``role_defines``
+``Task_*``, and less what systemd tells taskforce itself: ``SUPERVISOR_KEYS``),
+the built-ins, top-level ``defines``, top-level ``role_defines``
 of each active role, the task's ``defines``, the task's ``role_defines``.
 Then defaults fill only names still absent: the task's ``role_defaults``, the
 task's ``defaults``, top-level ``role_defaults``, top-level ``defaults``.
@@ -101,6 +102,15 @@ def task_context(
     return _context(name, task, config, kept, facts, roles, role_values)
 
 
+#: What a supervisor above taskforce (systemd) tells taskforce itself: its
+#: notify socket, the sockets it passed and its watchdog.  Never a task's --
+#: a task told to notify gets taskforce's own socket, one with sockets gets
+#: its own -- or a task could speak for taskforce, or take its sockets.
+SUPERVISOR_KEYS = frozenset(
+    {"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"}
+)
+
+
 def _context(
     name: str,
     task: Mapping[str, Any],
@@ -117,7 +127,7 @@ def _context(
     ctx: dict[str, str | None] = {
         key: value
         for key, value in environ.items()
-        if not key.startswith("Task_") and key not in skipped
+        if not key.startswith("Task_") and key not in skipped and key not in SUPERVISOR_KEYS
     }
     ctx.update(
         Task_name=name,

@@ -14,7 +14,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskforce.core.lifecycle import LIVE_STATES, Intent, Phase, SlotState, TimerPurpose
+from taskforce.core.lifecycle import (
+    LIVE_STATES,
+    PHASE_DAEMON,
+    PHASE_LAUNCHER,
+    SLOT_PROBING,
+    SLOT_STARTING,
+    SLOT_STOPPED,
+    Intent,
+    Phase,
+    SlotState,
+    TimerPurpose,
+)
 from taskforce.core.model import ProcessSpec, TaskSpec
 
 S = SlotState
@@ -26,7 +37,7 @@ class Slot:
 
     task: str
     instance: int
-    state: SlotState = S.STOPPED
+    state: SlotState = SLOT_STOPPED
     generation: int = 0
     pid: int | None = None
     spec: ProcessSpec | None = None
@@ -82,13 +93,13 @@ class Slot:
         No pid of it is known, but a daemon may run: the slot is open until
         its pidfile names one or ``pidfile_timeout`` passes.
         """
-        return self.state is S.PROBING and self.phase == Phase.LAUNCHER
+        return self.state is SLOT_PROBING and self.phase == PHASE_LAUNCHER
 
     @property
     def signal_group(self) -> bool:
         # A daemon found through its pidfile may share a group with others
         # (its launcher's, say): signal the process itself, never the group.
-        return self.phase != Phase.DAEMON
+        return self.phase != PHASE_DAEMON
 
 
 #: the watch key suffix (``<task>#failed``) for the start program of a task
@@ -97,7 +108,7 @@ FAILED_WATCH = "failed"
 
 #: states with a process (or one on its way); a tuple, as membership by
 #: identity is cheaper than hashing an Enum member
-_HAS_PROCESS = (*sorted(LIVE_STATES, key=lambda state: state.name), S.STARTING, S.PROBING)
+_HAS_PROCESS = (*sorted(LIVE_STATES, key=lambda state: state.name), SLOT_STARTING, SLOT_PROBING)
 
 
 @dataclass(eq=False)

@@ -17,10 +17,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from taskforce.core import events as ev
+from taskforce.core.effects import Log
 from taskforce.core.lifecycle import ONE_SHOT_CONTROLS, UP_STATES, Intent, SlotState, TimerPurpose
 from taskforce.core.model import DAEMON_CONTROLS, build
 
 if TYPE_CHECKING:
+    from taskforce.core.model import HostFacts
     from taskforce.core.slots import Slot, TaskState
     from taskforce.core.supervisor import Supervisor
 
@@ -375,25 +377,71 @@ def _start_reason(before: TaskState | None, after: TaskState, slot: Slot) -> str
     return slot.reason or "started"
 
 
+def _wait_reason(before: TaskState | None, after: TaskState, slot: Slot) -> str:
+    """Why a slot that would start waits instead, and what for."""
+    why = _start_reason(before, after, slot)
+    if slot.waiting_on and not why.startswith("will start after"):
+        why += "; will start after " + ", ".join(slot.waiting_on)
+    return why
+
+
+def scope(
+    config: Mapping[str, Any],
+    facts: HostFacts,
+    roles: tuple[str, ...] | None,
+    role_values: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """What ``config`` runs on a host with ``roles``: one entry per task in
+    scope, ``{"task", "control", "count", "blocked"}``, by name; ``blocked``
+    lists ``{"requires", "why"}`` for each task it requires that never runs
+    on such a host (``"off"`` or ``"out of scope"``), which makes it wait --
+    the core's own judgement (``TaskSpec.not_run_here``).
+
+    Raises ``model.SpecError`` when the config cannot be built.
+    """
+    specs = build(config, facts, roles, role_values)
+    runs = []
+    for name, spec in sorted(specs.items()):
+        if not spec.in_scope:
+            continue
+        blocked = []
+        for required in spec.requires:
+            gap = specs[required].not_run_here()
+            if gap is not None:
+                blocked.append({"requires": required, "why": gap})
+        runs.append(
+            {"task": name, "control": spec.control, "count": spec.count, "blocked": blocked}
+        )
+    return runs
+
+
 def plan(
     sup: Supervisor,
     config: Mapping[str, Any],
     roles: tuple[str, ...] | None,
     role_values: Mapping[str, str] | None = None,
+    *,
+    notes: bool = False,
 ) -> dict[str, Any]:
     """What applying ``config`` (with ``roles``) would start, stop and restart.
 
     Raises ``model.SpecError`` when the config cannot be built.  The answer
-    is ``{"start": [...], "stop": [...], "restart": [...], "unchanged": [...]}``;
-    each change is ``{"task", "instances", "why"}``.  Like a reload of an
-    edited file, it keeps the operator's overrides of the tasks whose own
-    entry it leaves as it is.
+    is ``{"start": [...], "stop": [...], "restart": [...], "wait": [...],
+    "unchanged": [...]}``; each change is ``{"task", "instances", "why"}``.
+    ``start`` is what would start at once, ``wait`` what would start but
+    waits (for a task it requires, say) -- the shell's tools only format
+    this, they do not classify.  With ``notes``, ``"notes"`` lists the
+    messages (above debug) the core would log on applying it -- for a local
+    tool only: secrets are taken out of log lines by the shell as it logs
+    them, so the control server's answer leaves them out.  Like a reload
+    of an edited file, it keeps the operator's overrides of the tasks whose
+    own entry it leaves as it is.
     """
     values = dict(sup.role_values if role_values is None else role_values)
     specs = build(config, sup.facts, roles, values)
     shadow = sup.shadow()
     try:
-        shadow.handle(
+        effects = shadow.handle(
             ev.ConfigLoaded(
                 at=sup.now, config=dict(config), roles=roles, role_values=values, source="plan"
             )
@@ -402,6 +450,7 @@ def plan(
             "start": {},
             "stop": {},
             "restart": {},
+            "wait": {},
         }
         unchanged = []
         for name in sorted(set(sup.tasks) | set(specs)):
@@ -434,6 +483,8 @@ def plan(
         for kind, found in changes.items()
     }
     out["unchanged"] = unchanged
+    if notes:
+        out["notes"] = [e.message for e in effects if isinstance(e, Log) and e.level != "debug"]
     return out
 
 
@@ -444,7 +495,7 @@ def _change(
     new: Slot | None,
     wanted: bool,
 ) -> tuple[str | None, str]:
-    """How one slot fares: ("start" | "stop" | "restart" | None, why).
+    """How one slot fares: ("start" | "wait" | "stop" | "restart" | None, why).
 
     ``wanted``: the copy would keep this slot running once it can.
     """
@@ -460,8 +511,10 @@ def _change(
         if new.state is S.STOPPING and new.intent == Intent.RESTART:
             if old is not None and old.state in UP_STATES:
                 return "restart", new.reason
-        elif new.state in (S.STARTING, S.WAITING) and not _holds(old):
+        elif new.state is S.STARTING and not _holds(old):
             return "start", _start_reason(before, after, new)
+        elif new.state is S.WAITING and not _holds(old):
+            return "wait", _wait_reason(before, after, new)
         elif new.state in (S.STOPPING, S.DRAINING) and _holds(old):
             return "stop", new.reason
         elif new.state in (S.STOPPING, S.DRAINING) and wanted and not _holds(old):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 
 from taskforce.core import effects as fx
-from taskforce.core.lifecycle import TimerPurpose
+from taskforce.core.lifecycle import TIMER_LEFTOVER, TimerPurpose
 from taskforce.core.slots import Leftover, Slot
 from taskforce.core.state import SupervisorState
 
@@ -42,7 +42,7 @@ class Timers(SupervisorState):
     def _set_leftover_timer(self, task: str, instance: int, at: float) -> None:
         """The deadline of a leftover's stop (``Leftover.deadline``)."""
         self._seq += 1
-        heapq.heappush(self._heap, (at, self._seq, task, instance, -1, TimerPurpose.LEFTOVER))
+        heapq.heappush(self._heap, (at, self._seq, task, instance, -1, TIMER_LEFTOVER))
 
     def _pop_due(self) -> TimerEntry | None:
         """The soonest entry if it is due by now, taken off the heap."""

@@ -1,0 +1,154 @@
+"""How ``tfctl`` reaches a daemon: one HTTP request over a Unix socket or TCP (TLS).
+
+``Client`` turns a daemon address (a socket path, ``host:port`` or an
+``http://``/``https://`` URL) into a connection, sends one request with the
+bearer token or client certificate it was given, and returns the status,
+headers and body; ``Unreachable`` says why the daemon could not be reached.
+``UnixConnection`` (HTTP over a Unix socket) serves the tests and
+benchmarks too.  Split out of ``taskforce.tfctl``, which re-exports them.
+
+Only the standard library is used, so tfctl runs wherever Python does; this
+module never prints and never exits.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+from collections.abc import Sequence
+from urllib.parse import urlencode, urlsplit
+
+
+class Unreachable(Exception):
+    """The daemon cannot be reached; the message says where and why."""
+
+
+class Usage(Exception):
+    """Bad arguments, found after argparse had its say."""
+
+
+class UnixConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket (the tests and benchmarks use it too)."""
+
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class Client:
+    """One daemon address; ``request`` returns (status, headers, body text)."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float = 10.0,
+        cafile: str | None = None,
+        insecure: bool = False,
+        token: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.cafile = cafile
+        self.insecure = insecure
+        #: the bearer token sent with every request (TCP control needs one)
+        self.token = token
+        #: a client certificate (PEM, with its key unless ``key`` names one)
+        self.cert = cert
+        self.key = key
+
+    def _connection(self) -> http.client.HTTPConnection:
+        address = self.address
+        if "://" in address:
+            parts = urlsplit(address)
+            tls = parts.scheme == "https"
+            host, port = parts.hostname or "localhost", parts.port
+        elif "/" in address:
+            return UnixConnection(address, self.timeout)
+        else:
+            tls = bool(self.cafile) or self.insecure or bool(self.cert)
+            host, port = _host_port(address)
+        if port is None:
+            port = 8443 if tls else 8080
+        if not tls:
+            return http.client.HTTPConnection(host, port, timeout=self.timeout)
+        context = ssl.create_default_context(cafile=self.cafile)
+        if self.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if self.cert:
+            try:
+                context.load_cert_chain(self.cert, self.key)
+            except (OSError, ssl.SSLError) as exc:
+                raise Unreachable(f"client certificate {self.cert}: {exc}") from None
+        return http.client.HTTPSConnection(host, port, timeout=self.timeout, context=context)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        params: Sequence[tuple[str, str]] = (),
+        *,
+        body: bytes | None = None,
+        content_type: str | None = None,
+    ) -> tuple[int, dict[str, str], str]:
+        headers = {"Accept": "application/json, text/plain"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if params and body is None and method == "POST":
+            body = urlencode(list(params)).encode()
+            content_type = "application/x-www-form-urlencoded"
+        elif params:
+            path = f"{path}?{urlencode(list(params))}"
+        if content_type:
+            headers["Content-Type"] = content_type
+        conn = self._connection()
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        except ssl.SSLError as exc:
+            raise Unreachable(f"TLS with {self.address} failed: {exc.reason or exc}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unreachable(_why(self.address, exc)) from None
+        finally:
+            conn.close()
+        found = {name.lower(): value for name, value in response.getheaders()}
+        return response.status, found, data.decode("utf-8", "replace")
+
+
+def _host_port(address: str) -> tuple[str, int | None]:
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = address.rpartition(":") if ":" in address else (address, "", "")
+    if port and not (port.isascii() and port.isdigit()):
+        raise Usage(f"bad port in {address!r}")
+    return host or "localhost", int(port) if port else None
+
+
+def _why(address: str, exc: BaseException) -> str:
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    hint = ""
+    if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
+        hint = (
+            "; is taskforce running with a control socket there "
+            "(taskforce -w PATH, or settings.http in its config)?"
+        )
+    elif isinstance(exc, PermissionError):
+        hint = "; the socket is mode 0600: run tfctl as the user taskforce runs as"
+    return f"cannot connect to {address}: {reason}{hint}"

@@ -1,0 +1,203 @@
+"""Readiness and rollouts against a real daemon, real processes, real sockets.
+
+- a probe (tcp, http, command) or ``READY=1`` makes a slot ``ready``; until
+  then it is ``running``, and what requires it waits;
+- a process not ready within ``ready_timeout`` is restarted; one whose
+  watchdog goes silent too;
+- a config change rolls a pool over one process at a time, and a release
+  that cannot start halts the rollout with the old processes serving;
+  ``tfctl rollout`` and ``tfctl wait`` say so, and ``--resume`` goes on.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from typing import Any
+
+import pytest
+from daemon_harness import Daemon, task, wait_for
+from test_control import needs_linux, start_daemon, tasks_json
+from test_tfctl import run
+
+#: a task that listens on the port in argv[3] after argv[4] seconds
+LISTENER = """
+import socket, sys, time
+time.sleep(float(sys.argv[4]))
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", int(sys.argv[3])))
+server.listen(16)
+while True:
+    conn, _ = server.accept()
+    conn.recv(1024)
+    conn.sendall(b"HTTP/1.0 200 OK\\r\\ncontent-length: 2\\r\\n\\r\\nok")
+    conn.close()
+"""
+
+#: says READY=1 after argv[3] seconds (never when it is "never"), then
+#: WATCHDOG=1 every argv[4] seconds (never when it is 0)
+NOTIFIER = """
+import os, socket, sys, time
+def send(text):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(text.encode(), os.environ["NOTIFY_SOCKET"])
+if sys.argv[3] == "never":
+    time.sleep(1000)
+time.sleep(float(sys.argv[3]))
+send("READY=1\\nSTATUS=serving")
+beat = float(sys.argv[4])
+while True:
+    time.sleep(beat or 1000)
+    if beat:
+        send("WATCHDOG=1")
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def slots(sock: str, name: str) -> list[dict[str, Any]]:
+    return list(tasks_json(sock)[name]["processes"])
+
+
+def states(sock: str, name: str) -> list[str]:
+    return [slot["state"] for slot in slots(sock, name)]
+
+
+@needs_linux
+@pytest.mark.parametrize("kind", ["tcp", "http", "command"])
+def test_a_probe_makes_a_slot_ready_and_requires_waits_for_it(daemon: Daemon, kind: str) -> None:
+    m, port = daemon.marker, free_port()
+    probe: dict[str, Any] = {
+        "tcp": {"tcp": port},
+        "http": {"http": f"http://127.0.0.1:{port}/health"},
+        "command": {"command": [sys.executable, "-c", _CONNECT, str(port)]},
+    }[kind]
+    defs = {
+        "db": task(m, "db", LISTENER, args=(str(port), "1.0"), ready=probe, ready_interval=0.2),
+        "app": task(m, "app", requires="db"),
+    }
+    sock = start_daemon(daemon, defs)
+    daemon.wait_pids("db", 1)
+    assert states(sock, "db") == ["running"]
+    assert "db (not ready)" in tasks_json(sock)["app"]["waiting_on"]
+    assert not daemon.pids("app")
+    wait_for(lambda: states(sock, "db") == ["ready"], what="db ready")
+    daemon.wait_pids("app", 1)
+    daemon.wait_log("db[0] ready after")
+    assert daemon.stop() == 0
+
+
+_CONNECT = "import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 1)"
+
+
+@needs_linux
+def test_notify_ready_status_and_a_silent_watchdog(daemon: Daemon) -> None:
+    m = daemon.marker
+    defs = {
+        "good": task(m, "good", NOTIFIER, args=("0.2", "0.2"), ready="notify", watchdog_sec=1),
+        "mute": task(m, "mute", NOTIFIER, args=("0.2", "0"), ready="notify", watchdog_sec=1),
+    }
+    sock = start_daemon(daemon, defs)
+    wait_for(lambda: states(sock, "good") == ["ready"], what="good ready")
+    assert slots(sock, "good")[0].get("status") == "serving"
+    daemon.wait_log("mute[0]", timeout=10)
+    daemon.wait_log("restarted: watchdog (no WATCHDOG=1 for 1s)", timeout=10)
+    first = daemon.pids("good")
+    assert first and daemon.pids("good") == first, "a process that beats is left alone"
+    assert "restarted: watchdog" not in "".join(
+        line for line in daemon.log_text().splitlines() if "good[0]" in line
+    )
+    assert daemon.stop() == 0
+
+
+@needs_linux
+def test_a_process_never_ready_is_restarted_after_ready_timeout(daemon: Daemon) -> None:
+    m = daemon.marker
+    slow = task(m, "slow", NOTIFIER, args=("never", "0"), ready="notify", ready_timeout=0.5)
+    defs = {"slow": slow}
+    sock = start_daemon(daemon, defs)
+    first = daemon.wait_pids("slow", 1)
+    daemon.wait_log("slow[0] (pid", timeout=10)
+    daemon.wait_log("restarted: not ready after 0.5s", timeout=10)
+    wait_for(lambda: daemon.pids("slow") and daemon.pids("slow") != first, what="a new process")
+    assert states(sock, "slow") in (["running"], ["stopping"])
+    assert daemon.stop() == 0
+
+
+@needs_linux
+def test_a_rollout_halts_on_a_broken_release_and_resumes(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = daemon.marker
+    good = "import time; time.sleep(1000)"
+    broken = "import sys; sys.exit(3)"
+
+    def pool(code: str, version: str) -> dict[str, Any]:
+        return task(m, "web", code, args=(version,), count=3, ready_timeout=5)
+
+    sock = start_daemon(daemon, {"web": pool(good, "v1")})
+    old = daemon.wait_pids("web", 3)
+    wait_for(lambda: states(sock, "web") == ["ready"] * 3, what="3 ready")
+    code, out, _ = run(capsys, "-s", sock, "wait", "--timeout", "10")
+    assert code == 0 and out.startswith("ready"), out
+
+    # A release that cannot start: one old process is replaced, the new one
+    # fails, and the rollout halts with the other two still serving.
+    daemon.write_config({"settings": {"stop_timeout": 2}, "tasks": {"web": pool(broken, "v2")}})
+    run(capsys, "-s", sock, "reload")
+    daemon.wait_log("rollout of web halted: web[0] (new)", timeout=15)
+    assert len(daemon.pids("web") & old) == 2, "the other old processes keep serving"
+    code, _, err = run(capsys, "-s", sock, "wait", "--timeout", "5")
+    assert code == 1 and "rollout of web halted" in err, err
+    code, out, _ = run(capsys, "-s", sock, "rollout", "web")
+    assert code == 1 and "halted" in out
+    assert "taskforce_rollout_halts_total 1" in _metrics(sock)
+
+    # The fix, saved: the rollout goes on and ends with 3 new processes.
+    daemon.write_config({"settings": {"stop_timeout": 2}, "tasks": {"web": pool(good, "v3")}})
+    run(capsys, "-s", sock, "reload")
+    code, out, err = run(capsys, "-s", sock, "wait", "web", "--timeout", "20")
+    assert code == 0, err
+    new = daemon.pids("web")
+    assert len(new) == 3 and not new & old
+    daemon.wait_log("rollout of web done: 3 replaced")
+
+    # An operator's restart rolls too; --resume needs something halted.
+    code, out, _ = run(capsys, "-s", sock, "restart", "web")
+    assert code == 0 and "restarting (rollout)" in out
+    code, _, err = run(capsys, "-s", sock, "wait", "web", "--timeout", "20")
+    assert code == 0, err
+    code, _, err = run(capsys, "-s", sock, "rollout", "web", "--resume")
+    assert code == 1 and "no halted rollout" in err
+    assert daemon.stop() == 0
+
+
+def _metrics(sock: str) -> str:
+    from test_control import call
+
+    return call(sock, "/metrics")[2]
+
+
+def test_what_systemd_tells_taskforce_is_not_passed_on() -> None:
+    from taskforce.core.model import HostFacts, build
+
+    environ = {"PATH": "/bin", "NOTIFY_SOCKET": "/run/systemd/notify", "LISTEN_FDS": "1"}
+    environ |= {"LISTEN_PID": "1", "WATCHDOG_USEC": "5000000", "KEEP": "me"}
+    config = {
+        "tasks": {
+            "plain": {"commands": {"start": ["/bin/true"]}},
+            "dog": {"commands": {"start": ["/bin/true"]}, "ready": "notify", "watchdog_sec": 2},
+        }
+    }
+    specs = build(config, HostFacts(environ=environ), None)
+    plain, dog = specs["plain"].process(0), specs["dog"].process(0)
+    assert plain.env["KEEP"] == "me" and not plain.notify
+    for key in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "WATCHDOG_USEC"):
+        assert key not in plain.env, key
+    assert dog.notify and dog.env["WATCHDOG_USEC"] == "2000000"
+    assert "NOTIFY_SOCKET" not in dog.env  # (the shell adds taskforce's own)
