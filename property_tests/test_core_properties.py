@@ -70,6 +70,10 @@ class TaskTemplate:
     roles: tuple[str, ...] | None
     action: dict[str, str] | None
     onexit: str | None
+    #: how it shows it is ready (None: after start_delay), and how long
+    #: after its start its process is ready (the fake world's answer)
+    ready: str | None = None
+    ready_delay: float = 0.0
     # what a reload may change
     present: bool = True
     control: str = "wait"
@@ -112,6 +116,10 @@ class Universe:
             }
             if t.start_delay:
                 task["start_delay"] = t.start_delay
+            if t.ready == "notify":
+                task["ready"] = "notify"
+            elif t.ready == "tcp":
+                task["ready"] = {"tcp": 9000 + t.index}
             if t.time_limit:
                 task["time_limit"] = t.time_limit
             if t.roles is not None:
@@ -163,6 +171,8 @@ def universes(draw: st.DrawFn) -> Universe:
                     st.sampled_from(("wait", "wait", "wait", "once", "event", "suspend", "off"))
                 ),
                 count=draw(st.sampled_from((0, 1, 1, 1, 2, 3))),
+                ready=draw(st.sampled_from((None, None, "notify", "tcp"))),
+                ready_delay=draw(st.sampled_from((0.0, 0.3, 1.5))),
             )
         )
     roles = draw(st.sampled_from(ROLE_SETS))
@@ -247,8 +257,10 @@ class CoreMachine(RuleBasedStateMachine):
             leader = leaders[-1]
             if any(d.group for d in leader.received):
                 return f"slot {i} is being stopped"
-            if s.now < leader.started_at + req.start_delay:
+            if req.ready is None and s.now < leader.started_at + req.start_delay:
                 return f"slot {i} is in its start_delay"
+            if req.ready is not None and s.now < leader.started_at + req.ready_delay:
+                return f"slot {i} is not ready"
         return None
 
     def _dependents(self, name: str) -> set[str]:
@@ -339,6 +351,7 @@ class CoreMachine(RuleBasedStateMachine):
             failing={t.program for t in universe.tasks if t.failing},
             start=start,
         )
+        self.sim.ready_delays.update({t.name: t.ready_delay for t in universe.tasks})
         self.sim.observers.append(self._observe)
         self.checked_steps = 0
         self.rejected_steps = set()

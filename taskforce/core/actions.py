@@ -41,7 +41,7 @@ from taskforce.core.lifecycle import (
     SlotState,
 )
 from taskforce.core.model import DAEMON_CONTROLS, Action, ProcessSpec
-from taskforce.core.slots import FAILED_WATCH, Slot, TaskState
+from taskforce.core.slots import FAILED_WATCH, OUTSIDE_SIGNALS, Slot, TaskState
 from taskforce.core.timers import Timers
 
 S = SlotState
@@ -157,7 +157,13 @@ class SlotActions(Timers):
             else f"{name} {slot.last_exit}"
         )
         if self.wants_run(task) and (
-            slot.intent == INTENT_HALT or (slot.trial and slot.intent is None and task.rollout)
+            slot.intent == INTENT_HALT
+            or (
+                slot.trial
+                and slot.intent is None
+                and task.rollout
+                and (failed or slot.exit_signal not in OUTSIDE_SIGNALS)
+            )
         ):
             # A new process of a rollout failed: the rollout halts on it, and
             # it is not tried again against the pool until the next change.

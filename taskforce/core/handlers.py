@@ -96,6 +96,7 @@ class EventHandlers(Reconcile):
         if slot is None:
             return
         slot.last_exit = describe_exit(event.exit_code, event.signal)
+        slot.exit_signal = event.signal
         if event.error:
             slot.last_exit = f"failed to start: {event.error}"
             self.counters["spawn_failures"] += 1

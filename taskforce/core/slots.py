@@ -68,6 +68,8 @@ class Slot:
     starts: tuple[float, ...] = ()
     #: an extra slot, after the pool's, that a rollout started (``surge``)
     surge: bool = False
+    #: the signal its last process died of (None: it exited, or none has)
+    exit_signal: str | None = None
     #: the readiness probe running now (its run number; None: none)
     probe_run: int | None = None
     #: started while its task's rollout is under way and not ready yet: if
@@ -179,6 +181,12 @@ class Leftover:
     #: its slot adopts: kept while the slot's pidfile is read, and stopped
     #: only if that finds nothing to adopt
     adopting: bool = False
+
+
+#: Signals that others send to end a process (an operator, a script, the
+#: OOM killer): a new process of a rollout that dies of one is replaced like
+#: any crash, not held against its release (see ``SlotActions._after_exit``).
+OUTSIDE_SIGNALS = frozenset({"SIGKILL", "SIGTERM", "SIGINT", "SIGHUP"})
 
 
 def describe_exit(exit_code: int | None, signal: str | None) -> str:
