@@ -331,6 +331,13 @@ def serve(
             print(f"taskforce: {problem_text}", file=sys.stderr)
         if held:
             return EXIT_PIDFILE
+    # --- sockets held for tasks: bound now, so a busy port is said here (a
+    # re-executed taskforce adopts the ones it was handed instead)
+    args.task_sockets = open_task_sockets(
+        config, args.config_file, roles_path, reexecuted=reexecuted
+    )
+    if args.task_sockets is None:
+        return EXIT_BAD
     # --- who may do what: files private, secrets known before the first step
     args.secret_names = settings.get("secret_names")
     try:
@@ -397,6 +404,51 @@ def serve(
     return run_daemon(args, roles_path, pidfile)
 
 
+def open_task_sockets(
+    config: dict[str, Any], config_path: str, roles_path: str | None, *, reexecuted: bool
+) -> Any:
+    """The sockets of ``config`` held (``taskforce.sockets``), or None after
+    saying why one cannot be opened; a re-executed taskforce goes on
+    without them (its daemon rejects the config until they open)."""
+    from taskforce.core.sockets import socket_specs
+    from taskforce.sockets import SocketError, Sockets
+
+    held = Sockets.inherited()
+    if not config:
+        return held  # none that loads: keep what was handed on, for when one does
+    try:
+        try:
+            held.update(socket_specs(config))
+        except SocketError:
+            # After a crash, what the last taskforce left running still holds
+            # its sockets: bind beside them; the daemon stops them soon.
+            if reexecuted or not _crash_leftovers(config_path, roles_path):
+                raise
+            held.update(socket_specs(config), share=True)
+    except SocketError as exc:
+        if reexecuted:
+            return held
+        print(f"taskforce: {config_path}: {exc}", file=sys.stderr)
+        held.close()
+        return None
+    return held
+
+
+def _crash_leftovers(config_path: str, roles_path: str | None) -> bool:
+    """Whether processes of a taskforce for this config run while no
+    taskforce does (it crashed): its leftovers, which hold its sockets."""
+    from taskforce.tracking import InstanceHeld, InstanceLock, instance_id, marked_processes
+
+    ident = instance_id(config_path, roles_path)
+    lock = InstanceLock(ident)
+    try:
+        lock.claim()  # (only to see that no taskforce holds it: let go at once)
+    except (InstanceHeld, OSError):
+        return False
+    lock.release()
+    return bool(marked_processes(ident))
+
+
 def check_config_quietly(
     config_path: str, roles_path: str | None
 ) -> tuple[str | None, dict[str, Any]]:
@@ -455,7 +507,13 @@ def run_daemon(args: argparse.Namespace, roles_path: str | None, pidfile: Pidfil
     from taskforce.daemon import Daemon, reexec
 
     server = Options(listen=args.http, certfile=args.certfile, allow_control=args.allow_control)
-    daemon = Daemon(args.config_file, roles_path, expires=args.expires, server=server)
+    daemon = Daemon(
+        args.config_file,
+        roles_path,
+        expires=args.expires,
+        server=server,
+        sockets=getattr(args, "task_sockets", None),
+    )
     recorder = start_recorder(args, daemon)
     try:
         outcome = daemon.run()

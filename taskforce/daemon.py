@@ -24,14 +24,16 @@ from collections.abc import Callable
 from typing import Any
 
 from taskforce import loader, output, pidwatch, process, signals, tracking
-from taskforce.config import ConfigError, Roles, RolesFileMissing, load_config, load_roles
+from taskforce.config import ConfigError, Roles, RolesFileMissing, line_of, load_config, load_roles
 from taskforce.control.options import Options  # --- control server
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
+from taskforce.core.sockets import socket_specs
 from taskforce.core.supervisor import Supervisor
 from taskforce.notify import NotifySockets, sender_slot  # --- readiness
 from taskforce.probes import Probes  # --- readiness
 from taskforce.redact import LogSecrets
+from taskforce.sockets import SocketError, Sockets
 from taskforce.watch import Watcher, make_watcher
 
 log = logging.getLogger("taskforce")
@@ -62,6 +64,7 @@ class Daemon:
         recorder: Callable[[ev.Event, tuple[fx.Effect, ...]], None] | None = None,
         watcher: Watcher | None = None,
         server: Options | None = None,
+        sockets: Sockets | None = None,
     ) -> None:
         self.config_path = config_path
         self.roles_path = roles_path
@@ -121,6 +124,8 @@ class Daemon:
             self.tracker.ident, self.selector, self._notify_sender, self._notified
         )
         self.probes = Probes(self.selector, self.wake)
+        # --- sockets held for tasks (opened before the core sees a config)
+        self.sockets = sockets if sockets is not None else Sockets.inherited()
 
     # ------------------------------------------------------------ start-up
 
@@ -140,7 +145,8 @@ class Daemon:
             pid=os.getpid(),
             ppid=os.getppid(),
         )
-        return [booted, *self.find_leftovers(), self.load_inputs("start")]
+        loaded = self._open_sockets(self.load_inputs("start"))  # --- sockets
+        return [booted, *self.find_leftovers(), loaded]
 
     def find_leftovers(self) -> list[ev.Event]:
         """What an earlier taskforce with this config left running (after a
@@ -229,6 +235,11 @@ class Daemon:
             self.watcher.close()
             self.tracker.close()
             signal.set_wakeup_fd(-1)
+            # --- sockets: through a reset's exec they stay open; else closed
+            if self.exit_effect is not None and self.exit_effect.reset:
+                self.sockets.pass_on()
+            else:
+                self.sockets.close()
         return self.exit_effect
 
     def _timeout(self) -> float | None:
@@ -419,7 +430,7 @@ class Daemon:
     def apply_loaded(self, loaded: ev.Event) -> ev.Event:
         """Feed what ``load_inputs`` read (maybe on another thread), stamped
         now, as it reaches the core in its order."""
-        event = dataclasses.replace(loaded, at=time.monotonic())
+        event = self._open_sockets(dataclasses.replace(loaded, at=time.monotonic()))
         self.feed(event)
         return event
 
@@ -460,6 +471,23 @@ class Daemon:
                 if result is not None:
                     queue.append(result)
         return answer or ()
+
+    def _open_sockets(self, event: ev.Event) -> ev.Event:
+        """Hold the sockets a ``ConfigLoaded``'s config asks for before the
+        core sees it; a socket that cannot be opened rejects the config, as
+        a bad value would (nothing that runs changes)."""
+        if not isinstance(event, ev.ConfigLoaded):
+            return event
+        try:
+            for said in self.sockets.update(socket_specs(event.config)):
+                log.info("%s", said)
+        except SocketError as exc:
+            text = str(exc)
+            key = text.partition(":")[0]
+            line = line_of(getattr(event.config, "lines", {}), tuple(key.split(".")))
+            where = self.config_path if line is None else f"{self.config_path}:{line}"
+            return ev.ConfigRejected(event.at, source=event.source, error=f"{where}: {text}")
+        return event
 
     def _learn_secrets(self, event: ev.ConfigLoaded | ev.Booted) -> None:
         """What the log must not show (see ``taskforce.redact``)."""
@@ -555,14 +583,16 @@ class Daemon:
             env = self.tracker.environment(effect.env)
             if effect.notify:  # --- readiness
                 env = self.notify.environment(slot, effect.user, env)
+            options = effect.start_options()
+            options["sockets"] = self.sockets.fds(effect.sockets)  # --- sockets: (name, fd)
             pid, report = process.start(
                 effect.argv,
                 env,
                 cgroup=self.tracker.slot_cgroup(slot),
                 stdout=stdout,
-                **effect.start_options(),
+                **options,
             )
-        except (process.SpawnError, OSError) as exc:
+        except (process.SpawnError, SocketError, OSError) as exc:
             output_done(False)
             return ev.SpawnFailed(
                 time.monotonic(), effect.task, effect.instance, effect.generation, str(exc)

@@ -8,7 +8,11 @@ back as a ``SpawnError`` naming the cause, never as a crash of the daemon.
 
 Each process gets the built-ins only its start knows (as the original set
 them): ``Task_pid``, ``Task_uid`` and ``Task_gid`` (the ids it runs as) and
-``Task_started`` (when it was started, in seconds since the epoch).
+``Task_started`` (when it was started, in seconds since the epoch).  A
+process given ``sockets`` (listening sockets taskforce holds) gets them from
+fd 3 on, with ``LISTEN_FDS``, ``LISTEN_FDNAMES`` and ``LISTEN_PID`` (its own
+pid) as systemd's socket activation sets them; every other descriptor above
+2 is closed.
 
 This module holds no policy: it never decides what to start, stop or retry.
 """
@@ -16,6 +20,7 @@ This module holds no policy: it never decides what to start, stop or retry.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import grp
 import os
 import pwd
@@ -72,6 +77,7 @@ def _child(
     limits: Sequence[Limit] = (),
     cgroup: str | None = None,
     nice: int | None = None,
+    sockets: Sequence[tuple[str, int]] = (),
 ) -> None:
     """Runs in the forked child: set up, then exec.  Never returns."""
     stage = "setup"
@@ -132,7 +138,13 @@ def _child(
         if cwd is not None:
             stage = f"cwd {cwd!r}"
             os.chdir(cwd)
-        os.closerange(3, report)
+        if sockets:
+            stage = "sockets"
+            report = _place_sockets([fd for _, fd in sockets], report)
+            env["LISTEN_FDS"] = str(len(sockets))
+            env["LISTEN_FDNAMES"] = ":".join(name for name, _ in sockets)
+            env["LISTEN_PID"] = str(os.getpid())
+        os.closerange(3 + len(sockets), report)
         os.closerange(report + 1, 65536)
         env["Task_pid"] = str(os.getpid())
         stage = f"exec {argv[0]!r}"
@@ -146,6 +158,22 @@ def _child(
             os.write(report, f"{stage}: {detail}".encode(errors="replace")[:4000])
         finally:
             os._exit(127)
+
+
+def _place_sockets(fds: Sequence[int], report: int) -> int:
+    """Put ``fds`` at 3, 4, ... (inherited by the exec); the report pipe's
+    new number, moved out of their way.
+
+    Everything is first copied above the range it fills, so a socket that
+    already sits at 3 or 4 is never overwritten before it is placed.
+    """
+    floor = 3 + len(fds)
+    report = fcntl.fcntl(report, fcntl.F_DUPFD_CLOEXEC, floor)
+    copies = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in fds]
+    for target, copy in enumerate(copies, start=3):
+        os.dup2(copy, target, inheritable=True)
+    # The copies (and the originals) are closed with everything else.
+    return report
 
 
 def _join_cgroup(procs: str) -> None:
@@ -212,6 +240,7 @@ def start(
     limits: Sequence[Limit] = (),
     cgroup: str | None = None,
     nice: int | None = None,
+    sockets: Sequence[tuple[str, int]] = (),
 ) -> tuple[int, int]:
     """Fork ``argv`` in a new process group without waiting for its exec.
 
@@ -220,14 +249,20 @@ def start(
     when anything before the exec fails (the child then exits 127).  Not
     waiting lets children exec in parallel with the next fork.  With
     ``cgroup`` (a ``cgroup.procs`` path) the child joins that cgroup first.
+    ``sockets``, (name, fd) pairs, are the listening sockets it gets from
+    fd 3 on, with ``LISTEN_*`` set as systemd does.
     """
     if not argv:
         raise SpawnError("empty command")
     # posix_spawn sets none of these: a task that has one takes the fork path.
     if FAST_SPAWN and cwd is None and user is None and group is None and umask is None:
-        if procname is None and not limits and nice is None:
+        # Sockets at 3, 4, ... are placed by plain dup2s when none of them
+        # sits where another goes (taskforce keeps them high: see sockets.py).
+        placed = all(fd >= 3 + len(sockets) for _, fd in sockets)
+        if procname is None and not limits and nice is None and placed:
             ids = {"Task_uid": str(os.geteuid()), "Task_gid": str(os.getegid())}
-            return _start_fast(argv, dict(env, **ids, Task_started=started_now()), stdout, cgroup)
+            fast_env = dict(env, **ids, Task_started=started_now())
+            return _start_fast(argv, fast_env, stdout, cgroup, sockets)
     read_end, write_end = os.pipe()  # both close on exec
     child_env = dict(env, Task_started=started_now())
     pid = os.fork()
@@ -246,6 +281,7 @@ def start(
             limits,
             cgroup,
             nice,
+            sockets,
         )
     os.close(write_end)
     try:
@@ -277,7 +313,11 @@ _CGROUP_SHIM = (
 
 
 def _start_fast(
-    argv: Sequence[str], env: Mapping[str, str], stdout: int | None, cgroup: str | None = None
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    stdout: int | None,
+    cgroup: str | None = None,
+    sockets: Sequence[tuple[str, int]] = (),
 ) -> tuple[int, int]:
     """Start a task that needs no cwd, identity, umask, limits, niceness or procname.
 
@@ -287,7 +327,9 @@ def _start_fast(
     child's own pid, which no parent can put in an environment -- and
     execs the program with its argv as given.  The program is looked up
     first, so a missing one is reported as a failed start, as on the fork
-    path.
+    path.  Sockets are put at 3, 4, ... (each above them already, so no
+    dup2 overwrites one still to be placed), and the shim sets
+    ``LISTEN_PID`` as it sets ``Task_pid``.
     """
     program = argv[0]
     found = shutil.which(program, path=env.get("PATH", os.defpath))
@@ -296,10 +338,18 @@ def _start_fast(
     file_actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0)]
     if stdout is not None:
         file_actions += [(os.POSIX_SPAWN_DUP2, stdout, 1), (os.POSIX_SPAWN_DUP2, stdout, 2)]
+    env = dict(env)
+    if sockets:
+        # dup2 to another number clears close-on-exec: these reach the program.
+        file_actions += [(os.POSIX_SPAWN_DUP2, fd, 3 + i) for i, (_, fd) in enumerate(sockets)]
+        env["LISTEN_FDS"] = str(len(sockets))
+        env["LISTEN_FDNAMES"] = ":".join(name for name, _ in sockets)
     if hasattr(os, "POSIX_SPAWN_CLOSEFROM"):
-        # Python 3.13+: nothing above 2 reaches the child, whatever its flags.
-        file_actions.append((os.POSIX_SPAWN_CLOSEFROM, 3))
+        # Python 3.13+: nothing else above 2 reaches the child, whatever its flags.
+        file_actions.append((os.POSIX_SPAWN_CLOSEFROM, 3 + len(sockets)))
     shim, extra = (_SHIM, []) if cgroup is None else (_CGROUP_SHIM, [cgroup])
+    if sockets:
+        shim = "LISTEN_PID=$$; export LISTEN_PID; " + shim
     pid = os.posix_spawn(
         "/bin/sh",
         # A shell exports PWD: take it away again unless the task had it.

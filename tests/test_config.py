@@ -181,12 +181,14 @@ def test_readme_example_loads_and_normalizes() -> None:
     assert set(config) == {
         "tasks",
         "settings",
+        "sockets",
         "defines",
         "role_defines",
         "defaults",
         "role_defaults",
     }
     assert config["settings"] == config["defines"] == config["defaults"] == {}
+    assert config["sockets"] == {}
     ntpd = config["tasks"]["ntpd"]
     assert ntpd["requires"] == ("sshd",)
     assert ntpd["commands"]["start"] == ("/usr/sbin/ntpd", "-c", "{conf}", "-n")

@@ -67,9 +67,10 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "OUTPUT_FILE_KEYS": ("Output destinations", "row"),
     "LIMIT_NAMES": ("Resource limits", "row"),
     "ENVIRONMENTS": ("Environment choices", "row"),
+    "SOCKET_KEYS": ("Sockets", "heading"),
 }
 #: Sections whose key headings must each carry a "Default:".
-NEEDS_DEFAULT = {"Top level", "Settings keys", "Task keys"}
+NEEDS_DEFAULT = {"Top level", "Settings keys", "Task keys", "Sockets"}
 
 
 def key_tuples() -> dict[str, tuple[str, ...]]:
@@ -288,6 +289,7 @@ EXAMPLE_CONFIGS = [
     (EXAMPLES / "systemd" / "taskforce.conf", _roles_files(EXAMPLES / "systemd")),
     (EXAMPLES / "container" / "taskforce.conf", _roles_files(EXAMPLES / "container")),
     (EXAMPLES / "fleet" / "taskforce.conf", _roles_files(EXAMPLES / "fleet")),
+    (EXAMPLES / "sockets" / "taskforce.conf", _roles_files(EXAMPLES / "sockets")),
 ]
 
 

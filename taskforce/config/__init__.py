@@ -20,8 +20,8 @@ Normalization, so that the core sees one shape only:
 - ``requires``, ``roles``, a file_change ``path`` and a command given as one
   string become 1-tuples;
 - event signals become canonical names (``hup``, ``1``, ``SIGHUP`` → ``"SIGHUP"``);
-- ``settings``, ``defines``, ``role_defines``, ``defaults`` and
-  ``role_defaults`` are always present (``{}`` when absent);
+- ``settings``, ``sockets``, ``defines``, ``role_defines``, ``defaults``
+  and ``role_defaults`` are always present (``{}`` when absent);
 - a map in place of a value (a conditional value, keyed by context variable
   names) is kept as a dict for the core to resolve.
 
@@ -80,6 +80,7 @@ from taskforce.core.model import (
     TaskSpec,
     build,
 )
+from taskforce.core.sockets import SOCKET_KEYS
 from taskforce.core.values import MAX_COUNT
 
 #: What other modules (and tests) import from here.
@@ -102,6 +103,7 @@ __all__ = [
     "ROLE_NAME",
     "SCHEMA_ONLY",
     "SETTINGS_KEYS",
+    "SOCKET_KEYS",
     "START_LIMIT_KEYS",
     "TASK_KEYS",
     "TOP_KEYS",

@@ -21,7 +21,15 @@ from taskforce.config.errors import ConfigError, describe, suggest, suggest_key
 from taskforce.config.settings import SettingsSchema
 from taskforce.config.tasks import TASK_KEYS, TaskSchema
 
-TOP_KEYS = ("tasks", "settings", "defines", "role_defines", "defaults", "role_defaults")
+TOP_KEYS = (
+    "tasks",
+    "settings",
+    "sockets",
+    "defines",
+    "role_defines",
+    "defaults",
+    "role_defaults",
+)
 
 
 class Schema(TaskSchema, SettingsSchema):
@@ -47,6 +55,7 @@ class Schema(TaskSchema, SettingsSchema):
         elif not isinstance(tasks, dict):
             self.type_error(("tasks",), tasks, "a mapping of task names to tasks")
         out["settings"] = self.settings(data.get("settings"))
+        out["sockets"] = self.sockets(data.get("sockets"))
         out["defines"] = self.scalar_map(data.get("defines"), ("defines",), "defines")
         out["role_defines"] = self.role_map(
             data.get("role_defines"), ("role_defines",), "role_defines"
@@ -72,6 +81,7 @@ class Schema(TaskSchema, SettingsSchema):
                 task_map[name] = self.task(name, task, path)
         out["tasks"] = task_map
         self.references(task_map)
+        self.socket_references(out["sockets"])
         self.undeclared_roles(out["settings"].get("known_roles"))
         # Order the keys as documented, tasks first.
         return {key: out[key] for key in TOP_KEYS}

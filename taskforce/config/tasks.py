@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskforce.config.checker import Checker, one_or_many
+from taskforce.config.checker import one_or_many
 from taskforce.config.errors import KeyPath, suggest
 from taskforce.config.readiness import READINESS_RULES
+from taskforce.config.sockets import SocketsSchema
 from taskforce.core.codec import freeze
 from taskforce.core.specs import (
     CONTROLS,
@@ -53,7 +54,7 @@ class Task:
 TaskRule = Callable[["TaskSchema", Any, KeyPath, Task], Any]
 
 
-class TaskSchema(Checker):
+class TaskSchema(SocketsSchema):
     """The checks of a task and of the parts of it that relate its keys."""
 
     def task(self, name: str, task: Any, path: KeyPath) -> Any:
@@ -323,6 +324,7 @@ VALUE_CHECKS: dict[str, Callable[[Attribute], TaskRule]] = {
     "umask": lambda attr: single(TaskSchema.umask),
     "limits": lambda attr: lambda schema, value, path, task: schema.limits(value, path),
     "output": lambda attr: lambda schema, value, path, task: schema.output(value, path),
+    "sockets": lambda attr: lambda schema, value, path, task: schema.socket_names(value, path),
     "": lambda attr: single(
         lambda schema, value, path: schema.parsed(value, path, attr.parse or (lambda v: v))
     ),

@@ -26,6 +26,7 @@ from taskforce.core.context import (
 from taskforce.core.order import find_cycle, start_order
 from taskforce.core.readiness import readiness_of
 from taskforce.core.scope import in_scope, task_context
+from taskforce.core.sockets import SocketSpec, socket_specs, task_sockets
 from taskforce.core.specs import (
     CLEAN_ENVIRONMENT_KEEPS,
     CONTROLS,
@@ -239,6 +240,7 @@ def _process_spec(
     task: Mapping[str, Any],
     ctx: dict[str, str | None],
     settings_output: Any = None,
+    sockets: Mapping[str, SocketSpec] | None = None,
     readiness: Readiness = _NO_READINESS,
 ) -> ProcessSpec:
     argv = tuple(expand_all(resolve(task["commands"]["start"], ctx), ctx))
@@ -269,6 +271,10 @@ def _process_spec(
                 values[name] = attr.parse(raw)
         except ValueError as exc:
             raise SpecError((attr.key,), str(exc)) from None
+    try:
+        values["sockets"] = task_sockets(task.get("sockets"), sockets or {})
+    except SpecError as exc:
+        raise SpecError(("sockets", *exc.path), exc.message) from None
     return ProcessSpec(
         argv=argv,
         env=env,
@@ -290,6 +296,7 @@ def _build_task(
     facts: HostFacts,
     roles: tuple[str, ...] | None,
     role_values: Mapping[str, str],
+    sockets: Mapping[str, SocketSpec] | None = None,
 ) -> TaskSpec:
     ctx = task_context(name, task, config, facts, roles, role_values)
     control = as_text(resolve_one(task.get("control"), ctx, "wait")) or "wait"
@@ -326,7 +333,9 @@ def _build_task(
     # spec each, so each has its own Task_instance (see core.rollout).
     for instance in range(max(count, 1) + readiness.max_surge):
         slot_ctx = dict(ctx, Task_instance=str(instance))
-        processes.append(_process_spec(task, slot_ctx, settings_output, readiness))
+        processes.append(
+            _process_spec(task, slot_ctx, settings_output, sockets=sockets, readiness=readiness)
+        )
     first_ctx = dict(ctx, Task_instance="0")
     commands = {
         cmd: tuple(expand_all(resolve(argv, first_ctx), first_ctx))
@@ -435,6 +444,7 @@ def build(
     """One TaskSpec per task; raises SpecError with the key path of a bad value."""
     settings = settings_of(config)
     tasks: Mapping[str, Mapping[str, Any]] = config.get("tasks") or {}
+    sockets = socket_specs(config)
     global _BUILT, _PREVIOUS
     shared = _Hashed(
         _hashable(
@@ -442,6 +452,7 @@ def build(
                 {key: config.get(key) for key in ("defines", "role_defines", "defaults")},
                 config.get("role_defaults"),
                 config.get("settings"),
+                config.get("sockets"),
                 facts.environ,
                 (facts.host, facts.fqdn, facts.pid),
                 roles,
@@ -459,7 +470,7 @@ def build(
             continue
         try:
             specs[name] = built[key] = _build_task(
-                name, tasks[name], config, settings, facts, roles, role_values or {}
+                name, tasks[name], config, settings, facts, roles, role_values or {}, sockets
             )
         except SpecError as exc:
             raise SpecError(("tasks", name, *exc.path), exc.message) from None

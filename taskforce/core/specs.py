@@ -15,10 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskforce.core.context import as_text
 from taskforce.core.values import Whole, parse_umask
+
+if TYPE_CHECKING:
+    from taskforce.core.sockets import SocketSpec
 
 CONTROLS = ("wait", "once", "event", "nowait", "adopt", "suspend", "off")
 #: Controls whose slots run until stopped and are restarted when they exit.
@@ -160,6 +163,12 @@ class ProcessSpec:
     #: child before the privilege drop, so root may give a task a lower one
     nice: int | None = field(
         default=None, metadata=_attr(key="nice", parse=Whole(-20, 19), start=True)
+    )
+    #: the sockets taskforce holds that it gets from fd 3 on (``LISTEN_FDS``),
+    #: in the task's order, each with its address: a changed address is a
+    #: different process (built by hand: it needs the config's ``sockets``)
+    sockets: tuple[SocketSpec, ...] = field(
+        default=(), metadata=_attr(key="sockets", check="sockets", start=True)
     )
 
     #: whether it gets ``NOTIFY_SOCKET`` (its task has ``ready: notify``):
