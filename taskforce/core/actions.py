@@ -282,6 +282,7 @@ class SlotActions(Timers):
                     done += 1
             return done
         self._touch(task.spec.name)
+        task.rollout_check = True
         for slot in task.slots[: task.count]:
             if slot.state in UP_STATES and slot.intent is None:
                 slot.stale = why

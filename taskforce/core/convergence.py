@@ -98,7 +98,7 @@ class Convergence(Rollouts):
         for name in self._visit_order():
             task = self.tasks[name]
             want = task.count if self.wants_run(task) else 0
-            if want and (task.rollout or self.rolls(task)):
+            if want and (task.rollout or task.rollout_check) and self.rolls(task):
                 want += self._rollout_pass(task)  # (its surge slots, if any)
             while len(task.slots) < want:
                 slot = Slot(task=name, instance=len(task.slots))

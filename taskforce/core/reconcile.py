@@ -119,6 +119,7 @@ class Reconcile(Convergence):
             task = existing
             old = task.spec
             task.spec = spec
+            task.rollout_check = spec is not old  # (a process may be outdated now)
             own_change = task.removed or entries.get(name) != new_entries.get(name)
             task.removed = False
             self._keep_overrides(task, source=source, own_change=own_change)

@@ -191,6 +191,7 @@ def refresh_spec(sup: SupervisorState, task: TaskState) -> None:
     """
     built = _built(sup, task, task.control, task.count)
     if built is not None:
+        task.rollout_check = True  # (a process may be outdated now)
         task.spec = dataclasses.replace(
             task.spec, in_scope=built.in_scope, processes=built.processes
         )

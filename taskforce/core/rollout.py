@@ -230,6 +230,7 @@ class Rollouts(SlotActions):
                 why = outdated
         pending += max(0, count - len(task.slots))
         plan = task.spec.readiness
+        task.rollout_check = False
         if not task.rollout:
             if not why:
                 return 0

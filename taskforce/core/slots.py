@@ -143,6 +143,10 @@ class TaskState:
     rollout_replaced: int = 0
     #: extra (surge) slots it runs
     rollout_surge: int = 0
+    #: a change may have outdated its processes since the last converge
+    #: pass looked (its spec was replaced, or ``replace`` marked them): the
+    #: pass then looks whether a rollout begins, and only then
+    rollout_check: bool = False
 
     @property
     def control(self) -> str:
