@@ -178,7 +178,11 @@ class SlotActions(Timers):
             LIFECYCLE.fire(slot, "release")
         elif slot.intent == INTENT_RESTART:
             self.log("info", what, slot.task)
-            slot.fails = 0  # deliberate; the next start is immediate
+            # Deliberate (a change, an operator, a rollout, a failed check):
+            # the next start is immediate, and a fresh attempt -- the start
+            # limit counts a crash loop, not the restarts taskforce made.
+            slot.fails = 0
+            slot.starts = ()
         elif slot.intent == INTENT_FINISH or (task.control in ONE_SHOT_CONTROLS and not failed):
             self.log("info", what, slot.task)
             LIFECYCLE.fire(slot, "finish")
