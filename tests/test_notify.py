@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from daemon_harness import Daemon, wait_for
+from test_nowait import NOBODY, root_with_nobody
 
 from taskforce import notify
 from taskforce.core import events as ev
@@ -140,15 +141,7 @@ def test_the_sockets_path_is_kept_across_a_reset(daemon: Daemon) -> None:
 
 # ----------------------------------------------- users, without a daemon
 
-NOBODY = "nobody"
-
-
-def root_with_nobody() -> bool:
-    try:
-        pwd.getpwnam(NOBODY)
-    except KeyError:
-        return False
-    return os.geteuid() == 0
+# (NOBODY and root_with_nobody come from test_nowait, which needs them too.)
 
 
 @pytest.fixture

@@ -311,7 +311,8 @@ def test_busy_port_refuses_start_and_reload_changes_nothing(daemon: Daemon) -> N
     assert daemon.stop() == 0
 
 
-def test_after_a_crash_taskforce_binds_beside_its_leftovers(daemon: Daemon) -> None:
+def start_web_and_app(daemon: Daemon) -> tuple[int, Path]:
+    """Start ``daemon`` with one task on a TCP and a Unix socket: (port, path)."""
     port = free_port()
     path = daemon.root / "app.sock"
     daemon.write_config(
@@ -321,6 +322,11 @@ def test_after_a_crash_taskforce_binds_beside_its_leftovers(daemon: Daemon) -> N
         }
     )
     daemon.start()
+    return port, path
+
+
+def test_after_a_crash_taskforce_binds_beside_its_leftovers(daemon: Daemon) -> None:
+    port, path = start_web_and_app(daemon)
     (old,) = daemon.wait_pids("srv", 1)
     assert daemon.proc is not None
     daemon.proc.kill()  # taskforce dies; its task (and the sockets it holds) live on
@@ -340,15 +346,7 @@ def test_after_a_crash_taskforce_binds_beside_its_leftovers(daemon: Daemon) -> N
 
 
 def test_a_second_taskforce_does_not_take_the_sockets_of_a_live_one(daemon: Daemon) -> None:
-    port = free_port()
-    path = daemon.root / "app.sock"
-    daemon.write_config(
-        {
-            "sockets": {"web": {"listen": f"127.0.0.1:{port}"}, "app": {"listen": str(path)}},
-            "tasks": {"srv": server_task(daemon, "srv", ["web", "app"])},
-        }
-    )
-    daemon.start()
+    port, path = start_web_and_app(daemon)
     (pid,) = daemon.wait_pids("srv", 1)
     second = subprocess.run(
         daemon.command(), cwd=daemon.root, capture_output=True, text=True, timeout=60
