@@ -10,7 +10,8 @@ passing of time.  Throughout:
   because of taskforce: only a process that crashed on its own, or one of a
   broken release, is missing;
 - a broken release never lowers the ready count of the pool (its new
-  processes fail; the old ones keep serving);
+  processes fail; the old ones keep serving, and one that dies meanwhile
+  comes back as it was);
 - no slot ever has two processes at once (a surge takes slots after the
   pool's), and a surge never exceeds ``max_surge``;
 - once the release is fixed, the pool settles at ``count`` ready processes,
@@ -59,6 +60,9 @@ class Pool:
         self.broken: set[int] = set()  # versions whose processes never get ready
         self.exits_at_start = True  # how a broken release fails
         self.sim = Simulation()
+        # The test itself says READY=1 for each good process (``announce``),
+        # so the simulated world must not say it for any.
+        self.sim.never_ready.add("web")
         self.sim.boot(_config(1, count, surge, unavailable))
         self.own_crashes = 0  # crashes since the ready count was last whole
         self.serving = False  # the pool has been whole once (start-up is over)
@@ -178,7 +182,27 @@ def test_a_rollout_keeps_the_pool_serving(
             if step[2] and before >= count:
                 # A broken release: its processes fail, the old ones serve.
                 pool.tick(7.0)
-                assert pool.ready() >= min(before, count - unavailable), pool.ready()
+                serving = pool.ready()
+                assert serving >= min(before, count - unavailable), serving
+                # It halted, and was not retried in a loop against the pool:
+                # no more of its processes started than the rollout may have
+                # in flight at once.
+                task = pool.sim.core.tasks["web"]
+                assert task.rollout_halted, "a release that cannot get ready halts"
+                # (A file or restart change is two triggers: the edit, then
+                # the event or the request; each may replace what is in flight.)
+                triggers = 1 if step[1] == "config" else 2
+                tried = [s for _, s in pool.sim.spawns("web") if s.argv[-1] == f"v{pool.version}"]
+                assert len(tried) <= (surge + unavailable) * triggers, len(tried)
+                # An old process that dies meanwhile comes back as it was,
+                # not as the release the rollout halted on.
+                task = pool.sim.core.tasks["web"]
+                old = [s for s in task.slots if s.state is SlotState.READY and not s.surge]
+                if task.rollout_halted and old:
+                    pool.own_crashes += 1
+                    pool.sim.kill(old[0].pid)
+                    pool.tick(3.0)
+                    assert pool.ready() >= serving, (pool.ready(), serving)
         elif step[0] == "tick":
             pool.tick(step[1])
         else:

@@ -212,6 +212,11 @@ class Convergence(Rollouts):
             return
         if state in (SLOT_STARTING, SLOT_STOPPING, SLOT_DRAINING, SLOT_PROBING):
             return
+        if task.rollout_halted and slot.spec is not None and not same and not slot.surge:
+            # The rollout halted on the new spec: an old process that ended
+            # comes back as it was, so the pool keeps serving what worked
+            # (the next change resumes the rollout, which replaces it).
+            spec, same = slot.spec, True
         if state is SLOT_FAILED:
             if same or slot.spec is None:
                 return  # until an operator, its config or its executable says
