@@ -145,6 +145,12 @@ def user_uid(user: str | None) -> int | None:
         return None
 
 
+#: Datagrams a second one slot's processes may send (a burst of as many is
+#: fine); more are dropped.  systemd has no such limit, but it does not
+#: record every message; a program pinging its watchdog sends a few a minute.
+SLOT_RATE = 50
+
+
 class Drops:
     """Counts dropped datagrams and says so in the log rarely: once per
     sender pid, and no more than ``LOG_LINES_PER_MINUTE`` lines a minute."""
@@ -211,6 +217,8 @@ class NotifySockets:
         self.slot_users: dict[Slot, int] = {}
         self.drops = Drops()
         self._failed: set[int] = set()
+        #: per slot: (datagrams it may still send now, when that was reckoned)
+        self._rates: dict[Slot, tuple[float, float]] = {}
 
     @property
     def folder(self) -> str:
@@ -339,9 +347,30 @@ class NotifySockets:
         if expected is not None and expected != uid and sender_uid != 0:
             self.drops.drop(f"{slot[0]}[{slot[1]}] runs as uid {expected}, not {uid}", pid)
             return False
+        if not self._within_rate(slot):
+            self.drops.drop(
+                f"{slot[0]}[{slot[1]}] sent more than {SLOT_RATE} datagrams a second", pid
+            )
+            return False
         text = data.decode("utf-8", errors="replace")
         log.debug("%s[%d]: notify from pid %d: %r", slot[0], slot[1], pid, text)
         self.report(slot, pid, text)
+        return True
+
+    def _within_rate(self, slot: Slot) -> bool:
+        """A slot's own processes may send at most ``SLOT_RATE`` datagrams in
+        any second: each one is an event, recorded with the run, so one
+        process in a tight ``WATCHDOG=1`` loop must not fill the event log
+        or keep the loop busy.  (A token bucket, refilled by the clock.)"""
+        now = self.drops.clock()
+        tokens, at = self._rates.get(slot, (float(SLOT_RATE), now))
+        tokens = min(float(SLOT_RATE), tokens + (now - at) * SLOT_RATE)
+        if tokens < 1.0:
+            self._rates[slot] = (tokens, now)
+            return False
+        if len(self._rates) >= 65536:
+            self._rates.clear()  # bounded: a forgotten slot starts with a full bucket
+        self._rates[slot] = (tokens - 1.0, now)
         return True
 
     # -------------------------------------------------------------- close

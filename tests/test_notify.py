@@ -335,3 +335,20 @@ def test_a_task_running_as_another_user_can_notify(daemon: Daemon) -> None:
     path = notify.socket_path(notify.runtime_folder(), ident, uid)
     assert os.stat(path).st_uid == uid
     assert daemon.stop() == 0
+
+
+def test_one_slot_cannot_flood_the_core(
+    sockets: tuple[notify.NotifySockets, list[tuple], dict],
+) -> None:
+    owned, reports, slots = sockets
+    now = [0.0]
+    owned.drops.clock = lambda: now[0]
+    slots[4242] = ("web", 0)
+    slots[4343] = ("db", 0)
+    creds = (4242, os.geteuid(), os.getegid())
+    taken = sum(owned.take(os.geteuid(), b"WATCHDOG=1", creds) for _ in range(500))
+    assert taken == notify.SLOT_RATE, "a burst of SLOT_RATE, then nothing"
+    assert owned.take(os.geteuid(), b"READY=1", (4343, os.geteuid(), 0)), "other slots unhurt"
+    now[0] = 0.1  # the bucket refills with time
+    assert sum(owned.take(os.geteuid(), b"WATCHDOG=1", creds) for _ in range(50)) == 5
+    assert owned.drops.counts and len(reports) == notify.SLOT_RATE + 1 + 5
