@@ -262,3 +262,13 @@ def test_status_metrics_and_tfctl_show_what_proc_says(
     row = next(line.split() for line in lines if line.startswith("hog[0]"))
     assert row[5].endswith("%") and re.fullmatch(r"\d+\.\dM", row[6]), row
     assert float(row[6][:-1]) >= 50
+
+
+def test_the_processes_of_a_cgroup_and_its_sub_cgroups(tmp_path: Path) -> None:
+    (tmp_path / "cgroup.procs").write_text("12\n34\n")
+    (tmp_path / "cpu.stat").write_text("usage_usec 1\n")
+    assert costs._pids_below(str(tmp_path)) == [12, 34]
+    (tmp_path / "inner").mkdir()
+    (tmp_path / "inner" / "cgroup.procs").write_text("56\n")
+    assert sorted(costs._pids_below(str(tmp_path)) or ()) == [12, 34, 56]
+    assert costs._pids_below(str(tmp_path / "gone")) is None
