@@ -9,7 +9,13 @@ read from the kernel only when a request asks and held for half a second
   hold: the answer is assembled and every slot's figures are read afresh;
 - ``held``: the core was just fed, the sample is still held: the answer is
   assembled, nothing is read from /proc;
-- ``metrics_sampled``: ``/metrics`` with a fresh sample.
+- ``metrics_sampled``: ``/metrics`` with a fresh sample;
+
+and, apart from any request, ``Sampler.sample`` itself is timed in this
+process on the daemon's slots (``in_process``): the reading alone, without
+the noise of a request that comes after the daemon has slept (on a shared
+machine the first request after a pause is slower with or without the
+figures).
 
 ``--cgroups off`` runs the daemon with ``TASKFORCE_CGROUPS=off`` (the /proc
 fallback: one pass over every process of the host per sample).  Linux only;
@@ -32,6 +38,7 @@ from typing import Any
 import common
 from bench_status import daemon, sleepers, wait_until
 
+from taskforce import costs
 from taskforce.tfctl import UnixConnection
 
 HOLD = 0.5
@@ -62,9 +69,19 @@ def measure(sock: str, requests: int) -> dict[str, Any]:
                 took, size = timed(conn, poke, path)
                 times.append(took)
             out[kind] = {**common.summary_ms(times), "bytes": size}
+        conn.request("GET", "/status/tasks")
+        keys = costs.slot_keys(json.loads(conn.getresponse().read()))
     finally:
         conn.close()
         poke.close()
+    sampler = costs.Sampler(hold=0.0)
+    sampler.sample(keys)  # the cgroup folders found, as the daemon has them
+    times = []
+    for _ in range(requests):
+        began = time.perf_counter()
+        sampler.sample(keys)
+        times.append(time.perf_counter() - began)
+    out["in_process"] = {**common.summary_ms(times), "bytes": 0}
     return out
 
 
@@ -96,11 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"{args.count} slots, tracked by {result['tracking']} (TASKFORCE_CGROUPS={args.cgroups})")
-    for kind in ("sampled", "held", "metrics_sampled"):
+    for kind in ("sampled", "held", "metrics_sampled", "in_process"):
         row = result[kind]
         print(
             f"  {kind:<16} median {row['median_ms']:.1f} ms  p90 {row['p90_ms']:.1f} ms"
-            f"  max {row['max_ms']:.1f} ms  ({row['bytes']} bytes)"
+            f"  max {row['max_ms']:.1f} ms" + (f"  ({row['bytes']} bytes)" if row["bytes"] else "")
         )
     return 0
 
