@@ -211,7 +211,8 @@ class Sampler:
         present = {(task, instance) for task, instance, _ in wanted}
         for gone in [k for k in self._folders if k not in present]:
             del self._folders[gone]
-        for key in [k for k in self._outside if k[:2] not in present]:
+        asked = set(wanted)
+        for key in [k for k in self._outside if k not in asked]:
             del self._outside[key]
         members: dict[SlotKey, list[int]] = {}
         cgroup: dict[SlotKey, tuple[str, bool]] = {}
@@ -228,6 +229,8 @@ class Sampler:
             if where is not None and pids is not None:
                 cgroup[key], members[key] = where, pids
             else:
+                if where is not None:  # the folder went: found again next time
+                    del self._folders[key[:2]]
                 by_group[key[2]] = key
                 members[key] = []
         stats: dict[int, Stat] = {}

@@ -173,8 +173,9 @@ def _status(
         # The costs change without the core being fed: an answer holds as
         # long as their sample does.
         _costs(server)
-        key = (*key, server.costs.generation)
-        for old in [k for k in cache if k[0] == path and k != key]:
+        generation = server.costs.generation
+        key = (*key, generation)
+        for old in [k for k in cache if k[0] == path and k[-1] != generation]:
             del cache[old]
     cached = cache.get(key)
     if cached is None:
