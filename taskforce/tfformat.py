@@ -43,9 +43,39 @@ def describe_rollout(name: str, task: dict[str, Any], now: float) -> str:
     )
 
 
+def human_bytes(value: float) -> str:
+    """``45.2M``, as ``pm2 ls`` shows memory (powers of 1024)."""
+    if value < 1024:
+        return f"{int(value)}B"
+    for unit in ("K", "M", "G"):
+        value /= 1024
+        if value < 1024 or unit == "G":
+            break
+    return f"{value:.1f}{unit}"
+
+
+def _has_costs(tasks: dict[str, Any]) -> bool:
+    return any(
+        "cpu_percent" in slot or "memory_bytes" in slot
+        for task in tasks.values()
+        for slot in task.get("processes") or ()
+    )
+
+
+def _costs_cells(slot: dict[str, Any]) -> list[str]:
+    """CPU (percent of one CPU) and MEM of a slot, "-" where not measured."""
+    cpu = f"{slot['cpu_percent']:.1f}%" if "cpu_percent" in slot else "-"
+    memory = human_bytes(slot["memory_bytes"]) if "memory_bytes" in slot else "-"
+    return [cpu, memory]
+
+
 def status_rows(tasks: dict[str, Any], now: float) -> list[list[str]]:
-    """The status table: one row per slot (or per task without slots)."""
-    rows = [["TASK", "STATE", "PID", "UPTIME", "RESTARTS", "INFO"]]
+    """The status table: one row per slot (or per task without slots); the
+    CPU and MEM columns only when the daemon measured some (not on macOS)."""
+    costs = _has_costs(tasks)
+    rows = [
+        ["TASK", "STATE", "PID", "UPTIME", "RESTARTS", *(["CPU", "MEM"] if costs else []), "INFO"]
+    ]
     for name in sorted(tasks):
         task = tasks[name]
         notes = []
@@ -70,7 +100,7 @@ def status_rows(tasks: dict[str, Any], now: float) -> list[list[str]]:
             else:
                 why = f"control {task.get('control')}"
             info = "; ".join([why, *notes])
-            rows.append([name, state, "-", "-", "-", info])
+            rows.append([name, state, "-", "-", "-", *(["-", "-"] if costs else []), info])
             continue
         for slot in processes:
             details: list[str] = []
@@ -92,6 +122,7 @@ def status_rows(tasks: dict[str, Any], now: float) -> list[list[str]]:
                     str(slot.get("pid", "-")),
                     _duration(now - slot["started_t"]) if running else "-",
                     str(slot.get("restarts", 0)),
+                    *(_costs_cells(slot) if costs else []),
                     "; ".join(details + notes),
                 ]
             )

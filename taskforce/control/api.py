@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from taskforce import __version__
+from taskforce import __version__, costs
 from taskforce.control.http import JSON, Deferred, Request, Response, text
 from taskforce.control.listen import Listener, Service
 from taskforce.control.manage import MANAGE as MANAGE
@@ -146,11 +146,15 @@ def _status(
     service: Service,
 ) -> Response:
     if path == "/metrics":
-        key: Any = (path, service.allow_control)
-        if key not in server.turn_cache:
-            body = status.metrics_text(server.shell.core, server.figures()) + _refused(server)
-            server.turn_cache[key] = Response(200, body.encode(), METRICS)
-        return server.turn_cache[key]
+        turn_key = (path, service.allow_control)
+        if turn_key not in server.turn_cache:
+            body = (
+                status.metrics_text(server.shell.core, server.figures())
+                + _refused(server)
+                + costs.metrics_text(_costs(server))
+            )
+            server.turn_cache[turn_key] = Response(200, body.encode(), METRICS)
+        return server.turn_cache[turn_key]
     fmt = (first(params, "fmt") or "json").lower()
     if fmt != "json":
         return text(415, f'Invalid fmt request "{fmt}", supported formats are: json\n')
@@ -163,8 +167,16 @@ def _status(
         indent = int(digits)
     if path == "/status/logs":
         return _logs(server, params, indent)
-    key = (path, indent, service.allow_control)
+    key: Any = (path, indent, service.allow_control)
     cache = server.cached()
+    if path == "/status/tasks":
+        # The costs change without the core being fed: an answer holds as
+        # long as their sample does.
+        _costs(server)
+        generation = server.costs.generation
+        key = (*key, generation)
+        for old in [k for k in cache if k[0] == path and k[-1] != generation]:
+            del cache[old]
     cached = cache.get(key)
     if cached is None:
         code, data = reader(server, service)
@@ -263,8 +275,20 @@ def wall_clock(tasks: dict[str, Any], now_mono: float, now_wall: float) -> dict[
     return tasks
 
 
+def _costs(server: ControlServer) -> dict[costs.SlotKey, costs.Figures]:
+    """Every slot's costs (sampled now, or the sample of the last half
+    second): read from the kernel only when asked, never on a timer."""
+    return server.costs.sample(
+        (name, slot.instance, slot.pid)
+        for name, task in server.shell.core.tasks.items()
+        for slot in task.slots
+        if slot.pid is not None
+    )
+
+
 def _tasks(server: ControlServer, service: Service) -> tuple[int, Any]:
     tasks = status.tasks_status(server.shell.core)
+    costs.annotate(tasks, _costs(server))
     return 200, wall_clock(tasks, server.shell.now, time.time())
 
 

@@ -35,7 +35,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from taskforce import files
+from taskforce import costs, files
 from taskforce.control import api
 from taskforce.control.http import Connection, Deferred, Response, text
 from taskforce.control.listen import (
@@ -104,6 +104,8 @@ class ControlServer:
         self._next_request = 0
         #: the deferred answer being computed off the loop, if any
         self.job: _Job | None = None
+        #: what each slot costs, sampled only when a request asks
+        self.costs = costs.Sampler()
 
     # ----------------------------------------------------------- the loop
 
