@@ -201,3 +201,43 @@ def test_what_systemd_tells_taskforce_is_not_passed_on() -> None:
         assert key not in plain.env, key
     assert dog.notify and dog.env["WATCHDOG_USEC"] == "2000000"
     assert "NOTIFY_SOCKET" not in dog.env  # (the shell adds taskforce's own)
+
+
+def test_bad_readiness_and_rollout_keys_are_located(tmp_path: Any) -> None:
+    import subprocess
+
+    conf = tmp_path / "bad.yaml"
+    conf.write_text(
+        "tasks:\n"
+        "  a:\n"
+        '    ready: {http: "http://[::1"}\n'
+        "    rollout: {max_surge: -1, max_unavailable: x}\n"
+        "    commands: {start: [sleep, '1']}\n"
+        "  b:\n"
+        "    ready: notfy\n"
+        "    ready_interval: 0\n"
+        "    commands: {start: [sleep, '1']}\n"
+        "  c:\n"
+        "    ready: {command: [], tcp: 1}\n"
+        "    commands: {start: [sleep, '1']}\n"
+        "  d:\n"
+        "    rollout: {max_surge: 0, max_unavailable: 0}\n"
+        "    commands: {start: [sleep, '1']}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "taskforce", "-C", "-f", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    for expected in (
+        ":3: tasks.a.ready.http: expected an http:// URL with a host",
+        ":4: tasks.a.rollout.max_surge: must be >= 0, got -1",
+        ":4: tasks.a.rollout.max_unavailable: expected a whole number >= 0",
+        ":7: tasks.b.ready: expected notify or a probe",
+        ":8: tasks.b.ready_interval: must be > 0",
+        ":11: tasks.c.ready: a probe has exactly one of tcp, http, command",
+        ":14: tasks.d.rollout: max_surge and max_unavailable are both 0",
+    ):
+        assert expected in done.stderr, (expected, done.stderr)

@@ -58,6 +58,9 @@ def ready(schema: TaskSchema, value: Any, path: KeyPath, task: Task) -> Any:
     (kind,) = kinds
     item, sub = value[kind], (*path, kind)
     if kind == "command":
+        if item is None or item == [] or item == "":
+            schema.error(sub, "the probe command is empty", "give it: {command: [PROGRAM, ARG...]}")
+            return freeze(value)
         return {kind: schema.conditional(item, sub, schema.argv_item, multi=True)}
     if item is None or isinstance(item, (bool, list, dict)):
         schema.type_error(sub, item, "a port, HOST:PORT" if kind == "tcp" else "a URL")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from taskforce.core.context import ContextError, expand, expand_all, resolve, resolve_one
 from taskforce.core.specs import Readiness, SpecError
@@ -35,10 +36,17 @@ def parse_probe_target(kind: str, value: Any) -> str:
     bare port is on 127.0.0.1), a URL for http; ValueError saying why not."""
     text = str(value).strip()
     if kind == "http":
-        if not text.startswith(("http://", "https://")) or len(text.split("/", 3)[2]) == 0:
-            raise ValueError(f"expected an http:// URL, got {text!r}")
         if text.startswith("https://"):
             raise ValueError("https probes are not supported; probe the plain http port")
+        try:
+            parts = urlsplit(text)
+            url_port = parts.port  # (raises on a port that is not one)
+        except ValueError:
+            parts, url_port = None, None
+        if parts is None or parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"expected an http:// URL with a host, got {text!r}")
+        if url_port == 0:
+            raise ValueError(f"expected a port 1-65535, got {text!r}")
         return text
     host, colon, port = text.rpartition(":")
     if not colon:
