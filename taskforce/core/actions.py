@@ -274,14 +274,14 @@ class SlotActions(Timers):
         daemon task of its own children), rather than all at once."""
         return task.control == "wait" and not self.shutdown
 
-    def replace(self, task: TaskState, why: str, instance: int | None = None) -> int:
-        """Replace ``task``'s running processes (or slot ``instance``'s)
-        because of ``why``: by a rollout where the task rolls, else at once.
-        How many were marked or stopped."""
+    def replace(self, task: TaskState, why: str) -> int:
+        """Replace ``task``'s running processes because of ``why``: by a
+        rollout where the task rolls, else at once.  How many were marked
+        or stopped."""
         done = 0
-        if not self.rolls(task) or instance is not None:
+        if not self.rolls(task):
             for slot in task.slots:
-                if instance in (None, slot.instance) and slot.state in UP_STATES:
+                if slot.state in UP_STATES:
                     self.stop_slot(task, slot, INTENT_RESTART, f"restarted: {why}")
                     done += 1
             return done
