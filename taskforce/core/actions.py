@@ -38,13 +38,11 @@ from taskforce.core.lifecycle import (
     TIMER_WATCHDOG,
     UP_STATES,
     Intent,
-    SlotState,
 )
 from taskforce.core.model import DAEMON_CONTROLS, Action, ProcessSpec
 from taskforce.core.slots import FAILED_WATCH, OUTSIDE_SIGNALS, Slot, TaskState
 from taskforce.core.timers import Timers
 
-S = SlotState
 #: the deadlines of a running process that a stop makes moot
 _RUNNING_TIMERS = (
     TIMER_READY,

@@ -38,18 +38,9 @@ from taskforce.core.lifecycle import (
     SLOT_WAITING,
     TIMER_READY,
     TIMER_RETRY,
-    SlotState,
 )
-from taskforce.core.model import ProcessSpec
-from taskforce.core.rollout import Rollouts
+from taskforce.core.rollout import Rollouts, outdated_by
 from taskforce.core.slots import Slot, TaskState
-
-S = SlotState
-
-
-def _spec_diff(old: ProcessSpec, new: ProcessSpec) -> str:
-    """Which parts of a process spec differ, for the restart reason."""
-    return old.diff(new)
 
 
 class Convergence(Rollouts):
@@ -202,8 +193,8 @@ class Convergence(Rollouts):
         same = slot.spec is spec
         state = slot.state
         if state is SLOT_READY or state is SLOT_RUNNING:
-            if slot.intent is None and slot.spec is not None and (slot.stale or not same):
-                why = slot.stale or f"config changed: {_spec_diff(slot.spec, spec)}"
+            why = outdated_by(task, slot) if slot.stale or not same else ""
+            if why:
                 if not self.rolls(task):
                     self.stop_slot(task, slot, INTENT_RESTART, f"restarted: {why}")
                 elif self._may_replace(task, slot):
@@ -220,7 +211,7 @@ class Convergence(Rollouts):
         if state is SLOT_FAILED:
             if same or slot.spec is None:
                 return  # until an operator, its config or its executable says
-            self._retry(slot, f"config changed: {_spec_diff(slot.spec, spec)}")
+            self._retry(slot, f"config changed: {slot.spec.diff(spec)}")
             state = slot.state
         if state is SLOT_BACKOFF and TIMER_RETRY in slot.timers and same:
             return

@@ -38,13 +38,11 @@ from taskforce.core.lifecycle import (
     TIMER_READY_TIMEOUT,
     TIMER_WATCHDOG,
     UP_STATES,
-    SlotState,
 )
 from taskforce.core.model import HostFacts
 from taskforce.core.reconcile import Reconcile
 from taskforce.core.slots import FAILED_WATCH, Leftover, Slot, TaskState, describe_exit
 
-S = SlotState
 _READINESS_TIMERS = (
     TIMER_READY,
     TIMER_PROBE,

@@ -50,12 +50,10 @@ from taskforce.core.lifecycle import (
     TIMER_READY_TIMEOUT,
     TIMER_WATCHDOG,
     UP_STATES,
-    SlotState,
     TimerPurpose,
 )
 from taskforce.core.slots import Slot, TaskState
 
-S = SlotState
 _READY = SLOT_READY
 _RUNNING = SLOT_RUNNING
 #: the first probe comes this soon after the start (or ``ready_interval``,
@@ -63,6 +61,25 @@ _RUNNING = SLOT_RUNNING
 FIRST_PROBE = 0.2
 #: the longest ``STATUS=`` text kept per slot
 STATUS_MAX = 200
+
+
+def outdated_by(task: TaskState, slot: Slot) -> str:
+    """Why ``slot``'s running process must be replaced ("": it need not):
+    marked by ``replace``, or its task's spec for it changed since it
+    started.  (Equal specs are made identical on the way, so the next look
+    is one comparison.)  The converge pass, rollouts and ``status.plan``
+    all ask this, so they agree on what a change replaces."""
+    if slot.state not in UP_STATES or slot.intent is not None or slot.spec is None:
+        return ""
+    if slot.stale:
+        return slot.stale
+    spec = task.spec.process(slot.instance)
+    if slot.spec is spec:
+        return ""
+    if slot.spec == spec:
+        slot.spec = spec  # the same process after a reload: compare by identity
+        return ""
+    return f"config changed: {slot.spec.diff(spec)}"
 
 
 class Rollouts(SlotActions):
@@ -174,11 +191,11 @@ class Rollouts(SlotActions):
             # (Logged for a rollout's process only: a start_delay never was.)
             self._mark_ready(task, slot, "it did not fail fast" if slot.trial else "")
         elif purpose == TIMER_PROBE and slot.state is _RUNNING and not self.shutdown:
-            if slot.probe_run is not None:  # a command probe ran too long
-                run = slot.probe_run
-                self._end_probe(slot)
-                slot.probe_run = run
-                self._probe_judged(slot, run, False, f"timed out after {ready.interval:g}s")
+            if slot.probe_run is not None:  # a command probe ran too long: it failed
+                self.emit(fx.StopCommand(slot.task, slot.instance, slot.probe_run, "SIGKILL"))
+                self._probe_judged(
+                    slot, slot.probe_run, False, f"timed out after {ready.interval:g}s"
+                )
             else:
                 self._start_probe(task, slot)
         elif purpose == TIMER_READY_TIMEOUT and slot.state is _RUNNING:
@@ -198,20 +215,6 @@ class Rollouts(SlotActions):
 
     # -------------------------------------------------------------- rollout
 
-    def _outdated(self, task: TaskState, slot: Slot) -> str:
-        """Why ``slot``'s running process must be replaced ("": it need not)."""
-        if slot.state not in UP_STATES or slot.intent is not None or slot.spec is None:
-            return ""
-        if slot.stale:
-            return slot.stale
-        spec = task.spec.process(slot.instance)
-        if slot.spec is spec:
-            return ""
-        if slot.spec == spec:
-            slot.spec = spec  # the same process after a reload: compare by identity
-            return ""
-        return f"config changed: {slot.spec.diff(spec)}"
-
     def _rollout_pass(self, task: TaskState) -> int:
         """Begin, pace or end ``task``'s rollout, before its slots are
         visited; how many extra (surge) slots it wants now."""
@@ -223,7 +226,7 @@ class Rollouts(SlotActions):
                 ready += 1
             if slot.instance >= count:
                 continue
-            outdated = self._outdated(task, slot)
+            outdated = outdated_by(task, slot)
             if outdated or slot.state is not _READY:
                 pending += 1
             if outdated and not why:

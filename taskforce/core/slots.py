@@ -28,8 +28,6 @@ from taskforce.core.lifecycle import (
 )
 from taskforce.core.model import ProcessSpec, TaskSpec
 
-S = SlotState
-
 
 @dataclass(eq=False)
 class Slot:

@@ -20,6 +20,7 @@ from taskforce.core import events as ev
 from taskforce.core.effects import Log
 from taskforce.core.lifecycle import ONE_SHOT_CONTROLS, UP_STATES, Intent, SlotState, TimerPurpose
 from taskforce.core.model import DAEMON_CONTROLS, build
+from taskforce.core.rollout import outdated_by
 
 if TYPE_CHECKING:
     from taskforce.core.model import HostFacts
@@ -503,10 +504,10 @@ def _change(
         if new.surge:
             return None, ""  # a rollout's extra process, gone once it is over
         if new.state in UP_STATES and after.rollout and old is not None and old.state in UP_STATES:
-            # A rollout replaces it when its turn comes (see core.rollout).
-            spec = after.spec.process(new.instance)
-            if new.stale or (new.spec is not spec and new.spec != spec):
-                why = new.stale or f"config changed: {new.spec.diff(spec) if new.spec else 'spec'}"
+            # A rollout replaces it when its turn comes (see core.rollout;
+            # ``new`` is the throw-away copy's slot, so asking may touch it).
+            why = outdated_by(after, new)
+            if why:
                 return "restart", f"restarted: {why}" + (" (rollout)" if after.gradual else "")
         if new.state is S.STOPPING and new.intent == Intent.RESTART:
             if old is not None and old.state in UP_STATES:
