@@ -13,7 +13,6 @@ import pytest
 from daemon_harness import Daemon, shell_task, task, wait_for
 
 from taskforce.config import check, load_config_text, validate_all
-from taskforce.core.convergence import _spec_diff
 from taskforce.core.model import HostFacts, ProcessSpec
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -246,4 +245,4 @@ def test_a_limit_change_is_a_process_change() -> None:
     first = built("tasks: {a: {commands: {start: [x]}, limits: {nofile: 100}}}")["a"]
     second = built("tasks: {a: {commands: {start: [x]}, limits: {nofile: 200}}}")["a"]
     assert first != second
-    assert _spec_diff(first, second) == "limits"
+    assert first.diff(second) == "limits"
