@@ -16,15 +16,14 @@ pid is the group's id): CPU time is their user and system time, their
 reaped children's included, memory their summed resident size.  Open
 descriptors are counted under ``/proc/PID/fd`` in either case.
 
-Elsewhere than Linux nothing is read and no figure is given (the keys are
-absent).  This module only reads; it never signals, decides or changes
+Where there is no ``/proc`` (macOS, the BSDs) nothing is read and no
+figure is given (the keys are absent).  This module only reads; it never signals, decides or changes
 anything, and never runs from the core.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
@@ -33,9 +32,11 @@ from urllib.parse import quote
 #: How long a sample answers requests before /proc is read again.
 HOLD = 0.5
 
-_LINUX = sys.platform.startswith("linux")
-_PAGE = os.sysconf("SC_PAGE_SIZE") if _LINUX else 4096
-_HZ = os.sysconf("SC_CLK_TCK") if _LINUX else 100
+#: Whether there is a ``/proc`` to read the figures from (a feature of the
+#: host, not of its name).
+_PROC = os.path.isdir("/proc/self")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_HZ = os.sysconf("SC_CLK_TCK")
 
 #: (task, instance, pid of the slot's leader)
 SlotKey = tuple[str, int, int]
@@ -171,17 +172,17 @@ class Sampler:
         self._mount: tuple[str, str] | None | bool = False
 
     def sample(self, slots: Iterable[SlotKey]) -> dict[SlotKey, Figures]:
-        """The figures of each slot that has any (none off Linux)."""
+        """The figures of each slot that has any (none without ``/proc``)."""
         wanted = tuple(slots)
         now = self.clock()
         if self._at is not None and now - self._at < self.hold and wanted == self._for:
             return self._figures
         self._at, self._for = now, wanted
         self.generation += 1
-        self._figures = self._measure(wanted, now) if _LINUX else {}
+        self._figures = self._measure(wanted, now) if _PROC else {}
         return self._figures
 
-    # ---------------------------------------------------------- Linux
+    # ----------------------------------------------------------- /proc
 
     def _cgroup_of(self, task: str, instance: int, pid: int) -> tuple[str, bool] | None:
         """The slot's cgroup folder, and whether it accounts memory."""

@@ -23,11 +23,12 @@ from pathlib import Path
 
 import pytest
 
+import taskforce.watch
 from taskforce.core.effects import Watch
 from taskforce.watch import Watcher, make_watcher
 from taskforce.watch.targets import python_entry, walk
 
-HAS_INOTIFY = sys.platform.startswith("linux")
+HAS_INOTIFY = taskforce.watch.has_inotify()
 HAS_KQUEUE = hasattr(select, "kqueue")
 HAS_PROC = os.path.isdir("/proc/self/fdinfo")
 
@@ -561,7 +562,9 @@ def test_choice_explicit_env_and_fallback(
     watcher.close()
 
     monkeypatch.delenv("TASKFORCE_WATCHER")
-    monkeypatch.setattr(sys, "platform", "sunos5")
+    # A host with neither (the choice asks the libc and select, not the
+    # platform's name).
+    monkeypatch.setattr(taskforce.watch, "has_inotify", lambda: False)
     monkeypatch.delattr(select, "kqueue", raising=False)
     with caplog.at_level(logging.WARNING, logger="taskforce"):
         watcher = make_watcher()
