@@ -8,7 +8,7 @@ The process table is read from ``/proc`` where there is one (Linux: the
 fastest way), else through psutil (macOS, the BSDs).  ``TASKFORCE_TEST_PROC=off``
 makes the harness use psutil on Linux too, so the path macOS takes is
 exercised here.  The other helpers below (``process_state``, ``cpu_seconds``,
-``ignored_signals``, ``fd_target``, ``open_fd_count``, ``environ_of``,
+``signal_mask``, ``ignored_signals``, ``fd_target``, ``open_fd_count``, ``environ_of``,
 ``start_time``) answer the same way on every platform; tests use them
 rather than ``/proc``.  ``FEATURES`` says which Linux-only facilities the
 daemon under test can use, for tests that need one to skip by name.
@@ -94,7 +94,8 @@ def _proc_table_psutil() -> dict[int, tuple[int, int, str, str]]:
             pgid = -1  # macOS will not tell a zombie's group
         # A zombie's argv (or another user's, on macOS) cannot be read.
         cmdline = " ".join(info["cmdline"] or ())
-        table[proc.pid] = (info["ppid"] or 0, pgid, "Z" if zombie else "R", cmdline)
+        state = "T" if info["status"] == psutil.STATUS_STOPPED else "R"
+        table[proc.pid] = (info["ppid"] or 0, pgid, "Z" if zombie else state, cmdline)
     return table
 
 
@@ -113,7 +114,9 @@ def process_state(pid: int) -> str | None:
         status = psutil.Process(pid).status()
     except psutil.NoSuchProcess:
         return None
-    return "Z" if status == psutil.STATUS_ZOMBIE else "R"
+    if status == psutil.STATUS_ZOMBIE:
+        return "Z"
+    return "T" if status == psutil.STATUS_STOPPED else "R"
 
 
 def running(pid: int) -> bool:
@@ -162,18 +165,35 @@ def start_time(pid: int) -> float | None:
         return None
 
 
+_MASKS = {
+    # kind: (/proc/PID/status lines, ps(1) keyword -- the same on Linux's
+    # procps and the BSDs', macOS's included; both print hexadecimal)
+    "ignored": (("SigIgn:",), "sigignore"),
+    "blocked": (("SigBlk:",), "sigmask"),
+    "pending": (("SigPnd:", "ShdPnd:"), "sig"),
+}
+
+
+def signal_mask(pid: int, kind: str) -> int:
+    """The signals ``pid`` has ``ignored``, ``blocked`` or ``pending``, as a
+    bit mask (bit ``n - 1`` for signal ``n``)."""
+    lines, keyword = _MASKS[kind]
+    if USE_PROC:
+        mask = 0
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith(lines):
+                    mask |= int(line.split()[1], 16)
+        return mask
+    out = subprocess.run(
+        ["ps", "-o", f"{keyword}=", "-p", str(pid)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return int(out, 16)
+
+
 def ignored_signals(pid: int) -> set[int]:
     """The signals ``pid`` ignores (SIG_IGN)."""
-    if USE_PROC:
-        with open(f"/proc/{pid}/status") as handle:
-            line = next(ln for ln in handle if ln.startswith("SigIgn:"))
-        mask = int(line.split()[1], 16)
-    else:
-        # ps(1) prints the mask in hexadecimal, on Linux and the BSDs alike.
-        out = subprocess.run(
-            ["ps", "-o", "sigignore=", "-p", str(pid)], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        mask = int(out, 16)
+    mask = signal_mask(pid, "ignored")
     return {number for number in range(1, 65) if mask & (1 << (number - 1))}
 
 
@@ -193,6 +213,17 @@ def environ_of(pid: int) -> dict[str, str] | None:
         return dict(psutil.Process(pid).environ())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
+
+
+def resident_kib(pid: int) -> int:
+    """``pid``'s resident size, KiB."""
+    if USE_PROC:
+        with open(f"/proc/{pid}/status") as handle:
+            line = next(ln for ln in handle if ln.startswith("VmRSS:"))
+        return int(line.split()[1])
+    import psutil
+
+    return int(psutil.Process(pid).memory_info().rss // 1024)
 
 
 def open_fd_count(pid: int) -> int:
