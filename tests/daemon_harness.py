@@ -235,6 +235,21 @@ def open_fd_count(pid: int) -> int:
     return int(psutil.Process(pid).num_fds())
 
 
+def socket_count(pid: int) -> int:
+    """How many sockets ``pid`` has open."""
+    if USE_PROC:
+        count = 0
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+            except OSError:
+                pass
+        return count
+    import psutil
+
+    return len(psutil.Process(pid).net_connections(kind="all"))
+
+
 def fd_target(pid: int, fd: int) -> str | None:
     """What descriptor ``fd`` of ``pid`` has open, as a path (None: not open
     or not a file)."""
