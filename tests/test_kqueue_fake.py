@@ -153,6 +153,13 @@ def identity(path: str | Path) -> tuple[int, int]:
 
 
 @pytest.fixture
+def tmp_path(tmp_path: Path) -> Path:
+    """Resolved: on macOS the temporary folder is reached through the ``/var``
+    symlink, and the folder holding a symlink on the way is watched too."""
+    return tmp_path.resolve()
+
+
+@pytest.fixture
 def kqueue(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """``taskforce.watch.kqueue`` loaded as if on macOS, over the fake."""
     monkeypatch.setattr(sys, "platform", "darwin")
