@@ -185,6 +185,12 @@ class Tracker:
             self.tree, why = self._make_tree()
         if self.tree is not None:
             self.how = f"a cgroup per slot under {self.tree}"
+        elif not PROC:
+            self.how = (
+                f"process groups alone (no cgroup: {why}; no /proc to find the "
+                "TASKFORCE_ID marker in: a process that leaves its group is not "
+                "tracked, and what a crashed taskforce left is not found)"
+            )
         else:
             self.how = (
                 "process groups, and the TASKFORCE_ID marker in the environment "
