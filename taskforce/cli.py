@@ -95,7 +95,9 @@ def build_tool_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Arg
         help="a roles file; one per kind of host",
     )
     plan.add_argument("--against", metavar="LOG", help="a recorded run to diff against")
-    subs["completion"].add_argument("shell", metavar="SHELL", choices=("bash", "zsh"))
+    subs["completion"].add_argument(
+        "shell", metavar="SHELL", choices=("bash", "zsh"), help="bash or zsh"
+    )
     return parser, subs
 
 

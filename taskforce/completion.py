@@ -31,7 +31,7 @@ SHELLS = ("bash", "zsh")
 def add_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """tfctl's ``completion SHELL`` subcommand."""
     sub = commands.add_parser("completion", help="print the bash or zsh completion script")
-    sub.add_argument("shell", metavar="SHELL", choices=SHELLS)
+    sub.add_argument("shell", metavar="SHELL", choices=SHELLS, help="bash or zsh")
 
 
 def script(shell: str, program: str) -> str:
