@@ -1,0 +1,600 @@
+"""How every cost grows with the number of tasks, taskforce beside supervisord and circus.
+
+    python bench/scale.py --peers-bin /tmp/scale-peers/bin --plot
+
+For each size of ``--sizes`` (100, 1,000, 5,000, 10,000) and each supervisor
+of ``--supervisors``, one daemon runs that many ``sleep`` tasks (each with a
+distinct argument, so a process's argv names its task) and is measured:
+
+- **start**: launch -> every task running (wall time), and the daemon's CPU
+  time until then;
+- **memory**: the daemon's PSS (and RSS, USS) once settled, its tasks apart;
+- **idle**: the daemon's wake-ups (context switches) and CPU over ``--idle`` s;
+- **restart**: a task that has run ``--stable`` s is SIGKILLed, the time
+  until its replacement runs, ``--kills`` times;
+- **status**: the status of every task asked over the daemon's own control
+  channel, in-process, with no interpreter start in the figure: taskforce
+  ``GET /status/tasks`` computed afresh; supervisord's XML-RPC
+  ``getAllProcessInfo``; circus's ``status`` command (through its own
+  client, run by the peers' Python);
+- **reload**: one task's command changed in the config and applied the
+  supervisor's way: the time until the new process runs, and the collateral
+  (untouched tasks restarted);
+- **replay** (taskforce only): ``taskforce replay`` of the run's event log
+  (``--record``), steps per second.
+
+The scenarios themselves (config writers, process detection, restart,
+reload, idle, memory) are those of ``bench/peers/run.py``, imported; the
+``/status/tasks`` timing is ``bench/bench_status.py``'s.
+
+Limits: the soft RLIMIT_NOFILE is raised to the hard one, and, as root, the
+hard one to what the largest size needs (inherited by every daemon). As
+root and only when the size needs it, ``kernel.pid_max`` and
+``kernel.threads-max`` are raised for the run and put back at the end. A
+size whose tasks would not fit in the available memory (MemAvailable) is
+skipped with a message. A supervisor that does not start a size within
+``--start-timeout`` (plus ``--start-per-task`` per task), crashes or stops
+answering is recorded as "did not survive (why)" and is not run at larger
+sizes.
+
+Every wait has a deadline and the whole run a budget (``--budget``); every
+process carries the run's marker in its environment and whatever is left
+is killed on every way out (``bench/peers/run.py``'s clean-up). Linux only.
+``--memory-profile`` runs ``bench/scale_memory.py`` instead (tracemalloc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import math
+import os
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import xmlrpc.client
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import bench_status  # noqa: E402
+import common  # noqa: E402
+
+from taskforce.tfclient import UnixConnection  # noqa: E402
+
+
+def _load_peers() -> Any:
+    spec = importlib.util.spec_from_file_location("peers_run", HERE / "peers" / "run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["peers_run"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+peers = _load_peers()
+
+SIZES = (100, 1000, 5000, 10000)
+SUPERVISORS = ("taskforce", "supervisord", "circus")
+#: What one sleeper and its share of a supervisor may take, for the memory check.
+MIB_PER_TASK = 0.6
+HEADROOM_MIB = 1024
+
+CIRCUS_STATUS = r"""
+import json, sys, time
+from circus.client import CircusClient
+client = CircusClient(endpoint=sys.argv[1], timeout=float(sys.argv[3]))
+times = []
+for _ in range(int(sys.argv[2])):
+    began = time.perf_counter()
+    answer = client.call({"command": "status", "properties": {}})
+    times.append(time.perf_counter() - began)
+    if answer.get("status") != "ok":
+        raise SystemExit(f"circus status: {answer}")
+print(json.dumps({"times": times, "tasks": len(answer.get("statuses", {}))}))
+"""
+
+
+class ScaleTaskforce(peers.Taskforce):
+    """taskforce with a control socket and its event log recorded."""
+
+    record: Path | None = None
+
+    def command(self) -> list[str]:
+        extra = ["-w", str(self.folder / "s.tf"), "-A", "--expires", "7200"]
+        if self.record is not None:
+            extra += ["--record", str(self.record)]
+        return [*super().command(), *extra]
+
+
+KINDS: dict[str, Any] = {**peers.KINDS, "taskforce": ScaleTaskforce}
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ limits
+
+
+def mem_available_mib() -> float:
+    for line in (common.read_bytes("/proc/meminfo") or b"").decode().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024
+    return math.inf
+
+
+def raise_nofile(largest: int) -> str:
+    """Soft RLIMIT_NOFILE up to the hard one; as root the hard one up to what
+    ``largest`` tasks may need (a few descriptors per task per supervisor)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 8 * largest + 4096
+    if hard != resource.RLIM_INFINITY and hard < want and os.geteuid() == 0:
+        nr_open = int((common.read_bytes("/proc/sys/fs/nr_open") or b"1048576").strip())
+        hard = min(want, nr_open)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return f"RLIMIT_NOFILE {soft}/{hard} -> {hard}/{hard}"
+
+
+@contextlib.contextmanager
+def kernel_limits(needed: int, notes: list[str]) -> Iterator[list[str]]:
+    """Raise kernel.pid_max and kernel.threads-max (root only, only when
+    ``needed`` more processes would not fit); put them back afterwards.
+    Yields a list of problems (a limit too low that could not be raised)."""
+    changed: list[tuple[Path, str]] = []
+    problems: list[str] = []
+    running = sum(1 for entry in os.listdir("/proc") if entry.isdigit())
+    for name in ("pid_max", "threads-max"):
+        path = Path("/proc/sys/kernel") / name
+        try:
+            value = int(path.read_text())
+        except (OSError, ValueError):
+            continue
+        want = running + needed + 4096
+        if value >= want:
+            continue
+        if os.geteuid() != 0:
+            problems.append(f"kernel.{name} is {value}, {want} needed (raise it as root)")
+            continue
+        try:
+            path.write_text(str(want))
+        except OSError as exc:
+            problems.append(f"kernel.{name} {value} could not be raised: {exc}")
+            continue
+        changed.append((path, str(value)))
+        notes.append(f"kernel.{name} raised {value} -> {want} for the run, restored after")
+    try:
+        yield problems
+    finally:
+        for path, value in changed:
+            with contextlib.suppress(OSError):
+                path.write_text(value)
+
+
+# ------------------------------------------------------------------ status
+
+
+def supervisord_status(sup: Any, requests: int) -> dict[str, Any]:
+    """XML-RPC ``supervisor.getAllProcessInfo`` over supervisord's socket."""
+    body = xmlrpc.client.dumps((), "supervisor.getAllProcessInfo").encode()
+    conn = UnixConnection(str(sup.folder / "supervisor.sock"), timeout=120)
+    times = []
+    count = 0
+    try:
+        for _ in range(requests):
+            began = time.perf_counter()
+            conn.request("POST", "/RPC2", body, {"Content-Type": "text/xml"})
+            data = conn.getresponse().read()
+            times.append(time.perf_counter() - began)
+        count = len(xmlrpc.client.loads(data)[0][0])
+    finally:
+        conn.close()
+    return {"computed": common.summary_ms(times), "tasks": count}
+
+
+def circus_status(sup: Any, requests: int, timeout: float) -> dict[str, Any]:
+    python = peers.Circus.bin / "python"
+    done = subprocess.run(
+        [str(python), "-c", CIRCUS_STATUS, sup.endpoint, str(requests), str(timeout)],
+        capture_output=True,
+        text=True,
+        timeout=timeout * (requests + 2),
+        env=sup.env,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"circus status failed: {done.stderr.strip()[-500:]}")
+    answer = json.loads(done.stdout)
+    return {"computed": common.summary_ms(answer["times"]), "tasks": answer["tasks"]}
+
+
+def daemon_tasks(figures: dict[str, Any]) -> int:
+    """How much taskforce's answer held (its size in bytes stands for it)."""
+    return int(figures.get("bytes", 0))
+
+
+def measure_status(daemon: Any, requests: int, timeout: float) -> dict[str, float]:
+    name = daemon.sup.name
+    if name == "taskforce":
+        figures = bench_status.status_latency(str(daemon.sup.folder / "s.tf"), requests)
+    elif name == "supervisord":
+        figures = supervisord_status(daemon.sup, requests)
+    else:
+        figures = circus_status(daemon.sup, requests, timeout)
+    return {
+        "status_median_ms": figures["computed"]["median_ms"],
+        "status_p90_ms": figures["computed"]["p90_ms"],
+        "status_tasks": float(figures.get("tasks", daemon_tasks(figures))),
+    }
+
+
+# ------------------------------------------------------------------ replay
+
+
+REPLAY = r"""
+import sys, time, io
+from taskforce.tools import replay
+out = io.StringIO()
+began = time.perf_counter()
+rc = replay(sys.argv[1], out=out, jobs=1)
+print(time.perf_counter() - began, rc, out.getvalue().strip(), sep="\n")
+"""
+
+
+def measure_replay(path: Path, env: dict[str, str], timeout: float) -> dict[str, float]:
+    """One process replays the whole log (imports apart)."""
+    done = subprocess.run(
+        [sys.executable, "-c", REPLAY, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    lines = done.stdout.splitlines()
+    if done.returncode != 0 or len(lines) < 3 or lines[1] != "0":
+        raise RuntimeError(f"replay failed: {done.stdout[-800:]} {done.stderr[-800:]}")
+    seconds = float(lines[0])
+    steps = int(lines[2].split(": ", 1)[1].split()[0])
+    return {
+        "replay_s": seconds,
+        "replay_steps": float(steps),
+        "replay_steps_per_s": steps / seconds,
+        "replay_log_mib": path.stat().st_size / 2**20,
+    }
+
+
+# ------------------------------------------------------------------ one size
+
+
+def run_size(
+    name: str, size: int, options: argparse.Namespace, marker: str, base: int, folder: Path
+) -> dict[str, Any]:
+    """Every figure of one supervisor at one size; RuntimeError/TimeoutError if it fails."""
+    kind = KINDS[name]
+    tasks = peers.make_tasks(size, base)
+    record = folder / f"events-{size}.jsonl"
+    ScaleTaskforce.record = record if name == "taskforce" else None
+    start_limit = options.start_timeout + options.start_per_task * size
+    # Poll the children list less often as it grows: the watcher must not
+    # take the CPU the daemon needs to start its tasks.
+    pause = min(0.1, 0.002 * max(1.0, size / 100))
+    out: dict[str, Any] = {}
+    with peers.running_daemon(kind, tasks, options, marker) as daemon:
+        try:
+            daemon.wait_all(daemon.started_at + start_limit, pause)
+        except TimeoutError as exc:
+            raise TimeoutError(f"not all running within {start_limit:.0f} s ({exc})") from None
+        out["start_s"] = time.perf_counter() - daemon.started_at
+        out["start_cpu_s"] = common.cpu_seconds(daemon.pid)
+        log(f"  {name} @ {size}: all running after {out['start_s']:.2f} s")
+        time.sleep(options.settle + size / 2000)
+        out.update(peers.measure_memory(daemon))
+        out.update(peers.measure_idle(daemon, options.idle))
+        log(f"  {name} @ {size}: PSS {out['pss_mib']:.1f} MiB, {out['idle_switches']:.0f} wake-ups")
+        out.update(measure_status(daemon, options.status_requests, options.deadline))
+        out.update(
+            peers.measure_restart(
+                daemon, options.kills, options.stable, options.deadline, options.gap, options.seed
+            )
+        )
+        log(f"  {name} @ {size}: restart median {out['restart_median_ms']:.1f} ms")
+        out.update(peers.measure_reload(daemon, options.settle, options.deadline))
+        log(
+            f"  {name} @ {size}: one-task change {out['reload_apply_ms']:.0f} ms, "
+            f"{out['reload_untouched_restarted']:.0f} others restarted"
+        )
+        daemon.alive()
+    if name == "taskforce" and record.exists():
+        out.update(measure_replay(record, daemon.sup.env, options.deadline * 5))
+        log(f"  taskforce @ {size}: replay {out['replay_steps_per_s']:.0f} steps/s")
+        record.unlink()
+    return out
+
+
+# ------------------------------------------------------------------ report
+
+
+ROWS: list[tuple[str, str, str]] = [
+    ("pss_mib", "daemon PSS (MiB)", "{:.1f}"),
+    ("uss_mib", "daemon USS (MiB)", "{:.1f}"),
+    ("start_s", "start all: wall (s)", "{:.2f}"),
+    ("start_cpu_s", "start all: daemon CPU (s)", "{:.2f}"),
+    ("restart_median_ms", "restart one killed task, median (ms)", "{:.1f}"),
+    ("reload_apply_ms", "one-task change applied (ms)", "{:.0f}"),
+    ("reload_untouched_restarted", "  collateral: others restarted", "{:.0f}"),
+    ("status_median_ms", "status of all tasks, median (ms)", "{:.1f}"),
+    ("idle_switches", "idle wake-ups in the window", "{:.0f}"),
+    ("idle_cpu_s", "idle CPU in the window (s)", "{:.3f}"),
+    ("replay_steps_per_s", "replay of the run's log (steps/s)", "{:,.0f}"),
+]
+
+#: Per-task slopes: figure, unit of the slope, factor from figure-per-task.
+SLOPES = [
+    ("pss_mib", "KiB/task", 1024),
+    ("start_s", "ms/task", 1000),
+    ("start_cpu_s", "CPU ms/task", 1000),
+    ("reload_apply_ms", "ms per 1,000 tasks", 1000),
+    ("status_median_ms", "ms per 1,000 tasks", 1000),
+]
+
+
+def slope(points: Sequence[tuple[int, float]]) -> float | None:
+    """Least-squares slope of value over size."""
+    if len(points) < 2:
+        return None
+    mx = statistics.fmean(n for n, _ in points)
+    my = statistics.fmean(v for _, v in points)
+    den = sum((n - mx) ** 2 for n, _ in points)
+    return sum((n - mx) * (v - my) for n, v in points) / den if den else None
+
+
+def growth(points: Sequence[tuple[int, float]]) -> float | None:
+    """log-log exponent between the two largest sizes (1: linear)."""
+    if len(points) < 2 or points[-2][1] <= 0 or points[-1][1] <= 0:
+        return None
+    (n1, v1), (n2, v2) = points[-2], points[-1]
+    return math.log(v2 / v1) / math.log(n2 / n1)
+
+
+def analyse(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, by_size in results.items():
+        for key, unit, factor in SLOPES:
+            points = [
+                (int(size), fig[key]) for size, fig in sorted(by_size.items(), key=lambda x: int(x[0]))
+                if isinstance(fig, dict) and key in fig
+            ]
+            value = slope(points)
+            if value is not None:
+                out.setdefault(name, {})[key] = {
+                    "slope": value * factor,
+                    "unit": unit,
+                    "growth_exponent": growth(points),
+                }
+    return out
+
+
+def table(results: dict[str, dict[str, Any]], sizes: Sequence[int]) -> str:
+    head = ["", "", *(f"{size:,}" for size in sizes)]
+    rows = [head]
+    for key, label, fmt in ROWS:
+        for name in results:
+            cells = []
+            for size in sizes:
+                fig = results[name].get(str(size))
+                if isinstance(fig, dict) and key in fig:
+                    cells.append(fmt.format(fig[key]))
+                elif isinstance(fig, str):
+                    cells.append("—")
+                else:
+                    cells.append("")
+            if any(cells):
+                rows.append([label, name, *cells])
+    widths = [max(len(row[col]) for row in rows) for col in range(len(head))]
+    lines = []
+    for index, row in enumerate(rows):
+        cells = [
+            cell.ljust(widths[col]) if col < 2 else cell.rjust(widths[col])
+            for col, cell in enumerate(row)
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+        if index == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def lost(results: dict[str, dict[str, Any]]) -> list[str]:
+    return [
+        f"{name} at {int(size):,}: {fig}"
+        for name, by_size in results.items()
+        for size, fig in by_size.items()
+        if isinstance(fig, str)
+    ]
+
+
+# ------------------------------------------------------------------ main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    default_bin = Path(sys.executable).parent
+    for candidate in ("/tmp/scale-peers/bin", "/tmp/peers/bin"):
+        if not (default_bin / "supervisord").exists() and Path(candidate).is_dir():
+            default_bin = Path(candidate)
+    parser.add_argument("--peers-bin", type=Path, default=default_bin)
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    parser.add_argument("--supervisors", default=",".join(SUPERVISORS))
+    parser.add_argument("--kills", type=int, default=5, help="SIGKILLs per size")
+    parser.add_argument("--stable", type=float, default=2.0, help="a victim's age, seconds")
+    parser.add_argument("--gap", type=float, default=3.0, help="random pause between kills")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--idle", type=float, default=10.0, help="idle window, seconds")
+    parser.add_argument("--settle", type=float, default=3.0, help="plus 0.5 s per 1,000 tasks")
+    parser.add_argument("--status-requests", type=int, default=10)
+    parser.add_argument("--start-timeout", type=float, default=60.0)
+    parser.add_argument("--start-per-task", type=float, default=0.03, help="seconds")
+    parser.add_argument("--deadline", type=float, default=120.0, help="any other single wait")
+    parser.add_argument("--budget", type=float, default=5400.0, help="the whole run, seconds")
+    parser.add_argument("--json", type=Path, help="also write every figure here")
+    parser.add_argument("--plot", action="store_true", help="write docs/scale-*.png")
+    parser.add_argument("--plot-dir", type=Path, default=HERE.parent / "docs")
+    parser.add_argument("--from-json", type=Path, help="only print/plot a saved --json file")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folders")
+    parser.add_argument(
+        "--memory-profile",
+        action="store_true",
+        help="where taskforce's per-task memory goes (bench/scale_memory.py), then exit",
+    )
+    options = parser.parse_args(argv)
+    options.sizes = sorted({int(s) for s in options.sizes.split(",") if s})
+    options.supervisors = [s for s in options.supervisors.split(",") if s]
+    for name in options.supervisors:
+        if name not in SUPERVISORS:
+            parser.error(f"unknown supervisor {name!r}")
+    sleep = shutil.which("sleep")
+    if sleep is None:
+        parser.error("no sleep program on PATH")
+    options.sleep = os.path.realpath(sleep)
+    return options
+
+
+def output(payload: dict[str, Any], options: argparse.Namespace) -> None:
+    results = payload["results"]
+    sizes = payload["sizes"]
+    print(payload["machine_line"])
+    for note in payload["notes"]:
+        print(f"note: {note}")
+    print(table(results, sizes))
+    for line in lost(results):
+        print(f"did not survive: {line}")
+    for name, by_key in payload["slopes"].items():
+        parts = []
+        for key, fig in by_key.items():
+            exp = fig["growth_exponent"]
+            parts.append(
+                f"{key} {fig['slope']:.3g} {fig['unit']}"
+                + (f" (exponent {exp:.2f})" if exp is not None else "")
+            )
+        print(f"per task, {name}: " + "; ".join(parts))
+    if options.plot:
+        import scale_plot
+
+        for path in scale_plot.plot(payload, options.plot_dir):
+            print(f"wrote {path}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_args(argv)
+    if options.memory_profile:
+        import scale_memory
+
+        return scale_memory.main([])
+    if options.from_json:
+        output(json.loads(options.from_json.read_text()), options)
+        return 0
+    if not os.path.exists("/proc/self/smaps_rollup"):
+        log("scale.py needs Linux /proc")
+        return 2
+    problems = peers.check_available(
+        argparse.Namespace(
+            supervisors=options.supervisors,
+            peers_bin=options.peers_bin,
+            taskforce_python=sys.executable,
+        )
+    )
+    if problems:
+        for problem in problems:
+            log(f"scale.py: {problem}")
+        return 2
+    peers.Supervisord.bin = peers.Circus.bin = options.peers_bin
+    ScaleTaskforce.snapshot = peers.make_snapshot(sys.executable)
+    notes = [raise_nofile(max(options.sizes))]
+    log("limits: " + notes[0])
+
+    def interrupted(signum: int, _frame: object) -> None:
+        raise peers.Interrupted(signal.Signals(signum).name)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM):
+        signal.signal(signum, interrupted)
+    signal.setitimer(signal.ITIMER_REAL, options.budget)
+    marker = uuid.uuid4().hex
+    info = peers.versions(argparse.Namespace(peers_bin=options.peers_bin))
+    folder = Path(tempfile.mkdtemp(prefix="tfscale-"))
+    results: dict[str, dict[str, Any]] = {name: {} for name in options.supervisors}
+    stopped: dict[str, str] = {}
+    status = 0
+    try:
+        for size in options.sizes:
+            avail = mem_available_mib()
+            need = size * MIB_PER_TASK + HEADROOM_MIB
+            if avail < need:
+                why = f"skipped: {avail:.0f} MiB available, about {need:.0f} MiB needed"
+                log(f"{size} tasks {why}")
+                notes.append(f"{size} tasks {why}")
+                continue
+            with kernel_limits(size, notes) as limit_problems:
+                if limit_problems:
+                    notes.append(f"{size} tasks skipped: " + "; ".join(limit_problems))
+                    log(notes[-1])
+                    continue
+                for name in options.supervisors:
+                    if name in stopped:
+                        continue
+                    log(f"{name} with {size:,} tasks (load {os.getloadavg()[0]:.1f}) ...")
+                    base = 1_000_000 + size * 2
+                    began = time.perf_counter()
+                    try:
+                        figures = run_size(name, size, options, marker, base, folder)
+                    except (RuntimeError, TimeoutError, OSError) as exc:
+                        why = str(exc).strip().splitlines()[0][:300]
+                        stopped[name] = f"did not survive ({why})"
+                        results[name][str(size)] = stopped[name]
+                        log(f"  {name} @ {size}: {stopped[name]}")
+                        continue
+                    figures["seconds"] = time.perf_counter() - began
+                    figures["loadavg"] = os.getloadavg()[0]
+                    results[name][str(size)] = figures
+    except (peers.Interrupted, KeyboardInterrupt) as exc:
+        log(f"interrupted ({exc or 'Ctrl-C'}); everything started was stopped")
+        notes.append(f"run cut short: {exc or 'Ctrl-C'}")
+        status = 130
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        shutil.rmtree(ScaleTaskforce.snapshot, ignore_errors=True)
+        if not options.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+        for pid in peers.marked(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    info["loadavg_after"] = (common.read_bytes("/proc/loadavg") or b"").decode().strip()
+    payload = {
+        "machine": info,
+        "machine_line": (
+            f"{info.get('cpus')} CPUs ({info.get('cpu', '?')}), Linux {info['kernel']}, "
+            f"Python {info['python']}; taskforce {info.get('taskforce', '?')}, supervisor "
+            f"{info.get('supervisord', '?')}, circus {info.get('circus', '?')}; load average "
+            f"before {info['loadavg_before'][:14]}, after {info['loadavg_after'][:14]}"
+        ),
+        "sizes": options.sizes,
+        "notes": notes,
+        "results": results,
+        "slopes": analyse(results),
+        "options": {k: v for k, v in vars(options).items() if isinstance(v, (int, float, list))},
+    }
+    if options.json:
+        options.json.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    output(payload, options)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
