@@ -141,9 +141,16 @@ def raise_nofile(largest: int) -> str:
     want = 8 * largest + 4096
     if hard != resource.RLIM_INFINITY and hard < want and os.geteuid() == 0:
         nr_open = int((common.read_bytes("/proc/sys/fs/nr_open") or b"1048576").strip())
-        hard = min(want, nr_open)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, nr_open),) * 2)
+            return f"RLIMIT_NOFILE {soft}/{hard} -> {min(want, nr_open)} (soft and hard)"
+        except (ValueError, OSError) as exc:
+            # A container may deny CAP_SYS_RESOURCE even to root.
+            note = f"; the hard limit could not be raised to {want} ({exc})"
+    else:
+        note = ""
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return f"RLIMIT_NOFILE {soft}/{hard} -> {hard}/{hard}"
+    return f"RLIMIT_NOFILE {soft}/{hard} -> {hard}/{hard}{note}"
 
 
 @contextlib.contextmanager
