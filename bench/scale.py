@@ -54,7 +54,6 @@ import os
 import resource
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,6 +68,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import bench_status  # noqa: E402
 import common  # noqa: E402
+import scale_report  # noqa: E402
 
 from taskforce.tfclient import UnixConnection  # noqa: E402
 
@@ -224,11 +224,6 @@ def circus_status(sup: Any, requests: int, timeout: float) -> dict[str, Any]:
     return {"computed": common.summary_ms(answer["times"]), "tasks": answer["tasks"]}
 
 
-def daemon_tasks(figures: dict[str, Any]) -> int:
-    """How much taskforce's answer held (its size in bytes stands for it)."""
-    return int(figures.get("bytes", 0))
-
-
 def measure_status(daemon: Any, requests: int, timeout: float) -> dict[str, float]:
     name = daemon.sup.name
     if name == "taskforce":
@@ -240,7 +235,8 @@ def measure_status(daemon: Any, requests: int, timeout: float) -> dict[str, floa
     return {
         "status_median_ms": figures["computed"]["median_ms"],
         "status_p90_ms": figures["computed"]["p90_ms"],
-        "status_tasks": float(figures.get("tasks", daemon_tasks(figures))),
+        # How much the answer held: tasks listed (peers), bytes (taskforce).
+        "status_answer": float(figures.get("tasks", figures.get("bytes", 0))),
     }
 
 
@@ -327,107 +323,6 @@ def run_size(
     return out
 
 
-# ------------------------------------------------------------------ report
-
-
-ROWS: list[tuple[str, str, str]] = [
-    ("pss_mib", "daemon PSS (MiB)", "{:.1f}"),
-    ("uss_mib", "daemon USS (MiB)", "{:.1f}"),
-    ("start_s", "start all: wall (s)", "{:.2f}"),
-    ("start_cpu_s", "start all: daemon CPU (s)", "{:.2f}"),
-    ("restart_median_ms", "restart one killed task, median (ms)", "{:.1f}"),
-    ("reload_apply_ms", "one-task change applied (ms)", "{:.0f}"),
-    ("reload_untouched_restarted", "  collateral: others restarted", "{:.0f}"),
-    ("status_median_ms", "status of all tasks, median (ms)", "{:.1f}"),
-    ("idle_switches", "idle wake-ups in the window", "{:.0f}"),
-    ("idle_cpu_s", "idle CPU in the window (s)", "{:.3f}"),
-    ("replay_steps_per_s", "replay of the run's log (steps/s)", "{:,.0f}"),
-]
-
-#: Per-task slopes: figure, unit of the slope, factor from figure-per-task.
-SLOPES = [
-    ("pss_mib", "KiB/task", 1024),
-    ("start_s", "ms/task", 1000),
-    ("start_cpu_s", "CPU ms/task", 1000),
-    ("reload_apply_ms", "ms per 1,000 tasks", 1000),
-    ("status_median_ms", "ms per 1,000 tasks", 1000),
-]
-
-
-def slope(points: Sequence[tuple[int, float]]) -> float | None:
-    """Least-squares slope of value over size."""
-    if len(points) < 2:
-        return None
-    mx = statistics.fmean(n for n, _ in points)
-    my = statistics.fmean(v for _, v in points)
-    den = sum((n - mx) ** 2 for n, _ in points)
-    return sum((n - mx) * (v - my) for n, v in points) / den if den else None
-
-
-def growth(points: Sequence[tuple[int, float]]) -> float | None:
-    """log-log exponent between the two largest sizes (1: linear)."""
-    if len(points) < 2 or points[-2][1] <= 0 or points[-1][1] <= 0:
-        return None
-    (n1, v1), (n2, v2) = points[-2], points[-1]
-    return math.log(v2 / v1) / math.log(n2 / n1)
-
-
-def analyse(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for name, by_size in results.items():
-        for key, unit, factor in SLOPES:
-            points = [
-                (int(size), fig[key]) for size, fig in sorted(by_size.items(), key=lambda x: int(x[0]))
-                if isinstance(fig, dict) and key in fig
-            ]
-            value = slope(points)
-            if value is not None:
-                out.setdefault(name, {})[key] = {
-                    "slope": value * factor,
-                    "unit": unit,
-                    "growth_exponent": growth(points),
-                }
-    return out
-
-
-def table(results: dict[str, dict[str, Any]], sizes: Sequence[int]) -> str:
-    head = ["", "", *(f"{size:,}" for size in sizes)]
-    rows = [head]
-    for key, label, fmt in ROWS:
-        for name in results:
-            cells = []
-            for size in sizes:
-                fig = results[name].get(str(size))
-                if isinstance(fig, dict) and key in fig:
-                    cells.append(fmt.format(fig[key]))
-                elif isinstance(fig, str):
-                    cells.append("—")
-                else:
-                    cells.append("")
-            if any(cells):
-                rows.append([label, name, *cells])
-    widths = [max(len(row[col]) for row in rows) for col in range(len(head))]
-    lines = []
-    for index, row in enumerate(rows):
-        cells = [
-            cell.ljust(widths[col]) if col < 2 else cell.rjust(widths[col])
-            for col, cell in enumerate(row)
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-        if index == 0:
-            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
-
-
-def lost(results: dict[str, dict[str, Any]]) -> list[str]:
-    return [
-        f"{name} at {int(size):,}: {fig}"
-        for name, by_size in results.items()
-        for size, fig in by_size.items()
-        if isinstance(fig, str)
-    ]
-
-
 # ------------------------------------------------------------------ main
 
 
@@ -474,31 +369,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return options
 
 
-def output(payload: dict[str, Any], options: argparse.Namespace) -> None:
-    results = payload["results"]
-    sizes = payload["sizes"]
-    print(payload["machine_line"])
-    for note in payload["notes"]:
-        print(f"note: {note}")
-    print(table(results, sizes))
-    for line in lost(results):
-        print(f"did not survive: {line}")
-    for name, by_key in payload["slopes"].items():
-        parts = []
-        for key, fig in by_key.items():
-            exp = fig["growth_exponent"]
-            parts.append(
-                f"{key} {fig['slope']:.3g} {fig['unit']}"
-                + (f" (exponent {exp:.2f})" if exp is not None else "")
-            )
-        print(f"per task, {name}: " + "; ".join(parts))
-    if options.plot:
-        import scale_plot
-
-        for path in scale_plot.plot(payload, options.plot_dir):
-            print(f"wrote {path}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
     if options.memory_profile:
@@ -506,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return scale_memory.main([])
     if options.from_json:
-        output(json.loads(options.from_json.read_text()), options)
+        scale_report.output(json.loads(options.from_json.read_text()), options)
         return 0
     if not os.path.exists("/proc/self/smaps_rollup"):
         log("scale.py needs Linux /proc")
@@ -594,12 +464,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sizes": options.sizes,
         "notes": notes,
         "results": results,
-        "slopes": analyse(results),
+        "slopes": scale_report.analyse(results),
         "options": {k: v for k, v in vars(options).items() if isinstance(v, (int, float, list))},
     }
     if options.json:
         options.json.write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    output(payload, options)
+    scale_report.output(payload, options)
     return status
 
 
