@@ -2,15 +2,15 @@
 
 Reads figures only; never runs or measures anything. ``analyse`` fits a
 straight line (least squares) through each supervisor's figure over the
-sizes it survived, for the cost per task, and gives the log-log exponent
-between the two largest sizes: about 1 is linear, clearly above 1 grows
-worse than linear and must be explained.
+sizes it survived, for the cost per task, and gives the cost per task
+between each pair of neighbouring sizes (the marginal cost): when it
+rises from one step to the next by more than half, the figure grows worse
+than linear, and is flagged.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 from collections.abc import Sequence
 from typing import Any
@@ -36,9 +36,12 @@ SLOPES = [
     ("pss_mib", "KiB/task", 1024),
     ("start_s", "ms/task", 1000),
     ("start_cpu_s", "CPU ms/task", 1000),
+    ("restart_median_ms", "ms per 1,000 tasks", 1000),
     ("reload_apply_ms", "ms per 1,000 tasks", 1000),
     ("status_median_ms", "ms per 1,000 tasks", 1000),
 ]
+#: A marginal cost this many times the one before it is "worse than linear".
+WORSE = 1.5
 
 
 def slope(points: Sequence[tuple[int, float]]) -> float | None:
@@ -51,12 +54,14 @@ def slope(points: Sequence[tuple[int, float]]) -> float | None:
     return sum((n - mx) * (v - my) for n, v in points) / den if den else None
 
 
-def growth(points: Sequence[tuple[int, float]]) -> float | None:
-    """log-log exponent between the two largest sizes (1: linear)."""
-    if len(points) < 2 or points[-2][1] <= 0 or points[-1][1] <= 0:
-        return None
-    (n1, v1), (n2, v2) = points[-2], points[-1]
-    return math.log(v2 / v1) / math.log(n2 / n1)
+def marginal(points: Sequence[tuple[int, float]]) -> list[float]:
+    """Cost per task between each pair of neighbouring sizes."""
+    return [(v2 - v1) / (n2 - n1) for (n1, v1), (n2, v2) in zip(points, points[1:], strict=False)]
+
+
+def worse_than_linear(steps: Sequence[float]) -> bool:
+    """A marginal cost well above the one before it (both positive)."""
+    return any(b > WORSE * a > 0 for a, b in zip(steps, steps[1:], strict=False))
 
 
 def analyse(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -70,10 +75,15 @@ def analyse(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             ]
             value = slope(points)
             if value is not None:
+                steps = marginal(points)
                 out.setdefault(name, {})[key] = {
                     "slope": value * factor,
                     "unit": unit,
-                    "growth_exponent": growth(points),
+                    "marginal": [step * factor for step in steps],
+                    "between": [
+                        f"{a:,}-{b:,}" for (a, _), (b, _) in zip(points, points[1:], strict=False)
+                    ],
+                    "worse_than_linear": worse_than_linear(steps),
                 }
     return out
 
@@ -125,15 +135,16 @@ def output(payload: dict[str, Any], options: argparse.Namespace) -> None:
     print(table(results, sizes))
     for line in lost(results):
         print(f"did not survive: {line}")
+    payload["slopes"] = analyse(results)
     for name, by_key in payload["slopes"].items():
-        parts = []
+        print(f"per task, {name} (least squares; between neighbouring sizes):")
         for key, fig in by_key.items():
-            exp = fig["growth_exponent"]
-            parts.append(
-                f"{key} {fig['slope']:.3g} {fig['unit']}"
-                + (f" (exponent {exp:.2f})" if exp is not None else "")
+            steps = ", ".join(
+                f"{between} {step:.3g}"
+                for between, step in zip(fig["between"], fig["marginal"], strict=True)
             )
-        print(f"per task, {name}: " + "; ".join(parts))
+            flag = "  WORSE THAN LINEAR" if fig["worse_than_linear"] else ""
+            print(f"  {key}: {fig['slope']:.3g} {fig['unit']} ({steps}){flag}")
     if options.plot:
         import scale_plot
 
