@@ -97,10 +97,13 @@ import json, sys, time
 from circus.client import CircusClient
 client = CircusClient(endpoint=sys.argv[1], timeout=float(sys.argv[3]))
 times = []
+end = time.perf_counter() + float(sys.argv[4])
 for _ in range(int(sys.argv[2])):
     began = time.perf_counter()
     answer = client.call({"command": "status", "properties": {}})
     times.append(time.perf_counter() - began)
+    if time.perf_counter() > end:
+        break
     if answer.get("status") != "ok":
         raise SystemExit(f"circus status: {answer}")
 print(json.dumps({"times": times, "tasks": len(answer.get("statuses", {}))}))
@@ -193,28 +196,31 @@ def kernel_limits(needed: int, notes: list[str]) -> Iterator[list[str]]:
 # ------------------------------------------------------------------ status
 
 
-def supervisord_status(sup: Any, requests: int) -> dict[str, Any]:
+def supervisord_status(sup: Any, requests: int, spend: float) -> dict[str, Any]:
     """XML-RPC ``supervisor.getAllProcessInfo`` over supervisord's socket."""
     body = xmlrpc.client.dumps((), "supervisor.getAllProcessInfo").encode()
     conn = UnixConnection(str(sup.folder / "supervisor.sock"), timeout=120)
     times = []
     count = 0
     try:
+        end = time.perf_counter() + spend
         for _ in range(requests):
             began = time.perf_counter()
             conn.request("POST", "/RPC2", body, {"Content-Type": "text/xml"})
             data = conn.getresponse().read()
             times.append(time.perf_counter() - began)
+            if time.perf_counter() > end:
+                break
         count = len(xmlrpc.client.loads(data)[0][0])
     finally:
         conn.close()
     return {"computed": common.summary_ms(times), "tasks": count}
 
 
-def circus_status(sup: Any, requests: int, timeout: float) -> dict[str, Any]:
+def circus_status(sup: Any, requests: int, timeout: float, spend: float) -> dict[str, Any]:
     python = peers.Circus.bin / "python"
     done = subprocess.run(
-        [str(python), "-c", CIRCUS_STATUS, sup.endpoint, str(requests), str(timeout)],
+        [str(python), "-c", CIRCUS_STATUS, sup.endpoint, str(requests), str(timeout), str(spend)],
         capture_output=True,
         text=True,
         timeout=timeout * (requests + 2),
@@ -226,14 +232,17 @@ def circus_status(sup: Any, requests: int, timeout: float) -> dict[str, Any]:
     return {"computed": common.summary_ms(answer["times"]), "tasks": answer["tasks"]}
 
 
-def taskforce_status(sock: str, requests: int, timeout: float) -> dict[str, Any]:
+def taskforce_status(sock: str, requests: int, timeout: float, spend: float) -> dict[str, Any]:
     """``GET /status/tasks`` computed afresh: an empty control request feeds
     the core before each (the daemon keeps an answer until then). A new
     connection each, opened before the clock starts: an idle keep-alive
     connection is closed after 3 s, less than a large fleet's poke takes."""
     times = []
     size = 0
+    end = time.perf_counter() + spend
     for _ in range(requests):
+        if times and time.perf_counter() > end:
+            break
         poke = UnixConnection(sock, timeout=timeout)
         poke.request("POST", "/manage/control")
         poke.getresponse().read()
@@ -252,23 +261,26 @@ def taskforce_status(sock: str, requests: int, timeout: float) -> dict[str, Any]
     return {"computed": common.summary_ms(times), "bytes": size}
 
 
-def measure_status(daemon: Any, requests: int, timeout: float) -> dict[str, Any]:
+def measure_status(daemon: Any, requests: int, timeout: float, spend: float) -> dict[str, Any]:
     """The status figures, or ``status_error``: a failed status request is
-    reported, and the other figures of the size are still measured."""
+    reported, and the other figures of the size are still measured. At
+    most ``requests``, and no new one after ``spend`` seconds."""
     name = daemon.sup.name
     try:
         if name == "taskforce":
-            figures = taskforce_status(str(daemon.sup.folder / "s.tf"), requests, timeout)
+            sock = str(daemon.sup.folder / "s.tf")
+            figures = taskforce_status(sock, requests, timeout, spend)
         elif name == "supervisord":
-            figures = supervisord_status(daemon.sup, requests)
+            figures = supervisord_status(daemon.sup, requests, spend)
         else:
-            figures = circus_status(daemon.sup, requests, timeout)
+            figures = circus_status(daemon.sup, requests, timeout, spend)
     except (OSError, http.client.HTTPException, RuntimeError, subprocess.SubprocessError) as exc:
         log(f"  {name}: status failed: {exc!r}")
         return {"status_error": f"{exc!r}"[:300]}
     return {
         "status_median_ms": figures["computed"]["median_ms"],
         "status_p90_ms": figures["computed"]["p90_ms"],
+        "status_requests": float(figures["computed"]["n"]),
         # How much the answer held: tasks listed (peers), bytes (taskforce).
         "status_answer": float(figures.get("tasks", figures.get("bytes", 0))),
     }
@@ -337,7 +349,9 @@ def run_size(
         out.update(peers.measure_memory(daemon))
         out.update(peers.measure_idle(daemon, options.idle))
         log(f"  {name} @ {size}: PSS {out['pss_mib']:.1f} MiB, {out['idle_switches']:.0f} wake-ups")
-        out.update(measure_status(daemon, options.status_requests, options.deadline))
+        out.update(
+            measure_status(daemon, options.status_requests, options.deadline, options.status_time)
+        )
         out.update(
             peers.measure_restart(
                 daemon, options.kills, options.stable, options.deadline, options.gap, options.seed
@@ -376,6 +390,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--idle", type=float, default=10.0, help="idle window, seconds")
     parser.add_argument("--settle", type=float, default=3.0, help="plus 0.5 s per 1,000 tasks")
     parser.add_argument("--status-requests", type=int, default=10)
+    parser.add_argument(
+        "--status-time", type=float, default=20.0, help="no new status request after this (s)"
+    )
     parser.add_argument("--start-timeout", type=float, default=60.0)
     parser.add_argument("--start-per-task", type=float, default=0.03, help="seconds")
     parser.add_argument("--deadline", type=float, default=120.0, help="any other single wait")
@@ -383,7 +400,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write every figure here")
     parser.add_argument("--plot", action="store_true", help="write docs/scale-*.png")
     parser.add_argument("--plot-dir", type=Path, default=HERE.parent / "docs")
-    parser.add_argument("--from-json", type=Path, help="only print/plot a saved --json file")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        action="append",
+        help="only print/plot saved --json files (repeat it: runs of different sizes are merged)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders")
     parser.add_argument(
         "--memory-profile",
@@ -410,7 +432,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return scale_memory.main([])
     if options.from_json:
-        scale_report.output(json.loads(options.from_json.read_text()), options)
+        payload = scale_report.merge([json.loads(path.read_text()) for path in options.from_json])
+        if options.json:
+            options.json.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+        scale_report.output(payload, options)
         return 0
     if not os.path.exists("/proc/self/smaps_rollup"):
         log("scale.py needs Linux /proc")

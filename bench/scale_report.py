@@ -88,6 +88,49 @@ def analyse(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def merge(payloads: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Runs of different sizes as one: a later run's figure of a size wins."""
+    if len(payloads) == 1:
+        return payloads[0]
+    out = {**payloads[0], "results": {}, "notes": [], "runs": []}
+    for payload in payloads:
+        out["runs"].append(payload.get("machine_line", ""))
+        out["notes"] += [n for n in payload.get("notes", []) if n not in out["notes"]]
+        for name, by_size in payload["results"].items():
+            out["results"].setdefault(name, {}).update(by_size)
+    out["sizes"] = sorted({int(s) for p in payloads for s in p["sizes"]})
+    out["machine_line"] = " | ".join(dict.fromkeys(out["runs"]))
+    return out
+
+
+def targets(results: dict[str, dict[str, Any]]) -> list[Any]:
+    """Issue 17's targets for taskforce, at the sizes this run measured."""
+    from common import check
+
+    figs = {int(k): v for k, v in results.get("taskforce", {}).items() if isinstance(v, dict)}
+    out = []
+
+    def at(size: int, key: str) -> float | None:
+        value = figs.get(size, {}).get(key)
+        return None if value is None else float(value)
+
+    if (v := at(1000, "start_s")) is not None:
+        out.append(check("start 1,000 tasks", v, 1.5, "s"))
+    for size, limit in ((1000, 100), (10000, 500)):
+        if (v := at(size, "reload_apply_ms")) is not None:
+            out.append(check(f"one-task change among {size:,}", v, limit, "ms"))
+    low, high = at(100, "restart_median_ms"), at(10000, "restart_median_ms")
+    if low and high is not None:
+        out.append(check("restart at 10,000 / at 100", high / low, 2.0, "x"))
+    for size, limit in ((100, 15), (10000, 40)):
+        if (v := at(size, "pss_mib")) is not None:
+            out.append(check(f"PSS with {size:,} tasks", v, limit, "MiB"))
+    for size in sorted(figs):
+        if (v := at(size, "idle_switches")) is not None:
+            out.append(check(f"idle wake-ups, {size:,} tasks", v, 0, ""))
+    return out
+
+
 def table(results: dict[str, dict[str, Any]], sizes: Sequence[int]) -> str:
     head = ["", "", *(f"{size:,}" for size in sizes)]
     rows = [head]
@@ -145,6 +188,12 @@ def output(payload: dict[str, Any], options: argparse.Namespace) -> None:
             )
             flag = "  WORSE THAN LINEAR" if fig["worse_than_linear"] else ""
             print(f"  {key}: {fig['slope']:.3g} {fig['unit']} ({steps}){flag}")
+    checks = targets(results)
+    if checks:
+        from common import print_checks
+
+        print("issue 17's targets (taskforce):")
+        print_checks(checks)
     if options.plot:
         import scale_plot
 
