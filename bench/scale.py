@@ -269,6 +269,12 @@ def measure_status(daemon: Any, requests: int, timeout: float, spend: float) -> 
     try:
         if name == "taskforce":
             sock = str(daemon.sup.folder / "s.tf")
+            # taskforce opens its control socket once the start-up burst
+            # is handled, which at 10,000 tasks comes after every task runs.
+            deadline = time.perf_counter() + timeout
+            while not os.path.exists(sock) and time.perf_counter() < deadline:
+                daemon.alive()
+                time.sleep(0.1)
             figures = taskforce_status(sock, requests, timeout, spend)
         elif name == "supervisord":
             figures = supervisord_status(daemon.sup, requests, spend)

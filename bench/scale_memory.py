@@ -82,7 +82,7 @@ def snapshot_at(
     with common.BenchDaemon(common.fleet_config(argvs), python=python) as daemon:
         daemon.start()
         expected = {common.argv_bytes(argv): 1 for argv in argvs}
-        daemon.wait_running(expected, 60 + size * 0.05, interval=0.05)
+        daemon.wait_running(expected, 120 + size * 0.3, interval=0.05)
         time.sleep(settle)
         memory = common.memory_kib(daemon.pid)
         trigger.touch()
