@@ -330,6 +330,21 @@ def measure_replay(path: Path, env: dict[str, str], timeout: float) -> dict[str,
 # ------------------------------------------------------------------ one size
 
 
+def settle_quiet(daemon: Any, limit: float) -> float:
+    """Wait until the daemon used under 1 % of a CPU for a whole second
+    (at 10,000 tasks it is still busy with the start-up's tail well after
+    every task runs); seconds since launch. Bounded by ``limit``."""
+    end = time.perf_counter() + limit
+    before = common.cpu_seconds(daemon.pid)
+    while time.perf_counter() < end:
+        time.sleep(1.0)
+        now = common.cpu_seconds(daemon.pid)
+        if now - before < 0.01:
+            break
+        before = now
+    return time.perf_counter() - daemon.started_at
+
+
 def run_size(
     name: str, size: int, options: argparse.Namespace, marker: str, base: int, folder: Path
 ) -> dict[str, Any]:
@@ -352,6 +367,7 @@ def run_size(
         out["start_cpu_s"] = common.cpu_seconds(daemon.pid)
         log(f"  {name} @ {size}: all running after {out['start_s']:.2f} s")
         time.sleep(options.settle + size / 2000)
+        out["settled_after_s"] = settle_quiet(daemon, options.deadline)
         out.update(peers.measure_memory(daemon))
         out.update(peers.measure_idle(daemon, options.idle))
         log(f"  {name} @ {size}: PSS {out['pss_mib']:.1f} MiB, {out['idle_switches']:.0f} wake-ups")
