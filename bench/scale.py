@@ -9,7 +9,8 @@ distinct argument, so a process's argv names its task) and is measured:
 - **start**: launch -> every task running (wall time), and the daemon's CPU
   time until then;
 - **memory**: the daemon's PSS (and RSS, USS) once settled, its tasks apart;
-- **idle**: the daemon's wake-ups (context switches) and CPU over ``--idle`` s;
+- **idle**: the daemon's wake-ups (context switches) and CPU over ``--idle`` s,
+  once it has been quiet (under 1 % CPU) for a whole second;
 - **restart**: a task that has run ``--stable`` s is SIGKILLed, the time
   until its replacement runs, ``--kills`` times;
 - **status**: the status of every task asked over the daemon's own control

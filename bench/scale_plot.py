@@ -72,14 +72,19 @@ def plot(payload: dict[str, Any], folder: Path) -> list[Path]:
     sizes: Sequence[int] = payload["sizes"]
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    subtitle = payload.get("machine_line", "")
+    info = payload.get("machine", {})
+    subtitle = (
+        f"{info.get('cpus', '?')} CPUs ({info.get('cpu', '?')}), Linux {info.get('kernel', '?')}, "
+        f"Python {info.get('python', '?')}; supervisor {info.get('supervisord', '?')}, "
+        f"circus {info.get('circus', '?')}; bench/scale.py"
+    )
     for filename, panels in FIGURES.items():
         fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
         for ax, (key, title, unit, log_y) in zip(axes[0], panels, strict=True):
             for name in results:
                 xs, ys, lost = series(results, name, key)
-                if not xs and lost is None:
-                    continue
+                if not xs:
+                    continue  # nothing measured (replay: taskforce only)
                 label = name if lost is None else f"{name} (did not survive {lost:,})"
                 ax.plot(
                     xs,
@@ -112,6 +117,7 @@ def plot(payload: dict[str, Any], folder: Path) -> list[Path]:
             if log_y:
                 ax.set_yscale("log")
                 ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: short(v)))
+                ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: ""))
             ax.set_xticks(list(sizes))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}"))
             ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: ""))

@@ -145,7 +145,7 @@ def table(results: dict[str, dict[str, Any]], sizes: Sequence[int]) -> str:
                     cells.append("—")
                 else:
                     cells.append("")
-            if any(cells):
+            if any(cell not in ("", "—") for cell in cells):
                 rows.append([label, name, *cells])
     widths = [max(len(row[col]) for row in rows) for col in range(len(head))]
     lines = []
