@@ -403,9 +403,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for candidate in ("/tmp/scale-peers/bin", "/tmp/peers/bin"):
         if not (default_bin / "supervisord").exists() and Path(candidate).is_dir():
             default_bin = Path(candidate)
-    parser.add_argument("--peers-bin", type=Path, default=default_bin)
-    parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
-    parser.add_argument("--supervisors", default=",".join(SUPERVISORS))
+    parser.add_argument(
+        "--peers-bin",
+        type=Path,
+        default=default_bin,
+        help=f"folder of supervisord, supervisorctl, circusd, circusctl (default {default_bin})",
+    )
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="numbers of tasks")
+    parser.add_argument(
+        "--supervisors", default=",".join(SUPERVISORS), help="some of " + ",".join(SUPERVISORS)
+    )
     parser.add_argument("--kills", type=int, default=5, help="SIGKILLs per size")
     parser.add_argument("--stable", type=float, default=2.0, help="a victim's age, seconds")
     parser.add_argument("--gap", type=float, default=3.0, help="random pause between kills")
@@ -417,9 +424,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--status-time", type=float, default=20.0, help="no new status request after this (s)"
     )
     parser.add_argument("--start-timeout", type=float, default=60.0)
-    parser.add_argument("--start-per-task", type=float, default=0.03, help="seconds")
+    parser.add_argument(
+        "--start-per-task",
+        type=float,
+        default=0.05,
+        help="seconds per task added to --start-timeout: the bound to start a size",
+    )
     parser.add_argument("--deadline", type=float, default=120.0, help="any other single wait")
-    parser.add_argument("--budget", type=float, default=5400.0, help="the whole run, seconds")
+    parser.add_argument("--budget", type=float, default=7200.0, help="the whole run, seconds")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     parser.add_argument("--plot", action="store_true", help="write docs/scale-*.png")
     parser.add_argument("--plot-dir", type=Path, default=HERE.parent / "docs")
