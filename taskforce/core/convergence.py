@@ -48,14 +48,18 @@ class Convergence(Rollouts):
 
     def _touch_for(self, event: ev.Event) -> None:
         """Mark what ``event`` can change for the converge pass."""
+        # What happened to one process touches its slot alone: the pass then
+        # visits that slot, not every slot of a task of 1,000 (a start-up of
+        # a ``count: 1000`` task was quadratic).  A handler that changes more
+        # than that slot touches the task as well.
         if isinstance(event, (ev.ProcessStarted, ev.SpawnFailed, ev.PidfileRead)):
-            self._touch(event.task)
+            self._touch_slot(event.task, event.instance)
         elif isinstance(event, (ev.ProcessExited, ev.GroupEmptied)):
             slot = self._by_pid.get(
                 event.pid if isinstance(event, ev.ProcessExited) else event.pgid
             )
             if slot is not None:
-                self._touch(slot.task)
+                self._touch_slot(slot.task, slot.instance)
         elif isinstance(event, ev.FileChanged):
             self._touch(event.key.partition("#")[0])
         elif not isinstance(event, (ev.TimerFired, ev.CommandExited)):
@@ -71,11 +75,12 @@ class Convergence(Rollouts):
         if self._all_dirty or self.shutdown is not None:
             return list(self.order)
         rank = self._rank
-        if len(self._dirty) == 1:  # the usual case: one task, maybe nothing requires it
-            (name,) = self._dirty
+        dirty = self._dirty.union(self._dirty_slots) if self._dirty_slots else self._dirty
+        if len(dirty) == 1:  # the usual case: one task, maybe nothing requires it
+            (name,) = dirty
             if name not in self.dependents:
                 return [name] if name in rank else []
-        todo = [name for name in self._dirty if name in rank]
+        todo = [name for name in dirty if name in rank]
         seen = set(todo)
         while todo:
             for dependent in self.dependents.get(todo.pop(), ()):
@@ -84,18 +89,50 @@ class Convergence(Rollouts):
                     todo.append(dependent)
         return sorted(seen, key=rank.__getitem__)
 
+    def _only_slots(self, task: TaskState, want: int, gate: tuple[str, ...]) -> list[Slot] | None:
+        """The slots this pass must visit when only some of ``task``'s were
+        touched (None: visit them all).
+
+        An untouched slot is where the last pass left it, and a pass over it
+        again would do nothing -- as long as nothing it is judged by changed:
+        the task itself (touched then), its gate, its pool size, a rollout
+        (which weighs slots against each other), a leftover or a shutdown.
+        """
+        instances = self._dirty_slots.get(task.spec.name)
+        if (
+            instances is None
+            or task.spec.name in self._dirty
+            or self.shutdown is not None
+            or self.leftovers
+            or task.rollout
+            or task.rollout_check
+            or task.rollout_halted
+            or task.removed
+            or len(task.slots) != want
+            or gate != task.waiting_on
+        ):
+            return None
+        slots = task.slots
+        return [slots[i] for i in sorted(instances) if i < len(slots)]
+
     def _converge(self) -> None:
         forget = []
+        partial = not self._all_dirty and self._dirty_slots
         for name in self._visit_order():
             task = self.tasks[name]
             want = task.count if self.wants_run(task) else 0
             if want and (task.rollout or task.rollout_check) and self.rolls(task):
                 want += self._rollout_pass(task)  # (its surge slots, if any)
+            gate = self._gate(task) if want else ()
+            only = self._only_slots(task, want, gate) if partial else None
+            if only is not None:
+                for slot in only:
+                    self._keep_running(task, slot, gate)
+                continue
             while len(task.slots) < want:
                 slot = Slot(task=name, instance=len(task.slots))
                 LIFECYCLE.attach(slot)
                 task.slots.append(slot)
-            gate = self._gate(task) if want else ()
             if gate != task.waiting_on:
                 # Info when what it waits on changes, not each time the reason
                 # does (a crash-looping requirement would flood the log).
@@ -122,6 +159,8 @@ class Convergence(Rollouts):
             if task.removed and not task.slots:
                 forget.append(name)
         self._dirty = set()
+        if self._dirty_slots:
+            self._dirty_slots = {}
         self._all_dirty = False
         if self._spare:
             self._spare = {}
