@@ -72,10 +72,17 @@ class Convergence(Rollouts):
         can have anything to do; at shutdown the stop order spans every task.
         Nothing in a pass touches a task, so the set is known before it.
         """
-        if self._all_dirty or self.shutdown is not None:
+        if self._all_dirty:
             return list(self.order)
         rank = self._rank
         dirty = self._dirty.union(self._dirty_slots) if self._dirty_slots else self._dirty
+        if self.shutdown is not None:
+            # The stop order: what was touched, and every task not yet
+            # settled (it may be waiting for its dependents to go).
+            names = set(dirty)
+            if len(self._settled) < len(self.order):
+                names.update(name for name in self.order if name not in self._settled)
+            return sorted((name for name in names if name in rank), key=rank.__getitem__)
         if len(dirty) == 1:  # the usual case: one task, maybe nothing requires it
             (name,) = dirty
             if name not in self.dependents:
@@ -115,47 +122,77 @@ class Convergence(Rollouts):
         slots = task.slots
         return [slots[i] for i in sorted(instances) if i < len(slots)]
 
+    def _stop_touched(self, task: TaskState) -> bool:
+        """At shutdown: whether ``task`` was settled before and only some
+        of its slots were touched since; then those alone are kept stopped.
+
+        A settled task is one a shutdown pass found with no live dependents:
+        every slot got its stop then, nothing starts again before the exit,
+        so a later pass over an untouched slot would do nothing.  (Each exit
+        at shutdown walked every slot of every task: quadratic in the fleet.)
+        """
+        name = task.spec.name
+        if name not in self._settled or name in self._dirty or self.leftovers:
+            return False
+        for instance in sorted(self._dirty_slots.get(name, ())):
+            if instance < len(task.slots):
+                self._keep_stopped(task, task.slots[instance])
+        return True
+
+    def _converge_task(self, task: TaskState, partial: bool) -> bool:
+        """One task's part of the pass; whether every slot was visited."""
+        name = task.spec.name
+        want = task.count if self.wants_run(task) else 0
+        if want and (task.rollout or task.rollout_check) and self.rolls(task):
+            want += self._rollout_pass(task)  # (its surge slots, if any)
+        gate = self._gate(task) if want else ()
+        only = self._only_slots(task, want, gate) if partial else None
+        if only is not None:
+            for slot in only:
+                self._keep_running(task, slot, gate)
+            return False
+        while len(task.slots) < want:
+            slot = Slot(task=name, instance=len(task.slots))
+            LIFECYCLE.attach(slot)
+            task.slots.append(slot)
+        if gate != task.waiting_on:
+            # Info when what it waits on changes, not each time the reason
+            # does (a crash-looping requirement would flood the log).
+            before = {item.split(" ", 1)[0] for item in task.waiting_on}
+            level = "info" if {item.split(" ", 1)[0] for item in gate} != before else "debug"
+            task.waiting_on = gate
+            if gate:
+                self.log(level, f"{name}: waiting on {', '.join(gate)}", name)
+        for slot in task.slots:
+            if slot.instance < want:
+                self._keep_running(task, slot, gate)
+            else:
+                self._keep_stopped(task, slot)
+        self._drop_stopped(task, want)
+        return True
+
+    @staticmethod
+    def _drop_stopped(task: TaskState, want: int) -> None:
+        """Forget the stopped slots at the end of ``task``'s list past ``want``."""
+        slots = task.slots
+        while slots and slots[-1].instance >= want and slots[-1].state in (SLOT_STOPPED, SLOT_DONE):
+            LIFECYCLE.detach(slots.pop())
+
     def _converge(self) -> None:
         forget = []
-        partial = not self._all_dirty and self._dirty_slots
+        partial = not self._all_dirty and bool(self._dirty_slots)
+        if self.shutdown is None:
+            if self._settled:
+                self._settled = set()
+        elif self._all_dirty:
+            self._settled = set()
         for name in self._visit_order():
             task = self.tasks[name]
-            want = task.count if self.wants_run(task) else 0
-            if want and (task.rollout or task.rollout_check) and self.rolls(task):
-                want += self._rollout_pass(task)  # (its surge slots, if any)
-            gate = self._gate(task) if want else ()
-            only = self._only_slots(task, want, gate) if partial else None
-            if only is not None:
-                for slot in only:
-                    self._keep_running(task, slot, gate)
-                continue
-            while len(task.slots) < want:
-                slot = Slot(task=name, instance=len(task.slots))
-                LIFECYCLE.attach(slot)
-                task.slots.append(slot)
-            if gate != task.waiting_on:
-                # Info when what it waits on changes, not each time the reason
-                # does (a crash-looping requirement would flood the log).
-                before = {item.split(" ", 1)[0] for item in task.waiting_on}
-                level = "info" if {item.split(" ", 1)[0] for item in gate} != before else "debug"
-                task.waiting_on = gate
-                if gate:
-                    self.log(level, f"{name}: waiting on {', '.join(gate)}", name)
-            for slot in task.slots:
-                if slot.instance < want:
-                    self._keep_running(task, slot, gate)
-                else:
-                    self._keep_stopped(task, slot)
-            while (
-                task.slots
-                and task.slots[-1].instance >= want
-                and task.slots[-1].state
-                in (
-                    SLOT_STOPPED,
-                    SLOT_DONE,
-                )
-            ):
-                LIFECYCLE.detach(task.slots.pop())
+            if self.shutdown is not None and self._stop_touched(task):
+                self._drop_stopped(task, 0)
+            elif self._converge_task(task, partial) and self.shutdown is not None:
+                if not self.leftovers and not self._has_live_dependents(name):
+                    self._settled.add(name)
             if task.removed and not task.slots:
                 forget.append(name)
         self._dirty = set()

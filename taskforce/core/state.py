@@ -78,6 +78,7 @@ class SupervisorState:
             "_out",
             "_dirty",
             "_dirty_slots",
+            "_settled",
             "_all_dirty",
             "_reload",
             "_spare",
@@ -128,6 +129,9 @@ class SupervisorState:
         #: changed: the converge pass may visit just these (see ``_converge``)
         self._dirty_slots: dict[str, set[int]] = {}
         self._all_dirty = True
+        #: at shutdown, the tasks a pass found with no live dependents: each
+        #: slot has had its stop (see ``_stop_touched``)
+        self._settled: set[str] = set()
         #: the reload being applied by the current event (see ``handle``)
         self._reload: ReloadNote | None = None
         #: ready processes each rolling task may still lose in this
