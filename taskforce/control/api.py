@@ -301,6 +301,8 @@ def _costs(server: ControlServer) -> dict[costs.SlotKey, costs.Figures] | None:
     # slot restarted meanwhile: under churn it would otherwise wait forever.
     figures = server.costs.held(wanted, any_slots=server.sample_came)
     if figures is None:
+        if not server.sample_off_loop:
+            return server.costs.sample(wanted)
         server.costs.begin(wanted, server.shell.wake)
     return figures
 

@@ -76,7 +76,12 @@ class ControlServer:
     """Every listener and connection of the control path."""
 
     def __init__(
-        self, shell: Shell, selector: selectors.BaseSelector, options: Options | None = None
+        self,
+        shell: Shell,
+        selector: selectors.BaseSelector,
+        options: Options | None = None,
+        *,
+        sample_off_loop: bool = False,
     ) -> None:
         self.shell = shell
         self.options = options or Options()
@@ -104,8 +109,11 @@ class ControlServer:
         self._next_request = 0
         #: the deferred answer being computed off the loop, if any
         self.job: _Job | None = None
-        #: what each slot costs, sampled only when a request asks, off the loop
+        #: what each slot costs, sampled only when a request asks: off the
+        #: loop in the daemon; where whoever drives the server turns it by
+        #: hand (the simulator), at once, so that a run stays deterministic
         self.costs = costs.Sampler()
+        self.sample_off_loop = sample_off_loop
         #: requests waiting for that sample
         self.sample_waiting: list[Connection] = []
         #: whether the request being answered waited for the sample just in
