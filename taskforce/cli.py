@@ -464,7 +464,7 @@ def check_config_quietly(
     """The config's errors, one a line (or None), and the config."""
     try:
         roles = load_roles(roles_path)
-        config = load_config(config_path, roles=roles.names, role_values=roles.values)
+        config = load_config(config_path, roles=roles.names, role_values=roles.values, keep=True)
     except ConfigError as exc:
         return "\n".join(exc.report()), {}
     except OSError as exc:

@@ -233,6 +233,8 @@ class Output:
         #: Unlinked files being freed: [fd, size left].
         self.shrinking: list[list[int]] = []
         self._null: int | None = None
+        #: whether a ring may have no users (see ``_recent``)
+        self._idle_rings = False
 
     def prepare(self, spawn: Spawn) -> tuple[int | None, Callable[[bool], None]]:
         """Before ``spawn``: the fd to give the child as stdout and stderr
@@ -289,11 +291,16 @@ class Output:
     def _recent(self, task: str) -> Recent:
         recent = self.recent.get(task)
         if recent is None:
-            if len(self.recent) >= MAX_RINGS:
+            # Looked for only when a ring may have gone idle since the last
+            # look: with more captured tasks than rings, every start walked
+            # them all (quadratic in the fleet).
+            if len(self.recent) >= MAX_RINGS and self._idle_rings:
                 idle = [name for name, ring in self.recent.items() if not ring.users]
                 idle.sort(key=lambda name: self.recent[name].last_time)
-                for name in idle[: len(self.recent) - MAX_RINGS + 1]:
+                dropped = idle[: len(self.recent) - MAX_RINGS + 1]
+                for name in dropped:
                     del self.recent[name]
+                self._idle_rings = len(idle) > len(dropped)
             recent = self.recent[task] = Recent()
         return recent
 
@@ -301,6 +308,7 @@ class Output:
         self.captures.discard(capture)
         if capture.recent is not None:
             capture.recent.users -= 1
+            self._idle_rings = self._idle_rings or capture.recent.users <= 0
         sink = capture.sink
         if sink is not None:
             sink.users -= 1

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,28 @@ def test_a_sample_is_held_then_taken_afresh() -> None:
     assert sampler.generation == generation + 2 and again is not first
     assert again[me]["cpu_seconds"] >= first[me]["cpu_seconds"]
     assert ("gone", 0, 2**22 + 1) not in again
+
+
+@needs_linux
+def test_a_sample_off_the_loop_is_taken_on_a_thread_and_collected() -> None:
+    now = [100.0]
+    sampler = costs.Sampler(hold=0.5, clock=lambda: now[0])
+    me = ("me", 0, os.getpgrp())
+    woken = threading.Event()
+    assert sampler.held((me,)) is None and not sampler.busy
+    sampler.begin((me,), woken.set)
+    sampler.begin((me,), woken.set)  # one at a time: the second is a no-op
+    assert woken.wait(10), "the worker wakes the loop"
+    assert sampler.done and sampler.held((me,)) is None, "not in until collected"
+    generation = sampler.generation
+    assert sampler.collect() is True and not sampler.busy
+    assert sampler.generation == generation + 1
+    figures = sampler.held((me,))
+    assert figures is not None and figures[me]["open_fds"] > 0
+    other = (me, ("new", 0, 2**22 + 1))
+    assert sampler.held(other) is None, "other slots need a fresh sample"
+    assert sampler.held(other, any_slots=True) is figures, "unless the request waited for it"
+    assert sampler.collect() is False, "nothing more to collect"
 
 
 # ------------------------------------------------------------ a real daemon

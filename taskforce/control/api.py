@@ -52,9 +52,17 @@ Who = dict[str, Any]
 METRICS = "text/plain; version=0.0.4; charset=utf-8"
 
 
+class AwaitSample:
+    """The answer needs a fresh sample of the slots' costs, being taken off
+    the loop: the server holds the request and asks again once it is in."""
+
+
+AWAIT_SAMPLE = AwaitSample()
+
+
 def handle(
     server: ControlServer, request: Request, listener: Listener, who: Who
-) -> Response | Deferred:
+) -> Response | Deferred | AwaitSample:
     """Answer one complete request from a client that proved ``who``
     (``/manage/plan``: with a ``Deferred``)."""
     if request.method not in ("GET", "POST", "HEAD"):
@@ -144,14 +152,17 @@ def _status(
     reader: Callable[[ControlServer, Service], tuple[int, Any]],
     params: Params,
     service: Service,
-) -> Response:
+) -> Response | AwaitSample:
     if path == "/metrics":
         turn_key = (path, service.allow_control)
         if turn_key not in server.turn_cache:
+            figures = _costs(server)
+            if figures is None:
+                return AWAIT_SAMPLE
             body = (
                 status.metrics_text(server.shell.core, server.figures())
                 + _refused(server)
-                + costs.metrics_text(_costs(server))
+                + costs.metrics_text(figures)
             )
             server.turn_cache[turn_key] = Response(200, body.encode(), METRICS)
         return server.turn_cache[turn_key]
@@ -172,7 +183,8 @@ def _status(
     if path == "/status/tasks":
         # The costs change without the core being fed: an answer holds as
         # long as their sample does.
-        _costs(server)
+        if _costs(server) is None:
+            return AWAIT_SAMPLE
         generation = server.costs.generation
         key = (*key, generation)
         for old in [k for k in cache if k[0] == path and k[-1] != generation]:
@@ -275,20 +287,29 @@ def wall_clock(tasks: dict[str, Any], now_mono: float, now_wall: float) -> dict[
     return tasks
 
 
-def _costs(server: ControlServer) -> dict[costs.SlotKey, costs.Figures]:
-    """Every slot's costs (sampled now, or the sample of the last half
-    second): read from the kernel only when asked, never on a timer."""
-    return server.costs.sample(
+def _costs(server: ControlServer) -> dict[costs.SlotKey, costs.Figures] | None:
+    """Every slot's costs, from the sample of the last half second; None
+    when a fresh one is needed, which is then begun off the loop (read from
+    the kernel only when asked, never on a timer)."""
+    wanted = tuple(
         (name, slot.instance, slot.pid)
         for name, task in server.shell.core.tasks.items()
         for slot in task.slots
         if slot.pid is not None
     )
+    # A request that waited for a sample is answered with it, even if a
+    # slot restarted meanwhile: under churn it would otherwise wait forever.
+    figures = server.costs.held(wanted, any_slots=server.sample_came)
+    if figures is None:
+        if not server.sample_off_loop:
+            return server.costs.sample(wanted)
+        server.costs.begin(wanted, server.shell.wake)
+    return figures
 
 
 def _tasks(server: ControlServer, service: Service) -> tuple[int, Any]:
     tasks = status.tasks_status(server.shell.core)
-    costs.annotate(tasks, _costs(server))
+    costs.annotate(tasks, server.costs.last())  # (_status saw it held)
     return 200, wall_clock(tasks, server.shell.now, time.time())
 
 

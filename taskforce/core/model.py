@@ -433,6 +433,8 @@ def _hashable(value: Any) -> Any:
 #: two builds are kept (validation, then the core), so reloads never grow it.
 _BUILT: dict[tuple[str, Any, Any], TaskSpec] = {}
 _PREVIOUS: dict[tuple[str, Any, Any], TaskSpec] = {}
+#: The last build's task entries and their keys, by the entry's id.
+_ENTRY_KEYS: dict[int, tuple[Any, Any]] = {}
 
 
 def build(
@@ -462,8 +464,16 @@ def build(
     )
     built: dict[tuple[str, Any, Any], TaskSpec] = {}
     specs: dict[str, TaskSpec] = {}
+    global _ENTRY_KEYS
+    # The checker's build and the core's get the same entries: each entry's
+    # key is made once (held with the entry, so its id stays its own).
+    entry_keys: dict[int, tuple[Any, Any]] = {}
     for name in sorted(tasks):
-        key = (name, _hashable(tasks[name]), shared)
+        entry = tasks[name]
+        known = _ENTRY_KEYS.get(id(entry))
+        entry_key = known[1] if known is not None and known[0] is entry else _hashable(entry)
+        entry_keys[id(entry)] = (entry, entry_key)
+        key = (name, entry_key, shared)
         cached = _BUILT.get(key) or _PREVIOUS.get(key)
         if cached is not None:
             specs[name] = built[key] = cached
@@ -477,6 +487,7 @@ def build(
         except ContextError as exc:
             raise SpecError(("tasks", name), str(exc)) from None
     _PREVIOUS, _BUILT = _BUILT, built
+    _ENTRY_KEYS = entry_keys
     for name, spec in specs.items():
         for index, required in enumerate(spec.requires):
             if required not in specs:
