@@ -13,7 +13,10 @@ hostile client harmless:
 - a response being written is given ``timeout`` more whenever the client
   takes some of it;
 - nothing more is read while a request waits for its answer, so a client
-  that pipelines cannot make us buffer without bound.
+  that pipelines cannot make us buffer without bound;
+- a stream (``text/event-stream``, see ``taskforce.control.stream``) is
+  given ``stream.STALL`` seconds to take each piece, and what it sends is
+  read only to notice that it went away.
 
 It never decides anything: a complete request goes to the server's queue,
 and the server hands back a ``Response``.
@@ -37,6 +40,7 @@ import h11
 
 from taskforce import __version__
 from taskforce.control.listen import subject_text
+from taskforce.control.stream import STALL
 
 log = logging.getLogger("taskforce")
 
@@ -140,6 +144,10 @@ class Connection:
         self.sock: socket.socket = sock
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self.out: deque[memoryview] = deque()
+        #: bytes queued in ``out``, not yet taken by the client
+        self.unsent = 0
+        #: the response is a stream that stays open (``begin_stream``)
+        self.stream = False
         self.closed = False
         self.handshaking = listener.tls is not None
         self.lingering = False
@@ -195,6 +203,8 @@ class Connection:
             self._flush()
         if self.lingering:
             self._drain()
+        elif self.stream:
+            self._read_stream()
         elif not self.closed and not self.out and not self.queued:
             self._read()
         self._interest()
@@ -238,6 +248,24 @@ class Connection:
         if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
             # Decrypted bytes wait inside the TLS layer: no fd will say so.
             self.server.again.add(self)
+
+    def _read_stream(self) -> None:
+        """A stream's client sends nothing more we use: only notice it leave."""
+        for _ in range(4):
+            try:
+                data = self.sock.recv(READ_SIZE)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                return
+            except ssl.SSLWantWriteError:
+                self._block = selectors.EVENT_WRITE
+                return
+            except (ssl.SSLError, OSError):
+                break
+            if not data:
+                break
+        else:
+            return
+        self.close()
 
     def _parse(self) -> None:
         while not self.closed and not self.finished:
@@ -354,9 +382,46 @@ class Connection:
         self._flush()
         self._interest()
 
+    def begin_stream(self) -> None:
+        """Answer the current request with a stream that stays open: its
+        head now, its pieces with ``push``."""
+        self.queued = False
+        self.stream = True
+        self.deadline = None
+        headers = [
+            (b"Server", SERVER_HEADER),
+            (b"Content-Type", b"text/event-stream; charset=utf-8"),
+            (b"Cache-Control", b"no-store"),
+            (b"X-Content-Type-Options", b"nosniff"),
+            # nginx would otherwise hold the events back in its buffer.
+            (b"X-Accel-Buffering", b"no"),
+        ]
+        self._queue(self.h11.send(h11.Response(status_code=200, headers=headers, reason=b"OK")))
+        self._flush()
+        self._interest()
+
+    def push(self, data: bytes) -> None:
+        """Send one piece of a stream (framed by h11: chunked for HTTP/1.1)."""
+        if self.closed or not self.stream:
+            return
+        try:
+            self._queue(self.h11.send(h11.Data(data=data)))
+        except h11.LocalProtocolError:
+            self.close()
+            return
+        self._flush()
+        if self.out and self.deadline is None:
+            self.deadline = time.monotonic() + self._patience()
+        self._interest()
+
+    def _patience(self) -> float:
+        """How long the client may take nothing before it is given up on."""
+        return max(self.timeout, STALL) if self.stream else self.timeout
+
     def _queue(self, data: bytes | bytearray | memoryview | None) -> None:
         if data:
             self.out.append(memoryview(data))
+            self.unsent += len(data)
 
     def _flush(self) -> None:
         while self.out:
@@ -371,7 +436,10 @@ class Connection:
             except (ssl.SSLError, OSError):
                 self.close()
                 return
-            self.deadline = time.monotonic() + self.timeout
+            self.unsent -= sent
+            self.deadline = time.monotonic() + (
+                max(self.timeout, STALL) if self.stream else self.timeout
+            )
             if sent < len(chunk):
                 self.out[0] = chunk[sent:]
                 return
@@ -380,6 +448,10 @@ class Connection:
 
     def _sent(self) -> None:
         """Everything queued went out: next request, or close."""
+        if self.stream:
+            self.deadline = None
+            self.server.streams.drained(self)
+            return
         if self.queued:
             return
         if self.finished:
@@ -431,6 +503,9 @@ class Connection:
             mask = self._block
         elif self.handshaking or self.lingering:
             mask = selectors.EVENT_READ
+        elif self.stream:
+            # Read too, to notice a client that went away.
+            mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.out else 0)
         elif self.out:
             mask = selectors.EVENT_WRITE
         elif self.queued:
@@ -453,6 +528,9 @@ class Connection:
         self._guarded(self._expire)
 
     def _expire(self) -> None:
+        if self.stream:
+            self.server.streams.drop(self, f"took nothing for {self._patience():g}s")
+            return
         if self.lingering or self.handshaking or self.fresh or self.out:
             self.close()
             return
@@ -473,4 +551,5 @@ class Connection:
         with contextlib.suppress(OSError):
             self.sock.close()
         self.out.clear()
+        self.unsent = 0
         self.server.forget(self)

@@ -47,6 +47,7 @@ from taskforce.control.listen import (
     services,
 )
 from taskforce.control.options import Options
+from taskforce.control.stream import StreamRequest, Streams
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 
@@ -106,6 +107,8 @@ class ControlServer:
         self.job: _Job | None = None
         #: what each slot costs, sampled only when a request asks
         self.costs = costs.Sampler()
+        #: the open ``text/event-stream`` responses (status page, ``tfctl logs -f``)
+        self.streams = Streams(self)
 
     # ----------------------------------------------------------- the loop
 
@@ -118,6 +121,9 @@ class ControlServer:
         due = [c.deadline for c in self.conns if c.deadline is not None]
         if self.retry_at is not None:
             due.append(self.retry_at)
+        stream_due = self.streams.next_deadline()
+        if stream_due is not None:
+            due.append(stream_due)
         return min(due) if due else None
 
     def tick(self, now: float) -> None:
@@ -138,6 +144,7 @@ class ControlServer:
         if self.job is not None and self.job.done.is_set():
             self._finish_job(self.job)
         self._answer()
+        self.streams.tick(now)
 
     def _answer(self) -> None:
         start = time.perf_counter()
@@ -154,6 +161,16 @@ class ControlServer:
             except Exception:
                 log.exception("control: %s %s failed", conn.request.method, conn.request.target)
                 answer = Response(500, close=True)
+            if isinstance(answer, StreamRequest):
+                if not self.streams.open(conn, answer, time.monotonic()):
+                    conn.respond(
+                        text(
+                            503,
+                            "too many streams open; try again\n",
+                            headers=[("Retry-After", "5")],
+                        )
+                    )
+                continue
             if isinstance(answer, Deferred):
                 response = self._defer(conn, answer)
                 if response is None:
@@ -205,6 +222,8 @@ class ControlServer:
     def forget(self, conn: Connection) -> None:
         self.conns.discard(conn)
         self.again.discard(conn)
+        if conn.stream:
+            self.streams.forget(conn)
 
     def body_limit(self, path: str) -> int:
         return PLAN_BODY_LIMIT if path == "/manage/plan" else BODY_LIMIT
@@ -381,6 +400,8 @@ class ControlServer:
             "taskforce_http_rejected_total": self.stats["rejected"],
             "taskforce_http_timeouts_total": self.stats["timeouts"],
             "taskforce_http_turned_away_total": self.stats["turned_away"],
+            "taskforce_http_streams": len(self.streams),
+            "taskforce_http_streams_dropped_total": self.streams.stats["dropped"],
         }
 
     # ------------------------------------------------------------ the end

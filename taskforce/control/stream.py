@@ -1,0 +1,312 @@
+"""Live streams of the control server: server-sent events on the loop.
+
+Two streams, both ``text/event-stream`` responses that stay open:
+
+- ``/status/events``: an ``event: tasks`` whose data is what
+  ``/status/tasks`` answers, sent when a client connects and again whenever
+  that answer changes (a slot's state, pid, restarts, reason, rollout...),
+  at most one every ``SPACING`` seconds however many events the core is
+  fed meanwhile;
+- ``/status/logs/follow?task=NAME[&instance=N][&lines=N][&since=SEQ]``: an
+  ``event: lines`` with the task's kept lines (as ``/status/logs``), then
+  one with the new lines each turn of the loop that captured some.  Its
+  ``id`` is the sequence number to resume from (a browser's
+  ``Last-Event-ID``).
+
+Nothing here runs on a timer of its own and nothing is polled: the status
+stream looks at the core only in a turn that fed it (``Shell.fed``
+moved), the log stream is told of new lines by the task's ``Recent`` ring.
+With nobody connected there is no deadline at all, so an idle taskforce
+still sleeps in one wait.  While a stream is open, a comment is sent every
+``BEAT`` seconds (proxies close connections that say nothing), and the
+status stream's CPU and memory figures are read afresh then.
+
+Bounded per client: a status stream never queues a second answer behind
+one its client has not taken (it sends the newest once the first is out);
+a log stream whose unsent bytes would pass ``BUFFER`` is closed (the client
+may resume from the last ``id`` it saw), and so is any stream whose client
+takes nothing for ``STALL`` seconds.  At most ``MAX_STREAMS`` are open;
+they count against the server's connection limit like any connection.
+
+This module decides nothing about tasks and never writes to a socket
+itself: ``http.Connection`` frames and sends what it is given.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from taskforce.control.http import Connection
+    from taskforce.control.server import ControlServer
+    from taskforce.recent import Block, Recent
+
+log = logging.getLogger("taskforce")
+
+#: Unsent bytes a log stream's client may fall behind by before it is dropped.
+BUFFER = 1024 * 1024
+#: A stream whose client takes nothing of what waits for this long is closed.
+STALL = 30.0
+#: Seconds between keep-alive comments (and fresh cost figures) on open streams.
+BEAT = 30.0
+#: Least time between two status events.
+SPACING = 0.1
+#: Streams open at once, over every listener.
+MAX_STREAMS = 64
+#: What a browser waits before reconnecting a stream that was closed, in ms.
+RETRY_MS = 2000
+
+
+@dataclass(frozen=True)
+class Follow:
+    """What a log stream follows: ``task`` (all slots, or ``instance``);
+    ``since`` and ``lines`` choose the backlog sent first (as ``/status/logs``)."""
+
+    task: str
+    instance: int | None = None
+    since: int | None = None
+    lines: int | None = None
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """A request answered with a stream: the task status, or a ``Follow``."""
+
+    follow: Follow | None = None
+
+
+class _Follower:
+    """One log stream: the ring it watches and the lines not yet sent."""
+
+    def __init__(self, streams: Streams, conn: Connection, follow: Follow) -> None:
+        self.streams = streams
+        self.conn = conn
+        self.follow = follow
+        self.ring: Recent | None = None
+        self.pending: list[dict[str, Any]] = []
+        self.pending_bytes = 0
+        self.next = 1
+
+    def watch(self, block: Block) -> None:
+        """A block of lines reached the ring (called from ``Recent.add``)."""
+        instance = self.follow.instance
+        if instance is not None and block.instance != instance:
+            self.next = block.first + block.lines
+            return
+        stream = getattr(block, "stream", None)
+        pieces = bytes(block.data).split(b"\n")
+        pieces.pop()
+        for index, piece in enumerate(pieces):
+            line: dict[str, Any] = {
+                "seq": block.first + index,
+                "instance": block.instance,
+                "time": round(block.time, 3),
+                "text": piece.decode(errors="replace").removesuffix("\r"),
+            }
+            if stream is not None:
+                line["stream"] = stream
+            self.pending.append(line)
+        self.pending_bytes += len(block.data) + 64 * len(pieces)
+        self.next = block.first + block.lines
+        self.streams.lines_arrived(self)
+
+
+class Streams:
+    """Every open stream of one control server."""
+
+    def __init__(self, server: ControlServer) -> None:
+        self.server = server
+        #: clients of ``/status/events``
+        self.tasks: set[Connection] = set()
+        #: status clients still sending an older answer: the newest follows
+        self.stale: set[Connection] = set()
+        self.followers: dict[Connection, _Follower] = {}
+        #: followers with lines waiting to go out in this turn
+        self.dirty: set[_Follower] = set()
+        #: the newest status event, and the feed count it was made at
+        self.event = b""
+        self.event_fed = -1
+        self.event_at = float("-inf")
+        self.beat_at: float | None = None
+        self.stats = {"opened": 0, "dropped": 0}
+
+    def __len__(self) -> int:
+        return len(self.tasks) + len(self.followers)
+
+    # ------------------------------------------------------------ opening
+
+    def open(self, conn: Connection, request: StreamRequest, now: float) -> bool:
+        """Start a stream on ``conn``; False when too many are open."""
+        if len(self) >= MAX_STREAMS:
+            return False
+        self.stats["opened"] += 1
+        conn.begin_stream()
+        conn.push(f"retry: {RETRY_MS}\n\n".encode())
+        if self.beat_at is None:
+            self.beat_at = now + BEAT
+        if request.follow is None:
+            self.tasks.add(conn)
+            self._refresh(now, force=self.event_fed != self.server.shell.fed)
+            if not conn.closed and conn not in self.stale:
+                conn.push(self.event)
+            return True
+        follower = self.followers[conn] = _Follower(self, conn, request.follow)
+        follower.ring = self.server.shell.captured(request.follow.task)
+        self._backlog(follower)
+        if follower.ring is not None:
+            follower.ring.watchers.append(follower.watch)
+        return True
+
+    def _backlog(self, follower: _Follower) -> None:
+        follow, ring = follower.follow, follower.ring
+        if ring is None:
+            return
+        since = follow.since
+        if since is not None and since > ring.next:
+            since = 1  # numbered afresh: taskforce started again
+        lines, dropped = ring.read(since, follow.instance, follow.lines)
+        follower.next = ring.next
+        shown = [_line(line) for line in lines]
+        if shown or dropped:
+            self._send_lines(follower, shown, dropped)
+
+    # --------------------------------------------------------- the loop
+
+    def next_deadline(self) -> float | None:
+        """When ``tick`` has work without socket activity (None: never)."""
+        if not (self.tasks or self.followers):
+            return None
+        due = [self.beat_at] if self.beat_at is not None else []
+        if self.tasks and self.event_fed != self.server.shell.fed:
+            due.append(self.event_at + SPACING)
+        if self.dirty:
+            due.append(0.0)
+        return min(due) if due else None
+
+    def tick(self, now: float) -> None:
+        """Send what changed since the last turn; the keep-alive when due."""
+        if not (self.tasks or self.followers):
+            self.beat_at = None
+            return
+        beat = self.beat_at is not None and now >= self.beat_at
+        if beat:
+            self.beat_at = now + BEAT
+        if self.tasks:
+            fed = self.server.shell.fed
+            if beat or (fed != self.event_fed and now >= self.event_at + SPACING):
+                changed = self._refresh(now, force=True)
+                if changed:
+                    for conn in list(self.tasks):
+                        if conn.out:
+                            self.stale.add(conn)
+                        else:
+                            conn.push(self.event)
+                elif beat:
+                    for conn in list(self.tasks):
+                        conn.push(b":\n\n")
+        for follower in list(self.followers.values()):
+            ring = self.server.shell.captured(follower.follow.task)
+            if ring is not follower.ring:
+                self._rewatch(follower, ring)
+        for follower in list(self.dirty):
+            self.dirty.discard(follower)
+            if follower.pending:
+                self._send_lines(follower, follower.pending, 0)
+                follower.pending = []
+                follower.pending_bytes = 0
+        if beat:
+            for follower in list(self.followers.values()):
+                follower.conn.push(b":\n\n")
+
+    def _rewatch(self, follower: _Follower, ring: Recent | None) -> None:
+        """The task's ring was replaced (or first made): watch the new one."""
+        if follower.ring is not None:
+            _unwatch(follower.ring, follower)
+        follower.ring = ring
+        if ring is not None:
+            follower.follow = Follow(follower.follow.task, follower.follow.instance, since=1)
+            self._backlog(follower)
+            ring.watchers.append(follower.watch)
+
+    def _refresh(self, now: float, *, force: bool) -> bool:
+        """Make the status event anew; whether it differs from the last one."""
+        from taskforce.control import api
+
+        self.event_fed = self.server.shell.fed
+        self.event_at = now
+        if not force and self.event:
+            return False
+        body = api.tasks_body(self.server)
+        event = b"event: tasks\ndata: " + body.rstrip(b"\n") + b"\n\n"
+        if event == self.event:
+            return False
+        self.event = event
+        return True
+
+    def lines_arrived(self, follower: _Follower) -> None:
+        """A follower has new lines: send them this turn, or drop a reader
+        that has fallen too far behind."""
+        conn = follower.conn
+        if conn.unsent + follower.pending_bytes > BUFFER:
+            self.drop(conn, "fell behind")
+            return
+        self.dirty.add(follower)
+
+    def _send_lines(self, follower: _Follower, lines: list[dict[str, Any]], dropped: int) -> None:
+        conn = follower.conn
+        data = {
+            "task": follower.follow.task,
+            "next": follower.next,
+            "lines": lines,
+            "dropped": dropped,
+        }
+        body = json.dumps(data, separators=(",", ":"))
+        event = f"id: {follower.next}\nevent: lines\ndata: {body}\n\n".encode()
+        if conn.unsent + len(event) > BUFFER and conn.unsent:
+            self.drop(conn, "fell behind")
+            return
+        conn.push(event)
+
+    # ----------------------------------------------------------- closing
+
+    def drained(self, conn: Connection) -> None:
+        """Everything queued on ``conn`` went out."""
+        if conn in self.stale:
+            self.stale.discard(conn)
+            conn.push(self.event)
+
+    def drop(self, conn: Connection, why: str) -> None:
+        """Close a stream whose client does not keep up."""
+        self.stats["dropped"] += 1
+        log.info("control: closing a stream whose client %s", why)
+        conn.close()
+
+    def forget(self, conn: Connection) -> None:
+        """``conn`` closed: stop feeding it."""
+        self.tasks.discard(conn)
+        self.stale.discard(conn)
+        follower = self.followers.pop(conn, None)
+        if follower is not None:
+            self.dirty.discard(follower)
+            if follower.ring is not None:
+                _unwatch(follower.ring, follower)
+        if not (self.tasks or self.followers):
+            self.beat_at = None
+
+
+def _unwatch(ring: Recent, follower: _Follower) -> None:
+    try:
+        ring.watchers.remove(follower.watch)
+    except ValueError:
+        pass
+
+
+def _line(line: Any) -> dict[str, Any]:
+    """A kept line (``recent.Line``) as the streams and ``/status/logs`` show
+    it: every field it has (``stream`` included where lines carry one)."""
+    shown: dict[str, Any] = dict(line._asdict())
+    shown["time"] = round(shown["time"], 3)
+    return shown
