@@ -161,17 +161,18 @@ class Streams:
         return True
 
     def _backlog(self, follower: _Follower) -> None:
+        """Send the kept lines asked for: always one event, so that the
+        client learns where to resume from."""
         follow, ring = follower.follow, follower.ring
-        if ring is None:
+        if ring is None:  # nothing captured yet
+            self._send_lines(follower, [], 0)
             return
         since = follow.since
         if since is not None and since > ring.next:
             since = 1  # numbered afresh: taskforce started again
         lines, dropped = ring.read(since, follow.instance, follow.lines)
         follower.next = ring.next
-        shown = [_line(line) for line in lines]
-        if shown or dropped:
-            self._send_lines(follower, shown, dropped)
+        self._send_lines(follower, [_line(line) for line in lines], dropped)
 
     # --------------------------------------------------------- the loop
 
