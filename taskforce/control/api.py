@@ -6,10 +6,16 @@ service, so its clients keep working:
 - ``/status/version``, ``/status/config``, ``/status/tasks`` (JSON; ``fmt``
   must be json, ``indent=N`` pretty-prints) are always allowed, as are the
   new ``/status/health`` (200 when every wanted process runs, else 503),
-  ``/status/logs`` (a task's recent output lines, never cached) and
-  ``/metrics`` (Prometheus text);
+  ``/status/logs`` (a task's recent output lines, never cached),
+  ``/status/access`` (what the asker may do) and ``/metrics``
+  (Prometheus text);
+- ``/status/events`` and ``/status/logs/follow`` answer with a stream that
+  stays open (``taskforce.control.stream``), with status permission;
+- ``/`` and ``/page/...`` are the status page's files
+  (``taskforce.control.site``), the same for everyone;
 - ``/manage/...`` needs ``allow_control`` (403 ``Control not permitted on
-  this path``): the original's ``control``, ``count``, ``reload``, ``stop``,
+  this path``), and from a browser the status page's header (see
+  ``site.forged``): the original's ``control``, ``count``, ``reload``, ``stop``,
   ``reset``, and new ``start``, ``restart``, ``signal``, ``event`` and
   ``plan``;
 - parameters come from the query merged with a form body, the query winning,

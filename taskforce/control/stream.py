@@ -5,8 +5,9 @@ Two streams, both ``text/event-stream`` responses that stay open:
 - ``/status/events``: an ``event: tasks`` whose data is what
   ``/status/tasks`` answers, sent when a client connects and again whenever
   that answer changes (a slot's state, pid, restarts, reason, rollout...),
-  at most one every ``SPACING`` seconds however many events the core is
-  fed meanwhile;
+  at most one every ``SPACING`` seconds (longer for a fleet whose status
+  takes long to make: see ``SHARE``) however many events the core is fed
+  meanwhile;
 - ``/status/logs/follow?task=NAME[&instance=N][&lines=N][&since=SEQ]``: an
   ``event: lines`` with the task's kept lines (as ``/status/logs``), then
   one with the new lines each turn of the loop that captured some.  Its
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +56,12 @@ STALL = 30.0
 BEAT = 30.0
 #: Least time between two status events.
 SPACING = 0.1
+#: ... and at least this many times what making the last one took, so that
+#: a large fleet changing all the time spends at most 1/SHARE of the loop
+#: on the page (1,000 tasks: an event every few tenths of a second) ...
+SHARE = 20
+#: ... but never more than this.
+MAX_SPACING = 0.5
 #: Streams open at once, over every listener.
 MAX_STREAMS = 64
 #: What a browser waits before reconnecting a stream that was closed, in ms.
@@ -129,7 +137,8 @@ class Streams:
         #: the newest status event, and the feed count it was made at
         self.event = b""
         self.event_fed = -1
-        self.event_at = float("-inf")
+        #: when the next status event may be made
+        self.event_due = float("-inf")
         self.beat_at: float | None = None
         self.stats = {"opened": 0, "dropped": 0}
 
@@ -148,10 +157,11 @@ class Streams:
         if self.beat_at is None:
             self.beat_at = now + BEAT
         if request.follow is None:
+            # Fresh for the newcomer (its CPU and memory figures too); the
+            # others get it as well if it changed.
+            self._broadcast(now)
             self.tasks.add(conn)
-            self._refresh(now, force=self.event_fed != self.server.shell.fed)
-            if not conn.closed and conn not in self.stale:
-                conn.push(self.event)
+            conn.push(self.event)
             return True
         follower = self.followers[conn] = _Follower(self, conn, request.follow)
         follower.ring = self.server.shell.captured(request.follow.task)
@@ -182,7 +192,7 @@ class Streams:
             return None
         due = [self.beat_at] if self.beat_at is not None else []
         if self.tasks and self.event_fed != self.server.shell.fed:
-            due.append(self.event_at + SPACING)
+            due.append(self.event_due)
         if self.dirty:
             due.append(0.0)
         return min(due) if due else None
@@ -197,15 +207,8 @@ class Streams:
             self.beat_at = now + BEAT
         if self.tasks:
             fed = self.server.shell.fed
-            if beat or (fed != self.event_fed and now >= self.event_at + SPACING):
-                changed = self._refresh(now, force=True)
-                if changed:
-                    for conn in list(self.tasks):
-                        if conn.out:
-                            self.stale.add(conn)
-                        else:
-                            conn.push(self.event)
-                elif beat:
+            if beat or (fed != self.event_fed and now >= self.event_due):
+                if not self._broadcast(now) and beat:
                     for conn in list(self.tasks):
                         conn.push(b":\n\n")
         for follower in list(self.followers.values()):
@@ -232,19 +235,26 @@ class Streams:
             self._backlog(follower)
             ring.watchers.append(follower.watch)
 
-    def _refresh(self, now: float, *, force: bool) -> bool:
-        """Make the status event anew; whether it differs from the last one."""
+    def _broadcast(self, now: float) -> bool:
+        """Make the status event anew and send it to every status client if
+        it changed (to one still taking an older one: once that is out);
+        whether it changed."""
         from taskforce.control import api
 
         self.event_fed = self.server.shell.fed
-        self.event_at = now
-        if not force and self.event:
-            return False
+        started = time.perf_counter()
         body = api.tasks_body(self.server)
+        took = time.perf_counter() - started
+        self.event_due = now + min(MAX_SPACING, max(SPACING, SHARE * took))
         event = b"event: tasks\ndata: " + body.rstrip(b"\n") + b"\n\n"
         if event == self.event:
             return False
         self.event = event
+        for conn in list(self.tasks):
+            if conn.out:
+                self.stale.add(conn)
+            else:
+                conn.push(event)
         return True
 
     def lines_arrived(self, follower: _Follower) -> None:

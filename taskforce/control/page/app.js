@@ -146,7 +146,7 @@ function liveness(on, text) {
 
 function followTasks() {
   if (page.streams.tasks) page.streams.tasks.abort();
-  page.streams.tasks = follow("/status/events", {
+  page.streams.tasks = follow("status/events", {
     open: () => liveness(true, "live"),
     closed: () => liveness(false, "reconnecting"),
     refused: (code, text) => { liveness(false, "refused"); say(`status refused (${code}): ${text}`, true); },
@@ -264,9 +264,9 @@ function tickUptimes() {
 async function manage(action, target) {
   let path;
   const form = new URLSearchParams();
-  if (action === "restart") { path = "/manage/restart"; form.set("task", target); }
-  else if (action === "start") { path = "/manage/start"; form.set("task", target); }
-  else if (action === "stop") { path = "/manage/control"; form.set(target, "off"); }
+  if (action === "restart") { path = "manage/restart"; form.set("task", target); }
+  else if (action === "start") { path = "manage/start"; form.set("task", target); }
+  else if (action === "stop") { path = "manage/control"; form.set(target, "off"); }
   else return;
   try {
     const response = await fetch(path, {
@@ -300,7 +300,7 @@ function openLogs(name) {
   box.replaceChildren();
   $("logs").hidden = false;
   document.body.classList.add("with-logs");
-  const url = `/status/logs/follow?task=${encodeURIComponent(name)}&lines=200`;
+  const url = `status/logs/follow?task=${encodeURIComponent(name)}&lines=200`;
   page.streams.logs = follow(url, {
     open: () => {},
     closed: () => box.append(el("div", { class: "line note" }, "(stream closed; reconnecting)")),
@@ -329,7 +329,7 @@ function closeLogs() {
 
 async function access() {
   try {
-    const response = await fetch("/status/access", { headers: headers(), cache: "no-store" });
+    const response = await fetch("status/access", { headers: headers(), cache: "no-store" });
     if (!response.ok) {
       say(`status refused (${response.status}): ${(await response.text()).trim()}`, true);
       $("login").open = true;
@@ -347,7 +347,7 @@ async function access() {
 
 async function version() {
   try {
-    const response = await fetch("/status/version", { headers: headers(), cache: "no-store" });
+    const response = await fetch("status/version", { headers: headers(), cache: "no-store" });
     if (response.ok) {
       const answer = await response.json();
       $("host").textContent = `${answer.taskforce} · ${answer.platform.system}`;
