@@ -97,9 +97,13 @@ class _Follower:
         self.pending: list[dict[str, Any]] = []
         self.pending_bytes = 0
         self.next = 1
+        #: fell too far behind: closed in the next turn
+        self.behind = False
 
     def watch(self, block: Block) -> None:
         """A block of lines reached the ring (called from ``Recent.add``)."""
+        if self.behind:
+            return
         instance = self.follow.instance
         if instance is not None and block.instance != instance:
             self.next = block.first + block.lines
@@ -134,6 +138,9 @@ class Streams:
         self.followers: dict[Connection, _Follower] = {}
         #: followers with lines waiting to go out in this turn
         self.dirty: set[_Follower] = set()
+        #: followers that fell too far behind, closed in the next turn (not
+        #: while the ring is calling its watchers)
+        self.behind: set[_Follower] = set()
         #: the newest status event, and the feed count it was made at
         self.event = b""
         self.event_fed = -1
@@ -193,7 +200,7 @@ class Streams:
         due = [self.beat_at] if self.beat_at is not None else []
         if self.tasks and self.event_fed != self.server.shell.fed:
             due.append(self.event_due)
-        if self.dirty:
+        if self.dirty or self.behind:
             due.append(0.0)
         return min(due) if due else None
 
@@ -211,6 +218,9 @@ class Streams:
                 if not self._broadcast(now) and beat:
                     for conn in list(self.tasks):
                         conn.push(b":\n\n")
+        for follower in list(self.behind):
+            self.drop(follower.conn, "fell behind")
+        self.behind.clear()
         for follower in list(self.followers.values()):
             ring = self.server.shell.captured(follower.follow.task)
             if ring is not follower.ring:
@@ -260,9 +270,11 @@ class Streams:
     def lines_arrived(self, follower: _Follower) -> None:
         """A follower has new lines: send them this turn, or drop a reader
         that has fallen too far behind."""
-        conn = follower.conn
-        if conn.unsent + follower.pending_bytes > BUFFER:
-            self.drop(conn, "fell behind")
+        if follower.conn.unsent + follower.pending_bytes > BUFFER:
+            follower.behind = True
+            follower.pending = []
+            self.behind.add(follower)
+            self.dirty.discard(follower)
             return
         self.dirty.add(follower)
 
@@ -302,6 +314,7 @@ class Streams:
         follower = self.followers.pop(conn, None)
         if follower is not None:
             self.dirty.discard(follower)
+            self.behind.discard(follower)
             if follower.ring is not None:
                 _unwatch(follower.ring, follower)
         if not (self.tasks or self.followers):
