@@ -411,7 +411,7 @@ def _follow_tasks(
     server: ControlServer, request: Request, params: Params
 ) -> Response | StreamRequest:
     if request.method == "HEAD":
-        return Response(200, b"", "text/event-stream")
+        return Response(200, b"", "text/event-stream; charset=utf-8")
     return StreamRequest()
 
 
@@ -432,7 +432,7 @@ def _follow_logs(
     ):
         target = Follow(target.task, target.instance, int(resume), None)
     if request.method == "HEAD":
-        return Response(200, b"", "text/event-stream")
+        return Response(200, b"", "text/event-stream; charset=utf-8")
     return StreamRequest(target)
 
 
