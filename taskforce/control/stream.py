@@ -173,7 +173,7 @@ class Streams:
         follower = self.followers[conn] = _Follower(self, conn, request.follow)
         follower.ring = self.server.shell.captured(request.follow.task)
         self._backlog(follower)
-        if follower.ring is not None:
+        if follower.ring is not None and not conn.closed:
             follower.ring.watchers.append(follower.watch)
         return True
 
@@ -243,7 +243,8 @@ class Streams:
         if ring is not None:
             follower.follow = Follow(follower.follow.task, follower.follow.instance, since=1)
             self._backlog(follower)
-            ring.watchers.append(follower.watch)
+            if not follower.conn.closed:
+                ring.watchers.append(follower.watch)
 
     def _broadcast(self, now: float) -> bool:
         """Make the status event anew and send it to every status client if
