@@ -32,7 +32,6 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -40,6 +39,12 @@ import h11
 
 from taskforce import __version__
 from taskforce.control.listen import subject_text
+from taskforce.control.messages import JSON as JSON
+from taskforce.control.messages import REASONS as REASONS
+from taskforce.control.messages import Deferred as Deferred
+from taskforce.control.messages import Request as Request
+from taskforce.control.messages import Response as Response
+from taskforce.control.messages import text as text
 from taskforce.control.stream import STALL
 
 log = logging.getLogger("taskforce")
@@ -48,8 +53,6 @@ if TYPE_CHECKING:
     from taskforce.control.listen import Listener
     from taskforce.control.server import ControlServer
 
-#: The media type of every JSON answer.
-JSON = "application/json"
 #: Bytes of request line and headers h11 will buffer before giving up (431).
 MAX_HEAD = 16 * 1024
 #: Bytes read from a socket per wake-up; more waits for the next turn.
@@ -58,79 +61,6 @@ READ_SIZE = 64 * 1024
 #: gets our last response before a reset.
 LINGER = 1.0
 SERVER_HEADER = f"taskforce/{__version__}".encode()
-
-REASONS = {
-    200: "OK",
-    202: "Accepted",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    409: "Conflict",
-    413: "Content Too Large",
-    415: "Unsupported Media Type",
-    421: "Misdirected Request",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
-
-
-@dataclass
-class Request:
-    """A complete request: ``target`` as sent, ``path`` and ``query`` split from it."""
-
-    method: str
-    target: str
-    path: str
-    query: str
-    headers: dict[str, str]
-    body: bytes = b""
-    #: what the client proved (see ``taskforce.core.access``), set when routed
-    who: dict[str, object] = field(default_factory=dict)
-    #: the listener it came through
-    listener: Listener | None = None
-
-
-@dataclass
-class Response:
-    """What to send back; ``after`` runs once it is queued (stop, reset)."""
-
-    code: int
-    body: bytes = b""
-    content_type: str = "text/plain"
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    after: Callable[[], None] | None = None
-    close: bool = False
-
-
-@dataclass
-class Deferred:
-    """An answer that takes long to compute, so not on the loop that supervises.
-
-    ``work`` runs on a worker thread and must only compute (no core, no
-    sockets); ``finish`` gets what it returned and makes the ``Response``,
-    back on the loop.
-    """
-
-    work: Callable[[], object]
-    finish: Callable[[object], Response]
-
-
-def text(
-    code: int,
-    body: str,
-    *,
-    headers: list[tuple[str, str]] | None = None,
-    after: Callable[[], None] | None = None,
-    close: bool = False,
-) -> Response:
-    """A ``text/plain`` response."""
-    return Response(
-        code, body.encode("utf-8", "replace"), "text/plain", headers or [], after, close
-    )
 
 
 class Connection:
