@@ -10,10 +10,12 @@ it).  Every browser gets a fresh profile in a folder of the caller's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +94,50 @@ def demo_config(root: Path, marker: str, socket_path: str, port: int) -> str:
         {"listen": f"127.0.0.1:{port}", "allow_control": True, "token_file": str(token)},
     ]
     return json.dumps(config, indent=1)
+
+
+class Forwarder:
+    """A loopback TCP port forwarded to a Unix socket, as ``ssh -L
+    PORT:SOCKET`` does: taskforce sees a peer with this process's uid."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.socks: list[socket.socket] = []
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                server.connect(self.target)
+            except OSError:
+                client.close()
+                server.close()
+                continue
+            self.socks += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.closed = True
+        self.listener.close()
+        for sock in self.socks:
+            with contextlib.suppress(OSError):
+                sock.close()

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from browser import TOKEN, chromium, demo_config, free_port, missing
+from browser import TOKEN, Forwarder, chromium, demo_config, free_port, missing
 from daemon_harness import Daemon, wait_for
 from test_control import call, short_dir
 
@@ -60,9 +60,9 @@ class Demo:
         web = tasks["web"]["processes"]
         return len(web) == 2 and all(slot["state"] == "ready" for slot in web)
 
-    def open(self, *, token: bool = False) -> Any:
+    def open(self, *, token: bool = False, url: str | None = None) -> Any:
         self.driver = chromium(self.daemon.root / "profile")
-        self.driver.get(self.url)
+        self.driver.get(url or self.url)
         self.wait_css("section.task[data-task=web] tr.slot", "the tasks to show")
         if token:
             self.click("#login summary", "the token form")
@@ -114,6 +114,7 @@ class Demo:
     def close(self) -> None:
         if self.driver is not None:
             self.driver.quit()
+            self.driver = None
 
 
 @pytest.fixture
@@ -192,3 +193,21 @@ def test_a_controller_restarts_stops_and_starts_from_the_page(demo: Demo) -> Non
     demo.click("button[data-action=start][data-target=db]", "db's start button")
     wait_for(lambda: demo.slot_pid("db:0") != "", what="db to run again")
     assert demo.console_errors() == []
+
+
+def test_the_unix_socket_forwarded_as_ssh_does(demo: Demo) -> None:
+    """Through the Unix socket (forwarded to a port, as ``ssh -L`` does) the
+    kernel says who connects: this test's user, who may control without a
+    token; the page's requests carry the header that tells them from
+    another site's."""
+    forward = Forwarder(demo.sock)
+    try:
+        demo.open(url=f"http://127.0.0.1:{forward.port}/")
+        wait_for(lambda: "may control" in demo.text("#who"), what="the page to know the uid")
+        old = demo.slot_pid("web:0")
+        demo.click("tr.slot[data-slot='web:0'] button[data-action=restart]", "web:0's restart")
+        wait_for(lambda: demo.slot_pid("web:0") not in ("", old), what="web:0 to be restarted")
+        assert demo.console_errors() == []
+    finally:
+        demo.close()
+        forward.close()
