@@ -175,7 +175,9 @@ def measure(args: argparse.Namespace) -> Report:
     port = free_port()
     control = str(Path(tempfile.mkdtemp(prefix="tfpage-")) / "s")
     lines = dict.fromkeys((common.argv_bytes(common.sleeper_argv(i)) for i in range(args.tasks)), 1)
-    with BenchDaemon(config(args.tasks, port, control, args.churn)) as daemon:
+    # It stops on its own (--expires) only once the run is surely over.
+    expires = 3 * args.seconds + args.long + args.churn + 600
+    with BenchDaemon(config(args.tasks, port, control, args.churn), expires=expires) as daemon:
         daemon.start()
         daemon.wait_running(lines, timeout=60)
         deadline = time.monotonic() + 30
