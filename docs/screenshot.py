@@ -52,6 +52,20 @@ def wait(condition: object, what: str, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
+def click(driver: object, css: str) -> None:
+    """Click the element, looking again if the page rebuilt it meanwhile."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def clicked() -> bool:
+        try:
+            driver.find_element("css selector", css).click()  # type: ignore[attr-defined]
+        except StaleElementReferenceException:
+            return False
+        return True
+
+    wait(clicked, css)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(HERE / "status-page.png"))
@@ -89,11 +103,11 @@ def main() -> int:
             driver = chromium(root / "profile", args.width, args.height)
             driver.get(f"http://127.0.0.1:{port}/")
             wait(lambda: driver.find_elements("css selector", "tr.slot"), "the page")
-            driver.find_element("css selector", "#login summary").click()
+            click(driver, "#login summary")
             driver.find_element("id", "token").send_keys(TOKEN)
-            driver.find_element("css selector", "#token-form button[type=submit]").click()
+            click(driver, "#token-form button[type=submit]")
             wait(lambda: "may control" in driver.find_element("id", "who").text, "the token")
-            driver.find_element("css selector", "button[data-action=logs][data-target=web]").click()
+            click(driver, "button[data-action=logs][data-target=web]")
             wait(lambda: driver.find_elements("css selector", "#logs-lines .line"), "output")
             time.sleep(0.5)
             # Every task above the output panel.
