@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from taskforce import tffollow, tfwait
+from taskforce import completion, tffollow, tfwait
 from taskforce.tfclient import Client as Client
 from taskforce.tfclient import UnixConnection as UnixConnection
 from taskforce.tfclient import Unreachable as Unreachable
@@ -335,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--roles", metavar="ROLES", help='plan for these roles (comma-separated; "-": none)'
     )
     plan.add_argument("--json", action="store_true", help="print the JSON plan")
+    completion.add_command(sub)
     tfwait.add_commands(sub)
     logs = sub.add_parser("logs", help="a task's recent output lines; -f: follow them")
     logs.add_argument("task", metavar="TASK[:INSTANCE]")
@@ -365,6 +366,9 @@ def reader_gone() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "completion":
+        print(completion.script(args.shell, "tfctl"), end="")
+        return EXIT_OK
     try:
         token = _read_token(args.token_file) if args.token_file else None
     except OSError as exc:
