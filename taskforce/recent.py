@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 #: Recent lines kept per task for ``tfctl logs``: this many lines at most,
@@ -54,6 +54,9 @@ class Recent:
         self.bytes = 0
         #: Captures (pipes) feeding this ring now.
         self.users = 0
+        #: Called with every block added (the control server's live log
+        #: streams); each must be quick and must not add to the ring.
+        self.watchers: list[Callable[[Block], None]] = []
 
     def add(self, data: bytes | bytearray, instance: int) -> None:
         """Keep ``data``, whole lines each ending with a newline, as it is:
@@ -67,6 +70,8 @@ class Recent:
         self.bytes += len(block.data)
         blocks = self.blocks
         blocks.append(block)
+        for watch in self.watchers:
+            watch(block)
         # Drop the oldest block while the newer ones alone fill the ring.
         while len(blocks) > 1:
             oldest = blocks[0]

@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from taskforce import completion, tfwait
+from taskforce import completion, tffollow, tfwait
 from taskforce.tfclient import Client as Client
 from taskforce.tfclient import UnixConnection as UnixConnection
 from taskforce.tfclient import Unreachable as Unreachable
@@ -222,6 +222,8 @@ def _plan(args: argparse.Namespace, client: Client) -> int:
 def _logs(args: argparse.Namespace, client: Client) -> int:
     if args.lines < 0:
         raise Usage(f"-n wants a number of lines >= 0, got {args.lines}")
+    if args.follow:
+        return tffollow.follow(args, client, _finish)
     # A slot goes as written (web[0] or web:0): taskforce knows the names.
     params = [("task", args.task)]
     name = args.task

@@ -6,10 +6,16 @@ service, so its clients keep working:
 - ``/status/version``, ``/status/config``, ``/status/tasks`` (JSON; ``fmt``
   must be json, ``indent=N`` pretty-prints) are always allowed, as are the
   new ``/status/health`` (200 when every wanted process runs, else 503),
-  ``/status/logs`` (a task's recent output lines, never cached) and
-  ``/metrics`` (Prometheus text);
+  ``/status/logs`` (a task's recent output lines, never cached),
+  ``/status/access`` (what the asker may do) and ``/metrics``
+  (Prometheus text);
+- ``/status/events`` and ``/status/logs/follow`` answer with a stream that
+  stays open (``taskforce.control.stream``), with status permission;
+- ``/`` and ``/page/...`` are the status page's files
+  (``taskforce.control.site``), the same for everyone;
 - ``/manage/...`` needs ``allow_control`` (403 ``Control not permitted on
-  this path``): the original's ``control``, ``count``, ``reload``, ``stop``,
+  this path``), and from a browser the status page's header (see
+  ``site.forged``): the original's ``control``, ``count``, ``reload``, ``stop``,
   ``reset``, and new ``start``, ``restart``, ``signal``, ``event`` and
   ``plan``;
 - parameters come from the query merged with a form body, the query winning,
@@ -36,10 +42,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from taskforce import __version__, costs
+from taskforce.control import site
 from taskforce.control.http import JSON, Deferred, Request, Response, text
 from taskforce.control.listen import Listener, Service
 from taskforce.control.manage import MANAGE as MANAGE
 from taskforce.control.params import Params, ParseError, first, request_params
+from taskforce.control.stream import Follow, StreamRequest
 from taskforce.core import access, secrets, status
 from taskforce.core.requests import split_slot
 from taskforce.output import Recent
@@ -62,7 +70,7 @@ AWAIT_SAMPLE = AwaitSample()
 
 def handle(
     server: ControlServer, request: Request, listener: Listener, who: Who
-) -> Response | Deferred | AwaitSample:
+) -> Response | Deferred | AwaitSample | StreamRequest:
     """Answer one complete request from a client that proved ``who``
     (``/manage/plan``: with a ``Deferred``)."""
     if request.method not in ("GET", "POST", "HEAD"):
@@ -88,6 +96,10 @@ def handle(
             who = {**who, "token": True}
     request.who = who
     path = request.path
+    page = site.PAGE.get(path)
+    if page is not None:
+        # The page's own files: the same for everyone, no data in them.
+        return page()
     reader = STATUS.get(path)
     if reader is not None:
         if not access.grants(listener.status_grants, who):
@@ -96,11 +108,24 @@ def handle(
             params = request_params(request)
         except ParseError as exc:
             return text(400, f"Parse error -- {exc}\n")
+        if path in STREAMS:
+            why = site.cross_site(request)
+            if why is not None:
+                server.refuse("cross_site")
+                return text(403, f"refused: {why}\n")
+            return STREAMS[path](server, request, params)
+        if path == "/status/access":
+            return _access(server, listener, who)
         return _status(server, path, reader, params, service)
     if path.startswith("/manage/"):
         if not service.allow_control:
             server.refuse("control_off")
             return text(403, "Control not permitted on this path\n")
+        why = site.forged(request)
+        if why is not None:
+            server.refuse("cross_site")
+            log.warning("control: %s refused to %s: %s", path, access.describe(who), why)
+            return text(403, f"refused: {why}\n")
         action = MANAGE.get(path)
         if action is None:
             return text(404, f"Unknown control path -- {request.target}\n")
@@ -201,13 +226,20 @@ def _status(
 def _refused(server: ControlServer) -> str:
     """``taskforce_http_refused_total`` by reason: requests refused for who
     asked (``host``, ``bad_token``, ``no_credentials``, ``not_allowed``,
-    ``control_off``)."""
+    ``control_off``, ``cross_site``)."""
     name = "taskforce_http_refused_total"
     lines = [
         f"# HELP {name} Requests refused for who asked, by reason.",
         f"# TYPE {name} counter",
     ]
-    for reason in ("bad_token", "control_off", "host", "no_credentials", "not_allowed"):
+    for reason in (
+        "bad_token",
+        "control_off",
+        "cross_site",
+        "host",
+        "no_credentials",
+        "not_allowed",
+    ):
         lines.append(f'{name}{{reason="{reason}"}} {server.refused.get(reason, 0)}')
     return "\n".join(lines) + "\n"
 
@@ -322,11 +354,9 @@ def _health(server: ControlServer, service: Service) -> tuple[int, Any]:
 _MAX_DIGITS = 18
 
 
-def _logs(server: ControlServer, params: Params, indent: int | None) -> Response:
-    """``/status/logs?task=NAME[&instance=N][&since=SEQ][&lines=N]``: the
-    task's recent captured lines (see ``taskforce.output.Recent``), oldest
-    first, with ``next`` (the sequence number to ask ``since`` next time)
-    and ``dropped`` (lines from ``since`` on no longer kept)."""
+def _log_target(server: ControlServer, params: Params) -> Follow | Response:
+    """The task (and slot, since, lines) a request for its lines names, or
+    the answer saying what is wrong with it."""
     name = first(params, "task")
     if not name:
         return text(400, "missing parameter 'task'\n")
@@ -355,10 +385,22 @@ def _logs(server: ControlServer, params: Params, indent: int | None) -> Response
         return text(
             409, f"output of {name} is not captured (output: {mode}); only log and file are kept\n"
         )
+    return Follow(name, numbers["instance"], numbers["since"], numbers["lines"])
+
+
+def _logs(server: ControlServer, params: Params, indent: int | None) -> Response:
+    """``/status/logs?task=NAME[&instance=N][&since=SEQ][&lines=N]``: the
+    task's recent captured lines (see ``taskforce.output.Recent``), oldest
+    first, with ``next`` (the sequence number to ask ``since`` next time)
+    and ``dropped`` (lines from ``since`` on no longer kept)."""
+    target = _log_target(server, params)
+    if isinstance(target, Response):
+        return target
+    name = target.task
     recent = server.shell.captured(name)
     if recent is None:  # nothing captured yet
         recent = Recent()
-    lines, dropped = recent.read(numbers["since"], numbers["instance"], numbers["lines"])
+    lines, dropped = recent.read(target.since, target.instance, target.lines)
     data = {
         "task": name,
         "next": recent.next,
@@ -373,6 +415,68 @@ def _logs(server: ControlServer, params: Params, indent: int | None) -> Response
     return Response(200, body.encode(), JSON)
 
 
+# ---------------------------------------------------------------- streams
+
+
+def tasks_body(server: ControlServer) -> bytes:
+    """What ``/status/tasks`` answers now (compact), for the status stream:
+    from the same cache as the requests.  A stream never waits for a fresh
+    sample of the costs: it shows the latest one and begins a fresh one when
+    that is stale (the server sends the stream anew once it is in)."""
+    answer = _status(server, "/status/tasks", _tasks, {}, _ANYONE)
+    if isinstance(answer, Response):
+        return answer.body
+    code, data = _tasks(server, _ANYONE)
+    return json.dumps(data, separators=(",", ":"), default=_jsonable).encode() + b"\n"
+
+
+#: Whose answer the status stream shares (``/status/tasks`` shows everyone the same).
+_ANYONE = Service("-")
+
+
+def _follow_tasks(
+    server: ControlServer, request: Request, params: Params
+) -> Response | StreamRequest:
+    if request.method == "HEAD":
+        return Response(200, b"", "text/event-stream; charset=utf-8")
+    return StreamRequest()
+
+
+def _follow_logs(
+    server: ControlServer, request: Request, params: Params
+) -> Response | StreamRequest:
+    """``/status/logs/follow``: as ``/status/logs``, then every new line;
+    a browser that reconnects resumes from its ``Last-Event-ID``."""
+    target = _log_target(server, params)
+    if isinstance(target, Response):
+        return target
+    resume = request.headers.get("last-event-id", "").strip()
+    if (
+        target.since is None
+        and resume.isascii()
+        and resume.isdigit()
+        and len(resume) <= _MAX_DIGITS
+    ):
+        target = Follow(target.task, target.instance, int(resume), None)
+    if request.method == "HEAD":
+        return Response(200, b"", "text/event-stream; charset=utf-8")
+    return StreamRequest(target)
+
+
+STREAMS: dict[str, Callable[[ControlServer, Request, Params], Response | StreamRequest]] = {
+    "/status/events": _follow_tasks,
+    "/status/logs/follow": _follow_logs,
+}
+
+
+def _access(server: ControlServer, listener: Listener, who: Who) -> Response:
+    """``/status/access``: what the asker may do here (the page shows its
+    buttons by it; the core still judges every request)."""
+    control = listener.service.allow_control and access.grants(listener.control_grants, who)
+    data = {"status": True, "control": bool(control), "who": access.describe(who)}
+    return Response(200, (json.dumps(data) + "\n").encode(), JSON)
+
+
 STATUS: dict[str, Callable[[ControlServer, Service], tuple[int, Any]]] = {
     "/status/version": _version,
     "/status/config": _config,
@@ -380,4 +484,8 @@ STATUS: dict[str, Callable[[ControlServer, Service], tuple[int, Any]]] = {
     "/status/health": _health,
     "/status/logs": _health,  # answered in _status; listed so the path is known
     "/metrics": _health,  # answered in _status; listed so the path is known
+    # answered in handle; listed so that status permission is checked
+    "/status/access": _health,
+    "/status/events": _health,
+    "/status/logs/follow": _health,
 }

@@ -47,6 +47,7 @@ from taskforce.control.listen import (
     services,
 )
 from taskforce.control.options import Options
+from taskforce.control.stream import StreamRequest, Streams
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 
@@ -119,6 +120,8 @@ class ControlServer:
         #: whether the request being answered waited for the sample just in
         self.sample_came = False
         self._after_sample: set[Connection] = set()
+        #: the open ``text/event-stream`` responses (status page, ``tfctl logs -f``)
+        self.streams = Streams(self)
 
     # ----------------------------------------------------------- the loop
 
@@ -133,6 +136,9 @@ class ControlServer:
         due = [c.deadline for c in self.conns if c.deadline is not None]
         if self.retry_at is not None:
             due.append(self.retry_at)
+        stream_due = self.streams.next_deadline()
+        if stream_due is not None:
+            due.append(stream_due)
         return min(due) if due else None
 
     def tick(self, now: float) -> None:
@@ -155,6 +161,7 @@ class ControlServer:
         if self.costs.done:
             self._sample_in()
         self._answer()
+        self.streams.tick(now)
 
     def _sample_in(self) -> None:
         """A sample of the slots' costs came in: the requests that waited
@@ -162,6 +169,7 @@ class ControlServer:
         came = self.costs.collect()
         if isinstance(came, BaseException):
             log.error("control: sampling the slots' costs failed: %r", came)
+        self.streams.costs_in()
         waiting, self.sample_waiting = self.sample_waiting, []
         self._after_sample.update(waiting)
         self.work.extendleft(reversed(waiting))
@@ -188,6 +196,16 @@ class ControlServer:
                 self.sample_came = False
             if isinstance(answer, api.AwaitSample):
                 self.sample_waiting.append(conn)
+                continue
+            if isinstance(answer, StreamRequest):
+                if not self.streams.open(conn, answer, time.monotonic()):
+                    conn.respond(
+                        text(
+                            503,
+                            "too many streams open; try again\n",
+                            headers=[("Retry-After", "5")],
+                        )
+                    )
                 continue
             if isinstance(answer, Deferred):
                 response = self._defer(conn, answer)
@@ -241,6 +259,8 @@ class ControlServer:
         self.conns.discard(conn)
         self._after_sample.discard(conn)
         self.again.discard(conn)
+        if conn.stream:
+            self.streams.forget(conn)
 
     def body_limit(self, path: str) -> int:
         return PLAN_BODY_LIMIT if path == "/manage/plan" else BODY_LIMIT
@@ -417,6 +437,8 @@ class ControlServer:
             "taskforce_http_rejected_total": self.stats["rejected"],
             "taskforce_http_timeouts_total": self.stats["timeouts"],
             "taskforce_http_turned_away_total": self.stats["turned_away"],
+            "taskforce_http_streams": len(self.streams),
+            "taskforce_http_streams_dropped_total": self.streams.stats["dropped"],
         }
 
     # ------------------------------------------------------------ the end
