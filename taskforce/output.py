@@ -39,11 +39,14 @@ again) and the lines dropped; they never reach the core.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import logging
 import os
 import selectors
+import time
 from collections.abc import Callable
+from typing import Any
 
 from taskforce.core.effects import Spawn
 from taskforce.filesink import FileSink
@@ -54,6 +57,7 @@ from taskforce.recent import Recent as Recent
 log = logging.getLogger("taskforce")
 output_log = logging.getLogger("taskforce.output")
 
+STDOUT, STDERR = "stdout", "stderr"
 #: Bytes read from a pipe per readiness.
 CHUNK = 64 * 1024
 #: A line longer than this is written in pieces of this size.
@@ -74,7 +78,7 @@ MAX_RINGS = 1024
 
 
 class Capture:
-    """The read end of one process's output pipe and where its lines go."""
+    """The read end of one process's stdout or stderr pipe and where its lines go."""
 
     def __init__(
         self,
@@ -84,15 +88,21 @@ class Capture:
         sink: FileSink | None,
         recent: Recent | None = None,
         instance: int = 0,
+        stream: str = STDOUT,
+        stamps: bool = False,
     ) -> None:
         self.owner = owner
         self.fd = fd
-        self.label = label
+        #: ``task[instance]``, and ``:stderr`` after it for stderr.
+        self.label = label if stream == STDOUT else f"{label}:{stream}"
         #: None: lines go to the log.
         self.sink = sink
         #: The task's recent lines, which every line written also goes to.
         self.recent = recent
         self.instance = instance
+        self.stream = stream
+        #: Whether each line in the file starts with its time and stream.
+        self.stamps = stamps
         self.buf = bytearray()
         self.eof = False
         self.reading = False
@@ -152,14 +162,15 @@ class Capture:
         buf = self.buf
         end = buf.rfind(b"\n") + 1
         if end:
+            # One clock reading per chunk: the lines were read together.
+            now = time.time()
             if self.sink is not None:
-                lines = buf[:end]
-                self.sink.write(lines)
+                lines = bytes(buf[:end])
+                self._to_file(lines, now)
             else:
-                done = self._log_lines(end, budget)
-                lines = buf[:done]
+                lines = bytes(buf[: self._log_lines(end, budget, now)])
             if self.recent is not None:
-                self.recent.add(lines, self.instance)
+                self.recent.add(lines, self.instance, self.stream, now)
             del buf[: len(lines)]
         # A line that never ends is written in pieces, marked as such.
         while len(buf) >= MAX_LINE and b"\n" not in buf:
@@ -168,18 +179,30 @@ class Capture:
             self._write_one(piece)
 
     def _write_one(self, line: bytes) -> None:
+        now = time.time()
         if self.sink is not None:
-            self.sink.write(line)
-        else:
+            self._to_file(line, now)
+        elif output_log.isEnabledFor(logging.INFO) and not log_chunk(self.label, line, now):
             self._log_text(line)
         if self.recent is not None:
-            self.recent.add(line, self.instance)
+            self.recent.add(line, self.instance, self.stream, now)
 
-    def _log_lines(self, end: int, budget: bool) -> int:
+    def _to_file(self, lines: bytes, now: float) -> None:
+        assert self.sink is not None
+        if self.stamps:
+            prefix = stamp(now, self.stream)
+            lines = prefix + lines[:-1].replace(b"\n", b"\n" + prefix) + b"\n"
+        self.sink.write(lines)
+
+    def _log_lines(self, end: int, budget: bool, now: float) -> int:
         """Log lines of ``buf[:end]``; how many bytes were consumed."""
         buf = self.buf
         if not output_log.isEnabledFor(logging.INFO):
             return end
+        if log_chunk(self.label, buf[:end], now):
+            return end
+        # Another handler than one plain stream (syslog, a test's): a record
+        # per line, so many per turn.
         start = 0
         limit = LOG_LINES_PER_TURN if budget else -1
         while start < end and limit != 0:
@@ -220,6 +243,69 @@ class Capture:
         self.finish()
 
 
+def stamp(now: float, stream: str) -> bytes:
+    """The start of a line in a file with timestamps: ISO 8601 local time
+    to the microsecond with its UTC offset, the stream, a space each."""
+    moment = datetime.datetime.fromtimestamp(now).astimezone()
+    return f"{moment.isoformat(timespec='microseconds')} {stream} ".encode()
+
+
+#: Stands for the text of the lines when a log record is formatted once.
+_MARK = "\x00taskforce-lines\x00"
+
+
+def _plain_stream() -> logging.StreamHandler[Any] | None:
+    """The one handler lines of ``taskforce.output`` reach, if it is a plain
+    stream (``-e``, or a test's) and nothing filters on the way; else None."""
+    found: list[logging.Handler] = []
+    logger: logging.Logger | None = output_log
+    while logger is not None:
+        if logger.filters:
+            return None
+        found += logger.handlers
+        if not logger.propagate:
+            break
+        logger = logger.parent
+    if len(found) != 1:
+        return None
+    handler = found[0]
+    if type(handler) is not logging.StreamHandler or handler.filters:
+        return None
+    if handler.level > logging.INFO:
+        return None
+    return handler
+
+
+def log_chunk(label: str, lines: bytes | bytearray, now: float) -> bool:
+    """Write ``lines`` (whole ones) to the daemon's log as records of
+    ``taskforce.output`` at info level would read, formatted once for the
+    chunk rather than once per line; False if the log is not a plain stream
+    (the caller then logs a record per line)."""
+    handler = _plain_stream()
+    if handler is None:
+        return False
+    record = logging.LogRecord(
+        output_log.name, logging.INFO, __file__, 0, "%s %s", (label, _MARK), None
+    )
+    record.created = now
+    record.msecs = (now - int(now)) * 1000
+    head, _, tail = handler.format(record).partition(_MARK)
+    text = bytes(lines).decode(errors="replace")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    glue = tail + handler.terminator + head
+    body = head + text[:-1].replace("\n", glue) + tail + handler.terminator
+    handler.acquire()
+    try:
+        handler.stream.write(body)
+        handler.flush()
+    except Exception:
+        handler.handleError(record)
+    finally:
+        handler.release()
+    return True
+
+
 class Output:
     """Every capture of a daemon, and the sinks they share."""
 
@@ -234,49 +320,72 @@ class Output:
         self.shrinking: list[list[int]] = []
         self._null: int | None = None
 
-    def prepare(self, spawn: Spawn) -> tuple[int | None, Callable[[bool], None]]:
-        """Before ``spawn``: the fd to give the child as stdout and stderr
-        (None: inherit), and ``done(started)`` to call once the spawn
+    def prepare(self, spawn: Spawn) -> tuple[int | None, int | None, Callable[[bool], None]]:
+        """Before ``spawn``: the fds to give the child as stdout and as
+        stderr (None: inherit), and ``done(started)`` to call once the spawn
         succeeded or failed.  Raises OSError (an output file that cannot be
         opened)."""
         task, instance, mode, path = spawn.task, spawn.instance, spawn.output, spawn.output_file
         if mode == "inherit":
-            return None, _nothing
+            return None, None, _nothing
         if mode == "discard":
             if self._null is None:
                 self._null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-            return self._null, _nothing
+            return self._null, self._null, _nothing
         if mode not in ("log", "file") or (mode == "file" and not path):
             raise OSError(f"output {mode!r} for {task}[{instance}] is not usable")
-        read_end, write_end = os.pipe()  # both close on exec
-        sink = None
+        sinks: list[FileSink | None] = [None, None]
         if mode == "file":
             assert path is not None
-            try:
-                sink = self._file(path, spawn.output_max_bytes, spawn.output_backups)
-            except OSError as exc:
+            paths = (path, spawn.output_stderr or path)
+            for index, where in enumerate(paths):
+                try:
+                    sinks[index] = self._file(where, spawn.output_max_bytes, spawn.output_backups)
+                except OSError as exc:
+                    raise OSError(f"output file {where}: {exc.strerror or exc}") from None
+        # Two pipes, one per stream: a line keeps the stream it was written to.
+        pipes: list[tuple[int, int]] = []
+        try:
+            for _ in range(2):
+                pipes.append(os.pipe())  # both ends close on exec
+        except OSError:
+            for read_end, write_end in pipes:
                 os.close(read_end)
                 os.close(write_end)
-                raise OSError(f"output file {path}: {exc.strerror or exc}") from None
-        os.set_blocking(read_end, False)
-        if hasattr(fcntl, "F_SETPIPE_SZ"):
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(read_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        if sink is not None:
-            sink.users += 1
+            raise
         recent = self._recent(task)
-        recent.users += 1
-        capture = Capture(self, read_end, f"{task}[{instance}]", sink, recent, instance)
+        captures = []
+        for (read_end, _), sink, stream in zip(pipes, sinks, (STDOUT, STDERR), strict=True):
+            os.set_blocking(read_end, False)
+            if hasattr(fcntl, "F_SETPIPE_SZ"):
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(read_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            if sink is not None:
+                sink.users += 1
+            recent.users += 1
+            captures.append(
+                Capture(
+                    self,
+                    read_end,
+                    f"{task}[{instance}]",
+                    sink,
+                    recent,
+                    instance,
+                    stream,
+                    spawn.output_timestamps,
+                )
+            )
 
         def done(started: bool) -> None:
-            os.close(write_end)  # the child has its copy; EOF when it is gone
-            self.captures.add(capture)
-            if started:
-                capture.start()
-            else:
-                capture.drain()
+            for (_, write_end), capture in zip(pipes, captures, strict=True):
+                os.close(write_end)  # the child has its copy; EOF when it is gone
+                self.captures.add(capture)
+                if started:
+                    capture.start()
+                else:
+                    capture.drain()
 
-        return write_end, done
+        return pipes[0][1], pipes[1][1], done
 
     def _file(self, path: str, max_bytes: int, backups: int) -> FileSink:
         sink = self.files.get(path)
@@ -294,7 +403,7 @@ class Output:
                 idle.sort(key=lambda name: self.recent[name].last_time)
                 for name in idle[: len(self.recent) - MAX_RINGS + 1]:
                     del self.recent[name]
-            recent = self.recent[task] = Recent()
+            recent = self.recent[task] = Recent(task)
         return recent
 
     def release(self, capture: Capture) -> None:

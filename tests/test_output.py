@@ -72,7 +72,7 @@ def test_log_mode_prefixes_lines_and_flushes_partial_last_line(daemon: Daemon) -
     daemon.wait_log("no newline talk")
     text = daemon.log_text()
     assert re.search(r"INFO talk\[0\] hello talk$", text, re.M)
-    assert re.search(r"INFO talk\[0\] oops talk$", text, re.M), "stderr is captured too"
+    assert re.search(r"INFO talk\[0\]:stderr oops talk$", text, re.M), "stderr, tagged"
     assert re.search(r"INFO talk\[0\] no newline talk$", text, re.M)
 
 
@@ -326,13 +326,13 @@ def test_a_slow_sink_stops_reading_rather_than_buffering(
 ) -> None:
     selector = selectors.DefaultSelector()
     out = output.Output(selector)
-    write_end, done = out.prepare(_spawn_effect(output="log"))
+    write_end, _, done = out.prepare(_spawn_effect(output="log"))
     assert write_end is not None
     sent = 10_000  # 50 KB: many turns of logging, and within any pipe's buffer
     os.write(write_end, b"line\n" * sent)
     keep = os.dup(write_end)
     done(True)
-    (capture,) = out.captures
+    (capture,) = [c for c in out.captures if c.stream == "stdout"]
     with caplog.at_level(logging.INFO, logger="taskforce.output"):
         capture.on_readable()
         assert len(caplog.records) == output.LOG_LINES_PER_TURN
@@ -361,7 +361,7 @@ def test_rotation_with_no_backups_starts_the_file_again(tmp_path: Path) -> None:
     selector = selectors.DefaultSelector()
     out = output.Output(selector)
     path = tmp_path / "x.log"
-    write_end, done = out.prepare(
+    write_end, _, done = out.prepare(
         _spawn_effect(output="file", output_file=str(path), output_max_bytes=10, output_backups=0)
     )
     assert write_end is not None
