@@ -50,6 +50,7 @@ from typing import Any
 
 from taskforce.core.effects import Spawn
 from taskforce.filesink import FileSink
+from taskforce.redact import LogSecrets
 from taskforce.recent import RECENT_BYTES as RECENT_BYTES
 from taskforce.recent import RECENT_LINES as RECENT_LINES
 from taskforce.recent import Recent as Recent
@@ -256,12 +257,13 @@ _MARK = "\x00taskforce-lines\x00"
 
 def _plain_stream() -> logging.StreamHandler[Any] | None:
     """The one handler lines of ``taskforce.output`` reach, if it is a plain
-    stream (``-e``, or a test's) and nothing filters on the way; else None."""
+    stream (``-e``, or a test's) and nothing but the secrets' filter stands
+    on the way (``taskforce.redact``: ``log_chunk`` applies it); else None."""
+    if not all(isinstance(f, LogSecrets) for f in output_log.filters):
+        return None
     found: list[logging.Handler] = []
     logger: logging.Logger | None = output_log
     while logger is not None:
-        if logger.filters:
-            return None
         found += logger.handlers
         if not logger.propagate:
             break
@@ -291,6 +293,8 @@ def log_chunk(label: str, lines: bytes | bytearray, now: float) -> bool:
     record.msecs = (now - int(now)) * 1000
     head, _, tail = handler.format(record).partition(_MARK)
     text = bytes(lines).decode(errors="replace")
+    for secrets in output_log.filters:
+        text = secrets.hide_text(text)  # type: ignore[union-attr]
     if "\r" in text:
         text = text.replace("\r\n", "\n")
     glue = tail + handler.terminator + head
