@@ -205,9 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stderr", action="store_true", help="write to stderr too (file mode: its own file)"
     )
-    parser.add_argument(
-        "--timestamps", action="store_true", help="file mode: timestamps: true"
-    )
+    parser.add_argument("--timestamps", action="store_true", help="file mode: timestamps: true")
     parser.add_argument("--victims", type=int, default=20, help="tasks killed (default 20)")
     parser.add_argument("--repeats", type=int, default=20, help="kills (default 20)")
     parser.add_argument(

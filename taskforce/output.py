@@ -50,10 +50,10 @@ from typing import Any
 
 from taskforce.core.effects import Spawn
 from taskforce.filesink import FileSink
-from taskforce.redact import LogSecrets
 from taskforce.recent import RECENT_BYTES as RECENT_BYTES
 from taskforce.recent import RECENT_LINES as RECENT_LINES
 from taskforce.recent import Recent as Recent
+from taskforce.redact import LogSecrets
 
 log = logging.getLogger("taskforce")
 output_log = logging.getLogger("taskforce.output")

@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from taskforce import tfwait
+from taskforce import tflogs, tfwait
 from taskforce.tfclient import Client as Client
 from taskforce.tfclient import UnixConnection as UnixConnection
 from taskforce.tfclient import Unreachable as Unreachable
@@ -220,6 +220,15 @@ def _plan(args: argparse.Namespace, client: Client) -> int:
 
 
 def _logs(args: argparse.Namespace, client: Client) -> int:
+    if not args.follow:
+        return tflogs.show(
+            args,
+            client,
+            time.time(),
+            lambda code, headers, body: _finish(code, headers, body, client.address),
+        )
+    if args.lines is None:
+        args.lines = tflogs.DEFAULT_LINES
     if args.lines < 0:
         raise Usage(f"-n wants a number of lines >= 0, got {args.lines}")
     # A slot goes as written (web[0] or web:0): taskforce knows the names.
@@ -334,15 +343,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--json", action="store_true", help="print the JSON plan")
     tfwait.add_commands(sub)
-    logs = sub.add_parser("logs", help="a task's recent output lines; -f: follow them")
+    logs = sub.add_parser(
+        "logs", help="a task's output lines (older ones from its files); -f: follow"
+    )
     logs.add_argument("task", metavar="TASK[:INSTANCE]")
     logs.add_argument(
-        "-n", "--lines", type=int, default=50, metavar="N", help="show the last N (default 50)"
+        "-n",
+        "--lines",
+        type=int,
+        default=None,
+        metavar="N",
+        help="show the last N (default 50; all with --since or --until)",
     )
+    logs.add_argument(
+        "-S",
+        "--since",
+        metavar="TIME",
+        help="lines from TIME on (2026-12-07 01:00, -5m, 1h ago, today)",
+    )
+    logs.add_argument("-U", "--until", metavar="TIME", help="lines up to TIME")
+    logs.add_argument("-g", "--grep", metavar="REGEX", help="lines that match REGEX")
+    case = logs.add_mutually_exclusive_group()
+    case.add_argument(
+        "--case-sensitive",
+        nargs="?",
+        const=True,
+        default=None,
+        type=_yes_no,
+        metavar="BOOL",
+        help="--grep minds case (default: only if REGEX has a capital)",
+    )
+    case.add_argument(
+        "-i",
+        "--ignore-case",
+        dest="case_sensitive",
+        action="store_false",
+        help="--grep ignores case",
+    )
+    logs.add_argument("--stream", choices=("stdout", "stderr"), help="lines of one stream only")
     logs.add_argument(
         "-f", "--follow", action="store_true", help="go on printing new lines until interrupted"
     )
     return parser
+
+
+def _yes_no(word: str) -> bool:
+    value = word.strip().lower()
+    if value in ("1", "yes", "y", "true", "on"):
+        return True
+    if value in ("0", "no", "n", "false", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected yes or no, got {word!r}")
 
 
 def _read_token(path: str) -> str:

@@ -199,7 +199,9 @@ def _output(value: Any, ctx: Mapping[str, str | None]) -> dict[str, Any]:
             raise SpecError(("output", "backups"), str(exc)) from None
         stamps = _plain(value.get("timestamps"), ctx)
         if stamps is not None and not isinstance(stamps, bool):
-            raise SpecError(("output", "timestamps"), f"timestamps must be true or false, got {stamps!r}")
+            raise SpecError(
+                ("output", "timestamps"), f"timestamps must be true or false, got {stamps!r}"
+            )
         return {
             "output": "file",
             "output_file": paths["file"],
