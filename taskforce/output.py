@@ -44,12 +44,15 @@ import fcntl
 import logging
 import os
 import selectors
+import socket
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from taskforce.core.effects import Spawn
 from taskforce.filesink import FileSink
+from taskforce.logsetup import FallbackHandler
 from taskforce.recent import RECENT_BYTES as RECENT_BYTES
 from taskforce.recent import RECENT_LINES as RECENT_LINES
 from taskforce.recent import Recent as Recent
@@ -255,10 +258,11 @@ def stamp(now: float, stream: str) -> bytes:
 _MARK = "\x00taskforce-lines\x00"
 
 
-def _plain_stream() -> logging.StreamHandler[Any] | None:
+def _log_handler() -> logging.Handler | None:
     """The one handler lines of ``taskforce.output`` reach, if it is a plain
-    stream (``-e``, or a test's) and nothing but the secrets' filter stands
-    on the way (``taskforce.redact``: ``log_chunk`` applies it); else None."""
+    stream (``-e``, or a test's) or taskforce's syslog handler, and nothing
+    but the secrets' filter stands on the way (``taskforce.redact``:
+    ``log_chunk`` applies it); else None."""
     if not all(isinstance(f, LogSecrets) for f in output_log.filters):
         return None
     found: list[logging.Handler] = []
@@ -271,19 +275,23 @@ def _plain_stream() -> logging.StreamHandler[Any] | None:
     if len(found) != 1:
         return None
     handler = found[0]
-    if type(handler) is not logging.StreamHandler or handler.filters:
+    if handler.filters or handler.level > logging.INFO:
         return None
-    if handler.level > logging.INFO:
-        return None
-    return handler
+    if type(handler) is logging.StreamHandler:
+        return handler
+    if type(handler) is FallbackHandler and not handler.failing:
+        handlers = sys.modules.get("logging.handlers")  # imported only for syslog
+        if handlers is not None and type(handler.primary) is handlers.SysLogHandler:
+            return handler
+    return None
 
 
 def log_chunk(label: str, lines: bytes | bytearray, now: float) -> bool:
     """Write ``lines`` (whole ones) to the daemon's log as records of
     ``taskforce.output`` at info level would read, formatted once for the
-    chunk rather than once per line; False if the log is not a plain stream
-    (the caller then logs a record per line)."""
-    handler = _plain_stream()
+    chunk rather than once per line; False if the log is neither a plain
+    stream nor syslog (the caller then logs a record per line)."""
+    handler = _log_handler()
     if handler is None:
         return False
     record = logging.LogRecord(
@@ -291,12 +299,16 @@ def log_chunk(label: str, lines: bytes | bytearray, now: float) -> bool:
     )
     record.created = now
     record.msecs = (now - int(now)) * 1000
-    head, _, tail = handler.format(record).partition(_MARK)
     text = bytes(lines).decode(errors="replace")
-    for secrets in output_log.filters:
-        text = secrets.hide_text(text)  # type: ignore[union-attr]
     if "\r" in text:
         text = text.replace("\r\n", "\n")
+    for secrets in output_log.filters:
+        text = secrets.hide_text(text)  # type: ignore[union-attr]
+    if isinstance(handler, FallbackHandler):
+        _to_syslog(handler, record, label, text)
+        return True
+    assert isinstance(handler, logging.StreamHandler)
+    head, _, tail = handler.format(record).partition(_MARK)
     glue = tail + handler.terminator + head
     body = head + text[:-1].replace("\n", glue) + tail + handler.terminator
     handler.acquire()
@@ -308,6 +320,37 @@ def log_chunk(label: str, lines: bytes | bytearray, now: float) -> bool:
     finally:
         handler.release()
     return True
+
+
+def _to_syslog(handler: FallbackHandler, record: logging.LogRecord, label: str, text: str) -> None:
+    """One datagram per line, as ``SysLogHandler`` sends a record, with the
+    formatting done once; from the first line syslog does not take on, a
+    record per line (``FallbackHandler`` then reconnects or falls back)."""
+    syslog: Any = handler.primary
+    head, _, tail = syslog.format(record).partition(_MARK)
+    priority = syslog.encodePriority(syslog.facility, syslog.mapPriority("INFO"))
+    start = f"<{priority}>{syslog.ident or ''}{head}".encode()
+    end = (tail + ("\000" if syslog.append_nul else "")).encode()
+    pieces = text[:-1].encode().split(b"\n")
+    sent = 0
+    try:
+        if not syslog.socket:
+            syslog.createSocket()
+        sock = syslog.socket
+        if syslog.unixsocket:
+            for piece in pieces:
+                sock.send(start + piece + end)
+                sent += 1
+        elif syslog.socktype == socket.SOCK_DGRAM:
+            for piece in pieces:
+                sock.sendto(start + piece + end, syslog.address)
+                sent += 1
+        else:
+            sock.sendall(b"".join(start + piece + end for piece in pieces))
+            sent = len(pieces)
+    except OSError:
+        for piece in pieces[sent:]:
+            output_log.info("%s %s", label, piece.decode(errors="replace"))
 
 
 class Output:
