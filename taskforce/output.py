@@ -1,31 +1,42 @@
 """Task output: where each process's stdout and stderr go (shell side).
 
-One pipe per spawned process carries its stdout and stderr (merged).  The
-read end is non-blocking and registered on the daemon's selector; each
+Each spawned process gets two pipes, one for its stdout and one for its
+stderr, so every line keeps its stream (two descriptors held per process).
+Each read end is non-blocking and registered on the daemon's selector; each
 readiness reads one chunk (``CHUNK``), writes the complete lines to the sink
 and holds a partial last line for the next read.  A pipe belongs to the one
-process it was made for: lines of an old process and of its replacement never
-meet inside a line, and a pipe is read to EOF (which may come after its
-process exited, when a grandchild still holds it) before it is closed.  At
-EOF a held partial line is written out, completed with a newline.
+process and stream it was made for: lines of an old process and of its
+replacement, or of the two streams, never meet inside a line, and a pipe is
+read to EOF (which may come after its process exited, when a grandchild
+still holds it) before it is closed.  At EOF a held partial line is written
+out, completed with a newline.  Each stream keeps its order; across the two,
+lines go out in the order they were read, and the clock is read once per
+chunk: the ring, the file stamps and the log all carry that time.
 
 Bounds, so a chatty task can neither stall supervision nor grow memory:
 
 - per pipe at most ``CHUNK`` unwritten bytes plus a partial line shorter than
   ``MAX_LINE``; a longer line is cut into ``MAX_LINE`` pieces, each but the
   last ending with ``LONG_LINE_MARK``;
-- per turn of the loop at most one chunk is read from a pipe, and at most
-  ``LOG_LINES_PER_TURN`` lines are logged from it; complete lines still
-  waiting after that are a *backlog*: the pipe is taken off the selector
-  (the writer then blocks on its full pipe: backpressure) and the loop comes
-  back without sleeping (``busy``) until the backlog is written.
+- per turn of the loop at most one chunk is read from a pipe; complete lines
+  still waiting after it was written are a *backlog* (only on the slow log
+  path below, at most ``LOG_LINES_PER_TURN`` lines a turn): the pipe is taken
+  off the selector (the writer then blocks on its full pipe: backpressure)
+  and the loop comes back without sleeping (``busy``) until the backlog is
+  written.
 
 Sinks: ``inherit`` (no pipe: the daemon's own stdout and stderr), ``discard``
-(``/dev/null``), ``log`` (each line through ``logging.getLogger(
-"taskforce.output")`` at info level, prefixed ``task[instance] ``), ``file``
-(appended to a file shared by every process that names the same path; when a
-write would take it past ``max_bytes`` it is rotated at a line boundary,
-PATH -> PATH.1 -> ... -> PATH.backups).
+(``/dev/null``), ``log`` (each line as ``logging.getLogger(
+"taskforce.output")`` at info level would write it, prefixed
+``task[instance] `` or ``task[instance]:stderr ``), ``file`` (appended to a
+file shared by every process that names the same path, stderr to its own
+file if the spawn says so, each line stamped with its time and stream if it
+says so; when a write would take a file past ``max_bytes`` it is rotated at
+a line boundary, PATH -> PATH.1 -> ... -> PATH.backups).
+
+The log is written a chunk at a time (``taskforce.loglines``); only a
+handler that is neither taskforce's stream nor its syslog handler (a
+program embedding taskforce) gets a record per line, from here.
 
 Recent lines: for every task whose output is captured, the most recent
 lines are kept in a ``Recent`` ring for ``tfctl logs`` (``taskforce.recent``);
@@ -44,19 +55,15 @@ import fcntl
 import logging
 import os
 import selectors
-import socket
-import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 from taskforce.core.effects import Spawn
 from taskforce.filesink import FileSink
-from taskforce.logsetup import FallbackHandler
+from taskforce.loglines import log_chunk
 from taskforce.recent import RECENT_BYTES as RECENT_BYTES
 from taskforce.recent import RECENT_LINES as RECENT_LINES
 from taskforce.recent import Recent as Recent
-from taskforce.redact import LogSecrets
 
 log = logging.getLogger("taskforce")
 output_log = logging.getLogger("taskforce.output")
@@ -252,105 +259,6 @@ def stamp(now: float, stream: str) -> bytes:
     to the microsecond with its UTC offset, the stream, a space each."""
     moment = datetime.datetime.fromtimestamp(now).astimezone()
     return f"{moment.isoformat(timespec='microseconds')} {stream} ".encode()
-
-
-#: Stands for the text of the lines when a log record is formatted once.
-_MARK = "\x00taskforce-lines\x00"
-
-
-def _log_handler() -> logging.Handler | None:
-    """The one handler lines of ``taskforce.output`` reach, if it is a plain
-    stream (``-e``, or a test's) or taskforce's syslog handler, and nothing
-    but the secrets' filter stands on the way (``taskforce.redact``:
-    ``log_chunk`` applies it); else None."""
-    if not all(isinstance(f, LogSecrets) for f in output_log.filters):
-        return None
-    found: list[logging.Handler] = []
-    logger: logging.Logger | None = output_log
-    while logger is not None:
-        found += logger.handlers
-        if not logger.propagate:
-            break
-        logger = logger.parent
-    if len(found) != 1:
-        return None
-    handler = found[0]
-    if handler.filters or handler.level > logging.INFO:
-        return None
-    if type(handler) is logging.StreamHandler:
-        return handler
-    if type(handler) is FallbackHandler and not handler.failing:
-        handlers = sys.modules.get("logging.handlers")  # imported only for syslog
-        if handlers is not None and type(handler.primary) is handlers.SysLogHandler:
-            return handler
-    return None
-
-
-def log_chunk(label: str, lines: bytes | bytearray, now: float) -> bool:
-    """Write ``lines`` (whole ones) to the daemon's log as records of
-    ``taskforce.output`` at info level would read, formatted once for the
-    chunk rather than once per line; False if the log is neither a plain
-    stream nor syslog (the caller then logs a record per line)."""
-    handler = _log_handler()
-    if handler is None:
-        return False
-    record = logging.LogRecord(
-        output_log.name, logging.INFO, __file__, 0, "%s %s", (label, _MARK), None
-    )
-    record.created = now
-    record.msecs = (now - int(now)) * 1000
-    text = bytes(lines).decode(errors="replace")
-    if "\r" in text:
-        text = text.replace("\r\n", "\n")
-    for secrets in output_log.filters:
-        text = secrets.hide_text(text)  # type: ignore[union-attr]
-    if isinstance(handler, FallbackHandler):
-        _to_syslog(handler, record, label, text)
-        return True
-    assert isinstance(handler, logging.StreamHandler)
-    head, _, tail = handler.format(record).partition(_MARK)
-    glue = tail + handler.terminator + head
-    body = head + text[:-1].replace("\n", glue) + tail + handler.terminator
-    handler.acquire()
-    try:
-        handler.stream.write(body)
-        handler.flush()
-    except Exception:
-        handler.handleError(record)
-    finally:
-        handler.release()
-    return True
-
-
-def _to_syslog(handler: FallbackHandler, record: logging.LogRecord, label: str, text: str) -> None:
-    """One datagram per line, as ``SysLogHandler`` sends a record, with the
-    formatting done once; from the first line syslog does not take on, a
-    record per line (``FallbackHandler`` then reconnects or falls back)."""
-    syslog: Any = handler.primary
-    head, _, tail = syslog.format(record).partition(_MARK)
-    priority = syslog.encodePriority(syslog.facility, syslog.mapPriority("INFO"))
-    start = f"<{priority}>{syslog.ident or ''}{head}".encode()
-    end = (tail + ("\000" if syslog.append_nul else "")).encode()
-    pieces = text[:-1].encode().split(b"\n")
-    sent = 0
-    try:
-        if not syslog.socket:
-            syslog.createSocket()
-        sock = syslog.socket
-        if syslog.unixsocket:
-            for piece in pieces:
-                sock.send(start + piece + end)
-                sent += 1
-        elif syslog.socktype == socket.SOCK_DGRAM:
-            for piece in pieces:
-                sock.sendto(start + piece + end, syslog.address)
-                sent += 1
-        else:
-            sock.sendall(b"".join(start + piece + end for piece in pieces))
-            sent = len(pieces)
-    except OSError:
-        for piece in pieces[sent:]:
-            output_log.info("%s %s", label, piece.decode(errors="replace"))
 
 
 class Output:

@@ -28,7 +28,7 @@ from daemon_harness import Daemon, task, wait_for
 from test_control import call, needs_linux, short_dir, start_daemon
 from test_tfctl import run
 
-from taskforce import logsetup, output, redact, tflogs
+from taskforce import loglines, logsetup, output, redact, tflogs
 from taskforce.output import RECENT_BYTES, RECENT_LINES, Recent
 
 #: Prints ``line INSTANCE I`` for I in 0..N-1 (N from argv), then sleeps.
@@ -307,7 +307,7 @@ def _stream_log() -> io.StringIO:
 def test_a_chunk_reads_as_records_would(fresh_log: None) -> None:
     stream = _stream_log()
     now = 1_800_000_000.25
-    assert output.log_chunk("t[0]:stderr", b"one\r\ntwo \xff\n\n", now)
+    assert loglines.log_chunk("t[0]:stderr", b"one\r\ntwo \xff\n\n", now)
     chunked = stream.getvalue()
     stream.seek(0)
     stream.truncate()
@@ -327,14 +327,14 @@ def test_a_chunk_hides_secrets_and_a_foreign_handler_gets_records(fresh_log: Non
     secrets.hider.learn(["hunter2-secret"])
     secrets.install()
     try:
-        assert output.log_chunk("t[0]", b"pw=hunter2-secret\n", 0.0)
+        assert loglines.log_chunk("t[0]", b"pw=hunter2-secret\n", 0.0)
         assert "pw=<redacted>" in stream.getvalue() and "hunter2" not in stream.getvalue()
     finally:
         for name in redact.LOGGERS:
             logging.getLogger(name).removeFilter(secrets)
     # Another handler too (a test's, a second destination): not a plain stream.
     logging.getLogger("taskforce").addHandler(logging.NullHandler())
-    assert not output.log_chunk("t[0]", b"x\n", 0.0)
+    assert not loglines.log_chunk("t[0]", b"x\n", 0.0)
 
 
 def test_syslog_gets_a_datagram_per_line(fresh_log: None, tmp_path: Path) -> None:
@@ -345,7 +345,7 @@ def test_syslog_gets_a_datagram_per_line(fresh_log: None, tmp_path: Path) -> Non
     try:
         args = argparse.Namespace(logging_name="tf", verbose=False, quiet=False, log_stderr=False)
         logsetup.setup_logging(args, address)
-        assert output.log_chunk("t[0]:stderr", b"a\nb b\n", 0.0)
+        assert loglines.log_chunk("t[0]:stderr", b"a\nb b\n", 0.0)
         got = [server.recv(4096) for _ in range(2)]
         assert got == [
             b"<14>tf[%d]: t[0]:stderr a\0" % os.getpid(),
@@ -357,7 +357,7 @@ def test_syslog_gets_a_datagram_per_line(fresh_log: None, tmp_path: Path) -> Non
         assert isinstance(handler, logsetup.FallbackHandler)
         fallback = io.StringIO()
         handler.fallback = logging.StreamHandler(fallback)
-        assert output.log_chunk("t[0]", b"c\nd\n", 0.0)
+        assert loglines.log_chunk("t[0]", b"c\nd\n", 0.0)
         assert fallback.getvalue().splitlines()[-2:] == ["t[0] c", "t[0] d"]
         assert "cannot log to syslog" in fallback.getvalue()
     finally:
