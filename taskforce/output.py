@@ -51,9 +51,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import logging
 import os
+import resource
 import selectors
 import time
 from collections.abc import Callable
@@ -83,6 +85,8 @@ PIPE_SIZE = 1024 * 1024
 #: A file dropped by rotation is freed this much per turn of the loop:
 #: freeing a large file at once can block for a tenth of a second or more.
 SHRINK_STEP = 4 * 1024 * 1024
+#: taskforce raises its own soft limit of open files no higher than this.
+MAX_OPEN_FILES = 1 << 20
 #: Rings of tasks without a running process are forgotten, longest idle
 #: first, once there are more rings than this.
 MAX_RINGS = 1024
@@ -302,7 +306,7 @@ class Output:
         pipes: list[tuple[int, int]] = []
         try:
             for _ in range(2):
-                pipes.append(os.pipe())  # both ends close on exec
+                pipes.append(_pipe())  # both ends close on exec
         except OSError:
             for read_end, write_end in pipes:
                 os.close(read_end)
@@ -421,3 +425,36 @@ class Output:
 
 def _nothing(started: bool) -> None:
     pass
+
+
+def _pipe() -> tuple[int, int]:
+    """``os.pipe()``; out of descriptors, once more after raising the soft
+    limit of open files towards the hard one (each captured process holds
+    two).  Raised only when needed, so tasks inherit the limit taskforce was
+    given for as long as it suffices."""
+    try:
+        return os.pipe()
+    except OSError as exc:
+        if exc.errno != errno.EMFILE or not _raise_open_files():
+            raise
+    return os.pipe()
+
+
+def _raise_open_files() -> bool:
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = MAX_OPEN_FILES
+        wanted = min(hard, max(soft * 2, 1024), MAX_OPEN_FILES)
+        if wanted <= soft:
+            return False
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (OSError, ValueError):
+        return False
+    log.warning(
+        "out of open files (%d): raised taskforce's limit to %d "
+        "(each captured process holds two pipes); its tasks inherit it",
+        soft,
+        wanted,
+    )
+    return True

@@ -13,6 +13,7 @@ import re
 import selectors
 import signal
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -377,3 +378,32 @@ def test_rotation_with_no_backups_starts_the_file_again(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("x.log.*"))
     out.close()
     selector.close()
+
+
+RAISE_LIMIT = """
+import logging, resource, selectors, sys
+from taskforce import output
+from taskforce.core import effects as fx
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+out = output.Output(selectors.DefaultSelector())
+for i in range(40):  # 4 descriptors each until done(): 160 > 64
+    out.prepare(fx.Spawn(task="t", instance=i, generation=1, argv=("x",), output="log"))
+print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+
+
+@linux_only
+def test_out_of_descriptors_raises_the_soft_limit_once_needed() -> None:
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 256:
+        pytest.skip(f"hard limit of open files is {hard}")
+    done = subprocess.run(
+        [sys.executable, "-c", RAISE_LIMIT], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) >= 128
+    assert "out of open files (64): raised taskforce's limit to " in done.stderr
