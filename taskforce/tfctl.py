@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from taskforce import tflogs, tfwait
+from taskforce import completion, tflogs, tfwait
 from taskforce.tfclient import Client as Client
 from taskforce.tfclient import UnixConnection as UnixConnection
 from taskforce.tfclient import Unreachable as Unreachable
@@ -342,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--roles", metavar="ROLES", help='plan for these roles (comma-separated; "-": none)'
     )
     plan.add_argument("--json", action="store_true", help="print the JSON plan")
+    completion.add_command(sub)
     tfwait.add_commands(sub)
     logs = sub.add_parser(
         "logs", help="a task's output lines (older ones from its files); -f: follow"
@@ -359,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-S",
         "--since",
         metavar="TIME",
-        help="lines from TIME on (2026-12-07 01:00, -5m, 1h ago, today)",
+        help="lines from TIME on (2026-12-07 01:00, today, 1h ago; --since=-5m)",
     )
     logs.add_argument("-U", "--until", metavar="TIME", help="lines up to TIME")
     logs.add_argument("-g", "--grep", metavar="REGEX", help="lines that match REGEX")
@@ -414,6 +415,9 @@ def reader_gone() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "completion":
+        print(completion.script(args.shell, "tfctl"), end="")
+        return EXIT_OK
     try:
         token = _read_token(args.token_file) if args.token_file else None
     except OSError as exc:
