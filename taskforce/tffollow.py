@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from taskforce import tflogs
 from taskforce.tfclient import Client, Refused, Unreachable
 from taskforce.tfformat import format_log_line
 
@@ -31,13 +32,17 @@ Finish = Callable[[int, dict[str, str], str, str], int]
 def follow(args: argparse.Namespace, client: Client, finish: Finish) -> int:
     """Print the last ``args.lines`` lines of ``args.task``, then follow it
     until interrupted; ``finish`` reports a refusal as tfctl does."""
-    params: list[tuple[str, str]] = [("task", args.task), ("lines", str(args.lines))]
+    keep = tflogs.Filter(args, time.time())
+    params: list[tuple[str, str]] = [("task", args.task)]
+    if args.stream:
+        params.append(("stream", args.stream))
+    first_params = [*params, ("lines", str(args.lines))]
     resume: str | None = None
     lost_since: float | None = None
     try:
         while True:
             try:
-                for kind, data in client.stream("/status/logs/follow", params, resume=resume):
+                for kind, data in client.stream("/status/logs/follow", first_params, resume=resume):
                     if kind != "lines":
                         continue
                     lost_since = None
@@ -50,7 +55,8 @@ def follow(args: argparse.Namespace, client: Client, finish: Finish) -> int:
                             file=sys.stderr,
                         )
                     for line in answer["lines"]:
-                        print(format_log_line(name, line))
+                        if keep(line.get("time"), line.get("stream"), line["text"]):
+                            print(format_log_line(name, line))
                     sys.stdout.flush()
                     resume = str(answer["next"])
             except Refused as refused:
@@ -63,7 +69,7 @@ def follow(args: argparse.Namespace, client: Client, finish: Finish) -> int:
                 raise
             # The stream ended: open it again from the next line.
             lost_since = lost_since or time.monotonic()
-            params = params[:1]
+            first_params = params
             time.sleep(PAUSE)
     except KeyboardInterrupt:
         return 0

@@ -355,8 +355,8 @@ _MAX_DIGITS = 18
 
 
 def _log_target(server: ControlServer, params: Params) -> Follow | Response:
-    """The task (and slot, since, lines) a request for its lines names, or
-    the answer saying what is wrong with it."""
+    """The task (and slot, stream, since, lines) a request for its lines
+    names, or the answer saying what is wrong with it."""
     name = first(params, "task")
     if not name:
         return text(400, "missing parameter 'task'\n")
@@ -370,6 +370,9 @@ def _log_target(server: ControlServer, params: Params) -> Follow | Response:
             numbers[key] = int(digits)
         else:
             return text(400, f"bad {key} {raw!r}: expected a whole number\n")
+    stream = first(params, "stream") or None
+    if stream not in (None, "stdout", "stderr"):
+        return text(400, f"bad stream {stream!r}: expected stdout or stderr\n")
     tasks = server.shell.core.tasks
     slot = split_slot(name) if name not in tasks else None
     if slot is not None and slot[0] in tasks:  # web[0] or web:0, as everywhere
@@ -385,30 +388,59 @@ def _log_target(server: ControlServer, params: Params) -> Follow | Response:
         return text(
             409, f"output of {name} is not captured (output: {mode}); only log and file are kept\n"
         )
-    return Follow(name, numbers["instance"], numbers["since"], numbers["lines"])
+    return Follow(name, numbers["instance"], numbers["since"], numbers["lines"], stream)
 
 
 def _logs(server: ControlServer, params: Params, indent: int | None) -> Response:
-    """``/status/logs?task=NAME[&instance=N][&since=SEQ][&lines=N]``: the
-    task's recent captured lines (see ``taskforce.output.Recent``), oldest
-    first, with ``next`` (the sequence number to ask ``since`` next time)
-    and ``dropped`` (lines from ``since`` on no longer kept)."""
+    """``/status/logs?task=NAME[&instance=N][&since=SEQ][&lines=N][&stream=S]``:
+    the task's recent captured lines (see ``taskforce.output.Recent``),
+    oldest first, each with its stream, with ``next`` (the sequence number
+    to ask ``since`` next time), ``dropped`` (lines from ``since`` on no
+    longer kept), ``first`` (the oldest line the ring still keeps) and
+    ``files`` (where its processes' output files are, for ``tfctl logs`` to
+    read older lines there itself: the daemon never reads them back)."""
     target = _log_target(server, params)
     if isinstance(target, Response):
         return target
     name = target.task
+    task = server.shell.core.tasks[name]
     recent = server.shell.captured(name)
     if recent is None:  # nothing captured yet
-        recent = Recent()
-    lines, dropped = recent.read(target.since, target.instance, target.lines)
+        recent = Recent(name)
+    lines, dropped = recent.read(target.since, target.instance, target.lines, target.stream)
+    files: dict[str, dict[str, Any]] = {}
+    for index in range(max(task.spec.count, 1)):
+        process = task.spec.process(index)
+        if process.output != "file" or target.instance not in (None, index):
+            continue
+        for kind, path in (("stdout", process.output_file), ("stderr", process.output_stderr)):
+            if not path:
+                continue
+            known = files.get(path)
+            if known is not None:  # shared: by several slots, or by both streams
+                if known["instance"] != index:
+                    known["instance"] = None
+                if known["stream"] != kind:
+                    known["stream"] = None
+                continue
+            files[path] = {
+                "path": path,
+                "instance": index,
+                # Both streams go to the file unless stderr has its own.
+                "stream": kind if process.output_stderr else None,
+                "backups": process.output_backups,
+                "timestamps": process.output_timestamps,
+            }
     data = {
         "task": name,
         "next": recent.next,
+        "first": recent.blocks[0].first if recent.blocks else recent.next,
         "lines": [
-            {"seq": seq, "instance": instance, "time": round(at, 3), "text": line}
-            for seq, instance, at, line in lines
+            {"seq": seq, "instance": instance, "stream": kind, "time": at, "text": line}
+            for seq, instance, kind, at, line in lines
         ],
         "dropped": dropped,
+        "files": list(files.values()),
     }
     separators = (",", ":") if indent is None else None
     body = json.dumps(data, indent=indent, separators=separators) + "\n"

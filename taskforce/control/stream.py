@@ -77,6 +77,7 @@ class Follow:
     instance: int | None = None
     since: int | None = None
     lines: int | None = None
+    stream: str | None = None
 
 
 @dataclass(frozen=True)
@@ -108,18 +109,20 @@ class _Follower:
         if instance is not None and block.instance != instance:
             self.next = block.first + block.lines
             return
-        stream = getattr(block, "stream", None)
+        stream = self.follow.stream
+        if stream is not None and block.stream != stream:
+            self.next = block.first + block.lines
+            return
         pieces = bytes(block.data).split(b"\n")
         pieces.pop()
         for index, piece in enumerate(pieces):
             line: dict[str, Any] = {
                 "seq": block.first + index,
                 "instance": block.instance,
-                "time": round(block.time, 3),
+                "stream": block.stream,
+                "time": block.time,
                 "text": piece.decode(errors="replace").removesuffix("\r"),
             }
-            if stream is not None:
-                line["stream"] = stream
             self.pending.append(line)
         self.pending_bytes += len(block.data) + 64 * len(pieces)
         self.next = block.first + block.lines
@@ -187,7 +190,7 @@ class Streams:
         since = follow.since
         if since is not None and since > ring.next:
             since = 1  # numbered afresh: taskforce started again
-        lines, dropped = ring.read(since, follow.instance, follow.lines)
+        lines, dropped = ring.read(since, follow.instance, follow.lines, follow.stream)
         follower.next = ring.next
         self._send_lines(follower, [_line(line) for line in lines], dropped)
 
@@ -248,7 +251,8 @@ class Streams:
             _unwatch(follower.ring, follower)
         follower.ring = ring
         if ring is not None:
-            follower.follow = Follow(follower.follow.task, follower.follow.instance, since=1)
+            old = follower.follow
+            follower.follow = Follow(old.task, old.instance, since=1, stream=old.stream)
             self._backlog(follower)
             if not follower.conn.closed:
                 ring.watchers.append(follower.watch)
@@ -338,7 +342,6 @@ def _unwatch(ring: Recent, follower: _Follower) -> None:
 
 def _line(line: Any) -> dict[str, Any]:
     """A kept line (``recent.Line``) as the streams and ``/status/logs`` show
-    it: every field it has (``stream`` included where lines carry one)."""
-    shown: dict[str, Any] = dict(line._asdict())
-    shown["time"] = round(shown["time"], 3)
-    return shown
+    it: every field it has (the time unrounded: ``tfctl logs`` joins lines
+    to those of the output files by it)."""
+    return dict(line._asdict())
