@@ -61,6 +61,7 @@ from taskforce.control.http import REASONS, Connection, Deferred, Request, Respo
 from taskforce.control.listen import Listener, Service
 from taskforce.control.options import Options
 from taskforce.control.server import ControlServer
+from taskforce.control.stream import StreamRequest
 from taskforce.core.model import HostFacts
 from taskforce.simulator import Simulation
 
@@ -957,6 +958,10 @@ def test_any_control_request_gets_a_response(calls: list[tuple[Request, bool]]) 
             listener = FakeListener(service)
             request.listener = listener  # type: ignore[assignment]
             response = handle(server, request, listener, OWNER)  # type: ignore[arg-type]
+            if isinstance(response, StreamRequest):
+                # A stream the server would open (``/status/events``...).
+                event("stream")
+                continue
             if isinstance(response, Deferred):
                 # As the server does, with the work on this thread.
                 response = response.finish(response.work())

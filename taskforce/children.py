@@ -143,8 +143,8 @@ class Children:
 
     def _spawn(self, effect: fx.Spawn) -> ev.Event:
         try:
-            # --- output capture: a pipe (or /dev/null) for stdout and stderr
-            stdout, output_done = self.output.prepare(effect)
+            # --- output capture: a pipe each (or /dev/null) for stdout and stderr
+            stdout, stderr, output_done = self.output.prepare(effect)
         except OSError as exc:
             return ev.SpawnFailed(
                 time.monotonic(), effect.task, effect.instance, effect.generation, str(exc)
@@ -161,6 +161,7 @@ class Children:
                 env,
                 cgroup=self.tracker.slot_cgroup(slot),
                 stdout=stdout,
+                stderr=stderr,
                 **options,
             )
         except (process.SpawnError, SocketError, OSError) as exc:

@@ -49,12 +49,13 @@ EXIT_OK, EXIT_BAD, EXIT_PIDFILE, EXIT_FAILED = 0, 1, 2, 3
 log = logging.getLogger("taskforce")
 
 
-#: ``taskforce replay|simulate|plan`` (run by ``taskforce.tools``), with
-#: what each is for.
+#: ``taskforce replay|simulate|plan`` (run by ``taskforce.tools``) and
+#: ``taskforce completion`` (``taskforce.completion``), with what each is for.
 TOOLS = {
     "replay": "check that a recorded event log replays exactly",
     "simulate": "what taskforce would do with a config, without doing it",
     "plan": "what a config runs on each kind of host, or would change after a run",
+    "completion": "print the bash or zsh completion script",
 }
 
 
@@ -94,6 +95,9 @@ def build_tool_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Arg
         help="a roles file; one per kind of host",
     )
     plan.add_argument("--against", metavar="LOG", help="a recorded run to diff against")
+    subs["completion"].add_argument(
+        "shell", metavar="SHELL", choices=("bash", "zsh"), help="bash or zsh"
+    )
     return parser, subs
 
 
@@ -260,6 +264,11 @@ def check_config(
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "completion":
+        from taskforce.completion import script
+
+        print(script(build_tool_parser()[0].parse_args(argv).shell, "taskforce"), end="")
+        return EXIT_OK
     if argv and argv[0] in TOOLS:
         from taskforce.tfctl import reader_gone
         from taskforce.tools import main as tools_main
@@ -455,7 +464,7 @@ def check_config_quietly(
     """The config's errors, one a line (or None), and the config."""
     try:
         roles = load_roles(roles_path)
-        config = load_config(config_path, roles=roles.names, role_values=roles.values)
+        config = load_config(config_path, roles=roles.names, role_values=roles.values, keep=True)
     except ConfigError as exc:
         return "\n".join(exc.report()), {}
     except OSError as exc:

@@ -19,11 +19,18 @@ descriptors are counted under ``/proc/PID/fd`` in either case.
 Where there is no ``/proc`` (macOS, the BSDs) nothing is read and no
 figure is given (the keys are absent).  This module only reads; it never signals, decides or changes
 anything, and never runs from the core.
+
+A sample of a thousand slots takes tens of milliseconds, so the daemon
+takes it off its loop (``begin``: on a worker thread that only reads files
+and hands the figures back through the loop's wake-up; ``collect`` takes
+them in on the loop): a killed task is replaced meanwhile, and the request
+that asked waits for the sample without holding anything else up.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
@@ -171,16 +178,78 @@ class Sampler:
         self._outside: dict[SlotKey, int] = {}
         self._mount: tuple[str, str] | None | bool = False
 
+        #: the sample being taken on a worker thread, if any
+        self._job: _Job | None = None
+
     def sample(self, slots: Iterable[SlotKey]) -> dict[SlotKey, Figures]:
-        """The figures of each slot that has any (none without ``/proc``)."""
+        """The figures of each slot that has any (none without ``/proc``),
+        read here and now unless the held sample answers.  (Not while a
+        sample is taken off the loop: see ``begin``.)"""
         wanted = tuple(slots)
+        figures = self.held(wanted)
+        if figures is not None:
+            return figures
         now = self.clock()
-        if self._at is not None and now - self._at < self.hold and wanted == self._for:
-            return self._figures
         self._at, self._for = now, wanted
         self.generation += 1
         self._figures = self._measure(wanted, now) if _PROC else {}
         return self._figures
+
+    def held(
+        self, wanted: tuple[SlotKey, ...], *, any_slots: bool = False
+    ) -> dict[SlotKey, Figures] | None:
+        """The held sample if it still answers for ``wanted`` (None: a fresh
+        one is needed).  ``any_slots``: even if the slots changed since it
+        was taken (a request that waited for it is answered with it)."""
+        if self._at is None or self.clock() - self._at >= self.hold:
+            return None
+        return self._figures if any_slots or wanted == self._for else None
+
+    def last(self) -> dict[SlotKey, Figures]:
+        """The latest sample, held or not."""
+        return self._figures
+
+    @property
+    def busy(self) -> bool:
+        """Whether a sample is being taken off the loop."""
+        return self._job is not None
+
+    @property
+    def done(self) -> bool:
+        """Whether a sample taken off the loop waits to be collected."""
+        return self._job is not None and self._job.done.is_set()
+
+    def begin(self, wanted: tuple[SlotKey, ...], wake: Callable[[], None]) -> None:
+        """Take a fresh sample of ``wanted`` on a worker thread (unless one
+        is under way); ``wake`` is called from it when the figures are in."""
+        if self._job is not None:
+            return
+        job = self._job = _Job(wanted, self.clock())
+
+        def work() -> None:
+            try:
+                job.figures = self._measure(wanted, job.at) if _PROC else {}
+            except Exception as exc:  # (MemoryError included: reported on the loop)
+                job.failure = exc
+            finally:
+                job.done.set()
+                wake()
+
+        threading.Thread(target=work, name="taskforce-costs", daemon=True).start()
+
+    def collect(self) -> BaseException | bool:
+        """On the loop: take in a sample taken off it.  True when one came
+        in (the requests that waited may be answered), False when none is
+        done, the exception when it failed (it holds no figures then)."""
+        job = self._job
+        if job is None or not job.done.is_set():
+            return False
+        self._job = None
+        # Held from now: a sample of many slots can take longer than the hold.
+        self._at, self._for = self.clock(), job.wanted
+        self.generation += 1
+        self._figures = job.figures
+        return job.failure if job.failure is not None else True
 
     # ----------------------------------------------------------- /proc
 
@@ -289,6 +358,17 @@ class Sampler:
         for old in [k for k in self._last if k not in out]:
             del self._last[old]
         return out
+
+
+class _Job:
+    """A sample being taken on a worker thread."""
+
+    def __init__(self, wanted: tuple[SlotKey, ...], at: float) -> None:
+        self.wanted = wanted
+        self.at = at
+        self.figures: dict[SlotKey, Figures] = {}
+        self.failure: BaseException | None = None
+        self.done = threading.Event()
 
 
 def _pids_below(folder: str) -> list[int] | None:

@@ -497,7 +497,9 @@ class LazyServer:
         ):
             from taskforce.control.server import ControlServer
 
-            self.instance = ControlServer(self.daemon, self.daemon.selector, self.options)
+            self.instance = ControlServer(
+                self.daemon, self.daemon.selector, self.options, sample_off_loop=True
+            )
         return self.instance is not None
 
     def next_deadline(self) -> float | None:

@@ -13,9 +13,13 @@ signals or starts a process.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import tempfile
+
+try:  # CPython's own SHA-256: hashlib would load OpenSSL's libcrypto (half a MiB)
+    from _sha256 import sha256  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # pragma: no cover (other Pythons)
+    from hashlib import sha256
 
 from taskforce.pidlock import lock_and_write_pid
 
@@ -23,7 +27,7 @@ from taskforce.pidlock import lock_and_write_pid
 def instance_id(config_path: str, roles_path: str | None) -> str:
     """A short stable name for the taskforce that runs this config and roles file."""
     text = os.path.abspath(config_path) + "\0" + (os.path.abspath(roles_path) if roles_path else "")
-    return hashlib.sha256(text.encode(errors="surrogateescape")).hexdigest()[:16]
+    return str(sha256(text.encode(errors="surrogateescape")).hexdigest())[:16]
 
 
 class InstanceHeld(Exception):

@@ -72,6 +72,7 @@ def _child(
     procname: str | None,
     stdout: int | None,
     report: int,
+    stderr: int | None = None,
     umask: int | None = None,
     limits: Sequence[Limit] = (),
     cgroup: str | None = None,
@@ -94,7 +95,8 @@ def _child(
         os.dup2(null, 0)
         if stdout is not None:
             os.dup2(stdout, 1)
-            os.dup2(stdout, 2)
+        if stderr is not None:
+            os.dup2(stderr, 2)
         if null > 2:
             os.close(null)
         if umask is not None:
@@ -187,7 +189,8 @@ def _join_cgroup(procs: str) -> None:
 def spawn(argv: Sequence[str], env: Mapping[str, str], **options: Any) -> int:
     """Start ``argv`` in a new process group; its pid, or SpawnError.
 
-    ``stdout`` (an fd) becomes the child's stdout and stderr; ``umask``,
+    ``stdout`` and ``stderr`` (fds; ``stderr`` None: the same as ``stdout``)
+    become the child's stdout and stderr; ``umask``,
     ``limits`` and ``nice`` are set in the child before the privilege drop
     and the exec.
     Returns once the exec has happened or failed (see ``start``).
@@ -235,6 +238,7 @@ def start(
     group: str | None = None,
     procname: str | None = None,
     stdout: int | None = None,
+    stderr: int | None = None,
     umask: int | None = None,
     limits: Sequence[Limit] = (),
     cgroup: str | None = None,
@@ -253,6 +257,8 @@ def start(
     """
     if not argv:
         raise SpawnError("empty command")
+    if stderr is None:
+        stderr = stdout
     # posix_spawn sets none of these: a task that has one takes the fork path.
     if FAST_SPAWN and cwd is None and user is None and group is None and umask is None:
         # Sockets at 3, 4, ... are placed by plain dup2s when none of them
@@ -261,7 +267,7 @@ def start(
         if procname is None and not limits and nice is None and placed:
             ids = {"Task_uid": str(os.geteuid()), "Task_gid": str(os.getegid())}
             fast_env = dict(env, **ids, Task_started=started_now())
-            return _start_fast(argv, fast_env, stdout, cgroup, sockets)
+            return _start_fast(argv, fast_env, stdout, stderr, cgroup, sockets)
     read_end, write_end = os.pipe()  # both close on exec
     child_env = dict(env, Task_started=started_now())
     pid = os.fork()
@@ -276,6 +282,7 @@ def start(
             procname,
             stdout,
             write_end,
+            stderr,
             umask,
             limits,
             cgroup,
@@ -315,6 +322,7 @@ def _start_fast(
     argv: Sequence[str],
     env: Mapping[str, str],
     stdout: int | None,
+    stderr: int | None,
     cgroup: str | None = None,
     sockets: Sequence[tuple[str, int]] = (),
 ) -> tuple[int, int]:
@@ -336,7 +344,9 @@ def _start_fast(
         raise SpawnError(f"exec {program!r}: No such file or directory")
     file_actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0)]
     if stdout is not None:
-        file_actions += [(os.POSIX_SPAWN_DUP2, stdout, 1), (os.POSIX_SPAWN_DUP2, stdout, 2)]
+        file_actions.append((os.POSIX_SPAWN_DUP2, stdout, 1))
+    if stderr is not None:
+        file_actions.append((os.POSIX_SPAWN_DUP2, stderr, 2))
     env = dict(env)
     if sockets:
         # dup2 to another number clears close-on-exec: these reach the program.

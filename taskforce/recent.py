@@ -2,8 +2,10 @@
 
 For every task whose output is captured (``log`` and ``file``), the most
 recent lines (at most ``RECENT_LINES`` and ``RECENT_BYTES``) are kept in a
-``Recent`` ring, each with a sequence number, its instance and the
-wall-clock time it was read.  The ring holds the blocks of lines as they
+``Recent`` ring, each with a sequence number, its instance, its stream
+(``stdout`` or ``stderr``) and the wall-clock time it was read.  Lines of
+one stream keep their order; across streams (two pipes) the order is that
+of reading, and the time says when.  The ring holds the blocks of lines as they
 were written (one per write, so a fast writer costs one append per chunk,
 not one per line) and drops the oldest when the newer ones alone fill it:
 its memory stays under ``RECENT_BYTES`` plus one block.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 #: Recent lines kept per task for ``tfctl logs``: this many lines at most,
@@ -32,6 +34,7 @@ class Block(NamedTuple):
     first: int  # sequence number of its first line
     lines: int
     instance: int
+    stream: str  # "stdout" or "stderr"
     time: float  # wall clock, when they were read
     data: bytes | bytearray
 
@@ -39,6 +42,7 @@ class Block(NamedTuple):
 class Line(NamedTuple):
     seq: int
     instance: int
+    stream: str
     time: float
     text: str
 
@@ -46,7 +50,9 @@ class Line(NamedTuple):
 class Recent:
     """The most recent captured lines of one task, numbered from 1."""
 
-    def __init__(self) -> None:
+    def __init__(self, task: str = "") -> None:
+        #: The task whose lines these are.
+        self.task = task
         self.blocks: deque[Block] = deque()
         #: Sequence number of the next line to come.
         self.next = 1
@@ -54,19 +60,31 @@ class Recent:
         self.bytes = 0
         #: Captures (pipes) feeding this ring now.
         self.users = 0
+        #: Called with every block added (the control server's live log
+        #: streams); each must be quick and must not add to the ring.
+        self.watchers: list[Callable[[Block], None]] = []
 
-    def add(self, data: bytes | bytearray, instance: int) -> None:
+    def add(
+        self,
+        data: bytes | bytearray,
+        instance: int,
+        stream: str = "stdout",
+        now: float | None = None,
+    ) -> None:
         """Keep ``data``, whole lines each ending with a newline, as it is:
-        the caller must not change it afterwards."""
+        the caller must not change it afterwards.  ``now``: when they were
+        read (wall clock; now if not given)."""
         count = data.count(b"\n")
         if not count:
             return
-        block = Block(self.next, count, instance, time.time(), data)
+        block = Block(self.next, count, instance, stream, time.time() if now is None else now, data)
         self.next += count
         self.lines += count
         self.bytes += len(block.data)
         blocks = self.blocks
         blocks.append(block)
+        for watch in self.watchers:
+            watch(block)
         # Drop the oldest block while the newer ones alone fill the ring.
         while len(blocks) > 1:
             oldest = blocks[0]
@@ -96,15 +114,20 @@ class Recent:
                 if count > RECENT_LINES or (size > RECENT_BYTES and count > 1):
                     return
                 text = piece.decode(errors="replace").removesuffix("\r")
-                yield Line(block.first + index, block.instance, block.time, text)
+                yield Line(block.first + index, block.instance, block.stream, block.time, text)
 
     def read(
-        self, since: int | None = None, instance: int | None = None, limit: int | None = None
+        self,
+        since: int | None = None,
+        instance: int | None = None,
+        limit: int | None = None,
+        stream: str | None = None,
     ) -> tuple[list[Line], int]:
         """Lines from ``since`` on (all kept lines without it), of ``instance``
-        only if given, at most the last ``limit``; oldest first.  Also how many
-        lines from ``since`` on are no longer kept (0 without ``since``);
-        with ``instance`` that count is of every instance's lines."""
+        and of ``stream`` only if given, at most the last ``limit``; oldest
+        first.  Also how many lines from ``since`` on are no longer kept (0
+        without ``since``); with ``instance`` or ``stream`` that count is of
+        every instance's and stream's lines."""
         found: list[Line] = []
         oldest = self.next
         for line in self._newest_first():
@@ -116,7 +139,9 @@ class Recent:
                 if since is None:
                     break
                 continue
-            if instance is None or line.instance == instance:
+            if (instance is None or line.instance == instance) and (
+                stream is None or line.stream == stream
+            ):
                 found.append(line)
         found.reverse()
         dropped = 0 if since is None else max(0, oldest - max(since, 1))

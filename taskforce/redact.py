@@ -42,6 +42,11 @@ class LogSecrets(logging.Filter):
         if found and not self.hider.values.issuperset(found):
             self.hider.learn(found)
 
+    def hide_text(self, text: str) -> str:
+        """``text`` (a task's output lines, many at once) with the known
+        secret values replaced, as ``filter`` would replace them line by line."""
+        return self.hider.hide(text) if self.hider.values else text
+
     def filter(self, record: logging.LogRecord) -> bool:
         if self.hider.values:
             message = record.getMessage()

@@ -3,7 +3,8 @@
 ``Client`` turns a daemon address (a socket path, ``host:port`` or an
 ``http://``/``https://`` URL) into a connection, sends one request with the
 bearer token or client certificate it was given, and returns the status,
-headers and body; ``Unreachable`` says why the daemon could not be reached.
+headers and body (or, with ``stream``, the server-sent events of an answer
+that stays open); ``Unreachable`` says why the daemon could not be reached.
 ``UnixConnection`` (HTTP over a Unix socket) serves the tests and
 benchmarks too.  Split out of ``taskforce.tfctl``, which re-exports them.
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from urllib.parse import urlencode, urlsplit
 
 
@@ -26,6 +27,14 @@ class Unreachable(Exception):
 
 class Usage(Exception):
     """Bad arguments, found after argparse had its say."""
+
+
+class Refused(Exception):
+    """A stream was answered with an error: ``code``, ``headers``, ``body``."""
+
+    def __init__(self, code: int, headers: dict[str, str], body: str) -> None:
+        super().__init__(code)
+        self.code, self.headers, self.body = code, headers, body
 
 
 class UnixConnection(http.client.HTTPConnection):
@@ -128,6 +137,63 @@ class Client:
             conn.close()
         found = {name.lower(): value for name, value in response.getheaders()}
         return response.status, found, data.decode("utf-8", "replace")
+
+    def stream(
+        self,
+        path: str,
+        params: Sequence[tuple[str, str]] = (),
+        *,
+        resume: str | None = None,
+        idle: float = 90.0,
+    ) -> Iterator[tuple[str, str]]:
+        """The events ``(type, data)`` of a ``text/event-stream`` answer, as
+        they come; ``resume`` goes as ``Last-Event-ID``.  Ends when the server
+        closes the stream, or says nothing (not even its keep-alive) for
+        ``idle`` seconds; raises ``Refused`` for an error answer."""
+        headers = {"Accept": "text/event-stream"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if resume is not None:
+            headers["Last-Event-ID"] = resume
+        if params:
+            path = f"{path}?{urlencode(list(params))}"
+        conn = self._connection()
+        try:
+            try:
+                conn.request("GET", path, headers=headers)
+                response = conn.getresponse()
+            except ssl.SSLError as exc:
+                raise Unreachable(f"TLS with {self.address} failed: {exc.reason or exc}") from None
+            except (OSError, http.client.HTTPException) as exc:
+                raise Unreachable(_why(self.address, exc)) from None
+            found = {name.lower(): value for name, value in response.getheaders()}
+            if response.status >= 300:
+                body = response.read().decode("utf-8", "replace")
+                raise Refused(response.status, found, body)
+            if conn.sock is not None:
+                conn.sock.settimeout(idle)
+            kind, data = "message", list[str]()
+            while True:
+                try:
+                    raw = response.readline()
+                except (OSError, http.client.HTTPException):
+                    return  # lost, or silent too long: the caller may resume
+                if not raw:
+                    return
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if not line:
+                    if data:
+                        yield kind, "\n".join(data)
+                    kind, data = "message", []
+                    continue
+                field, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if field == "event":
+                    kind = value
+                elif field == "data":
+                    data.append(value)
+        finally:
+            conn.close()
 
 
 def _host_port(address: str) -> tuple[str, int | None]:

@@ -26,13 +26,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from taskforce import tfwait
+from taskforce import completion, tffollow, tflogs, tfwait
 from taskforce.tfclient import Client as Client
 from taskforce.tfclient import UnixConnection as UnixConnection
 from taskforce.tfclient import Unreachable as Unreachable
 from taskforce.tfclient import Usage
 from taskforce.tfformat import (
-    format_log_line,
     format_plan,
     format_table,
     format_version,
@@ -41,8 +40,6 @@ from taskforce.tfformat import (
 )
 
 DEFAULT_SOCKET = "/var/run/s.taskforce"
-#: ``logs -f`` asks for new lines this often (seconds).
-FOLLOW_POLL = 0.5
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
@@ -220,38 +217,18 @@ def _plan(args: argparse.Namespace, client: Client) -> int:
 
 
 def _logs(args: argparse.Namespace, client: Client) -> int:
+    if not args.follow:
+        return tflogs.show(
+            args,
+            client,
+            time.time(),
+            lambda code, headers, body: _finish(code, headers, body, client.address),
+        )
+    if args.lines is None:
+        args.lines = tflogs.DEFAULT_LINES
     if args.lines < 0:
         raise Usage(f"-n wants a number of lines >= 0, got {args.lines}")
-    # A slot goes as written (web[0] or web:0): taskforce knows the names.
-    params = [("task", args.task)]
-    name = args.task
-    asked = [*params, ("lines", str(args.lines))]
-    try:
-        while True:
-            code, headers, body = client.request("GET", "/status/logs", asked)
-            if code >= 400:
-                return _finish(code, headers, body, client.address)
-            answer = json.loads(body)
-            name = answer["task"]
-            if answer["dropped"]:
-                print(
-                    f"tfctl: {answer['dropped']} lines of {name} were dropped before "
-                    "they could be shown",
-                    file=sys.stderr,
-                )
-            for line in answer["lines"]:
-                print(format_log_line(name, line))
-            sys.stdout.flush()
-            if not args.follow:
-                return EXIT_OK
-            since = int(answer["next"])
-            if asked[-1][0] == "since" and since < int(asked[-1][1]):
-                # Numbered afresh: taskforce was restarted.
-                since = 1
-            asked = [*params, ("since", str(since))]
-            time.sleep(FOLLOW_POLL)
-    except KeyboardInterrupt:
-        return EXIT_OK
+    return tffollow.follow(args, client, _finish)
 
 
 # ------------------------------------------------------------ command line
@@ -333,16 +310,59 @@ def build_parser() -> argparse.ArgumentParser:
         "--roles", metavar="ROLES", help='plan for these roles (comma-separated; "-": none)'
     )
     plan.add_argument("--json", action="store_true", help="print the JSON plan")
+    completion.add_command(sub)
     tfwait.add_commands(sub)
-    logs = sub.add_parser("logs", help="a task's recent output lines; -f: follow them")
+    logs = sub.add_parser(
+        "logs", help="a task's output lines (older ones from its files); -f: follow"
+    )
     logs.add_argument("task", metavar="TASK[:INSTANCE]")
     logs.add_argument(
-        "-n", "--lines", type=int, default=50, metavar="N", help="show the last N (default 50)"
+        "-n",
+        "--lines",
+        type=int,
+        default=None,
+        metavar="N",
+        help="show the last N (default 50; all with --since or --until)",
     )
+    logs.add_argument(
+        "-S",
+        "--since",
+        metavar="TIME",
+        help="lines from TIME on (2026-12-07 01:00, today, 1h ago; --since=-5m)",
+    )
+    logs.add_argument("-U", "--until", metavar="TIME", help="lines up to TIME")
+    logs.add_argument("-g", "--grep", metavar="REGEX", help="lines that match REGEX")
+    case = logs.add_mutually_exclusive_group()
+    case.add_argument(
+        "--case-sensitive",
+        nargs="?",
+        const=True,
+        default=None,
+        type=_yes_no,
+        metavar="BOOL",
+        help="--grep minds case (default: only if REGEX has a capital)",
+    )
+    case.add_argument(
+        "-i",
+        "--ignore-case",
+        dest="case_sensitive",
+        action="store_false",
+        help="--grep ignores case",
+    )
+    logs.add_argument("--stream", choices=("stdout", "stderr"), help="lines of one stream only")
     logs.add_argument(
         "-f", "--follow", action="store_true", help="go on printing new lines until interrupted"
     )
     return parser
+
+
+def _yes_no(word: str) -> bool:
+    value = word.strip().lower()
+    if value in ("1", "yes", "y", "true", "on"):
+        return True
+    if value in ("0", "no", "n", "false", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected yes or no, got {word!r}")
 
 
 def _read_token(path: str) -> str:
@@ -363,6 +383,9 @@ def reader_gone() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "completion":
+        print(completion.script(args.shell, "tfctl"), end="")
+        return EXIT_OK
     try:
         token = _read_token(args.token_file) if args.token_file else None
     except OSError as exc:

@@ -168,6 +168,17 @@ def format_version(info: dict[str, Any]) -> str:
 
 
 def format_log_line(task: str, line: dict[str, Any]) -> str:
-    """``time task[instance] text``, the time local, to the millisecond."""
-    moment = datetime.datetime.fromtimestamp(line["time"])
-    return f"{moment.isoformat(timespec='milliseconds')} {task}[{line['instance']}] {line['text']}"
+    """``time task[instance] text``, the time local, to the millisecond;
+    a stderr line is marked ``task[instance]:stderr`` (as in taskforce's
+    log); a line read back from a file without timestamps has ``-`` for its
+    time, and no instance if its file is shared by several slots."""
+    when = line.get("time")
+    if when is None:
+        moment = "-"
+    else:
+        moment = datetime.datetime.fromtimestamp(when).isoformat(timespec="milliseconds")
+    instance = line.get("instance")
+    label = task if instance is None else f"{task}[{instance}]"
+    if line.get("stream") == "stderr":
+        label += ":stderr"
+    return f"{moment} {label} {line['text']}"

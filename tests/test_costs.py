@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,28 @@ def test_without_proc_there_are_no_figures(monkeypatch: pytest.MonkeyPatch) -> N
     tasks = {"me": {"processes": [{"instance": 0, "pid": os.getpid()}]}}
     assert costs.annotate(tasks, {}) == {"me": {"processes": [{"instance": 0, "pid": os.getpid()}]}}
     assert costs.metrics_text({}) == ""
+
+
+@needs_proc
+def test_a_sample_off_the_loop_is_taken_on_a_thread_and_collected() -> None:
+    now = [100.0]
+    sampler = costs.Sampler(hold=0.5, clock=lambda: now[0])
+    me = ("me", 0, os.getpgrp())
+    woken = threading.Event()
+    assert sampler.held((me,)) is None and not sampler.busy
+    sampler.begin((me,), woken.set)
+    sampler.begin((me,), woken.set)  # one at a time: the second is a no-op
+    assert woken.wait(10), "the worker wakes the loop"
+    assert sampler.done and sampler.held((me,)) is None, "not in until collected"
+    generation = sampler.generation
+    assert sampler.collect() is True and not sampler.busy
+    assert sampler.generation == generation + 1
+    figures = sampler.held((me,))
+    assert figures is not None and figures[me]["open_fds"] > 0
+    other = (me, ("new", 0, 2**22 + 1))
+    assert sampler.held(other) is None, "other slots need a fresh sample"
+    assert sampler.held(other, any_slots=True) is figures, "unless the request waited for it"
+    assert sampler.collect() is False, "nothing more to collect"
 
 
 # ------------------------------------------------------------ a real daemon

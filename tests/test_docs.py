@@ -466,6 +466,35 @@ def test_performance_doc_command_is_accepted() -> None:
         sys.modules.pop("peers_run", None)
 
 
+def test_scale_doc_command_is_accepted() -> None:
+    """docs/performance.md's command for the scaling curves names options
+    bench/scale.py has (parsed only: nothing is run)."""
+    import shlex
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location("scale", ROOT / "bench/scale.py")
+        assert spec is not None and spec.loader is not None
+        scale = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(scale)
+        text = (DOCS / "performance.md").read_text(encoding="utf-8")
+        commands = [
+            shlex.split(line)
+            for _, body in code_blocks(text, "sh")
+            for line in body.splitlines()
+            if "bench/scale.py" in line
+        ]
+        assert commands, "docs/performance.md shows no command running bench/scale.py"
+        for argv in commands:
+            args = argv[argv.index("bench/scale.py") + 1 :]
+            options = scale.parse_args(args)
+            assert options.sizes and options.supervisors
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+        for name in ("peers_run", "common", "scale_report"):
+            sys.modules.pop(name, None)
+
+
 # ---------------------------------------------------------------------------
 # README.md: its commands work exactly as written
 

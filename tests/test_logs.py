@@ -7,21 +7,28 @@ sleep.
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import io
 import json
+import logging
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from daemon_harness import Daemon, task, wait_for
-from test_control import call, start_daemon
+from test_control import call, short_dir, start_daemon
 from test_tfctl import run
 
-from taskforce import output
+from taskforce import loglines, logsetup, output, redact, tflogs
 from taskforce.output import RECENT_BYTES, RECENT_LINES, Recent
 
 #: Prints ``line INSTANCE I`` for I in 0..N-1 (N from argv), then sleeps.
@@ -255,3 +262,147 @@ def test_recent_memory_is_bounded() -> None:
     assert lines[-1].seq == recent.next - 1 and lines[-1].text == "one"
     lines, dropped = recent.read(since=1)
     assert dropped == lines[0].seq - 1 > 0
+
+
+# ------------------------------------- the log written a chunk at a time
+
+
+@pytest.fixture
+def fresh_log() -> Iterator[None]:
+    """taskforce's loggers as a test leaves them: handlers, level, filters."""
+    names = ("taskforce", "taskforce.output")
+    saved = [
+        (
+            logging.getLogger(n).handlers[:],
+            logging.getLogger(n).level,
+            logging.getLogger(n).filters[:],
+        )
+        for n in names
+    ]
+    saved_propagate = logging.getLogger("taskforce").propagate
+    yield
+    for name, (handlers, level, filters) in zip(names, saved, strict=True):
+        logger = logging.getLogger(name)
+        logger.handlers[:], logger.filters[:] = handlers, filters
+        logger.setLevel(level)
+    logging.getLogger("taskforce").propagate = saved_propagate
+
+
+def _stream_log() -> io.StringIO:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(logsetup.LOG_FORMAT))
+    root = logging.getLogger("taskforce")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    return stream
+
+
+def test_a_chunk_reads_as_records_would(fresh_log: None) -> None:
+    stream = _stream_log()
+    now = 1_800_000_000.25
+    assert loglines.log_chunk("t[0]:stderr", b"one\r\ntwo \xff\n\n", now)
+    chunked = stream.getvalue()
+    stream.seek(0)
+    stream.truncate()
+    for text in ("one", "two \ufffd", ""):
+        record = logging.LogRecord(
+            "taskforce.output", logging.INFO, "", 0, "%s %s", ("t[0]:stderr", text), None
+        )
+        record.created, record.msecs = now, 250.0
+        logging.getLogger("taskforce.output").handle(record)
+    assert chunked == stream.getvalue()
+    assert chunked.splitlines()[0].endswith(",250 INFO t[0]:stderr one")
+
+
+def test_a_chunk_hides_secrets_and_a_foreign_handler_gets_records(fresh_log: None) -> None:
+    stream = _stream_log()
+    secrets = redact.LogSecrets()
+    secrets.hider.learn(["hunter2-secret"])
+    secrets.install()
+    try:
+        assert loglines.log_chunk("t[0]", b"pw=hunter2-secret\n", 0.0)
+        assert "pw=<redacted>" in stream.getvalue() and "hunter2" not in stream.getvalue()
+    finally:
+        for name in redact.LOGGERS:
+            logging.getLogger(name).removeFilter(secrets)
+    # Another handler too (a test's, a second destination): not a plain stream.
+    logging.getLogger("taskforce").addHandler(logging.NullHandler())
+    assert not loglines.log_chunk("t[0]", b"x\n", 0.0)
+
+
+def test_syslog_gets_a_datagram_per_line(fresh_log: None, tmp_path: Path) -> None:
+    address = str(short_dir(tmp_path) / "log")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(address)
+    server.settimeout(5)
+    try:
+        args = argparse.Namespace(logging_name="tf", verbose=False, quiet=False, log_stderr=False)
+        logsetup.setup_logging(args, address)
+        assert loglines.log_chunk("t[0]:stderr", b"a\nb b\n", 0.0)
+        got = [server.recv(4096) for _ in range(2)]
+        assert got == [
+            b"<14>tf[%d]: t[0]:stderr a\0" % os.getpid(),
+            b"<14>tf[%d]: t[0]:stderr b b\0" % os.getpid(),
+        ]
+        server.close()  # syslog gone: the lines go to stderr, said once
+        os.unlink(address)
+        handler = logging.getLogger("taskforce").handlers[0]
+        assert isinstance(handler, logsetup.FallbackHandler)
+        fallback = io.StringIO()
+        handler.fallback = logging.StreamHandler(fallback)
+        assert loglines.log_chunk("t[0]", b"c\nd\n", 0.0)
+        assert fallback.getvalue().splitlines()[-2:] == ["t[0] c", "t[0] d"]
+        assert "cannot log to syslog" in fallback.getvalue()
+    finally:
+        server.close()
+
+
+# --------------------------------------------- tfctl logs: times and files
+
+
+NOW = datetime.datetime(2026, 12, 7, 12, 30, 0).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("now", NOW),
+        ("-5m", NOW - 300),
+        ("+1h", NOW + 3600),
+        ("1h ago", NOW - 3600),
+        ("1h 30min ago", NOW - 5400),
+        ("2 days ago", NOW - 2 * 86400),
+        ("today", datetime.datetime(2026, 12, 7).timestamp()),
+        ("yesterday", datetime.datetime(2026, 12, 6).timestamp()),
+        ("2026-12-07 01:00:00", datetime.datetime(2026, 12, 7, 1).timestamp()),
+        ("2026-12-07 01:00", datetime.datetime(2026, 12, 7, 1).timestamp()),
+        ("2026-12-07", datetime.datetime(2026, 12, 7).timestamp()),
+        ("01:15", datetime.datetime(2026, 12, 7, 1, 15).timestamp()),
+        ("2026-12-07T01:00:00.5+00:00", 1796605200.5),
+        ("@1796605200", 1796605200.0),
+    ],
+)
+def test_times_read_as_journalctl_reads_them(text: str, expected: float) -> None:
+    assert tflogs.parse_time(text, NOW) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "-5 parsecs", "2026-13-01", "1h ago ago"])
+def test_a_bad_time_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="not a time"):
+        tflogs.parse_time(text, NOW)
+
+
+@pytest.mark.parametrize("ending", [b"", b"\n"])
+def test_files_are_read_backwards_whole(tmp_path: Path, ending: bytes) -> None:
+    path = tmp_path / "f"
+    lines = [b"%d %s" % (i, b"x" * (i * 37 % 3000)) for i in range(2000)]
+    path.write_bytes(b"\n".join(lines) + ending)
+    assert list(tflogs.backwards(str(path)))[::-1] == lines + ([b""] if ending else [])
+    entry = {"path": str(path), "backups": 0, "timestamps": False, "instance": 0, "stream": None}
+    problems: list[str] = []
+    read = list(tflogs.file_lines(entry, problems))
+    assert [line.text.encode() for line in read[::-1]] == lines and not problems
+    missing = {**entry, "path": str(tmp_path / "nothing")}
+    assert not list(tflogs.file_lines(missing, problems)) and "no such file" in problems[0]

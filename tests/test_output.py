@@ -13,6 +13,7 @@ import re
 import selectors
 import signal
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -61,7 +62,7 @@ def test_log_mode_prefixes_lines_and_flushes_partial_last_line(daemon: Daemon) -
     daemon.wait_log("no newline talk")
     text = daemon.log_text()
     assert re.search(r"INFO talk\[0\] hello talk$", text, re.M)
-    assert re.search(r"INFO talk\[0\] oops talk$", text, re.M), "stderr is captured too"
+    assert re.search(r"INFO talk\[0\]:stderr oops talk$", text, re.M), "stderr, tagged"
     assert re.search(r"INFO talk\[0\] no newline talk$", text, re.M)
 
 
@@ -306,17 +307,17 @@ def test_a_slow_sink_stops_reading_rather_than_buffering(
 ) -> None:
     selector = selectors.DefaultSelector()
     out = output.Output(selector)
-    write_end, done = out.prepare(_spawn_effect(output="log"))
+    write_end, _, done = out.prepare(_spawn_effect(output="log"))
     assert write_end is not None
     sent = 10_000  # 50 KB: many turns of logging, and within any pipe's buffer
     os.write(write_end, b"line\n" * sent)
     keep = os.dup(write_end)
     done(True)
-    (capture,) = out.captures
+    (capture,) = [c for c in out.captures if c.stream == "stdout"]
     with caplog.at_level(logging.INFO, logger="taskforce.output"):
         capture.on_readable()
         assert len(caplog.records) == output.LOG_LINES_PER_TURN
-        assert out.busy and not selector.get_map(), "paused: the pipe is off the selector"
+        assert out.busy and capture.fd not in selector.get_map(), "paused: off the selector"
         assert len(capture.buf) <= output.CHUNK
         turns = 0
         while out.busy:
@@ -324,7 +325,7 @@ def test_a_slow_sink_stops_reading_rather_than_buffering(
             for key, _ in selector.select(0):
                 key.data()
             turns += 1
-        assert selector.get_map(), "reading again once the backlog is written"
+        assert capture.fd in selector.get_map(), "reading again once the backlog is written"
         os.close(keep)
         while out.captures:
             for key, _ in selector.select(1):
@@ -341,7 +342,7 @@ def test_rotation_with_no_backups_starts_the_file_again(tmp_path: Path) -> None:
     selector = selectors.DefaultSelector()
     out = output.Output(selector)
     path = tmp_path / "x.log"
-    write_end, done = out.prepare(
+    write_end, _, done = out.prepare(
         _spawn_effect(output="file", output_file=str(path), output_max_bytes=10, output_backups=0)
     )
     assert write_end is not None
@@ -357,3 +358,31 @@ def test_rotation_with_no_backups_starts_the_file_again(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("x.log.*"))
     out.close()
     selector.close()
+
+
+RAISE_LIMIT = """
+import logging, resource, selectors, sys
+from taskforce import output
+from taskforce.core import effects as fx
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+out = output.Output(selectors.DefaultSelector())
+for i in range(40):  # 4 descriptors each until done(): 160 > 64
+    out.prepare(fx.Spawn(task="t", instance=i, generation=1, argv=("x",), output="log"))
+print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+
+
+def test_out_of_descriptors_raises_the_soft_limit_once_needed() -> None:
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 256:
+        pytest.skip(f"hard limit of open files is {hard}")
+    done = subprocess.run(
+        [sys.executable, "-c", RAISE_LIMIT], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) >= 128
+    assert "out of open files (64): raised taskforce's limit to " in done.stderr

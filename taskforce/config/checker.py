@@ -384,14 +384,17 @@ class Checker:
         return value
 
     def output(self, value: Any, path: KeyPath) -> Any:
-        """``inherit``/``discard``/``log``, or ``{file: PATH, max_bytes, backups}``."""
+        """``inherit``/``discard``/``log``, or ``{file: PATH, stderr: PATH,
+        max_bytes, backups, timestamps}``."""
         if isinstance(value, dict) and any(key in value for key in OUTPUT_FILE_KEYS):
             self.keys(value, path, OUTPUT_FILE_KEYS, "output")
             out: dict[str, Any] = {}
             for key, item in value.items():
                 sub = (*path, key)
-                if key == "file":
+                if key in ("file", "stderr"):
                     out[key] = self.conditional(item, sub, self.output_file, multi=False)
+                elif key == "timestamps":
+                    out[key] = self.boolean(item, sub)
                 elif key == "max_bytes":
                     out[key] = self.size(item, sub, positive=True)
                 elif key == "backups":

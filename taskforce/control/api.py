@@ -6,10 +6,16 @@ service, so its clients keep working:
 - ``/status/version``, ``/status/config``, ``/status/tasks`` (JSON; ``fmt``
   must be json, ``indent=N`` pretty-prints) are always allowed, as are the
   new ``/status/health`` (200 when every wanted process runs, else 503),
-  ``/status/logs`` (a task's recent output lines, never cached) and
-  ``/metrics`` (Prometheus text);
+  ``/status/logs`` (a task's recent output lines, never cached),
+  ``/status/access`` (what the asker may do) and ``/metrics``
+  (Prometheus text);
+- ``/status/events`` and ``/status/logs/follow`` answer with a stream that
+  stays open (``taskforce.control.stream``), with status permission;
+- ``/`` and ``/page/...`` are the status page's files
+  (``taskforce.control.site``), the same for everyone;
 - ``/manage/...`` needs ``allow_control`` (403 ``Control not permitted on
-  this path``): the original's ``control``, ``count``, ``reload``, ``stop``,
+  this path``), and from a browser the status page's header (see
+  ``site.forged``): the original's ``control``, ``count``, ``reload``, ``stop``,
   ``reset``, and new ``start``, ``restart``, ``signal``, ``event`` and
   ``plan``;
 - parameters come from the query merged with a form body, the query winning,
@@ -36,10 +42,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from taskforce import __version__, costs
+from taskforce.control import site
 from taskforce.control.http import JSON, Deferred, Request, Response, text
 from taskforce.control.listen import Listener, Service
 from taskforce.control.manage import MANAGE as MANAGE
 from taskforce.control.params import Params, ParseError, first, request_params
+from taskforce.control.stream import Follow, StreamRequest
 from taskforce.core import access, secrets, status
 from taskforce.core.requests import split_slot
 from taskforce.output import Recent
@@ -52,9 +60,17 @@ Who = dict[str, Any]
 METRICS = "text/plain; version=0.0.4; charset=utf-8"
 
 
+class AwaitSample:
+    """The answer needs a fresh sample of the slots' costs, being taken off
+    the loop: the server holds the request and asks again once it is in."""
+
+
+AWAIT_SAMPLE = AwaitSample()
+
+
 def handle(
     server: ControlServer, request: Request, listener: Listener, who: Who
-) -> Response | Deferred:
+) -> Response | Deferred | AwaitSample | StreamRequest:
     """Answer one complete request from a client that proved ``who``
     (``/manage/plan``: with a ``Deferred``)."""
     if request.method not in ("GET", "POST", "HEAD"):
@@ -80,6 +96,10 @@ def handle(
             who = {**who, "token": True}
     request.who = who
     path = request.path
+    page = site.PAGE.get(path)
+    if page is not None:
+        # The page's own files: the same for everyone, no data in them.
+        return page()
     reader = STATUS.get(path)
     if reader is not None:
         if not access.grants(listener.status_grants, who):
@@ -88,11 +108,24 @@ def handle(
             params = request_params(request)
         except ParseError as exc:
             return text(400, f"Parse error -- {exc}\n")
+        if path in STREAMS:
+            why = site.cross_site(request)
+            if why is not None:
+                server.refuse("cross_site")
+                return text(403, f"refused: {why}\n")
+            return STREAMS[path](server, request, params)
+        if path == "/status/access":
+            return _access(server, listener, who)
         return _status(server, path, reader, params, service)
     if path.startswith("/manage/"):
         if not service.allow_control:
             server.refuse("control_off")
             return text(403, "Control not permitted on this path\n")
+        why = site.forged(request)
+        if why is not None:
+            server.refuse("cross_site")
+            log.warning("control: %s refused to %s: %s", path, access.describe(who), why)
+            return text(403, f"refused: {why}\n")
         action = MANAGE.get(path)
         if action is None:
             return text(404, f"Unknown control path -- {request.target}\n")
@@ -144,14 +177,17 @@ def _status(
     reader: Callable[[ControlServer, Service], tuple[int, Any]],
     params: Params,
     service: Service,
-) -> Response:
+) -> Response | AwaitSample:
     if path == "/metrics":
         turn_key = (path, service.allow_control)
         if turn_key not in server.turn_cache:
+            figures = _costs(server)
+            if figures is None:
+                return AWAIT_SAMPLE
             body = (
                 status.metrics_text(server.shell.core, server.figures())
                 + _refused(server)
-                + costs.metrics_text(_costs(server))
+                + costs.metrics_text(figures)
             )
             server.turn_cache[turn_key] = Response(200, body.encode(), METRICS)
         return server.turn_cache[turn_key]
@@ -172,7 +208,8 @@ def _status(
     if path == "/status/tasks":
         # The costs change without the core being fed: an answer holds as
         # long as their sample does.
-        _costs(server)
+        if _costs(server) is None:
+            return AWAIT_SAMPLE
         generation = server.costs.generation
         key = (*key, generation)
         for old in [k for k in cache if k[0] == path and k[-1] != generation]:
@@ -189,13 +226,20 @@ def _status(
 def _refused(server: ControlServer) -> str:
     """``taskforce_http_refused_total`` by reason: requests refused for who
     asked (``host``, ``bad_token``, ``no_credentials``, ``not_allowed``,
-    ``control_off``)."""
+    ``control_off``, ``cross_site``)."""
     name = "taskforce_http_refused_total"
     lines = [
         f"# HELP {name} Requests refused for who asked, by reason.",
         f"# TYPE {name} counter",
     ]
-    for reason in ("bad_token", "control_off", "host", "no_credentials", "not_allowed"):
+    for reason in (
+        "bad_token",
+        "control_off",
+        "cross_site",
+        "host",
+        "no_credentials",
+        "not_allowed",
+    ):
         lines.append(f'{name}{{reason="{reason}"}} {server.refused.get(reason, 0)}')
     return "\n".join(lines) + "\n"
 
@@ -275,20 +319,29 @@ def wall_clock(tasks: dict[str, Any], now_mono: float, now_wall: float) -> dict[
     return tasks
 
 
-def _costs(server: ControlServer) -> dict[costs.SlotKey, costs.Figures]:
-    """Every slot's costs (sampled now, or the sample of the last half
-    second): read from the kernel only when asked, never on a timer."""
-    return server.costs.sample(
+def _costs(server: ControlServer) -> dict[costs.SlotKey, costs.Figures] | None:
+    """Every slot's costs, from the sample of the last half second; None
+    when a fresh one is needed, which is then begun off the loop (read from
+    the kernel only when asked, never on a timer)."""
+    wanted = tuple(
         (name, slot.instance, slot.pid)
         for name, task in server.shell.core.tasks.items()
         for slot in task.slots
         if slot.pid is not None
     )
+    # A request that waited for a sample is answered with it, even if a
+    # slot restarted meanwhile: under churn it would otherwise wait forever.
+    figures = server.costs.held(wanted, any_slots=server.sample_came)
+    if figures is None:
+        if not server.sample_off_loop:
+            return server.costs.sample(wanted)
+        server.costs.begin(wanted, server.shell.wake)
+    return figures
 
 
 def _tasks(server: ControlServer, service: Service) -> tuple[int, Any]:
     tasks = status.tasks_status(server.shell.core)
-    costs.annotate(tasks, _costs(server))
+    costs.annotate(tasks, server.costs.last())  # (_status saw it held)
     return 200, wall_clock(tasks, server.shell.now, time.time())
 
 
@@ -301,11 +354,9 @@ def _health(server: ControlServer, service: Service) -> tuple[int, Any]:
 _MAX_DIGITS = 18
 
 
-def _logs(server: ControlServer, params: Params, indent: int | None) -> Response:
-    """``/status/logs?task=NAME[&instance=N][&since=SEQ][&lines=N]``: the
-    task's recent captured lines (see ``taskforce.output.Recent``), oldest
-    first, with ``next`` (the sequence number to ask ``since`` next time)
-    and ``dropped`` (lines from ``since`` on no longer kept)."""
+def _log_target(server: ControlServer, params: Params) -> Follow | Response:
+    """The task (and slot, stream, since, lines) a request for its lines
+    names, or the answer saying what is wrong with it."""
     name = first(params, "task")
     if not name:
         return text(400, "missing parameter 'task'\n")
@@ -319,6 +370,9 @@ def _logs(server: ControlServer, params: Params, indent: int | None) -> Response
             numbers[key] = int(digits)
         else:
             return text(400, f"bad {key} {raw!r}: expected a whole number\n")
+    stream = first(params, "stream") or None
+    if stream not in (None, "stdout", "stderr"):
+        return text(400, f"bad stream {stream!r}: expected stdout or stderr\n")
     tasks = server.shell.core.tasks
     slot = split_slot(name) if name not in tasks else None
     if slot is not None and slot[0] in tasks:  # web[0] or web:0, as everywhere
@@ -334,22 +388,125 @@ def _logs(server: ControlServer, params: Params, indent: int | None) -> Response
         return text(
             409, f"output of {name} is not captured (output: {mode}); only log and file are kept\n"
         )
+    return Follow(name, numbers["instance"], numbers["since"], numbers["lines"], stream)
+
+
+def _logs(server: ControlServer, params: Params, indent: int | None) -> Response:
+    """``/status/logs?task=NAME[&instance=N][&since=SEQ][&lines=N][&stream=S]``:
+    the task's recent captured lines (see ``taskforce.output.Recent``),
+    oldest first, each with its stream, with ``next`` (the sequence number
+    to ask ``since`` next time), ``dropped`` (lines from ``since`` on no
+    longer kept), ``first`` (the oldest line the ring still keeps) and
+    ``files`` (where its processes' output files are, for ``tfctl logs`` to
+    read older lines there itself: the daemon never reads them back)."""
+    target = _log_target(server, params)
+    if isinstance(target, Response):
+        return target
+    name = target.task
+    task = server.shell.core.tasks[name]
     recent = server.shell.captured(name)
     if recent is None:  # nothing captured yet
-        recent = Recent()
-    lines, dropped = recent.read(numbers["since"], numbers["instance"], numbers["lines"])
+        recent = Recent(name)
+    lines, dropped = recent.read(target.since, target.instance, target.lines, target.stream)
+    files: dict[str, dict[str, Any]] = {}
+    for index in range(max(task.spec.count, 1)):
+        process = task.spec.process(index)
+        if process.output != "file" or target.instance not in (None, index):
+            continue
+        for kind, path in (("stdout", process.output_file), ("stderr", process.output_stderr)):
+            if not path:
+                continue
+            known = files.get(path)
+            if known is not None:  # shared: by several slots, or by both streams
+                if known["instance"] != index:
+                    known["instance"] = None
+                if known["stream"] != kind:
+                    known["stream"] = None
+                continue
+            files[path] = {
+                "path": path,
+                "instance": index,
+                # Both streams go to the file unless stderr has its own.
+                "stream": kind if process.output_stderr else None,
+                "backups": process.output_backups,
+                "timestamps": process.output_timestamps,
+            }
     data = {
         "task": name,
         "next": recent.next,
+        "first": recent.blocks[0].first if recent.blocks else recent.next,
         "lines": [
-            {"seq": seq, "instance": instance, "time": round(at, 3), "text": line}
-            for seq, instance, at, line in lines
+            {"seq": seq, "instance": instance, "stream": kind, "time": at, "text": line}
+            for seq, instance, kind, at, line in lines
         ],
         "dropped": dropped,
+        "files": list(files.values()),
     }
     separators = (",", ":") if indent is None else None
     body = json.dumps(data, indent=indent, separators=separators) + "\n"
     return Response(200, body.encode(), JSON)
+
+
+# ---------------------------------------------------------------- streams
+
+
+def tasks_body(server: ControlServer) -> bytes:
+    """What ``/status/tasks`` answers now (compact), for the status stream:
+    from the same cache as the requests.  A stream never waits for a fresh
+    sample of the costs: it shows the latest one and begins a fresh one when
+    that is stale (the server sends the stream anew once it is in)."""
+    answer = _status(server, "/status/tasks", _tasks, {}, _ANYONE)
+    if isinstance(answer, Response):
+        return answer.body
+    code, data = _tasks(server, _ANYONE)
+    return json.dumps(data, separators=(",", ":"), default=_jsonable).encode() + b"\n"
+
+
+#: Whose answer the status stream shares (``/status/tasks`` shows everyone the same).
+_ANYONE = Service("-")
+
+
+def _follow_tasks(
+    server: ControlServer, request: Request, params: Params
+) -> Response | StreamRequest:
+    if request.method == "HEAD":
+        return Response(200, b"", "text/event-stream; charset=utf-8")
+    return StreamRequest()
+
+
+def _follow_logs(
+    server: ControlServer, request: Request, params: Params
+) -> Response | StreamRequest:
+    """``/status/logs/follow``: as ``/status/logs``, then every new line;
+    a browser that reconnects resumes from its ``Last-Event-ID``."""
+    target = _log_target(server, params)
+    if isinstance(target, Response):
+        return target
+    resume = request.headers.get("last-event-id", "").strip()
+    if (
+        target.since is None
+        and resume.isascii()
+        and resume.isdigit()
+        and len(resume) <= _MAX_DIGITS
+    ):
+        target = Follow(target.task, target.instance, int(resume), None)
+    if request.method == "HEAD":
+        return Response(200, b"", "text/event-stream; charset=utf-8")
+    return StreamRequest(target)
+
+
+STREAMS: dict[str, Callable[[ControlServer, Request, Params], Response | StreamRequest]] = {
+    "/status/events": _follow_tasks,
+    "/status/logs/follow": _follow_logs,
+}
+
+
+def _access(server: ControlServer, listener: Listener, who: Who) -> Response:
+    """``/status/access``: what the asker may do here (the page shows its
+    buttons by it; the core still judges every request)."""
+    control = listener.service.allow_control and access.grants(listener.control_grants, who)
+    data = {"status": True, "control": bool(control), "who": access.describe(who)}
+    return Response(200, (json.dumps(data) + "\n").encode(), JSON)
 
 
 STATUS: dict[str, Callable[[ControlServer, Service], tuple[int, Any]]] = {
@@ -359,4 +516,8 @@ STATUS: dict[str, Callable[[ControlServer, Service], tuple[int, Any]]] = {
     "/status/health": _health,
     "/status/logs": _health,  # answered in _status; listed so the path is known
     "/metrics": _health,  # answered in _status; listed so the path is known
+    # answered in handle; listed so that status permission is checked
+    "/status/access": _health,
+    "/status/events": _health,
+    "/status/logs/follow": _health,
 }

@@ -13,7 +13,10 @@ hostile client harmless:
 - a response being written is given ``timeout`` more whenever the client
   takes some of it;
 - nothing more is read while a request waits for its answer, so a client
-  that pipelines cannot make us buffer without bound.
+  that pipelines cannot make us buffer without bound;
+- a stream (``text/event-stream``, see ``taskforce.control.stream``) is
+  given ``stream.STALL`` seconds to take each piece, and what it sends is
+  read only to notice that it went away.
 
 It never decides anything: a complete request goes to the server's queue,
 and the server hands back a ``Response``.
@@ -29,7 +32,6 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -37,6 +39,13 @@ import h11
 
 from taskforce import __version__
 from taskforce.control.listen import subject_text
+from taskforce.control.messages import JSON as JSON
+from taskforce.control.messages import REASONS as REASONS
+from taskforce.control.messages import Deferred as Deferred
+from taskforce.control.messages import Request as Request
+from taskforce.control.messages import Response as Response
+from taskforce.control.messages import text as text
+from taskforce.control.stream import STALL
 
 log = logging.getLogger("taskforce")
 
@@ -44,8 +53,6 @@ if TYPE_CHECKING:
     from taskforce.control.listen import Listener
     from taskforce.control.server import ControlServer
 
-#: The media type of every JSON answer.
-JSON = "application/json"
 #: Bytes of request line and headers h11 will buffer before giving up (431).
 MAX_HEAD = 16 * 1024
 #: Bytes read from a socket per wake-up; more waits for the next turn.
@@ -54,79 +61,6 @@ READ_SIZE = 64 * 1024
 #: gets our last response before a reset.
 LINGER = 1.0
 SERVER_HEADER = f"taskforce/{__version__}".encode()
-
-REASONS = {
-    200: "OK",
-    202: "Accepted",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    409: "Conflict",
-    413: "Content Too Large",
-    415: "Unsupported Media Type",
-    421: "Misdirected Request",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
-
-
-@dataclass
-class Request:
-    """A complete request: ``target`` as sent, ``path`` and ``query`` split from it."""
-
-    method: str
-    target: str
-    path: str
-    query: str
-    headers: dict[str, str]
-    body: bytes = b""
-    #: what the client proved (see ``taskforce.core.access``), set when routed
-    who: dict[str, object] = field(default_factory=dict)
-    #: the listener it came through
-    listener: Listener | None = None
-
-
-@dataclass
-class Response:
-    """What to send back; ``after`` runs once it is queued (stop, reset)."""
-
-    code: int
-    body: bytes = b""
-    content_type: str = "text/plain"
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    after: Callable[[], None] | None = None
-    close: bool = False
-
-
-@dataclass
-class Deferred:
-    """An answer that takes long to compute, so not on the loop that supervises.
-
-    ``work`` runs on a worker thread and must only compute (no core, no
-    sockets); ``finish`` gets what it returned and makes the ``Response``,
-    back on the loop.
-    """
-
-    work: Callable[[], object]
-    finish: Callable[[object], Response]
-
-
-def text(
-    code: int,
-    body: str,
-    *,
-    headers: list[tuple[str, str]] | None = None,
-    after: Callable[[], None] | None = None,
-    close: bool = False,
-) -> Response:
-    """A ``text/plain`` response."""
-    return Response(
-        code, body.encode("utf-8", "replace"), "text/plain", headers or [], after, close
-    )
 
 
 class Connection:
@@ -140,6 +74,10 @@ class Connection:
         self.sock: socket.socket = sock
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self.out: deque[memoryview] = deque()
+        #: bytes queued in ``out``, not yet taken by the client
+        self.unsent = 0
+        #: the response is a stream that stays open (``begin_stream``)
+        self.stream = False
         self.closed = False
         self.handshaking = listener.tls is not None
         self.lingering = False
@@ -195,6 +133,8 @@ class Connection:
             self._flush()
         if self.lingering:
             self._drain()
+        elif self.stream:
+            self._read_stream()
         elif not self.closed and not self.out and not self.queued:
             self._read()
         self._interest()
@@ -238,6 +178,24 @@ class Connection:
         if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
             # Decrypted bytes wait inside the TLS layer: no fd will say so.
             self.server.again.add(self)
+
+    def _read_stream(self) -> None:
+        """A stream's client sends nothing more we use: only notice it leave."""
+        for _ in range(4):
+            try:
+                data = self.sock.recv(READ_SIZE)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                return
+            except ssl.SSLWantWriteError:
+                self._block = selectors.EVENT_WRITE
+                return
+            except (ssl.SSLError, OSError):
+                break
+            if not data:
+                break
+        else:
+            return
+        self.close()
 
     def _parse(self) -> None:
         while not self.closed and not self.finished:
@@ -354,9 +312,46 @@ class Connection:
         self._flush()
         self._interest()
 
+    def begin_stream(self) -> None:
+        """Answer the current request with a stream that stays open: its
+        head now, its pieces with ``push``."""
+        self.queued = False
+        self.stream = True
+        self.deadline = None
+        headers = [
+            (b"Server", SERVER_HEADER),
+            (b"Content-Type", b"text/event-stream; charset=utf-8"),
+            (b"Cache-Control", b"no-store"),
+            (b"X-Content-Type-Options", b"nosniff"),
+            # nginx would otherwise hold the events back in its buffer.
+            (b"X-Accel-Buffering", b"no"),
+        ]
+        self._queue(self.h11.send(h11.Response(status_code=200, headers=headers, reason=b"OK")))
+        self._flush()
+        self._interest()
+
+    def push(self, data: bytes) -> None:
+        """Send one piece of a stream (framed by h11: chunked for HTTP/1.1)."""
+        if self.closed or not self.stream:
+            return
+        try:
+            self._queue(self.h11.send(h11.Data(data=data)))
+        except h11.LocalProtocolError:
+            self.close()
+            return
+        self._flush()
+        if self.out and self.deadline is None:
+            self.deadline = time.monotonic() + self._patience()
+        self._interest()
+
+    def _patience(self) -> float:
+        """How long the client may take nothing before it is given up on."""
+        return max(self.timeout, STALL) if self.stream else self.timeout
+
     def _queue(self, data: bytes | bytearray | memoryview | None) -> None:
         if data:
             self.out.append(memoryview(data))
+            self.unsent += len(data)
 
     def _flush(self) -> None:
         while self.out:
@@ -371,7 +366,10 @@ class Connection:
             except (ssl.SSLError, OSError):
                 self.close()
                 return
-            self.deadline = time.monotonic() + self.timeout
+            self.unsent -= sent
+            self.deadline = time.monotonic() + (
+                max(self.timeout, STALL) if self.stream else self.timeout
+            )
             if sent < len(chunk):
                 self.out[0] = chunk[sent:]
                 return
@@ -380,6 +378,10 @@ class Connection:
 
     def _sent(self) -> None:
         """Everything queued went out: next request, or close."""
+        if self.stream:
+            self.deadline = None
+            self.server.streams.drained(self)
+            return
         if self.queued:
             return
         if self.finished:
@@ -431,6 +433,9 @@ class Connection:
             mask = self._block
         elif self.handshaking or self.lingering:
             mask = selectors.EVENT_READ
+        elif self.stream:
+            # Read too, to notice a client that went away.
+            mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.out else 0)
         elif self.out:
             mask = selectors.EVENT_WRITE
         elif self.queued:
@@ -453,6 +458,9 @@ class Connection:
         self._guarded(self._expire)
 
     def _expire(self) -> None:
+        if self.stream:
+            self.server.streams.drop(self, f"took nothing for {self._patience():g}s")
+            return
         if self.lingering or self.handshaking or self.fresh or self.out:
             self.close()
             return
@@ -473,4 +481,5 @@ class Connection:
         with contextlib.suppress(OSError):
             self.sock.close()
         self.out.clear()
+        self.unsent = 0
         self.server.forget(self)

@@ -47,6 +47,7 @@ from taskforce.control.listen import (
     services,
 )
 from taskforce.control.options import Options
+from taskforce.control.stream import StreamRequest, Streams
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 
@@ -76,7 +77,12 @@ class ControlServer:
     """Every listener and connection of the control path."""
 
     def __init__(
-        self, shell: Shell, selector: selectors.BaseSelector, options: Options | None = None
+        self,
+        shell: Shell,
+        selector: selectors.BaseSelector,
+        options: Options | None = None,
+        *,
+        sample_off_loop: bool = False,
     ) -> None:
         self.shell = shell
         self.options = options or Options()
@@ -104,8 +110,18 @@ class ControlServer:
         self._next_request = 0
         #: the deferred answer being computed off the loop, if any
         self.job: _Job | None = None
-        #: what each slot costs, sampled only when a request asks
+        #: what each slot costs, sampled only when a request asks: off the
+        #: loop in the daemon; where whoever drives the server turns it by
+        #: hand (the simulator), at once, so that a run stays deterministic
         self.costs = costs.Sampler()
+        self.sample_off_loop = sample_off_loop
+        #: requests waiting for that sample
+        self.sample_waiting: list[Connection] = []
+        #: whether the request being answered waited for the sample just in
+        self.sample_came = False
+        self._after_sample: set[Connection] = set()
+        #: the open ``text/event-stream`` responses (status page, ``tfctl logs -f``)
+        self.streams = Streams(self)
 
     # ----------------------------------------------------------- the loop
 
@@ -115,9 +131,14 @@ class ControlServer:
             return 0.0
         if self.job is not None and self.job.done.is_set():
             return 0.0
+        if self.costs.done:
+            return 0.0
         due = [c.deadline for c in self.conns if c.deadline is not None]
         if self.retry_at is not None:
             due.append(self.retry_at)
+        stream_due = self.streams.next_deadline()
+        if stream_due is not None:
+            due.append(stream_due)
         return min(due) if due else None
 
     def tick(self, now: float) -> None:
@@ -137,7 +158,21 @@ class ControlServer:
             conn.expire()
         if self.job is not None and self.job.done.is_set():
             self._finish_job(self.job)
+        if self.costs.done:
+            self._sample_in()
         self._answer()
+        self.streams.tick(now)
+
+    def _sample_in(self) -> None:
+        """A sample of the slots' costs came in: the requests that waited
+        for it are answered first, with it."""
+        came = self.costs.collect()
+        if isinstance(came, BaseException):
+            log.error("control: sampling the slots' costs failed: %r", came)
+        self.streams.costs_in()
+        waiting, self.sample_waiting = self.sample_waiting, []
+        self._after_sample.update(waiting)
+        self.work.extendleft(reversed(waiting))
 
     def _answer(self) -> None:
         start = time.perf_counter()
@@ -148,12 +183,30 @@ class ControlServer:
                 continue
             first = False
             self.stats["requests"] += 1
+            self.sample_came = conn in self._after_sample
+            if self.sample_came:
+                self._after_sample.discard(conn)
             try:
                 conn.request.listener = conn.listener
                 answer = api.handle(self, conn.request, conn.listener, conn.who)
             except Exception:
                 log.exception("control: %s %s failed", conn.request.method, conn.request.target)
                 answer = Response(500, close=True)
+            finally:
+                self.sample_came = False
+            if isinstance(answer, api.AwaitSample):
+                self.sample_waiting.append(conn)
+                continue
+            if isinstance(answer, StreamRequest):
+                if not self.streams.open(conn, answer, time.monotonic()):
+                    conn.respond(
+                        text(
+                            503,
+                            "too many streams open; try again\n",
+                            headers=[("Retry-After", "5")],
+                        )
+                    )
+                continue
             if isinstance(answer, Deferred):
                 response = self._defer(conn, answer)
                 if response is None:
@@ -204,7 +257,10 @@ class ControlServer:
 
     def forget(self, conn: Connection) -> None:
         self.conns.discard(conn)
+        self._after_sample.discard(conn)
         self.again.discard(conn)
+        if conn.stream:
+            self.streams.forget(conn)
 
     def body_limit(self, path: str) -> int:
         return PLAN_BODY_LIMIT if path == "/manage/plan" else BODY_LIMIT
@@ -381,6 +437,8 @@ class ControlServer:
             "taskforce_http_rejected_total": self.stats["rejected"],
             "taskforce_http_timeouts_total": self.stats["timeouts"],
             "taskforce_http_turned_away_total": self.stats["turned_away"],
+            "taskforce_http_streams": len(self.streams),
+            "taskforce_http_streams_dropped_total": self.streams.stats["dropped"],
         }
 
     # ------------------------------------------------------------ the end

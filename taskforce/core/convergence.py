@@ -48,14 +48,18 @@ class Convergence(Rollouts):
 
     def _touch_for(self, event: ev.Event) -> None:
         """Mark what ``event`` can change for the converge pass."""
+        # What happened to one process touches its slot alone: the pass then
+        # visits that slot, not every slot of a task of 1,000 (a start-up of
+        # a ``count: 1000`` task was quadratic).  A handler that changes more
+        # than that slot touches the task as well.
         if isinstance(event, (ev.ProcessStarted, ev.SpawnFailed, ev.PidfileRead)):
-            self._touch(event.task)
+            self._touch_slot(event.task, event.instance)
         elif isinstance(event, (ev.ProcessExited, ev.GroupEmptied)):
             slot = self._by_pid.get(
                 event.pid if isinstance(event, ev.ProcessExited) else event.pgid
             )
             if slot is not None:
-                self._touch(slot.task)
+                self._touch_slot(slot.task, slot.instance)
         elif isinstance(event, ev.FileChanged):
             self._touch(event.key.partition("#")[0])
         elif not isinstance(event, (ev.TimerFired, ev.CommandExited)):
@@ -68,14 +72,22 @@ class Convergence(Rollouts):
         can have anything to do; at shutdown the stop order spans every task.
         Nothing in a pass touches a task, so the set is known before it.
         """
-        if self._all_dirty or self.shutdown is not None:
+        if self._all_dirty:
             return list(self.order)
         rank = self._rank
-        if len(self._dirty) == 1:  # the usual case: one task, maybe nothing requires it
-            (name,) = self._dirty
+        dirty = self._dirty.union(self._dirty_slots) if self._dirty_slots else self._dirty
+        if self.shutdown is not None:
+            # The stop order: what was touched, and every task not yet
+            # settled (it may be waiting for its dependents to go).
+            names = set(dirty)
+            if len(self._settled) < len(self.order):
+                names.update(name for name in self.order if name not in self._settled)
+            return sorted((name for name in names if name in rank), key=rank.__getitem__)
+        if len(dirty) == 1:  # the usual case: one task, maybe nothing requires it
+            (name,) = dirty
             if name not in self.dependents:
                 return [name] if name in rank else []
-        todo = [name for name in self._dirty if name in rank]
+        todo = [name for name in dirty if name in rank]
         seen = set(todo)
         while todo:
             for dependent in self.dependents.get(todo.pop(), ()):
@@ -84,44 +96,108 @@ class Convergence(Rollouts):
                     todo.append(dependent)
         return sorted(seen, key=rank.__getitem__)
 
+    def _only_slots(self, task: TaskState, want: int, gate: tuple[str, ...]) -> list[Slot] | None:
+        """The slots this pass must visit when only some of ``task``'s were
+        touched (None: visit them all).
+
+        An untouched slot is where the last pass left it, and a pass over it
+        again would do nothing -- as long as nothing it is judged by changed:
+        the task itself (touched then), its gate, its pool size, a rollout
+        (which weighs slots against each other), a leftover or a shutdown.
+        """
+        instances = self._dirty_slots.get(task.spec.name)
+        if (
+            instances is None
+            or task.spec.name in self._dirty
+            or self.shutdown is not None
+            or self.leftovers
+            or task.rollout
+            or task.rollout_check
+            or task.rollout_halted
+            or task.removed
+            or len(task.slots) != want
+            or gate != task.waiting_on
+        ):
+            return None
+        slots = task.slots
+        return [slots[i] for i in sorted(instances) if i < len(slots)]
+
+    def _stop_touched(self, task: TaskState) -> bool:
+        """At shutdown: whether ``task`` was settled before and only some
+        of its slots were touched since; then those alone are kept stopped.
+
+        A settled task is one a shutdown pass found with no live dependents:
+        every slot got its stop then, nothing starts again before the exit,
+        so a later pass over an untouched slot would do nothing.  (Each exit
+        at shutdown walked every slot of every task: quadratic in the fleet.)
+        """
+        name = task.spec.name
+        if name not in self._settled or name in self._dirty or self.leftovers:
+            return False
+        for instance in sorted(self._dirty_slots.get(name, ())):
+            if instance < len(task.slots):
+                self._keep_stopped(task, task.slots[instance])
+        return True
+
+    def _converge_task(self, task: TaskState, partial: bool) -> bool:
+        """One task's part of the pass; whether every slot was visited."""
+        name = task.spec.name
+        want = task.count if self.wants_run(task) else 0
+        if want and (task.rollout or task.rollout_check) and self.rolls(task):
+            want += self._rollout_pass(task)  # (its surge slots, if any)
+        gate = self._gate(task) if want else ()
+        only = self._only_slots(task, want, gate) if partial else None
+        if only is not None:
+            for slot in only:
+                self._keep_running(task, slot, gate)
+            return False
+        while len(task.slots) < want:
+            slot = Slot(task=name, instance=len(task.slots))
+            LIFECYCLE.attach(slot)
+            task.slots.append(slot)
+        if gate != task.waiting_on:
+            # Info when what it waits on changes, not each time the reason
+            # does (a crash-looping requirement would flood the log).
+            before = {item.split(" ", 1)[0] for item in task.waiting_on}
+            level = "info" if {item.split(" ", 1)[0] for item in gate} != before else "debug"
+            task.waiting_on = gate
+            if gate:
+                self.log(level, f"{name}: waiting on {', '.join(gate)}", name)
+        for slot in task.slots:
+            if slot.instance < want:
+                self._keep_running(task, slot, gate)
+            else:
+                self._keep_stopped(task, slot)
+        self._drop_stopped(task, want)
+        return True
+
+    @staticmethod
+    def _drop_stopped(task: TaskState, want: int) -> None:
+        """Forget the stopped slots at the end of ``task``'s list past ``want``."""
+        slots = task.slots
+        while slots and slots[-1].instance >= want and slots[-1].state in (SLOT_STOPPED, SLOT_DONE):
+            LIFECYCLE.detach(slots.pop())
+
     def _converge(self) -> None:
         forget = []
+        partial = not self._all_dirty and bool(self._dirty_slots)
+        if self.shutdown is None:
+            if self._settled:
+                self._settled = set()
+        elif self._all_dirty:
+            self._settled = set()
         for name in self._visit_order():
             task = self.tasks[name]
-            want = task.count if self.wants_run(task) else 0
-            if want and (task.rollout or task.rollout_check) and self.rolls(task):
-                want += self._rollout_pass(task)  # (its surge slots, if any)
-            while len(task.slots) < want:
-                slot = Slot(task=name, instance=len(task.slots))
-                LIFECYCLE.attach(slot)
-                task.slots.append(slot)
-            gate = self._gate(task) if want else ()
-            if gate != task.waiting_on:
-                # Info when what it waits on changes, not each time the reason
-                # does (a crash-looping requirement would flood the log).
-                before = {item.split(" ", 1)[0] for item in task.waiting_on}
-                level = "info" if {item.split(" ", 1)[0] for item in gate} != before else "debug"
-                task.waiting_on = gate
-                if gate:
-                    self.log(level, f"{name}: waiting on {', '.join(gate)}", name)
-            for slot in task.slots:
-                if slot.instance < want:
-                    self._keep_running(task, slot, gate)
-                else:
-                    self._keep_stopped(task, slot)
-            while (
-                task.slots
-                and task.slots[-1].instance >= want
-                and task.slots[-1].state
-                in (
-                    SLOT_STOPPED,
-                    SLOT_DONE,
-                )
-            ):
-                LIFECYCLE.detach(task.slots.pop())
+            if self.shutdown is not None and self._stop_touched(task):
+                self._drop_stopped(task, 0)
+            elif self._converge_task(task, partial) and self.shutdown is not None:
+                if not self.leftovers and not self._has_live_dependents(name):
+                    self._settled.add(name)
             if task.removed and not task.slots:
                 forget.append(name)
         self._dirty = set()
+        if self._dirty_slots:
+            self._dirty_slots = {}
         self._all_dirty = False
         if self._spare:
             self._spare = {}

@@ -32,9 +32,11 @@ class Spawn(Effect, ProcessSpec):
     whole environment.  The fields ``START_OPTIONS`` names are applied in the
     child before exec (``start_options``); ``output`` and its ``output_*``
     say where stdout and stderr go: ``inherit`` (the daemon's), ``discard``,
-    ``log`` (taskforce's log, each line prefixed ``task[instance]``) or
-    ``file`` (``output_file``, rotated when it would pass
-    ``output_max_bytes``, keeping ``output_backups`` old files).
+    ``log`` (taskforce's log, each line prefixed ``task[instance]``, stderr
+    lines ``task[instance]:stderr``) or ``file`` (``output_file``, stderr to
+    ``output_stderr`` if set, each line stamped with its time and stream if
+    ``output_timestamps``, rotated when it would pass ``output_max_bytes``,
+    keeping ``output_backups`` old files).
     """
 
     task: str

@@ -294,7 +294,7 @@ class EventHandlers(Reconcile):
             return  # a run already judged (timed out, or its slot restarted)
         slot.check_run = None
         slot.timers.pop(TIMER_CHECK_TIMEOUT, None)
-        self._touch(event.task)
+        self._touch_slot(event.task, event.instance)
         self._check_judged(task, slot, failed, outcome)
 
     def _start_check(self, task: TaskState, slot: Slot) -> None:
@@ -382,7 +382,7 @@ class EventHandlers(Reconcile):
         slot = self.slot(event.task, event.instance)
         if slot is None or slot.state not in UP_STATES:
             return
-        self._touch(event.task)
+        self._touch_slot(event.task, event.instance)
         self._notified(self.tasks[event.task], slot, event.message)
 
     def _on_ProbeFinished(self, event: ev.ProbeFinished) -> None:
@@ -469,7 +469,7 @@ class EventHandlers(Reconcile):
                 continue
             purpose = entry[5]
             del slot.timers[purpose]
-            self._touch(slot.task)
+            self._touch_slot(slot.task, slot.instance)
             task = self.tasks[slot.task]
             if purpose == TIMER_KILL and slot.pid is not None:
                 self.log(

@@ -173,13 +173,18 @@ def _plain(value: Any, ctx: Mapping[str, str | None]) -> Any:
     return expand(raw, ctx) if isinstance(raw, str) else raw
 
 
-def _output(value: Any, ctx: Mapping[str, str | None]) -> tuple[str, str | None, int, int]:
-    """(mode, file, max_bytes, backups) of an ``output`` value."""
+def _output(value: Any, ctx: Mapping[str, str | None]) -> dict[str, Any]:
+    """The ``output*`` fields of a ``ProcessSpec`` from an ``output`` value."""
     if isinstance(value, Mapping) and "file" in value:
-        try:
-            path = output_path(_text_value(value["file"], ctx))
-        except ValueError as exc:
-            raise SpecError(("output", "file"), str(exc)) from None
+        paths: dict[str, str | None] = {}
+        for key in ("file", "stderr"):
+            if key == "stderr" and value.get(key) is None:
+                paths[key] = None
+                continue
+            try:
+                paths[key] = output_path(_text_value(value[key], ctx))
+            except ValueError as exc:
+                raise SpecError(("output", key), str(exc)) from None
         max_bytes = _plain(value.get("max_bytes"), ctx)
         try:
             max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else parse_size(max_bytes)
@@ -192,14 +197,26 @@ def _output(value: Any, ctx: Mapping[str, str | None]) -> tuple[str, str | None,
             backups = DEFAULT_BACKUPS if backups is None else parse_size(backups)
         except ValueError as exc:
             raise SpecError(("output", "backups"), str(exc)) from None
-        return "file", path, max_bytes, backups
+        stamps = _plain(value.get("timestamps"), ctx)
+        if stamps is not None and not isinstance(stamps, bool):
+            raise SpecError(
+                ("output", "timestamps"), f"timestamps must be true or false, got {stamps!r}"
+            )
+        return {
+            "output": "file",
+            "output_file": paths["file"],
+            "output_stderr": paths["stderr"],
+            "output_max_bytes": max_bytes,
+            "output_backups": backups,
+            "output_timestamps": bool(stamps),
+        }
     mode = as_text(_plain(value, ctx)) or DEFAULT_OUTPUT
     if mode not in OUTPUT_MODES:
         raise SpecError(
             ("output",),
             f"output must be one of {', '.join(OUTPUT_MODES)} or {{file: PATH}}, got {mode!r}",
         )
-    return mode, None, DEFAULT_MAX_BYTES, DEFAULT_BACKUPS
+    return {"output": mode}
 
 
 def _limits(
@@ -258,7 +275,7 @@ def _process_spec(
     output = task.get("output")
     if output is None:
         output = settings_output
-    mode, output_file, max_bytes, backups = _output(output, ctx)
+    outputs = _output(output, ctx)
     values: dict[str, Any] = {}
     for name, attr in PROCESS_ATTRIBUTES:
         # The simple attributes, each read as it declares.
@@ -278,10 +295,7 @@ def _process_spec(
     return ProcessSpec(
         argv=argv,
         env=env,
-        output=mode,
-        output_file=output_file,
-        output_max_bytes=max_bytes,
-        output_backups=backups,
+        **outputs,
         limits=_limits(task.get("limits"), ctx),
         notify=readiness.kind == "notify",
         **values,
@@ -433,6 +447,8 @@ def _hashable(value: Any) -> Any:
 #: two builds are kept (validation, then the core), so reloads never grow it.
 _BUILT: dict[tuple[str, Any, Any], TaskSpec] = {}
 _PREVIOUS: dict[tuple[str, Any, Any], TaskSpec] = {}
+#: The last build's task entries and their keys, by the entry's id.
+_ENTRY_KEYS: dict[int, tuple[Any, Any]] = {}
 
 
 def build(
@@ -462,8 +478,16 @@ def build(
     )
     built: dict[tuple[str, Any, Any], TaskSpec] = {}
     specs: dict[str, TaskSpec] = {}
+    global _ENTRY_KEYS
+    # The checker's build and the core's get the same entries: each entry's
+    # key is made once (held with the entry, so its id stays its own).
+    entry_keys: dict[int, tuple[Any, Any]] = {}
     for name in sorted(tasks):
-        key = (name, _hashable(tasks[name]), shared)
+        entry = tasks[name]
+        known = _ENTRY_KEYS.get(id(entry))
+        entry_key = known[1] if known is not None and known[0] is entry else _hashable(entry)
+        entry_keys[id(entry)] = (entry, entry_key)
+        key = (name, entry_key, shared)
         cached = _BUILT.get(key) or _PREVIOUS.get(key)
         if cached is not None:
             specs[name] = built[key] = cached
@@ -477,6 +501,7 @@ def build(
         except ContextError as exc:
             raise SpecError(("tasks", name), str(exc)) from None
     _PREVIOUS, _BUILT = _BUILT, built
+    _ENTRY_KEYS = entry_keys
     for name, spec in specs.items():
         for index, required in enumerate(spec.requires):
             if required not in specs:

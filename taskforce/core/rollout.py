@@ -122,7 +122,7 @@ class Rollouts(SlotActions):
             slot.timers.pop(purpose, None)
         self._end_probe(slot)
         slot.status = "" if slot.status.startswith("probe: ") else slot.status
-        self._touch(slot.task)
+        self._touch_slot(slot.task, slot.instance)
         if slot.trial:
             slot.trial = False
             if task.rollout and slot.instance < task.count:

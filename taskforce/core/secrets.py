@@ -17,10 +17,14 @@ This module must never do IO: the salt arrives from the shell.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+try:  # CPython's own SHA-256: hashlib would load OpenSSL's libcrypto (half a MiB)
+    from _sha256 import sha256  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # pragma: no cover (other Pythons)
+    from hashlib import sha256
 
 #: Names that hold secrets unless ``settings.secret_names`` says otherwise.
 DEFAULT_SECRET_NAMES = (
@@ -162,7 +166,7 @@ class Hider:
 
 def digest(salt: str, value: str) -> str:
     """What the event log stores for a secret ``value``."""
-    mac = hashlib.sha256(f"{salt}\0{value}".encode("utf-8", "surrogatepass")).hexdigest()
+    mac = str(sha256(f"{salt}\0{value}".encode("utf-8", "surrogatepass")).hexdigest())
     return f"<secret:{mac[:20]}>"
 
 

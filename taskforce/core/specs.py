@@ -31,7 +31,7 @@ DAEMON_CONTROLS = frozenset({"wait", "nowait", "adopt"})
 OUTPUT_MODES = ("inherit", "discard", "log")
 #: ``output`` when neither the task nor ``settings.output`` says.
 DEFAULT_OUTPUT = "log"
-OUTPUT_FILE_KEYS = ("file", "max_bytes", "backups")
+OUTPUT_FILE_KEYS = ("file", "stderr", "max_bytes", "backups", "timestamps")
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_BACKUPS = 5
 #: Resource limits a task may set (``RLIMIT_<NAME>``).
@@ -153,12 +153,16 @@ class ProcessSpec:
         default=(), metadata=_attr(key="limits", check="limits", start=True)
     )
     #: ``inherit``, ``discard``, ``log`` or ``file`` (then ``output_file``,
-    #: rotated at ``output_max_bytes`` keeping ``output_backups`` old files).
+    #: and stderr to ``output_stderr`` if set, else to ``output_file`` too;
+    #: rotated at ``output_max_bytes`` keeping ``output_backups`` old files;
+    #: each line stamped with its time and stream if ``output_timestamps``).
     #: The dataclass default is no capture; a config's default is ``log``.
     output: str = field(default="inherit", metadata=_attr(key="output", check="output"))
     output_file: str | None = field(default=None, metadata=_attr(reason="output"))
     output_max_bytes: int = field(default=DEFAULT_MAX_BYTES, metadata=_attr(reason="output"))
     output_backups: int = field(default=DEFAULT_BACKUPS, metadata=_attr(reason="output"))
+    output_stderr: str | None = field(default=None, metadata=_attr(reason="output"))
+    output_timestamps: bool = field(default=False, metadata=_attr(reason="output"))
     #: the niceness it runs at (-20..19; None: taskforce's own), set in the
     #: child before the privilege drop, so root may give a task a lower one
     nice: int | None = field(

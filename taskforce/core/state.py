@@ -77,6 +77,8 @@ class SupervisorState:
             "_by_pid",
             "_out",
             "_dirty",
+            "_dirty_slots",
+            "_settled",
             "_all_dirty",
             "_reload",
             "_spare",
@@ -123,7 +125,13 @@ class SupervisorState:
         self._armed: float | None = None
         self._out: list[fx.Effect] = []
         self._dirty: set[str] = set()
+        #: slots an event touched, by task, where nothing else of the task
+        #: changed: the converge pass may visit just these (see ``_converge``)
+        self._dirty_slots: dict[str, set[int]] = {}
         self._all_dirty = True
+        #: at shutdown, the tasks a pass found with no live dependents: each
+        #: slot has had its stop (see ``_stop_touched``)
+        self._settled: set[str] = set()
         #: the reload being applied by the current event (see ``handle``)
         self._reload: ReloadNote | None = None
         #: ready processes each rolling task may still lose in this
@@ -147,6 +155,15 @@ class SupervisorState:
             self._all_dirty = True
         else:
             self._dirty.add(name)
+
+    def _touch_slot(self, task: str, instance: int) -> None:
+        """Mark one slot of ``task`` for the next converge pass (the rest of
+        the task stays as the last pass left it, unless touched too)."""
+        found = self._dirty_slots.get(task)
+        if found is None:
+            self._dirty_slots[task] = {instance}
+        else:
+            found.add(instance)
 
     def _set_order(self, order: list[str]) -> None:
         """Set the start order, and what follows from it."""
