@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,9 @@ def test_pending_signals_are_consumed_without_sigtimedwait(
     previous = signal.signal(signal.SIGUSR1, lambda signum, frame: noted.append(signum))
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     try:
-        os.kill(os.getpid(), signal.SIGUSR1)
+        # At this thread, which blocks it (another thread of the test run
+        # might take a signal sent to the process).
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
         assert signal.SIGUSR1 in signal.sigpending()
         monkeypatch.delattr(signal, "sigtimedwait", raising=False)
         assert signals.consume(frozenset({signal.SIGUSR1, signal.SIGUSR2})) == 1
@@ -46,7 +49,7 @@ def test_pending_signals_are_consumed_without_sigtimedwait(
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
     assert noted == [], "consumed, not delivered"
-    os.kill(os.getpid(), signal.SIGUSR1)
+    signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
     assert noted == [signal.SIGUSR1], "the handler is still in place"
     signal.signal(signal.SIGUSR1, previous)
 
