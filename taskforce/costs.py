@@ -16,8 +16,8 @@ pid is the group's id): CPU time is their user and system time, their
 reaped children's included, memory their summed resident size.  Open
 descriptors are counted under ``/proc/PID/fd`` in either case.
 
-Elsewhere than Linux nothing is read and no figure is given (the keys are
-absent).  This module only reads; it never signals, decides or changes
+Where there is no ``/proc`` (macOS, the BSDs) nothing is read and no
+figure is given (the keys are absent).  This module only reads; it never signals, decides or changes
 anything, and never runs from the core.
 
 A sample of a thousand slots takes tens of milliseconds, so the daemon
@@ -30,7 +30,6 @@ that asked waits for the sample without holding anything else up.
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -40,9 +39,11 @@ from urllib.parse import quote
 #: How long a sample answers requests before /proc is read again.
 HOLD = 0.5
 
-_LINUX = sys.platform.startswith("linux")
-_PAGE = os.sysconf("SC_PAGE_SIZE") if _LINUX else 4096
-_HZ = os.sysconf("SC_CLK_TCK") if _LINUX else 100
+#: Whether there is a ``/proc`` to read the figures from (a feature of the
+#: host, not of its name).
+_PROC = os.path.isdir("/proc/self")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_HZ = os.sysconf("SC_CLK_TCK")
 
 #: (task, instance, pid of the slot's leader)
 SlotKey = tuple[str, int, int]
@@ -181,9 +182,9 @@ class Sampler:
         self._job: _Job | None = None
 
     def sample(self, slots: Iterable[SlotKey]) -> dict[SlotKey, Figures]:
-        """The figures of each slot that has any (none off Linux), read
-        here and now unless the held sample answers.  (Not while a sample
-        is taken off the loop: see ``begin``.)"""
+        """The figures of each slot that has any (none without ``/proc``),
+        read here and now unless the held sample answers.  (Not while a
+        sample is taken off the loop: see ``begin``.)"""
         wanted = tuple(slots)
         figures = self.held(wanted)
         if figures is not None:
@@ -191,7 +192,7 @@ class Sampler:
         now = self.clock()
         self._at, self._for = now, wanted
         self.generation += 1
-        self._figures = self._measure(wanted, now) if _LINUX else {}
+        self._figures = self._measure(wanted, now) if _PROC else {}
         return self._figures
 
     def held(
@@ -227,7 +228,7 @@ class Sampler:
 
         def work() -> None:
             try:
-                job.figures = self._measure(wanted, job.at) if _LINUX else {}
+                job.figures = self._measure(wanted, job.at) if _PROC else {}
             except Exception as exc:  # (MemoryError included: reported on the loop)
                 job.failure = exc
             finally:
@@ -250,7 +251,7 @@ class Sampler:
         self._figures = job.figures
         return job.failure if job.failure is not None else True
 
-    # ---------------------------------------------------------- Linux
+    # ----------------------------------------------------------- /proc
 
     def _cgroup_of(self, task: str, instance: int, pid: int) -> tuple[str, bool] | None:
         """The slot's cgroup folder, and whether it accounts memory."""

@@ -76,9 +76,15 @@ Slot = tracking.Slot
 Report = Callable[[Slot, int, str], None]
 
 
+#: Linux's (None elsewhere; looked up by name so that mypy for darwin sees
+#: the feature test, not a missing attribute).
+_SO_PASSCRED: int | None = getattr(socket, "SO_PASSCRED", None)
+_SCM_CREDENTIALS: int | None = getattr(socket, "SCM_CREDENTIALS", None)
+
+
 def supported() -> bool:
     """Whether the kernel can tell who sent a datagram (Linux)."""
-    return hasattr(socket, "SO_PASSCRED") and hasattr(socket, "SCM_CREDENTIALS")
+    return _SO_PASSCRED is not None and _SCM_CREDENTIALS is not None
 
 
 def runtime_folder() -> str:
@@ -117,7 +123,7 @@ def socket_path(folder: str, ident: str, uid: int) -> str:
 def credentials(ancillary: Sequence[tuple[int, int, bytes]]) -> tuple[int, int, int] | None:
     """(pid, uid, gid) from ``recvmsg``'s ancillary data; None without them."""
     for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+        if level == socket.SOL_SOCKET and kind == _SCM_CREDENTIALS:
             if len(data) >= UCRED.size:
                 pid, uid, gid = UCRED.unpack_from(data)
                 return pid, uid, gid
@@ -276,9 +282,10 @@ class NotifySockets:
             os.unlink(path)  # the last taskforce's (a reset), or a stale one
         except FileNotFoundError:
             pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        assert _SO_PASSCRED is not None  # bound only where supported()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # close-on-exec (PEP 446)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            sock.setsockopt(socket.SOL_SOCKET, _SO_PASSCRED, 1)
             old = os.umask(0o177)  # never open to all, not even for a moment
             try:
                 sock.bind(path)

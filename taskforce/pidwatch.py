@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import selectors
 import stat
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -55,7 +54,9 @@ def _proc_stat(pid: int) -> list[str] | None:
 
 
 def process_start_time(pid: int) -> float | None:
-    """When ``pid`` started, in seconds since the epoch (Linux only)."""
+    """When ``pid`` started, in seconds since the epoch; None where there is
+    no ``/proc`` to say (macOS, the BSDs): a recycled pid is then not told
+    from the daemon that wrote the pidfile."""
     fields = _proc_stat(pid)
     boot = _boot_time()
     if fields is None or boot is None:
@@ -65,6 +66,7 @@ def process_start_time(pid: int) -> float | None:
 
 
 def parent_of(pid: int) -> int | None:
+    """``pid``'s parent, from ``/proc``; None where there is none."""
     fields = _proc_stat(pid)
     return int(fields[1]) if fields else None
 
@@ -218,4 +220,7 @@ class ProcessWatch:
 
 
 def is_our_child(pid: int) -> bool:
-    return sys.platform.startswith("linux") and parent_of(pid) == os.getpid()
+    """Whether ``pid`` is our child (adopted as subreaper, or started by us).
+    Without ``/proc`` this says no: the process is then watched by polling,
+    which tells its exit as surely, only up to ``POLL_INTERVAL`` later."""
+    return parent_of(pid) == os.getpid()

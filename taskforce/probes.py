@@ -228,7 +228,9 @@ class Probes:
         while run.addresses and not run.done:
             family, address = run.addresses.pop(0)
             try:
-                sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+                # (Python's sockets are close-on-exec already; SOCK_CLOEXEC
+                # is Linux's and the BSDs', not macOS's.)
+                sock = socket.socket(family, socket.SOCK_STREAM)
             except OSError as exc:
                 run.first_error = run.first_error or _error(exc.errno or 0)
                 continue

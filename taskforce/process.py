@@ -27,7 +27,6 @@ import pwd
 import resource
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -447,18 +446,19 @@ def reap() -> list[tuple[int, int | None, str | None]]:
 
 
 def become_subreaper() -> bool:
-    """On Linux, adopt orphaned descendants so that they are reaped here too.
+    """Adopt orphaned descendants so that they are reaped here too, where
+    the kernel can (Linux's ``prctl``); False where it cannot.
 
     A task that double-forks would otherwise leave its daemon parented to
-    init, out of our sight; as subreaper we still get its SIGCHLD.
+    init, out of our sight; as subreaper we still get its SIGCHLD.  Without
+    it (macOS, the BSDs) such a daemon is reaped by init instead, and still
+    stopped with its slot while it stays in the slot's process group.
     """
-    if not sys.platform.startswith("linux"):
-        return False
     pr_set_child_subreaper = 36
     try:
         # The running process's own symbols include libc's; ctypes.util
         # would cost a megabyte and an ldconfig run to find the same.
         libc = ctypes.CDLL(None, use_errno=True)
         return bool(libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
+    except (OSError, AttributeError):  # no prctl: not Linux
         return False

@@ -105,9 +105,10 @@ def _table() -> dict[int, Action]:
         for name, action in _BY_NAME.items()
         if hasattr(signal, name)
     }
-    if hasattr(signal, "SIGRTMIN"):
+    low, high = getattr(signal, "SIGRTMIN", None), getattr(signal, "SIGRTMAX", None)
+    if low is not None and high is not None:  # none on macOS
         # Real-time signals end a process by default; taskforce uses none.
-        for signum in range(signal.SIGRTMIN, signal.SIGRTMAX + 1):
+        for signum in range(low, high + 1):
             table.setdefault(signum, Action.IGNORE)
     return table
 
@@ -132,8 +133,17 @@ def name(signum: int) -> str:
 def consume(signums: frozenset[int]) -> int:
     """Take every pending signal of ``signums`` (blocked ones) without acting
     on it; how many there were."""
+    wait = getattr(signal, "sigtimedwait", None)
+    if wait is None:
+        # No sigtimedwait (macOS): a pending signal whose action becomes
+        # SIG_IGN is discarded (POSIX), so each is ignored for a moment.
+        pending = signums & signal.sigpending()
+        for signum in sorted(pending):
+            previous = signal.signal(signum, signal.SIG_IGN)
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        return len(pending)
     taken = 0
-    while signums and signal.sigtimedwait(signums, 0) is not None:
+    while signums and wait(signums, 0) is not None:
         taken += 1
     return taken
 

@@ -14,9 +14,12 @@ Two ways, chosen once at start and logged:
 - **process group and marker** (elsewhere).  Every process taskforce
   starts carries ``TASKFORCE_ID=<id>`` besides its ``Task_name`` and
   ``Task_instance`` in its environment, and inherits them; what leaves the
-  process group is still found by that marker under ``/proc`` (Linux) and
-  stopped with its slot.  A process that scrubs its own environment *and*
-  leaves its group escapes here; the README says so.
+  process group is still found by that marker under ``/proc`` and stopped
+  with its slot.  A process that scrubs its own environment *and* leaves
+  its group escapes here; the README says so.  Where there is no ``/proc``
+  (macOS, the BSDs: ``PROC`` is false) the marker is still set but nothing
+  looks for it: a slot is its process group, and what leaves the group
+  escapes.
 
 ``<id>`` names one taskforce by what it supervises (its config and roles
 files), so that after a crash (SIGKILL, the OOM killer) the next one finds
@@ -33,7 +36,6 @@ from __future__ import annotations
 import logging
 import os
 import selectors
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import quote, unquote
 
@@ -44,6 +46,10 @@ from taskforce.pidwatch import alive
 from taskforce.process import group_alive, send_signal
 
 log = logging.getLogger("taskforce")
+
+#: Whether processes can be looked at under ``/proc`` (their environment,
+#: cgroup and children): a feature of the host, found once.
+PROC = os.path.isdir("/proc/self")
 
 #: The environment variable every process taskforce starts carries.
 MARKER = "TASKFORCE_ID"
@@ -107,8 +113,8 @@ def marked_processes(ident: str, skip: frozenset[int] = frozenset()) -> dict[Slo
 
 def _own_cgroup() -> tuple[str | None, str]:
     """The folder of taskforce's own v2 cgroup, or None and why not."""
-    if not sys.platform.startswith("linux"):
-        return None, "not Linux"
+    if not os.path.exists("/proc/self/cgroup"):
+        return None, "no /proc/self/cgroup: the kernel has no cgroups"
     try:
         with open("/proc/self/cgroup") as handle:
             relative = next((line[3:].strip() for line in handle if line.startswith("0::")), None)
@@ -179,6 +185,12 @@ class Tracker:
             self.tree, why = self._make_tree()
         if self.tree is not None:
             self.how = f"a cgroup per slot under {self.tree}"
+        elif not PROC:
+            self.how = (
+                f"process groups alone (no cgroup: {why}; no /proc to find the "
+                "TASKFORCE_ID marker in: a process that leaves its group is not "
+                "tracked, and what a crashed taskforce left is not found)"
+            )
         else:
             self.how = (
                 "process groups, and the TASKFORCE_ID marker in the environment "
@@ -264,8 +276,8 @@ class Tracker:
             return True
         if self.tree is not None:
             return self._populated(slot)
-        if not sys.platform.startswith("linux"):
-            return False
+        if not PROC:
+            return False  # no marker to look for: the group was the slot
         if self.subreaper and not self._strays():
             # Whatever of the slot outlived its process group had its parent
             # die with the group, so it is our child now: none, nothing left.
@@ -341,7 +353,7 @@ class Tracker:
             if signame == "SIGKILL" and self._kill_cgroup(slot):
                 return
             others: Iterable[int] = self._cgroup_pids(slot)
-        elif sys.platform.startswith("linux"):
+        elif PROC:
             others = marked_processes(self.ident, skip).get(slot, ())
         else:
             return
@@ -438,7 +450,7 @@ class Tracker:
                     pids = self._cgroup_pids(slot)
                     if pids:
                         found.setdefault(slot, set()).update(pids)
-        if sys.platform.startswith("linux"):
+        if PROC:
             for slot, pids in marked_processes(self.ident).items():
                 found.setdefault(slot, set()).update(pids)
         return {slot: sorted(pids) for slot, pids in sorted(found.items())}
@@ -455,7 +467,7 @@ class Tracker:
         now = set(pids)
         if self.tree is not None:
             now.update(self._cgroup_pids(slot))
-        if sys.platform.startswith("linux"):
+        if PROC:
             now.update(marked_processes(self.ident).get(slot, ()))
         if self.tree is not None and signame == "SIGKILL":
             self._kill_cgroup(slot)

@@ -1,8 +1,12 @@
 """Run a real taskforce daemon against a config in a temporary folder.
 
-Tests look at the processes it starts through /proc (children carry a marker
-in their argv), wait for conditions with a deadline, and on teardown make
-sure nothing the test started is left alive.
+Tests look at the processes it starts through the process table (children
+carry a marker in their argv), wait for conditions with a deadline, and on
+teardown make sure nothing the test started is left alive.
+
+The process table and the other facts of a process come from
+``proctable`` (the same on every Unix; re-exported here); tests use them
+rather than ``/proc``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,24 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from proctable import (  # noqa: F401 (the harness's public face)
+    FEATURES,
+    USE_PROC,
+    cpu_seconds,
+    environ_of,
+    fd_target,
+    ignored_signals,
+    open_fd_count,
+    parent_of,
+    proc_table,
+    process_state,
+    resident_kib,
+    running,
+    signal_mask,
+    socket_count,
+    start_time,
+)
 
 T = TypeVar("T")
 
@@ -38,24 +60,6 @@ def wait_for(
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
-
-
-def proc_table() -> dict[int, tuple[int, int, str, str]]:
-    """pid -> (ppid, pgid, state, cmdline) for every process."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                stat = handle.read()
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        rest = stat[stat.rindex(")") + 2 :].split()
-        table[int(entry)] = (int(rest[1]), int(rest[2]), rest[0], cmdline)
-    return table
 
 
 class Daemon:

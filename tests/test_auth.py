@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from daemon_harness import Daemon, shell_task, task, wait_for
-from test_control import FAST, call, make_certificate, needs_linux
+from test_control import FAST, call, make_certificate
 
 from taskforce.config import ConfigError, load_config_text
 from taskforce.core import access, secrets
@@ -159,7 +159,6 @@ def _http(
         conn.close()
 
 
-@needs_linux
 def test_control_over_tcp_without_a_credential_does_not_start(daemon: Daemon) -> None:
     daemon.write_config({"settings": FAST, "tasks": {"a": task(daemon.marker, "a")}})
     checked = subprocess.run(
@@ -178,7 +177,6 @@ def test_control_over_tcp_without_a_credential_does_not_start(daemon: Daemon) ->
     assert checked.returncode == 0, checked.stderr
 
 
-@needs_linux
 def test_a_token_over_tcp(daemon: Daemon) -> None:
     m = daemon.marker
     token = _token_file(daemon.root)
@@ -228,7 +226,6 @@ def _client_certificate(folder: Path, name: str) -> Path:
     return both
 
 
-@needs_linux
 def test_mutual_tls_beyond_loopback_rules(daemon: Daemon) -> None:
     m = daemon.marker
     server = make_certificate(daemon.root)
@@ -298,7 +295,6 @@ def _as_user(uid: int, gid: int, sock: str, target: str) -> tuple[int, str]:
     return int(code), str(text)
 
 
-@needs_linux
 @needs_root
 def test_a_second_user_cannot_control_over_a_unix_socket_unless_allowed(daemon: Daemon) -> None:
     m = daemon.marker
@@ -334,7 +330,6 @@ def test_a_second_user_cannot_control_over_a_unix_socket_unless_allowed(daemon: 
     shutil.rmtree(folder, ignore_errors=True)
 
 
-@needs_linux
 def test_no_secret_is_served_logged_or_recorded_and_files_are_private(
     daemon: Daemon, tmp_path: Path
 ) -> None:
@@ -380,7 +375,6 @@ def test_no_secret_is_served_logged_or_recorded_and_files_are_private(
     # (the conftest replays the recorded run: digested, it must still match)
 
 
-@needs_linux
 @needs_root
 def test_a_task_run_as_its_user_gets_its_home(daemon: Daemon) -> None:
     nobody = pwd.getpwnam("nobody")

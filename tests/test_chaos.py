@@ -55,13 +55,19 @@ from urllib.parse import urlencode
 
 import pytest
 import yaml
-from daemon_harness import IGNORE_TERM, SLEEP, Daemon, proc_table, wait_for
+from daemon_harness import FEATURES, IGNORE_TERM, SLEEP, Daemon, proc_table, wait_for
 
 import taskforce
 from taskforce.tfctl import UnixConnection
 
-LINUX = sys.platform.startswith("linux")
-pytestmark = pytest.mark.skipif(not LINUX, reason="the chaos test reads /proc")
+# It counts on what only Linux gives: escapers found by the marker in their
+# environment (/proc), orphans adopted by taskforce and by this test as
+# subreaper (prctl), descriptors and start times read from /proc.  Where
+# either is missing it skips, by feature.
+pytestmark = pytest.mark.skipif(
+    not (FEATURES.proc and FEATURES.subreaper),
+    reason="needs /proc (escapers found by their environment) and a subreaper (prctl)",
+)
 
 DEFAULT_SECONDS = 20.0
 #: How long the end state may take to settle (stop timeouts, backoff).

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from daemon_harness import Daemon, shell_task, task, wait_for
-from test_control import answers, needs_linux, short_dir, start_daemon
+from test_control import answers, short_dir, start_daemon
 
 
 def start_with_syslog(daemon: Daemon, syslog: tuple[str, ...], *extra: str) -> None:
@@ -43,7 +43,6 @@ def start_with_syslog(daemon: Daemon, syslog: tuple[str, ...], *extra: str) -> N
         )
 
 
-@needs_linux
 def test_without_syslog_it_logs_to_stderr_with_one_warning(daemon: Daemon) -> None:
     """A host without /dev/log (a container): /var/run/log may be a folder,
     which is no syslog; every line goes to stderr, none is a traceback."""
@@ -65,7 +64,6 @@ def test_without_syslog_it_logs_to_stderr_with_one_warning(daemon: Daemon) -> No
     assert "taskforce started" in text and "exiting" in text
 
 
-@needs_linux
 def test_a_syslog_that_goes_away_loses_no_line(daemon: Daemon) -> None:
     """Lines that syslog cannot take go to stderr (one warning says so), and
     to syslog again once it is back."""
@@ -112,7 +110,6 @@ def test_a_syslog_that_goes_away_loses_no_line(daemon: Daemon) -> None:
     assert f"syslog at {where} works again" in text
 
 
-@needs_linux
 def test_a_control_socket_held_by_a_live_taskforce_is_refused_at_once(
     daemon: Daemon, tmp_path: Path
 ) -> None:
@@ -146,7 +143,6 @@ def test_a_control_socket_held_by_a_live_taskforce_is_refused_at_once(
     assert answers(sock), "the first one still answers"
 
 
-@needs_linux
 def test_the_socket_of_a_killed_taskforce_is_taken_over(daemon: Daemon) -> None:
     m = daemon.marker
     sock = start_daemon(daemon, {"a": task(m, "a")})

@@ -6,13 +6,9 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 
-import pytest
 from daemon_harness import Daemon, task, wait_for
 from test_control import call, start_daemon
-
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 #: three mistakes, each on its own line
 THREE_ERRORS = """\

@@ -48,8 +48,6 @@ from taskforce.core.model import HostFacts
 from taskforce.simulator import IGNORE_TERM, Simulation
 from taskforce.tfctl import UnixConnection
 
-LINUX = sys.platform.startswith("linux")
-needs_linux = pytest.mark.skipif(not LINUX, reason="the daemon tests read /proc")
 T = TypeVar("T")
 
 # =====================================================================
@@ -678,7 +676,6 @@ def answers(address: str) -> bool:
         return False
 
 
-@needs_linux
 def test_status_endpoints_over_a_unix_socket(daemon: Daemon) -> None:
     m = daemon.marker
     sock = start_daemon(daemon, {"a": task(m, "a", count=2), "off": task(m, "off", control="off")})
@@ -727,7 +724,6 @@ def test_status_endpoints_over_a_unix_socket(daemon: Daemon) -> None:
     conn.close()
 
 
-@needs_linux
 def test_manage_needs_allow_control(daemon: Daemon) -> None:
     m = daemon.marker
     sock = start_daemon(daemon, {"a": task(m, "a")}, allow=False)
@@ -739,7 +735,6 @@ def test_manage_needs_allow_control(daemon: Daemon) -> None:
     assert daemon.pids("a") == {pid} and daemon.proc is not None and daemon.proc.poll() is None
 
 
-@needs_linux
 def test_the_original_control_shape(daemon: Daemon) -> None:
     """control off/wait, a count change, reload, reset and stop, with the
     original's codes and texts."""
@@ -777,7 +772,6 @@ def test_the_original_control_shape(daemon: Daemon) -> None:
     assert web not in daemon.pids("web")
 
 
-@needs_linux
 def test_new_manage_endpoints(daemon: Daemon) -> None:
     m = daemon.marker
     hups = daemon.root / "hups"
@@ -837,7 +831,6 @@ def test_new_manage_endpoints(daemon: Daemon) -> None:
     )
 
 
-@needs_linux
 def test_a_posted_alias_bomb_is_refused_and_supervision_goes_on(daemon: Daemon) -> None:
     m = daemon.marker
     sock = start_daemon(daemon, {"a": task(m, "a")})
@@ -860,7 +853,6 @@ def test_a_posted_alias_bomb_is_refused_and_supervision_goes_on(daemon: Daemon) 
     wait_for(lambda: daemon.pids("a") - {a}, what="a replaced after the bombs")
 
 
-@needs_linux
 def test_a_long_plan_is_checked_off_the_loop(daemon: Daemon) -> None:
     m = daemon.marker
     sock = start_daemon(daemon, {"a": task(m, "a")})
@@ -902,7 +894,6 @@ def test_a_long_plan_is_checked_off_the_loop(daemon: Daemon) -> None:
     assert json.loads(answer[-1][1])["restart"][0]["task"] == "a"
 
 
-@needs_linux
 def test_bad_parameters_and_traversal_change_nothing(daemon: Daemon) -> None:
     m = daemon.marker
     sock = start_daemon(daemon, {"a": task(m, "a")})
@@ -930,7 +921,6 @@ def test_bad_parameters_and_traversal_change_nothing(daemon: Daemon) -> None:
     assert daemon.proc is not None and daemon.proc.poll() is None
 
 
-@needs_linux
 def test_socket_permissions_stale_and_foreign_files(daemon: Daemon, tmp_path: Path) -> None:
     m = daemon.marker
     folder = short_dir(tmp_path)
@@ -955,7 +945,6 @@ def test_socket_permissions_stale_and_foreign_files(daemon: Daemon, tmp_path: Pa
     assert not os.path.exists(stale) and plain.read_text() == "not a socket"
 
 
-@needs_linux
 def test_settings_http_follows_a_reload(daemon: Daemon, tmp_path: Path) -> None:
     m = daemon.marker
     folder = short_dir(tmp_path)
@@ -972,7 +961,6 @@ def test_settings_http_follows_a_reload(daemon: Daemon, tmp_path: Path) -> None:
     assert call(second, "/manage/reload")[0] == 202
 
 
-@needs_linux
 def test_a_listener_that_fails_is_retried(daemon: Daemon, tmp_path: Path) -> None:
     m = daemon.marker
     folder = short_dir(tmp_path) / "later"
@@ -995,7 +983,6 @@ def _slow_clients(path: str, count: int) -> list[socket.socket]:
     return held
 
 
-@needs_linux
 def test_hostile_clients_never_stall_supervision(daemon: Daemon) -> None:
     m = daemon.marker
     sock = start_daemon(
@@ -1046,7 +1033,6 @@ def test_hostile_clients_never_stall_supervision(daemon: Daemon) -> None:
     assert "Traceback" not in daemon.log_text()
 
 
-@needs_linux
 def test_random_bytes_never_hurt_the_daemon(daemon: Daemon) -> None:
     import random
 
@@ -1088,7 +1074,6 @@ def test_random_bytes_never_hurt_the_daemon(daemon: Daemon) -> None:
     assert "Traceback" not in daemon.log_text()
 
 
-@needs_linux
 def test_malformed_and_oversized_requests_get_clear_codes(daemon: Daemon) -> None:
     m = daemon.marker
     sock = start_daemon(daemon, {"a": task(m, "a")}, settings={"http": [{"timeout": 0.5}]})
@@ -1128,7 +1113,6 @@ def test_malformed_and_oversized_requests_get_clear_codes(daemon: Daemon) -> Non
     assert answers(sock)
 
 
-@needs_linux
 def test_fifty_concurrent_clients(daemon: Daemon) -> None:
     m = daemon.marker
     sock = start_daemon(daemon, {f"t{i}": task(m, f"t{i}", count=2) for i in range(10)})
@@ -1217,7 +1201,6 @@ def start_tls_daemon(daemon: Daemon, defs: dict[str, Any]) -> tuple[str, str]:
     return found.group(1), str(pem)
 
 
-@needs_linux
 def test_tls_on_loopback(daemon: Daemon) -> None:
     m = daemon.marker
     address, ca = start_tls_daemon(daemon, {"a": task(m, "a")})

@@ -13,21 +13,19 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_harness import Daemon, task, wait_for
+from daemon_harness import FEATURES, Daemon, task, wait_for
 from test_control import FAST, answers, call, short_dir
 from test_tracking import MODES
 
 from taskforce import costs, tfctl
 from taskforce.tfformat import format_table, human_bytes, status_rows
 
-LINUX = sys.platform.startswith("linux")
-needs_linux = pytest.mark.skipif(not LINUX, reason="the figures come from /proc")
+needs_proc = pytest.mark.skipif(not FEATURES.proc, reason="the figures come from /proc")
 
 # ------------------------------------------------------------------ parsing
 
@@ -135,7 +133,7 @@ def test_human_units_and_the_status_columns() -> None:
     assert "3.1%" in format_table(rows)
 
 
-@needs_linux
+@needs_proc
 def test_a_sample_is_held_then_taken_afresh() -> None:
     now = [100.0]
     sampler = costs.Sampler(hold=0.5, clock=lambda: now[0])
@@ -154,7 +152,18 @@ def test_a_sample_is_held_then_taken_afresh() -> None:
     assert ("gone", 0, 2**22 + 1) not in again
 
 
-@needs_linux
+def test_without_proc_there_are_no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host with no /proc (macOS, the BSDs): nothing is read, and the keys
+    are absent rather than wrong."""
+    monkeypatch.setattr(costs, "_PROC", False)
+    sampler = costs.Sampler()
+    assert sampler.sample([("me", 0, os.getpgrp())]) == {}
+    tasks = {"me": {"processes": [{"instance": 0, "pid": os.getpid()}]}}
+    assert costs.annotate(tasks, {}) == {"me": {"processes": [{"instance": 0, "pid": os.getpid()}]}}
+    assert costs.metrics_text({}) == ""
+
+
+@needs_proc
 def test_a_sample_off_the_loop_is_taken_on_a_thread_and_collected() -> None:
     now = [100.0]
     sampler = costs.Sampler(hold=0.5, clock=lambda: now[0])
@@ -211,7 +220,7 @@ def _slot(sock: str, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return task, task["processes"][0]
 
 
-@needs_linux
+@needs_proc
 @pytest.mark.parametrize("mode", MODES)
 def test_status_metrics_and_tfctl_show_what_proc_says(
     daemon: Daemon, mode: str, capsys: pytest.CaptureFixture[str]

@@ -13,13 +13,14 @@ from daemon_harness import (
     IGNORE_TERM,
     Daemon,
     alias_bomb,
+    cpu_seconds,
+    ignored_signals,
     proc_table,
+    running,
     shell_task,
     task,
     wait_for,
 )
-
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 
 def tasks(**defs: dict) -> dict:
@@ -211,10 +212,8 @@ def test_crash_loop_backs_off_without_spinning(daemon: Daemon) -> None:
     # 0.5 + 1 + 2 s of backoff before the third retry: it cannot come sooner.
     assert time.monotonic() - started > 1.0
     assert daemon.log_text().count("failing fast") == 1, "logged once, not on every try"
-    with open(f"/proc/{daemon.pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    cpu_ticks = int(fields[11]) + int(fields[12])
-    assert cpu_ticks < 200, f"the daemon spent {cpu_ticks} ticks of CPU"
+    cpu = cpu_seconds(daemon.pid)
+    assert cpu < 2.0, f"the daemon spent {cpu:.2f} s of CPU"
 
 
 def test_sigterm_exits_zero_and_nothing_survives(daemon: Daemon) -> None:
@@ -229,11 +228,7 @@ def test_sigterm_exits_zero_and_nothing_survives(daemon: Daemon) -> None:
 
 
 def ignores_sigterm(pid: int) -> bool:
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("SigIgn:"):
-                return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
-    return False
+    return signal.SIGTERM in ignored_signals(pid)
 
 
 def proc_table_cmds(daemon: Daemon) -> list[str]:
@@ -409,7 +404,7 @@ def test_background_pidfile_stop_and_reset(daemon: Daemon) -> None:
         assert stop.returncode == 0, stop.stderr
         wait_for(lambda: not daemon.pidfile.exists(), what="pidfile removed")
         wait_for(lambda: not daemon.processes(), what="tasks stopped")
-        wait_for(lambda: not os.path.exists(f"/proc/{daemon_pid}"), what="daemon gone")
+        wait_for(lambda: not running(daemon_pid), what="daemon gone")
     finally:
         if daemon.pidfile.exists():
             try:

@@ -6,13 +6,9 @@ counts them."""
 from __future__ import annotations
 
 import re
-import sys
 
-import pytest
 from daemon_harness import Daemon, task, wait_for
 from test_control import call, start_daemon
-
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 
 def hanging_check(marker: str, **keys: object) -> dict[str, object]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from daemon_harness import Daemon, task, wait_for
-from test_control import call, needs_linux, short_dir, start_daemon
+from test_control import call, short_dir, start_daemon
 from test_tfctl import run
 
 from taskforce import loglines, logsetup, output, redact, tflogs
@@ -55,7 +55,6 @@ def logs(sock: str, name: str, **params: Any) -> dict[str, Any]:
     return answer
 
 
-@needs_linux
 def test_lines_in_order_tail_since_and_instance(
     daemon: Daemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -98,7 +97,6 @@ def test_lines_in_order_tail_since_and_instance(
     assert code == 0 and len(out.splitlines()) == 50, "50 lines by default"
 
 
-@needs_linux
 def test_file_output_fills_the_same_lines(daemon: Daemon) -> None:
     m = daemon.marker
     path = daemon.root / "talk.log"
@@ -108,7 +106,6 @@ def test_file_output_fills_the_same_lines(daemon: Daemon) -> None:
     assert texts == path.read_text().splitlines() == [f"line 0 {i}" for i in range(20)]
 
 
-@needs_linux
 def test_unknown_task_uncaptured_output_and_bad_parameters(
     daemon: Daemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -172,7 +169,6 @@ TRIGGERED = (
 )
 
 
-@needs_linux
 def test_follow_prints_lines_written_after_it_started(daemon: Daemon) -> None:
     m = daemon.marker
     trigger = daemon.root / "go"
@@ -217,7 +213,6 @@ CHATTY = (
 )
 
 
-@needs_linux
 @pytest.mark.parametrize("mode", ["log", "file"])
 def test_the_ring_stays_bounded_under_a_chatty_writer(daemon: Daemon, mode: str) -> None:
     m = daemon.marker

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from daemon_harness import Daemon, task, wait_for
-from test_control import FAST, call, needs_linux, start_daemon
+from test_control import FAST, call, start_daemon
 from test_tfctl import run
 
 MISSING = "/nonexistent/tf-missing-binary"
@@ -23,7 +23,6 @@ def _yaml(defs: dict[str, Any], settings: dict[str, Any], comment: str = "") -> 
     return json.dumps({"settings": settings, "tasks": defs}, indent=1) + comment + "\n"
 
 
-@needs_linux
 def test_an_operators_stop_sticks(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
     m = daemon.marker
     defs = {"web": task(m, "web"), "db": task(m, "db")}
@@ -70,7 +69,6 @@ def test_an_operators_stop_sticks(daemon: Daemon, capsys: pytest.CaptureFixture[
     daemon.wait_log("dropped: its config entry changed")
 
 
-@needs_linux
 def test_a_crash_loop_fails_and_tfctl_start_tries_again(
     daemon: Daemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -109,7 +107,6 @@ def test_a_crash_loop_fails_and_tfctl_start_tries_again(
     assert daemon.pids("ok"), "the other task runs on"
 
 
-@needs_linux
 def test_a_failed_task_tries_again_when_its_program_is_installed(
     daemon: Daemon, capsys: pytest.CaptureFixture[str]
 ) -> None:

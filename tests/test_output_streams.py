@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from daemon_harness import Daemon, task, wait_for
-from test_control import call, needs_linux, start_daemon
+from test_control import call, start_daemon
 from test_tfctl import run
 
 from taskforce.config import SCHEMA_ONLY, validate_all
@@ -66,7 +66,6 @@ def tfctl_lines(capsys: pytest.CaptureFixture[str], sock: str, *argv: str) -> li
     return out.splitlines()
 
 
-@needs_linux
 def test_log_mode_keeps_the_streams_apart_in_ring_log_and_tfctl(
     daemon: Daemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -106,7 +105,6 @@ def test_log_mode_keeps_the_streams_apart_in_ring_log_and_tfctl(
     assert code == 2 and "not a time: 'someday'" in err
 
 
-@needs_linux
 def test_files_split_stamped_rotated_and_read_back(
     daemon: Daemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -155,7 +153,6 @@ def test_files_split_stamped_rotated_and_read_back(
     assert numbers(printed, "o") == [*range(3000), 0, 1]
 
 
-@needs_linux
 def test_one_file_for_both_streams_with_and_without_timestamps(
     daemon: Daemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -197,7 +194,6 @@ HOSTILE = (
 )
 
 
-@needs_linux
 @pytest.mark.parametrize("mode", ["log", "file"])
 def test_hostile_output_comes_back_whole(
     daemon: Daemon, capsys: pytest.CaptureFixture[str], mode: str
@@ -233,7 +229,6 @@ FLOOD = (
 )
 
 
-@needs_linux
 @pytest.mark.parametrize("mode", ["log", "file"])
 def test_a_flood_while_killed_keeps_lines_of_each_process_apart(daemon: Daemon, mode: str) -> None:
     m = daemon.marker

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +24,6 @@ from daemon_harness import Daemon, wait_for
 from test_control import call, short_dir
 
 pytestmark = [
-    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the daemon tests read /proc"),
     pytest.mark.skipif(missing() is not None, reason=str(missing())),
 ]
 

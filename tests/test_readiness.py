@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from daemon_harness import Daemon, task, wait_for
-from test_control import needs_linux, start_daemon, tasks_json
+from test_control import start_daemon, tasks_json
 from test_tfctl import run
 
 #: a task that listens on the port in argv[3] after argv[4] seconds
@@ -68,7 +68,6 @@ def states(sock: str, name: str) -> list[str]:
     return [slot["state"] for slot in slots(sock, name)]
 
 
-@needs_linux
 @pytest.mark.parametrize("kind", ["tcp", "http", "command"])
 def test_a_probe_makes_a_slot_ready_and_requires_waits_for_it(daemon: Daemon, kind: str) -> None:
     m, port = daemon.marker, free_port()
@@ -95,7 +94,6 @@ def test_a_probe_makes_a_slot_ready_and_requires_waits_for_it(daemon: Daemon, ki
 _CONNECT = "import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 1)"
 
 
-@needs_linux
 def test_notify_ready_status_and_a_silent_watchdog(daemon: Daemon) -> None:
     m = daemon.marker
     defs = {
@@ -115,7 +113,6 @@ def test_notify_ready_status_and_a_silent_watchdog(daemon: Daemon) -> None:
     assert daemon.stop() == 0
 
 
-@needs_linux
 def test_a_process_never_ready_is_restarted_after_ready_timeout(daemon: Daemon) -> None:
     m = daemon.marker
     slow = task(m, "slow", NOTIFIER, args=("never", "0"), ready="notify", ready_timeout=0.5)
@@ -129,7 +126,6 @@ def test_a_process_never_ready_is_restarted_after_ready_timeout(daemon: Daemon) 
     assert daemon.stop() == 0
 
 
-@needs_linux
 def test_a_rollout_halts_on_a_broken_release_and_resumes(
     daemon: Daemon, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -11,8 +11,6 @@ import time
 import pytest
 from daemon_harness import Daemon, alias_bomb, shell_task, task, wait_for
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-
 
 def many(marker: str, n: int, **extra: dict) -> dict:
     return {f"t{i:03d}": task(marker, f"t{i:03d}") for i in range(n)} | extra

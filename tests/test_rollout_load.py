@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_harness import Daemon, wait_for
+from daemon_harness import USE_PROC, Daemon, socket_count, wait_for
+
+from taskforce import notify
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
@@ -71,7 +73,21 @@ def _accepts_rollout() -> bool:
     return done.returncode == 0
 
 
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def _abstract_sockets() -> bool:
+    """Whether Unix sockets may have abstract names (``@name``: Linux's)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+            probe.bind(f"\0tf-test-probe-{os.getpid()}")
+    except OSError:
+        return False
+    return True
+
+
+#: The daemon's notify socket needs the kernel to say who sent a datagram.
+needs_notify = pytest.mark.skipif(not notify.supported(), reason="no SO_PASSCRED here")
+#: Which sockets taskforce holds is read from /proc.
+needs_proc = pytest.mark.skipif(not USE_PROC, reason="reads taskforce's descriptors in /proc")
+needs_abstract = pytest.mark.skipif(not _abstract_sockets(), reason="no abstract socket names")
 needs_rollout = pytest.mark.skipif(
     not _accepts_rollout(),
     reason="this taskforce refuses sockets:/ready:/rollout: (issue 15 not merged yet)",
@@ -185,7 +201,7 @@ def fresh(load: Load, old: set[int]) -> bool:
     return len(pids) >= WORKERS and not pids & old and all(s.outcome == "ok" for s in recent)
 
 
-@linux_only
+@needs_notify
 @pytest.mark.slow
 @needs_rollout
 @pytest.mark.parametrize("change", ["code", "config", "restart"])
@@ -210,7 +226,7 @@ def test_no_request_fails_during_a_change(pool: Pool, load: Load, change: str) -
     assert pool.daemon.stop() == 0
 
 
-@linux_only
+@needs_notify
 @pytest.mark.slow
 @needs_rollout
 def test_a_broken_release_halts_and_the_old_workers_serve(pool: Pool, load: Load) -> None:
@@ -234,7 +250,8 @@ def test_a_broken_release_halts_and_the_old_workers_serve(pool: Pool, load: Load
     assert pool.daemon.stop() == 0
 
 
-@linux_only
+@needs_proc
+@needs_notify
 @pytest.mark.slow
 @needs_rollout
 def test_a_systemd_notify_and_socket_activated_program_runs_unchanged(pool: Pool) -> None:
@@ -297,16 +314,10 @@ def _activated_worker(
 
 
 def _sockets(pid: int) -> int:
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
-        except OSError:
-            pass
-    return count
+    return socket_count(pid)
 
 
-@linux_only
+@needs_abstract
 def test_httpworker_takes_activated_sockets_notifies_and_stops_gracefully() -> None:
     listener = socket.create_server(("127.0.0.1", 0), backlog=64)
     port = listener.getsockname()[1]
@@ -342,7 +353,6 @@ def test_httpworker_takes_activated_sockets_notifies_and_stops_gracefully() -> N
         notify.close()
 
 
-@linux_only
 def test_httpworker_ignores_sockets_meant_for_another_pid(tmp_path: Path) -> None:
     # LISTEN_PID names another process: the variables were inherited, not
     # meant for this one (sd_listen_fds checks it); it binds its own port.

@@ -13,17 +13,28 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_harness import IGNORE_TERM, Daemon, proc_table, shell_task, task, wait_for
+from daemon_harness import (
+    IGNORE_TERM,
+    Daemon,
+    ignored_signals,
+    proc_table,
+    process_state,
+    shell_task,
+    signal_mask,
+    task,
+    wait_for,
+)
 
 from taskforce import signals
-
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 #: Faults of taskforce itself: left at their default on purpose.
 FAULTS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT}
 FAULTS |= {signal.SIGTRAP, signal.SIGSYS}
-#: Signals that stop every task and end taskforce (exit 0) on purpose.
-STOPPING = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGPWR}
+FAULTS |= {getattr(signal, "SIGEMT", signal.SIGSEGV)}  # the BSDs' and macOS's
+#: Signals that stop every task and end taskforce (exit 0) on purpose
+#: (SIGPWR is Linux's).
+STOPPING = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
+STOPPING |= {getattr(signal, "SIGPWR", signal.SIGTERM)}
 #: Every other catchable signal but SIGHUP (a reset) must leave it running.
 HARMLESS = sorted(
     set(signal.valid_signals())
@@ -42,27 +53,18 @@ def alive(daemon: Daemon) -> bool:
     assert daemon.proc is not None
     code = daemon.proc.poll()
     assert code is None, f"taskforce died (exit status {code}):\n{daemon.log_text()[-3000:]}"
-    with open(f"/proc/{daemon.pid}/stat") as handle:
-        state = handle.read().rsplit(")", 1)[1].split()[0]
-    assert state != "T", "taskforce is stopped"
+    assert process_state(daemon.pid) != "T", "taskforce is stopped"
     return True
 
 
 def pending(pid: int) -> int:
     """Signals pending for ``pid`` (thread and process), as a bit mask."""
-    mask = 0
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith(("SigPnd:", "ShdPnd:")):
-                mask |= int(line.split()[1], 16)
-    return mask
+    return signal_mask(pid, "pending")
 
 
 def blocked(pid: int) -> int:
     """Signals ``pid``'s main thread blocks, as a bit mask."""
-    with open(f"/proc/{pid}/status") as handle:
-        line = next(line for line in handle if line.startswith("SigBlk:"))
-    return int(line.split()[1], 16)
+    return signal_mask(pid, "blocked")
 
 
 def settled(daemon: Daemon, expected: dict[str, int], old: set[int]) -> bool:
@@ -163,12 +165,7 @@ def test_sigterm_during_the_reexec_is_honoured(daemon: Daemon) -> None:
 
 
 def ignores_sigterm(daemon: Daemon, name: str) -> bool:
-    for pid in daemon.pids(name):
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("SigIgn:"):
-                    return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
-    return False
+    return any(signal.SIGTERM in ignored_signals(pid) for pid in daemon.pids(name))
 
 
 def test_other_signals_leave_taskforce_and_its_tasks_running(daemon: Daemon) -> None:
@@ -192,7 +189,17 @@ def test_other_signals_leave_taskforce_and_its_tasks_running(daemon: Daemon) -> 
     assert daemon.stop() == 0
 
 
-@pytest.mark.parametrize("signum", [signal.SIGQUIT, signal.SIGPWR], ids=["QUIT", "PWR"])
+@pytest.mark.parametrize(
+    "signum",
+    [
+        signal.SIGQUIT,
+        pytest.param(
+            getattr(signal, "SIGPWR", 0),
+            marks=pytest.mark.skipif(not hasattr(signal, "SIGPWR"), reason="no SIGPWR here"),
+        ),
+    ],
+    ids=["QUIT", "PWR"],
+)
 def test_sigquit_and_sigpwr_stop_cleanly(daemon: Daemon, signum: int) -> None:
     m = daemon.marker
     daemon.write_config(tasks(a=task(m, "a")))
@@ -209,14 +216,11 @@ def test_tasks_start_with_every_signal_at_its_default(daemon: Daemon) -> None:
     daemon.start()
     for name in ("a", "b"):
         (pid,) = daemon.wait_pids(name, 1)
-        with open(f"/proc/{pid}/status") as handle:
-            fields = dict(line.split(":", 1) for line in handle)
-        assert int(fields["SigBlk"], 16) == 0, name
+        assert signal_mask(pid, "blocked") == 0, name
         # A Python task ignores SIGPIPE and SIGXFSZ itself; nothing else
         # (glibc's own signals, 32 and 33 -- not valid_signals() -- are its
         # business: its posix_spawn leaves them ignored in every child).
-        ignored = {n for n in range(1, 65) if int(fields["SigIgn"], 16) & (1 << (n - 1))}
-        ignored &= set(signal.valid_signals())
+        ignored = ignored_signals(pid) & set(signal.valid_signals())
         assert ignored <= {signal.SIGPIPE, signal.SIGXFSZ}, (name, ignored)
     assert daemon.stop() == 0
 
@@ -242,7 +246,7 @@ def test_sigusr1_reopens_output_files(daemon: Daemon) -> None:
 FD_PROBE = """
 import os, sys, time
 fds = []
-for name in os.listdir("/proc/self/fd"):
+for name in os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"):
     try:
         os.fstat(int(name))  # the listing's own descriptor is closed by now
         fds.append(int(name))

@@ -25,7 +25,6 @@ from daemon_harness import Daemon, task, wait_for
 from test_control import (
     call,
     form,
-    needs_linux,
     serve,
     short_dir,
     sleeper,
@@ -139,7 +138,6 @@ def test_status_stream_sends_changes_and_leaves_no_timer(tmp_path: Path) -> None
 # Against a real daemon.
 
 
-@needs_linux
 def test_status_event_follows_a_kill_and_the_replacement(daemon: Daemon) -> None:
     sock = start_daemon(daemon, {"w": task(daemon.marker, "w")})
     live = events(sock, "/status/events")
@@ -156,7 +154,6 @@ def test_status_event_follows_a_kill_and_the_replacement(daemon: Daemon) -> None
     live.close()
 
 
-@needs_linux
 def test_log_stream_sends_kept_then_new_lines(daemon: Daemon) -> None:
     sock = start_daemon(daemon, {"talk": task(daemon.marker, "talk", HELLO, output="log")})
     wait_for(lambda: "hello" in call(sock, "/status/logs?task=talk")[2], what="a first line")
@@ -176,7 +173,6 @@ def test_log_stream_sends_kept_then_new_lines(daemon: Daemon) -> None:
     live.close()
 
 
-@needs_linux
 def test_tfctl_logs_follow_prints_new_lines_as_they_come(daemon: Daemon) -> None:
     sock = start_daemon(daemon, {"talk": task(daemon.marker, "talk", HELLO, output="log")})
     wait_for(lambda: "hello" in call(sock, "/status/logs?task=talk")[2], what="a first line")
@@ -225,7 +221,6 @@ SPEW = (
 )
 
 
-@needs_linux
 def test_a_stalled_log_reader_is_dropped_and_others_go_on(daemon: Daemon) -> None:
     flag = daemon.root / "go"
     spew = task(daemon.marker, "spew", SPEW, args=(str(flag),), output="log")
@@ -255,7 +250,6 @@ def test_a_stalled_log_reader_is_dropped_and_others_go_on(daemon: Daemon) -> Non
         stalled.close()
 
 
-@needs_linux
 def test_streams_need_status_permission(daemon: Daemon) -> None:
     sock = str(short_dir(daemon.root) / "s.taskforce")
     allow = {"status": ["nobody"], "control": ["nobody"]}
@@ -282,7 +276,6 @@ def test_streams_need_status_permission(daemon: Daemon) -> None:
     assert refused.value.code == 403
 
 
-@needs_linux
 def test_browser_requests_must_come_from_the_page(daemon: Daemon) -> None:
     sock = start_daemon(daemon, {"w": task(daemon.marker, "w")})
     code, headers, page = call(sock, "/")

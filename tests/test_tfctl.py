@@ -17,7 +17,6 @@ from test_control import (
     answers,
     call,
     form,
-    needs_linux,
     short_dir,
     start_daemon,
     start_tls_daemon,
@@ -36,7 +35,6 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-@needs_linux
 def test_every_command_over_a_unix_socket(
     daemon: Daemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -172,7 +170,6 @@ def test_exit_codes_without_a_daemon(
     assert code == 3 and "cannot connect to 127.0.0.1:1" in err
 
 
-@needs_linux
 def test_control_not_allowed_is_a_clear_refusal(
     daemon: Daemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -186,7 +183,6 @@ def test_control_not_allowed_is_a_clear_refusal(
     assert daemon.pids("a")
 
 
-@needs_linux
 def test_tfctl_over_tls(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
     m = daemon.marker
     address, ca = start_tls_daemon(daemon, {"a": task(m, "a")})
@@ -211,7 +207,6 @@ def test_tfctl_over_tls(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> N
     assert daemon.proc is not None and daemon.proc.wait(20) == 0
 
 
-@needs_linux
 def test_tfctl_as_a_command(daemon: Daemon, tmp_path: Path) -> None:
     m = daemon.marker
     sock = start_daemon(daemon, {"a": task(m, "a")})
@@ -238,7 +233,6 @@ def test_tfctl_as_a_command(daemon: Daemon, tmp_path: Path) -> None:
     assert done.returncode == 3 and "cannot connect" in done.stderr
 
 
-@needs_linux
 def test_slots_and_signals_as_the_readme_writes_them(
     daemon: Daemon, capsys: pytest.CaptureFixture[str]
 ) -> None:

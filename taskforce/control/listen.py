@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import hmac
 import ipaddress
 import logging
@@ -499,18 +500,40 @@ def holder(path: str, timeout: float = 2.0) -> str | None:
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
     """The (pid, uid, gid) of the process at the other end of a Unix
-    socket, from the kernel (Linux ``SO_PEERCRED``); None where it cannot
-    be read.  macOS/BSD (``LOCAL_PEERCRED``/``getpeereid``) are not read
-    yet: no grant by user there, so only a token would do."""
+    socket, from the kernel: ``SO_PEERCRED`` (Linux), else ``getpeereid``
+    (macOS, the BSDs: no pid there, given as 0); None where neither is."""
     option = getattr(socket, "SO_PEERCRED", None)
     if option is None:
-        return None
+        return _getpeereid(sock)
     try:
         raw = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
     except OSError:
         return None
     pid, uid, gid = struct.unpack("3i", raw)
     return pid, uid, gid
+
+
+def _getpeereid(sock: socket.socket) -> tuple[int, int, int] | None:
+    """(0, uid, gid) from libc's ``getpeereid``, where libc has one."""
+    import ctypes
+
+    call = _libc_getpeereid()
+    if call is None:
+        return None  # no such call here (glibc has none): no grant by user
+    uid, gid = ctypes.c_uint32(), ctypes.c_uint32()
+    if call(sock.fileno(), ctypes.byref(uid), ctypes.byref(gid)) != 0:
+        return None
+    return 0, uid.value, gid.value
+
+
+@functools.cache
+def _libc_getpeereid() -> Any:
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).getpeereid
+    except (OSError, AttributeError):
+        return None
 
 
 def _peer_pid(sock: socket.socket) -> int | None:

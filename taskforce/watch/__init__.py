@@ -18,7 +18,6 @@ import logging
 import os
 import select
 import selectors
-import sys
 from dataclasses import dataclass, field
 
 from taskforce.core.effects import Watch
@@ -256,8 +255,20 @@ class DescriptorWatcher(Watcher):
             self._selector = None
 
 
+def has_inotify() -> bool:
+    """Whether this libc has inotify (asked of the library, not of the
+    platform's name)."""
+    from taskforce.watch.inotify import Inotify
+
+    try:
+        Inotify()
+    except OSError:
+        return False
+    return True
+
+
 def _auto_backend() -> str:
-    if sys.platform.startswith("linux"):
+    if has_inotify():
         return "inotify"
     if hasattr(select, "kqueue"):
         return "kqueue"

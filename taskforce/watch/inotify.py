@@ -21,7 +21,6 @@ import errno
 import logging
 import os
 import struct
-import sys
 import time
 from collections.abc import Callable, Iterable
 
@@ -84,14 +83,16 @@ class Inotify:
     """The three inotify system calls, found in the running process's libc."""
 
     def __init__(self) -> None:
-        if not sys.platform.startswith("linux"):
-            raise OSError(errno.ENOSYS, "inotify is Linux only")
         libc = ctypes.CDLL(None, use_errno=True)
         if not hasattr(libc, "inotify_init1"):
+            # Feature, not platform: a libc without it (macOS, the BSDs)
+            # means no inotify here.
             name = ctypes.util.find_library("c")
             if name is None:
                 raise OSError(errno.ENOSYS, "no libc with inotify found")
             libc = ctypes.CDLL(name, use_errno=True)
+            if not hasattr(libc, "inotify_init1"):
+                raise OSError(errno.ENOSYS, "no inotify in this libc")
         self._init1: Callable[[int], int] = libc.inotify_init1
         libc.inotify_init1.argtypes = [ctypes.c_int]
         libc.inotify_init1.restype = ctypes.c_int
