@@ -252,13 +252,16 @@ def test_changed_listen_restarts_only_the_tasks_using_it(daemon: Daemon) -> None
     (old_b,) = daemon.wait_pids("uses_b", 1)
     (old_none,) = daemon.wait_pids("none", 1)
     daemon.write_config(config(c))
-    # (A rollout: the new process first, then the old one goes, and with it
-    # the last copy of the old socket.)
+    # (A rollout: a surge process first, then the old one goes, and with it
+    # the last copy of the old socket; a new one takes its slot, and the
+    # surge process goes.  Until it is done, the one process seen may be the
+    # surge's.)
+    daemon.wait_log("config changed: sockets")
+    daemon.wait_log("rollout of uses_a done")
     new_a = wait_for(
         lambda: (lambda p: p if len(p) == 1 and old_a not in p else None)(daemon.pids("uses_a")),
         what="uses_a replaced",
     )
-    daemon.wait_log("config changed: sockets")
     (new_a_pid,) = new_a
     assert ask(("127.0.0.1", c)) == new_a_pid
     with pytest.raises(ConnectionRefusedError):
