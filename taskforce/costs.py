@@ -16,8 +16,11 @@ pid is the group's id): CPU time is their user and system time, their
 reaped children's included, memory their summed resident size.  Open
 descriptors are counted under ``/proc/PID/fd`` in either case.
 
-Where there is no ``/proc`` (macOS, the BSDs) nothing is read and no
-figure is given (the keys are absent).  This module only reads; it never signals, decides or changes
+Where there is no ``/proc`` but there is Apple's libproc (macOS), the
+figures of each slot's process group come from the OS's own calls through
+``taskforce.costs_darwin`` (no OOM kills there); where there is neither
+(the BSDs) nothing is read and no figure is given (the keys are absent).
+This module only reads; it never signals, decides or changes
 anything, and never runs from the core.
 
 A sample of a thousand slots takes tens of milliseconds, so the daemon
@@ -36,6 +39,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
+from taskforce import costs_darwin
+
 #: How long a sample answers requests before /proc is read again.
 HOLD = 0.5
 
@@ -44,6 +49,8 @@ HOLD = 0.5
 _PROC = os.path.isdir("/proc/self")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _HZ = os.sysconf("SC_CLK_TCK")
+#: Without /proc: libproc's calls, if the host has them (macOS).
+_DARWIN = None if _PROC else costs_darwin.load()
 
 #: (task, instance, pid of the slot's leader)
 SlotKey = tuple[str, int, int]
@@ -182,7 +189,8 @@ class Sampler:
         self._job: _Job | None = None
 
     def sample(self, slots: Iterable[SlotKey]) -> dict[SlotKey, Figures]:
-        """The figures of each slot that has any (none without ``/proc``),
+        """The figures of each slot that has any (none without ``/proc``
+        and libproc),
         read here and now unless the held sample answers.  (Not while a
         sample is taken off the loop: see ``begin``.)"""
         wanted = tuple(slots)
@@ -192,7 +200,7 @@ class Sampler:
         now = self.clock()
         self._at, self._for = now, wanted
         self.generation += 1
-        self._figures = self._measure(wanted, now) if _PROC else {}
+        self._figures = self._measure(wanted, now)
         return self._figures
 
     def held(
@@ -228,7 +236,7 @@ class Sampler:
 
         def work() -> None:
             try:
-                job.figures = self._measure(wanted, job.at) if _PROC else {}
+                job.figures = self._measure(wanted, job.at)
             except Exception as exc:  # (MemoryError included: reported on the loop)
                 job.failure = exc
             finally:
@@ -278,6 +286,8 @@ class Sampler:
         return found
 
     def _measure(self, wanted: tuple[SlotKey, ...], now: float) -> dict[SlotKey, Figures]:
+        if not _PROC:
+            return self._measure_groups(wanted, now) if _DARWIN is not None else {}
         present = {(task, instance) for task, instance, _ in wanted}
         for gone in [k for k in self._folders if k not in present]:
             del self._folders[gone]
@@ -342,19 +352,42 @@ class Sampler:
                     if oom is not None:
                         figures["oom_kills"] = oom
             figures["cpu_seconds"] = round(cpu, 3)
-            last = self._last.get(key)
-            if last is not None and cpu >= last[0] and now > last[1]:
-                percent = (cpu - last[0]) / (now - last[1]) * 100
-            else:
-                # Since the leader started: its group's time over its age.
-                leader = stats.get(key[2])
-                age = uptime - leader.start / _HZ if leader is not None and uptime else 0.0
-                percent = ticks / _HZ / age * 100 if age > 0 else 0.0
-            self._last[key] = (cpu, now)
-            figures["cpu_percent"] = round(percent, 1)
+            leader = stats.get(key[2])
+            age = uptime - leader.start / _HZ if leader is not None and uptime else 0.0
+            figures["cpu_percent"] = self._percent(key, cpu, now, ticks / _HZ, age)
             figures["memory_bytes"] = memory
             figures["open_fds"] = sum(_fds(pid) for pid in pids)
             out[key] = figures
+        for old in [k for k in self._last if k not in out]:
+            del self._last[old]
+        return out
+
+    def _percent(self, key: SlotKey, cpu: float, now: float, group: float, age: float) -> float:
+        """The CPU rate since the slot's last reading; the first time, the
+        group's time (``group`` seconds) over its leader's ``age``."""
+        last = self._last.get(key)
+        if last is not None and cpu >= last[0] and now > last[1]:
+            percent = (cpu - last[0]) / (now - last[1]) * 100
+        else:
+            percent = group / age * 100 if age > 0 else 0.0
+        self._last[key] = (cpu, now)
+        return round(percent, 1)
+
+    def _measure_groups(self, wanted: tuple[SlotKey, ...], now: float) -> dict[SlotKey, Figures]:
+        """Without /proc: each slot's process group, through libproc."""
+        assert _DARWIN is not None
+        out: dict[SlotKey, Figures] = {}
+        for key in wanted:
+            group = _DARWIN.group(key[2])
+            if group is None:
+                continue  # gone since: nothing to show
+            cpu = group.cpu_seconds
+            out[key] = {
+                "cpu_seconds": round(cpu, 3),
+                "cpu_percent": self._percent(key, cpu, now, cpu, group.leader_age),
+                "memory_bytes": group.memory_bytes,
+                "open_fds": group.open_fds,
+            }
         for old in [k for k in self._last if k not in out]:
             del self._last[old]
         return out

@@ -153,9 +153,10 @@ def test_a_sample_is_held_then_taken_afresh() -> None:
 
 
 def test_without_proc_there_are_no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A host with no /proc (macOS, the BSDs): nothing is read, and the keys
-    are absent rather than wrong."""
+    """A host with no /proc and no libproc (the BSDs): nothing is read, and
+    the keys are absent rather than wrong."""
     monkeypatch.setattr(costs, "_PROC", False)
+    monkeypatch.setattr(costs, "_DARWIN", None)
     sampler = costs.Sampler()
     assert sampler.sample([("me", 0, os.getpgrp())]) == {}
     tasks = {"me": {"processes": [{"instance": 0, "pid": os.getpid()}]}}
