@@ -157,18 +157,28 @@ class Connection:
         if subject is not None:
             self.who = {**self.who, "subject": subject}
 
+    def _recv(self) -> bytes | None:
+        """One read: the client's bytes (b"" once it is done), or None when
+        nothing waits now (or TLS must write first); a failed read closes
+        the connection and gives None too."""
+        try:
+            return self.sock.recv(READ_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return None
+        except ssl.SSLWantWriteError:
+            self._block = selectors.EVENT_WRITE
+            return None
+        except (ssl.SSLError, OSError):
+            self.close()
+            return None
+
     def _read(self) -> None:
         for _ in range(4):
-            try:
-                data = self.sock.recv(READ_SIZE)
-            except (BlockingIOError, ssl.SSLWantReadError):
+            data = self._recv()
+            if data is None:
+                if self.closed:
+                    return
                 break
-            except ssl.SSLWantWriteError:
-                self._block = selectors.EVENT_WRITE
-                break
-            except (ssl.SSLError, OSError):
-                self.close()
-                return
             if data:
                 self.fresh = False
             self.h11.receive_data(data)
@@ -182,20 +192,12 @@ class Connection:
     def _read_stream(self) -> None:
         """A stream's client sends nothing more we use: only notice it leave."""
         for _ in range(4):
-            try:
-                data = self.sock.recv(READ_SIZE)
-            except (BlockingIOError, ssl.SSLWantReadError):
+            data = self._recv()
+            if data is None:  # nothing now (or the read failed: closed)
                 return
-            except ssl.SSLWantWriteError:
-                self._block = selectors.EVENT_WRITE
-                return
-            except (ssl.SSLError, OSError):
-                break
             if not data:
-                break
-        else:
-            return
-        self.close()
+                self.close()
+                return
 
     def _parse(self) -> None:
         while not self.closed and not self.finished:
