@@ -370,25 +370,39 @@ class Listener:
 
     def _open_unix(self, path: str, file_group: int | None) -> socket.socket:
         _clear_stale(path)
+        # Made ready under a name of its own, then renamed into place: a
+        # client that sees ``path`` can connect (between bind and listen it
+        # would be refused), and a socket whose set-up failed never shows.
+        staging = os.path.join(os.path.dirname(path), f".taskforce-{os.getpid()}.sock")
+        if len(os.fsencode(staging)) >= _UNIX_PATH_MAX:
+            staging = path  # no room for the longer name: bind in place
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             # Bind under a tight umask so the socket is never briefly open to all.
             old = os.umask(0o177)
             try:
-                sock.bind(path)
+                with contextlib.suppress(FileNotFoundError):
+                    if staging != path:
+                        os.unlink(staging)  # left by a taskforce of this pid that was killed
+                sock.bind(staging)
             finally:
                 os.umask(old)
             if file_group is not None:
                 # Connecting needs write permission: the group gets rw.
-                os.chown(path, -1, file_group)
-                os.chmod(path, 0o660)
+                os.chown(staging, -1, file_group)
+                os.chmod(staging, 0o660)
             else:
-                os.chmod(path, 0o600)
+                os.chmod(staging, 0o600)
+            sock.listen(BACKLOG)
+            if staging != path:
+                os.rename(staging, path)
             info = os.stat(path)
             self._unix_id = (info.st_dev, info.st_ino)
-            sock.listen(BACKLOG)
         except OSError as exc:
             sock.close()
+            if staging != path:
+                with contextlib.suppress(OSError):
+                    os.unlink(staging)
             raise ListenError(f"{path}: cannot listen: {exc.strerror or exc}") from None
         return sock
 
@@ -424,6 +438,11 @@ class Listener:
         except OSError:
             pass
         self._unix_id = None
+
+
+#: The smallest ``sun_path`` of the platforms we run on (macOS and the BSDs;
+#: Linux has 108): a staging name that may not fit is not used.
+_UNIX_PATH_MAX = 104
 
 
 def _clear_stale(path: str) -> None:
