@@ -676,6 +676,19 @@ def answers(address: str) -> bool:
         return False
 
 
+def test_the_control_socket_answers_as_soon_as_it_exists(daemon: Daemon) -> None:
+    # Bound under a staging name and renamed into place once it listens: a
+    # client that sees the path is never refused, and nothing else is left.
+    folder = short_dir(daemon.root)
+    sock = str(folder / "s.taskforce")
+    daemon.write_config({"settings": FAST, "tasks": {}})
+    daemon.start("-w", sock, "-A")
+    wait_for(lambda: os.path.exists(sock), what="the control socket")
+    assert call(sock, "/status/version")[0] == 200  # no ConnectionRefusedError
+    assert not [name for name in os.listdir(folder) if name.startswith(".taskforce-")]
+    assert os.stat(sock).st_mode & 0o777 == 0o600
+
+
 def test_status_endpoints_over_a_unix_socket(daemon: Daemon) -> None:
     m = daemon.marker
     sock = start_daemon(daemon, {"a": task(m, "a", count=2), "off": task(m, "off", control="off")})
