@@ -840,6 +840,32 @@ class Chaos:
         code, text = call(self.sock, "/manage/reload")
         if code != 202:
             self.fail(f"reload answered {code} {text!r}")
+        self.resume_halted_rollouts()
+
+    def resume_halted_rollouts(self) -> None:
+        """Resume every rollout a fault halted, as an operator would.
+
+        A halt is the daemon doing its job: killing a new process's child
+        (``kill_descendant``) makes a ``sh -c '... & wait'`` exit 0 at once,
+        which is what a release that cannot run looks like.  It stays halted
+        until the next change of that task or an operator's resume, and a
+        reload of the same config is neither; so the end state needs the
+        resume, whose own answer is checked here.
+        """
+        try:
+            status = tasks_json(self.sock)
+        except (OSError, AssertionError, ValueError) as exc:
+            self.fail(f"no status to look for halted rollouts: {exc!r}")
+        for name, shown in sorted(status.items()):
+            halted = (shown.get("rollout") or {}).get("halted")
+            if not halted:
+                continue
+            self.stats["rollouts_resumed"] += 1
+            print(f"chaos: resuming the rollout of {name}, halted: {halted}")
+            query = urlencode({"task": name, "resume": 1})
+            code, text = call(self.sock, f"/manage/rollout?{query}")
+            if code not in (200, 202):
+                self.fail(f"resume of the halted rollout of {name} answered {code} {text!r}")
 
     def loaded_differs(self, plan: Plan) -> list[str]:
         """How the config and roles the daemon holds differ from ``plan``."""
@@ -946,6 +972,9 @@ class Chaos:
 
         def settled() -> bool:
             nonlocal last
+            # A kill that landed just before the faults stopped may halt a
+            # rollout while things settle.
+            self.resume_halted_rollouts()
             last = self.problems(plan)
             return not last
 
