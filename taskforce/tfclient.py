@@ -15,8 +15,10 @@ module never prints and never exits.
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 import ssl
+import stat
 from collections.abc import Iterator, Sequence
 from urllib.parse import urlencode, urlsplit
 
@@ -85,7 +87,7 @@ class Client:
             parts = urlsplit(address)
             tls = parts.scheme == "https"
             host, port = parts.hostname or "localhost", parts.port
-        elif "/" in address:
+        elif "/" in address or _is_socket_file(address):
             return UnixConnection(address, self.timeout)
         else:
             tls = bool(self.cafile) or self.insecure or bool(self.cert)
@@ -194,6 +196,15 @@ class Client:
                     data.append(value)
         finally:
             conn.close()
+
+
+def _is_socket_file(address: str) -> bool:
+    """Whether ``address`` (no ``/`` in it) names a socket in the current
+    folder: ``tfctl -s s.sock`` means that file, not a host called s.sock."""
+    try:
+        return stat.S_ISSOCK(os.stat(address).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def _host_port(address: str) -> tuple[str, int | None]:

@@ -221,6 +221,17 @@ def test_tfctl_as_a_command(daemon: Daemon, tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0 and "a[0]" in done.stdout
+    # A socket in the current folder, named without a slash, is that file.
+    done = subprocess.run(
+        [sys.executable, "-m", "taskforce.tfctl", "-s", os.path.basename(sock), "status"],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(sock),
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0 and "a[0]" in done.stdout, done.stderr
     nowhere = {**env, "TASKFORCE_SOCKET": str(short_dir(tmp_path) / "nothing")}
     done = subprocess.run(
         [sys.executable, "-m", "taskforce.tfctl", "status"],
