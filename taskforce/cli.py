@@ -110,12 +110,22 @@ def _tool_summary() -> str:
     return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    """The daemon's parser; its epilog (every tool's usage, which takes
+    building the tools' parsers) is made only when help is printed, not at
+    every start."""
+
+    def format_help(self) -> str:
+        if self.epilog is None:
+            self.epilog = _tool_summary()
+        return super().format_help()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="taskforce",
         description="Start daemons from one config, keep them running, and restart "
         "exactly what a change affects.",
-        epilog=_tool_summary(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-V", "--version", action="store_true", help="print the version and exit")
