@@ -37,6 +37,7 @@ import logging
 import os
 import selectors
 from collections.abc import Callable, Iterable, Iterator
+from urllib.parse import quote, unquote
 
 from taskforce.instancelock import InstanceHeld as InstanceHeld
 from taskforce.instancelock import InstanceLock as InstanceLock
@@ -136,8 +137,6 @@ def _own_cgroup() -> tuple[str | None, str]:
 
 
 def _slot_folder(slot: Slot) -> str:
-    from urllib.parse import quote  # (only where slots get cgroups)
-
     task, instance = slot
     return f"{quote(task, safe='-_')}.{instance}"
 
@@ -146,8 +145,6 @@ def _folder_slot(name: str) -> Slot | None:
     task, dot, instance = name.rpartition(".")
     if not dot or not instance.isdigit():
         return None
-    from urllib.parse import unquote
-
     return unquote(task), int(instance)
 
 

@@ -43,8 +43,6 @@ class Record:
     fields are equal, in order; the hash is that of those values; the repr
     is ``Name(field=value, ...)``."""
 
-    __slots__ = ()
-
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:
             return NotImplemented
