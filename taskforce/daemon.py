@@ -217,7 +217,9 @@ class Daemon(Children):
                 self.feed(event)
             # What exists now (modules, the config) lives as long as we do:
             # keep it out of the collector's way, so collections stay short.
+            # (The collector was off for the start-up: see cli.serve.)
             gc.freeze()
+            gc.enable()
             while self.exit_effect is None:
                 self._wait_and_dispatch()
         except BaseException:

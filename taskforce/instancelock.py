@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import os
-import tempfile
 
 try:  # CPython's own SHA-256: hashlib would load OpenSSL's libcrypto (half a MiB)
     from _sha256 import sha256  # type: ignore[import-not-found,unused-ignore]
@@ -67,6 +66,8 @@ def _private_folder() -> str:
     if os.geteuid() == 0 and os.path.isdir("/run"):
         folder = "/run/taskforce"
     else:
+        import tempfile  # (not for root: it brings shutil and random)
+
         folder = os.path.join(tempfile.gettempdir(), f"taskforce-{os.geteuid()}")
     try:
         os.mkdir(folder, 0o700)

@@ -49,7 +49,6 @@ import pwd
 import selectors
 import socket
 import struct
-import tempfile
 import time
 from collections.abc import Callable, Container, Mapping, Sequence
 
@@ -95,6 +94,8 @@ def runtime_folder() -> str:
     if euid == 0 and os.path.isdir("/run"):
         folder, mode = "/run/taskforce-notify", 0o711
     else:
+        import tempfile  # (not for root: it brings shutil and random)
+
         folder = os.path.join(tempfile.gettempdir(), f"taskforce-notify-{euid}")
         mode = 0o711 if euid == 0 else 0o700
     _own_folder(folder, mode)

@@ -23,7 +23,6 @@ failure becomes the ``detail`` of a ``ProbeFinished``.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import os
 import selectors
@@ -31,7 +30,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
@@ -65,6 +63,11 @@ def parse_tcp(target: str) -> tuple[str, int]:
 
 def parse_http(target: str) -> tuple[str, int, bytes]:
     """An ``http://`` URL as (host, port, request bytes)."""
+    # (imported here, as ipaddress in ``numeric``: only a daemon whose tasks
+    # are probed needs them; a probe runs in the main loop, never in a
+    # signal handler or a shutdown)
+    from urllib.parse import urlsplit
+
     try:
         url = urlsplit(target.strip())
         port = url.port or 80
@@ -95,6 +98,8 @@ def numeric(host: str, port: int) -> list[Address] | None:
     """The addresses of ``host`` without a lookup, if it needs none."""
     if host == "localhost":
         return [(socket.AF_INET, ("127.0.0.1", port)), (socket.AF_INET6, ("::1", port))]
+    import ipaddress
+
     try:
         address = ipaddress.ip_address(host)
     except ValueError:

@@ -23,7 +23,6 @@ import contextlib
 import errno
 import fcntl
 import grp
-import json
 import os
 import pwd
 import socket
@@ -248,6 +247,8 @@ class Sockets:
         text = os.environ.pop(INHERIT_ENV, None)
         if not text:
             return found
+        import json  # (only after a reset that passed sockets on)
+
         try:
             entries = json.loads(text)
         except ValueError:
@@ -293,6 +294,10 @@ class Sockets:
                 self._close(held, remove=True)
             raise
         said = [f"socket {held.spec.name}: listening on {listen}" for listen, held in fresh.items()]
+        if fresh:
+            # ``pass_on`` needs json during a reset: loaded now, while
+            # nothing is stopping, and never by a daemon that holds none.
+            import json  # noqa: F401
         self.held.update(fresh)
         addresses = {spec.listen for spec in wanted.values()}
         for listen in sorted(set(self.held) - addresses):
@@ -334,6 +339,8 @@ class Sockets:
     def pass_on(self) -> None:
         """Keep every socket open through the coming exec, and say in the
         environment which descriptor is which (see ``inherited``)."""
+        import json  # (loaded by ``update`` when the first socket was opened)
+
         entries = []
         for listen, held in sorted(self.held.items()):
             held.sock.set_inheritable(True)

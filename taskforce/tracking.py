@@ -60,12 +60,28 @@ Slot = tuple[str, int]
 # ------------------------------------------------------------- /proc facts
 
 
-def _environ(pid: int) -> list[bytes] | None:
+def _environ_bytes(pid: int) -> bytes | None:
+    """``/proc/PID/environ`` as it is.  Read with bare descriptors: the start-up
+    sweep reads it for every process on the host, and a file object costs
+    as much again as the read."""
     try:
-        with open(f"/proc/{pid}/environ", "rb") as handle:
-            return handle.read().split(b"\0")
+        fd = os.open(f"/proc/{pid}/environ", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    chunks = []
+    try:
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _environ(pid: int) -> list[bytes] | None:
+    data = _environ_bytes(pid)
+    return None if data is None else data.split(b"\0")
 
 
 def _marked_slot(fields: list[bytes]) -> Slot | None:
@@ -96,8 +112,11 @@ def marked_processes(ident: str, skip: frozenset[int] = frozenset()) -> dict[Slo
         pid = int(name)
         if pid == own or pid in skip:
             continue
-        fields = _environ(pid)
-        if not fields or needle not in fields:
+        data = _environ_bytes(pid)
+        if not data or needle not in data:  # (most processes: no need to split)
+            continue
+        fields = data.split(b"\0")
+        if needle not in fields:
             continue
         slot = _marked_slot(fields)
         if slot is None or not alive(pid):

@@ -90,6 +90,18 @@ def test_the_machine_holds_exactly_the_declared_transitions() -> None:
     assert table() == declared
 
 
+def test_the_moves_a_slot_fires_by_are_the_machines() -> None:
+    # ``fire`` looks moves up in a map made from TRANSITIONS (the machine is
+    # built only when asked for): it must allow exactly what the machine does.
+    read_back = {
+        (SlotState[source], trigger): SlotState[str(transition.dest)]
+        for trigger, event in LIFECYCLE.machine.events.items()
+        for source, moves in event.transitions.items()
+        for transition in moves
+    }
+    assert LIFECYCLE.moves == read_back
+
+
 def test_every_trigger_the_core_pulls_is_declared() -> None:
     declared = {trigger for trigger, _, _ in TRANSITIONS}
     fired = fired_triggers()

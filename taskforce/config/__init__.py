@@ -43,7 +43,6 @@ import contextlib
 import functools
 import gc
 import os
-import shutil
 import socket
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -317,6 +316,8 @@ def program_warnings(
     or from its ``cwd`` for a relative path).  Warnings, not errors: the
     config may be meant for another host, or the program installed later.
     """
+    import shutil  # (only ``-C`` asks this: the daemon never loads shutil for it)
+
     lines: Mapping[KeyPath, int] = getattr(config, "lines", {})
     found = []
     for name, spec in sorted(check(config, source, roles, role_values, facts).items()):

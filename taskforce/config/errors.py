@@ -10,7 +10,6 @@ This module must never read a file or touch anything that runs.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -82,6 +81,8 @@ def format_path(path: Iterable[Any]) -> str:
             out += f".{part}" if out else part
         else:
             # Keys with dots, spaces or of other types must stay unambiguous.
+            import json  # (rare: a valid config's paths never get here)
+
             out += f"[{json.dumps(part) if isinstance(part, str) else repr(part)}]"
     return out
 

@@ -31,7 +31,8 @@ Read this first.  The rules of the core -- each one kept by a test:
 
 Where things are, in reading order:
 
-- ``events``, ``effects``: what comes in, what goes out (frozen dataclasses).
+- ``events``, ``effects``: what comes in, what goes out (frozen dataclasses;
+  ``records`` gives them equality, hash and repr).
 - ``lifecycle``: a slot's states and the transition table; the closed sets
   of words beside them (``Intent``, ``Phase``, ``TimerPurpose``, ``Shutdown``).
 - ``model``: a config built into task and process specs (pure, validated);

@@ -1,6 +1,7 @@
 """Effects: the commands the core gives the shell.
 
-Each is a frozen dataclass of plain values.  The shell performs them in the
+Each is a frozen dataclass of plain values (equality, hash and repr from
+``records.Record``, written once, not generated for each class).  The shell performs them in the
 order given; results that matter to the core come back as events (a ``Spawn``
 is answered by ``ProcessStarted`` or ``SpawnFailed`` before any other event).
 
@@ -12,15 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from taskforce.core.records import Record
 from taskforce.core.specs import START_OPTIONS, ProcessSpec, spawn_values
 
 
-@dataclass(frozen=True)
-class Effect:
+@dataclass(frozen=True, eq=False, repr=False)
+class Effect(Record):
     """Base of all effects."""
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class Spawn(Effect, ProcessSpec):
     """Start one process as its ``ProcessSpec`` says, for slot (task,
     instance), in a new process group.
@@ -53,7 +55,7 @@ class Spawn(Effect, ProcessSpec):
         return {name: getattr(self, name) for name in START_OPTIONS}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Signal(Effect):
     """Send ``signal`` (a name such as ``"SIGTERM"``) to process group ``pid``.
 
@@ -69,7 +71,7 @@ class Signal(Effect):
     group: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class StopLeftover(Effect):
     """Send ``signal`` to every process of a leftover slot (``LeftoversFound``).
 
@@ -81,7 +83,7 @@ class StopLeftover(Effect):
     signal: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class ReadPidfile(Effect):
     """Read ``path`` for slot (task, instance); answered at once by ``PidfileRead``."""
 
@@ -91,7 +93,7 @@ class ReadPidfile(Effect):
     path: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class WatchProcess(Effect):
     """Report the exit of ``pid`` (not started by a ``Spawn``) as ``ProcessExited``.
 
@@ -104,7 +106,7 @@ class WatchProcess(Effect):
     pid: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class RunCommand(Effect):
     """Run a task's named command once (an event action, or a health check),
     in a process group of its own; not supervised.
@@ -125,7 +127,7 @@ class RunCommand(Effect):
     run: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class StopCommand(Effect):
     """Send ``signal`` to the process group of command ``run`` (see
     ``RunCommand``), if it has not ended yet; nothing if it has.
@@ -139,7 +141,7 @@ class StopCommand(Effect):
     signal: str = "SIGKILL"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Watch(Effect):
     """Watch ``paths`` and report changes as ``FileChanged(key=key)``.
 
@@ -156,14 +158,14 @@ class Watch(Effect):
     search_path: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Unwatch(Effect):
     """Stop watching what was watched under ``key``."""
 
     key: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class ArmTimer(Effect):
     """Send ``TimerFired`` at monotonic time ``at`` (``None``: no timer due).
 
@@ -173,7 +175,7 @@ class ArmTimer(Effect):
     at: float | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Log(Effect):
     """Log ``message`` at ``level`` (``debug``, ``info``, ``warning``, ``error``)."""
 
@@ -182,7 +184,7 @@ class Log(Effect):
     task: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Reply(Effect):
     """Answer control request ``request`` with an HTTP-like status and body."""
 
@@ -191,7 +193,7 @@ class Reply(Effect):
     body: Any = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class LoadInputs(Effect):
     """Read the config and roles files again, away from the loop, and report
     what was found (``ConfigLoaded`` or ``ConfigRejected``, with ``source``)
@@ -201,7 +203,7 @@ class LoadInputs(Effect):
     source: str = "config"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class CheckReset(Effect):
     """Read the config and roles files now and answer, before anything else,
     with ``ResetRequested(reason=reason)`` saying what loading them found."""
@@ -209,7 +211,7 @@ class CheckReset(Effect):
     reason: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Probe(Effect):
     """Try once whether slot (``task``, ``instance``) is ready, from the
     loop, and answer with ``ProbeFinished(run=run)`` within ``timeout``
@@ -225,7 +227,7 @@ class Probe(Effect):
     timeout: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Exit(Effect):
     """Every task is stopped: exit with ``code``, or re-execute (``reset``)."""
 

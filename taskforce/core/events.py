@@ -4,7 +4,8 @@ Every event is a frozen dataclass of plain values (str, int, float, bool,
 None, tuples and dicts of those) carrying its own time ``at`` (monotonic
 seconds, stamped by the shell).  Everything nondeterministic -- time, pids,
 file contents, the environment, the host name -- reaches the core only here,
-so a recorded list of events replays exactly.
+so a recorded list of events replays exactly.  Equality, hash and repr come
+from ``records.Record`` (written once, not generated for each class).
 
 This module must never do IO or read a clock.
 """
@@ -14,15 +15,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from taskforce.core.records import Record
 
-@dataclass(frozen=True)
-class Event:
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Event(Record):
     """Base of all events; ``at`` is the monotonic time it happened."""
 
     at: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Booted(Event):
     """The daemon started (or re-executed itself).
 
@@ -37,7 +40,7 @@ class Booted(Event):
     ppid: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class ConfigLoaded(Event):
     """A valid config and the current roles were read.
 
@@ -57,7 +60,7 @@ class ConfigLoaded(Event):
     roles_missing: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class ConfigRejected(Event):
     """A config or roles file failed to load; nothing that runs may change.
 
@@ -71,7 +74,7 @@ class ConfigRejected(Event):
     errors: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class ProcessStarted(Event):
     """The ``Spawn`` for (task, instance, generation) produced ``pid``.
 
@@ -84,7 +87,7 @@ class ProcessStarted(Event):
     pid: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class SpawnFailed(Event):
     """The ``Spawn`` for (task, instance, generation) failed before exec."""
 
@@ -94,7 +97,7 @@ class SpawnFailed(Event):
     error: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class ProcessExited(Event):
     """A process the core started was reaped.
 
@@ -113,7 +116,7 @@ class ProcessExited(Event):
     error: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class PidfileRead(Event):
     """The answer to ``ReadPidfile``: the live pid the file names, and what
     the shell found out about the file and that process.
@@ -144,14 +147,14 @@ class PidfileRead(Event):
     in_slot: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class GroupEmptied(Event):
     """The last member of process group ``pgid`` is gone."""
 
     pgid: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class LeftoversFound(Event):
     """Processes an earlier taskforce with this config left behind.
 
@@ -163,7 +166,7 @@ class LeftoversFound(Event):
     leftovers: tuple[tuple[str, int, tuple[int, ...]], ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class LeftoverGone(Event):
     """Every process of a leftover slot (see ``LeftoversFound``) is gone."""
 
@@ -171,7 +174,7 @@ class LeftoverGone(Event):
     instance: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class CommandExited(Event):
     """A helper command run by a ``RunCommand`` effect finished.
 
@@ -188,7 +191,7 @@ class CommandExited(Event):
     run: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Notified(Event):
     """A datagram on the notify socket (systemd's ``sd_notify`` protocol).
 
@@ -206,7 +209,7 @@ class Notified(Event):
     message: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class ProbeFinished(Event):
     """A readiness probe asked for by a ``Probe`` effect ended: ``ok`` when
     it passed (a TCP connect accepted, an HTTP answer 2xx), else ``detail``
@@ -226,7 +229,7 @@ class ProbeFinished(Event):
 CONFIG_KEY, ROLES_KEY, CODE_KEY = "@config", "@roles", "@code"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class FileChanged(Event):
     """A path watched under ``key`` (see ``Watch``, and ``CONFIG_KEY`` and
     its kin) changed, appeared or went."""
@@ -235,12 +238,12 @@ class FileChanged(Event):
     path: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class TimerFired(Event):
     """The time asked for by the last ``ArmTimer`` has come."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class StopRequested(Event):
     """Stop every task and exit (``reset``: then re-execute)."""
 
@@ -248,7 +251,7 @@ class StopRequested(Event):
     reason: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class ResetAsked(Event):
     """A reset was asked for (SIGHUP, ``-R``, a control request), with no
     facts yet: the core joins a reset under way, or answers ``CheckReset`` to
@@ -258,7 +261,7 @@ class ResetAsked(Event):
     reason: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class ResetRequested(Event):
     """A reset was asked for (SIGHUP, ``-R``, a control request, a change to
     taskforce's own code): stop every task and re-execute -- if the core
@@ -276,7 +279,7 @@ class ResetRequested(Event):
     roles_missing: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class ControlRequested(Event):
     """An operator asked for a change through the control path.
 

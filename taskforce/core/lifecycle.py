@@ -6,20 +6,24 @@ whether it is allowed and where it leads (mechanism).  A trigger that is not
 allowed from the slot's state raises ``transitions.MachineError`` before
 anything changes, so a policy bug can never leave a slot half-updated.
 
-One ``Machine`` is built at import and shared by every slot.  It has no
+One ``Machine``, built from TRANSITIONS, is shared by every slot.  It has no
 callbacks: the supervisor records effects itself, so pulling a trigger only
-changes ``slot.state``.  Firing uses a (state, trigger) -> state map read
-back from that machine once, with the machine's own ``MachineError`` for a
-move it does not allow: the same behaviour at a sixth of the cost, which is
-a third of the time of replaying a long log.  This module must never do IO.
+changes ``slot.state``.  Firing uses a (state, trigger) -> state map made
+from the same table, with the machine's own ``MachineError`` for a move it
+does not allow: the same behaviour at a sixth of the cost, which is a third
+of the time of replaying a long log.  So a running daemon never needs the
+machine itself: it is built (and ``transitions`` imported) when first asked
+for -- by ``table()``, the docs, the tests, which check that it allows
+exactly the moves of the map.  This module must never do IO.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from transitions import Machine, MachineError
+if TYPE_CHECKING:
+    from transitions import Machine
 
 
 class SlotState(enum.Enum):
@@ -175,10 +179,27 @@ UP_STATES = (S.RUNNING, S.READY)
 
 
 class _Lifecycle:
-    """Holds the one shared machine."""
+    """Holds the one shared machine, and the moves it allows."""
 
     def __init__(self) -> None:
-        self.machine = Machine(
+        #: (state, trigger) -> the state it leads to, for every declared move
+        self.moves: dict[tuple[SlotState, str], SlotState] = {
+            (source, trigger): dest for trigger, sources, dest in TRANSITIONS for source in sources
+        }
+        self._machine: Machine | None = None
+
+    @property
+    def machine(self) -> Machine:
+        """The ``transitions`` machine of TRANSITIONS (built on first use)."""
+        if self._machine is None:
+            self._machine = self._build()
+        return self._machine
+
+    @staticmethod
+    def _build() -> Machine:
+        from transitions import Machine
+
+        return Machine(
             model=None,
             states=list(SlotState),
             transitions=[
@@ -190,12 +211,6 @@ class _Lifecycle:
             ignore_invalid_triggers=False,
             model_override=False,
         )
-        self.moves: dict[tuple[SlotState, str], SlotState] = {}
-        for trigger, event in self.machine.events.items():
-            for source, transitions_from in event.transitions.items():
-                for transition in transitions_from:
-                    # Declared with SlotState members, so states are named by them.
-                    self.moves[(SlotState[source], trigger)] = SlotState[str(transition.dest)]
 
     def attach(self, slot: Any) -> None:
         # Not ``add_model``: that decorates every slot with a method per
@@ -210,6 +225,9 @@ class _Lifecycle:
         """Move ``slot`` by ``trigger``; raises MachineError if not allowed."""
         dest = self.moves.get((slot.state, trigger))
         if dest is None:
+            # (a policy bug, never a normal path: its class loaded only now)
+            from transitions import MachineError
+
             raise MachineError(f"Can't trigger event {trigger} from state {slot.state.name}!")
         slot.state = dest
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from taskforce.core.context import ContextError, expand, expand_all, resolve, resolve_one
 from taskforce.core.specs import Readiness, SpecError
@@ -38,6 +37,9 @@ def parse_probe_target(kind: str, value: Any) -> str:
     if kind == "http":
         if text.startswith("https://"):
             raise ValueError("https probes are not supported; probe the plain http port")
+        # (imported here: it brings ipaddress, and few configs probe http)
+        from urllib.parse import urlsplit
+
         try:
             parts = urlsplit(text)
             url_port = parts.port  # (raises on a port that is not one)

@@ -16,7 +16,6 @@ This module must never do IO: no socket is opened, no name is looked up.
 
 from __future__ import annotations
 
-import ipaddress
 import posixpath
 import re
 from collections.abc import Mapping
@@ -97,6 +96,9 @@ def parse_listen(value: Any) -> str:
         return path
     if _PORT.match(text):
         return f"0.0.0.0:{_port(text, value)}"
+    # (imported here: only configs with network sockets need it)
+    import ipaddress
+
     if text.startswith("["):
         host, sep, port = text[1:].partition("]:")
         if not sep:

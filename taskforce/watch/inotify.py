@@ -16,7 +16,6 @@ only when the daemon's selector says so.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -86,8 +85,11 @@ class Inotify:
         libc = ctypes.CDLL(None, use_errno=True)
         if not hasattr(libc, "inotify_init1"):
             # Feature, not platform: a libc without it (macOS, the BSDs)
-            # means no inotify here.
-            name = ctypes.util.find_library("c")
+            # means no inotify here.  (ctypes.util brings shutil and
+            # subprocess: only this rare path loads it.)
+            from ctypes.util import find_library
+
+            name = find_library("c")
             if name is None:
                 raise OSError(errno.ENOSYS, "no libc with inotify found")
             libc = ctypes.CDLL(name, use_errno=True)

@@ -1,0 +1,48 @@
+"""A daemon imports what it needs to start, and nothing it may never use.
+
+Importing is most of taskforce's start-up time and much of its base memory.
+What only some configs, a tool, or an operator's request use is imported
+where it is first used; this keeps it so: in a fresh interpreter, importing
+what ``taskforce`` runs to start a daemon loads none of the modules below.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+#: Modules a daemon with a plain config never needs, with who imports them.
+NOT_AT_START = {
+    # the lifecycle's machine: built for the docs and tests (core.lifecycle)
+    "transitions": "core.lifecycle",
+    "six": "transitions",
+    # the control server, its pages and what it reports (control/)
+    "taskforce.control.server": "daemon.LazyServer, once -w or settings.http asks for it",
+    "taskforce.control.http": "control.server",
+    "taskforce.control.stream": "control.server",
+    "taskforce.core.status": "control.manage, plans",
+    "taskforce.costs": "control.server, control.api",
+    # recording, tools, the operator's commands
+    "taskforce.eventlog": "cli, with --record",
+    "taskforce.core.snapshot": "the recorder, tools",
+    "taskforce.tools": "taskforce replay|simulate|plan",
+    "taskforce.tfctl": "tfctl",
+    "taskforce.manpages": "man pages",
+    "taskforce.completion": "taskforce completion",
+    # stdlib only rare paths need
+    "json": "sockets passed through a reset, odd config keys in errors",
+    "tempfile": "private folders of a daemon not run by root",
+    "subprocess": "ctypes.util, for a libc without inotify",
+    "ctypes.util": "watch.inotify, for a libc without inotify",
+}
+
+
+def test_starting_a_daemon_imports_none_of_what_it_may_never_use() -> None:
+    code = "import sys, taskforce.cli, taskforce.daemon; print('\\n'.join(sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    loaded = set(out.split())
+    assert "taskforce.core.supervisor" in loaded  # (the probe itself works)
+    wrong = {name: why for name, why in NOT_AT_START.items() if name in loaded}
+    assert not wrong, f"imported at start, but only needed by: {wrong}"
