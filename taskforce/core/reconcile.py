@@ -24,6 +24,13 @@ from taskforce.core.slots import ReloadNote, TaskState
 S = SlotState
 
 
+def _differ(old: Any, new: Any) -> bool:
+    """Whether two specs or config entries differ.  An unchanged task of a
+    config read piece by piece has the very same ones (``is``): no need to
+    compare them field by field, ten thousand times per reload."""
+    return old is not new and bool(old != new)
+
+
 class Reconcile(Convergence):
     """Config events, and applying a config's specs."""
 
@@ -73,7 +80,7 @@ class Reconcile(Convergence):
         if not first:
             self._reload = ReloadNote(
                 event.source,
-                changed=sorted(n for n in specs if n in before and before[n] != specs[n]),
+                changed=sorted(n for n in specs if n in before and _differ(before[n], specs[n])),
                 added=sorted(n for n in specs if n not in before),
                 removed=sorted(n for n in before if n not in specs),
             )
@@ -120,7 +127,7 @@ class Reconcile(Convergence):
             old = task.spec
             task.spec = spec
             task.rollout_check = spec is not old  # (a process may be outdated now)
-            own_change = task.removed or entries.get(name) != new_entries.get(name)
+            own_change = task.removed or _differ(entries.get(name), new_entries.get(name))
             task.removed = False
             self._keep_overrides(task, source=source, own_change=own_change)
             if own_change:
