@@ -116,6 +116,8 @@ def _cut_block(lines: list[str], at: int) -> Cut | None:
                 return None  # no task at all: let the whole document say so
             indent = own
         if own == indent:
+            if line[own] in "}]":
+                continue  # the end of a flow value begun above: its piece reads it
             if line[own] in _NOT_A_KEY:
                 return None
             starts.append(number)
