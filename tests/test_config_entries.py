@@ -199,3 +199,11 @@ def test_the_log_line_of_a_config_is_the_whole_steps(secret: str) -> None:
         step = {"step": changed or 0, "event": encode(event), "effects": [encode(effects[0])]}
         assert line == json.dumps(slow.step(event, step), separators=(",", ":"))
         assert "hunter2" not in line and "tok-tok" not in line
+
+
+def test_a_cycle_made_by_one_edit_is_found() -> None:
+    text = "tasks:\n  a: {commands: {start: [x]}, requires: b}\n  b: {commands: {start: [y]}}\n"
+    load_config_text(text, roles=None, facts=FACTS)
+    with pytest.raises(ConfigError, match="dependency cycle"):
+        load_config_text(text.replace("[y]}}", "[y]}, requires: a}"), roles=None, facts=FACTS)
+    load_config_text(text, roles=None, facts=FACTS)

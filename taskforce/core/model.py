@@ -464,13 +464,15 @@ def _links(spec: TaskSpec) -> tuple[Any, ...]:
     return spec.requires, spec.onexit
 
 
-def _same_links(specs: dict[str, TaskSpec], fresh: list[str]) -> bool:
+def _same_links(specs: dict[str, TaskSpec]) -> bool:
     """Whether ``specs`` link tasks as the last checked build did (then the
     checks of requires and onexit would find what they found then)."""
     last = _CHECKED[0] if _CHECKED else None
     if last is None or len(last) != len(specs) or last.keys() != specs.keys():
         return False
-    return all(_links(specs[name]) == _links(last[name]) for name in fresh)
+    return all(
+        spec is last[name] or _links(spec) == _links(last[name]) for name, spec in specs.items()
+    )
 
 
 def build(
@@ -503,8 +505,6 @@ def build(
     built: dict[tuple[str, Any, Any], TaskSpec] = {}
     by_entry: dict[int, tuple[Any, _Hashed, TaskSpec]] = {}
     specs: dict[str, TaskSpec] = {}
-    #: tasks whose spec was not found by identity
-    fresh: list[str] = []
     for name in sorted(tasks):
         entry = tasks[name]
         hit = _BY_ENTRY.get(id(entry))
@@ -514,7 +514,6 @@ def build(
             specs[name] = hit[2]
             by_entry[id(entry)] = hit
             continue
-        fresh.append(name)
         key = (name, _hashable(entry), shared)
         cached = _BUILT.get(key) or _PREVIOUS.get(key)
         if cached is not None:
@@ -532,7 +531,7 @@ def build(
         by_entry[id(entry)] = (entry, shared, spec)
     _PREVIOUS, _BUILT = _BUILT, built
     _BY_ENTRY_BEFORE, _BY_ENTRY = _BY_ENTRY, by_entry
-    if _same_links(specs, fresh):
+    if _same_links(specs):
         return specs
     for name, spec in specs.items():
         for index, required in enumerate(spec.requires):
