@@ -25,6 +25,7 @@ class LogSecrets(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self.hider = secrets.Hider(secrets.SecretNames())
+        self.entries = secrets.EntryValues()
 
     def install(self) -> None:
         for name in LOGGERS:
@@ -33,8 +34,16 @@ class LogSecrets(logging.Filter):
                 logger.addFilter(self)
 
     def config(self, config: Mapping[str, Any]) -> None:
-        self.hider.is_secret = secrets.SecretNames.of(config)
-        self.hider.learn(secrets.secret_values(config, self.hider.is_secret))
+        is_secret = self.hider.is_secret = secrets.SecretNames.of(config).same_as(
+            self.hider.is_secret
+        )
+        tasks = config.get("tasks")
+        if isinstance(tasks, Mapping):
+            # Each task's entry is looked at once (see EntryValues), the rest always.
+            self.hider.learn(secrets.secret_values({**config, "tasks": {}}, is_secret))
+            self.hider.learn(self.entries.of(tasks, is_secret))
+        else:
+            self.hider.learn(secrets.secret_values(config, is_secret))
 
     def environment(self, env: Mapping[str, str]) -> None:
         is_secret = self.hider.is_secret

@@ -256,8 +256,12 @@ class Taskforce(Supervisor):
     def config(self) -> Path:
         return self.folder / "taskforce.conf"
 
+    #: ``settings.output`` of the config written (None: the default, ``log``)
+    output: str | None = None
+
     def render(self, tasks: Sequence[Task]) -> str:
-        lines = ["tasks:"]
+        lines = [] if self.output is None else [f"settings: {{output: {self.output}}}"]
+        lines.append("tasks:")
         for task in tasks:
             argv = ", ".join(json.dumps(arg) for arg in task.argv(self.sleep))
             lines.append(f"  {task.name}: {{commands: {{start: [{argv}]}}}}")

@@ -161,10 +161,11 @@ def _build_errors(
     roles: Roles,
     facts: HostFacts | None,
 ) -> tuple[dict[str, TaskSpec] | None, list[ConfigError]]:
-    lines: Mapping[KeyPath, int] = getattr(config, "lines", {})
     try:
         specs = build(config, facts or host_facts(), roles.names, roles.values)
     except SpecError as exc:
+        # (a config read piece by piece finds its lines now: see entries)
+        lines: Mapping[KeyPath, int] = getattr(config, "lines", {})
         return None, [
             ConfigError(source, line_of(lines, exc.path), format_path(exc.path), exc.message)
         ]
@@ -318,7 +319,6 @@ def program_warnings(
     """
     import shutil  # (only ``-C`` asks this: the daemon never loads shutil for it)
 
-    lines: Mapping[KeyPath, int] = getattr(config, "lines", {})
     found = []
     for name, spec in sorted(check(config, source, roles, role_values, facts).items()):
         if not spec.in_scope:
@@ -341,7 +341,7 @@ def program_warnings(
         found.append(
             ConfigError(
                 source,
-                line_of(lines, path),
+                line_of(getattr(config, "lines", {}), path),
                 format_path(path),
                 f"warning: program {program!r} {why} on this host",
             )

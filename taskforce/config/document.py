@@ -46,11 +46,34 @@ class LoadedConfig(dict):  # type: ignore[type-arg]
     """The normalized config; remembers where each key was written.
 
     A plain dict to every consumer; ``source`` and ``lines`` (key path →
-    1-based line) let ``check`` place errors found later by the core.
+    1-based line) let ``check`` place errors found later by the core.  A
+    config read piece by piece (``entries``) keeps its text instead, and
+    finds its lines only when a problem needs one placed.
     """
 
-    source: str
-    lines: dict[KeyPath, int]
+    source: str = "<config>"
+    _lines: dict[KeyPath, int] | None = None
+    _text: str | None = None
+
+    @property
+    def lines(self) -> dict[KeyPath, int]:
+        if self._lines is None:
+            text, self._text = self._text, None
+            self._lines = {}
+            if text is not None:
+                try:
+                    self._lines = parse(text, self.source).lines
+                except ConfigError:  # cannot happen to a text that loaded
+                    pass
+        return self._lines
+
+    @lines.setter
+    def lines(self, value: dict[KeyPath, int]) -> None:
+        self._lines = value
+
+    def lines_from(self, text: str) -> None:
+        """Find ``lines`` in ``text`` when they are first asked for."""
+        self._lines, self._text = None, text
 
 
 @dataclass
@@ -63,6 +86,8 @@ class Parsed:
     key_raws: dict[KeyPath, str]
     #: (path, line, first line) of keys given twice in one mapping.
     duplicates: list[tuple[KeyPath, int, int]]
+    #: YAML values (nodes) in it, its aliases expanded (see ``MAX_NODES``).
+    nodes: int = 0
 
 
 def _yaml_error(exc: yaml.YAMLError, source: str, text: str) -> ConfigError:
@@ -104,7 +129,7 @@ def parse(text: str, source: str) -> Parsed:
         node = loader.get_single_node()
         parsed = Parsed(None, {}, {}, {}, [])
         if node is not None:
-            _within_budget(node, source)
+            parsed.nodes = _within_budget(node, source)
             parsed.data = _Builder(loader, parsed).build(node, ())
     except yaml.YAMLError as exc:
         raise _yaml_error(exc, source, text) from None
@@ -117,7 +142,7 @@ def parse(text: str, source: str) -> Parsed:
     return parsed
 
 
-def _within_budget(root: yaml.Node, source: str, budget: int = MAX_NODES) -> None:
+def _within_budget(root: yaml.Node, source: str, budget: int = MAX_NODES) -> int:
     """Refuse a document that, with its aliases expanded, exceeds ``budget`` nodes.
 
     The composer shares the node of an anchor with each of its aliases, so
@@ -129,11 +154,11 @@ def _within_budget(root: yaml.Node, source: str, budget: int = MAX_NODES) -> Non
     error names the alias that went over the budget.  A merge key counts as
     all it merges.  An alias inside its own anchor (a recursive structure)
     is refused here too.  It recurses as deep as the document nests, as the
-    builder does after it.
+    builder does after it.  Returns the size.
     """
     counter = _Counter(budget)
     try:
-        counter.size(root)
+        return counter.size(root)
     except _Refused as refused:
         path = tuple(reversed(refused.keys))
         line = refused.line or root.start_mark.line + 1

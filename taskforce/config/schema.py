@@ -14,12 +14,16 @@ anything that runs.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from taskforce.config.document import LoadedConfig, parse
-from taskforce.config.errors import ConfigError, describe, suggest, suggest_key
+from taskforce.config import entries
+from taskforce.config.document import LoadedConfig, Parsed, parse
+from taskforce.config.errors import ConfigError, KeyPath, describe, suggest, suggest_key
 from taskforce.config.settings import SettingsSchema
 from taskforce.config.tasks import TASK_KEYS, TaskSchema
+
+if TYPE_CHECKING:
+    from taskforce.config.entries import Entry
 
 TOP_KEYS = (
     "tasks",
@@ -33,7 +37,27 @@ TOP_KEYS = (
 
 
 class Schema(TaskSchema, SettingsSchema):
-    """One validation pass over a whole document."""
+    """One validation pass over a whole document.
+
+    ``checked``: the tasks already checked one by one (``entries``), by
+    name; their entries are taken as they are, and only the checks that
+    relate them to the rest run again.
+    """
+
+    def __init__(
+        self, source: str, parsed: Parsed, checked: Mapping[str, Entry] | None = None
+    ) -> None:
+        super().__init__(source, parsed)
+        self.checked = checked
+
+    def task(self, name: str, task: Any, path: KeyPath) -> Any:
+        if self.checked is None:
+            return super().task(name, task, path)
+        entry = self.checked[name]
+        self.task_refs += entry.task_refs
+        self.socket_refs += entry.socket_refs
+        self.role_uses += entry.role_uses
+        return entry.value
 
     def misplaced(self, key: str, what: str) -> str | None:
         if what == "top-level" and key in TASK_KEYS:
@@ -109,7 +133,12 @@ def check_text(text: str, source: str) -> tuple[LoadedConfig, list[ConfigError]]
     """The normalized config in ``text`` and every problem of its schema.
 
     Raises ConfigError only for a document that cannot be read as YAML.
+    A document read before with few changes is read piece by piece
+    (``entries``), when that is sure to give the same.
     """
+    config = entries.check(text, source)
+    if config is not None:
+        return config, []
     parsed = parse(text, source)
     schema = Schema(source, parsed)
     config = LoadedConfig(schema.top(parsed.data))

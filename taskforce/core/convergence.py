@@ -62,6 +62,8 @@ class Convergence(Rollouts):
                 self._touch_slot(slot.task, slot.instance)
         elif isinstance(event, ev.FileChanged):
             self._touch(event.key.partition("#")[0])
+        elif isinstance(event, ev.ConfigLoaded):
+            pass  # reconcile touches what the config changed (``_apply_specs``)
         elif not isinstance(event, (ev.TimerFired, ev.CommandExited)):
             self._touch()
 

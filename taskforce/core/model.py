@@ -447,8 +447,32 @@ def _hashable(value: Any) -> Any:
 #: two builds are kept (validation, then the core), so reloads never grow it.
 _BUILT: dict[tuple[str, Any, Any], TaskSpec] = {}
 _PREVIOUS: dict[tuple[str, Any, Any], TaskSpec] = {}
-#: The last build's task entries and their keys, by the entry's id.
-_ENTRY_KEYS: dict[int, tuple[Any, Any]] = {}
+#: The last two builds' specs by the id of their task entry: (entry, shared,
+#: spec).  A config read piece by piece (``taskforce.config.entries``) hands
+#: an unchanged task the very entry it had before: its spec is found by
+#: identity, without making (or hashing) the entry's key.
+_BY_ENTRY: dict[int, tuple[Any, _Hashed, TaskSpec]] = {}
+_BY_ENTRY_BEFORE: dict[int, tuple[Any, _Hashed, TaskSpec]] = {}
+#: What everything shared was in the last two builds that differ in it (the
+#: shell's and the core's may: one object each, for ``is``).
+_SHARED: list[_Hashed] = []
+#: The specs of the last build whose requires and onexit passed the checks.
+_CHECKED: list[dict[str, TaskSpec]] = []
+
+
+def _links(spec: TaskSpec) -> tuple[Any, ...]:
+    return spec.requires, spec.onexit
+
+
+def _same_links(specs: dict[str, TaskSpec]) -> bool:
+    """Whether ``specs`` link tasks as the last checked build did (then the
+    checks of requires and onexit would find what they found then)."""
+    last = _CHECKED[0] if _CHECKED else None
+    if last is None or len(last) != len(specs) or last.keys() != specs.keys():
+        return False
+    return all(
+        spec is last[name] or _links(spec) == _links(last[name]) for name, spec in specs.items()
+    )
 
 
 def build(
@@ -461,7 +485,7 @@ def build(
     settings = settings_of(config)
     tasks: Mapping[str, Mapping[str, Any]] = config.get("tasks") or {}
     sockets = socket_specs(config)
-    global _BUILT, _PREVIOUS
+    global _BUILT, _PREVIOUS, _BY_ENTRY, _BY_ENTRY_BEFORE
     shared = _Hashed(
         _hashable(
             (
@@ -476,32 +500,39 @@ def build(
             )
         )
     )
+    shared = next((known for known in _SHARED if known == shared), shared)
+    _SHARED[:] = [shared, *(known for known in _SHARED[:1] if known is not shared)]
     built: dict[tuple[str, Any, Any], TaskSpec] = {}
+    by_entry: dict[int, tuple[Any, _Hashed, TaskSpec]] = {}
     specs: dict[str, TaskSpec] = {}
-    global _ENTRY_KEYS
-    # The checker's build and the core's get the same entries: each entry's
-    # key is made once (held with the entry, so its id stays its own).
-    entry_keys: dict[int, tuple[Any, Any]] = {}
     for name in sorted(tasks):
         entry = tasks[name]
-        known = _ENTRY_KEYS.get(id(entry))
-        entry_key = known[1] if known is not None and known[0] is entry else _hashable(entry)
-        entry_keys[id(entry)] = (entry, entry_key)
-        key = (name, entry_key, shared)
+        hit = _BY_ENTRY.get(id(entry))
+        if hit is None or hit[0] is not entry or hit[1] is not shared:
+            hit = _BY_ENTRY_BEFORE.get(id(entry))
+        if hit is not None and hit[0] is entry and hit[1] is shared and hit[2].name == name:
+            specs[name] = hit[2]
+            by_entry[id(entry)] = hit
+            continue
+        key = (name, _hashable(entry), shared)
         cached = _BUILT.get(key) or _PREVIOUS.get(key)
         if cached is not None:
-            specs[name] = built[key] = cached
-            continue
-        try:
-            specs[name] = built[key] = _build_task(
-                name, tasks[name], config, settings, facts, roles, role_values or {}, sockets
-            )
-        except SpecError as exc:
-            raise SpecError(("tasks", name, *exc.path), exc.message) from None
-        except ContextError as exc:
-            raise SpecError(("tasks", name), str(exc)) from None
+            spec = cached
+        else:
+            try:
+                spec = _build_task(
+                    name, entry, config, settings, facts, roles, role_values or {}, sockets
+                )
+            except SpecError as exc:
+                raise SpecError(("tasks", name, *exc.path), exc.message) from None
+            except ContextError as exc:
+                raise SpecError(("tasks", name), str(exc)) from None
+        specs[name] = built[key] = spec
+        by_entry[id(entry)] = (entry, shared, spec)
     _PREVIOUS, _BUILT = _BUILT, built
-    _ENTRY_KEYS = entry_keys
+    _BY_ENTRY_BEFORE, _BY_ENTRY = _BY_ENTRY, by_entry
+    if _same_links(specs):
+        return specs
     for name, spec in specs.items():
         for index, required in enumerate(spec.requires):
             if required not in specs:
@@ -518,4 +549,5 @@ def build(
     cycle = find_cycle(specs)
     if cycle:
         raise SpecError(("tasks", cycle[0], "requires"), "dependency cycle: " + " -> ".join(cycle))
+    _CHECKED[:] = [specs]
     return specs

@@ -24,6 +24,13 @@ from taskforce.core.slots import ReloadNote, TaskState
 S = SlotState
 
 
+def _differ(old: Any, new: Any) -> bool:
+    """Whether two specs or config entries differ.  An unchanged task of a
+    config read piece by piece has the very same ones (``is``): no need to
+    compare them field by field, ten thousand times per reload."""
+    return old is not new and bool(old != new)
+
+
 class Reconcile(Convergence):
     """Config events, and applying a config's specs."""
 
@@ -31,6 +38,8 @@ class Reconcile(Convergence):
         roles = tuple(event.roles) if event.roles is not None else None
         role_values = event.role_values
         first = not self.tasks and not self.config
+        if event.roles_missing is not None or first:
+            self._touch()
         if event.roles_missing is not None:
             # A roles file that vanishes (deleted, or between two writes)
             # must not put the whole fleet config in scope: a db host would
@@ -54,6 +63,7 @@ class Reconcile(Convergence):
             specs = build(event.config, self.facts, roles, role_values)
         except SpecError as exc:
             # The shell validates before sending; this guards replayed logs.
+            self._touch()
             self.counters["reload_errors"] += 1
             path = ".".join(str(p) for p in exc.path)
             self.log("error", f"config rejected: {path}: {exc.message}")
@@ -66,14 +76,17 @@ class Reconcile(Convergence):
         self.config = dict(event.config)
         self.roles = roles
         self.role_values = dict(role_values)
+        settings = self.settings
         self.settings = settings_of(self.config)
+        if roles_changed or settings != self.settings or self.leftovers:
+            self._touch()  # (what every task's slots do may differ)
         self._apply_specs(
             specs, roles_changed=roles_changed and not first, source=event.source, entries=entries
         )
         if not first:
             self._reload = ReloadNote(
                 event.source,
-                changed=sorted(n for n in specs if n in before and before[n] != specs[n]),
+                changed=sorted(n for n in specs if n in before and _differ(before[n], specs[n])),
                 added=sorted(n for n in specs if n not in before),
                 removed=sorted(n for n in before if n not in specs),
             )
@@ -109,20 +122,28 @@ class Reconcile(Convergence):
             task = self.tasks[name]
             if not task.removed:
                 task.removed = True
+                self._touch(name)
                 self.log("info", f"{name}: removed from the config; stopping", name)
         for name, spec in specs.items():
             existing = self.tasks.get(name)
             if existing is None:
                 fresh = self.tasks[name] = TaskState(spec=spec)
                 fresh.run_requested = spec.control == "once"
+                self._touch(name)
                 continue
             task = existing
             old = task.spec
             task.spec = spec
             task.rollout_check = spec is not old  # (a process may be outdated now)
-            own_change = task.removed or entries.get(name) != new_entries.get(name)
+            own_change = task.removed or _differ(entries.get(name), new_entries.get(name))
+            overridden = task.control_override is not None or task.count_override is not None
+            if spec is not old or own_change or overridden:
+                # The converge pass visits it (and what requires it); a task
+                # whose spec and entry are the very same has nothing to do.
+                self._touch(name)
             task.removed = False
-            self._keep_overrides(task, source=source, own_change=own_change)
+            if overridden:
+                self._keep_overrides(task, source=source, own_change=own_change)
             if own_change:
                 for slot in task.slots:
                     if slot.state is S.FAILED:

@@ -63,6 +63,10 @@ class SecretNames:
         self._regex = re.compile(joined + r"\Z", re.IGNORECASE | re.DOTALL)
         self._known: dict[str, bool] = {}
 
+    def same_as(self, other: SecretNames) -> SecretNames:
+        """``other`` if it matches as this does (keep it: it has learnt), else self."""
+        return other if other.patterns == self.patterns else self
+
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> SecretNames:
         settings = config.get("settings") or {}
@@ -102,6 +106,35 @@ def secret_values(
         for item in data:
             secret_values(item, is_secret, found, env=env)
     return found
+
+
+class EntryValues:
+    """The secret values of a config's task entries, each entry's found once.
+
+    A config read piece by piece hands an unchanged task the very entry it
+    had (``taskforce.config.entries``): its values are not looked for again,
+    so learning a reloaded config costs what changed in it.  Only the last
+    config's entries are kept.
+    """
+
+    def __init__(self) -> None:
+        #: by the entry's id: (entry, its name, the names matcher, its values)
+        self._found: dict[int, tuple[Any, Any, SecretNames, frozenset[str]]] = {}
+
+    def of(self, tasks: Mapping[Any, Any], is_secret: SecretNames) -> set[str]:
+        """What ``secret_values`` finds under ``tasks`` (a config's)."""
+        found: set[str] = set()
+        kept: dict[int, tuple[Any, Any, SecretNames, frozenset[str]]] = {}
+        for name, entry in tasks.items():
+            hit = self._found.get(id(entry))
+            if hit is None or hit[0] is not entry or hit[1] != name or hit[2] is not is_secret:
+                values = secret_values(entry, is_secret, env=name in ENV_HOLDERS)
+                hit = (entry, name, is_secret, frozenset(values))
+            kept[id(entry)] = hit
+            if hit[3]:
+                found |= hit[3]
+        self._found = kept
+        return found
 
 
 def _leaves(data: Any, found: set[str]) -> None:

@@ -1,0 +1,347 @@
+"""Reading a config again in time that grows with what changed, not with its size.
+
+From one reload to the next, a config of thousands of tasks is mostly the
+same text.  ``check`` cuts the text of the ``tasks`` mapping into one piece
+per task (a line as indented as the first task starts the next one), and
+parses and checks only the pieces it has not seen in the last two loads;
+every other task's checked entry is the very object of the last load, so the
+core's build and diff see at once that it did not change (``old is new``).
+What is outside ``tasks`` (settings, defines...) is read as one document of
+its own, with the tasks' lines left blank so every line keeps its number.
+
+Cutting is a shortcut, never a second reading of the rules.  It is taken
+only where it cannot change the outcome, and each cut is verified: the rest
+of the document must have its ``tasks`` key on the line the cut found, each
+piece must hold exactly one key, on its first line, and a piece that uses an
+anchor or an alias is read alone (an alias to another piece fails there).
+Anything else -- a tab or a carriage return, ``tasks`` written other than one
+key per line, two tasks of one name, a document over ``MAX_NODES``, a
+problem of any kind -- returns None, and the caller reads the whole document
+(``schema.check_text``), which reports every problem with its line.  So
+errors are worded and placed exactly as before, and a config that loads
+loads to the same value either way (tests/test_config_entries.py).
+
+This module reads nothing but the text it is given and never touches
+anything that runs.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from taskforce.config.document import MAX_NODES, LoadedConfig, Parsed, parse
+from taskforce.config.errors import ConfigError, KeyPath
+
+#: Characters that make indentation or line numbers ambiguous to a cut.
+_ODD = ("\t", "\r", "\x85", "\u2028", "\u2029", "\ufeff")
+#: ``tasks:`` alone on a line at the left margin: a block mapping follows.
+_BLOCK = re.compile(r"(tasks|\"tasks\"|'tasks')[ ]*:[ ]*(#.*)?\Z")
+#: ``"tasks": {`` alone on a line: a flow mapping (JSON) follows.
+_FLOW = re.compile(r"( *)(tasks|\"tasks\"|'tasks')[ ]*:[ ]*\{[ ]*(#.*)?\Z")
+#: The end of a flow ``tasks`` mapping: its ``}`` alone on a line.
+_FLOW_END = re.compile(r"\}[ ]*,?[ ]*(#.*)?\Z")
+#: What cannot start a task's key (a list item, flow punctuation, a comment,
+#: an anchor, alias or tag, a complex key...).
+_NOT_A_KEY = frozenset("-?:,[]{}#&*!|>%@`")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One task's piece of text, parsed and checked."""
+
+    name: str
+    #: the entry as the schema normalized it (``TaskSchema.task``)
+    value: Any
+    #: what the whole config's checks need of it (see ``checker.Checker``)
+    task_refs: tuple[tuple[KeyPath, str, str], ...]
+    socket_refs: tuple[tuple[KeyPath, str], ...]
+    role_uses: tuple[tuple[KeyPath, str], ...]
+    #: YAML values it holds, its own mapping not counted
+    nodes: int
+
+
+@dataclass
+class Cut:
+    """A document cut into its ``tasks`` pieces and the rest."""
+
+    #: the ``tasks`` mapping is flow style (``{...}``, as JSON is)
+    flow: bool
+    #: the document with every line of the pieces left blank
+    rest: str
+    #: line number of the ``tasks`` key (1-based)
+    tasks_line: int
+    #: each task's text, in file order
+    pieces: list[str]
+
+
+def cut(text: str) -> Cut | None:
+    """``text`` cut into tasks and the rest, or None where that is not safe."""
+    if any(odd in text for odd in _ODD):
+        return None
+    lines = text.split("\n")
+    for number, line in enumerate(lines):
+        if _BLOCK.match(line):
+            return _cut_block(lines, number)
+        flow = _FLOW.match(line)
+        if flow:
+            return _cut_flow(lines, number, len(flow.group(1)))
+    return None
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _content(line: str) -> bool:
+    """Whether a line holds more than blanks and a comment."""
+    stripped = line.lstrip(" ")
+    return bool(stripped) and stripped[0] != "#"
+
+
+def _cut_block(lines: list[str], at: int) -> Cut | None:
+    starts: list[int] = []
+    indent = 0
+    end = len(lines)
+    for number in range(at + 1, len(lines)):
+        line = lines[number]
+        if not _content(line):
+            continue
+        own = _indent(line)
+        if not starts:
+            if own == 0:
+                return None  # no task at all: let the whole document say so
+            indent = own
+        if own == indent:
+            if line[own] in "}]":
+                continue  # the end of a flow value begun above: its piece reads it
+            if line[own] in _NOT_A_KEY:
+                return None
+            starts.append(number)
+        elif own < indent:
+            if own:
+                return None
+            end = number
+            break
+    return _pieces(lines, at, starts, end, flow=False)
+
+
+def _cut_flow(lines: list[str], at: int, outer: int) -> Cut | None:
+    starts: list[int] = []
+    indent = 0
+    end = None
+    for number in range(at + 1, len(lines)):
+        line = lines[number]
+        if not _content(line):
+            continue
+        own = _indent(line)
+        if own <= outer:
+            if own < outer or not _FLOW_END.match(line, own):
+                return None
+            end = number
+            break
+        if not starts:
+            indent = own
+        if own == indent and line[own] not in _NOT_A_KEY:
+            starts.append(number)
+        elif own < indent:
+            return None
+    if end is None:
+        return None
+    return _pieces(lines, at, starts, end, flow=True)
+
+
+def _pieces(lines: list[str], at: int, starts: list[int], end: int, *, flow: bool) -> Cut | None:
+    if not starts:
+        return None
+    # Comments and blank lines between the key line and the first task stay
+    # in the rest; each piece runs to the next one's first line.
+    bounds = [*starts, end]
+    pieces = ["\n".join(lines[bounds[i] : bounds[i + 1]]) for i in range(len(starts))]
+    rest = "\n".join([*lines[: starts[0]], *[""] * (end - starts[0]), *lines[end:]])
+    return Cut(flow, rest, at + 1, pieces)
+
+
+#: A piece read in isolation because it holds an anchor or an alias.
+_ALIASED = ("&", "*")
+
+
+def _read(pieces: list[str], flow: bool, source: str) -> list[tuple[str, Any, Parsed]] | None:
+    """Parse ``pieces`` as one document: each one's (name, value, Parsed),
+    or None when they do not read as one task each, on its first line."""
+    if flow:
+        # Every piece is followed by a comma, as inside the real mapping.
+        pieces = [p if p.rstrip().endswith(",") else p + "\n," for p in pieces]
+        text = "{" + "\n".join(pieces) + "\n}"
+    else:
+        text = "\n".join(pieces)
+    try:
+        parsed = parse(text, source)
+    except ConfigError:
+        return None
+    data = parsed.data
+    if not isinstance(data, dict) or len(data) != len(pieces) or parsed.duplicates:
+        return None
+    # The checks look up what was written at a key's path (``0755``, say),
+    # from the top of the whole document.
+    parsed.raws = {("tasks", *path): raw for path, raw in parsed.raws.items()}
+    parsed.key_raws = {("tasks", *path): raw for path, raw in parsed.key_raws.items()}
+    line = 1
+    out = []
+    for piece, (name, value) in zip(pieces, data.items(), strict=True):
+        if not isinstance(name, str) or not name or parsed.lines.get((name,)) != line:
+            return None
+        out.append((name, value, parsed))
+        line += piece.count("\n") + 1
+    return out
+
+
+class _Checks:
+    """The cache of checked pieces, and the checks of a whole cut."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        #: checked entries by their text and style (None: cannot be cut alone)
+        self.last: dict[tuple[str, bool], Entry | None] = {}
+        self.before: dict[tuple[str, bool], Entry | None] = {}
+        #: the rest of the last cut, parsed
+        self.rest: tuple[str, Parsed] | None = None
+
+    def check(self, text: str, source: str) -> LoadedConfig | None:
+        found = cut(text)
+        if found is None:
+            return None
+        with self.lock:
+            entries = self._entries(found, source)
+            if entries is None:
+                return None
+            rest = self._rest(found, source)
+            if rest is None:
+                return None
+        return _whole(found, rest, entries, text, source)
+
+    def _entries(self, found: Cut, source: str) -> list[Entry] | None:
+        known: dict[tuple[str, bool], Entry | None] = {}
+        missing: list[str] = []
+        alone: list[str] = []
+        ok = True
+        for piece in found.pieces:
+            key = (piece, found.flow)
+            entry = self.last.get(key, self) if key in self.last else self.before.get(key, self)
+            if entry is self:
+                (alone if any(mark in piece for mark in _ALIASED) else missing).append(piece)
+                continue
+            known[key] = entry  # type: ignore[assignment]
+            ok = ok and entry is not None
+        ok = ok and self._check_new(missing, found.flow, source, known)
+        for piece in alone:
+            ok = ok and self._check_new([piece], found.flow, source, known)
+        if not ok:
+            # Keep what was learnt (a piece that cannot be read alone is
+            # not tried again), and what the last good load knew.
+            self.last.update(known)
+            return None
+        self.before, self.last = self.last, known
+        return [known[(piece, found.flow)] for piece in found.pieces]  # type: ignore[misc]
+
+    def _check_new(
+        self,
+        pieces: list[str],
+        flow: bool,
+        source: str,
+        known: dict[tuple[str, bool], Entry | None],
+    ) -> bool:
+        """Read and check ``pieces`` (as one document), into ``known``."""
+        if not pieces:
+            return True
+        read = _read(pieces, flow, source)
+        if read is None:
+            if len(pieces) == 1:
+                known[(pieces[0], flow)] = None
+            return False
+        from taskforce.config.schema import Schema  # schema imports this module
+
+        schema = Schema(source, read[0][2])
+        ok = True
+        for piece, (name, value, _) in zip(pieces, read, strict=True):
+            schema.task_refs, schema.socket_refs, schema.role_uses = [], [], []
+            errors = len(schema.errors)
+            checked = schema.task(name, value, ("tasks", name))
+            if len(schema.errors) > errors:
+                known[(piece, flow)] = None
+                ok = False
+                continue
+            known[(piece, flow)] = Entry(
+                name,
+                checked,
+                tuple(schema.task_refs),
+                tuple(schema.socket_refs),
+                tuple(schema.role_uses),
+                _nodes(value),
+            )
+        return ok
+
+    def _rest(self, found: Cut, source: str) -> Parsed | None:
+        if self.rest is not None and self.rest[0] == found.rest:
+            parsed = self.rest[1]
+        else:
+            try:
+                parsed = parse(found.rest, source)
+            except ConfigError:
+                return None
+            self.rest = (found.rest, parsed)
+        data = parsed.data
+        empty: Any = {} if found.flow else None
+        if (
+            not isinstance(data, dict)
+            or parsed.lines.get(("tasks",)) != found.tasks_line
+            or data.get("tasks", self) != empty
+        ):
+            return None
+        return parsed
+
+
+def _nodes(value: Any) -> int:
+    """YAML values in ``value`` (as ``document``'s count, key and value)."""
+    if isinstance(value, Mapping):
+        return 1 + sum(1 + _nodes(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return 1 + sum(_nodes(item) for item in value)
+    return 1
+
+
+def _whole(
+    found: Cut, rest: Parsed, entries: list[Entry], text: str, source: str
+) -> LoadedConfig | None:
+    from taskforce.config.schema import Schema
+
+    names: dict[str, Entry] = {}
+    nodes = rest.nodes
+    for entry in entries:
+        if entry.name in names:
+            return None  # a task twice: the whole document says where
+        names[entry.name] = entry
+        nodes += 1 + entry.nodes
+    if nodes > MAX_NODES:
+        return None
+    schema = Schema(source, rest, checked=names)
+    data = dict(rest.data)
+    data["tasks"] = names
+    config = LoadedConfig(schema.top(data))
+    if schema.errors:
+        return None
+    config.source = source
+    config.lines_from(text)
+    return config
+
+
+_CHECKS = _Checks()
+
+
+def check(text: str, source: str) -> LoadedConfig | None:
+    """The normalized config in ``text``, read piece by piece, or None:
+    then read it whole (``schema.check_text``)."""
+    return _CHECKS.check(text, source)
