@@ -24,6 +24,10 @@ distinct argument, so a process's argv names its task) and is measured:
 - **replay** (taskforce only): ``taskforce replay`` of the run's event log
   (``--record``), steps per second.
 
+``--only restart`` (a comma-separated choice of the measures above) keeps the
+start and measures only those; e.g. start and restart latency alone:
+``python bench/scale.py --supervisors taskforce --sizes 100,10000 --only restart``.
+
 The scenarios themselves (config writers, process detection, restart,
 reload, idle, memory) are those of ``bench/peers/run.py``, imported; the
 ``/status/tasks`` timing is done as ``bench/bench_status.py`` does it, on a new
@@ -346,6 +350,10 @@ def settle_quiet(daemon: Any, limit: float) -> float:
     return time.perf_counter() - daemon.started_at
 
 
+#: What ``--only`` can choose, besides the start (always timed).
+MEASURES = ("memory", "idle", "status", "restart", "reload", "replay")
+
+
 def run_size(
     name: str, size: int, options: argparse.Namespace, marker: str, base: int, folder: Path
 ) -> dict[str, Any]:
@@ -353,7 +361,8 @@ def run_size(
     kind = KINDS[name]
     tasks = peers.make_tasks(size, base)
     record = folder / f"events-{size}.jsonl"
-    ScaleTaskforce.record = record if name == "taskforce" else None
+    # A recorded run costs the daemon some CPU: only when its replay is measured.
+    ScaleTaskforce.record = record if name == "taskforce" and "replay" in options.only else None
     start_limit = options.start_timeout + options.start_per_task * size
     # Poll the children list less often as it grows: the watcher must not
     # take the CPU the daemon needs to start its tasks.
@@ -369,23 +378,36 @@ def run_size(
         log(f"  {name} @ {size}: all running after {out['start_s']:.2f} s")
         time.sleep(options.settle + size / 2000)
         out["settled_after_s"] = settle_quiet(daemon, options.deadline)
-        out.update(peers.measure_memory(daemon))
-        out.update(peers.measure_idle(daemon, options.idle))
-        log(f"  {name} @ {size}: PSS {out['pss_mib']:.1f} MiB, {out['idle_switches']:.0f} wake-ups")
-        out.update(
-            measure_status(daemon, options.status_requests, options.deadline, options.status_time)
-        )
-        out.update(
-            peers.measure_restart(
-                daemon, options.kills, options.stable, options.deadline, options.gap, options.seed
+        if "memory" in options.only:
+            out.update(peers.measure_memory(daemon))
+            log(f"  {name} @ {size}: PSS {out['pss_mib']:.1f} MiB")
+        if "idle" in options.only:
+            out.update(peers.measure_idle(daemon, options.idle))
+            log(f"  {name} @ {size}: {out['idle_switches']:.0f} idle wake-ups")
+        if "status" in options.only:
+            out.update(
+                measure_status(
+                    daemon, options.status_requests, options.deadline, options.status_time
+                )
             )
-        )
-        log(f"  {name} @ {size}: restart median {out['restart_median_ms']:.1f} ms")
-        out.update(peers.measure_reload(daemon, options.settle, options.deadline))
-        log(
-            f"  {name} @ {size}: one-task change {out['reload_apply_ms']:.0f} ms, "
-            f"{out['reload_untouched_restarted']:.0f} others restarted"
-        )
+        if "restart" in options.only:
+            out.update(
+                peers.measure_restart(
+                    daemon,
+                    options.kills,
+                    options.stable,
+                    options.deadline,
+                    options.gap,
+                    options.seed,
+                )
+            )
+            log(f"  {name} @ {size}: restart median {out['restart_median_ms']:.1f} ms")
+        if "reload" in options.only:
+            out.update(peers.measure_reload(daemon, options.settle, options.deadline))
+            log(
+                f"  {name} @ {size}: one-task change {out['reload_apply_ms']:.0f} ms, "
+                f"{out['reload_untouched_restarted']:.0f} others restarted"
+            )
         daemon.alive()
     if name == "taskforce" and record.exists():
         out.update(measure_replay(record, daemon.sup.env, options.deadline * 5))
@@ -412,6 +434,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="numbers of tasks")
     parser.add_argument(
         "--supervisors", default=",".join(SUPERVISORS), help="some of " + ",".join(SUPERVISORS)
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(MEASURES),
+        help="what to measure after the start (always timed): some of " + ",".join(MEASURES),
     )
     parser.add_argument("--kills", type=int, default=5, help="SIGKILLs per size")
     parser.add_argument("--stable", type=float, default=2.0, help="a victim's age, seconds")
@@ -450,6 +477,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     options = parser.parse_args(argv)
     options.sizes = sorted({int(s) for s in options.sizes.split(",") if s})
     options.supervisors = [s for s in options.supervisors.split(",") if s]
+    options.only = {m for m in options.only.split(",") if m and m != "start"}
+    if options.only - set(MEASURES):
+        parser.error(f"unknown measure {sorted(options.only - set(MEASURES))[0]!r} in --only")
     for name in options.supervisors:
         if name not in SUPERVISORS:
             parser.error(f"unknown supervisor {name!r}")
