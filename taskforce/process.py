@@ -322,6 +322,30 @@ _CGROUP_SHIM = (
 )
 
 
+#: Where each (program, PATH) was last found.  Only the early report of a
+#: missing program relies on it: the shim's own exec looks the name up again,
+#: so what runs is always what PATH names now, whatever the cache says.
+_FOUND: dict[tuple[str, str], str] = {}
+
+
+def _look_up(program: str, path: str) -> str | None:
+    """``shutil.which(program, path=path)``, remembered while the file found
+    is still an executable file (one ``access`` and one ``stat`` instead of
+    two per folder of a long PATH)."""
+    key = (program, path)
+    found = _FOUND.get(key)
+    if found is not None and os.access(found, os.X_OK) and not os.path.isdir(found):
+        return found
+    found = shutil.which(program, path=path)
+    if found is None:
+        _FOUND.pop(key, None)
+    else:
+        if len(_FOUND) >= 4096:
+            _FOUND.clear()  # a bound, not a policy: every entry can be found again
+        _FOUND[key] = found
+    return found
+
+
 def _start_fast(
     argv: Sequence[str],
     env: dict[str, str],
@@ -344,7 +368,7 @@ def _start_fast(
     copy: ``LISTEN_*`` are added to it.
     """
     program = argv[0]
-    found = shutil.which(program, path=env.get("PATH", os.defpath))
+    found = _look_up(program, env.get("PATH", os.defpath))
     if found is None:
         raise SpawnError(f"exec {program!r}: No such file or directory")
     file_actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0)]
