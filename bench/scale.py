@@ -24,6 +24,10 @@ distinct argument, so a process's argv names its task) and is measured:
 - **replay** (taskforce only): ``taskforce replay`` of the run's event log
   (``--record``), steps per second.
 
+``--only restart`` (a comma-separated choice of the measures above) keeps the
+start and measures only those; e.g. start and restart latency alone:
+``python bench/scale.py --supervisors taskforce --sizes 100,10000 --only restart``.
+
 The scenarios themselves (config writers, process detection, restart,
 reload, idle, memory) are those of ``bench/peers/run.py``, imported; the
 ``/status/tasks`` timing is done as ``bench/bench_status.py`` does it, on a new
@@ -360,6 +364,10 @@ def measure_reloads(daemon: Any, options: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+#: What ``--only`` can choose, besides the start (always timed).
+MEASURES = ("memory", "idle", "status", "restart", "reload", "replay")
+
+
 def run_size(
     name: str, size: int, options: argparse.Namespace, marker: str, base: int, folder: Path
 ) -> dict[str, Any]:
@@ -367,7 +375,8 @@ def run_size(
     kind = KINDS[name]
     tasks = peers.make_tasks(size, base)
     record = folder / f"events-{size}.jsonl"
-    ScaleTaskforce.record = record if name == "taskforce" else None
+    # A recorded run costs the daemon some CPU: only when its replay is measured.
+    ScaleTaskforce.record = record if name == "taskforce" and "replay" in options.only else None
     start_limit = options.start_timeout + options.start_per_task * size
     # Poll the children list less often as it grows: the watcher must not
     # take the CPU the daemon needs to start its tasks.
@@ -383,18 +392,19 @@ def run_size(
         log(f"  {name} @ {size}: all running after {out['start_s']:.2f} s")
         time.sleep(options.settle + size / 2000)
         out["settled_after_s"] = settle_quiet(daemon, options.deadline)
-        if not options.only_reload:
+        if "memory" in options.only:
             out.update(peers.measure_memory(daemon))
+            log(f"  {name} @ {size}: PSS {out['pss_mib']:.1f} MiB")
+        if "idle" in options.only:
             out.update(peers.measure_idle(daemon, options.idle))
-            log(
-                f"  {name} @ {size}: PSS {out['pss_mib']:.1f} MiB, "
-                f"{out['idle_switches']:.0f} wake-ups"
-            )
+            log(f"  {name} @ {size}: {out['idle_switches']:.0f} idle wake-ups")
+        if "status" in options.only:
             out.update(
                 measure_status(
                     daemon, options.status_requests, options.deadline, options.status_time
                 )
             )
+        if "restart" in options.only:
             out.update(
                 peers.measure_restart(
                     daemon,
@@ -406,14 +416,15 @@ def run_size(
                 )
             )
             log(f"  {name} @ {size}: restart median {out['restart_median_ms']:.1f} ms")
-        out.update(measure_reloads(daemon, options))
-        log(
-            f"  {name} @ {size}: one-task change {out['reload_apply_ms']:.0f} ms "
-            f"(median of {options.reloads}: {out['reload_apply_all_ms']}), "
-            f"{out['reload_untouched_restarted']:.0f} others restarted"
-        )
+        if "reload" in options.only:
+            out.update(measure_reloads(daemon, options))
+            log(
+                f"  {name} @ {size}: one-task change {out['reload_apply_ms']:.0f} ms "
+                f"(median of {options.reloads}: {out['reload_apply_all_ms']}), "
+                f"{out['reload_untouched_restarted']:.0f} others restarted"
+            )
         daemon.alive()
-    if name == "taskforce" and record.exists() and not options.only_reload:
+    if name == "taskforce" and record.exists():
         out.update(measure_replay(record, daemon.sup.env, options.deadline * 5))
         log(f"  taskforce @ {size}: replay {out['replay_steps_per_s']:.0f} steps/s")
         record.unlink()
@@ -438,6 +449,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="numbers of tasks")
     parser.add_argument(
         "--supervisors", default=",".join(SUPERVISORS), help="some of " + ",".join(SUPERVISORS)
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(MEASURES),
+        help="what to measure after the start (always timed): some of " + ",".join(MEASURES),
     )
     parser.add_argument("--kills", type=int, default=5, help="SIGKILLs per size")
     parser.add_argument("--stable", type=float, default=2.0, help="a victim's age, seconds")
@@ -469,12 +485,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders")
     parser.add_argument(
-        "--only-reload",
-        action="store_true",
-        help="measure start-up and the one-task change only (no memory, idle, status, "
-        "restart or replay)",
-    )
-    parser.add_argument(
         "--reloads", type=int, default=1, help="one-task changes per size (the median is given)"
     )
     parser.add_argument(
@@ -491,6 +501,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     options = parser.parse_args(argv)
     options.sizes = sorted({int(s) for s in options.sizes.split(",") if s})
     options.supervisors = [s for s in options.supervisors.split(",") if s]
+    options.only = {m for m in options.only.split(",") if m and m != "start"}
+    if options.only - set(MEASURES):
+        parser.error(f"unknown measure {sorted(options.only - set(MEASURES))[0]!r} in --only")
     for name in options.supervisors:
         if name not in SUPERVISORS:
             parser.error(f"unknown supervisor {name!r}")

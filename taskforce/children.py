@@ -171,10 +171,14 @@ class Children:
             )
         output_done(True)
         self.leaders[pid] = slot
-        # Whether the exec worked is told by the report pipe, read when it
-        # is ready (or when the child is reaped, whichever comes first).
-        self.exec_reports[pid] = report
-        self.selector.register(report, selectors.EVENT_READ, lambda: self._exec_report(pid))
+        if report is not None:
+            # Whether the exec worked is told by the report pipe, read when
+            # it is ready (or when the child is reaped, whichever comes
+            # first).  None: the exec already happened (posix_spawn), and a
+            # pipe held open meanwhile would only grow the descriptor table
+            # every later spawn copies.
+            self.exec_reports[pid] = report
+            self.selector.register(report, selectors.EVENT_READ, lambda: self._exec_report(pid))
         return ev.ProcessStarted(
             time.monotonic(), effect.task, effect.instance, effect.generation, pid
         )

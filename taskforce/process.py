@@ -196,6 +196,8 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], **options: Any) -> int:
     Returns once the exec has happened or failed (see ``start``).
     """
     pid, report = start(argv, env, **options)
+    if report is None:
+        return pid  # posix_spawn: the exec already happened
     os.set_blocking(report, True)
     error = read_report(report)
     if error is not None:
@@ -244,13 +246,15 @@ def start(
     cgroup: str | None = None,
     nice: int | None = None,
     sockets: Sequence[tuple[str, int]] = (),
-) -> tuple[int, int]:
+) -> tuple[int, int | None]:
     """Fork ``argv`` in a new process group without waiting for its exec.
 
     Returns the pid and the read end of its exec report (non-blocking): it
     reaches end of file when the exec succeeds, and carries the error first
     when anything before the exec fails (the child then exits 127).  Not
-    waiting lets children exec in parallel with the next fork.  With
+    waiting lets children exec in parallel with the next fork.  The report
+    is None when the exec has already happened (posix_spawn returns only
+    after it, and raises what stopped it).  With
     ``cgroup`` (a ``cgroup.procs`` path) the child joins that cgroup first.
     ``sockets``, (name, fd) pairs, are the listening sockets it gets from
     fd 3 on, with ``LISTEN_*`` set as systemd does.
@@ -318,14 +322,38 @@ _CGROUP_SHIM = (
 )
 
 
+#: Where each (program, PATH) was last found.  Only the early report of a
+#: missing program relies on it: the shim's own exec looks the name up again,
+#: so what runs is always what PATH names now, whatever the cache says.
+_FOUND: dict[tuple[str, str], str] = {}
+
+
+def _look_up(program: str, path: str) -> str | None:
+    """``shutil.which(program, path=path)``, remembered while the file found
+    is still an executable file (one ``access`` and one ``stat`` instead of
+    two per folder of a long PATH)."""
+    key = (program, path)
+    found = _FOUND.get(key)
+    if found is not None and os.access(found, os.X_OK) and not os.path.isdir(found):
+        return found
+    found = shutil.which(program, path=path)
+    if found is None:
+        _FOUND.pop(key, None)
+    else:
+        if len(_FOUND) >= 4096:
+            _FOUND.clear()  # a bound, not a policy: every entry can be found again
+        _FOUND[key] = found
+    return found
+
+
 def _start_fast(
     argv: Sequence[str],
-    env: Mapping[str, str],
+    env: dict[str, str],
     stdout: int | None,
     stderr: int | None,
     cgroup: str | None = None,
     sockets: Sequence[tuple[str, int]] = (),
-) -> tuple[int, int]:
+) -> tuple[int, None]:
     """Start a task that needs no cwd, identity, umask, limits, niceness or procname.
 
     ``posix_spawn`` starts the child without copying the daemon's memory
@@ -336,10 +364,11 @@ def _start_fast(
     first, so a missing one is reported as a failed start, as on the fork
     path.  Sockets are put at 3, 4, ... (each above them already, so no
     dup2 overwrites one still to be placed), and the shim sets
-    ``LISTEN_PID`` as it sets ``Task_pid``.
+    ``LISTEN_PID`` as it sets ``Task_pid``.  ``env`` is the child's own
+    copy: ``LISTEN_*`` are added to it.
     """
     program = argv[0]
-    found = shutil.which(program, path=env.get("PATH", os.defpath))
+    found = _look_up(program, env.get("PATH", os.defpath))
     if found is None:
         raise SpawnError(f"exec {program!r}: No such file or directory")
     file_actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0)]
@@ -347,7 +376,6 @@ def _start_fast(
         file_actions.append((os.POSIX_SPAWN_DUP2, stdout, 1))
     if stderr is not None:
         file_actions.append((os.POSIX_SPAWN_DUP2, stderr, 2))
-    env = dict(env)
     if sockets:
         # dup2 to another number clears close-on-exec: these reach the program.
         file_actions += [(os.POSIX_SPAWN_DUP2, fd, 3 + i) for i, (_, fd) in enumerate(sockets)]
@@ -359,7 +387,7 @@ def _start_fast(
     shim, extra = (_SHIM, []) if cgroup is None else (_CGROUP_SHIM, [cgroup])
     if sockets:
         shim = "LISTEN_PID=$$; export LISTEN_PID; " + shim
-    pid = os.posix_spawn(
+    return os.posix_spawn(
         "/bin/sh",
         # A shell exports PWD: take it away again unless the task had it.
         [
@@ -370,18 +398,12 @@ def _start_fast(
             *extra,
             *argv,
         ],
-        dict(env),
+        env,
         file_actions=file_actions,
         setpgroup=0,
         setsigmask=(),
         setsigdef=_RESET_SIGNALS,
-    )
-    # The exec already happened (posix_spawn reports its own failures as
-    # OSError): an empty report says so.
-    read_end, write_end = os.pipe()
-    os.close(write_end)
-    os.set_blocking(read_end, False)
-    return pid, read_end
+    ), None
 
 
 def _wait_quietly(pid: int) -> None:
