@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import selectors
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from urllib.parse import quote, unquote
 
 from taskforce.instancelock import InstanceHeld as InstanceHeld
@@ -237,7 +237,7 @@ class Tracker:
             pass
         return os.path.join(folder, "cgroup.procs")
 
-    def environment(self, env: dict[str, str]) -> dict[str, str]:
+    def environment(self, env: Mapping[str, str]) -> dict[str, str]:
         """``env`` with the marker added (a copy)."""
         return {**env, MARKER: self.ident}
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from taskforce.core.effects import EFFECT_TYPES, Effect
+from taskforce.core.environment import Environment
 from taskforce.core.events import EVENT_TYPES, Event
 from taskforce.core.model import Action, EventSpec, HostFacts, ProcessSpec, TaskSpec
 from taskforce.core.specs import Readiness
@@ -156,6 +157,11 @@ _CONTAINERS = (list, dict)
 
 
 _FIELD_SETS = {cls: frozenset(fields) for cls, fields in _FIELDS.items()}
+#: classes whose every field is in the instance's ``__dict__`` (``Spawn``'s
+#: spec fields are the slots of ``ProcessSpec``)
+_DICT_ONLY = frozenset(
+    cls for cls in _TYPES.values() if not any("__slots__" in vars(base) for base in cls.__mro__)
+)
 
 
 def decode(data: dict[str, Any]) -> Any:
@@ -170,7 +176,11 @@ def decode(data: dict[str, Any]) -> Any:
         # would (it only assigns), at a third of its cost -- replay decodes
         # every recorded event.
         item = object.__new__(cls)
-        item.__dict__.update(fields)
+        if cls in _DICT_ONLY:
+            item.__dict__.update(fields)
+        else:
+            for key, value in fields.items():
+                object.__setattr__(item, key, value)
         return item
     return cls(**fields)
 
@@ -198,6 +208,8 @@ def to_plain(value: Any) -> Any:
         return [to_plain(item) for item in value]
     if kind is dict:
         return {key: to_plain(item) for key, item in value.items()}
+    if kind is Environment:
+        return value.as_dict()  # (its values are text)
     if kind not in _FIELD_NAMES:
         _FIELD_NAMES[kind] = (
             tuple(fld.name for fld in dataclasses.fields(kind))

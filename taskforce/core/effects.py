@@ -43,6 +43,12 @@ class Spawn(Effect, ProcessSpec):
     instance: int
     generation: int
 
+    def __post_init__(self) -> None:
+        # An effect holds plain values: ``env`` is a dict (a spec keeps its
+        # own as an ``Environment``, the default included).
+        if type(self.env) is not dict:
+            object.__setattr__(self, "env", dict(self.env))
+
     @classmethod
     def of(cls, spec: ProcessSpec, *, task: str, instance: int, generation: int) -> Spawn:
         """The spawn of ``spec`` for slot (``task``, ``instance``)."""

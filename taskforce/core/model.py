@@ -23,6 +23,7 @@ from taskforce.core.context import (
     resolve,
     resolve_one,
 )
+from taskforce.core.environment import Environments
 from taskforce.core.order import find_cycle, start_order
 from taskforce.core.readiness import readiness_of
 from taskforce.core.scope import in_scope, task_context
@@ -249,6 +250,8 @@ def _action(event: Mapping[str, Any], ctx: Mapping[str, str | None]) -> Action:
     return Action(command=as_text(command), signal=as_text(signal))
 
 
+_ABSENT: Any = object()
+
 #: readiness of a task that says nothing of it
 _NO_READINESS = Readiness()
 
@@ -294,7 +297,7 @@ def _process_spec(
         raise SpecError(("sockets", *exc.path), exc.message) from None
     return ProcessSpec(
         argv=argv,
-        env=env,
+        env=_ENVIRONMENTS.share(env),
         **outputs,
         limits=_limits(task.get("limits"), ctx),
         notify=readiness.kind == "notify",
@@ -410,45 +413,18 @@ def _build_task(
     )
 
 
-class _Hashed:
-    """A hashable value whose hash is computed once (it is big: the whole
-    environment, and it takes part in every task's cache key)."""
+#: The environments of every build share their bases (see ``core.environment``).
+_ENVIRONMENTS = Environments()
 
-    __slots__ = ("value", "hash")
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-        self.hash = hash(value)
-
-    def __hash__(self) -> int:
-        return self.hash
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Hashed) and (
-            self is other or (self.hash == other.hash and self.value == other.value)
-        )
-
-
-def _hashable(value: Any) -> Any:
-    """``value`` as nested tuples, usable as a dictionary key."""
-    if value is None or isinstance(value, (str, int, float)):
-        return value  # most values are leaves: spare them the Mapping (ABC) test
-    if isinstance(value, Mapping):
-        return ("{", tuple(sorted((key, _hashable(item)) for key, item in value.items())))
-    if isinstance(value, (list, tuple)):
-        return ("[", tuple(_hashable(item) for item in value))
-    return value
-
-
-#: Specs already built, by (name, the task's config, everything shared).  A
-#: task's spec is a pure function of those, so a reload rebuilds only the
-#: tasks whose inputs changed, and the shell's validation and the core's
-#: build of the same config build each task once.  Only the specs of the last
-#: two builds are kept (validation, then the core), so reloads never grow it.
-_BUILT: dict[tuple[str, Any, Any], TaskSpec] = {}
-_PREVIOUS: dict[tuple[str, Any, Any], TaskSpec] = {}
-#: The last build's task entries and their keys, by the entry's id.
-_ENTRY_KEYS: dict[int, tuple[Any, Any]] = {}
+#: The last two builds, newest first: (their shared inputs, each task's
+#: config entry by name, each task's spec by name).  A task's spec is a pure
+#: function of its name, its entry and the shared inputs, so a build takes
+#: the spec of an equal entry under equal shared inputs instead of building
+#: it again: a reload rebuilds only the tasks whose inputs changed, and the
+#: shell's validation and the core's build of the same config build each
+#: task once.  Two builds are kept (validation, then the core), so reloads
+#: never grow it; the entries are the config's own (compared, never copied).
+_BUILDS: list[tuple[tuple[Any, ...], dict[str, Any], dict[str, TaskSpec]]] = []
 
 
 def build(
@@ -461,47 +437,40 @@ def build(
     settings = settings_of(config)
     tasks: Mapping[str, Mapping[str, Any]] = config.get("tasks") or {}
     sockets = socket_specs(config)
-    global _BUILT, _PREVIOUS
-    shared = _Hashed(
-        _hashable(
-            (
-                {key: config.get(key) for key in ("defines", "role_defines", "defaults")},
-                config.get("role_defaults"),
-                config.get("settings"),
-                config.get("sockets"),
-                facts.environ,
-                (facts.host, facts.fqdn, facts.pid),
-                roles,
-                role_values,
-            )
-        )
+    shared = (
+        {key: config.get(key) for key in ("defines", "role_defines", "defaults")},
+        config.get("role_defaults"),
+        config.get("settings"),
+        config.get("sockets"),
+        facts.environ,
+        (facts.host, facts.fqdn, facts.pid),
+        roles,
+        role_values,
     )
-    built: dict[tuple[str, Any, Any], TaskSpec] = {}
+    # Compared once per build, and entry by entry with == (no hashable copy
+    # of them is kept): the same entry object (validation, then the core) is
+    # found at once, an unchanged one of a reloaded file by one comparison.
+    earlier = [(entries, built) for inputs, entries, built in _BUILDS if inputs == shared]
+    entries: dict[str, Any] = {}
     specs: dict[str, TaskSpec] = {}
-    global _ENTRY_KEYS
-    # The checker's build and the core's get the same entries: each entry's
-    # key is made once (held with the entry, so its id stays its own).
-    entry_keys: dict[int, tuple[Any, Any]] = {}
     for name in sorted(tasks):
-        entry = tasks[name]
-        known = _ENTRY_KEYS.get(id(entry))
-        entry_key = known[1] if known is not None and known[0] is entry else _hashable(entry)
-        entry_keys[id(entry)] = (entry, entry_key)
-        key = (name, entry_key, shared)
-        cached = _BUILT.get(key) or _PREVIOUS.get(key)
-        if cached is not None:
-            specs[name] = built[key] = cached
-            continue
-        try:
-            specs[name] = built[key] = _build_task(
-                name, tasks[name], config, settings, facts, roles, role_values or {}, sockets
-            )
-        except SpecError as exc:
-            raise SpecError(("tasks", name, *exc.path), exc.message) from None
-        except ContextError as exc:
-            raise SpecError(("tasks", name), str(exc)) from None
-    _PREVIOUS, _BUILT = _BUILT, built
-    _ENTRY_KEYS = entry_keys
+        entry = entries[name] = tasks[name]
+        for known, built in earlier:
+            seen = known.get(name, _ABSENT)
+            if seen is entry or (seen is not _ABSENT and seen == entry):
+                specs[name] = built[name]
+                break
+        else:
+            try:
+                specs[name] = _build_task(
+                    name, entry, config, settings, facts, roles, role_values or {}, sockets
+                )
+            except SpecError as exc:
+                raise SpecError(("tasks", name, *exc.path), exc.message) from None
+            except ContextError as exc:
+                raise SpecError(("tasks", name), str(exc)) from None
+    _BUILDS[:] = [(shared, entries, specs), *_BUILDS[:1]]
+    specs = dict(specs)  # the caller's own: the kept one must not change
     for name, spec in specs.items():
         for index, required in enumerate(spec.requires):
             if required not in specs:
