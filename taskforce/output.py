@@ -95,6 +95,22 @@ MAX_RINGS = 1024
 class Capture:
     """The read end of one process's stdout or stderr pipe and where its lines go."""
 
+    # Two per captured process, as long as it runs.
+    __slots__ = (
+        "owner",
+        "fd",
+        "label",
+        "sink",
+        "recent",
+        "instance",
+        "stream",
+        "stamps",
+        "buf",
+        "eof",
+        "reading",
+        "closed",
+    )
+
     def __init__(
         self,
         owner: Output,
