@@ -223,12 +223,17 @@ class _Builder:
         #: An alias reuses a node; it gets the same object, built once (as
         #: in PyYAML), which also keeps a "billion laughs" file cheap.
         self.done: dict[int, Any] = {}
+        #: Each text once: the loader makes a new string for every key and
+        #: value, and a fleet's entries repeat the same ones (``commands``,
+        #: ``start``, a program's path) thousands of times, kept as long as
+        #: the config runs.
+        self.texts: dict[str, str] = {}
 
     def build(self, node: yaml.Node, path: KeyPath) -> Any:
         tag = node.tag
         if isinstance(node, yaml.ScalarNode):
             if tag == _STR_TAG:
-                return node.value
+                return self.texts.setdefault(node.value, node.value)
             if tag in _SCALAR_TAGS:
                 self.parsed.raws[path] = node.value
             return self.loader.construct_object(node)
@@ -262,7 +267,7 @@ class _Builder:
         first: dict[Any, int] = {}
         for position, (key_node, value_node) in enumerate(node.value):
             if isinstance(key_node, yaml.ScalarNode) and key_node.tag == _STR_TAG:
-                key: Any = key_node.value
+                key: Any = self.texts.setdefault(key_node.value, key_node.value)
             else:
                 key = self.loader.construct_object(key_node, deep=True)
                 try:
