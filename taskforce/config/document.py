@@ -43,14 +43,30 @@ _SCALAR_TAGS = frozenset({_BOOL_TAG, "tag:yaml.org,2002:int", "tag:yaml.org,2002
 
 
 class LoadedConfig(dict):  # type: ignore[type-arg]
-    """The normalized config; remembers where each key was written.
+    """The normalized config; knows where each key was written.
 
     A plain dict to every consumer; ``source`` and ``lines`` (key path →
-    1-based line) let ``check`` place errors found later by the core.
+    1-based line) let ``check`` place errors found later by the core.  The
+    table of lines is as big as the config itself and a config that loaded
+    cleanly seldom needs it again (a socket that cannot be opened, a
+    program not found), so it is not kept: it is read again from ``text``
+    when first asked for.
     """
 
     source: str
-    lines: dict[KeyPath, int]
+    #: the text it was read from (None: not from text; then no lines)
+    text: str | None = None
+    _lines: dict[KeyPath, int] | None = None
+
+    @property
+    def lines(self) -> dict[KeyPath, int]:
+        if self._lines is None:
+            self._lines = {} if self.text is None else parse(self.text, self.source).lines
+        return self._lines
+
+    @lines.setter
+    def lines(self, lines: dict[KeyPath, int]) -> None:
+        self._lines = lines
 
 
 @dataclass
