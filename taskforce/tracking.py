@@ -39,6 +39,7 @@ import selectors
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from urllib.parse import quote, unquote
 
+from taskforce.core.environment import as_dict
 from taskforce.instancelock import InstanceHeld as InstanceHeld
 from taskforce.instancelock import InstanceLock as InstanceLock
 from taskforce.instancelock import instance_id as instance_id
@@ -239,7 +240,9 @@ class Tracker:
 
     def environment(self, env: Mapping[str, str]) -> dict[str, str]:
         """``env`` with the marker added (a copy)."""
-        return {**env, MARKER: self.ident}
+        out = as_dict(env)
+        out[MARKER] = self.ident
+        return out
 
     # ----------------------------------------------------------- members
 

@@ -13,7 +13,6 @@ This module must never do IO, read a clock or draw random numbers.
 from __future__ import annotations
 
 from taskforce.core import effects as fx
-from taskforce.core.environment import as_dict
 from taskforce.core.lifecycle import (
     INTENT_FINISH,
     INTENT_HALT,
@@ -380,7 +379,7 @@ class SlotActions(Timers):
                 instance=instance,
                 name=command,
                 argv=task.spec.commands[command] if argv is None else argv,
-                env=as_dict(spec.env),
+                env=spec.env,
                 cwd=spec.cwd,
                 user=spec.user,
                 group=spec.group,

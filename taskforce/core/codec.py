@@ -48,6 +48,8 @@ def _plain(value: Any) -> Any:
         return [_plain(item) for item in value]
     if isinstance(value, dict):
         return {key: _plain(item) for key, item in value.items()}
+    if type(value) is Environment:
+        return value.as_dict()  # (its values are text)
     return value
 
 
@@ -84,7 +86,8 @@ def _matcher(cls: type[Any]) -> Callable[[Any, dict[str, Any]], bool]:
     Replay compares every effect of every step; spelled out like this (as
     ``dataclasses`` writes ``__init__``) it costs half what a loop over the
     field names does.  A scalar is the same when equal and of the same type;
-    a dict equal as a whole is the same (most are environments of strings).
+    a dict equal as a whole is the same (most are environments of strings),
+    and so is an ``Environment`` equal to it.
     """
     fields = _FIELDS[cls]
     lines = [
@@ -107,12 +110,13 @@ def _matcher(cls: type[Any]) -> Callable[[Any, dict[str, Any]], bool]:
             f"    other = get({name!r}, absent[{name!r}])",
             "    if not (value == other and type(value) is type(other)) and not (",
             "        type(value) is tuple and _same(value, other)",
-            "    ):",
+            "    ) and not (type(value) is _ENVIRONMENT and value == other):",
             "        return False",
         ]
     lines.append("    return True")
     namespace: dict[str, Any] = {
         "_same": _same,
+        "_ENVIRONMENT": Environment,
         "_KNOWN": frozenset(("type", *fields)),
         "_ABSENT": _absent_values(cls),
         "_STRICT": dict.fromkeys(fields, _MISSING),

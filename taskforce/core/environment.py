@@ -24,7 +24,7 @@ changed afterwards (it takes them as they are, uncopied).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from typing import Any
 
 #: A name that is in no environment (``dict.get``'s default when looking).
@@ -63,6 +63,17 @@ class Environment(Mapping[str, str]):
         for key in self._gone:
             del out[key]
         return out
+
+    # The views of a copy: walking one costs a copy of the base (at C
+    # speed), not a Python call per name.
+    def keys(self) -> KeysView[str]:
+        return self.as_dict().keys()
+
+    def values(self) -> ValuesView[str]:
+        return self.as_dict().values()
+
+    def items(self) -> ItemsView[str, str]:
+        return self.as_dict().items()
 
     def __getitem__(self, key: str) -> str:
         own = self._own

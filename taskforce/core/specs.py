@@ -224,10 +224,9 @@ START_OPTIONS = tuple(name for name, attr in PROCESS_ATTRIBUTES if attr.start)
 
 
 def spawn_values(spec: ProcessSpec) -> dict[str, Any]:
-    """What a ``Spawn`` of ``spec`` carries, by field (the environment a copy)."""
-    values = {name: getattr(spec, name) for name in SPAWN_FIELDS}
-    values["env"] = as_dict(spec.env)
-    return values
+    """What a ``Spawn`` of ``spec`` carries, by field (the environment as it
+    is: immutable, and shared by the spec and every spawn of it)."""
+    return {name: getattr(spec, name) for name in SPAWN_FIELDS}
 
 
 @dataclass(frozen=True, slots=True)
