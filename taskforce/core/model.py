@@ -141,6 +141,14 @@ def _start_limit(
     return int(burst), float(interval)
 
 
+def _argv(value: Any, ctx: Mapping[str, str | None]) -> tuple[str, ...]:
+    """The command ``value`` stands for; the config's own tuple when that
+    is what it stands for (no tag, nothing conditional): one tuple then
+    serves the config, the task's commands and every slot's spec."""
+    argv = tuple(expand_all(resolve(value, ctx), ctx))
+    return value if type(value) is tuple and value == argv else argv
+
+
 def _text_value(value: Any, ctx: Mapping[str, str | None]) -> str | None:
     raw = resolve_one(value, ctx, None)
     return None if raw is None else expand(as_text(raw) or "", ctx)
@@ -263,7 +271,7 @@ def _process_spec(
     sockets: Mapping[str, SocketSpec] | None = None,
     readiness: Readiness = _NO_READINESS,
 ) -> ProcessSpec:
-    argv = tuple(expand_all(resolve(task["commands"]["start"], ctx), ctx))
+    argv = _argv(task["commands"]["start"], ctx)
     if not argv:
         raise SpecError(("commands", "start"), "start command is empty")
     env: dict[str, str] = {}
@@ -354,10 +362,11 @@ def _build_task(
             _process_spec(task, slot_ctx, settings_output, sockets=sockets, readiness=readiness)
         )
     first_ctx = dict(ctx, Task_instance="0")
-    commands = {
-        cmd: tuple(expand_all(resolve(argv, first_ctx), first_ctx))
-        for cmd, argv in sorted(task["commands"].items())
-    }
+    given = task["commands"]
+    commands = {cmd: _argv(argv, first_ctx) for cmd, argv in sorted(given.items())}
+    if type(given) is dict and list(given) == list(commands):
+        if all(commands[cmd] is argv for cmd, argv in given.items()):
+            commands = given  # nothing expanded: the config's own (never changed)
     events: list[EventSpec] = []
     stop_action = restart_action = None
     for index, event in enumerate(task.get("events") or ()):
