@@ -44,6 +44,9 @@ Every wait has a deadline and the whole run a budget (``--budget``); every
 process carries the run's marker in its environment and whatever is left
 is killed on every way out (``bench/peers/run.py``'s clean-up). Linux only.
 ``--memory-profile`` runs ``bench/scale_memory.py`` instead (tracemalloc).
+``--only memory`` (or any of ``PHASES``, comma-separated) measures the
+start and those only: ``--only memory --sizes 100,1000,10000`` gives the
+memory curve in minutes.
 """
 
 from __future__ import annotations
@@ -90,6 +93,8 @@ peers = _load_peers()
 SIZES = (100, 1000, 5000, 10000)
 SUPERVISORS = ("taskforce", "supervisord", "circus")
 #: What one sleeper and its share of a supervisor may take, for the memory check.
+#: What a run measures besides the start (``--only`` picks some).
+PHASES = ("memory", "idle", "status", "restart", "reload", "replay")
 MIB_PER_TASK = 0.6
 HEADROOM_MIB = 1024
 
@@ -369,25 +374,39 @@ def run_size(
         log(f"  {name} @ {size}: all running after {out['start_s']:.2f} s")
         time.sleep(options.settle + size / 2000)
         out["settled_after_s"] = settle_quiet(daemon, options.deadline)
-        out.update(peers.measure_memory(daemon))
-        out.update(peers.measure_idle(daemon, options.idle))
-        log(f"  {name} @ {size}: PSS {out['pss_mib']:.1f} MiB, {out['idle_switches']:.0f} wake-ups")
-        out.update(
-            measure_status(daemon, options.status_requests, options.deadline, options.status_time)
-        )
-        out.update(
-            peers.measure_restart(
-                daemon, options.kills, options.stable, options.deadline, options.gap, options.seed
+        only = options.only
+        if "memory" in only:
+            out.update(peers.measure_memory(daemon))
+            log(f"  {name} @ {size}: PSS {out['pss_mib']:.1f} MiB")
+        if "idle" in only:
+            out.update(peers.measure_idle(daemon, options.idle))
+            log(f"  {name} @ {size}: {out['idle_switches']:.0f} wake-ups")
+        if "status" in only:
+            out.update(
+                measure_status(
+                    daemon, options.status_requests, options.deadline, options.status_time
+                )
             )
-        )
-        log(f"  {name} @ {size}: restart median {out['restart_median_ms']:.1f} ms")
-        out.update(peers.measure_reload(daemon, options.settle, options.deadline))
-        log(
-            f"  {name} @ {size}: one-task change {out['reload_apply_ms']:.0f} ms, "
-            f"{out['reload_untouched_restarted']:.0f} others restarted"
-        )
+        if "restart" in only:
+            out.update(
+                peers.measure_restart(
+                    daemon,
+                    options.kills,
+                    options.stable,
+                    options.deadline,
+                    options.gap,
+                    options.seed,
+                )
+            )
+            log(f"  {name} @ {size}: restart median {out['restart_median_ms']:.1f} ms")
+        if "reload" in only:
+            out.update(peers.measure_reload(daemon, options.settle, options.deadline))
+            log(
+                f"  {name} @ {size}: one-task change {out['reload_apply_ms']:.0f} ms, "
+                f"{out['reload_untouched_restarted']:.0f} others restarted"
+            )
         daemon.alive()
-    if name == "taskforce" and record.exists():
+    if name == "taskforce" and record.exists() and "replay" in options.only:
         out.update(measure_replay(record, daemon.sup.env, options.deadline * 5))
         log(f"  taskforce @ {size}: replay {out['replay_steps_per_s']:.0f} steps/s")
         record.unlink()
@@ -412,6 +431,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="numbers of tasks")
     parser.add_argument(
         "--supervisors", default=",".join(SUPERVISORS), help="some of " + ",".join(SUPERVISORS)
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(PHASES),
+        help="measure the start and these only: some of " + ",".join(PHASES),
     )
     parser.add_argument("--kills", type=int, default=5, help="SIGKILLs per size")
     parser.add_argument("--stable", type=float, default=2.0, help="a victim's age, seconds")
@@ -450,6 +474,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     options = parser.parse_args(argv)
     options.sizes = sorted({int(s) for s in options.sizes.split(",") if s})
     options.supervisors = [s for s in options.supervisors.split(",") if s]
+    options.only = [s for s in options.only.split(",") if s]
+    for phase in options.only:
+        if phase not in PHASES:
+            parser.error(f"unknown phase {phase!r} (--only takes some of {','.join(PHASES)})")
     for name in options.supervisors:
         if name not in SUPERVISORS:
             parser.error(f"unknown supervisor {name!r}")
