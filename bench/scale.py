@@ -48,6 +48,7 @@ Every wait has a deadline and the whole run a budget (``--budget``); every
 process carries the run's marker in its environment and whatever is left
 is killed on every way out (``bench/peers/run.py``'s clean-up). Linux only.
 ``--memory-profile`` runs ``bench/scale_memory.py`` instead (tracemalloc).
+``--only memory --sizes 100,1000,10000`` gives the memory curve in minutes.
 """
 
 from __future__ import annotations
@@ -424,7 +425,7 @@ def run_size(
                 f"{out['reload_untouched_restarted']:.0f} others restarted"
             )
         daemon.alive()
-    if name == "taskforce" and record.exists():
+    if name == "taskforce" and record.exists() and "replay" in options.only:
         out.update(measure_replay(record, daemon.sup.env, options.deadline * 5))
         log(f"  taskforce @ {size}: replay {out['replay_steps_per_s']:.0f} steps/s")
         record.unlink()

@@ -7,7 +7,8 @@
 taskforce is imported and, when asked (a trigger file appears), collects
 garbage and dumps a snapshot; the daemon is otherwise the usual one
 (``common.BenchDaemon``: a byte-compiled copy of the package, cleaned up on
-every way out). One daemon per size; the snapshots of the smallest and the
+every way out), measured once it has been quiet (under 1 % of a CPU) for a
+second. One daemon per size; the snapshots of the smallest and the
 largest size are compared: Python allocations that grew, by file:line, by
 file, and the few largest by call stack, each divided by the number of
 tasks added (bytes per task). The daemon's PSS and USS at each size are
@@ -70,6 +71,19 @@ def where(frame: tracemalloc.Frame) -> str:
     return f"{name}:{frame.lineno}"
 
 
+def quiet(pid: int, limit: float) -> None:
+    """Wait until ``pid`` used under 1 % of a CPU for a whole second
+    (bounded by ``limit`` seconds)."""
+    end = time.monotonic() + limit
+    before = common.cpu_seconds(pid)
+    while time.monotonic() < end:
+        time.sleep(1.0)
+        now = common.cpu_seconds(pid)
+        if now - before < 0.01:
+            return
+        before = now
+
+
 def snapshot_at(
     size: int, frames: int, settle: float
 ) -> tuple[tracemalloc.Snapshot | None, dict[str, int]]:
@@ -84,6 +98,9 @@ def snapshot_at(
         expected = {common.argv_bytes(argv): 1 for argv in argvs}
         daemon.wait_running(expected, 120 + size * 0.3, interval=0.05)
         time.sleep(settle)
+        # Every task runs well before the start-up's tail is done (more so
+        # traced, on a loaded machine): what it still holds is not per task.
+        quiet(daemon.pid, 120 + size * 0.1)
         memory = common.memory_kib(daemon.pid)
         trigger.touch()
         deadline = time.monotonic() + 120

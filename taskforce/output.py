@@ -71,6 +71,8 @@ log = logging.getLogger("taskforce")
 output_log = logging.getLogger("taskforce.output")
 
 STDOUT, STDERR = "stdout", "stderr"
+#: A pipe's buffer while it holds nothing.
+_NOTHING = b""
 #: Bytes read from a pipe per readiness.
 CHUNK = 64 * 1024
 #: A line longer than this is written in pieces of this size.
@@ -95,11 +97,29 @@ MAX_RINGS = 1024
 class Capture:
     """The read end of one process's stdout or stderr pipe and where its lines go."""
 
+    # Two per captured process, as long as it runs: what every one holds is
+    # kept small (its label is made when a line is logged, its buffer when
+    # a read leaves bytes in it, and it is its own selector callback).
+    __slots__ = (
+        "owner",
+        "fd",
+        "task",
+        "sink",
+        "recent",
+        "instance",
+        "stream",
+        "stamps",
+        "buf",
+        "eof",
+        "reading",
+        "closed",
+    )
+
     def __init__(
         self,
         owner: Output,
         fd: int,
-        label: str,
+        task: str,
         sink: FileSink | None,
         recent: Recent | None = None,
         instance: int = 0,
@@ -108,8 +128,7 @@ class Capture:
     ) -> None:
         self.owner = owner
         self.fd = fd
-        #: ``task[instance]``, and ``:stderr`` after it for stderr.
-        self.label = label if stream == STDOUT else f"{label}:{stream}"
+        self.task = task
         #: None: lines go to the log.
         self.sink = sink
         #: The task's recent lines, which every line written also goes to.
@@ -118,10 +137,17 @@ class Capture:
         self.stream = stream
         #: Whether each line in the file starts with its time and stream.
         self.stamps = stamps
-        self.buf = bytearray()
+        #: Bytes read and not yet written (an empty ``bytes`` while none).
+        self.buf: bytes | bytearray = _NOTHING
         self.eof = False
         self.reading = False
         self.closed = False
+
+    @property
+    def label(self) -> str:
+        """``task[instance]``, and ``:stderr`` after it for stderr."""
+        label = f"{self.task}[{self.instance}]"
+        return label if self.stream == STDOUT else f"{label}:{self.stream}"
 
     # -- reading -----------------------------------------------------------
 
@@ -131,7 +157,7 @@ class Capture:
     def _set_reading(self, on: bool) -> None:
         if on != self.reading:
             if on:
-                self.owner.selector.register(self.fd, selectors.EVENT_READ, self.on_readable)
+                self.owner.selector.register(self.fd, selectors.EVENT_READ, self)
             else:
                 self.owner.selector.unregister(self.fd)
             self.reading = on
@@ -139,6 +165,8 @@ class Capture:
     def on_readable(self) -> None:
         self.read_once()
         self.work()
+
+    __call__ = on_readable  # (the selector's callback)
 
     def read_once(self) -> bool:
         """One read; False when nothing was there (or at EOF)."""
@@ -152,7 +180,10 @@ class Capture:
         if not data:
             self.eof = True
             return False
-        self.buf += data
+        if self.buf:
+            self.buf += data  # (a bytearray: extended in place)
+        else:
+            self.buf = bytearray(data)
         return True
 
     # -- writing -----------------------------------------------------------
@@ -186,12 +217,14 @@ class Capture:
                 lines = bytes(buf[: self._log_lines(end, budget, now)])
             if self.recent is not None:
                 self.recent.add(lines, self.instance, self.stream, now)
-            del buf[: len(lines)]
+            del buf[: len(lines)]  # type: ignore[union-attr]
         # A line that never ends is written in pieces, marked as such.
         while len(buf) >= MAX_LINE and b"\n" not in buf:
             piece = bytes(buf[:MAX_LINE]) + LONG_LINE_MARK
-            del buf[:MAX_LINE]
+            del buf[:MAX_LINE]  # type: ignore[union-attr]
             self._write_one(piece)
+        if not buf:
+            self.buf = _NOTHING
 
     def _write_one(self, line: bytes) -> None:
         now = time.time()
@@ -238,7 +271,7 @@ class Capture:
         self._write_lines(budget=False)
         if self.buf:
             rest = bytes(self.buf) + b"\n"
-            self.buf.clear()
+            self.buf = _NOTHING
             self._write_one(rest)
         self._set_reading(False)
         self.owner.backlog.discard(self)
@@ -328,7 +361,7 @@ class Output:
                 Capture(
                     self,
                     read_end,
-                    f"{task}[{instance}]",
+                    task,
                     sink,
                     recent,
                     instance,

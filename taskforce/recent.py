@@ -48,12 +48,19 @@ class Line(NamedTuple):
 
 
 class Recent:
-    """The most recent captured lines of one task, numbered from 1."""
+    """The most recent captured lines of one task, numbered from 1.
+
+    There is one per task whose output is captured, most of which never
+    print a line: it holds no storage until its first lines come.
+    """
+
+    __slots__ = ("task", "blocks", "next", "lines", "bytes", "users", "watchers")
 
     def __init__(self, task: str = "") -> None:
         #: The task whose lines these are.
         self.task = task
-        self.blocks: deque[Block] = deque()
+        #: The blocks kept, oldest first (an empty tuple until the first).
+        self.blocks: deque[Block] | tuple[()] = ()
         #: Sequence number of the next line to come.
         self.next = 1
         self.lines = 0
@@ -62,7 +69,18 @@ class Recent:
         self.users = 0
         #: Called with every block added (the control server's live log
         #: streams); each must be quick and must not add to the ring.
-        self.watchers: list[Callable[[Block], None]] = []
+        #: Added and removed through ``watch`` and ``unwatch``.
+        self.watchers: tuple[Callable[[Block], None], ...] = ()
+
+    def watch(self, watcher: Callable[[Block], None]) -> None:
+        """Call ``watcher`` with every block added from now on."""
+        self.watchers = (*self.watchers, watcher)
+
+    def unwatch(self, watcher: Callable[[Block], None]) -> None:
+        """Stop calling ``watcher`` (ValueError if it was not watching)."""
+        watchers = list(self.watchers)
+        watchers.remove(watcher)
+        self.watchers = tuple(watchers)
 
     def add(
         self,
@@ -82,6 +100,8 @@ class Recent:
         self.lines += count
         self.bytes += len(block.data)
         blocks = self.blocks
+        if not blocks:
+            blocks = self.blocks = deque()
         blocks.append(block)
         for watch in self.watchers:
             watch(block)

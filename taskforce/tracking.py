@@ -36,9 +36,10 @@ from __future__ import annotations
 import logging
 import os
 import selectors
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from urllib.parse import quote, unquote
 
+from taskforce.core.environment import as_dict
 from taskforce.instancelock import InstanceHeld as InstanceHeld
 from taskforce.instancelock import InstanceLock as InstanceLock
 from taskforce.instancelock import instance_id as instance_id
@@ -256,9 +257,11 @@ class Tracker:
             pass
         return os.path.join(folder, "cgroup.procs")
 
-    def environment(self, env: dict[str, str]) -> dict[str, str]:
+    def environment(self, env: Mapping[str, str]) -> dict[str, str]:
         """``env`` with the marker added (a copy)."""
-        return {**env, MARKER: self.ident}
+        out = as_dict(env)
+        out[MARKER] = self.ident
+        return out
 
     # ----------------------------------------------------------- members
 

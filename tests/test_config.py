@@ -1192,3 +1192,21 @@ def test_deep_requires_chain_never_crashes() -> None:
     # Either it builds or it is reported; a reload must never crash.
     found = validate_all(json.dumps({"tasks": tasks}), "deep.conf", ALL, facts=FACTS)
     assert all(isinstance(err, ConfigError) for err in found)
+
+
+def test_a_loaded_config_reads_its_key_lines_again_only_when_asked() -> None:
+    text = dedent(
+        """
+        tasks:
+          a: {commands: {start: [x]}}
+          b:
+            requires: [{dep}]
+            commands: {start: [x]}
+        """
+    ).replace("{dep}", "'{dep}'")
+    config = load_config_text(text, "t.conf")
+    assert config._lines is None, "no table of lines is kept after a clean load"
+    with pytest.raises(ConfigError) as raised:
+        check(config, "t.conf", ALL, facts=FACTS)
+    assert str(raised.value).startswith("t.conf:4: tasks.b.requires[0]: requires unknown task")
+    assert config.lines[("tasks", "b", "commands")] == 5

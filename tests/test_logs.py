@@ -406,3 +406,19 @@ def test_files_are_read_backwards_whole(tmp_path: Path, ending: bytes) -> None:
     assert [line.text.encode() for line in read[::-1]] == lines and not problems
     missing = {**entry, "path": str(tmp_path / "nothing")}
     assert not list(tflogs.file_lines(missing, problems)) and "no such file" in problems[0]
+
+
+def test_a_ring_holds_nothing_until_its_first_lines() -> None:
+    recent = Recent("quiet")
+    assert recent.blocks == () and recent.watchers == ()
+    assert recent.read() == ([], 0) and recent.read(since=1) == ([], 0)
+    assert recent.last_time == 0.0
+    seen: list[int] = []
+    recent.watch(lambda block: seen.append(block.lines))
+    recent.add(b"one\ntwo\n", 0, now=5.0)
+    assert [line.text for line in recent.read()[0]] == ["one", "two"] and seen == [2]
+    assert recent.last_time == 5.0
+    (watcher,) = recent.watchers
+    recent.unwatch(watcher)
+    recent.add(b"three\n", 0)
+    assert seen == [2] and recent.watchers == ()

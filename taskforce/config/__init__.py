@@ -164,11 +164,8 @@ def _build_errors(
     try:
         specs = build(config, facts or host_facts(), roles.names, roles.values)
     except SpecError as exc:
-        # (a config read piece by piece finds its lines now: see entries)
-        lines: Mapping[KeyPath, int] = getattr(config, "lines", {})
-        return None, [
-            ConfigError(source, line_of(lines, exc.path), format_path(exc.path), exc.message)
-        ]
+        line = line_of(_lines(config), exc.path)
+        return None, [ConfigError(source, line, format_path(exc.path), exc.message)]
     except RecursionError:
         # model.find_cycle/start_order recurse once per link of a requires chain.
         return None, [ConfigError(source, None, "", "the chain of requires is too deep to check")]
@@ -177,6 +174,14 @@ def _build_errors(
         # config problem to report, never a crash of the daemon on reload.
         return None, [ConfigError(source, None, "", f"cannot build the config: {exc!r}")]
     return specs, []
+
+
+def _lines(config: Mapping[str, Any]) -> Mapping[KeyPath, int]:
+    """The line of each key path of ``config``, if it knows them (asked for
+    only when an error or a warning is to be placed: a ``LoadedConfig``
+    reads them again from its text)."""
+    lines: Mapping[KeyPath, int] = getattr(config, "lines", {})
+    return lines
 
 
 class _Unset:
@@ -341,7 +346,7 @@ def program_warnings(
         found.append(
             ConfigError(
                 source,
-                line_of(getattr(config, "lines", {}), path),
+                line_of(_lines(config), path),
                 format_path(path),
                 f"warning: program {program!r} {why} on this host",
             )

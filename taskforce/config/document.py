@@ -43,22 +43,27 @@ _SCALAR_TAGS = frozenset({_BOOL_TAG, "tag:yaml.org,2002:int", "tag:yaml.org,2002
 
 
 class LoadedConfig(dict):  # type: ignore[type-arg]
-    """The normalized config; remembers where each key was written.
+    """The normalized config; knows where each key was written.
 
     A plain dict to every consumer; ``source`` and ``lines`` (key path →
-    1-based line) let ``check`` place errors found later by the core.  A
-    config read piece by piece (``entries``) keeps its text instead, and
-    finds its lines only when a problem needs one placed.
+    1-based line) let ``check`` place errors found later by the core.  The
+    table of lines is as big as the config itself and a config that loaded
+    cleanly seldom needs it again (a socket that cannot be opened, a
+    program not found), so it is not kept: it is read again from ``text``
+    when first asked for (a config read piece by piece, see ``entries``,
+    never had one).
     """
 
     source: str = "<config>"
+    #: the text it was read from, until its lines are asked for (None: not
+    #: from text, or already read; then ``lines`` holds what is known)
+    text: str | None = None
     _lines: dict[KeyPath, int] | None = None
-    _text: str | None = None
 
     @property
     def lines(self) -> dict[KeyPath, int]:
         if self._lines is None:
-            text, self._text = self._text, None
+            text, self.text = self.text, None
             self._lines = {}
             if text is not None:
                 try:
@@ -68,12 +73,12 @@ class LoadedConfig(dict):  # type: ignore[type-arg]
         return self._lines
 
     @lines.setter
-    def lines(self, value: dict[KeyPath, int]) -> None:
-        self._lines = value
+    def lines(self, lines: dict[KeyPath, int]) -> None:
+        self._lines = lines
 
     def lines_from(self, text: str) -> None:
         """Find ``lines`` in ``text`` when they are first asked for."""
-        self._lines, self._text = None, text
+        self._lines, self.text = None, text
 
 
 @dataclass
@@ -248,12 +253,17 @@ class _Builder:
         #: An alias reuses a node; it gets the same object, built once (as
         #: in PyYAML), which also keeps a "billion laughs" file cheap.
         self.done: dict[int, Any] = {}
+        #: Each text once: the loader makes a new string for every key and
+        #: value, and a fleet's entries repeat the same ones (``commands``,
+        #: ``start``, a program's path) thousands of times, kept as long as
+        #: the config runs.
+        self.texts: dict[str, str] = {}
 
     def build(self, node: yaml.Node, path: KeyPath) -> Any:
         tag = node.tag
         if isinstance(node, yaml.ScalarNode):
             if tag == _STR_TAG:
-                return node.value
+                return self.texts.setdefault(node.value, node.value)
             if tag in _SCALAR_TAGS:
                 self.parsed.raws[path] = node.value
             return self.loader.construct_object(node)
@@ -287,7 +297,7 @@ class _Builder:
         first: dict[Any, int] = {}
         for position, (key_node, value_node) in enumerate(node.value):
             if isinstance(key_node, yaml.ScalarNode) and key_node.tag == _STR_TAG:
-                key: Any = key_node.value
+                key: Any = self.texts.setdefault(key_node.value, key_node.value)
             else:
                 key = self.loader.construct_object(key_node, deep=True)
                 try:

@@ -143,5 +143,5 @@ def check_text(text: str, source: str) -> tuple[LoadedConfig, list[ConfigError]]
     schema = Schema(source, parsed)
     config = LoadedConfig(schema.top(parsed.data))
     config.source = source
-    config.lines = parsed.lines
+    config.text = text  # (its lines are read again from it when asked for)
     return config, schema.errors

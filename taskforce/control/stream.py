@@ -177,7 +177,7 @@ class Streams:
         follower.ring = self.server.shell.captured(request.follow.task)
         self._backlog(follower)
         if follower.ring is not None and not conn.closed:
-            follower.ring.watchers.append(follower.watch)
+            follower.ring.watch(follower.watch)
         return True
 
     def _backlog(self, follower: _Follower) -> None:
@@ -255,7 +255,7 @@ class Streams:
             follower.follow = Follow(old.task, old.instance, since=1, stream=old.stream)
             self._backlog(follower)
             if not follower.conn.closed:
-                ring.watchers.append(follower.watch)
+                ring.watch(follower.watch)
 
     def _broadcast(self, now: float) -> bool:
         """Make the status event anew and send it to every status client if
@@ -335,7 +335,7 @@ class Streams:
 
 def _unwatch(ring: Recent, follower: _Follower) -> None:
     try:
-        ring.watchers.remove(follower.watch)
+        ring.unwatch(follower.watch)
     except ValueError:
         pass
 

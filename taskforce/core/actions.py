@@ -379,7 +379,7 @@ class SlotActions(Timers):
                 instance=instance,
                 name=command,
                 argv=task.spec.commands[command] if argv is None else argv,
-                env=dict(spec.env),
+                env=spec.env,
                 cwd=spec.cwd,
                 user=spec.user,
                 group=spec.group,

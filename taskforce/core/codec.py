@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from taskforce.core.effects import EFFECT_TYPES, Effect
+from taskforce.core.environment import Environment
 from taskforce.core.events import EVENT_TYPES, Event
 from taskforce.core.model import Action, EventSpec, HostFacts, ProcessSpec, TaskSpec
 from taskforce.core.specs import Readiness
@@ -47,6 +48,8 @@ def _plain(value: Any) -> Any:
         return [_plain(item) for item in value]
     if isinstance(value, dict):
         return {key: _plain(item) for key, item in value.items()}
+    if type(value) is Environment:
+        return value.as_dict()  # (its values are text)
     return value
 
 
@@ -83,7 +86,8 @@ def _matcher(cls: type[Any]) -> Callable[[Any, dict[str, Any]], bool]:
     Replay compares every effect of every step; spelled out like this (as
     ``dataclasses`` writes ``__init__``) it costs half what a loop over the
     field names does.  A scalar is the same when equal and of the same type;
-    a dict equal as a whole is the same (most are environments of strings).
+    a dict equal as a whole is the same (most are environments of strings),
+    and so is an ``Environment`` equal to it.
     """
     fields = _FIELDS[cls]
     lines = [
@@ -106,12 +110,13 @@ def _matcher(cls: type[Any]) -> Callable[[Any, dict[str, Any]], bool]:
             f"    other = get({name!r}, absent[{name!r}])",
             "    if not (value == other and type(value) is type(other)) and not (",
             "        type(value) is tuple and _same(value, other)",
-            "    ):",
+            "    ) and not (type(value) is _ENVIRONMENT and value == other):",
             "        return False",
         ]
     lines.append("    return True")
     namespace: dict[str, Any] = {
         "_same": _same,
+        "_ENVIRONMENT": Environment,
         "_KNOWN": frozenset(("type", *fields)),
         "_ABSENT": _absent_values(cls),
         "_STRICT": dict.fromkeys(fields, _MISSING),
@@ -156,6 +161,11 @@ _CONTAINERS = (list, dict)
 
 
 _FIELD_SETS = {cls: frozenset(fields) for cls, fields in _FIELDS.items()}
+#: classes whose every field is in the instance's ``__dict__`` (``Spawn``'s
+#: spec fields are the slots of ``ProcessSpec``)
+_DICT_ONLY = frozenset(
+    cls for cls in _TYPES.values() if not any("__slots__" in vars(base) for base in cls.__mro__)
+)
 
 
 def decode(data: dict[str, Any]) -> Any:
@@ -170,7 +180,11 @@ def decode(data: dict[str, Any]) -> Any:
         # would (it only assigns), at a third of its cost -- replay decodes
         # every recorded event.
         item = object.__new__(cls)
-        item.__dict__.update(fields)
+        if cls in _DICT_ONLY:
+            item.__dict__.update(fields)
+        else:
+            for key, value in fields.items():
+                object.__setattr__(item, key, value)
         return item
     return cls(**fields)
 
@@ -198,6 +212,8 @@ def to_plain(value: Any) -> Any:
         return [to_plain(item) for item in value]
     if kind is dict:
         return {key: to_plain(item) for key, item in value.items()}
+    if kind is Environment:
+        return value.as_dict()  # (its values are text)
     if kind not in _FIELD_NAMES:
         _FIELD_NAMES[kind] = (
             tuple(fld.name for fld in dataclasses.fields(kind))

@@ -10,6 +10,7 @@ This module must never do IO.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +32,10 @@ class Spawn(Effect, ProcessSpec):
     each) less those the core keeps to itself (``pidfile``, always None
     here), so an attribute added to the spec travels without a change here.
     ``argv[0]`` is the program (searched on ``env['PATH']``); ``env`` is the
-    whole environment.  The fields ``START_OPTIONS`` names are applied in the
-    child before exec (``start_options``); ``output`` and its ``output_*``
+    whole environment (the spec's ``Environment``, shared rather than copied
+    for each spawn; written as a plain mapping).  The fields
+    ``START_OPTIONS`` names are applied in the child before exec
+    (``start_options``); ``output`` and its ``output_*``
     say where stdout and stderr go: ``inherit`` (the daemon's), ``discard``,
     ``log`` (taskforce's log, each line prefixed ``task[instance]``, stderr
     lines ``task[instance]:stderr``) or ``file`` (``output_file``, stderr to
@@ -120,7 +123,8 @@ class RunCommand(Effect):
     instance: int
     name: str
     argv: tuple[str, ...]
-    env: dict[str, str] = field(default_factory=dict)
+    #: a mapping (the slot's ``Environment``, not a copy)
+    env: Mapping[str, str] = field(default_factory=dict)
     cwd: str | None = None
     user: str | None = None
     group: str | None = None

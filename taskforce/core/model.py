@@ -23,6 +23,7 @@ from taskforce.core.context import (
     resolve,
     resolve_one,
 )
+from taskforce.core.environment import Environments
 from taskforce.core.order import find_cycle, start_order
 from taskforce.core.readiness import readiness_of
 from taskforce.core.scope import in_scope, task_context
@@ -140,6 +141,14 @@ def _start_limit(
     return int(burst), float(interval)
 
 
+def _argv(value: Any, ctx: Mapping[str, str | None]) -> tuple[str, ...]:
+    """The command ``value`` stands for; the config's own tuple when that
+    is what it stands for (no tag, nothing conditional): one tuple then
+    serves the config, the task's commands and every slot's spec."""
+    argv = tuple(expand_all(resolve(value, ctx), ctx))
+    return value if type(value) is tuple and value == argv else argv
+
+
 def _text_value(value: Any, ctx: Mapping[str, str | None]) -> str | None:
     raw = resolve_one(value, ctx, None)
     return None if raw is None else expand(as_text(raw) or "", ctx)
@@ -249,6 +258,8 @@ def _action(event: Mapping[str, Any], ctx: Mapping[str, str | None]) -> Action:
     return Action(command=as_text(command), signal=as_text(signal))
 
 
+_ABSENT: Any = object()
+
 #: readiness of a task that says nothing of it
 _NO_READINESS = Readiness()
 
@@ -260,7 +271,7 @@ def _process_spec(
     sockets: Mapping[str, SocketSpec] | None = None,
     readiness: Readiness = _NO_READINESS,
 ) -> ProcessSpec:
-    argv = tuple(expand_all(resolve(task["commands"]["start"], ctx), ctx))
+    argv = _argv(task["commands"]["start"], ctx)
     if not argv:
         raise SpecError(("commands", "start"), "start command is empty")
     env: dict[str, str] = {}
@@ -294,7 +305,7 @@ def _process_spec(
         raise SpecError(("sockets", *exc.path), exc.message) from None
     return ProcessSpec(
         argv=argv,
-        env=env,
+        env=_ENVIRONMENTS.share(env),
         **outputs,
         limits=_limits(task.get("limits"), ctx),
         notify=readiness.kind == "notify",
@@ -351,10 +362,11 @@ def _build_task(
             _process_spec(task, slot_ctx, settings_output, sockets=sockets, readiness=readiness)
         )
     first_ctx = dict(ctx, Task_instance="0")
-    commands = {
-        cmd: tuple(expand_all(resolve(argv, first_ctx), first_ctx))
-        for cmd, argv in sorted(task["commands"].items())
-    }
+    given = task["commands"]
+    commands = {cmd: _argv(argv, first_ctx) for cmd, argv in sorted(given.items())}
+    if type(given) is dict and list(given) == list(commands):
+        if all(commands[cmd] is argv for cmd, argv in given.items()):
+            commands = given  # nothing expanded: the config's own (never changed)
     events: list[EventSpec] = []
     stop_action = restart_action = None
     for index, event in enumerate(task.get("events") or ()):
@@ -410,52 +422,18 @@ def _build_task(
     )
 
 
-class _Hashed:
-    """A hashable value whose hash is computed once (it is big: the whole
-    environment, and it takes part in every task's cache key)."""
+#: The environments of every build share their bases (see ``core.environment``).
+_ENVIRONMENTS = Environments()
 
-    __slots__ = ("value", "hash")
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-        self.hash = hash(value)
-
-    def __hash__(self) -> int:
-        return self.hash
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Hashed) and (
-            self is other or (self.hash == other.hash and self.value == other.value)
-        )
-
-
-def _hashable(value: Any) -> Any:
-    """``value`` as nested tuples, usable as a dictionary key."""
-    if value is None or isinstance(value, (str, int, float)):
-        return value  # most values are leaves: spare them the Mapping (ABC) test
-    if isinstance(value, Mapping):
-        return ("{", tuple(sorted((key, _hashable(item)) for key, item in value.items())))
-    if isinstance(value, (list, tuple)):
-        return ("[", tuple(_hashable(item) for item in value))
-    return value
-
-
-#: Specs already built, by (name, the task's config, everything shared).  A
-#: task's spec is a pure function of those, so a reload rebuilds only the
-#: tasks whose inputs changed, and the shell's validation and the core's
-#: build of the same config build each task once.  Only the specs of the last
-#: two builds are kept (validation, then the core), so reloads never grow it.
-_BUILT: dict[tuple[str, Any, Any], TaskSpec] = {}
-_PREVIOUS: dict[tuple[str, Any, Any], TaskSpec] = {}
-#: The last two builds' specs by the id of their task entry: (entry, shared,
-#: spec).  A config read piece by piece (``taskforce.config.entries``) hands
-#: an unchanged task the very entry it had before: its spec is found by
-#: identity, without making (or hashing) the entry's key.
-_BY_ENTRY: dict[int, tuple[Any, _Hashed, TaskSpec]] = {}
-_BY_ENTRY_BEFORE: dict[int, tuple[Any, _Hashed, TaskSpec]] = {}
-#: What everything shared was in the last two builds that differ in it (the
-#: shell's and the core's may: one object each, for ``is``).
-_SHARED: list[_Hashed] = []
+#: The last two builds, newest first: (their shared inputs, each task's
+#: config entry by name, each task's spec by name).  A task's spec is a pure
+#: function of its name, its entry and the shared inputs, so a build takes
+#: the spec of an equal entry under equal shared inputs instead of building
+#: it again: a reload rebuilds only the tasks whose inputs changed, and the
+#: shell's validation and the core's build of the same config build each
+#: task once.  Two builds are kept (validation, then the core), so reloads
+#: never grow it; the entries are the config's own (compared, never copied).
+_BUILDS: list[tuple[tuple[Any, ...], dict[str, Any], dict[str, TaskSpec]]] = []
 #: The specs of the last build whose requires and onexit passed the checks.
 _CHECKED: list[dict[str, TaskSpec]] = []
 
@@ -485,52 +463,40 @@ def build(
     settings = settings_of(config)
     tasks: Mapping[str, Mapping[str, Any]] = config.get("tasks") or {}
     sockets = socket_specs(config)
-    global _BUILT, _PREVIOUS, _BY_ENTRY, _BY_ENTRY_BEFORE
-    shared = _Hashed(
-        _hashable(
-            (
-                {key: config.get(key) for key in ("defines", "role_defines", "defaults")},
-                config.get("role_defaults"),
-                config.get("settings"),
-                config.get("sockets"),
-                facts.environ,
-                (facts.host, facts.fqdn, facts.pid),
-                roles,
-                role_values,
-            )
-        )
+    shared = (
+        {key: config.get(key) for key in ("defines", "role_defines", "defaults")},
+        config.get("role_defaults"),
+        config.get("settings"),
+        config.get("sockets"),
+        facts.environ,
+        (facts.host, facts.fqdn, facts.pid),
+        roles,
+        role_values,
     )
-    shared = next((known for known in _SHARED if known == shared), shared)
-    _SHARED[:] = [shared, *(known for known in _SHARED[:1] if known is not shared)]
-    built: dict[tuple[str, Any, Any], TaskSpec] = {}
-    by_entry: dict[int, tuple[Any, _Hashed, TaskSpec]] = {}
+    # Compared once per build, and entry by entry with == (no hashable copy
+    # of them is kept): the same entry object (validation, then the core) is
+    # found at once, an unchanged one of a reloaded file by one comparison.
+    earlier = [(entries, built) for inputs, entries, built in _BUILDS if inputs == shared]
+    entries: dict[str, Any] = {}
     specs: dict[str, TaskSpec] = {}
     for name in sorted(tasks):
-        entry = tasks[name]
-        hit = _BY_ENTRY.get(id(entry))
-        if hit is None or hit[0] is not entry or hit[1] is not shared:
-            hit = _BY_ENTRY_BEFORE.get(id(entry))
-        if hit is not None and hit[0] is entry and hit[1] is shared and hit[2].name == name:
-            specs[name] = hit[2]
-            by_entry[id(entry)] = hit
-            continue
-        key = (name, _hashable(entry), shared)
-        cached = _BUILT.get(key) or _PREVIOUS.get(key)
-        if cached is not None:
-            spec = cached
+        entry = entries[name] = tasks[name]
+        for known, built in earlier:
+            seen = known.get(name, _ABSENT)
+            if seen is entry or (seen is not _ABSENT and seen == entry):
+                specs[name] = built[name]
+                break
         else:
             try:
-                spec = _build_task(
+                specs[name] = _build_task(
                     name, entry, config, settings, facts, roles, role_values or {}, sockets
                 )
             except SpecError as exc:
                 raise SpecError(("tasks", name, *exc.path), exc.message) from None
             except ContextError as exc:
                 raise SpecError(("tasks", name), str(exc)) from None
-        specs[name] = built[key] = spec
-        by_entry[id(entry)] = (entry, shared, spec)
-    _PREVIOUS, _BUILT = _BUILT, built
-    _BY_ENTRY_BEFORE, _BY_ENTRY = _BY_ENTRY, by_entry
+    _BUILDS[:] = [(shared, entries, specs), *_BUILDS[:1]]
+    specs = dict(specs)  # the caller's own: the kept one must not change
     if _same_links(specs):
         return specs
     for name, spec in specs.items():
@@ -549,5 +515,5 @@ def build(
     cycle = find_cycle(specs)
     if cycle:
         raise SpecError(("tasks", cycle[0], "requires"), "dependency cycle: " + " -> ".join(cycle))
-    _CHECKED[:] = [specs]
+    _CHECKED[:] = [dict(specs)]  # (the caller may change its own)
     return specs

@@ -138,7 +138,7 @@ def readiness_of(
         surge, unavailable = values
         if surge == 0 and unavailable == 0:
             raise SpecError(("rollout",), "max_surge and max_unavailable are both 0")
-    return Readiness(
+    readiness = Readiness(
         kind=kind,
         target=target,
         argv=argv,
@@ -148,3 +148,9 @@ def readiness_of(
         max_surge=surge,
         max_unavailable=unavailable,
     )
+    # Most tasks say nothing of readiness: they share one (it is frozen).
+    return _DEFAULT if readiness == _DEFAULT else readiness
+
+
+#: the readiness of a task that says nothing of it
+_DEFAULT = Readiness()

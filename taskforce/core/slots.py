@@ -29,7 +29,7 @@ from taskforce.core.lifecycle import (
 from taskforce.core.model import ProcessSpec, TaskSpec
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Slot:
     """One process slot of a task: ``Task_instance`` ``instance``."""
 
@@ -111,7 +111,7 @@ FAILED_WATCH = "failed"
 _HAS_PROCESS = (*sorted(LIVE_STATES, key=lambda state: state.name), SLOT_STARTING, SLOT_PROBING)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class TaskState:
     spec: TaskSpec
     slots: list[Slot] = field(default_factory=list)
@@ -171,7 +171,7 @@ class TaskState:
         )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Leftover:
     """Processes of one slot that an earlier taskforce left running."""
 

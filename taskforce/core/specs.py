@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from taskforce.core.context import as_text
+from taskforce.core.environment import Environment, as_dict
 from taskforce.core.values import Whole, parse_umask
 
 if TYPE_CHECKING:
@@ -119,17 +120,20 @@ def _attr(**declared: Any) -> dict[str, Attribute]:
     return {_ATTRIBUTE: Attribute(**declared)}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProcessSpec:
     """Everything that makes one slot's process what it is.
 
     Each field declares, in its ``Attribute``, where it comes from in the
     config and where it goes; adding an attribute is adding a field here
-    (and what the shell does with it in ``process.start``).
+    (and what the shell does with it in ``process.start``).  There is one
+    per slot of every task, so it has ``__slots__`` and its environment is
+    an ``Environment``: the names where it differs from one shared base.
     """
 
     argv: tuple[str, ...] = field(metadata=_attr())
-    env: dict[str, str] = field(default_factory=dict, metadata=_attr())
+    #: any mapping may be given; a spec keeps it as an ``Environment``
+    env: Mapping[str, str] = field(default_factory=Environment, metadata=_attr())
     cwd: str | None = field(
         default=None, metadata=_attr(key="cwd", check="path", parse=as_text, start=True)
     )
@@ -179,6 +183,10 @@ class ProcessSpec:
     #: the shell adds the path of the socket it owns to the environment
     notify: bool = field(default=False, metadata=_attr(reason="ready"))
 
+    def __post_init__(self) -> None:
+        if type(self.env) is not Environment:
+            object.__setattr__(self, "env", Environment.of(self.env))
+
     def diff(self, new: ProcessSpec) -> str:
         """Which parts differ from ``new``, for the reason of a restart.
 
@@ -192,9 +200,8 @@ class ProcessSpec:
                 if word not in parts:
                     parts.append(word)
         if self.env != new.env:
-            keys = sorted(
-                key for key in set(self.env) | set(new.env) if self.env.get(key) != new.env.get(key)
-            )
+            old, now = as_dict(self.env), as_dict(new.env)
+            keys = sorted(key for key in old.keys() | now.keys() if old.get(key) != now.get(key))
             shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
             parts.append(f"environment ({shown})")
         return ", ".join(parts) or "spec"
@@ -217,13 +224,12 @@ START_OPTIONS = tuple(name for name, attr in PROCESS_ATTRIBUTES if attr.start)
 
 
 def spawn_values(spec: ProcessSpec) -> dict[str, Any]:
-    """What a ``Spawn`` of ``spec`` carries, by field (the environment a copy)."""
-    values = {name: getattr(spec, name) for name in SPAWN_FIELDS}
-    values["env"] = dict(spec.env)
-    return values
+    """What a ``Spawn`` of ``spec`` carries, by field (the environment as it
+    is: immutable, and shared by the spec and every spawn of it)."""
+    return {name: getattr(spec, name) for name in SPAWN_FIELDS}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Action:
     """An event's action: run a named command, or send a signal."""
 
@@ -234,7 +240,7 @@ class Action:
         return f"command {self.command!r}" if self.command else f"signal {self.signal}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EventSpec:
     """A watched happening (``self``, ``file_change``, ``python``, ``external``)."""
 
@@ -245,7 +251,7 @@ class EventSpec:
     name: str | None = None  # external events
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Readiness:
     """How a task's processes show they are ready, and how a change
     replaces them (see ``core.readiness`` for the keys it is built from)."""
@@ -271,7 +277,7 @@ class Readiness:
     max_unavailable: int = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskSpec:
     name: str
     control: str
