@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from taskforce import loader, output, pidwatch, process, signals, tracking
+from taskforce import heap, loader, output, pidwatch, process, signals, tracking
 from taskforce.children import Children
 from taskforce.config import ConfigError, Roles, RolesFileMissing, line_of, load_config, load_roles
 from taskforce.control.options import Options  # --- control server
@@ -411,6 +411,10 @@ class Daemon(Children):
                 result = self.perform(effect)
                 if result is not None:
                     queue.append(result)
+        if isinstance(event, ev.ConfigLoaded):
+            # A config applied (the start-up's spawns, a reload) leaves a
+            # burst of freed memory behind: give its pages back.
+            heap.trim()
         return answer or ()
 
     def _open_sockets(self, event: ev.Event) -> ev.Event:

@@ -1,0 +1,45 @@
+"""heap.trim: the free pages of a burst go back to the system, where libc can."""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+
+import pytest
+
+from taskforce import heap
+
+
+def test_trim_works_where_libc_has_malloc_trim_and_is_a_no_op_elsewhere() -> None:
+    has_it = hasattr(ctypes.CDLL(None), "malloc_trim")
+    assert heap.trim() is has_it
+    assert heap.trim() is has_it  # looked up once, asked again at will
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert has_it
+
+
+def test_a_burst_freed_is_given_back() -> None:
+    # Many blocks (what a recorded start-up leaves behind), then one that
+    # lives on above them in the heap: once the burst is freed, glibc keeps
+    # its pages (only a free top of the heap goes back by itself) until the
+    # trim.
+    if not hasattr(ctypes.CDLL(None), "malloc_trim") or not _resident_kib():
+        pytest.skip("needs a libc with malloc_trim and /proc (glibc Linux)")
+    burst = [bytearray(600) for _ in range(50_000)]  # past obmalloc: malloc's heap
+    kept = bytearray(600)
+    del burst
+    before = _resident_kib()
+    assert heap.trim()
+    assert before - _resident_kib() > 10 * 1024, "a trim gives back the burst's 30 MB"
+    del kept
+
+
+def _resident_kib() -> int:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
