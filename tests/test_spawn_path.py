@@ -61,15 +61,22 @@ def test_a_start_holds_no_descriptor(tmp_path: Path, started: list[int]) -> None
         assert sorted(os.listdir("/proc/self/fd")) == before
 
 
-def test_a_program_removed_after_a_start_is_reported_missing(
-    tmp_path: Path, started: list[int]
-) -> None:
+def run_once_then_remove(tmp_path: Path, started: list[int]) -> tuple[Path, str]:
+    """``tfprog`` in ``bin`` run once (its lookup remembered), then removed;
+    the file it writes and the PATH it was found on."""
     out = tmp_path / "out"
     program(tmp_path / "bin", "tfprog", "ran", out)
     path = str(tmp_path / "bin")
     run("tfprog", path, started)
     wait_for(lambda: out.exists(), what="the first run")
     (tmp_path / "bin" / "tfprog").unlink()
+    return out, path
+
+
+def test_a_program_removed_after_a_start_is_reported_missing(
+    tmp_path: Path, started: list[int]
+) -> None:
+    out, path = run_once_then_remove(tmp_path, started)
     with pytest.raises(process.SpawnError, match="exec 'tfprog': No such file"):
         run("tfprog", path, started)
     # Put back elsewhere on PATH: found there.
@@ -95,12 +102,7 @@ def test_a_program_put_earlier_on_path_is_the_one_that_runs(
 
 
 def test_a_program_that_became_a_folder_is_missing(tmp_path: Path, started: list[int]) -> None:
-    out = tmp_path / "out"
-    program(tmp_path / "bin", "tfprog", "ran", out)
-    path = str(tmp_path / "bin")
-    run("tfprog", path, started)
-    wait_for(lambda: out.exists(), what="the first run")
-    (tmp_path / "bin" / "tfprog").unlink()
+    _, path = run_once_then_remove(tmp_path, started)
     (tmp_path / "bin" / "tfprog").mkdir()
     with pytest.raises(process.SpawnError, match="No such file"):
         run("tfprog", path, started)
