@@ -28,16 +28,16 @@ import contextlib
 import logging
 import selectors
 import socket
-import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
 import h11
 
 from taskforce import __version__
+from taskforce.control import tls
 from taskforce.control.listen import subject_text
 from taskforce.control.messages import JSON as JSON
 from taskforce.control.messages import REASONS as REASONS
@@ -50,6 +50,8 @@ from taskforce.control.stream import STALL
 log = logging.getLogger("taskforce")
 
 if TYPE_CHECKING:
+    import ssl
+
     from taskforce.control.listen import Listener
     from taskforce.control.server import ControlServer
 
@@ -140,20 +142,21 @@ class Connection:
         self._interest()
 
     def _handshake(self) -> None:
-        assert isinstance(self.sock, ssl.SSLSocket)
+        # Only a TLS listener's connections handshake (so ssl is loaded).
+        sock = cast("ssl.SSLSocket", self.sock)
         try:
-            self.sock.do_handshake()
-        except ssl.SSLWantReadError:
+            sock.do_handshake()
+        except tls.WantReadError:
             return
-        except ssl.SSLWantWriteError:
+        except tls.WantWriteError:
             self._block = selectors.EVENT_WRITE
             return
-        except (ssl.SSLError, OSError):
+        except (tls.Error, OSError):
             self.server.stats["rejected"] += 1
             self.close()
             return
         self.handshaking = False
-        subject = subject_text(self.sock.getpeercert())
+        subject = subject_text(sock.getpeercert())
         if subject is not None:
             self.who = {**self.who, "subject": subject}
 
@@ -163,12 +166,12 @@ class Connection:
         the connection and gives None too."""
         try:
             return self.sock.recv(READ_SIZE)
-        except (BlockingIOError, ssl.SSLWantReadError):
+        except (BlockingIOError, tls.WantReadError):
             return None
-        except ssl.SSLWantWriteError:
+        except tls.WantWriteError:
             self._block = selectors.EVENT_WRITE
             return None
-        except (ssl.SSLError, OSError):
+        except (tls.Error, OSError):
             self.close()
             return None
 
@@ -185,7 +188,7 @@ class Connection:
             self._parse()
             if self.closed or self.finished or self.queued or self.out or not data:
                 return
-        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+        if tls.is_tls(self.sock) and cast("ssl.SSLSocket", self.sock).pending():
             # Decrypted bytes wait inside the TLS layer: no fd will say so.
             self.server.again.add(self)
 
@@ -360,12 +363,12 @@ class Connection:
             chunk = self.out[0]
             try:
                 sent = self.sock.send(chunk)
-            except (BlockingIOError, ssl.SSLWantWriteError):
+            except (BlockingIOError, tls.WantWriteError):
                 return
-            except ssl.SSLWantReadError:
+            except tls.WantReadError:
                 self._block = selectors.EVENT_READ
                 return
-            except (ssl.SSLError, OSError):
+            except (tls.Error, OSError):
                 self.close()
                 return
             self.unsent -= sent
@@ -416,7 +419,7 @@ class Connection:
         for _ in range(4):
             try:
                 data = self.sock.recv(READ_SIZE)
-            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            except (BlockingIOError, tls.WantReadError, tls.WantWriteError):
                 return
             except OSError:
                 break

@@ -18,22 +18,24 @@ import contextlib
 import dataclasses
 import errno
 import functools
-import hmac
 import ipaddress
 import logging
 import os
 import socket
-import ssl
 import stat
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from taskforce.control import tls
 from taskforce.control.options import Options
 from taskforce.core import access
 from taskforce.core.context import ContextError, as_text, expand, resolve_one
 from taskforce.core.model import HostFacts, task_context
+
+if TYPE_CHECKING:
+    import ssl  # noqa: F401 (the return annotation)
 
 log = logging.getLogger("taskforce")
 
@@ -213,7 +215,11 @@ def tls_context(certfile: str, cafile: str | None = None) -> ssl.SSLContext:
     """A server context for a PEM file holding the certificate and its key;
     with ``cafile``, client certificates are asked for and checked against
     it (optional at the handshake: a client without one may still get
-    status where status is open, and is refused control)."""
+    status where status is open, and is refused control).  The first TLS
+    listener is what loads ``ssl`` (see ``tls``)."""
+    tls.load()
+    import ssl
+
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
@@ -366,6 +372,8 @@ class Listener:
             return None
         if self.token is None:
             return False
+        import hmac  # (only a request with a token: hmac loads OpenSSL's libcrypto)
+
         return hmac.compare_digest(value.strip().encode("latin-1", "replace"), self.token)
 
     def _open_unix(self, path: str, file_group: int | None) -> socket.socket:
