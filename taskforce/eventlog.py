@@ -22,7 +22,6 @@ on; ``find_checkpoint`` finds where a segment of it can start.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import queue
@@ -37,6 +36,7 @@ from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core import secrets
 from taskforce.core.codec import decode, encode
+from taskforce.core.sha import sha256
 
 FORMAT = 1
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -175,7 +175,7 @@ class Checkpoints:
 def config_digest(path: str) -> str:
     try:
         with open(path, "rb") as handle:
-            return hashlib.sha256(handle.read()).hexdigest()
+            return str(sha256(handle.read()).hexdigest())
     except OSError:
         return ""
 

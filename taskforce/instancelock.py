@@ -15,11 +15,7 @@ from __future__ import annotations
 import errno
 import os
 
-try:  # CPython's own SHA-256: hashlib would load OpenSSL's libcrypto (half a MiB)
-    from _sha256 import sha256  # type: ignore[import-not-found,unused-ignore]
-except ImportError:  # pragma: no cover (other Pythons)
-    from hashlib import sha256
-
+from taskforce.core.sha import sha256
 from taskforce.pidlock import lock_and_write_pid
 
 

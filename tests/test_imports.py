@@ -46,3 +46,20 @@ def test_starting_a_daemon_imports_none_of_what_it_may_never_use() -> None:
     assert "taskforce.core.supervisor" in loaded  # (the probe itself works)
     wrong = {name: why for name, why in NOT_AT_START.items() if name in loaded}
     assert not wrong, f"imported at start, but only needed by: {wrong}"
+
+
+def test_a_control_server_without_tls_loads_no_openssl() -> None:
+    # ssl (libssl and libcrypto: about 4 MiB of PSS) and hmac (libcrypto)
+    # come with the first TLS listener and the first token checked; the
+    # recorder's digests use CPython's own SHA-256.
+    code = (
+        "import sys, taskforce.cli, taskforce.daemon, taskforce.control.server,"
+        " taskforce.eventlog;"
+        " print('\\n'.join(sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    loaded = set(out.split())
+    assert "taskforce.control.http" in loaded  # (the probe itself works)
+    assert not {"ssl", "_ssl", "hmac", "_hashlib"} & loaded

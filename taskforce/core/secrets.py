@@ -21,10 +21,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-try:  # CPython's own SHA-256: hashlib would load OpenSSL's libcrypto (half a MiB)
-    from _sha256 import sha256  # type: ignore[import-not-found,unused-ignore]
-except ImportError:  # pragma: no cover (other Pythons)
-    from hashlib import sha256
+from taskforce.core.sha import sha256
 
 #: Names that hold secrets unless ``settings.secret_names`` says otherwise.
 DEFAULT_SECRET_NAMES = (
