@@ -219,37 +219,43 @@ def test_a_file_and_its_directory_are_registered_as_vnodes(
         )
 
 
+def watch_sentinel(driver: FakeDriver, tmp_path: Path) -> Path:
+    """A watched file whose change, made last, shows the events before it were read."""
+    sentinel = tmp_path / "sentinel"
+    write(sentinel, "s\n")
+    driver.watcher.watch(Watch("sentinel", "file", (str(sentinel),)))
+    return sentinel
+
+
+def assert_unchanged_by_then(driver: FakeDriver, sentinel: Path, change: tuple[str, str]) -> None:
+    """Once the sentinel's change is reported, ``change`` has not been."""
+    write(sentinel, "t\n")
+    driver.deliver(sentinel, WRITE)
+    driver.wait_for(lambda: ("sentinel", str(sentinel)) in driver.changes, "the sentinel")
+    assert change not in driver.changes
+
+
 def test_a_write_in_place_is_reported_once(driver: FakeDriver, tmp_path: Path) -> None:
     path = tmp_path / "app.conf"
     write(path, "one\n")
-    sentinel = tmp_path / "sentinel"
-    write(sentinel, "s\n")
     driver.watcher.watch(Watch("k", "file", (str(path),)))
-    driver.watcher.watch(Watch("sentinel", "file", (str(sentinel),)))
+    sentinel = watch_sentinel(driver, tmp_path)
     with open(path, "a") as handle:
         handle.write("two\n")
     driver.deliver(path, WRITE | EXTEND)
     driver.deliver(path, WRITE)  # a burst: one change
     changed(driver, "k", path)
-    write(sentinel, "t\n")
-    driver.deliver(sentinel, WRITE)
-    driver.wait_for(lambda: ("sentinel", str(sentinel)) in driver.changes, "the sentinel")
-    assert ("k", str(path)) not in driver.changes
+    assert_unchanged_by_then(driver, sentinel, ("k", str(path)))
 
 
 def test_an_event_that_changed_nothing_is_dropped(driver: FakeDriver, tmp_path: Path) -> None:
     path = tmp_path / "app.conf"
     write(path, "one\n")
-    sentinel = tmp_path / "sentinel"
-    write(sentinel, "s\n")
     driver.watcher.watch(Watch("k", "file", (str(path),)))
-    driver.watcher.watch(Watch("sentinel", "file", (str(sentinel),)))
+    sentinel = watch_sentinel(driver, tmp_path)
     driver.deliver(path, ATTRIB)  # a touch of attributes: the signature is the same
     driver.deliver(tmp_path, WRITE)  # an entry of the directory changed: not ours
-    write(sentinel, "t\n")
-    driver.deliver(sentinel, WRITE)
-    driver.wait_for(lambda: ("sentinel", str(sentinel)) in driver.changes, "the sentinel")
-    assert ("k", str(path)) not in driver.changes
+    assert_unchanged_by_then(driver, sentinel, ("k", str(path)))
 
 
 def test_replace_by_rename_reopens_the_new_file(driver: FakeDriver, tmp_path: Path) -> None:
