@@ -35,7 +35,7 @@ from taskforce.core.context import ContextError, as_text, expand, resolve_one
 from taskforce.core.model import HostFacts, task_context
 
 if TYPE_CHECKING:
-    import ssl  # noqa: F401 (the return annotation)
+    import ssl
 
 log = logging.getLogger("taskforce")
 

@@ -15,7 +15,6 @@ This module opens nothing and never decides anything.
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 
 class _NotYet(Exception):
@@ -27,13 +26,12 @@ WantWriteError: type[Exception] = _NotYet
 Error: type[Exception] = _NotYet
 
 
-def load() -> Any:
-    """Load ``ssl`` (once) and give these names their real classes; the module."""
+def load() -> None:
+    """Load ``ssl`` (once) and give these names their real classes."""
     global WantReadError, WantWriteError, Error
     import ssl
 
     WantReadError, WantWriteError, Error = ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLError
-    return ssl
 
 
 def is_tls(sock: object) -> bool:
