@@ -36,10 +36,11 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote
 
-from taskforce import costs_darwin
+if TYPE_CHECKING:
+    from taskforce.costs_darwin import Reader
 
 #: How long a sample answers requests before /proc is read again.
 HOLD = 0.5
@@ -49,8 +50,19 @@ HOLD = 0.5
 _PROC = os.path.isdir("/proc/self")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _HZ = os.sysconf("SC_CLK_TCK")
-#: Without /proc: libproc's calls, if the host has them (macOS).
-_DARWIN = None if _PROC else costs_darwin.load()
+
+
+def _libproc() -> Reader | None:
+    """Without /proc: libproc's calls, if the host has them (macOS).  Only
+    then is ``costs_darwin`` (and the ``ctypes.util`` it needs) imported."""
+    if _PROC:
+        return None
+    from taskforce import costs_darwin
+
+    return costs_darwin.load()
+
+
+_DARWIN = _libproc()
 
 #: (task, instance, pid of the slot's leader)
 SlotKey = tuple[str, int, int]

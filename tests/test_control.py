@@ -934,6 +934,30 @@ def test_bad_parameters_and_traversal_change_nothing(daemon: Daemon) -> None:
     assert daemon.proc is not None and daemon.proc.poll() is None
 
 
+def test_a_multipart_form_gives_its_fields_under_the_query() -> None:
+    from taskforce.control.messages import Request
+    from taskforce.control.params import request_params
+
+    body = (
+        b"--XyZ\r\n"
+        b'Content-Disposition: form-data; name="task"\r\n\r\n'
+        b"web\r\n"
+        b"--XyZ\r\n"
+        b'Content-Disposition: form-data; name="signal"\r\n\r\n'
+        b"HUP\r\n"
+        b"--XyZ--\r\n"
+    )
+    request = Request(
+        method="POST",
+        target="/manage/signal?signal=TERM",
+        path="/manage/signal",
+        query="signal=TERM",
+        headers={"content-type": "multipart/form-data; boundary=XyZ"},
+        body=body,
+    )
+    assert request_params(request) == {"task": ["web"], "signal": ["TERM"]}
+
+
 def test_socket_permissions_stale_and_foreign_files(daemon: Daemon, tmp_path: Path) -> None:
     m = daemon.marker
     folder = short_dir(tmp_path)

@@ -8,6 +8,7 @@ what ``taskforce`` runs to start a daemon loads none of the modules below.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -63,3 +64,30 @@ def test_a_control_server_without_tls_loads_no_openssl() -> None:
     loaded = set(out.split())
     assert "taskforce.control.http" in loaded  # (the probe itself works)
     assert not {"ssl", "_ssl", "hmac", "_hashlib"} & loaded
+
+
+#: What a control server loads only when a request needs it, with that request.
+NOT_WITH_CONTROL = {
+    "email": "a multipart form (control.params)",
+    "importlib.resources": "the first page asset served (control.site)",
+    "platform": "GET /version (control.api)",
+    "subprocess": "ctypes.util, through costs_darwin",
+    "tempfile": "ctypes.util, through costs_darwin",
+}
+
+
+def test_a_control_server_loads_what_only_some_requests_need_with_them() -> None:
+    code = (
+        "import sys, taskforce.cli, taskforce.daemon, taskforce.control.server;"
+        " print('\\n'.join(sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    loaded = set(out.split())
+    assert "taskforce.costs" in loaded  # (the probe itself works)
+    wrong = {name: why for name, why in NOT_WITH_CONTROL.items() if name in loaded}
+    if os.path.isdir("/proc/self"):
+        # costs_darwin reads libproc where there is no /proc: here, never.
+        assert "taskforce.costs_darwin" not in loaded
+    assert not wrong, f"loaded with the control server, but only needed by: {wrong}"

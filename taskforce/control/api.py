@@ -36,7 +36,6 @@ import datetime
 import functools
 import json
 import logging
-import platform
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -254,6 +253,8 @@ _PLATFORM: dict[str, Any] = {}
 
 
 def _version(server: ControlServer, service: Service) -> tuple[int, Any]:
+    import platform  # the first /version asked loads it; most daemons never are
+
     if not _PLATFORM:
         uname = platform.uname()
         _PLATFORM.update(system=uname.system, platform=platform.platform(), release=uname.release)

@@ -11,8 +11,6 @@ touches the core or does IO.
 
 from __future__ import annotations
 
-from email.parser import BytesParser
-from email.policy import HTTP
 from urllib.parse import parse_qs
 
 from taskforce.control.http import Request
@@ -48,6 +46,10 @@ def _parse_qs(query: str) -> Params:
 
 
 def _multipart(request: Request) -> Params:
+    # email is 1 MiB of code only a multipart form needs: loaded by the first.
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
     head = f"Content-Type: {request.headers['content-type']}\r\n\r\n".encode("latin-1")
     try:
         message = BytesParser(policy=HTTP).parsebytes(head + request.body)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from importlib import resources
 from urllib.parse import urlsplit
 
 from taskforce.control.http import Request, Response, text
@@ -56,6 +55,9 @@ _FILES = {
 
 @functools.cache
 def _read(name: str) -> bytes:
+    # importlib.resources is loaded by the first page served, not at start.
+    from importlib import resources
+
     return resources.files("taskforce.control").joinpath("page").joinpath(name).read_bytes()
 
 
