@@ -20,6 +20,9 @@ This module never decides anything about tasks; it only sets the stage for
 
 from __future__ import annotations
 
+# Before anything imports dataclasses: a daemon need not load inspect.
+from taskforce import inspect_later  # noqa: F401  # isort: skip
+
 import argparse
 import gc
 import logging

@@ -106,3 +106,39 @@ def test_a_program_that_became_a_folder_is_missing(tmp_path: Path, started: list
     (tmp_path / "bin" / "tfprog").mkdir()
     with pytest.raises(process.SpawnError, match="No such file"):
         run("tfprog", path, started)
+
+
+def test_the_lookup_finds_what_shutil_which_finds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    first, second, empty = tmp_path / "first", tmp_path / "second", tmp_path / "empty"
+    for folder in (first, second, empty):
+        folder.mkdir()
+    for folder, name, mode in [
+        (first, "plain", 0o644),  # not executable: skipped
+        (second, "plain", 0o755),
+        (first, "both", 0o755),
+        (second, "both", 0o755),
+        (tmp_path, "here", 0o755),  # found through an empty PATH entry only
+    ]:
+        (folder / name).write_text("#!/bin/sh\n")
+        (folder / name).chmod(mode)
+    (first / "dir").mkdir()  # a folder is never the program
+    (second / "dir").write_text("#!/bin/sh\n")
+    (second / "dir").chmod(0o755)
+    paths = [
+        f"{first}:{second}",
+        f"{second}:{first}",
+        f"{first}:{first}:{empty}",
+        f":{first}",
+        f"{empty}",
+        "",
+        os.defpath,
+    ]
+    names = ["plain", "both", "here", "dir", "missing", "sh", str(second / "plain"), "first/both"]
+    for path in paths:
+        for name in names:
+            assert process._which(name, path) == shutil.which(name, path=path), (name, path)

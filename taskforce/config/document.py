@@ -83,6 +83,8 @@ class LoadedConfig(dict):  # type: ignore[type-arg]
 
 @dataclass
 class Parsed:
+    """A YAML document read, with what its errors need to name their place."""
+
     data: Any
     lines: dict[KeyPath, int]
     #: Raw text of bool/int/float scalars, to explain YAML 1.1 surprises.

@@ -113,6 +113,8 @@ _HAS_PROCESS = (*sorted(LIVE_STATES, key=lambda state: state.name), SLOT_STARTIN
 
 @dataclass(eq=False, slots=True)
 class TaskState:
+    """What the supervisor keeps of one task: its spec, its slots, its overrides."""
+
     spec: TaskSpec
     slots: list[Slot] = field(default_factory=list)
     removed: bool = False

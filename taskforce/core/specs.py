@@ -279,6 +279,8 @@ class Readiness:
 
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
+    """One task of the config, built and checked: what its slots run and how."""
+
     name: str
     control: str
     count: int
@@ -323,6 +325,8 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class Settings:
+    """The config's ``settings``, with every default filled in."""
+
     #: a task with ``roles`` needs all of them on this host, not just one
     all_roles: bool
     stop_timeout: float

@@ -56,6 +56,8 @@ class _Pending:
 
 @dataclass
 class _Registry:
+    """Every watched key and path, and what was last seen of each path."""
+
     keys: dict[str, _Keyed] = field(default_factory=dict)
     #: absolute path -> keys watching it
     refs: dict[str, set[str]] = field(default_factory=dict)

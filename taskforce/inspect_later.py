@@ -1,0 +1,57 @@
+"""Keep ``inspect`` out of a daemon that never needs it.
+
+``dataclasses`` imports ``inspect`` (and with it ``ast``, ``dis`` and
+``tokenize``: about 1 MiB of a daemon's memory and a few milliseconds of its
+start) for two calls: ``inspect.signature``, only to write a docstring for a
+dataclass that has none (every one of ours has one), and, from Python 3.12,
+``inspect.get_annotations`` of each class it makes.  Importing this module
+first puts a stand-in under the name ``inspect`` that answers
+``get_annotations`` of a class itself and, for anything else asked of it,
+loads the real module, takes its place in ``sys.modules`` and answers from
+it, so that code which asks for more of ``inspect`` still gets exactly it.
+
+Imported by ``taskforce.cli`` before anything else (the daemon's entry
+point).  It must never answer a question the real module would answer
+differently: its one answer follows ``inspect.get_annotations(cls)`` for a
+class with the defaults (no string evaluation), as 3.12 and 3.13 define it.
+It does nothing when ``inspect`` is already loaded.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+
+class _InspectLater(types.ModuleType):
+    """``inspect`` until something needs more of it than ``get_annotations``."""
+
+    def __getattr__(self, name: str) -> Any:
+        real = _load_real()
+        self.__dict__.update(real.__dict__)  # later lookups skip this method
+        return getattr(real, name)
+
+    def get_annotations(self, obj: Any, **options: Any) -> dict[str, Any]:
+        if options or not isinstance(obj, type):
+            return _load_real().get_annotations(obj, **options)  # type: ignore[no-any-return]
+        # A class's own annotations (not its bases'); a descriptor in their
+        # place (as on ``type`` itself) means none.
+        found = obj.__dict__.get("__annotations__")
+        if found is None or isinstance(found, types.GetSetDescriptorType):
+            return {}
+        if not isinstance(found, dict):
+            raise ValueError(f"{obj!r}.__annotations__ is neither a dict nor None")
+        return dict(found)
+
+
+def _load_real() -> types.ModuleType:
+    if isinstance(sys.modules.get("inspect"), _InspectLater):
+        del sys.modules["inspect"]
+    import inspect
+
+    return inspect
+
+
+if "inspect" not in sys.modules:
+    sys.modules["inspect"] = _InspectLater("inspect")
