@@ -149,7 +149,9 @@ class Checkpoints:
     never), or more, so that checkpoints are at most 1/16 of the log.
 
     A checkpoint is taken while supervision waits (about 50 ms for 1,000
-    tasks), so a big state is written less often.
+    tasks), so a big state is written less often; so is a state after a
+    step bigger than the interval (a config of thousands of tasks: the
+    interval becomes ``ratio`` times that step).
     """
 
     def __init__(self, every: int = DEFAULT_CHECKPOINT_BYTES, *, ratio: int = 16) -> None:
@@ -160,6 +162,12 @@ class Checkpoints:
 
     def wrote(self, size: int) -> bool:
         """Count a step line of ``size`` bytes; whether a checkpoint is now due."""
+        if size > self.interval:
+            # One step bigger than a whole interval: the config of thousands
+            # of tasks, whose state is bigger still.  A checkpoint right
+            # after it would cost more to write (and hold the daemon and its
+            # memory longer) than replaying the step saves.
+            self.interval = max(self.interval, self.ratio * size)
         self.since += size
         if self.every and self.since >= self.interval:
             self.since = 0

@@ -227,6 +227,16 @@ def test_a_big_state_is_checkpointed_less_often() -> None:
     assert not Checkpoints(0).wrote(10**9)
 
 
+def test_no_checkpoint_right_after_one_step_bigger_than_the_interval() -> None:
+    # The config of 5,000 tasks is a 10 MB line; its state would be 27 MB.
+    checkpoints = Checkpoints(1000)
+    assert not checkpoints.wrote(5000)  # the interval is now 16 x 5000
+    assert not checkpoints.wrote(70_000)
+    assert checkpoints.wrote(10_000)
+    # With ratio 0 (every interval fixed), it is due as before.
+    assert Checkpoints(1000, ratio=0).wrote(5000)
+
+
 def test_lines_json_writes_but_orjson_refuses_are_still_read(tmp_path: Path) -> None:
     path = tmp_path / "nan.jsonl"
     path.write_text(
