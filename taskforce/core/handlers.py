@@ -380,7 +380,9 @@ class EventHandlers(Reconcile):
     def _on_Notified(self, event: ev.Notified) -> None:
         # (The shell vouches that the sender is a process of this slot.)
         slot = self.slot(event.task, event.instance)
-        if slot is None or slot.state not in UP_STATES:
+        # A daemon may speak before its pidfile is read (``awaiting_daemon``):
+        # what it says then counts too (``READY=1`` is kept for later).
+        if slot is None or (slot.state not in UP_STATES and not slot.awaiting_daemon):
             return
         self._touch_slot(event.task, event.instance)
         self._notified(self.tasks[event.task], slot, event.message)

@@ -111,6 +111,10 @@ class Rollouts(SlotActions):
             self._set_timer(slot, TIMER_READY_TIMEOUT, self.now + ready.timeout)
         if ready.watchdog:
             self._set_timer(slot, TIMER_WATCHDOG, self.now + ready.watchdog)
+        if slot.ready_early and ready.kind == "notify":
+            # Its daemon said READY=1 before its pidfile was read: a daemon
+            # says it once, so waiting for another would wait forever.
+            self._mark_ready(task, slot, "READY=1, sent before its pidfile was read")
 
     def _mark_ready(self, task: TaskState, slot: Slot, how: str) -> None:
         """``slot`` is ready (``how``: what said so, for the log; "" says nothing)."""
@@ -118,6 +122,7 @@ class Rollouts(SlotActions):
             return
         LIFECYCLE.fire(slot, "ready")
         slot.ready_at = self.now
+        slot.ready_early = False
         for purpose in (TIMER_READY, TIMER_PROBE, TIMER_READY_TIMEOUT):
             slot.timers.pop(purpose, None)
         self._end_probe(slot)
@@ -176,7 +181,12 @@ class Rollouts(SlotActions):
             slot.status = "stopping"
         ready = task.spec.readiness
         if said.get("READY") == "1" and ready.kind == "notify":
-            self._mark_ready(task, slot, "READY=1")
+            if slot.phase == PHASE_LAUNCHER:
+                # Its daemon is not known yet (its start command runs, or
+                # its pidfile is awaited): ready once it is (_arm_readiness).
+                slot.ready_early = True
+            else:
+                self._mark_ready(task, slot, "READY=1")
         watchdog = said.get("WATCHDOG")
         if watchdog == "1" and ready.watchdog and slot.state in UP_STATES:
             self._set_timer(slot, TIMER_WATCHDOG, self.now + ready.watchdog)
