@@ -111,9 +111,15 @@ class Rollouts(SlotActions):
             self._set_timer(slot, TIMER_READY_TIMEOUT, self.now + ready.timeout)
         if ready.watchdog:
             self._set_timer(slot, TIMER_WATCHDOG, self.now + ready.watchdog)
-        if slot.ready_early and ready.kind == "notify":
-            # Its daemon said READY=1 before its pidfile was read: a daemon
-            # says it once, so waiting for another would wait forever.
+
+    def _daemon_found(self, task: TaskState, slot: Slot) -> None:
+        """A nowait/adopt slot's pidfile just named its daemon: with ``ready:
+        notify`` it is ready at once if it said READY=1 before -- a daemon
+        says it once, so waiting for another would wait until
+        ``ready_timeout`` restarted it."""
+        if task.spec.readiness.kind != "notify":
+            return
+        if slot.ready_early:
             self._mark_ready(task, slot, "READY=1, sent before its pidfile was read")
 
     def _mark_ready(self, task: TaskState, slot: Slot, how: str) -> None:
