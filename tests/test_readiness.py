@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import sys
 from typing import Any
@@ -158,6 +160,40 @@ def test_a_nowait_daemon_that_says_ready_before_its_pidfile_is_ready(daemon: Dae
     pid = int(pidfile.read_text())
     assert daemon.stop() == 0
     wait_for(lambda: not running(pid), what="the daemon stopped with us")
+
+
+def test_an_adopted_notify_daemon_is_ready_after_a_reset(daemon: Daemon) -> None:
+    """Kept running through a reset, an ``adopt`` daemon said READY=1 to
+    the taskforce before, and never says it again: adopted, it is ready
+    (not restarted at ready_timeout)."""
+    pidfile = daemon.root / "kept.pid"
+    kept = {
+        "control": "adopt",
+        "pidfile": str(pidfile),
+        "ready": "notify",
+        "ready_timeout": 2,
+        "commands": {
+            "start": [sys.executable, "-c", EARLY_NOTIFIER, str(pidfile), "0", "0.1"]
+            + [daemon.marker]
+        },
+    }
+    daemon.write_config({"tasks": {"kept": kept}})
+    daemon.start("-p", str(daemon.pidfile))
+    daemon.wait_log("kept[0] ready after")
+    pid = int(pidfile.read_text())
+    try:
+        os.kill(daemon.pid, signal.SIGHUP)
+        daemon.wait_log(f"kept[0] adopted pid {pid}")
+        daemon.wait_log("kept[0] ready after 0.00s (adopted: running before taskforce started)")
+        assert "restarted: not ready" not in daemon.log_text()
+    finally:
+        # Shutdown leaves an adopted daemon running: ours to end (restarted,
+        # it would have another pid: the pidfile names the last).
+        assert daemon.stop() == 0
+        for left in {pid, int(pidfile.read_text())}:
+            if running(left):
+                os.kill(left, signal.SIGKILL)
+                wait_for(lambda: not running(left), what=f"daemon {left} gone")  # noqa: B023
 
 
 def test_a_process_never_ready_is_restarted_after_ready_timeout(daemon: Daemon) -> None:

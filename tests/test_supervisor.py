@@ -1091,6 +1091,24 @@ def test_a_notify_daemon_in_the_simulator_is_ready_though_its_pidfile_comes_late
     assert_contract(sim)
 
 
+def test_an_adopted_notify_daemon_is_ready_and_not_restarted_at_ready_timeout() -> None:
+    """A daemon running before taskforce started (kept through a reset) said
+    READY=1 to the taskforce before, and will not say it again: adopted, it
+    is ready, not restarted once ``ready_timeout`` passes."""
+    sim = Simulation({"ntpd": DAEMONIZE}, start=T0)
+    _MADE.append(sim)
+    pid = sim.add_process("ntpd", 0, ("/usr/sbin/ntpd",), pidfile=NTPD_PIDFILE)
+    sim.boot(config(ntpd=ntpd("adopt", ready="notify")))
+    slot = sim.core.slot("ntpd", 0)
+    assert slot is not None and slot.pid == pid and slot.state.value == "ready"
+    assert "ntpd[0] ready after 0.00s (adopted: running before taskforce started)" in (
+        sim.messages()
+    )
+    sim.advance(60.0)
+    assert slot.pid == pid and slot.state.value == "ready" and not sim.spawns("ntpd")
+    assert_contract(sim)
+
+
 def test_a_late_pidfile_at_shutdown_in_the_simulator_leaves_no_daemon() -> None:
     sim = daemonizing(config(ntpd=ntpd()), delay=1.0)
     sim.advance(0.3)

@@ -197,7 +197,7 @@ class EventHandlers(Reconcile):
             self._arm_running_timers(task, slot)
             what = "adopted" if adopted else "daemon running as"
             self.log("info", f"{name} {what} pid {event.pid}", slot.task)
-            self._daemon_found(task, slot)
+            self._daemon_found(task, slot, adopted=adopted)
             return
         if slot.phase == PHASE_ADOPT:
             leftover = self.leftovers.get((slot.task, slot.instance))

@@ -112,15 +112,19 @@ class Rollouts(SlotActions):
         if ready.watchdog:
             self._set_timer(slot, TIMER_WATCHDOG, self.now + ready.watchdog)
 
-    def _daemon_found(self, task: TaskState, slot: Slot) -> None:
+    def _daemon_found(self, task: TaskState, slot: Slot, *, adopted: bool) -> None:
         """A nowait/adopt slot's pidfile just named its daemon: with ``ready:
-        notify`` it is ready at once if it said READY=1 before -- a daemon
-        says it once, so waiting for another would wait until
-        ``ready_timeout`` restarted it."""
+        notify`` it is ready at once if it said READY=1 before, or was
+        ``adopted`` -- a daemon says it once, so waiting for another would
+        wait until ``ready_timeout`` restarted it."""
         if task.spec.readiness.kind != "notify":
             return
         if slot.ready_early:
             self._mark_ready(task, slot, "READY=1, sent before its pidfile was read")
+        elif adopted:
+            # Running before taskforce started (kept through a reset): it
+            # said READY=1 to the taskforce before this one.
+            self._mark_ready(task, slot, "adopted: running before taskforce started")
 
     def _mark_ready(self, task: TaskState, slot: Slot, how: str) -> None:
         """``slot`` is ready (``how``: what said so, for the log; "" says nothing)."""
