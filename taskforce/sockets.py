@@ -167,7 +167,8 @@ def _tcp_socket(kind: str, *, reuse_port: bool) -> socket.socket:
 
 def open_socket(spec: SocketSpec, *, share: bool = False, listen: bool = True) -> Held:
     """Bind and listen as ``spec`` says; SocketError naming it if not.
-    ``listen`` False binds only: nothing can connect until ``start_listening``.
+    ``listen`` False binds only: nothing can connect until ``Sockets.commit``
+    listens.
 
     A TCP socket is bound with ``SO_REUSEPORT`` (where there is one), so
     that after a crash of taskforce the next one can bind beside the copies

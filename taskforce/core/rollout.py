@@ -193,7 +193,7 @@ class Rollouts(SlotActions):
         if said.get("READY") == "1" and ready.kind == "notify":
             if slot.phase == PHASE_LAUNCHER:
                 # Its daemon is not known yet (its start command runs, or
-                # its pidfile is awaited): ready once it is (_arm_readiness).
+                # its pidfile is awaited): ready once it is (_daemon_found).
                 slot.ready_early = True
             else:
                 self._mark_ready(task, slot, "READY=1")
