@@ -784,6 +784,33 @@ def test_the_control_socket_answers_as_soon_as_it_exists(daemon: Daemon) -> None
     assert os.stat(sock).st_mode & 0o777 == 0o600
 
 
+def test_a_reload_the_core_refuses_is_answered_as_rejected(tmp_path: Path) -> None:
+    """A config read well but refused by the core (here: the first one,
+    while the roles file is missing) is not "applied": the answer says it
+    was rejected, and why, as tfctl reports it."""
+    sim = Simulation(start=1.0, host="h", fqdn="h")
+    sim.roles_missing = "/etc/tf_roles"
+    sim.boot(built({"tasks": {"a": sleeper()}}), environ={"PATH": "/bin"})
+    assert not sim.alive(), "nothing was started"
+    sock = str(short_dir(tmp_path) / "s.taskforce")
+    selector = selectors.DefaultSelector()
+    server = ControlServer(sim, selector, Options(listen=sock, allow_control=True))
+    try:
+        server.tick(time.monotonic())  # the first turn opens the listener
+        code, headers, text = serve(server, selector, lambda: call(sock, "/manage/reload", "POST"))
+        assert code == 202
+        assert headers["x-taskforce-reload"] == "rejected: roles file /etc/tf_roles not found"
+        assert "roles file /etc/tf_roles not found" in text
+        assert not sim.alive()
+        # With the file back, the same request is applied.
+        sim.roles_missing = None
+        code, headers, _ = serve(server, selector, lambda: call(sock, "/manage/reload", "POST"))
+        assert headers["x-taskforce-reload"] == "applied" and sim.alive()
+    finally:
+        server.close()
+        selector.close()
+
+
 def test_status_endpoints_over_a_unix_socket(daemon: Daemon) -> None:
     m = daemon.marker
     sock = start_daemon(daemon, {"a": task(m, "a", count=2), "off": task(m, "off", control="off")})
