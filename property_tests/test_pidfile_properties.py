@@ -165,3 +165,75 @@ def test_the_simulator_forges_a_pidfile_that_names_a_stranger() -> None:
     reads = [e for e, _ in sim.log if isinstance(e, ev.PidfileRead)]
     assert reads and reads[0].pid == stranger and not reads[0].in_slot
     assert reads[0].writable_by_non_root
+
+
+@st.composite
+def notify_worlds(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, float], dict[str, float]]:
+    """(config, pidfile delays, ready delays) of ``ready: notify`` daemons,
+    which often say READY=1 before their pidfile names them."""
+    tasks: dict[str, Any] = {}
+    delays: dict[str, float] = {}
+    ready: dict[str, float] = {}
+    for index in range(draw(st.integers(1, 3))):
+        name = f"n{index}"
+        tasks[name] = {
+            "commands": {"start": (f"/usr/sbin/{name}d",)},
+            "control": draw(st.sampled_from(("nowait", "adopt"))),
+            "count": draw(st.integers(1, 2)),
+            "pidfile": f"/run/{name}-{{Task_instance}}.pid",
+            "ready": "notify",
+        }
+        delays[name] = draw(st.sampled_from(DELAYS))
+        ready[name] = draw(st.sampled_from((0.0, 0.05, 0.5, 2.0)))
+    config = {"tasks": tasks, "settings": {"pidfile_timeout": PIDFILE_TIMEOUT}}
+    return cast(dict[str, Any], freeze(config)), delays, ready
+
+
+def said_ready_but_not_ready(sim: Simulation) -> list[str]:
+    """Slots whose daemon is known and said READY=1, yet are not ready."""
+    said = {
+        event.pid
+        for event, _ in sim.log
+        if isinstance(event, ev.Notified) and "READY=1" in event.message.split("\n")
+    }
+    return [
+        f"{slot.task}[{slot.instance}] pid {slot.pid}: {slot.state.value}"
+        for task in sim.core.tasks.values()
+        for slot in task.slots
+        if slot.phase == "daemon" and slot.state.value == "running" and slot.pid in said
+    ]
+
+
+@given(
+    notify_worlds(),
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("advance"), st.sampled_from((0.01, 0.1, 0.5, 1.0, 2.0, 7.0))),
+            st.tuples(st.just("kill"), st.integers(0, 20)),
+        ),
+        max_size=10,
+    ),
+)
+def test_a_daemon_that_said_ready_is_ready_once_its_pidfile_names_it(
+    world: Any, actions: list[tuple[str, Any]]
+) -> None:
+    """READY=1 is said once, and may come before the pidfile names the
+    daemon: whenever a slot's daemon is known and has said it, the slot is
+    ready (it is never left ``running`` until ``ready_timeout``)."""
+    config, delays, ready = world
+    sim = Simulation(dict.fromkeys(config["tasks"], DAEMONIZE), pidfile_delays=delays)
+    sim.ready_delays.update(ready)
+    sim.boot(config)
+    assert not said_ready_but_not_ready(sim)
+    for kind, value in actions:
+        if kind == "advance":
+            sim.advance(value)
+        else:
+            ours = sim.alive()
+            if ours:
+                sim.kill(ours[value % len(ours)].pid)
+        assert not said_ready_but_not_ready(sim), kind
+    sim.request_stop()
+    sim.settle(max_time=600.0)
+    assert sim.finished is not None and not sim.violations
+    assert replay(sim.log) is None

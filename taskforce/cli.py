@@ -362,7 +362,8 @@ def serve(
         if held:
             return EXIT_PIDFILE
     # --- sockets held for tasks: bound now, so a busy port is said here (a
-    # re-executed taskforce adopts the ones it was handed instead)
+    # re-executed taskforce adopts the ones it was handed instead); they
+    # listen once the core has taken the config (Daemon._settle_sockets)
     args.task_sockets = open_task_sockets(
         config, args.config_file, roles_path, reexecuted=reexecuted
     )
@@ -437,9 +438,10 @@ def serve(
 def open_task_sockets(
     config: dict[str, Any], config_path: str, roles_path: str | None, *, reexecuted: bool
 ) -> Any:
-    """The sockets of ``config`` held (``taskforce.sockets``), or None after
-    saying why one cannot be opened; a re-executed taskforce goes on
-    without them (its daemon rejects the config until they open)."""
+    """The sockets of ``config`` bound (``taskforce.sockets``: they listen
+    once the daemon's core has taken the config), or None after saying why
+    one cannot be bound; a re-executed taskforce goes on without them (its
+    daemon rejects the config until they open)."""
     from taskforce.core.sockets import socket_specs
     from taskforce.sockets import SocketError, Sockets
 
@@ -448,13 +450,13 @@ def open_task_sockets(
         return held  # none that loads: keep what was handed on, for when one does
     try:
         try:
-            held.update(socket_specs(config))
+            held.bind(socket_specs(config))
         except SocketError:
             # After a crash, what the last taskforce left running still holds
             # its sockets: bind beside them; the daemon stops them soon.
             if reexecuted or not _crash_leftovers(config_path, roles_path):
                 raise
-            held.update(socket_specs(config), share=True)
+            held.bind(socket_specs(config), share=True)
     except SocketError as exc:
         if reexecuted:
             return held

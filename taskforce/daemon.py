@@ -126,7 +126,8 @@ class Daemon(Children):
             self.tracker.ident, self.selector, self._notify_sender, self._notified
         )
         self.probes = Probes(self.selector, self.wake)
-        # --- sockets held for tasks (opened before the core sees a config)
+        # --- sockets held for tasks (bound before the core sees a config,
+        # listening once it has taken it)
         self.sockets = sockets if sockets is not None else Sockets.inherited()
 
     # ------------------------------------------------------------ start-up
@@ -147,7 +148,7 @@ class Daemon(Children):
             pid=os.getpid(),
             ppid=os.getppid(),
         )
-        loaded = self._open_sockets(self.load_inputs("start"))  # --- sockets
+        loaded = self._bind_sockets(self.load_inputs("start"))  # --- sockets
         return [booted, *self.find_leftovers(), loaded]
 
     def find_leftovers(self) -> list[ev.Event]:
@@ -371,7 +372,7 @@ class Daemon(Children):
     def apply_loaded(self, loaded: ev.Event) -> ev.Event:
         """Feed what ``load_inputs`` read (maybe on another thread), stamped
         now, as it reaches the core in its order."""
-        event = self._open_sockets(dataclasses.replace(loaded, at=time.monotonic()))
+        event = self._bind_sockets(dataclasses.replace(loaded, at=time.monotonic()))
         self.feed(event)
         return event
 
@@ -401,6 +402,10 @@ class Daemon(Children):
                 self._learn_secrets(current)
             effects = self.core.handle(current)
             self.fed += 1
+            if isinstance(current, ev.ConfigLoaded):
+                # Before any effect: a spawn may need a socket the config
+                # brought, and a refused config must take its own away.
+                self._settle_sockets(current)
             if answer is None:
                 answer = effects
             if self.recorder is not None:
@@ -417,15 +422,15 @@ class Daemon(Children):
             heap.trim()
         return answer or ()
 
-    def _open_sockets(self, event: ev.Event) -> ev.Event:
-        """Hold the sockets a ``ConfigLoaded``'s config asks for before the
-        core sees it; a socket that cannot be opened rejects the config, as
-        a bad value would (nothing that runs changes)."""
+    def _bind_sockets(self, event: ev.Event) -> ev.Event:
+        """Bind the new sockets a ``ConfigLoaded``'s config asks for before
+        the core sees it; a socket that cannot be bound rejects the config,
+        as a bad value would (nothing that runs changes).  They listen only
+        once the core has taken the config (``_settle_sockets``)."""
         if not isinstance(event, ev.ConfigLoaded):
             return event
         try:
-            for said in self.sockets.update(socket_specs(event.config)):
-                log.info("%s", said)
+            self.sockets.bind(socket_specs(event.config))
         except SocketError as exc:
             text = str(exc)
             key = text.partition(":")[0]
@@ -433,6 +438,21 @@ class Daemon(Children):
             where = self.config_path if line is None else f"{self.config_path}:{line}"
             return ev.ConfigRejected(event.at, source=event.source, error=f"{where}: {text}")
         return event
+
+    def _settle_sockets(self, event: ev.ConfigLoaded) -> None:
+        """After the core has judged ``event``: hold its config's sockets if
+        the core took it, else close the ones bound for it (nothing ever
+        listened on them) and keep what is held."""
+        if not self.core.in_force(event.config):
+            self.sockets.release()
+            return
+        try:
+            said = self.sockets.commit(socket_specs(event.config))
+        except SocketError as exc:
+            said = exc.said
+            log.error("%s: %s", self.config_path, exc)
+        for line in said:
+            log.info("%s", line)
 
     def _learn_secrets(self, event: ev.ConfigLoaded | ev.Booted) -> None:
         """What the log must not show (see ``taskforce.redact``)."""

@@ -37,7 +37,8 @@ Contract kept with the core (the shell's contract, made exact):
 - readiness (``taskforce.simready``): a process is ready
   ``ready_delays[task]`` seconds after it started (never for a task in
   ``never_ready``); a ``Probe`` gets one ``ProbeFinished``, a ``notify``
-  process sends ``Notified("READY=1")`` once ready;
+  process (a ``DAEMONIZE`` task's daemon, not its launcher) sends
+  ``Notified("READY=1")`` once ready;
 - there is one timer: each ``ArmTimer`` replaces it, and it is fed back as
   ``TimerFired`` when ``advance`` reaches it (or at once when it is already
   due); ``stall`` lets the clock run on without it, as a busy shell would.
@@ -402,9 +403,12 @@ class FakeOS(FakeReadiness):
         slot = (spawn.task, spawn.instance)
         pid = self._new_process(*slot, spawn.argv, behaviour, generation=spawn.generation)
         self.processes[pid].env = {**spawn.env, **process_facts(spawn, pid, self.now)}
+        speaker = pid  # the process that says READY=1 (with ``notify``)
         if behaviour == DAEMONIZE:
-            self._daemonize(spawn)
+            daemon = self._daemonize(spawn)
             self._die(self.processes[pid], exit_code=0)
+            if daemon is not None:
+                speaker = daemon  # the daemon, maybe before its pidfile is read
         if behaviour in (WRAPPER, STUBBORN_WRAPPER, ESCAPER):
             # An escaper keeps ``pgid`` as the tree it belongs to; ``escaped``
             # says a plain process-group signal would miss it.
@@ -426,27 +430,29 @@ class FakeOS(FakeReadiness):
             )
         )
         if spawn.notify:
-            self._notify_ready(self.processes[pid])
+            self._notify_ready(self.processes[speaker])
 
-    def _daemonize(self, spawn: fx.Spawn) -> None:
-        """What a ``DAEMONIZE`` launcher does before it exits 0."""
+    def _daemonize(self, spawn: fx.Spawn) -> int | None:
+        """What a ``DAEMONIZE`` launcher does before it exits 0; the pid of
+        the daemon it started (None: it started none)."""
         pidfile = spawn.env.get("Task_pidfile")
         owner = 0 if spawn.user in (None, "", "root") else NOBODY
         if spawn.task in self.forging:
             stranger = min(self.strangers) if self.strangers else self.add_stranger()
             if pidfile is not None:
                 self.write_pidfile(pidfile, stranger, NOBODY)
-            return
+            return None
         daemon = self.add_process(spawn.task, spawn.instance, spawn.argv)
         self.processes[daemon].generation = spawn.generation
         self.processes[daemon].marked = True  # it inherited the launcher's environment
         if pidfile is None:
-            return
+            return daemon
         delay = self.pidfile_delays.get(spawn.task, 0.0)
         if delay > 0:
             self.pending_pidfiles[pidfile] = (self.now + delay, daemon, owner)
         else:
             self.write_pidfile(pidfile, daemon, owner)
+        return daemon
 
     def _signal(self, event: ev.Event, signal: fx.Signal) -> None:
         if signal.group:

@@ -3,8 +3,10 @@
 The config's top-level ``sockets`` are opened here once and kept: across
 task restarts (each process gets its own copies, from fd 3 on, through
 ``process.start``), across reloads (a socket whose address is unchanged is
-the same socket; a new one is bound before anything else changes, so a
-bind that fails rejects the reload with nothing changed), and across a
+the same socket; a new one is bound before the core sees the config, so a
+bind that fails rejects it with nothing changed, but listens only once the
+core has taken it: a config the core refuses never had a socket that a
+client could connect to, and leaves nothing bound), and across a
 reset, where the descriptors stay open through the exec and the new image
 adopts them (``pass_on`` and ``Sockets.inherited``) instead of binding
 again.  While no process accepts, connections wait in the backlog: a client
@@ -46,7 +48,12 @@ DEFAULT_MODE = 0o666
 
 
 class SocketError(Exception):
-    """A socket could not be opened or set up; the message names it."""
+    """A socket could not be opened or set up; the message names it.
+    ``said``: what was done all the same (``Sockets.commit``), one line each."""
+
+    def __init__(self, message: str, said: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.said = said or []
 
 
 @dataclass
@@ -118,17 +125,24 @@ def _owner_ids(owner: str) -> tuple[int, int]:
     return uid, gid
 
 
+def _check_owner(spec: SocketSpec) -> None:
+    """SocketError unless ``spec.owner`` names a user (and group) here."""
+    if spec.owner is None:
+        return
+    try:
+        _owner_ids(spec.owner)
+    except KeyError:
+        raise SocketError(
+            f"sockets.{spec.name}.owner: no such user or group in {spec.owner!r}"
+        ) from None
+
+
 def _set_file(spec: SocketSpec) -> None:
     """Give a Unix socket's file its ``mode`` and ``owner``."""
     try:
         if spec.owner is not None:
-            try:
-                uid, gid = _owner_ids(spec.owner)
-            except KeyError:
-                raise SocketError(
-                    f"sockets.{spec.name}.owner: no such user or group in {spec.owner!r}"
-                ) from None
-            os.chown(spec.listen, uid, gid)
+            _check_owner(spec)
+            os.chown(spec.listen, *_owner_ids(spec.owner))
         os.chmod(spec.listen, DEFAULT_MODE if spec.mode is None else spec.mode)
     except OSError as exc:
         key = "owner" if spec.owner is not None and exc.errno == errno.EPERM else "mode"
@@ -151,8 +165,10 @@ def _tcp_socket(kind: str, *, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def open_socket(spec: SocketSpec, *, share: bool = False) -> Held:
+def open_socket(spec: SocketSpec, *, share: bool = False, listen: bool = True) -> Held:
     """Bind and listen as ``spec`` says; SocketError naming it if not.
+    ``listen`` False binds only: nothing can connect until ``Sockets.commit``
+    listens.
 
     A TCP socket is bound with ``SO_REUSEPORT`` (where there is one), so
     that after a crash of taskforce the next one can bind beside the copies
@@ -190,7 +206,8 @@ def open_socket(spec: SocketSpec, *, share: bool = False) -> Held:
                 _remove_file(held)
                 raise
         # Before listen nothing can connect, so the mode is set in time.
-        sock.listen(_backlog(spec))
+        if listen:
+            sock.listen(_backlog(spec))
     except BaseException:
         sock.close()
         raise
@@ -237,7 +254,11 @@ class Sockets:
     """The sockets held now, by address."""
 
     def __init__(self) -> None:
+        #: listening, by address
         self.held: dict[str, Held] = {}
+        #: bound but not listening, by address: for a config the core has
+        #: not taken yet (``bind``, then ``commit`` or ``release``)
+        self.bound: dict[str, Held] = {}
 
     @classmethod
     def inherited(cls) -> Sockets:
@@ -273,38 +294,85 @@ class Sockets:
 
     def update(self, wanted: Mapping[str, SocketSpec], *, share: bool = False) -> list[str]:
         """Hold exactly the sockets ``wanted`` (by name), each as its spec
-        says; what changed, one line each.
+        says, at once: ``bind`` then ``commit``; what changed, one line each."""
+        self.bind(wanted, share=share)
+        return self.commit(wanted)
 
-        New addresses are bound first: if one fails, those just opened are
-        closed again and SocketError says why, with nothing else changed.
-        Only then are held ones adjusted (backlog, mode, owner, name) and
-        those no longer wanted closed (a process keeps its own copy).
-        ``share``: an address in use may be held by processes an earlier
-        taskforce left running (see ``open_socket``).
+    def bind(self, wanted: Mapping[str, SocketSpec], *, share: bool = False) -> None:
+        """Bind, without listening, each address of ``wanted`` not held yet:
+        the half of taking a config that can fail, done before the core
+        judges it.  Nothing can connect to a socket that does not listen,
+        so a config the core then refuses is undone by ``release`` with no
+        client ever let in.
+
+        If one address fails, those just bound are closed again and
+        SocketError says why, with nothing else changed.  Nothing held is
+        touched here.  ``share``: an address in use may be held by processes
+        an earlier taskforce left running (see ``open_socket``).
         """
         fresh: dict[str, Held] = {}
         try:
             for name in sorted(wanted):
                 spec = wanted[name]
-                if spec.listen not in self.held:
-                    fresh[spec.listen] = open_socket(spec, share=share)
-            changes = self._adjust(wanted)
+                if spec.listen in self.held:
+                    held = self.held[spec.listen]
+                    if spec.owner is not None and spec.owner != held.spec.owner:
+                        _check_owner(spec)  # so that ``commit`` can give it
+                elif spec.listen not in self.bound:
+                    fresh[spec.listen] = open_socket(spec, share=share, listen=False)
         except BaseException:
             for held in fresh.values():
                 self._close(held, remove=True)
             raise
-        said = [f"socket {held.spec.name}: listening on {listen}" for listen, held in fresh.items()]
-        if fresh:
+        self.bound.update(fresh)
+
+    def commit(self, wanted: Mapping[str, SocketSpec]) -> list[str]:
+        """The config asking for ``wanted`` was taken: listen on what
+        ``bind`` bound for it, adjust the held ones (backlog, mode, owner,
+        name), close those no longer wanted (a process keeps its own copy);
+        what changed, one line each.
+
+        The config is in force by now, so a socket that fails here is said
+        (SocketError, once the rest is done) rather than undone: the tasks
+        using it fail to start, saying it is not open.
+        """
+        addresses = {spec.listen for spec in wanted.values()}
+        said: list[str] = []
+        failed: list[str] = []
+        for listen in sorted(self.bound):
+            held = self.bound.pop(listen)
+            if listen not in addresses:
+                self._close(held, remove=True)
+                continue
+            try:
+                held.sock.listen(_backlog(held.spec))
+            except OSError as exc:
+                self._close(held, remove=True)
+                failed.append(f"sockets.{held.spec.name}.listen: {listen}: {_describe(exc)}")
+                continue
+            self.held[listen] = held
+            said.append(f"socket {held.spec.name}: listening on {listen}")
+        if said:
             # ``pass_on`` needs json during a reset: loaded now, while
             # nothing is stopping, and never by a daemon that holds none.
             import json  # noqa: F401
-        self.held.update(fresh)
-        addresses = {spec.listen for spec in wanted.values()}
         for listen in sorted(set(self.held) - addresses):
             held = self.held.pop(listen)
             self._close(held, remove=True)
             said.append(f"socket {held.spec.name}: closed ({listen} is not in the config)")
-        return said + changes
+        try:
+            said += self._adjust(wanted)
+        except SocketError as exc:
+            failed.append(str(exc))
+        if failed:
+            raise SocketError("; ".join(failed), said)
+        return said
+
+    def release(self) -> None:
+        """The config ``bind`` bound for was refused: close what it bound
+        (nothing ever listened there), and leave the held ones as they are."""
+        for listen in sorted(self.bound):
+            self._close(self.bound.pop(listen), remove=True)
 
     def _adjust(self, wanted: Mapping[str, SocketSpec]) -> list[str]:
         said = []
@@ -352,6 +420,7 @@ class Sockets:
     def close(self) -> None:
         """Close every socket and remove the Unix sockets' files (taskforce
         is exiting for good)."""
+        self.release()
         for listen in sorted(self.held):
             self._close(self.held[listen], remove=True)
         self.held.clear()

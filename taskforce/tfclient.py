@@ -218,9 +218,29 @@ def _host_port(address: str) -> tuple[str, int | None]:
     return host or "localhost", int(port) if port else None
 
 
+def _socket_file_hint(address: str, exc: BaseException) -> str | None:
+    """What to say when ``address`` (no ``/`` in it, and no socket file of
+    that name here) was more likely meant as a socket file than as a host:
+    it names no host and carries no port, or it ends in ``.sock``."""
+    if "/" in address or "://" in address or address.startswith("["):
+        return None
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    advice = f"give the socket's path (./{address}) or host:port"
+    if isinstance(exc, socket.gaierror) and ":" not in address:
+        return f"no socket file {address!r} here, and no host of that name: {advice}"
+    if address.endswith(".sock"):
+        return f"no socket file {address!r} here (as a host: {reason}): {advice}"
+    return None
+
+
 def _why(address: str, exc: BaseException) -> str:
     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     hint = ""
+    # ``tfctl -s taskforce.sock`` from the wrong folder reads the name as a
+    # host; the resolver's "Name or service not known" would mislead.
+    socket_hint = _socket_file_hint(address, exc)
+    if socket_hint is not None:
+        return f"cannot connect to {address}: {socket_hint}"
     if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
         hint = (
             "; is taskforce running with a control socket there "

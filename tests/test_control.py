@@ -35,6 +35,7 @@ from taskforce.control.listen import (
     ListenError,
     Options,
     Service,
+    clear_stale_staging,
     parse_tcp,
     services,
 )
@@ -519,6 +520,100 @@ def test_unix_listener_refuses_a_live_socket_and_a_plain_file(tmp_path: Path) ->
     assert Path(path).read_text() == "precious"
 
 
+def _bound(path: Path, *, listening: bool = False) -> socket.socket:
+    """A Unix socket bound at ``path`` (kept open by the caller, or closed
+    at once to leave the file with nobody behind it)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    if listening:
+        sock.listen(1)
+    return sock
+
+
+def _gone_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return int(done.stdout)
+
+
+def test_a_start_removes_staging_sockets_that_a_killed_taskforce_left(tmp_path: Path) -> None:
+    """A taskforce SIGKILLed between bind and rename leaves
+    ``.taskforce-PID.sock``; the next start (another pid) removes it, and
+    only it: never a live instance's, a symlink, a plain file, another
+    user's socket, or a name that merely looks alike."""
+    folder = short_dir(tmp_path)
+    dead = _gone_pid()
+    stale = folder / f".taskforce-{dead}.sock"
+    _bound(stale).close()
+    # A live taskforce between bind and listen: a connect is refused, yet
+    # its pid says it is alive and a taskforce.
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "taskforce"])
+    # Something alive, not a taskforce, that listens on a name of the pattern.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    held: list[socket.socket] = []
+    try:
+        wait_for(
+            lambda: (
+                b"taskforce" in Path(f"/proc/{live.pid}/cmdline").read_bytes()
+                if os.path.exists("/proc")
+                else True
+            ),
+            what="the live instance's argv",
+        )
+        live_staging = folder / f".taskforce-{live.pid}.sock"
+        held.append(_bound(live_staging))
+        listened = folder / f".taskforce-{other.pid}.sock"
+        held.append(_bound(listened, listening=True))
+        kept = {live_staging.name, listened.name}
+        # Names that only look like a staging name, and a plain file.
+        for name in (
+            f".taskforce-{dead}.sock.old",
+            f"taskforce-{dead}.sock",
+            ".taskforce-0x1.sock",
+        ):
+            _bound(folder / name).close()
+            kept.add(name)
+        plain = folder / f".taskforce-{_gone_pid()}.sock"
+        plain.write_text("not a socket")
+        kept.add(plain.name)
+        # A symlink of the pattern to a stale socket: neither is touched.
+        target = folder / "target.sock"
+        _bound(target).close()
+        link = folder / f".taskforce-{_gone_pid()}.sock"
+        link.symlink_to(target)
+        kept |= {link.name, target.name}
+        if os.geteuid() == 0:
+            theirs = folder / f".taskforce-{_gone_pid()}.sock"
+            _bound(theirs).close()
+            os.chown(theirs, 4242, 4242)
+            kept.add(theirs.name)
+
+        assert clear_stale_staging(str(folder)) == [stale.name]
+        assert not stale.exists()
+        assert set(os.listdir(folder)) == kept
+
+        # A listener's start does the same, and leaves its own socket only.
+        _bound(stale).close()
+        listener = Listener(Service(str(folder / "s")))
+        try:
+            assert not os.path.lexists(stale)
+            assert set(os.listdir(folder)) == kept | {"s"}
+        finally:
+            listener.close()
+    finally:
+        for sock in held:
+            sock.close()
+        for proc in (live, other):
+            proc.kill()
+            proc.wait(10)
+
+
 # =====================================================================
 # The server on a simulated world: no daemon, no process, a real socket.
 
@@ -687,6 +782,33 @@ def test_the_control_socket_answers_as_soon_as_it_exists(daemon: Daemon) -> None
     assert call(sock, "/status/version")[0] == 200  # no ConnectionRefusedError
     assert not [name for name in os.listdir(folder) if name.startswith(".taskforce-")]
     assert os.stat(sock).st_mode & 0o777 == 0o600
+
+
+def test_a_reload_the_core_refuses_is_answered_as_rejected(tmp_path: Path) -> None:
+    """A config read well but refused by the core (here: the first one,
+    while the roles file is missing) is not "applied": the answer says it
+    was rejected, and why, as tfctl reports it."""
+    sim = Simulation(start=1.0, host="h", fqdn="h")
+    sim.roles_missing = "/etc/tf_roles"
+    sim.boot(built({"tasks": {"a": sleeper()}}), environ={"PATH": "/bin"})
+    assert not sim.alive(), "nothing was started"
+    sock = str(short_dir(tmp_path) / "s.taskforce")
+    selector = selectors.DefaultSelector()
+    server = ControlServer(sim, selector, Options(listen=sock, allow_control=True))
+    try:
+        server.tick(time.monotonic())  # the first turn opens the listener
+        code, headers, text = serve(server, selector, lambda: call(sock, "/manage/reload", "POST"))
+        assert code == 202
+        assert headers["x-taskforce-reload"] == "rejected: roles file /etc/tf_roles not found"
+        assert "roles file /etc/tf_roles not found" in text
+        assert not sim.alive()
+        # With the file back, the same request is applied.
+        sim.roles_missing = None
+        code, headers, _ = serve(server, selector, lambda: call(sock, "/manage/reload", "POST"))
+        assert headers["x-taskforce-reload"] == "applied" and sim.alive()
+    finally:
+        server.close()
+        selector.close()
 
 
 def test_status_endpoints_over_a_unix_socket(daemon: Daemon) -> None:

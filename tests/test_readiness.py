@@ -11,12 +11,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import sys
 from typing import Any
 
 import pytest
-from daemon_harness import Daemon, task, wait_for
+from daemon_harness import Daemon, running, task, wait_for
 from test_control import start_daemon, tasks_json
 from test_tfctl import run
 
@@ -111,6 +113,87 @@ def test_notify_ready_status_and_a_silent_watchdog(daemon: Daemon) -> None:
         line for line in daemon.log_text().splitlines() if "good[0]" in line
     )
     assert daemon.stop() == 0
+
+
+#: A self-daemonizing program whose daemon says READY=1 at once, while its
+#: launcher still runs (it exits argv[2] seconds later), and writes its
+#: pidfile argv[3] seconds after that: taskforce hears READY=1 before it
+#: knows the daemon's pid.  It never says it again.
+EARLY_NOTIFIER = """
+import os, socket, sys, time
+pidfile, linger, late = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+if os.fork():
+    time.sleep(linger)
+    os._exit(0)
+os.setsid()
+with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+    sock.sendto(b"READY=1\\nSTATUS=early", os.environ["NOTIFY_SOCKET"])
+time.sleep(linger + late)
+with open(pidfile + ".tmp", "w") as handle:
+    handle.write(f"{os.getpid()}\\n")
+os.replace(pidfile + ".tmp", pidfile)
+time.sleep(1000)
+"""
+
+
+def test_a_nowait_daemon_that_says_ready_before_its_pidfile_is_ready(daemon: Daemon) -> None:
+    """READY=1 sent while the launcher runs, before the pidfile names the
+    daemon, is not lost: the slot becomes ready once the daemon is found,
+    not restarted at ready_timeout."""
+    pidfile = daemon.root / "early.pid"
+    early = {
+        "control": "nowait",
+        "pidfile": str(pidfile),
+        "ready": "notify",
+        "ready_timeout": 5,
+        "commands": {
+            "start": [sys.executable, "-c", EARLY_NOTIFIER, str(pidfile), "0.3", "0.5"]
+            + [daemon.marker]
+        },
+    }
+    sock = start_daemon(daemon, {"early": early})
+    daemon.wait_log("early[0] daemon running as pid")
+    wait_for(lambda: states(sock, "early") == ["ready"], what="early ready")
+    daemon.wait_log("early[0] ready after")
+    assert "READY=1, sent before its pidfile was read" in daemon.log_text()
+    assert slots(sock, "early")[0].get("status") == "early"
+    pid = int(pidfile.read_text())
+    assert daemon.stop() == 0
+    wait_for(lambda: not running(pid), what="the daemon stopped with us")
+
+
+def test_an_adopted_notify_daemon_is_ready_after_a_reset(daemon: Daemon) -> None:
+    """Kept running through a reset, an ``adopt`` daemon said READY=1 to
+    the taskforce before, and never says it again: adopted, it is ready
+    (not restarted at ready_timeout)."""
+    pidfile = daemon.root / "kept.pid"
+    kept = {
+        "control": "adopt",
+        "pidfile": str(pidfile),
+        "ready": "notify",
+        "ready_timeout": 2,
+        "commands": {
+            "start": [sys.executable, "-c", EARLY_NOTIFIER, str(pidfile), "0", "0.1"]
+            + [daemon.marker]
+        },
+    }
+    daemon.write_config({"tasks": {"kept": kept}})
+    daemon.start("-p", str(daemon.pidfile))
+    daemon.wait_log("kept[0] ready after")
+    pid = int(pidfile.read_text())
+    try:
+        os.kill(daemon.pid, signal.SIGHUP)
+        daemon.wait_log(f"kept[0] adopted pid {pid}")
+        daemon.wait_log("kept[0] ready after 0.00s (adopted: running before taskforce started)")
+        assert "restarted: not ready" not in daemon.log_text()
+    finally:
+        # Shutdown leaves an adopted daemon running: ours to end (restarted,
+        # it would have another pid: the pidfile names the last).
+        assert daemon.stop() == 0
+        for left in {pid, int(pidfile.read_text())}:
+            if running(left):
+                os.kill(left, signal.SIGKILL)
+                wait_for(lambda: not running(left), what=f"daemon {left} gone")  # noqa: B023
 
 
 def test_a_process_never_ready_is_restarted_after_ready_timeout(daemon: Daemon) -> None:

@@ -506,6 +506,31 @@ def test_sockets_are_kept_by_address_through_renames_and_swaps() -> None:
     assert held.held == {}
 
 
+def test_bound_sockets_let_nobody_in_until_committed_and_release_unbinds() -> None:
+    from taskforce.core.sockets import SocketSpec
+    from taskforce.sockets import Sockets
+
+    one, two = free_port(), free_port()
+    held = Sockets()
+    try:
+        held.update({"a": SocketSpec("a", f"127.0.0.1:{one}")})
+        wanted = {
+            "a": SocketSpec("a", f"127.0.0.1:{one}"),
+            "b": SocketSpec("b", f"127.0.0.1:{two}"),
+        }
+        held.bind(wanted)
+        assert not refuses(two), "bound: the port is ours (a busy one would say so now)"
+        assert not answers(("127.0.0.1", two)), "but nobody can connect yet"
+        held.release()
+        assert refuses(two) and answers(("127.0.0.1", one)), "released: unbound, the rest kept"
+        held.bind(wanted)
+        assert held.commit(wanted) == [f"socket b: listening on 127.0.0.1:{two}"]
+        assert answers(("127.0.0.1", two)) and not held.bound
+    finally:
+        held.close()
+    assert refuses(one) and refuses(two)
+
+
 def test_pass_on_and_inherited_hand_the_same_sockets_over(tmp_path: Path) -> None:
     from taskforce.core.sockets import SocketSpec
     from taskforce.sockets import INHERIT_ENV, Sockets
@@ -591,3 +616,126 @@ def test_unix_socket_owner_and_mode(tmp_path: Path) -> None:
         assert held.held[path].sock.fileno() == fd
     finally:
         held.close()
+
+
+@pytest.fixture
+def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A daemon's shell in this process (no loop, no signals, no cgroups):
+    its config file and roles path, fed events by the test."""
+    import logging
+
+    from taskforce.core import events as ev
+    from taskforce.daemon import Daemon as Shell
+    from taskforce.redact import LOGGERS
+
+    monkeypatch.setenv("TASKFORCE_CGROUPS", "off")
+    config = tmp_path / "taskforce.conf"
+    config.write_text("tasks: {}\n")
+    made: list[Any] = []
+
+    def make(roles: Path | None = None) -> Any:
+        """A shell whose core has seen ``Booted`` (and nothing else)."""
+        shell = Shell(str(config), str(roles) if roles else None)
+        made.append(shell)
+        shell.feed(ev.Booted(at=shell.now, environ={}, host="h", fqdn="h", pid=1, ppid=0))
+        return shell
+
+    yield config, make
+    for shell in made:
+        shell.sockets.close()
+        shell.notify.close()
+        shell.probes.close()
+        shell.output.close()
+        shell.watcher.close()
+        shell.tracker.close()
+        for fd in (shell._wake_r, shell._wake_w):
+            os.close(fd)
+        shell.selector.close()
+        for name in LOGGERS:
+            logging.getLogger(name).removeFilter(shell.log_secrets)
+
+
+def refuses(port: int) -> bool:
+    """Whether nothing is bound at 127.0.0.1:``port`` (we can bind it)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_a_config_the_core_refuses_leaves_its_new_sockets_unbound(shell: Any) -> None:
+    """The shell binds a new config's sockets before the core sees it (a
+    busy port rejects it), but they listen only once the core has taken
+    it: a config the core refuses leaves its new port unbound, and what is
+    held as it was."""
+    import dataclasses
+
+    from taskforce.core import events as ev
+
+    config, make = shell
+    kept, new = free_port(), free_port()
+    config.write_text(
+        json.dumps(
+            {
+                "sockets": {"web": {"listen": f"127.0.0.1:{kept}"}},
+                "tasks": {"t": {"commands": {"start": ["true"]}, "control": "off"}},
+            }
+        )
+    )
+    daemon = make()
+    taken = daemon.reload("config")
+    assert isinstance(taken, ev.ConfigLoaded) and answers(("127.0.0.1", kept))
+    before = dict(daemon.core.config)
+
+    # A reload adding a socket, in a config the core's build refuses (the
+    # shell's check passed it: here, a requirement made unknown after it).
+    config.write_text(
+        json.dumps(
+            {
+                "sockets": {
+                    "web": {"listen": f"127.0.0.1:{kept}"},
+                    "more": {"listen": f"127.0.0.1:{new}"},
+                },
+                "tasks": {"t": {"commands": {"start": ["true"]}, "control": "off"}},
+            }
+        )
+    )
+    loaded = daemon.load_inputs("config")
+    assert isinstance(loaded, ev.ConfigLoaded)
+    tasks = {"t": {**loaded.config["tasks"]["t"], "requires": ["nosuch"]}}
+    refused = dataclasses.replace(loaded, config={**loaded.config, "tasks": tasks})
+    daemon.apply_loaded(refused)
+    assert daemon.core.counters["reload_errors"] == 1, "the core refused it"
+    assert refuses(new), "the refused config's new port is not bound"
+    assert answers(("127.0.0.1", kept)), "the held socket still listens"
+    assert set(daemon.sockets.held) == {f"127.0.0.1:{kept}"} and not daemon.sockets.bound
+    assert daemon.core.config == before
+
+    # Taken, the same config's sockets listen.
+    daemon.apply_loaded(loaded)
+    assert daemon.core.in_force(loaded.config) and answers(("127.0.0.1", new))
+
+
+def test_a_first_config_the_core_refuses_opens_no_socket(shell: Any, tmp_path: Path) -> None:
+    """At start-up (here: after a reset that found the roles file gone, the
+    core refuses to start anything), the config's sockets are not left bound."""
+    from taskforce.core import events as ev
+
+    config, make = shell
+    port = free_port()
+    config.write_text(
+        json.dumps(
+            {
+                "sockets": {"web": {"listen": f"127.0.0.1:{port}"}},
+                "tasks": {"t": {"commands": {"start": ["true"]}, "control": "off"}},
+            }
+        )
+    )
+    daemon = make(roles=tmp_path / "gone")
+    (loaded,) = (e for e in daemon.boot_events() if not isinstance(e, ev.Booted))
+    assert isinstance(loaded, ev.ConfigLoaded) and loaded.roles_missing
+    daemon.feed(loaded)
+    assert daemon.core.counters["reload_errors"] == 1 and not daemon.core.tasks
+    assert refuses(port) and not daemon.sockets.held and not daemon.sockets.bound

@@ -1037,6 +1037,78 @@ def test_a_shutdown_while_the_pidfile_is_awaited_stops_the_daemon_it_names() -> 
     assert fx.Exit(0) in effects
 
 
+@pytest.mark.parametrize("while_", ["the start command runs", "the pidfile is awaited"])
+def test_ready_said_before_the_daemon_is_known_makes_it_ready_once_found(while_: str) -> None:
+    """A ``nowait`` daemon with ``ready: notify`` may say READY=1 before
+    taskforce knows its pid: while its start command still runs, or after
+    it exited and before the pidfile names the daemon.  It says it once, so
+    the core keeps it: the slot is ready as soon as the daemon is found
+    (not restarted at ``ready_timeout``)."""
+    core = Supervisor()
+    core.handle(ev.Booted(at=T0, pid=1))
+    effects = core.handle(ev.ConfigLoaded(at=T0, config=config(ntpd=ntpd(ready="notify"))))
+    (spawn,) = [e for e in effects if isinstance(e, fx.Spawn)]
+    core.handle(ev.ProcessStarted(at=T0, task="ntpd", generation=spawn.generation, pid=500))
+    ready = ev.Notified(at=T0 + 0.01, task="ntpd", pid=600, message="READY=1\nSTATUS=up")
+    if while_ == "the start command runs":
+        core.handle(ready)
+    core.handle(ev.ProcessExited(at=T0 + 0.02, pid=500, exit_code=0))
+    if while_ == "the pidfile is awaited":
+        core.handle(ready)
+    slot = core.slot("ntpd", 0)
+    assert slot is not None and slot.state.value == "probing"
+    effects = core.handle(
+        ev.PidfileRead(
+            at=T0 + 0.03, task="ntpd", generation=spawn.generation, pid=600, in_slot=True
+        )
+    )
+    assert slot.state.value == "ready" and slot.pid == 600
+    assert slot.status == "up"
+    messages = [e.message for e in effects if isinstance(e, fx.Log)]
+    assert "ntpd[0] ready after 0.00s (READY=1, sent before its pidfile was read)" in messages
+    # Its next process says it again: what the last one said is not kept.
+    effects = core.handle(ev.ProcessExited(at=T0 + 1, pid=600, exit_code=1))
+    effects += core.handle(ev.TimerFired(at=T0 + 5))
+    (again,) = [e for e in effects if isinstance(e, fx.Spawn)]
+    core.handle(ev.ProcessStarted(at=T0 + 5, task="ntpd", generation=again.generation, pid=700))
+    core.handle(ev.ProcessExited(at=T0 + 5, pid=700, exit_code=0))
+    core.handle(
+        ev.PidfileRead(at=T0 + 5, task="ntpd", generation=again.generation, pid=800, in_slot=True)
+    )
+    assert slot.pid == 800 and slot.state.value == "running"
+
+
+def test_a_notify_daemon_in_the_simulator_is_ready_though_its_pidfile_comes_late() -> None:
+    sim = daemonizing(config(ntpd=ntpd(ready="notify")), delay=1.0)
+    ready = [e for e, _ in sim.log if isinstance(e, ev.Notified)]
+    assert ready and ready[0].message == "READY=1", "sent before the pidfile is written"
+    sim.advance(1.5)
+    slot = sim.core.slot("ntpd", 0)
+    assert slot is not None and slot.state.value == "ready"
+    assert slot.pid == sim.pidfiles[NTPD_PIDFILE] == ready[0].pid
+    sim.advance(60.0)  # past ready_timeout: not restarted
+    assert len(sim.spawns("ntpd")) == 1 and slot.state.value == "ready"
+    assert_contract(sim)
+
+
+def test_an_adopted_notify_daemon_is_ready_and_not_restarted_at_ready_timeout() -> None:
+    """A daemon running before taskforce started (kept through a reset) said
+    READY=1 to the taskforce before, and will not say it again: adopted, it
+    is ready, not restarted once ``ready_timeout`` passes."""
+    sim = Simulation({"ntpd": DAEMONIZE}, start=T0)
+    _MADE.append(sim)
+    pid = sim.add_process("ntpd", 0, ("/usr/sbin/ntpd",), pidfile=NTPD_PIDFILE)
+    sim.boot(config(ntpd=ntpd("adopt", ready="notify")))
+    slot = sim.core.slot("ntpd", 0)
+    assert slot is not None and slot.pid == pid and slot.state.value == "ready"
+    assert "ntpd[0] ready after 0.00s (adopted: running before taskforce started)" in (
+        sim.messages()
+    )
+    sim.advance(60.0)
+    assert slot.pid == pid and slot.state.value == "ready" and not sim.spawns("ntpd")
+    assert_contract(sim)
+
+
 def test_a_late_pidfile_at_shutdown_in_the_simulator_leaves_no_daemon() -> None:
     sim = daemonizing(config(ntpd=ntpd()), delay=1.0)
     sim.advance(0.3)

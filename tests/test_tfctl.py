@@ -22,7 +22,7 @@ from test_control import (
     start_tls_daemon,
 )
 
-from taskforce import tfctl
+from taskforce import tfclient, tfctl
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -168,6 +168,30 @@ def test_exit_codes_without_a_daemon(
     assert run(capsys)[0] == 2
     code, _, err = run(capsys, "-s", "127.0.0.1:1", "status")
     assert code == 3 and "cannot connect to 127.0.0.1:1" in err
+
+
+def test_a_socket_name_with_no_such_file_here_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``-s taskforce.sock`` from a folder without that socket is read as a
+    host; the message says which file was looked for and how to name it,
+    not the resolver's "Name or service not known"."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "-s", "taskforce.sock", "status")
+    assert code == 3
+    assert "no socket file 'taskforce.sock' here" in err, err
+    assert "./taskforce.sock" in err and "host:port" in err
+    assert "Name or service not known" not in err
+    # No port and no such host: the same hint, whatever the name ends in.
+    code, _, err = run(capsys, "-s", "no-such-host.invalid", "status")
+    assert code == 3 and "no socket file 'no-such-host.invalid' here" in err, err
+    # A host with a port is a host: no talk of socket files.
+    code, _, err = run(capsys, "-s", "no-such-host.invalid:8080", "status")
+    assert code == 3 and "socket file" not in err, err
+    # Resolving but refusing, a name ending in .sock still gets the hint.
+    refused = ConnectionRefusedError(111, "Connection refused")
+    said = tfclient._why("tf.sock", refused)
+    assert "no socket file 'tf.sock' here" in said and "Connection refused" in said
 
 
 def test_control_not_allowed_is_a_clear_refusal(

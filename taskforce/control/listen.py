@@ -9,7 +9,10 @@ the original taskforce.
 A Unix socket is created with mode 0600, replaces a stale socket (one that
 nobody answers on) and is removed when it is closed -- but only if it is
 still the socket we made.  A file that is not a socket is never removed, and
-a socket that a live server answers on is never taken over.
+a socket that a live server answers on is never taken over.  It is bound
+under a staging name beside its path and renamed into place once it listens;
+a staging socket that a killed taskforce left there is removed at the next
+start, with the same care (``clear_stale_staging``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import functools
 import ipaddress
 import logging
 import os
+import re
 import socket
 import stat
 import struct
@@ -381,9 +385,12 @@ class Listener:
         # Made ready under a name of its own, then renamed into place: a
         # client that sees ``path`` can connect (between bind and listen it
         # would be refused), and a socket whose set-up failed never shows.
-        staging = os.path.join(os.path.dirname(path), f".taskforce-{os.getpid()}.sock")
+        folder = os.path.dirname(path)
+        staging = os.path.join(folder, _staging_name(os.getpid()))
         if len(os.fsencode(staging)) >= _UNIX_PATH_MAX:
             staging = path  # no room for the longer name: bind in place
+        else:
+            clear_stale_staging(folder or ".")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             # Bind under a tight umask so the socket is never briefly open to all.
@@ -484,6 +491,91 @@ def _clear_stale(path: str) -> None:
         pass
     except OSError as exc:
         raise ListenError(f"{path}: cannot remove the stale socket: {exc.strerror}") from None
+
+
+def _staging_name(pid: int) -> str:
+    """The name a Unix control socket is bound under before it is renamed
+    into place (see ``Listener._open_unix``)."""
+    return f".taskforce-{pid}.sock"
+
+
+#: Exactly the staging names ``_staging_name`` makes: a pid in plain digits.
+_STAGING = re.compile(r"\.taskforce-([1-9][0-9]*)\.sock")
+
+
+def clear_stale_staging(folder: str) -> list[str]:
+    """Remove the staging sockets in ``folder`` that a killed taskforce left
+    between bind and rename; the names removed.
+
+    Only a name of exactly the staging pattern, of another pid than ours,
+    that is a socket itself (a symlink is never followed, and never removed),
+    owned by our effective uid, whose pid is no live taskforce, and on which
+    nobody listens (a connect is refused) is removed.  A live taskforce's
+    staging socket may not listen yet (it is between bind and listen), so a
+    refused connect alone is not enough.  Anything else is left alone, and a
+    folder that cannot be read is not an error here: binding will say so.
+    """
+    removed: list[str] = []
+    try:
+        entries = sorted(os.listdir(folder))
+    except OSError:
+        return removed
+    for name in entries:
+        found = _STAGING.fullmatch(name)
+        if found is None or int(found.group(1)) == os.getpid():
+            continue
+        pid = int(found.group(1))
+        where = os.path.join(folder, name)
+        try:
+            info = os.lstat(where)
+        except OSError:
+            continue
+        if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.geteuid():
+            continue
+        if _may_be_live_taskforce(pid) or not _refuses(where):
+            continue
+        try:
+            again = os.lstat(where)
+            if (again.st_dev, again.st_ino) != (info.st_dev, info.st_ino):
+                continue  # replaced while we looked: not the file we judged
+            os.unlink(where)
+        except OSError:
+            continue
+        log.info("removed %s, the staging socket of a taskforce (pid %d) that is gone", where, pid)
+        removed.append(name)
+    return removed
+
+
+def _may_be_live_taskforce(pid: int) -> bool:
+    """Whether ``pid`` may be a running taskforce: it is alive and is a
+    taskforce, or alive where we cannot tell what it runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass  # alive (EPERM: another user's)
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            argv = handle.read().split(b"\0")
+    except OSError:
+        return True  # no /proc here (macOS, BSD), or it just ended: keep it
+    return any(b"taskforce" in arg for arg in argv)
+
+
+def _refuses(path: str) -> bool:
+    """Whether a connect to the Unix socket at ``path`` is refused: nobody
+    listens there."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        return exc.errno == errno.ECONNREFUSED
+    else:
+        return False
+    finally:
+        probe.close()
 
 
 def holder(path: str, timeout: float = 2.0) -> str | None:

@@ -120,6 +120,16 @@ def _reload(server: ControlServer, request: Request, params: Params) -> Response
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             outcome = "rejected: " + _header_value(errors[0]) + more
             body += "".join(f"{error}\n" for error in errors)
+        elif isinstance(event, ev.ConfigLoaded) and not shell.core.in_force(event.config):
+            # Read, but not taken: the core refused it (as a first config
+            # while the roles file is missing); its log says why.
+            why = (
+                f"roles file {event.roles_missing} not found"
+                if event.roles_missing is not None
+                else "taskforce refused it (its log says why)"
+            )
+            outcome = "rejected: " + _header_value(why)
+            body += f"{why}\n"
         else:
             outcome = "applied"
         return text(202, body, headers=[("X-Taskforce-Reload", outcome)])

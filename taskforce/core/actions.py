@@ -93,6 +93,7 @@ class SlotActions(Timers):
         slot.status = ""
         slot.main_pid = None
         slot.ready_at = None
+        slot.ready_early = False
         slot.phase = (
             PHASE_LAUNCHER if task.control in ("nowait", "adopt") and spec.pidfile else None
         )

@@ -197,6 +197,7 @@ class EventHandlers(Reconcile):
             self._arm_running_timers(task, slot)
             what = "adopted" if adopted else "daemon running as"
             self.log("info", f"{name} {what} pid {event.pid}", slot.task)
+            self._daemon_found(task, slot, adopted=adopted)
             return
         if slot.phase == PHASE_ADOPT:
             leftover = self.leftovers.get((slot.task, slot.instance))
@@ -380,7 +381,9 @@ class EventHandlers(Reconcile):
     def _on_Notified(self, event: ev.Notified) -> None:
         # (The shell vouches that the sender is a process of this slot.)
         slot = self.slot(event.task, event.instance)
-        if slot is None or slot.state not in UP_STATES:
+        # A daemon may speak before its pidfile is read (``awaiting_daemon``):
+        # what it says then counts too (``READY=1`` is kept for later).
+        if slot is None or (slot.state not in UP_STATES and not slot.awaiting_daemon):
             return
         self._touch_slot(event.task, event.instance)
         self._notified(self.tasks[event.task], slot, event.message)

@@ -91,6 +91,12 @@ class Reconcile(Convergence):
                 removed=sorted(n for n in before if n not in specs),
             )
 
+    def in_force(self, config: Any) -> bool:
+        """Whether ``config`` is the config in force.  Right after a
+        ``ConfigLoaded``: whether the core took it (the shell lets the
+        sockets it bound for it listen only then)."""
+        return bool(self.config == config)
+
     def _on_ConfigRejected(self, event: ev.ConfigRejected) -> None:
         self._reject(event.source, event.errors or (event.error,))
 

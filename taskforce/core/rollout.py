@@ -112,12 +112,27 @@ class Rollouts(SlotActions):
         if ready.watchdog:
             self._set_timer(slot, TIMER_WATCHDOG, self.now + ready.watchdog)
 
+    def _daemon_found(self, task: TaskState, slot: Slot, *, adopted: bool) -> None:
+        """A nowait/adopt slot's pidfile just named its daemon: with ``ready:
+        notify`` it is ready at once if it said READY=1 before, or was
+        ``adopted`` -- a daemon says it once, so waiting for another would
+        wait until ``ready_timeout`` restarted it."""
+        if task.spec.readiness.kind != "notify":
+            return
+        if slot.ready_early:
+            self._mark_ready(task, slot, "READY=1, sent before its pidfile was read")
+        elif adopted:
+            # Running before taskforce started (kept through a reset): it
+            # said READY=1 to the taskforce before this one.
+            self._mark_ready(task, slot, "adopted: running before taskforce started")
+
     def _mark_ready(self, task: TaskState, slot: Slot, how: str) -> None:
         """``slot`` is ready (``how``: what said so, for the log; "" says nothing)."""
         if slot.state is not _RUNNING or slot.phase == PHASE_LAUNCHER:
             return
         LIFECYCLE.fire(slot, "ready")
         slot.ready_at = self.now
+        slot.ready_early = False
         for purpose in (TIMER_READY, TIMER_PROBE, TIMER_READY_TIMEOUT):
             slot.timers.pop(purpose, None)
         self._end_probe(slot)
@@ -176,7 +191,12 @@ class Rollouts(SlotActions):
             slot.status = "stopping"
         ready = task.spec.readiness
         if said.get("READY") == "1" and ready.kind == "notify":
-            self._mark_ready(task, slot, "READY=1")
+            if slot.phase == PHASE_LAUNCHER:
+                # Its daemon is not known yet (its start command runs, or
+                # its pidfile is awaited): ready once it is (_daemon_found).
+                slot.ready_early = True
+            else:
+                self._mark_ready(task, slot, "READY=1")
         watchdog = said.get("WATCHDOG")
         if watchdog == "1" and ready.watchdog and slot.state in UP_STATES:
             self._set_timer(slot, TIMER_WATCHDOG, self.now + ready.watchdog)

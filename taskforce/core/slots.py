@@ -81,6 +81,9 @@ class Slot:
     main_pid: int | None = None
     #: when its process became ready (None: it is not)
     ready_at: float | None = None
+    #: nowait/adopt: ``READY=1`` came while its start command ran or its
+    #: pidfile was awaited; its daemon is ready as soon as it is found
+    ready_early: bool = False
 
     @property
     def live(self) -> bool:
