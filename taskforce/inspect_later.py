@@ -47,7 +47,9 @@ class _InspectLater(types.ModuleType):
 
 def _load_real() -> types.ModuleType:
     if isinstance(sys.modules.get("inspect"), _InspectLater):
-        del sys.modules["inspect"]
+        # pop, not del: two threads may get here at once; the worst that
+        # can then happen is a second import of the real module.
+        sys.modules.pop("inspect", None)
     import inspect
 
     return inspect
