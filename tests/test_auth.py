@@ -109,7 +109,6 @@ def test_secret_names_are_redacted_and_digested() -> None:
     assert secrets.digest("pepper", SECRET) != one, "salted per log"
 
 
-
 def test_entry_values_look_again_only_at_entries_that_changed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -141,6 +140,7 @@ def test_entry_values_look_again_only_at_entries_that_changed(
     looked.clear()
     assert entries.of({"a": other, "b": plain}, secrets.SecretNames(["*PASS*"])) == set()
     assert looked == [other, plain]
+
 
 def test_a_tcp_service_with_control_and_no_credential_is_a_located_error() -> None:
     text = "settings:\n  http:\n    - listen: ':8080'\n      allow_control: true\ntasks: {}\n"

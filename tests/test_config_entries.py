@@ -10,8 +10,10 @@ event log's line for a config, written entry by entry, must be the line
 
 from __future__ import annotations
 
+import gc
 import json
 import random
+import tracemalloc
 
 import pytest
 
@@ -123,7 +125,9 @@ def test_random_edits_read_as_the_whole_document() -> None:
         text = "tasks:\n" + "".join(f"  {n}: {v}\n" for n, v in tasks.items())
         config = entries.check(text, "<config>")
         assert config is not None
-        assert config == whole(text)[0]
+        expected, lines = whole(text)
+        assert config == expected
+        assert config.lines == lines
 
 
 @pytest.mark.parametrize(
@@ -207,3 +211,26 @@ def test_a_cycle_made_by_one_edit_is_found() -> None:
     with pytest.raises(ConfigError, match="dependency cycle"):
         load_config_text(text.replace("[y]}}", "[y]}, requires: a}"), roles=None, facts=FACTS)
     load_config_text(text, roles=None, facts=FACTS)
+
+
+def test_a_config_read_again_keeps_no_copy_of_its_text() -> None:
+    long = "x" * 300  # (most of the text: what a copy of it would cost shows)
+    text = "tasks:\n" + "".join(
+        f"  t{i}: {{commands: {{start: [/bin/run, {long}{i}]}}}}\n" for i in range(200)
+    )
+    entries.check(text, "<config>")
+    again = (text + " ")[:-1]  # an equal text, a string of its own (as a reload reads)
+    assert again is not text
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        config = entries.check(again, "<config>")
+        del again
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert config is not None
+    # The config's own mapping, yes; the text (or its pieces) a second time, no.
+    assert held < len(text) // 4, (held, len(text))
+    assert config.lines == whole(text)[1]
