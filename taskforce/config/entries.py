@@ -244,13 +244,13 @@ class _Checks:
             entry = (
                 self.last.get(piece, self) if piece in self.last else self.before.get(piece, self)
             )
-            if entry is self:
+            if isinstance(entry, Entry):
+                known[entry.piece] = entry  # (keyed by the copy kept, not this load's)
+            elif entry is None:
+                known[piece] = None
+                ok = False
+            else:
                 (alone if any(mark in piece for mark in _ALIASED) else missing).append(piece)
-                continue
-            if entry is not None:
-                piece = entry.piece  # (keyed by the copy kept, not this load's)
-            known[piece] = entry  # type: ignore[assignment]
-            ok = ok and entry is not None
         ok = ok and self._check_new(missing, found.flow, source, known)
         for piece in alone:
             ok = ok and self._check_new([piece], found.flow, source, known)
