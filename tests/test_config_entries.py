@@ -234,3 +234,24 @@ def test_a_config_read_again_keeps_no_copy_of_its_text() -> None:
     # The config's own mapping, yes; the text (or its pieces) a second time, no.
     assert held < len(text) // 4, (held, len(text))
     assert config.lines == whole(text)[1]
+
+
+def test_new_pieces_are_read_a_few_at_a_time_as_the_whole_document(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(entries, "READ_AT_ONCE", 3)
+    monkeypatch.setattr(entries, "_CHECKS", entries._Checks())
+    read: list[int] = []
+    real = entries._read
+    monkeypatch.setattr(
+        entries, "_read", lambda pieces, *args: read.append(len(pieces)) or real(pieces, *args)
+    )
+    for text in (block(8), block(8, changed=6), flow(7)):
+        config = entries.check(text, "<config>")
+        assert config is not None
+        expected, lines = whole(text)
+        assert config == expected and config.lines == lines
+    assert read == [3, 3, 2, 1, 3, 3, 1], "each new piece read once, at most 3 together"
+    # A bad piece in a later batch: declined, the whole document says where.
+    bad = block(8, changed=7).replace('"99999"]}}', '"99999"]}, bogus: 1}')
+    assert entries.check(bad, "<config>") is None

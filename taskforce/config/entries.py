@@ -171,6 +171,8 @@ def _pieces(lines: list[str], at: int, starts: list[int], end: int, *, flow: boo
     return Cut(flow, rest, at + 1, pieces, starts[0])
 
 
+#: New pieces read as one document (at most).
+READ_AT_ONCE = 256
 #: A piece read in isolation because it holds an anchor or an alias.
 _ALIASED = ("&", "*")
 
@@ -251,7 +253,13 @@ class _Checks:
                 ok = False
             else:
                 (alone if any(mark in piece for mark in _ALIASED) else missing).append(piece)
-        ok = ok and self._check_new(missing, found.flow, source, known)
+        # Read a few hundred at a time: the parse of a piece is many times
+        # its checked entry, and a whole fleet's parse at once left the
+        # allocator's arenas holed for good by the entries kept among it.
+        for start in range(0, len(missing), READ_AT_ONCE):
+            ok = ok and self._check_new(
+                missing[start : start + READ_AT_ONCE], found.flow, source, known
+            )
         for piece in alone:
             ok = ok and self._check_new([piece], found.flow, source, known)
         if not ok:
