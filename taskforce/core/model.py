@@ -496,7 +496,7 @@ def build(
             except ContextError as exc:
                 raise SpecError(("tasks", name), str(exc)) from None
     _BUILDS[:] = [(shared, entries, specs), *_BUILDS[:1]]
-    specs = dict(specs)  # the caller's own: the kept one must not change
+    kept, specs = specs, dict(specs)  # the caller's own: the kept one must not change
     if _same_links(specs):
         return specs
     for name, spec in specs.items():
@@ -515,5 +515,5 @@ def build(
     cycle = find_cycle(specs)
     if cycle:
         raise SpecError(("tasks", cycle[0], "requires"), "dependency cycle: " + " -> ".join(cycle))
-    _CHECKED[:] = [dict(specs)]  # (the caller may change its own)
+    _CHECKED[:] = [kept]  # (not the caller's: it may change its own)
     return specs
