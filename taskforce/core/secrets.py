@@ -118,7 +118,7 @@ class EntryValues:
 
     def __init__(self) -> None:
         #: the entry each task name had in the last config
-        self._entries: dict[Any, Any] = {}
+        self._entries: Mapping[Any, Any] = {}
         #: the secret values of those entries that hold some
         self._values: dict[Any, frozenset[str]] = {}
         #: the names matcher both were found with
@@ -139,7 +139,8 @@ class EntryValues:
             if hit:
                 values[name] = hit
                 found |= hit
-        self._entries, self._values = dict(tasks), values
+        # (``tasks`` itself, not a copy: a config is never changed once loaded)
+        self._entries, self._values = tasks, values
         return found
 
 
