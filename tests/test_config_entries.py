@@ -255,3 +255,26 @@ def test_new_pieces_are_read_a_few_at_a_time_as_the_whole_document(
     # A bad piece in a later batch: declined, the whole document says where.
     bad = block(8, changed=7).replace('"99999"]}}', '"99999"]}, bogus: 1}')
     assert entries.check(bad, "<config>") is None
+
+
+def test_the_same_text_again_keeps_one_table_and_the_one_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checks = entries._Checks()
+    monkeypatch.setattr(entries, "_CHECKS", checks)
+    assert entries.check(block(6), "<config>") is not None
+    first = checks.last
+    assert entries.check(block(6, changed=2), "<config>") is not None
+    changed = checks.last
+    assert checks.before is first
+    for _ in range(2):  # (a start reads its config twice: the check, then the daemon)
+        assert entries.check(block(6, changed=2), "<config>") is not None
+        assert checks.last is changed and checks.before is first
+    # Going back finds the first load's entries: none is read again.
+    read: list[str] = []
+    real = entries._read
+    monkeypatch.setattr(
+        entries, "_read", lambda pieces, *a: read.extend(pieces) or real(pieces, *a)
+    )
+    assert entries.check(block(6), "<config>") is not None
+    assert read == []

@@ -213,7 +213,7 @@ class _Checks:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         #: checked entries by their text (None: cannot be cut alone), of
-        #: the last two loads, in the style ``flow`` says
+        #: the last two different loads, in the style ``flow`` says
         self.last: dict[str, Entry | None] = {}
         self.before: dict[str, Entry | None] = {}
         self.flow = False
@@ -267,7 +267,10 @@ class _Checks:
             # not tried again), and what the last good load knew.
             self.last.update(known)
             return None
-        self.before, self.last = self.last, known
+        if len(known) != len(self.last) or any(piece not in self.last for piece in known):
+            self.before, self.last = self.last, known
+        # else the very pieces of the last load (a start's second reading, a
+        # reload that changed no task): one table of them is enough.
         return [known[piece] for piece in found.pieces]  # type: ignore[misc]
 
     def _check_new(
