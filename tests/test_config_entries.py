@@ -278,3 +278,24 @@ def test_the_same_text_again_keeps_one_table_and_the_one_before(
     )
     assert entries.check(block(6), "<config>") is not None
     assert read == []
+
+
+def test_the_log_line_of_a_reload_writes_again_only_the_changed_entries() -> None:
+    digests = eventlog.Digests("salt")
+    hidden: list[object] = []
+    real = digests.hider.hide
+
+    def spy(data: object, *args: bool) -> object:
+        if any(data is entry for entry in config["tasks"].values()):
+            hidden.append(data)
+        return real(data, *args)
+
+    digests.hider.hide = spy  # type: ignore[method-assign]
+    for changed, expected in ((None, 8), (3, 1), (3, 0)):
+        config = load_config_text(block(8, changed), roles=None)
+        event = ev.ConfigLoaded(at=2.5, config=config, roles=None, source="config")
+        hidden.clear()
+        eventlog.step_line(1, event, (), digests)
+        assert len(hidden) == expected, changed
+        if changed is not None and expected:
+            assert hidden == [config["tasks"]["w003"]]
