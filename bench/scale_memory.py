@@ -1,6 +1,7 @@
 """Where taskforce's memory per task goes: tracemalloc at two sizes, compared.
 
-    python bench/scale_memory.py [--sizes 100,1000] [--frames 12] [--top 25] [--json]
+    python bench/scale_memory.py [--sizes 100,1000] [--frames 12] [--top 25]
+                                 [--task-output discard] [--json]
 
 (also ``python bench/scale.py --memory-profile``). A real daemon runs
 ``sleep`` tasks under a small wrapper that starts ``tracemalloc`` before
@@ -85,15 +86,19 @@ def quiet(pid: int, limit: float) -> None:
 
 
 def snapshot_at(
-    size: int, frames: int, settle: float
+    size: int, frames: int, settle: float, output: str | None = None
 ) -> tuple[tracemalloc.Snapshot | None, dict[str, int]]:
     """The daemon's memory with ``size`` tasks, and its tracemalloc snapshot
-    (none when ``frames`` is 0: the daemon runs untraced)."""
+    (none when ``frames`` is 0: the daemon runs untraced); ``output``: the
+    config's ``settings.output`` (None: the default)."""
     argvs = [common.sleeper_argv(i) for i in range(size)]
     folder = Path(tempfile.mkdtemp(prefix="tfscale-mem-"))
     trigger, dump = folder / "dump-now", folder / "snapshot"
     python = [sys.executable, "-c", WRAPPER, str(trigger), str(dump), str(frames)]
-    with common.BenchDaemon(common.fleet_config(argvs), python=python) as daemon:
+    config = common.fleet_config(argvs)
+    if output is not None:
+        config["settings"] = {"output": output}
+    with common.BenchDaemon(config, python=python) as daemon:
         daemon.start()
         expected = {common.argv_bytes(argv): 1 for argv in argvs}
         daemon.wait_running(expected, 120 + size * 0.3, interval=0.05)
@@ -122,9 +127,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     for size in (small, large):
         # Untraced first: tracemalloc's own tables would inflate the PSS.
         print(f"untraced: {size} tasks ...", file=sys.stderr, flush=True)
-        memory[size] = snapshot_at(size, 0, args.settle)[1]
+        memory[size] = snapshot_at(size, 0, args.settle, args.task_output)[1]
         print(f"tracemalloc: {size} tasks ...", file=sys.stderr, flush=True)
-        snap, traced_memory[size] = snapshot_at(size, args.frames, args.settle)
+        snap, traced_memory[size] = snapshot_at(size, args.frames, args.settle, args.task_output)
         assert snap is not None
         snaps[size] = snap
     traced = {
@@ -195,6 +200,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=12, help="frames kept per allocation")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--settle", type=float, default=3.0, help="seconds after all run")
+    parser.add_argument(
+        "--task-output",
+        choices=("log", "discard", "inherit"),
+        help="the tasks' settings.output (default: the config's default, log: two pipes "
+        "per task; discard: none, as bench/scale.py's --task-output for 10,000 tasks)",
+    )
     args = parser.parse_args(argv)
     args.sizes = sorted(int(s) for s in args.sizes.split(","))
     if len(args.sizes) != 2 or args.sizes[0] >= args.sizes[1]:

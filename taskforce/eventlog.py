@@ -26,7 +26,7 @@ import json
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -85,9 +85,13 @@ class Digests:
         #: stands for the tasks in the line written around them (the salt
         #: makes it a text no config holds)
         self.marker = f"<tasks {salt}>"
-        #: each task entry of the last config as written, by its id: (entry,
-        #: name, names matcher, secret values known, ``"name":{...}``)
-        self.written: dict[int, tuple[Any, Any, secrets.SecretNames, int, str]] = {}
+        #: the last config's tasks as written: the mapping itself (not a
+        #: copy: a config is never changed once loaded), each entry's
+        #: ``"name":{...}`` by its name, and what hid them (the names
+        #: matcher, how many secret values were known)
+        self._tasks: Mapping[Any, Any] = {}
+        self._texts: dict[Any, str] = {}
+        self._hidden_by: tuple[secrets.SecretNames | None, int] = (None, 0)
 
     def step(self, event: ev.Event, step: dict[str, Any]) -> Any:
         if isinstance(event, ev.ConfigLoaded):
@@ -116,23 +120,20 @@ class Digests:
         marker = json.dumps(self.marker)
         if line.count(marker) != 1:
             return None  # a secret spliced into the marker: write it whole
-        written: dict[int, tuple[Any, Any, secrets.SecretNames, int, str]] = {}
+        # Secrets learnt since, or other secret names: every entry again.
+        same = self._hidden_by == (is_secret, known)
+        before: Mapping[Any, Any] = self._tasks if same else {}
+        written: dict[Any, str] = {}
         parts = []
         for name, entry in tasks.items():
-            hit = self.written.get(id(entry))
-            if (
-                hit is None
-                or hit[0] is not entry
-                or hit[1] != name
-                or hit[2] is not is_secret
-                or hit[3] != known
-            ):
+            if before.get(name, self) is entry:
+                text = self._texts[name]
+            else:
                 hidden = self.hider.hide(entry, False, name in secrets.ENV_HOLDERS)
                 text = json.dumps({name: hidden}, separators=_SEPARATORS)[1:-1]
-                hit = (entry, name, is_secret, known, text)
-            written[id(entry)] = hit
-            parts.append(hit[4])
-        self.written = written
+            written[name] = text
+            parts.append(text)
+        self._tasks, self._texts, self._hidden_by = tasks, written, (is_secret, known)
         return line.replace(marker, "{" + ",".join(parts) + "}")
 
     def state(self, state: dict[str, Any]) -> Any:

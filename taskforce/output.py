@@ -303,7 +303,6 @@ class Output:
 
     def __init__(self, selector: selectors.BaseSelector) -> None:
         self.selector = selector
-        self.captures: set[Capture] = set()
         self.backlog: set[Capture] = set()
         self.files: dict[str, FileSink] = {}
         #: Recent lines of each task whose output is captured.
@@ -373,7 +372,6 @@ class Output:
         def done(started: bool) -> None:
             for (_, write_end), capture in zip(pipes, captures, strict=True):
                 os.close(write_end)  # the child has its copy; EOF when it is gone
-                self.captures.add(capture)
                 if started:
                     capture.start()
                 else:
@@ -405,8 +403,16 @@ class Output:
             recent = self.recent[task] = Recent(task)
         return recent
 
+    @property
+    def captures(self) -> list[Capture]:
+        """Every pipe still open.  Each one is either on the selector (read
+        when ready) or in the backlog (paused), so they are found there
+        rather than kept in a set of their own (two per captured process)."""
+        mapped = self.selector.get_map()
+        reading = [key.data for key in mapped.values() if isinstance(key.data, Capture)]
+        return [capture for capture in reading if capture.owner is self] + list(self.backlog)
+
     def release(self, capture: Capture) -> None:
-        self.captures.discard(capture)
         if capture.recent is not None:
             capture.recent.users -= 1
             self._idle_rings = self._idle_rings or capture.recent.users <= 0

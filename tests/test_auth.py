@@ -109,6 +109,39 @@ def test_secret_names_are_redacted_and_digested() -> None:
     assert secrets.digest("pepper", SECRET) != one, "salted per log"
 
 
+def test_entry_values_look_again_only_at_entries_that_changed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    names = secrets.SecretNames()
+    plain = {"commands": {"start": ["run"]}}
+    holding = {"commands": {"start": ["run"]}, "defines": {"DB_PASSWORD": SECRET}}
+    entries = secrets.EntryValues()
+    assert entries.of({"a": plain, "b": holding}, names) == {SECRET}
+    looked: list[Any] = []
+    real = secrets.secret_values
+
+    def spy(data: Any, *args: Any, **kwargs: Any) -> set[str]:
+        if isinstance(data, dict) and "commands" in data:  # (an entry, not a part)
+            looked.append(data)
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(secrets, "secret_values", spy)
+    # The same entries: nothing is looked at, and the values are still known.
+    assert entries.of({"a": plain, "b": holding}, names) == {SECRET}
+    assert looked == []
+    # An entry changed, or moved to another name: only that one is looked at.
+    other = {"commands": {"start": ["run"]}, "defaults": {"API_TOKEN": "tok-tok-tok"}}
+    assert entries.of({"a": plain, "b": other}, names) == {"tok-tok-tok"}
+    assert looked == [other]
+    looked.clear()
+    assert entries.of({"a": other, "b": plain}, names) == {"tok-tok-tok"}
+    assert looked == [other, plain]
+    # Other secret names: everything again.
+    looked.clear()
+    assert entries.of({"a": other, "b": plain}, secrets.SecretNames(["*PASS*"])) == set()
+    assert looked == [other, plain]
+
+
 def test_a_tcp_service_with_control_and_no_credential_is_a_located_error() -> None:
     text = "settings:\n  http:\n    - listen: ':8080'\n      allow_control: true\ntasks: {}\n"
     with pytest.raises(ConfigError) as caught:

@@ -10,8 +10,10 @@ event log's line for a config, written entry by entry, must be the line
 
 from __future__ import annotations
 
+import gc
 import json
 import random
+import tracemalloc
 
 import pytest
 
@@ -123,7 +125,9 @@ def test_random_edits_read_as_the_whole_document() -> None:
         text = "tasks:\n" + "".join(f"  {n}: {v}\n" for n, v in tasks.items())
         config = entries.check(text, "<config>")
         assert config is not None
-        assert config == whole(text)[0]
+        expected, lines = whole(text)
+        assert config == expected
+        assert config.lines == lines
 
 
 @pytest.mark.parametrize(
@@ -207,3 +211,91 @@ def test_a_cycle_made_by_one_edit_is_found() -> None:
     with pytest.raises(ConfigError, match="dependency cycle"):
         load_config_text(text.replace("[y]}}", "[y]}, requires: a}"), roles=None, facts=FACTS)
     load_config_text(text, roles=None, facts=FACTS)
+
+
+def test_a_config_read_again_keeps_no_copy_of_its_text() -> None:
+    long = "x" * 300  # (most of the text: what a copy of it would cost shows)
+    text = "tasks:\n" + "".join(
+        f"  t{i}: {{commands: {{start: [/bin/run, {long}{i}]}}}}\n" for i in range(200)
+    )
+    entries.check(text, "<config>")
+    again = (text + " ")[:-1]  # an equal text, a string of its own (as a reload reads)
+    assert again is not text
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        config = entries.check(again, "<config>")
+        del again
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert config is not None
+    # The config's own mapping, yes; the text (or its pieces) a second time, no.
+    assert held < len(text) // 4, (held, len(text))
+    assert config.lines == whole(text)[1]
+
+
+def test_new_pieces_are_read_a_few_at_a_time_as_the_whole_document(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(entries, "READ_AT_ONCE", 3)
+    monkeypatch.setattr(entries, "_CHECKS", entries._Checks())
+    read: list[int] = []
+    real = entries._read
+    monkeypatch.setattr(
+        entries, "_read", lambda pieces, *args: read.append(len(pieces)) or real(pieces, *args)
+    )
+    for text in (block(8), block(8, changed=6), flow(7)):
+        config = entries.check(text, "<config>")
+        assert config is not None
+        expected, lines = whole(text)
+        assert config == expected and config.lines == lines
+    assert read == [3, 3, 2, 1, 3, 3, 1], "each new piece read once, at most 3 together"
+    # A bad piece in a later batch: declined, the whole document says where.
+    bad = block(8, changed=7).replace('"99999"]}}', '"99999"]}, bogus: 1}')
+    assert entries.check(bad, "<config>") is None
+
+
+def test_the_same_text_again_keeps_one_table_and_the_one_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checks = entries._Checks()
+    monkeypatch.setattr(entries, "_CHECKS", checks)
+    assert entries.check(block(6), "<config>") is not None
+    first = checks.last
+    assert entries.check(block(6, changed=2), "<config>") is not None
+    changed = checks.last
+    assert checks.before is first
+    for _ in range(2):  # (a start reads its config twice: the check, then the daemon)
+        assert entries.check(block(6, changed=2), "<config>") is not None
+        assert checks.last is changed and checks.before is first
+    # Going back finds the first load's entries: none is read again.
+    read: list[str] = []
+    real = entries._read
+    monkeypatch.setattr(
+        entries, "_read", lambda pieces, *a: read.extend(pieces) or real(pieces, *a)
+    )
+    assert entries.check(block(6), "<config>") is not None
+    assert read == []
+
+
+def test_the_log_line_of_a_reload_writes_again_only_the_changed_entries() -> None:
+    digests = eventlog.Digests("salt")
+    hidden: list[object] = []
+    real = digests.hider.hide
+
+    def spy(data: object, *args: bool) -> object:
+        if any(data is entry for entry in config["tasks"].values()):
+            hidden.append(data)
+        return real(data, *args)
+
+    digests.hider.hide = spy  # type: ignore[method-assign]
+    for changed, expected in ((None, 8), (3, 1), (3, 0)):
+        config = load_config_text(block(8, changed), roles=None)
+        event = ev.ConfigLoaded(at=2.5, config=config, roles=None, source="config")
+        hidden.clear()
+        eventlog.step_line(1, event, (), digests)
+        assert len(hidden) == expected, changed
+        if changed is not None and expected:
+            assert hidden == [config["tasks"]["w003"]]

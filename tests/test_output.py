@@ -386,3 +386,32 @@ def test_out_of_descriptors_raises_the_soft_limit_once_needed() -> None:
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) >= 128
     assert "out of open files (64): raised taskforce's limit to " in done.stderr
+
+
+def test_close_finishes_every_open_pipe_reading_or_paused(caplog: pytest.LogCaptureFixture) -> None:
+    selector = selectors.DefaultSelector()
+    out = output.Output(selector)
+    write_ends = []
+    for _ in range(2):
+        write_end, _, done = out.prepare(_spawn_effect(output="log"))
+        assert write_end is not None
+        write_ends.append(os.dup(write_end))
+        done(True)
+    os.write(write_ends[1], b"line\n" * 1000)
+    assert len(out.captures) == 4, "two pipes each, all on the selector"
+    with caplog.at_level(logging.INFO, logger="taskforce.output"):
+        for capture in out.captures:
+            capture.on_readable()  # (the chatty one logs a turn's worth and pauses)
+    (chatty,) = out.backlog
+    assert chatty.fd not in selector.get_map(), "paused: off the selector"
+    # (the stderr pipes were at their end: finished) one reading, one paused
+    assert len(out.captures) == 2 and chatty in out.captures
+    fds = [capture.fd for capture in out.captures]
+    out.close()
+    assert not out.captures
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    for fd in write_ends:
+        os.close(fd)
+    selector.close()

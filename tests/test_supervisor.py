@@ -1213,3 +1213,40 @@ def test_a_pidfile_read_recorded_before_its_facts_existed_is_accepted() -> None:
     )
     assert isinstance(event, ev.PidfileRead)
     assert not event.writable_by_non_root and not event.started_after_file
+
+
+def test_slots_without_deadlines_share_one_empty_timers_mapping() -> None:
+    from taskforce.core.slots import NO_TIMERS
+
+    core = Supervisor()
+    core.handle(ev.Booted(at=T0, environ={"PATH": "/bin"}, host="h", fqdn="h", pid=1))
+    loaded = ev.ConfigLoaded(
+        at=T0, config=config(plain=task(), limited=task(time_limit=30)), roles=None
+    )
+    pids = iter(range(500, 600))
+
+    def started(effects: tuple[fx.Effect, ...], at: float) -> None:
+        for effect in effects:
+            if isinstance(effect, fx.Spawn):
+                core.handle(
+                    ev.ProcessStarted(
+                        at, effect.task, effect.instance, effect.generation, next(pids)
+                    )
+                )
+
+    started(core.handle(loaded), T0)
+    plain, limited = core.tasks["plain"].slots[0], core.tasks["limited"].slots[0]
+    assert plain.timers is NO_TIMERS, "no deadline: no dict of its own"
+    assert list(limited.timers.values()) == [T0 + 30]
+    assert limited.timers is not NO_TIMERS and not NO_TIMERS
+    # Its time limit runs out: stopped, restarted; the shared mapping stays empty.
+    assert limited.pid is not None
+    core.handle(ev.TimerFired(at=T0 + 30))
+    exited = ev.ProcessExited(
+        at=T0 + 30.5, pid=limited.pid, exit_code=None, signal="SIGTERM", group_alive=False
+    )
+    started(core.handle(exited), T0 + 30.5)
+    assert not NO_TIMERS and plain.timers is NO_TIMERS
+    assert limited.pid == 502, "restarted"
+    with pytest.raises(TypeError):
+        NO_TIMERS[next(iter(limited.timers), None)] = 1.0  # type: ignore[index]

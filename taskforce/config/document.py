@@ -15,6 +15,7 @@ what the document means (that is ``schema``'s).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,14 +51,16 @@ class LoadedConfig(dict):  # type: ignore[type-arg]
     table of lines is as big as the config itself and a config that loaded
     cleanly seldom needs it again (a socket that cannot be opened, a
     program not found), so it is not kept: it is read again from ``text``
-    when first asked for (a config read piece by piece, see ``entries``,
-    never had one).
+    when first asked for.  A config read piece by piece (see ``entries``)
+    gives a function that puts its text together again from the pieces
+    that are kept anyway, rather than a second copy of it.
     """
 
     source: str = "<config>"
-    #: the text it was read from, until its lines are asked for (None: not
-    #: from text, or already read; then ``lines`` holds what is known)
-    text: str | None = None
+    #: the text it was read from (or what gives it), until its lines are
+    #: asked for (None: not from text, or already read; then ``lines``
+    #: holds what is known)
+    text: str | Callable[[], str] | None = None
     _lines: dict[KeyPath, int] | None = None
 
     @property
@@ -67,7 +70,9 @@ class LoadedConfig(dict):  # type: ignore[type-arg]
             self._lines = {}
             if text is not None:
                 try:
-                    self._lines = parse(text, self.source).lines
+                    self._lines = parse(
+                        text if isinstance(text, str) else text(), self.source
+                    ).lines
                 except ConfigError:  # cannot happen to a text that loaded
                     pass
         return self._lines
@@ -76,7 +81,7 @@ class LoadedConfig(dict):  # type: ignore[type-arg]
     def lines(self, lines: dict[KeyPath, int]) -> None:
         self._lines = lines
 
-    def lines_from(self, text: str) -> None:
+    def lines_from(self, text: str | Callable[[], str]) -> None:
         """Find ``lines`` in ``text`` when they are first asked for."""
         self._lines, self.text = None, text
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,9 +49,10 @@ _FLOW_END = re.compile(r"\}[ ]*,?[ ]*(#.*)?\Z")
 _NOT_A_KEY = frozenset("-?:,[]{}#&*!|>%@`")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
-    """One task's piece of text, parsed and checked."""
+    """One task's piece of text, parsed and checked (one per task, kept
+    for the next load: hence ``__slots__``)."""
 
     name: str
     #: the entry as the schema normalized it (``TaskSchema.task``)
@@ -62,6 +63,9 @@ class Entry:
     role_uses: tuple[tuple[KeyPath, str], ...]
     #: YAML values it holds, its own mapping not counted
     nodes: int
+    #: the text it was read from: the one copy of it kept (the cache's key,
+    #: and what a config's text is put together from again)
+    piece: str
 
 
 @dataclass
@@ -76,6 +80,8 @@ class Cut:
     tasks_line: int
     #: each task's text, in file order
     pieces: list[str]
+    #: index of the first piece's first line (0-based)
+    first: int
 
 
 def cut(text: str) -> Cut | None:
@@ -162,9 +168,11 @@ def _pieces(lines: list[str], at: int, starts: list[int], end: int, *, flow: boo
     bounds = [*starts, end]
     pieces = ["\n".join(lines[bounds[i] : bounds[i + 1]]) for i in range(len(starts))]
     rest = "\n".join([*lines[: starts[0]], *[""] * (end - starts[0]), *lines[end:]])
-    return Cut(flow, rest, at + 1, pieces)
+    return Cut(flow, rest, at + 1, pieces, starts[0])
 
 
+#: New pieces read as one document (at most).
+READ_AT_ONCE = 256
 #: A piece read in isolation because it holds an anchor or an alias.
 _ALIASED = ("&", "*")
 
@@ -204,9 +212,11 @@ class _Checks:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        #: checked entries by their text and style (None: cannot be cut alone)
-        self.last: dict[tuple[str, bool], Entry | None] = {}
-        self.before: dict[tuple[str, bool], Entry | None] = {}
+        #: checked entries by their text (None: cannot be cut alone), of
+        #: the last two different loads, in the style ``flow`` says
+        self.last: dict[str, Entry | None] = {}
+        self.before: dict[str, Entry | None] = {}
+        self.flow = False
         #: the rest of the last cut, parsed
         self.rest: tuple[str, Parsed] | None = None
 
@@ -219,24 +229,37 @@ class _Checks:
             if entries is None:
                 return None
             rest = self._rest(found, source)
-            if rest is None:
+            if rest is None or self.rest is None:
                 return None
-        return _whole(found, rest, entries, text, source)
+            rest_text = self.rest[0]
+        return _whole(found, rest, entries, _text_of(rest_text, found.first, entries), source)
 
     def _entries(self, found: Cut, source: str) -> list[Entry] | None:
-        known: dict[tuple[str, bool], Entry | None] = {}
+        if found.flow != self.flow:
+            # A piece reads differently in the other style: nothing known holds.
+            self.last, self.before, self.flow = {}, {}, found.flow
+        known: dict[str, Entry | None] = {}
         missing: list[str] = []
         alone: list[str] = []
         ok = True
         for piece in found.pieces:
-            key = (piece, found.flow)
-            entry = self.last.get(key, self) if key in self.last else self.before.get(key, self)
-            if entry is self:
+            entry = (
+                self.last.get(piece, self) if piece in self.last else self.before.get(piece, self)
+            )
+            if isinstance(entry, Entry):
+                known[entry.piece] = entry  # (keyed by the copy kept, not this load's)
+            elif entry is None:
+                known[piece] = None
+                ok = False
+            else:
                 (alone if any(mark in piece for mark in _ALIASED) else missing).append(piece)
-                continue
-            known[key] = entry  # type: ignore[assignment]
-            ok = ok and entry is not None
-        ok = ok and self._check_new(missing, found.flow, source, known)
+        # Read a few hundred at a time: the parse of a piece is many times
+        # its checked entry, and a whole fleet's parse at once left the
+        # allocator's arenas holed for good by the entries kept among it.
+        for start in range(0, len(missing), READ_AT_ONCE):
+            ok = ok and self._check_new(
+                missing[start : start + READ_AT_ONCE], found.flow, source, known
+            )
         for piece in alone:
             ok = ok and self._check_new([piece], found.flow, source, known)
         if not ok:
@@ -244,15 +267,18 @@ class _Checks:
             # not tried again), and what the last good load knew.
             self.last.update(known)
             return None
-        self.before, self.last = self.last, known
-        return [known[(piece, found.flow)] for piece in found.pieces]  # type: ignore[misc]
+        if len(known) != len(self.last) or any(piece not in self.last for piece in known):
+            self.before, self.last = self.last, known
+        # else the very pieces of the last load (a start's second reading, a
+        # reload that changed no task): one table of them is enough.
+        return [known[piece] for piece in found.pieces]  # type: ignore[misc]
 
     def _check_new(
         self,
         pieces: list[str],
         flow: bool,
         source: str,
-        known: dict[tuple[str, bool], Entry | None],
+        known: dict[str, Entry | None],
     ) -> bool:
         """Read and check ``pieces`` (as one document), into ``known``."""
         if not pieces:
@@ -260,7 +286,7 @@ class _Checks:
         read = _read(pieces, flow, source)
         if read is None:
             if len(pieces) == 1:
-                known[(pieces[0], flow)] = None
+                known[pieces[0]] = None
             return False
         from taskforce.config.schema import Schema  # schema imports this module
 
@@ -271,16 +297,17 @@ class _Checks:
             errors = len(schema.errors)
             checked = schema.task(name, value, ("tasks", name))
             if len(schema.errors) > errors:
-                known[(piece, flow)] = None
+                known[piece] = None
                 ok = False
                 continue
-            known[(piece, flow)] = Entry(
+            known[piece] = Entry(
                 name,
                 checked,
                 tuple(schema.task_refs),
                 tuple(schema.socket_refs),
                 tuple(schema.role_uses),
                 _nodes(value),
+                piece,
             )
         return ok
 
@@ -313,8 +340,22 @@ def _nodes(value: Any) -> int:
     return 1
 
 
+def _text_of(rest: str, first: int, entries: list[Entry]) -> Callable[[], str]:
+    """What puts the text of a cut together again, from its rest and the
+    texts its entries keep (for the lines of its keys, seldom asked for)."""
+
+    def text() -> str:
+        lines = rest.split("\n")
+        span = sum(entry.piece.count("\n") + 1 for entry in entries)
+        return "\n".join(
+            [*lines[:first], *(entry.piece for entry in entries), *lines[first + span :]]
+        )
+
+    return text
+
+
 def _whole(
-    found: Cut, rest: Parsed, entries: list[Entry], text: str, source: str
+    found: Cut, rest: Parsed, entries: list[Entry], text: Callable[[], str], source: str
 ) -> LoadedConfig | None:
     from taskforce.config.schema import Schema
 

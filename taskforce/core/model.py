@@ -433,7 +433,7 @@ _ENVIRONMENTS = Environments()
 #: shell's validation and the core's build of the same config build each
 #: task once.  Two builds are kept (validation, then the core), so reloads
 #: never grow it; the entries are the config's own (compared, never copied).
-_BUILDS: list[tuple[tuple[Any, ...], dict[str, Any], dict[str, TaskSpec]]] = []
+_BUILDS: list[tuple[tuple[Any, ...], Mapping[str, Any], dict[str, TaskSpec]]] = []
 #: The specs of the last build whose requires and onexit passed the checks.
 _CHECKED: list[dict[str, TaskSpec]] = []
 
@@ -477,10 +477,11 @@ def build(
     # of them is kept): the same entry object (validation, then the core) is
     # found at once, an unchanged one of a reloaded file by one comparison.
     earlier = [(entries, built) for inputs, entries, built in _BUILDS if inputs == shared]
-    entries: dict[str, Any] = {}
+    # Kept as it is, not copied: a config is a value, never changed once built.
+    entries = tasks
     specs: dict[str, TaskSpec] = {}
     for name in sorted(tasks):
-        entry = entries[name] = tasks[name]
+        entry = tasks[name]
         for known, built in earlier:
             seen = known.get(name, _ABSENT)
             if seen is entry or (seen is not _ABSENT and seen == entry):
@@ -496,7 +497,7 @@ def build(
             except ContextError as exc:
                 raise SpecError(("tasks", name), str(exc)) from None
     _BUILDS[:] = [(shared, entries, specs), *_BUILDS[:1]]
-    specs = dict(specs)  # the caller's own: the kept one must not change
+    kept, specs = specs, dict(specs)  # the caller's own: the kept one must not change
     if _same_links(specs):
         return specs
     for name, spec in specs.items():
@@ -515,5 +516,5 @@ def build(
     cycle = find_cycle(specs)
     if cycle:
         raise SpecError(("tasks", cycle[0], "requires"), "dependency cycle: " + " -> ".join(cycle))
-    _CHECKED[:] = [dict(specs)]  # (the caller may change its own)
+    _CHECKED[:] = [kept]  # (not the caller's: it may change its own)
     return specs

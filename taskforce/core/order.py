@@ -47,13 +47,15 @@ def find_cycle(specs: Mapping[str, TaskSpec]) -> list[str] | None:
 #: The last order made, and the specs it was made from: a reload that
 #: changes no task's name or requires finds its order here (a pure function
 #: of those, so keeping it changes nothing but the time).
-_LAST: list[tuple[dict[str, TaskSpec], list[str]]] = []
+_LAST: list[tuple[Mapping[str, TaskSpec], list[str]]] = []
 
 
 def start_order(specs: Mapping[str, TaskSpec]) -> list[str]:
     """Names with every task after the tasks it requires; ties by name.
 
     Assumes no cycle (``build`` rejects them); iterative like ``find_cycle``.
+    ``specs`` is kept for the next call, not copied: it must not be changed
+    afterwards (the supervisor hands a mapping made for the call).
     """
     last = _LAST[0] if _LAST else None
     if (
@@ -67,7 +69,7 @@ def start_order(specs: Mapping[str, TaskSpec]) -> list[str]:
     ):
         return list(last[1])
     order = _start_order(specs)
-    _LAST[:] = [(dict(specs), list(order))]
+    _LAST[:] = [(specs, list(order))]
     return order
 
 

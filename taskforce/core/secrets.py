@@ -111,26 +111,36 @@ class EntryValues:
     A config read piece by piece hands an unchanged task the very entry it
     had (``taskforce.config.entries``): its values are not looked for again,
     so learning a reloaded config costs what changed in it.  Only the last
-    config's entries are kept.
+    config's entries are kept: which entry each name had, and the values of
+    the few entries that hold any (most hold none, and a set or a record
+    per task would cost more than the entry's own mapping).
     """
 
     def __init__(self) -> None:
-        #: by the entry's id: (entry, its name, the names matcher, its values)
-        self._found: dict[int, tuple[Any, Any, SecretNames, frozenset[str]]] = {}
+        #: the entry each task name had in the last config
+        self._entries: Mapping[Any, Any] = {}
+        #: the secret values of those entries that hold some
+        self._values: dict[Any, frozenset[str]] = {}
+        #: the names matcher both were found with
+        self._is_secret: SecretNames | None = None
 
     def of(self, tasks: Mapping[Any, Any], is_secret: SecretNames) -> set[str]:
         """What ``secret_values`` finds under ``tasks`` (a config's)."""
+        if is_secret is not self._is_secret:
+            self._entries, self._values, self._is_secret = {}, {}, is_secret
+        before, known = self._entries, self._values
         found: set[str] = set()
-        kept: dict[int, tuple[Any, Any, SecretNames, frozenset[str]]] = {}
+        values: dict[Any, frozenset[str]] = {}
         for name, entry in tasks.items():
-            hit = self._found.get(id(entry))
-            if hit is None or hit[0] is not entry or hit[1] != name or hit[2] is not is_secret:
-                values = secret_values(entry, is_secret, env=name in ENV_HOLDERS)
-                hit = (entry, name, is_secret, frozenset(values))
-            kept[id(entry)] = hit
-            if hit[3]:
-                found |= hit[3]
-        self._found = kept
+            if before.get(name, self) is entry:
+                hit = known.get(name)
+            else:
+                hit = frozenset(secret_values(entry, is_secret, env=name in ENV_HOLDERS)) or None
+            if hit:
+                values[name] = hit
+                found |= hit
+        # (``tasks`` itself, not a copy: a config is never changed once loaded)
+        self._entries, self._values = tasks, values
         return found
 
 

@@ -29,6 +29,36 @@ from taskforce.core.lifecycle import (
 from taskforce.core.model import ProcessSpec, TaskSpec
 
 
+class _NoTimers(dict):  # type: ignore[type-arg]
+    """The timers of a slot that has none: one mapping, shared and always
+    empty, so an idle slot holds no dict of its own (most slots, most of
+    the time).  Reading and removing work as on an empty dict; the first
+    deadline replaces it with a dict of the slot's own (``Timers._set_timer``).
+    """
+
+    __slots__ = ()
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        raise TypeError("a slot's shared empty timers: give the slot a dict of its own")
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        raise TypeError("a slot's shared empty timers: give the slot a dict of its own")
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("a slot's shared empty timers: give the slot a dict of its own")
+
+    def clear(self) -> None:
+        pass
+
+
+#: A slot's timers while it has none (see ``_NoTimers``).
+NO_TIMERS: dict[TimerPurpose, float] = _NoTimers()
+
+
+def _no_timers() -> dict[TimerPurpose, float]:
+    return NO_TIMERS
+
+
 @dataclass(eq=False, slots=True)
 class Slot:
     """One process slot of a task: ``Task_instance`` ``instance``."""
@@ -49,8 +79,8 @@ class Slot:
     #: why it last started, stopped or restarted -- for the operator
     reason: str = ""
     waiting_on: tuple[str, ...] = ()
-    #: deadline by purpose
-    timers: dict[TimerPurpose, float] = field(default_factory=dict)
+    #: deadline by purpose (``NO_TIMERS`` while there is none)
+    timers: dict[TimerPurpose, float] = field(default_factory=_no_timers)
     #: nowait/adopt: how it knows its process (None: its own child)
     phase: Phase | None = None
     #: adopt: the pidfile was looked at once since taskforce started

@@ -25,7 +25,7 @@ from taskforce.core import effects as fx
 from taskforce.core.codec import decode, encode, freeze, from_plain, to_plain
 from taskforce.core.lifecycle import LIFECYCLE, Intent, Phase, Shutdown, SlotState, TimerPurpose
 from taskforce.core.model import HostFacts, Settings, settings_of
-from taskforce.core.slots import Leftover, ReloadNote, Slot, TaskState
+from taskforce.core.slots import NO_TIMERS, Leftover, ReloadNote, Slot, TaskState
 
 #: the snapshot format (``restore`` refuses any other)
 FORMAT = 1
@@ -253,9 +253,9 @@ class SupervisorState:
                         setattr(slot, field, from_plain(slot_data[field]))
                 slot.state = SlotState[slot_data["state"]]
                 slot.spec = from_plain(slot_data["spec"])
-                slot.timers = {
-                    TimerPurpose(purpose): at for purpose, at in slot_data["timers"].items()
-                }
+                timers = slot_data["timers"]
+                if timers:
+                    slot.timers = {TimerPurpose(purpose): at for purpose, at in timers.items()}
                 slot.intent = None if slot.intent is None else Intent(slot.intent)
                 slot.phase = None if slot.phase is None else Phase(slot.phase)
                 task.slots.append(slot)
@@ -307,7 +307,8 @@ class SupervisorState:
                     # only: the triggers are pulled through the machine, never
                     # through methods bound to the model, and binding them all
                     # (what ``LIFECYCLE.attach`` does) costs ~1 ms a slot.
-                    copied = dataclasses.replace(slot, timers=dict(slot.timers))
+                    timers = dict(slot.timers) if slot.timers else NO_TIMERS
+                    copied = dataclasses.replace(slot, timers=timers)
                     copied.state = slot.state
                     LIFECYCLE.machine.models.append(copied)
                     twin.slots.append(copied)

@@ -17,7 +17,7 @@ import heapq
 
 from taskforce.core import effects as fx
 from taskforce.core.lifecycle import TIMER_LEFTOVER, TimerPurpose
-from taskforce.core.slots import Leftover, Slot
+from taskforce.core.slots import NO_TIMERS, Leftover, Slot
 from taskforce.core.state import SupervisorState
 
 #: (at, seq, task, instance, generation, purpose); generation -1: a leftover's
@@ -33,6 +33,8 @@ class Timers(SupervisorState):
         return self._heap[0][0] if self._heap else None
 
     def _set_timer(self, slot: Slot, purpose: TimerPurpose, at: float) -> None:
+        if slot.timers is NO_TIMERS:
+            slot.timers = {}
         slot.timers[purpose] = at
         self._seq += 1
         heapq.heappush(
