@@ -137,13 +137,29 @@ def _check_owner(spec: SocketSpec) -> None:
         ) from None
 
 
-def _set_file(spec: SocketSpec) -> None:
-    """Give a Unix socket's file its ``mode`` and ``owner``."""
+def _set_file(spec: SocketSpec, file_id: tuple[int, int] | None) -> None:
+    """Give a Unix socket's file its ``mode`` and ``owner``, only if the
+    path is still the socket ``file_id`` says we bound: whoever may write to
+    its folder could have put a link to another file there, and taskforce
+    (often root) must never change that file's owner or permissions."""
     try:
+        found = os.lstat(spec.listen)
+        if not stat.S_ISSOCK(found.st_mode) or (
+            file_id is not None and (found.st_dev, found.st_ino) != file_id
+        ):
+            raise SocketError(
+                f"sockets.{spec.name}.listen: {spec.listen} is no longer the socket "
+                "taskforce bound (something replaced it); its mode and owner were not set"
+            )
         if spec.owner is not None:
             _check_owner(spec)
-            os.chown(spec.listen, *_owner_ids(spec.owner))
-        os.chmod(spec.listen, DEFAULT_MODE if spec.mode is None else spec.mode)
+            os.chown(spec.listen, *_owner_ids(spec.owner), follow_symlinks=False)
+        mode = DEFAULT_MODE if spec.mode is None else spec.mode
+        try:
+            os.chmod(spec.listen, mode, follow_symlinks=False)
+        except NotImplementedError:
+            # (Linux has no lchmod; the path was a socket, ours, just now.)
+            os.chmod(spec.listen, mode)
     except OSError as exc:
         key = "owner" if spec.owner is not None and exc.errno == errno.EPERM else "mode"
         raise SocketError(f"sockets.{spec.name}.{key}: {spec.listen}: {_describe(exc)}") from None
@@ -201,7 +217,7 @@ def open_socket(spec: SocketSpec, *, share: bool = False, listen: bool = True) -
         if kind == "unix":
             held.file_id = _file_id(spec.listen)
             try:
-                _set_file(spec)
+                _set_file(spec, held.file_id)
             except SocketError:
                 _remove_file(held)
                 raise
@@ -387,7 +403,7 @@ class Sockets:
                 spec.mode,
                 spec.owner,
             ):
-                _set_file(spec)
+                _set_file(spec, held.file_id)
             said.append(f"socket {name}: {spec.listen} kept, now {_shown(spec)}")
             held.spec = spec
         return said

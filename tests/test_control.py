@@ -576,6 +576,9 @@ def test_a_start_removes_staging_sockets_that_a_killed_taskforce_left(tmp_path: 
             f".taskforce-{dead}.sock.old",
             f"taskforce-{dead}.sock",
             ".taskforce-0x1.sock",
+            # (a number no pid can be: os.kill could not even be asked)
+            ".taskforce-99999999999999999999.sock",
+            f".taskforce-{2**31}.sock",
         ):
             _bound(folder / name).close()
             kept.add(name)

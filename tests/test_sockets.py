@@ -618,6 +618,38 @@ def test_unix_socket_owner_and_mode(tmp_path: Path) -> None:
         held.close()
 
 
+def test_a_socket_file_replaced_by_a_link_never_passes_its_mode_and_owner_on(
+    tmp_path: Path,
+) -> None:
+    """Whoever may write to a socket's folder can swap its file for a link
+    to any other file; a reload giving the socket a new mode or owner must
+    not then chmod or chown that file (as root, it would be anyone's)."""
+    from taskforce.core.sockets import SocketSpec
+    from taskforce.sockets import SocketError, Sockets
+
+    path = str(tmp_path / "owned.sock")
+    victim = tmp_path / "victim"
+    victim.write_text("secret\n")
+    victim.chmod(0o600)
+    before = os.stat(victim)
+    held = Sockets()
+    try:
+        held.update({"o": SocketSpec("o", path, mode=0o640)})
+        os.unlink(path)
+        os.symlink(victim, path)
+        with pytest.raises(SocketError, match=r"sockets\.o\.listen: .* no longer the socket"):
+            held.update({"o": SocketSpec("o", path, mode=0o666, owner="nobody")})
+        after = os.stat(victim)
+        assert (after.st_uid, after.st_gid, after.st_mode) == (
+            before.st_uid,
+            before.st_gid,
+            before.st_mode,
+        )
+    finally:
+        held.close()
+    assert os.path.islink(path), "and closing removes only a file that is ours"
+
+
 @pytest.fixture
 def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A daemon's shell in this process (no loop, no signals, no cgroups):

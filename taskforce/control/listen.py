@@ -501,6 +501,9 @@ def _staging_name(pid: int) -> str:
 
 #: Exactly the staging names ``_staging_name`` makes: a pid in plain digits.
 _STAGING = re.compile(r"\.taskforce-([1-9][0-9]*)\.sock")
+#: The largest pid (``pid_t`` is 32 bits): a bigger number is no pid, so the
+#: name is none of ours (and ``os.kill`` could not even be asked about it).
+_PID_MAX = 2**31 - 1
 
 
 def clear_stale_staging(folder: str) -> list[str]:
@@ -522,9 +525,11 @@ def clear_stale_staging(folder: str) -> list[str]:
         return removed
     for name in entries:
         found = _STAGING.fullmatch(name)
-        if found is None or int(found.group(1)) == os.getpid():
+        if found is None:
             continue
         pid = int(found.group(1))
+        if pid == os.getpid() or pid > _PID_MAX:
+            continue
         where = os.path.join(folder, name)
         try:
             info = os.lstat(where)
