@@ -3,14 +3,17 @@
 A random world of daemonizing tasks (``nowait``, ``adopt``) and plain ones
 (``wait``), whose daemons write their pidfiles after random delays (within
 ``pidfile_timeout``), some of which run as ``nobody`` and forge their
-pidfile (it names a stranger: a process outside every slot).  The world
+pidfile (it names a stranger: a process outside every slot), and some
+``nowait`` daemons fork a worker that ignores SIGTERM (it outlives its
+daemon unless taskforce kills the slot).  The world
 kills processes, lets time pass, stops and starts tasks over the control
 path, and finally asks taskforce to stop, at a random moment -- often while
 a pidfile is still awaited.  Two promises are checked:
 
 - after shutdown completes, no process of any slot is alive, except an
   ``adopt`` daemon, left running on purpose (one per slot, the one its
-  pidfile names);
+  pidfile names): a daemon's worker is stopped with its slot, whether the
+  daemon died on its own or was stopped;
 - no signal is ever sent to a pid outside the slots.
 """
 
@@ -24,7 +27,14 @@ from hypothesis import strategies as st
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.codec import freeze
-from taskforce.simulator import DAEMONIZE, IGNORE_TERM, TERM, Simulation, replay
+from taskforce.simulator import (
+    DAEMON_WITH_WORKER,
+    DAEMONIZE,
+    IGNORE_TERM,
+    TERM,
+    Simulation,
+    replay,
+)
 
 PIDFILE_TIMEOUT = 3.0
 DELAYS = (0.0, 0.05, 0.3, 1.0, 2.9)
@@ -54,6 +64,11 @@ def worlds(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, str], dict[str, f
             if draw(st.integers(0, 3)) == 0:
                 forging.add(name)
                 task["user"] = "nobody"
+            elif control == "nowait" and draw(st.booleans()):
+                # (Its pidfile at once: a worker whose daemon died before
+                # its pidfile was read is the slot's to sweep, not tested.)
+                behaviours[name] = DAEMON_WITH_WORKER
+                delays[name] = 0.0
         tasks[name] = task
     config = {"tasks": tasks, "settings": {"pidfile_timeout": PIDFILE_TIMEOUT}}
     return cast(dict[str, Any], freeze(config)), behaviours, delays, forging

@@ -43,6 +43,8 @@ class Children:
     commands: dict[int, tuple[str, str, int, int]]
     exec_reports: dict[int, int]
     exec_errors: dict[int, str]
+    #: daemons named by a pidfile (not our children), by pid: the slot each is
+    daemons: dict[int, tracking.Slot]
     #: slots whose leader is gone while the rest of them drains, by leader pid
     draining: dict[int, tracking.Slot]
     #: what an earlier taskforce left (see ``LeftoversFound``), by slot
@@ -134,12 +136,24 @@ class Children:
     def _watch_process(self, task: str, instance: int, pid: int) -> None:
         if pidwatch.is_our_child(pid):
             self.leaders[pid] = (task, instance)  # reaped on SIGCHLD like any child
-        elif not self.pidwatch.watch(pid):
-            self.feed(ev.ProcessExited(time.monotonic(), pid))
+            return
+        self.daemons[pid] = (task, instance)
+        if not self.pidwatch.watch(pid):
+            self._watched_exit(pid)
 
     def _watched_exit(self, pid: int) -> None:
-        # Not our child: its exit status is not ours to know.
-        self.feed(ev.ProcessExited(time.monotonic(), pid))
+        # Not our child: its exit status is not ours to know.  What it
+        # leaves in its slot (workers it forked, a SIGKILLed master's
+        # children) is the slot's to drain, as for a child of ours:
+        # otherwise they would outlive their slot, and taskforce itself.
+        slot = self.daemons.pop(pid, None)
+        alive = slot is not None and self.tracker.alive(slot, pid, frozenset(self.commands))
+        if slot is not None and alive:
+            self.draining[pid] = slot
+            self.tracker.watch_empty(slot)
+        self.feed(ev.ProcessExited(time.monotonic(), pid, group_alive=alive))
+        if alive:
+            self._check_draining()
 
     def _spawn(self, effect: fx.Spawn) -> ev.Event:
         try:

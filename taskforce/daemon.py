@@ -85,6 +85,8 @@ class Daemon(Children):
         self.commands: dict[int, tuple[str, str, int, int]] = {}
         self.exec_reports: dict[int, int] = {}
         self.exec_errors: dict[int, str] = {}
+        #: daemons named by a pidfile (not our children), by pid: their slot
+        self.daemons: dict[int, tracking.Slot] = {}
         #: slots whose leader is gone while the rest of them drains, by leader pid
         self.draining: dict[int, tracking.Slot] = {}
         #: what an earlier taskforce left (see ``LeftoversFound``), by slot

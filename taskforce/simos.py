@@ -19,7 +19,8 @@ Contract kept with the core (the shell's contract, made exact):
 - a process the core started is reaped: its death becomes ``ProcessExited``
   (``group_alive`` when members of its group remain, then ``GroupEmptied``
   when the last goes); one it did not start is reported only once watched
-  (``WatchProcess``);
+  (``WatchProcess``), and with ``group_alive`` too when it leaves members of
+  its slot behind (``DAEMON_WITH_WORKER``);
 - a group ``Signal`` reaches every process of the slot, as the shell's
   cgroup (or its environment marker) makes it: a grandchild that left the
   process group (``ESCAPER``) gets it too, and the group is "alive" until
@@ -62,6 +63,7 @@ from taskforce.core import events as ev
 from taskforce.simready import FakeReadiness
 from taskforce.simworld import (
     BEHAVIOURS,
+    DAEMON_WITH_WORKER,
     DAEMONIZE,
     ESCAPER,
     IGNORE_TERM,
@@ -404,7 +406,7 @@ class FakeOS(FakeReadiness):
         pid = self._new_process(*slot, spawn.argv, behaviour, generation=spawn.generation)
         self.processes[pid].env = {**spawn.env, **process_facts(spawn, pid, self.now)}
         speaker = pid  # the process that says READY=1 (with ``notify``)
-        if behaviour == DAEMONIZE:
+        if behaviour in (DAEMONIZE, DAEMON_WITH_WORKER):
             daemon = self._daemonize(spawn)
             self._die(self.processes[pid], exit_code=0)
             if daemon is not None:
@@ -445,6 +447,17 @@ class FakeOS(FakeReadiness):
         daemon = self.add_process(spawn.task, spawn.instance, spawn.argv)
         self.processes[daemon].generation = spawn.generation
         self.processes[daemon].marked = True  # it inherited the launcher's environment
+        if self.behaviours.get(spawn.task) == DAEMON_WITH_WORKER:
+            # In the daemon's group and slot; once the daemon is gone, an
+            # orphan that taskforce (the subreaper) reaps.
+            self._new_process(
+                spawn.task,
+                spawn.instance,
+                spawn.argv[-1:],
+                IGNORE_TERM,
+                generation=spawn.generation,
+                leader=daemon,
+            )
         if pidfile is None:
             return daemon
         delay = self.pidfile_delays.get(spawn.task, 0.0)
@@ -493,7 +506,9 @@ class FakeOS(FakeReadiness):
             if proc.pid in self.watched_pids:
                 self.watched_pids.discard(proc.pid)
                 proc.reaped = True
-                self._queue.append(ev.ProcessExited(at=self.now, pid=proc.pid))
+                # What it leaves in its slot drains (``GroupEmptied`` below).
+                alive = any(m.alive for m in self._members(proc.pgid))
+                self._queue.append(ev.ProcessExited(at=self.now, pid=proc.pid, group_alive=alive))
             else:
                 proc.reaped = True
             return

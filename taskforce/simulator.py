@@ -39,6 +39,7 @@ from taskforce.core.supervisor import Supervisor
 from taskforce.simos import FakeOS
 from taskforce.simworld import (
     BEHAVIOURS,
+    DAEMON_WITH_WORKER,
     DAEMONIZE,
     ESCAPER,
     FIRST_PID,
@@ -64,6 +65,7 @@ from taskforce.simworld import (
 
 __all__ = [
     "BEHAVIOURS",
+    "DAEMON_WITH_WORKER",
     "DAEMONIZE",
     "ESCAPER",
     "FIRST_PID",

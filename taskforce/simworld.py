@@ -46,7 +46,20 @@ DAEMONIZE = "daemonize"
 #: group, but not the slot (its cgroup, its environment marker).
 ESCAPER = "escaper"
 
-BEHAVIOURS = (TERM, IGNORE_TERM, WRAPPER, STUBBORN_WRAPPER, DAEMONIZE, ESCAPER)
+#: A ``DAEMONIZE`` launcher whose daemon forks a worker that ignores
+#: SIGTERM: a daemon that dies, or is stopped, leaves it in the slot, where
+#: only a SIGKILL to the slot ends it.
+DAEMON_WITH_WORKER = "daemon_with_worker"
+
+BEHAVIOURS = (
+    TERM,
+    IGNORE_TERM,
+    WRAPPER,
+    STUBBORN_WRAPPER,
+    DAEMONIZE,
+    ESCAPER,
+    DAEMON_WITH_WORKER,
+)
 
 _STOPPING_SIGNALS = frozenset({"SIGTERM", "SIGINT", "SIGQUIT"})
 

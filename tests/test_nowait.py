@@ -352,6 +352,75 @@ def test_a_task_removed_before_its_pidfile_names_the_daemon_stops_the_daemon(
     assert daemon.stop() == 0
 
 
+#: A daemon that leaves part of itself in its slot when it goes.  argv:
+#: pidfile, shape.  ``worker``: the daemon (reparented to taskforce, the
+#: subreaper) forks a worker that ignores SIGTERM.  ``keeper``: a process
+#: that ignores SIGTERM forks the daemon and never reaps it, so the daemon
+#: is not taskforce's child and is watched by pid.
+LEAVES_A_PROCESS = """
+import os, signal, sys, time
+pidfile, shape = sys.argv[1], sys.argv[2]
+if os.fork():
+    os._exit(0)
+os.setsid()
+if shape == "keeper":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if os.fork():
+        time.sleep(1000)
+        os._exit(0)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+elif os.fork():
+    os._exit(0)
+elif os.fork() == 0:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(1000)
+    os._exit(0)
+with open(pidfile + ".tmp", "w") as handle:
+    handle.write(f"{os.getpid()}\\n")
+os.replace(pidfile + ".tmp", pidfile)
+time.sleep(1000)
+"""
+
+
+@needs_proc
+@pytest.mark.parametrize("shape", ["worker", "keeper"])
+def test_what_a_daemon_leaves_in_its_slot_goes_with_it(daemon: Daemon, shape: str) -> None:
+    """Whether the daemon dies on its own or is stopped, the rest of its
+    slot (which ignores SIGTERM) is killed before a new one starts, and
+    nothing of it outlives taskforce."""
+    pidfile = daemon.root / "leaver.pid"
+    start = [sys.executable, "-c", LEAVES_A_PROCESS, str(pidfile), shape, daemon.marker]
+    daemon.write_config(
+        {
+            "tasks": {
+                "leaver": {
+                    "control": "nowait",
+                    "pidfile": str(pidfile),
+                    "stop_timeout": 1,
+                    "commands": {"start": start},
+                }
+            }
+        }
+    )
+    daemon.start()
+    first = wait_for(lambda: pidfile_pid(pidfile), what="the daemon's pidfile")
+    daemon.wait_log(f"leaver[0] daemon running as pid {first}")
+    others = wait_for(
+        lambda: set(daemon.processes()) - {first} or None, what="the daemon's other process"
+    )
+    os.kill(first, signal.SIGKILL)
+    daemon.wait_log("waiting for the rest of its process group")
+    second = wait_for(
+        lambda: (lambda p: p if p and p != first else None)(pidfile_pid(pidfile)),
+        what="a new daemon",
+    )
+    assert not any(running(pid) for pid in others), "the old daemon's process outlived it"
+    daemon.wait_log(f"leaver[0] daemon running as pid {second}")
+    wait_for(lambda: set(daemon.processes()) - {second} or None, what="the new daemon's other")
+    assert daemon.stop() == 0
+    assert not daemon.processes(), "a process of the slot outlived taskforce"
+
+
 @needs_proc
 def test_the_facts_of_a_pidfile_read(tmp_path: Path) -> None:
     """What the shell reports for the core to judge (see PidfileRead)."""

@@ -105,11 +105,15 @@ class EventHandlers(Reconcile):
         self.counters["exits"] += 1
         self._end_check(slot)
         if event.group_alive:
+            # (A daemon's stop signalled the daemon alone: what it left has
+            # had no SIGTERM yet, even when the stop's deadline runs.)
+            unwarned = slot.phase == PHASE_DAEMON
             LIFECYCLE.fire(slot, "leader_exited")
-            if TIMER_KILL not in slot.timers:
+            if TIMER_KILL not in slot.timers or unwarned:
                 # The leader died on its own and left members behind: they
                 # must be gone before a replacement may start.
                 self.emit(fx.Signal(slot.task, slot.instance, event.pid, "SIGTERM"))
+            if TIMER_KILL not in slot.timers:
                 self._set_timer(
                     slot, TIMER_KILL, self.now + self.tasks[slot.task].spec.stop_timeout
                 )

@@ -18,6 +18,7 @@ from taskforce.core.lifecycle import (
     LIVE_STATES,
     PHASE_DAEMON,
     PHASE_LAUNCHER,
+    SLOT_DRAINING,
     SLOT_PROBING,
     SLOT_STARTING,
     SLOT_STOPPED,
@@ -131,8 +132,9 @@ class Slot:
     @property
     def signal_group(self) -> bool:
         # A daemon found through its pidfile may share a group with others
-        # (its launcher's, say): signal the process itself, never the group.
-        return self.phase != PHASE_DAEMON
+        # (its launcher's, say): signal the process itself, never the group
+        # -- until it is gone and what it left in the slot drains.
+        return self.phase != PHASE_DAEMON or self.state is SLOT_DRAINING
 
 
 #: the watch key suffix (``<task>#failed``) for the start program of a task
