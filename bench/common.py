@@ -21,6 +21,7 @@ Linux only: everything is read from ``/proc``.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -317,12 +318,21 @@ class ProcEvents:
             yield from self._parse(data)
 
     def drain(self) -> None:
+        """Drop every event received so far.  A burst that overflowed the
+        socket's buffer (10,000 tasks starting) is reported once, as
+        ENOBUFS, before what it holds: read on past it, or the buffer stays
+        full and the events that matter next are dropped."""
         self.sock.setblocking(False)
         try:
-            while self.sock.recv(65536):
-                pass
-        except OSError:
-            pass
+            while True:
+                try:
+                    if not self.sock.recv(65536):
+                        break
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.ENOBUFS:
+                        break
         finally:
             self.sock.setblocking(True)
 
