@@ -52,7 +52,7 @@ class Children:
     feed: Callable[[ev.Event], tuple[fx.Effect, ...]]
 
     def _reap(self) -> None:
-        for pid, code, signame in process.reap():
+        for pid, code, signame in process.reaped():
             now = time.monotonic()
             if pid in self.leaders:
                 slot = self.leaders.pop(pid)

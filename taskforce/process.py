@@ -27,7 +27,7 @@ import pwd
 import resource
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from taskforce import signals
@@ -466,28 +466,38 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def reap() -> list[tuple[int, int | None, str | None]]:
-    """Every child that has ended, as (pid, exit code, signal name)."""
-    done: list[tuple[int, int | None, str | None]] = []
+def reaped() -> Iterator[tuple[int, int | None, str | None]]:
+    """Each child that has ended, as (pid, exit code, signal name), as it is
+    reaped.
+
+    Lazy on purpose: the kernel answers ``waitpid(-1)`` by walking every
+    child of the daemon (0.15 ms with 10,000 tasks), and the last walk only
+    says no one else has ended -- a caller that acts on each exit as it
+    comes (a restart) does not wait for that walk.
+    """
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            break
+            return
         except InterruptedError:
             continue
         if pid == 0:
-            break
+            return
         if os.WIFSIGNALED(status):
             signum = os.WTERMSIG(status)
             try:
                 name = signal.Signals(signum).name
             except ValueError:
                 name = f"signal {signum}"
-            done.append((pid, None, name))
+            yield pid, None, name
         else:
-            done.append((pid, os.waitstatus_to_exitcode(status), None))
-    return done
+            yield pid, os.waitstatus_to_exitcode(status), None
+
+
+def reap() -> list[tuple[int, int | None, str | None]]:
+    """Every child that has ended, as (pid, exit code, signal name)."""
+    return list(reaped())
 
 
 def become_subreaper() -> bool:
