@@ -5,7 +5,8 @@ A random world of daemonizing tasks (``nowait``, ``adopt``) and plain ones
 ``pidfile_timeout``), some of which run as ``nobody`` and forge their
 pidfile (it names a stranger: a process outside every slot), and some
 ``nowait`` daemons fork a worker that ignores SIGTERM (it outlives its
-daemon unless taskforce kills the slot).  The world
+daemon unless taskforce kills the slot, also when the daemon dies before
+its pidfile names it).  The world
 kills processes, lets time pass, stops and starts tasks over the control
 path, and finally asks taskforce to stop, at a random moment -- often while
 a pidfile is still awaited.  Two promises are checked:
@@ -65,10 +66,9 @@ def worlds(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, str], dict[str, f
                 forging.add(name)
                 task["user"] = "nobody"
             elif control == "nowait" and draw(st.booleans()):
-                # (Its pidfile at once: a worker whose daemon died before
-                # its pidfile was read is the slot's to sweep, not tested.)
+                # A kill before its pidfile is read leaves the worker in a
+                # slot with no known process: the sweep finds it.
                 behaviours[name] = DAEMON_WITH_WORKER
-                delays[name] = 0.0
         tasks[name] = task
     config = {"tasks": tasks, "settings": {"pidfile_timeout": PIDFILE_TIMEOUT}}
     return cast(dict[str, Any], freeze(config)), behaviours, delays, forging

@@ -101,6 +101,23 @@ class Children:
             del self.leftovers[slot]
             self.feed(ev.LeftoverGone(time.monotonic(), slot[0], slot[1]))
 
+    def _sweep_slot(self, effect: fx.SweepSlot) -> ev.Event:
+        """What the slot holds though the core knows none of its processes
+        (its start command named no daemon): leftovers, stopped as an
+        earlier taskforce's are."""
+        now = time.monotonic()
+        slot = (effect.task, effect.instance)
+        known = {pid for pid, of in self.leaders.items() if of == slot}
+        known.update(pid for pid, of in self.daemons.items() if of == slot)
+        pids = self.tracker.processes(slot) - known - set(self.commands)
+        if not pids:
+            return ev.LeftoverGone(now, effect.task, effect.instance)
+        self.leftovers[slot] = pids
+        for pid in sorted(pids):
+            self.leftover_watch.watch(pid)
+        self.tracker.watch_empty(slot)
+        return ev.LeftoversFound(now, ((effect.task, effect.instance, tuple(sorted(pids))),))
+
     def _stop_leftover(self, effect: fx.StopLeftover) -> ev.Event | None:
         slot = (effect.task, effect.instance)
         pids = self.leftovers.get(slot)

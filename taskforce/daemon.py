@@ -487,6 +487,8 @@ class Daemon(Children):
             self.watcher.unwatch(effect.key)
         elif isinstance(effect, fx.StopLeftover):
             return self._stop_leftover(effect)
+        elif isinstance(effect, fx.SweepSlot):
+            return self._sweep_slot(effect)
         elif isinstance(effect, fx.ReadPidfile):
             # Facts only: whether the pid is accepted is the core's call.
             slot = (effect.task, effect.instance)

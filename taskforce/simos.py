@@ -31,6 +31,9 @@ Contract kept with the core (the shell's contract, made exact):
 - after ``crash`` (taskforce SIGKILLed and started again) the processes of
   the old incarnation are reported by ``LeftoversFound`` slot by slot, a
   ``StopLeftover`` signals them, and ``LeftoverGone`` follows the last one;
+  a ``SweepSlot`` is answered at once the same way for that slot alone (a
+  ``DAEMON_WITH_WORKER`` daemon that died before its pidfile was read left
+  its worker), or by ``LeftoverGone`` when nothing is there;
 - a ``RunCommand`` ends ``command_durations`` seconds after it started (at
   once by default; never, for ``HANG``), and ``CommandExited`` says so; a
   ``StopCommand`` kills it at once if it still runs (every run, with when
@@ -260,6 +263,8 @@ class FakeOS(FakeReadiness):
                 self._deliver(target.pid, effect.signal, group=True)
         elif isinstance(effect, fx.ReadPidfile):
             self._urgent.append(self._read_pidfile(effect))
+        elif isinstance(effect, fx.SweepSlot):
+            self._urgent.append(self._sweep(effect))
         elif isinstance(effect, fx.WatchProcess):
             proc = self.processes.get(effect.pid)
             if proc is None or not proc.alive:
@@ -306,6 +311,24 @@ class FakeOS(FakeReadiness):
             self.timer = None
         else:  # pragma: no cover - a new effect type needs a line here
             raise TypeError(f"the simulator cannot perform {effect!r}")
+
+    def _sweep(self, sweep: fx.SweepSlot) -> ev.Event:
+        """What the shell finds in a slot whose start command named no
+        daemon: every live process of it (the core knows none), from then
+        on a leftover (see ``crash``)."""
+        found = [
+            proc
+            for _, proc in sorted(self.processes.items())
+            if proc.alive
+            and proc.marked
+            and (proc.task, proc.instance) == (sweep.task, sweep.instance)
+        ]
+        if not found:
+            return ev.LeftoverGone(at=self.now, task=sweep.task, instance=sweep.instance)
+        for proc in found:
+            proc.leftover = True
+        pids = tuple(proc.pid for proc in found)
+        return ev.LeftoversFound(at=self.now, leftovers=((sweep.task, sweep.instance, pids),))
 
     def _read_pidfile(self, read: fx.ReadPidfile) -> ev.PidfileRead:
         """What the shell finds out (see ``taskforce.pidwatch.read_pidfile``)."""

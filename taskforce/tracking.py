@@ -484,6 +484,15 @@ class Tracker:
             return self._populated(slot)
         return bool(marked_processes(self.ident).get(slot))
 
+    def processes(self, slot: Slot) -> set[int]:
+        """Every process in ``slot`` now: its cgroup's, or those carrying its
+        marker (a walk of ``/proc``); none where neither can be told."""
+        if self.tree is not None:
+            return set(self._cgroup_pids(slot))
+        if PROC:
+            return set(marked_processes(self.ident).get(slot, ()))
+        return set()
+
     def signal_leftover(self, slot: Slot, pids: set[int], signame: str) -> set[int]:
         """Signal what is left of ``slot``; the pids now known to be in it."""
         now = set(pids)

@@ -421,6 +421,63 @@ def test_what_a_daemon_leaves_in_its_slot_goes_with_it(daemon: Daemon, shape: st
     assert not daemon.processes(), "a process of the slot outlived taskforce"
 
 
+#: A start command that names no daemon but leaves processes in its slot
+#: (each ignores SIGTERM).  argv: pidfile, shape.  ``died``: the daemon
+#: forks a worker and dies before writing its pidfile; ``failed``: the
+#: start command exits 1 after starting a daemon.
+LEAVES_NO_DAEMON = """
+import os, signal, sys, time
+pidfile, shape = sys.argv[1], sys.argv[2]
+if os.fork():
+    if shape == "failed":
+        time.sleep(0.2)
+        os._exit(1)
+    os._exit(0)
+os.setsid()
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if shape == "died":
+    if os.fork() == 0:
+        time.sleep(1000)
+        os._exit(0)
+    time.sleep(0.2)
+    os._exit(3)
+time.sleep(1000)
+"""
+
+
+@needs_proc
+@pytest.mark.parametrize("shape", ["died", "failed"])
+def test_what_a_start_command_leaves_without_a_daemon_is_stopped(
+    daemon: Daemon, shape: str
+) -> None:
+    """Nothing of a failed start outlives it: what is left in the slot is
+    found, stopped (SIGKILL after ``stop_timeout``) before the slot starts
+    again, and at shutdown."""
+    pidfile = daemon.root / "stray.pid"
+    start = [sys.executable, "-c", LEAVES_NO_DAEMON, str(pidfile), shape, daemon.marker]
+    daemon.write_config(
+        {
+            "settings": {"pidfile_timeout": 1},
+            "tasks": {
+                "stray": {
+                    "control": "nowait",
+                    "pidfile": str(pidfile),
+                    "stop_timeout": 1,
+                    "commands": {"start": start},
+                }
+            },
+        }
+    )
+    daemon.start()
+    daemon.wait_log("left by its start command, which named no daemon")
+    left = set(daemon.processes())
+    assert left, "nothing was left to find"
+    daemon.wait_log("stray[0]: what its start command left is gone")
+    assert not any(running(pid) for pid in left), "a process of the failed start outlived it"
+    assert daemon.stop() == 0
+    assert not daemon.processes(), "a process of the slot outlived taskforce"
+
+
 @needs_proc
 def test_the_facts_of_a_pidfile_read(tmp_path: Path) -> None:
     """What the shell reports for the core to judge (see PidfileRead)."""

@@ -304,7 +304,11 @@ class Convergence(Rollouts):
             slot.starts = ()
         leftover = self.leftovers.get((slot.task, slot.instance)) if self.leftovers else None
         if leftover is not None and not leftover.adopting:
-            gate = ("its leftover from an earlier taskforce",)
+            gate = (
+                "what its start command left"
+                if leftover.stray
+                else "its leftover from an earlier taskforce",
+            )
         if gate:
             if state is not SLOT_WAITING:
                 LIFECYCLE.fire(slot, "hold")

@@ -87,6 +87,21 @@ class StopLeftover(Effect):
 
 
 @dataclass(frozen=True, eq=False, repr=False)
+class SweepSlot(Effect):
+    """Find what is left in a slot none of whose processes is known any
+    more: its start command ended and named no daemon (it failed, or its
+    pidfile never named a live one), yet may have started something.
+
+    Answered, before anything else, by ``LeftoversFound`` for that slot
+    alone (what is there is then stopped as a leftover is, see
+    ``StopLeftover``), or ``LeftoverGone`` when nothing is.
+    """
+
+    task: str
+    instance: int
+
+
+@dataclass(frozen=True, eq=False, repr=False)
 class ReadPidfile(Effect):
     """Read ``path`` for slot (task, instance); answered at once by ``PidfileRead``."""
 
@@ -245,6 +260,7 @@ EFFECT_TYPES: dict[str, type[Effect]] = {
         Spawn,
         Signal,
         StopLeftover,
+        SweepSlot,
         ReadPidfile,
         WatchProcess,
         RunCommand,

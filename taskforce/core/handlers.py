@@ -131,11 +131,12 @@ class EventHandlers(Reconcile):
         self._by_pid.pop(event.pid, None)
         slot.pid = None
         if event.exit_code != 0:
-            # Members it left in its group are its own business to clean up;
-            # we never saw a daemon, so this is a failed start.
+            # We never saw a daemon, so this is a failed start; whatever it
+            # started is still the slot's.
             LIFECYCLE.fire(slot, "exited")
             slot.timers.clear()
             slot.phase = None
+            self._sweep(slot)
             self._after_exit(slot, failed=True, pid=event.pid)
             return
         LIFECYCLE.fire(slot, "launched")
@@ -228,10 +229,21 @@ class EventHandlers(Reconcile):
         slot.exited_at = self.now
         slot.phase = None
         slot.timers.pop(TIMER_PIDFILE, None)
+        self._sweep(slot)
         if forged:  # (the warning above said where and why)
             refusal = f"its pidfile was refused (pid {event.pid} is not a process of the task)"
         slot.last_exit = f"no daemon after its start command: {refusal}"
         self._after_exit(slot, failed=True)
+
+    def _sweep(self, slot: Slot) -> None:
+        """``slot``'s start command is done and named no daemon: what it
+        started (a daemon that died before its pidfile was read, left its
+        workers behind) must go before the slot starts again.  Held as a
+        leftover until the shell says what is there (``SweepSlot``)."""
+        key = (slot.task, slot.instance)
+        if key not in self.leftovers:
+            self.leftovers[key] = Leftover((), stray=True)
+            self.emit(fx.SweepSlot(*key))
 
     def _on_LeftoversFound(self, event: ev.LeftoversFound) -> None:
         for task, instance, pids in event.leftovers:
@@ -242,24 +254,34 @@ class EventHandlers(Reconcile):
             else:
                 known.pids = merged
             shown = ", ".join(str(pid) for pid in merged)
+            whose = (
+                "by its start command, which named no daemon; stopping "
+                f"{'them' if len(merged) > 1 else 'it'} before it starts again"
+                if known is not None and known.stray
+                else "running by an earlier taskforce"
+            )
             self.log(
                 "warning",
                 f"{task}[{instance}]: found process{'es' if len(merged) > 1 else ''} "
-                f"{shown} left running by an earlier taskforce",
+                f"{shown} left {whose}",
                 task,
             )
         if self.tasks or self.config:
             self._settle_leftovers()
 
     def _on_LeftoverGone(self, event: ev.LeftoverGone) -> None:
-        if self.leftovers.pop((event.task, event.instance), None) is not None:
+        gone = self.leftovers.pop((event.task, event.instance), None)
+        if gone is None:
+            return
+        if gone.pids:  # (a sweep that found nothing says nothing)
+            whose = "its start command" if gone.stray else "the earlier taskforce"
             self.log(
                 "info",
-                f"{event.task}[{event.instance}]: what the earlier taskforce left is gone",
+                f"{event.task}[{event.instance}]: what {whose} left is gone",
                 event.task,
             )
-            if self.leftovers and (self.tasks or self.config):
-                self._settle_leftovers()
+        if self.leftovers and (self.tasks or self.config):
+            self._settle_leftovers()
 
     def _on_GroupEmptied(self, event: ev.GroupEmptied) -> None:
         slot = self._by_pid.get(event.pgid)

@@ -210,7 +210,8 @@ class TaskState:
 
 @dataclass(eq=False, slots=True)
 class Leftover:
-    """Processes of one slot that an earlier taskforce left running."""
+    """Processes of one slot that an earlier taskforce left running, or
+    that its start command left without naming a daemon (``stray``)."""
 
     pids: tuple[int, ...]
     #: asked to stop (SIGTERM sent)
@@ -220,6 +221,9 @@ class Leftover:
     #: its slot adopts: kept while the slot's pidfile is read, and stopped
     #: only if that finds nothing to adopt
     adopting: bool = False
+    #: left by the slot's own start command, which named no daemon (not by
+    #: an earlier taskforce); pids empty until the sweep's answer
+    stray: bool = False
 
 
 #: Signals that others send to end a process (an operator, a script, the
