@@ -49,19 +49,24 @@ def test_starting_a_daemon_imports_none_of_what_it_may_never_use() -> None:
     assert not wrong, f"imported at start, but only needed by: {wrong}"
 
 
-def test_a_control_server_without_tls_loads_no_openssl() -> None:
-    # ssl (libssl and libcrypto: about 4 MiB of PSS) and hmac (libcrypto)
-    # come with the first TLS listener and the first token checked; the
-    # recorder's digests use CPython's own SHA-256.
+def _loaded_by(*modules: str) -> set[str]:
+    """The modules a fresh interpreter holds after importing the daemon's
+    own (``taskforce.cli`` and ``.daemon``) and ``modules``."""
     code = (
-        "import sys, taskforce.cli, taskforce.daemon, taskforce.control.server,"
-        " taskforce.eventlog;"
+        f"import sys, taskforce.cli, taskforce.daemon, {', '.join(modules)};"
         " print('\\n'.join(sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout
-    loaded = set(out.split())
+    return set(out.split())
+
+
+def test_a_control_server_without_tls_loads_no_openssl() -> None:
+    # ssl (libssl and libcrypto: about 4 MiB of PSS) and hmac (libcrypto)
+    # come with the first TLS listener and the first token checked; the
+    # recorder's digests use CPython's own SHA-256.
+    loaded = _loaded_by("taskforce.control.server", "taskforce.eventlog")
     assert "taskforce.control.http" in loaded  # (the probe itself works)
     assert not {"ssl", "_ssl", "hmac", "_hashlib"} & loaded
 
@@ -77,14 +82,7 @@ NOT_WITH_CONTROL = {
 
 
 def test_a_control_server_loads_what_only_some_requests_need_with_them() -> None:
-    code = (
-        "import sys, taskforce.cli, taskforce.daemon, taskforce.control.server;"
-        " print('\\n'.join(sys.modules))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    ).stdout
-    loaded = set(out.split())
+    loaded = _loaded_by("taskforce.control.server")
     assert "taskforce.costs" in loaded  # (the probe itself works)
     wrong = {name: why for name, why in NOT_WITH_CONTROL.items() if name in loaded}
     if os.path.isdir("/proc/self"):
