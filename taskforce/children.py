@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import selectors
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from taskforce import output, pidwatch, process, tracking
 from taskforce.core import effects as fx
@@ -101,21 +101,23 @@ class Children:
             del self.leftovers[slot]
             self.feed(ev.LeftoverGone(time.monotonic(), slot[0], slot[1]))
 
-    def _sweep_slot(self, effect: fx.SweepSlot) -> ev.Event:
-        """What the slot holds though the core knows none of its processes
-        (its start command named no daemon): leftovers, stopped as an
-        earlier taskforce's are."""
-        now = time.monotonic()
-        slot = (effect.task, effect.instance)
-        known = {pid for pid, of in self.leaders.items() if of == slot}
-        known.update(pid for pid, of in self.daemons.items() if of == slot)
-        pids = self.tracker.processes(slot) - known - set(self.commands)
-        if not pids:
-            return ev.LeftoverGone(now, effect.task, effect.instance)
-        self.leftovers[slot] = pids
-        for pid in sorted(pids):
+    def _hold_leftover(self, slot: tracking.Slot, pids: Iterable[int]) -> None:
+        """``pids`` of ``slot`` are leftovers: watched until every one is gone."""
+        held = self.leftovers[slot] = set(pids)
+        for pid in sorted(held):
             self.leftover_watch.watch(pid)
         self.tracker.watch_empty(slot)
+
+    def _sweep_slot(self, effect: fx.SweepSlot) -> ev.Event:
+        """What the slot holds though the core knows none of its processes
+        (its start command named no daemon, so none of them is a leader or
+        a watched daemon): leftovers, stopped as an earlier taskforce's are."""
+        now = time.monotonic()
+        slot = (effect.task, effect.instance)
+        pids = self.tracker.processes(slot) - set(self.commands)
+        if not pids:
+            return ev.LeftoverGone(now, effect.task, effect.instance)
+        self._hold_leftover(slot, pids)
         return ev.LeftoversFound(now, ((effect.task, effect.instance, tuple(sorted(pids))),))
 
     def _stop_leftover(self, effect: fx.StopLeftover) -> ev.Event | None:

@@ -158,10 +158,7 @@ class Daemon(Children):
         crash, or an adopted daemon after a reset), watched from now on."""
         found = self.tracker.sweep()
         for slot, pids in found.items():
-            self.leftovers[slot] = set(pids)
-            for pid in pids:
-                self.leftover_watch.watch(pid)
-            self.tracker.watch_empty(slot)
+            self._hold_leftover(slot, pids)
         if not found:
             return []
         leftovers = tuple((task, instance, tuple(pids)) for (task, instance), pids in found.items())
