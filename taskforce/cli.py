@@ -125,12 +125,46 @@ class _Parser(argparse.ArgumentParser):
         return super().format_help()
 
 
+def _terminal_columns() -> int:
+    """What ``shutil.get_terminal_size().columns`` answers: ``COLUMNS``, else
+    the width of the terminal on standard output, else 80."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's formatter, told the terminal's width rather than asking
+    ``shutil`` for it: argparse makes a formatter for every ``add_argument``,
+    and ``shutil`` brings ``bz2``, ``lzma`` and ``zlib`` (0.56 MiB that a
+    daemon would keep for good)."""
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+        **more: Any,
+    ) -> None:
+        # argparse's own default is the terminal's width less 2.
+        width = _terminal_columns() - 2 if width is None else width
+        super().__init__(prog, indent_increment, max_help_position, width, **more)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="taskforce",
         description="Start daemons from one config, keep them running, and restart "
         "exactly what a change affects.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
     parser.add_argument("-V", "--version", action="store_true", help="print the version and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="verbose (debug) logging")

@@ -17,7 +17,6 @@ import logging
 import os
 import selectors
 import signal
-import socket
 import sys
 import time
 from collections import deque
@@ -26,7 +25,15 @@ from typing import Any
 
 from taskforce import heap, loader, output, pidwatch, process, signals, tracking
 from taskforce.children import Children
-from taskforce.config import ConfigError, Roles, RolesFileMissing, line_of, load_config, load_roles
+from taskforce.config import (
+    ConfigError,
+    Roles,
+    RolesFileMissing,
+    host_names,
+    line_of,
+    load_config,
+    load_roles,
+)
 from taskforce.control.options import Options  # --- control server
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
@@ -142,11 +149,12 @@ class Daemon(Children):
     def boot_events(self) -> list[ev.Event]:
         """The first events: who we are, then the config (or an error)."""
         now = time.monotonic()
+        host, fqdn = host_names()
         booted = ev.Booted(
             at=now,
             environ=dict(os.environ),
-            host=socket.gethostname(),
-            fqdn=socket.getfqdn(),
+            host=host,
+            fqdn=fqdn,
             pid=os.getpid(),
             ppid=os.getppid(),
         )

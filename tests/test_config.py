@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import textwrap
 import time
 from typing import Any
@@ -1210,3 +1211,10 @@ def test_a_loaded_config_reads_its_key_lines_again_only_when_asked() -> None:
         check(config, "t.conf", ALL, facts=FACTS)
     assert str(raised.value).startswith("t.conf:4: tasks.b.requires[0]: requires unknown task")
     assert config.lines[("tasks", "b", "commands")] == 5
+
+
+@pytest.mark.parametrize("host", [socket.gethostname(), "localhost", "nowhere.invalid", "hôte"])
+def test_a_hosts_fully_qualified_name_is_what_getfqdn_answers(host: str) -> None:
+    from taskforce.config import _fully_qualified
+
+    assert _fully_qualified(host) == socket.getfqdn(host)

@@ -89,3 +89,34 @@ def test_a_control_server_loads_what_only_some_requests_need_with_them() -> None
         # costs_darwin reads libproc where there is no /proc: here, never.
         assert "taskforce.costs_darwin" not in loaded
     assert not wrong, f"loaded with the control server, but only needed by: {wrong}"
+
+
+#: What a running daemon never loads, though the stdlib calls it makes would
+#: by default, with the call.
+NOT_WHILE_RUNNING = {
+    "shutil": "argparse's formatter, for the terminal's width (with bz2, lzma and zlib)",
+    "encodings.idna": "socket.gethostbyaddr given a str (with unicodedata and stringprep)",
+}
+
+
+def test_a_running_daemon_loads_none_of_what_stdlib_defaults_would(tmp_path) -> None:
+    # Imports made while running, not at import: parsing the command line,
+    # looking up the host's names, starting and stopping a task.
+    config = tmp_path / "one.conf"
+    config.write_text("tasks: {one: {commands: {start: [sleep, '60']}}}\n")
+    out = tmp_path / "modules"
+    code = (
+        "import atexit, sys\n"
+        f"atexit.register(lambda: open({str(out)!r}, 'w').write('\\n'.join(sys.modules)))\n"
+        f"sys.argv = ['taskforce', '-e', '-f', {str(config)!r}, '-r', '-', '--expires', '1']\n"
+        "from taskforce.cli import main\n"
+        "sys.exit(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert "one[0] started" in done.stderr  # (the probe itself works)
+    loaded = set(out.read_text().split())
+    wrong = {name: why for name, why in NOT_WHILE_RUNNING.items() if name in loaded}
+    assert not wrong, f"loaded by a running daemon, though never needed: {wrong}"

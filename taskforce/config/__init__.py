@@ -115,6 +115,7 @@ __all__ = [
     "check_roles_against",
     "format_path",
     "host_facts",
+    "host_names",
     "line_of",
     "load_config",
     "load_config_text",
@@ -127,14 +128,36 @@ __all__ = [
 
 
 @functools.lru_cache(maxsize=1)
-def _host_names() -> tuple[str, str]:
-    # getfqdn() may wait on DNS; look it up once per process, not per reload.
-    return socket.gethostname(), socket.getfqdn()
+def host_names() -> tuple[str, str]:
+    """This host's name and its fully qualified name."""
+    # The lookup may wait on DNS: once per process, not per reload.
+    host = socket.gethostname()
+    return host, _fully_qualified(host)
+
+
+def _fully_qualified(host: str) -> str:
+    """What ``socket.getfqdn(host)`` answers: the first of the names the
+    resolver gives the host that has a dot, else its canonical name, else
+    ``host`` itself when it cannot be resolved.
+
+    The name is passed as bytes: given a str, even a plain ASCII one,
+    ``gethostbyaddr`` loads the IDNA codec, and with it ``unicodedata`` and
+    ``stringprep`` (0.4 MiB the daemon would keep for good).
+    """
+    try:
+        name = host.encode("ascii")
+    except UnicodeEncodeError:
+        return socket.getfqdn(host)
+    try:
+        canonical, aliases, _ = socket.gethostbyaddr(name)  # type: ignore[arg-type]  # (bytes: see above)
+    except OSError:
+        return host
+    return next((each for each in (canonical, *aliases) if "." in each), canonical)
 
 
 def host_facts() -> HostFacts:
     """What the core is told about this host, as at this moment."""
-    host, fqdn = _host_names()
+    host, fqdn = host_names()
     return HostFacts(environ=dict(os.environ), host=host, fqdn=fqdn, pid=os.getpid())
 
 
