@@ -553,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"scale.py: {problem}")
         return 2
     peers.Supervisord.bin = peers.Circus.bin = options.peers_bin
-    ScaleTaskforce.snapshot = peers.make_snapshot(sys.executable)
+    ScaleTaskforce.snapshot, ScaleTaskforce.python = peers.make_snapshot(sys.executable)
     ScaleTaskforce.output = options.task_output
     notes = [raise_nofile(max(options.sizes))]
     log("limits: " + notes[0])

@@ -67,6 +67,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import common  # noqa: E402
+
 # The /proc readers are the ones every benchmark here uses.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import (  # noqa: E402
@@ -921,8 +924,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return options
 
 
-def make_snapshot(python: str) -> Path:
-    """A copy of the taskforce package ``python`` imports, in a new folder.
+def make_snapshot(python: str) -> tuple[Path, str]:
+    """A copy of the taskforce package ``python`` imports, in a new folder,
+    and an interpreter that runs it as if installed from its wheel
+    (``common.installed_python``).
 
     taskforce resets itself when its own code changes; run from a copy, a
     benchmark is not disturbed by edits to the working tree.
@@ -935,7 +940,7 @@ def make_snapshot(python: str) -> Path:
     ).stdout.strip()
     folder = Path(tempfile.mkdtemp(prefix="tfpeers-snapshot-"))
     shutil.copytree(where, folder / "taskforce", ignore=shutil.ignore_patterns("__pycache__"))
-    return folder
+    return folder, common.installed_python(folder, python)
 
 
 def check_available(options: argparse.Namespace) -> list[str]:
@@ -976,7 +981,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Taskforce.python = options.taskforce_python
     Supervisord.bin = Circus.bin = options.peers_bin
     if options.snapshot and "taskforce" in options.supervisors:
-        Taskforce.snapshot = make_snapshot(options.taskforce_python)
+        Taskforce.snapshot, Taskforce.python = make_snapshot(options.taskforce_python)
 
     def interrupted(signum: int, _frame: object) -> None:
         raise Interrupted(signal.Signals(signum).name)
