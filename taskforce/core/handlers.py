@@ -254,9 +254,10 @@ class EventHandlers(Reconcile):
             else:
                 known.pids = merged
             shown = ", ".join(str(pid) for pid in merged)
+            them = "them" if len(merged) > 1 else "it"
             whose = (
                 "by its start command, which named no daemon; stopping "
-                f"{'them' if len(merged) > 1 else 'it'} before it starts again"
+                + (them if self.shutdown else f"{them} before the slot starts again")
                 if known is not None and known.stray
                 else "running by an earlier taskforce"
             )
