@@ -30,7 +30,6 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from taskforce import __version__, descriptors, files, signals
 from taskforce.config import (
@@ -43,6 +42,10 @@ from taskforce.config import (
 from taskforce.logsetup import setup_logging, syslog_socket
 from taskforce.pidlock import Pidfile, PidfileHeld, daemonize
 from taskforce.preflight import auth_problems, held_sockets
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_CONFIG = "/usr/local/etc/taskforce.conf"
 DEFAULT_ROLES = ("/var/local/etc/tf_roles.conf", "/usr/local/etc/tf_roles.conf")

@@ -21,7 +21,6 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 from taskforce import heap, loader, output, pidwatch, process, signals, tracking
 from taskforce.children import Children
@@ -44,6 +43,10 @@ from taskforce.probes import Probes  # --- readiness
 from taskforce.redact import LogSecrets
 from taskforce.sockets import SocketError, Sockets
 from taskforce.watch import Watcher, make_watcher
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger("taskforce")
 

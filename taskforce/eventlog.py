@@ -29,7 +29,6 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
 
 from taskforce import __version__, files
 from taskforce.core import effects as fx
@@ -37,6 +36,10 @@ from taskforce.core import events as ev
 from taskforce.core import secrets
 from taskforce.core.codec import decode, encode
 from taskforce.core.sha import sha256
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 FORMAT = 1
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024

@@ -16,7 +16,10 @@ does nothing.  This module frees nothing Python still holds.
 from __future__ import annotations
 
 import ctypes
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: None: not looked up yet; False: this libc has no malloc_trim.
 _TRIM: Any = None

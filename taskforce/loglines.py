@@ -20,10 +20,13 @@ from __future__ import annotations
 import logging
 import socket
 import sys
-from typing import Any
 
 from taskforce.logsetup import FallbackHandler
 from taskforce.redact import LogSecrets
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 output_log = logging.getLogger("taskforce.output")
 

@@ -19,7 +19,10 @@ import selectors
 import stat
 import time
 from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: How stale a pidfile may be relative to its process's start (clock ticks
 #: and file time stamps are coarse).  A measurement fact of this shell, not a

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from taskforce.config import ConfigError, host_facts, load_config, load_roles
 from taskforce.core import status
@@ -22,6 +21,10 @@ from taskforce.core.model import SpecError
 from taskforce.core.snapshot import restore
 from taskforce.core.supervisor import Supervisor
 from taskforce.eventlog import Marker, read_log
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def scope_plan(config_path: str, roles_paths: Sequence[str], *, out: Any = sys.stdout) -> int:

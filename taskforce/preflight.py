@@ -12,12 +12,15 @@ binds, signals or starts anything.
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from taskforce.config import (
     ConfigError,
     load_roles,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def auth_problems(args: argparse.Namespace, config: dict[str, Any]) -> list[str]:

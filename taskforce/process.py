@@ -28,9 +28,12 @@ import resource
 import signal
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
 
 from taskforce import signals
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Every catchable signal: a child starts with each at its default, whatever
 #: Python or taskforce ignores (an ignored disposition survives exec).

@@ -18,9 +18,12 @@ file or touches a process.
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import deque, namedtuple
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NamedTuple
 
 #: Recent lines kept per task for ``tfctl logs``: this many lines at most,
 #: and no more than this many bytes of them, whichever is reached first.
@@ -28,23 +31,32 @@ RECENT_LINES = 1000
 RECENT_BYTES = 256 * 1024
 
 
-class Block(NamedTuple):
-    """Whole lines written at once by one process: ``data`` ends with a newline."""
+# mypy reads the NamedTuples; a daemon runs the collections.namedtuples that
+# typing.NamedTuple would have made of them (the same classes, but for their
+# __annotations__), as importing typing costs a daemon 0.45 MiB of memory.
+# tests/test_imports.py checks that the two have the same fields.
+if TYPE_CHECKING:
 
-    first: int  # sequence number of its first line
-    lines: int
-    instance: int
-    stream: str  # "stdout" or "stderr"
-    time: float  # wall clock, when they were read
-    data: bytes | bytearray
+    class Block(NamedTuple):
+        """Whole lines written at once by one process: ``data`` ends with a newline."""
 
+        first: int  # sequence number of its first line
+        lines: int
+        instance: int
+        stream: str  # "stdout" or "stderr"
+        time: float  # wall clock, when they were read
+        data: bytes | bytearray
 
-class Line(NamedTuple):
-    seq: int
-    instance: int
-    stream: str
-    time: float
-    text: str
+    class Line(NamedTuple):
+        seq: int
+        instance: int
+        stream: str
+        time: float
+        text: str
+
+else:
+    Block = namedtuple("Block", "first lines instance stream time data")
+    Line = namedtuple("Line", "seq instance stream time text")
 
 
 class Recent:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 from taskforce.core import secrets
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: The loggers whose lines are filtered.
 LOGGERS = ("taskforce", "taskforce.output")

@@ -27,7 +27,10 @@ import enum
 import os
 import signal
 from collections import deque
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Action(enum.Enum):

@@ -59,7 +59,6 @@ This module must never touch the OS: no ``os``, ``time``, ``subprocess``,
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
 
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
@@ -82,6 +81,8 @@ from taskforce.simworld import (
     Violation,
     process_facts,
 )
+
+TYPE_CHECKING = False
 
 
 class FakeOS(FakeReadiness):

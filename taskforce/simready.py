@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from typing import TYPE_CHECKING
 
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.simworld import FakeProcess, Reap
+
+TYPE_CHECKING = False
 
 
 class FakeReadiness:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
@@ -62,6 +61,10 @@ from taskforce.simworld import (
     process_facts,
     replay,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "BEHAVIOURS",

@@ -24,7 +24,6 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from taskforce import completion, tffollow, tflogs, tfwait
 from taskforce.tfclient import Client as Client
@@ -38,6 +37,10 @@ from taskforce.tfformat import (
     one_line,
     status_rows,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_SOCKET = "/var/run/s.taskforce"
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3

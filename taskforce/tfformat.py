@@ -13,7 +13,10 @@ module never prints, reads a socket or exits.
 from __future__ import annotations
 
 import datetime
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _duration(seconds: float) -> str:

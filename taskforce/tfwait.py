@@ -17,10 +17,13 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
 
 from taskforce.tfclient import Client
 from taskforce.tfformat import describe_rollout, format_table, status_rows
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: how often ``tfctl wait`` asks (seconds)
 WAIT_POLL = 0.1

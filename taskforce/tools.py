@@ -21,7 +21,6 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 import yaml
 
@@ -42,6 +41,10 @@ from taskforce.eventlog import (
 )
 from taskforce.plans import diff_plan as diff_plan
 from taskforce.plans import scope_plan as scope_plan
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # ---------------------------------------------------------------- replay
 

@@ -35,6 +35,7 @@ NOT_AT_START = {
     "tempfile": "private folders of a daemon not run by root",
     "subprocess": "ctypes.util, for a libc without inotify",
     "ctypes.util": "watch.inotify, for a libc without inotify",
+    "typing": "control.server (h11); annotations only elsewhere",
 }
 
 
@@ -92,10 +93,13 @@ def test_a_control_server_loads_what_only_some_requests_need_with_them() -> None
 
 
 #: What a running daemon never loads, though the stdlib calls it makes would
-#: by default, with the call.
+#: by default (or, for typing, any module it imports late), with the call.
 NOT_WHILE_RUNNING = {
     "shutil": "argparse's formatter, for the terminal's width (with bz2, lzma and zlib)",
     "encodings.idna": "socket.gethostbyaddr given a str (with unicodedata and stringprep)",
+    # 0.45 MiB of a daemon's memory: our modules import it only for mypy,
+    # under ``TYPE_CHECKING = False`` / ``if TYPE_CHECKING:``
+    "typing": "annotations only; the control socket's HTTP library (h11) loads it",
 }
 
 
@@ -120,3 +124,39 @@ def test_a_running_daemon_loads_none_of_what_stdlib_defaults_would(tmp_path) -> 
     loaded = set(out.read_text().split())
     wrong = {name: why for name, why in NOT_WHILE_RUNNING.items() if name in loaded}
     assert not wrong, f"loaded by a running daemon, though never needed: {wrong}"
+
+
+def test_each_named_tuple_mypy_reads_is_the_one_that_runs() -> None:
+    # Without typing, a NamedTuple is written twice: the class mypy reads,
+    # under ``if TYPE_CHECKING:``, and the collections.namedtuple that runs.
+    import ast
+    import importlib
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parent.parent / "taskforce"
+    checked = set()
+    for path in sorted(package.rglob("*.py")):
+        module = ".".join(path.relative_to(package.parent).with_suffix("").parts)
+        module = module.removesuffix(".__init__")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"):
+                continue
+            for cls in node.body:
+                if not (
+                    isinstance(cls, ast.ClassDef)
+                    and [ast.unparse(base) for base in cls.bases] == ["NamedTuple"]
+                ):
+                    continue
+                fields = [item for item in cls.body if isinstance(item, ast.AnnAssign)]
+                names = tuple(ast.unparse(item.target) for item in fields)
+                defaults = {
+                    ast.unparse(item.target): ast.literal_eval(item.value)
+                    for item in fields
+                    if item.value is not None
+                }
+                runs = getattr(importlib.import_module(module), cls.name)
+                assert runs.__module__ == module, cls.name
+                assert runs._fields == names, f"{module}.{cls.name}"
+                assert runs._field_defaults == defaults, f"{module}.{cls.name}"
+                checked.add(f"{module}.{cls.name}")
+    assert {"taskforce.core.sockets.SocketSpec", "taskforce.recent.Block"} <= checked

@@ -45,11 +45,10 @@ import gc
 import os
 import socket
 from collections.abc import Iterator, Mapping
-from typing import Any
 
 from taskforce.config.checker import ROLE_NAME, START_LIMIT_KEYS, signal_name
 from taskforce.config.document import MAX_NODES, LoadedConfig, read_text
-from taskforce.config.errors import ConfigError, KeyPath, format_path, line_of, raise_all
+from taskforce.config.errors import ConfigError, format_path, line_of, raise_all
 from taskforce.config.roles import (
     Roles,
     RolesFileMissing,
@@ -82,6 +81,12 @@ from taskforce.core.model import (
 from taskforce.core.sockets import SOCKET_KEYS
 from taskforce.core.values import MAX_COUNT
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from taskforce.config.errors import KeyPath
+
 #: What other modules (and tests) import from here.
 __all__ = [
     "ALLOW_KEYS",
@@ -107,7 +112,6 @@ __all__ = [
     "TASK_KEYS",
     "TOP_KEYS",
     "ConfigError",
-    "KeyPath",
     "LoadedConfig",
     "Roles",
     "RolesFileMissing",

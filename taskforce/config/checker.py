@@ -20,12 +20,10 @@ import math
 import re
 import signal
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from taskforce.config.document import Parsed
 from taskforce.config.errors import (
     ConfigError,
-    KeyPath,
     describe,
     format_path,
     line_of,
@@ -43,11 +41,17 @@ from taskforce.core.values import (
     signal_word,
 )
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from taskforce.config.errors import KeyPath
+
+    #: A check of one plain value: (value, its key path) -> the value normalized.
+    Leaf = Callable[[Any, KeyPath], Any]
+
 ROLE_NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
 START_LIMIT_KEYS = ("burst", "interval")
-
-#: A check of one plain value: (value, its key path) -> the value normalized.
-Leaf = Callable[[Any, KeyPath], Any]
 
 
 class Checker:

@@ -17,11 +17,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import yaml
 
-from taskforce.config.errors import ConfigError, KeyPath, format_path
+from taskforce.config.errors import ConfigError, format_path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from taskforce.config.errors import KeyPath
 
 # The C loader is much faster; safe_load semantics either way.
 _Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

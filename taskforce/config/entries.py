@@ -31,10 +31,15 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from taskforce.config.document import MAX_NODES, LoadedConfig, Parsed, parse
-from taskforce.config.errors import ConfigError, KeyPath
+from taskforce.config.errors import ConfigError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from taskforce.config.errors import KeyPath
 
 #: Characters that make indentation or line numbers ambiguous to a cut.
 _ODD = ("\t", "\r", "\x85", "\u2028", "\u2029", "\ufeff")

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
 
-#: A key path: the keys and list indexes from the top of the document.
-KeyPath = tuple[Any, ...]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    #: A key path: the keys and list indexes from the top of the document.
+    KeyPath = tuple[Any, ...]
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+\Z")
 

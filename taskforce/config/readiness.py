@@ -14,16 +14,18 @@ This module must never read a file or touch anything that runs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
-from taskforce.config.errors import KeyPath
 from taskforce.core.codec import freeze
 from taskforce.core.readiness import PROBE_KINDS, ROLLOUT_KEYS, parse_probe_target
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
+    from taskforce.config.errors import KeyPath
     from taskforce.config.tasks import Task, TaskSchema
 
-Rule = Callable[["TaskSchema", Any, KeyPath, "Task"], Any]
+    Rule = Callable[[TaskSchema, Any, KeyPath, Task], Any]
 
 
 def _tagged(value: Any) -> bool:

@@ -14,11 +14,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from taskforce.config.checker import ROLE_NAME
 from taskforce.config.document import read_text
 from taskforce.config.errors import ConfigError, raise_all, suggest
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _TRAILING_COMMENT = re.compile(r"\s#")
 

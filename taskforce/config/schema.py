@@ -14,16 +14,19 @@ anything that runs.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
 
 from taskforce.config import entries
 from taskforce.config.document import LoadedConfig, Parsed, parse
-from taskforce.config.errors import ConfigError, KeyPath, describe, suggest, suggest_key
+from taskforce.config.errors import ConfigError, describe, suggest, suggest_key
 from taskforce.config.settings import SettingsSchema
 from taskforce.config.tasks import TASK_KEYS, TaskSchema
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from taskforce.config.entries import Entry
+    from taskforce.config.errors import KeyPath
 
 TOP_KEYS = (
     "tasks",

@@ -12,11 +12,16 @@ This module must never read a file or touch anything that runs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from taskforce.config.checker import ROLE_NAME, Checker, is_float, is_num
-from taskforce.config.errors import KeyPath, describe
+from taskforce.config.errors import describe
 from taskforce.core.codec import freeze
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from taskforce.config.errors import KeyPath
 
 ALLOW_KEYS = ("status", "control")
 RECORD_KEYS = ("file", "max_bytes", "backups", "checkpoint_bytes")
@@ -25,9 +30,10 @@ RECORD_KEYS = ("file", "max_bytes", "backups", "checkpoint_bytes")
 #: (null meaning "the default", which the core fills in).
 OMIT: Any = object()
 
-#: Checks one settings key's value: (schema, value, key path) -> the value
-#: normalized, or OMIT.
-SettingsRule = Callable[["SettingsSchema", Any, KeyPath], Any]
+if TYPE_CHECKING:
+    #: Checks one settings key's value: (schema, value, key path) -> the
+    #: value normalized, or OMIT.
+    SettingsRule = Callable[["SettingsSchema", Any, KeyPath], Any]
 
 
 class SettingsSchema(Checker):

@@ -13,11 +13,10 @@ anything that runs: binding is the shell's (``taskforce.sockets``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from taskforce.config.checker import Checker
 from taskforce.config.document import Parsed
-from taskforce.config.errors import KeyPath, suggest
+from taskforce.config.errors import suggest
 from taskforce.core.codec import freeze
 from taskforce.core.sockets import (
     SOCKET_KEYS,
@@ -28,6 +27,12 @@ from taskforce.core.sockets import (
     parse_mode,
     parse_owner,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from taskforce.config.errors import KeyPath
 
 _PARSERS = {
     "listen": parse_listen,

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from taskforce.config.checker import one_or_many
-from taskforce.config.errors import KeyPath, suggest
+from taskforce.config.errors import suggest
 from taskforce.config.readiness import READINESS_RULES
 from taskforce.config.sockets import SocketsSchema
 from taskforce.core.codec import freeze
@@ -30,6 +29,12 @@ from taskforce.core.specs import (
     Attribute,
 )
 from taskforce.core.values import limit_pair, parse_limit
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from taskforce.config.errors import KeyPath
 
 EVENT_TYPES = ("self", "file_change", "python", "stop", "restart", "external")
 EVENT_KEYS = ("type", "command", "signal", "path", "name")
@@ -49,9 +54,10 @@ class Task:
     commands: Mapping[str, Any] = field(default_factory=dict)
 
 
-#: Checks one task key's value: (schema, value, key path, task) -> the
-#: value normalized.  Only called when the value is not null.
-TaskRule = Callable[["TaskSchema", Any, KeyPath, Task], Any]
+if TYPE_CHECKING:
+    #: Checks one task key's value: (schema, value, key path, task) -> the
+    #: value normalized.  Only called when the value is not null.
+    TaskRule = Callable[["TaskSchema", Any, KeyPath, Task], Any]
 
 
 class TaskSchema(SocketsSchema):

@@ -17,9 +17,11 @@ judges (``core/requests.py``).
 
 from __future__ import annotations
 
-from typing import Any
-
 from taskforce.control.options import Options
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["DEFAULT_LISTEN", "ControlServer", "Options", "Service"]
 

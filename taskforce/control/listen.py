@@ -30,7 +30,6 @@ import stat
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from taskforce.control import tls
 from taskforce.control.options import Options
@@ -38,8 +37,10 @@ from taskforce.core import access
 from taskforce.core.context import ContextError, as_text, expand, resolve_one
 from taskforce.core.model import HostFacts, task_context
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ssl
+    from typing import Any
 
 log = logging.getLogger("taskforce")
 

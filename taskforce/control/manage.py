@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from taskforce.config import ConfigError, load_config_text, signal_name
 from taskforce.control.http import JSON, Deferred, Request, Response, text
@@ -25,7 +24,10 @@ from taskforce.core import events as ev
 from taskforce.core import status
 from taskforce.core.model import SpecError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from taskforce.control.server import ControlServer
 
 

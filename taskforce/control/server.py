@@ -33,7 +33,6 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
 
 from taskforce import costs, files
 from taskforce.control import api
@@ -51,7 +50,10 @@ from taskforce.control.stream import StreamRequest, Streams
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from taskforce.control.shell import Shell
 
 log = logging.getLogger("taskforce")

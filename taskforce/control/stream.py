@@ -39,9 +39,11 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from taskforce.control.http import Connection
     from taskforce.control.server import ControlServer
     from taskforce.recent import Block, Recent

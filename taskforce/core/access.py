@@ -24,7 +24,10 @@ whoever reached it: old logs, the simulator).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Grants spelled as the config writes them: ``alice``, ``@wheel``, ``1000``.
 TOKEN = "token"

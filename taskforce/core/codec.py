@@ -13,13 +13,16 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Callable
-from typing import Any
 
 from taskforce.core.effects import EFFECT_TYPES, Effect
 from taskforce.core.environment import Environment
 from taskforce.core.events import EVENT_TYPES, Event
 from taskforce.core.model import Action, EventSpec, HostFacts, ProcessSpec, TaskSpec
 from taskforce.core.specs import Readiness
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _TYPES: dict[str, type[Any]] = {**EVENT_TYPES, **EFFECT_TYPES}
 

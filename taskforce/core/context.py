@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_PASSES = 10
 #: How much longer than the original text an expansion may grow: a define

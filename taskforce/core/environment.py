@@ -25,7 +25,10 @@ changed afterwards (it takes them as they are, uncopied).
 from __future__ import annotations
 
 from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: A name that is in no environment (``dict.get``'s default when looking).
 _ABSENT: Any = object()

@@ -13,9 +13,12 @@ This module must never do IO or read a clock.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from taskforce.core.records import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @dataclass(frozen=True, eq=False, repr=False)

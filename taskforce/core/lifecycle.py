@@ -20,9 +20,11 @@ exactly the moves of the map.  This module must never do IO.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from transitions import Machine
 
 

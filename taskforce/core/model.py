@@ -13,7 +13,6 @@ This module must never do IO: the environment and host names arrive as data.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from taskforce.core.context import (
     ContextError,
@@ -68,6 +67,10 @@ from taskforce.core.values import (
     parse_size,
     parse_umask,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Re-exported: the specs (core/specs.py) and the values (core/values.py)
 #: are read beside the build, and imported from here by the rest of the house.

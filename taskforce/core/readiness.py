@@ -15,10 +15,13 @@ This module must never do IO.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from taskforce.core.context import ContextError, expand, expand_all, resolve, resolve_one
 from taskforce.core.specs import Readiness, SpecError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 PROBE_KINDS = ("tcp", "http", "command")
 ROLLOUT_KEYS = ("max_surge", "max_unavailable")

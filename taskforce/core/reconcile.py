@@ -12,14 +12,16 @@ This module must never do IO, read a clock or draw random numbers.
 
 from __future__ import annotations
 
-from typing import Any
-
 from taskforce.core import events as ev
 from taskforce.core.convergence import Convergence
 from taskforce.core.lifecycle import SlotState
 from taskforce.core.model import SpecError, TaskSpec, build, settings_of, start_order
 from taskforce.core.requests import refresh_spec
 from taskforce.core.slots import ReloadNote, TaskState
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 S = SlotState
 

@@ -16,7 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import fields
 from operator import attrgetter
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: per class: its compared fields' values, as a tuple (made on first use)
 _KEYS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}

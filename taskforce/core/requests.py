@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
 
 from taskforce.core import access
 from taskforce.core import effects as fx
@@ -54,7 +53,10 @@ from taskforce.core.lifecycle import (
 from taskforce.core.model import CONTROLS, SpecError, _build_task
 from taskforce.core.values import MAX_COUNT, SIGNALS, signal_word
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from taskforce.core.model import TaskSpec
     from taskforce.core.slots import TaskState
     from taskforce.core.state import SupervisorState
@@ -235,8 +237,9 @@ def _set_count(sup: Supervisor, task: TaskState, count: int) -> None:
 
 #: a judge's answer when the task already has the value asked for
 _UNCHANGED = object()
-#: (refusal, value): a refusal refuses the whole request
-_Judgement = tuple[str | None, Any]
+if TYPE_CHECKING:
+    #: (refusal, value): a refusal refuses the whole request
+    _Judgement = tuple[str | None, Any]
 
 
 def _assign(

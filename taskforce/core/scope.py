@@ -24,7 +24,6 @@ This module must never do IO: the environment and host names arrive as data.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from taskforce.core.context import ContextError, as_text, expand, resolve, resolve_one
 from taskforce.core.specs import (
@@ -35,6 +34,10 @@ from taskforce.core.specs import (
     HostFacts,
     SpecError,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def in_scope(

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from taskforce.core.sha import sha256
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Names that hold secrets unless ``settings.secret_names`` says otherwise.
 DEFAULT_SECRET_NAMES = (

@@ -12,7 +12,6 @@ This module must never do IO, read a clock or draw random numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from taskforce.core.lifecycle import (
     LIVE_STATES,
@@ -28,6 +27,10 @@ from taskforce.core.lifecycle import (
     TimerPurpose,
 )
 from taskforce.core.model import ProcessSpec, TaskSpec
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class _NoTimers(dict):  # type: ignore[type-arg]

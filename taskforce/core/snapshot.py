@@ -12,10 +12,12 @@ entry point the shell and the tools use.  It must never do IO.
 
 from __future__ import annotations
 
-from typing import Any
-
 from taskforce.core.state import FORMAT, SupervisorState
 from taskforce.core.supervisor import Supervisor
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["DERIVED", "FORMAT", "SAVED", "restore", "snapshot"]
 

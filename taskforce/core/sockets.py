@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections import namedtuple
 from collections.abc import Mapping
-from typing import Any, NamedTuple
 
 from taskforce.core.specs import SpecError
 from taskforce.core.values import parse_umask
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
 
 #: The keys of one socket's entry.
 SOCKET_KEYS = ("listen", "backlog", "mode", "owner")
@@ -35,20 +39,31 @@ MAX_UNIX_PATH = 103
 _PORT = re.compile(r"\d{1,5}\Z")
 
 
-class SocketSpec(NamedTuple):
-    """One socket taskforce holds (a tuple, so events and snapshots carry
-    it as plain data).
+# mypy reads the NamedTuple; a daemon runs the collections.namedtuple that
+# typing.NamedTuple would have made of it (the same class, but for its
+# __annotations__), as importing typing costs a daemon 0.45 MiB of memory.
+# tests/test_imports.py checks that the two have the same fields and defaults.
+if TYPE_CHECKING:
 
-    ``listen`` is canonical: ``127.0.0.1:8080``, ``[::1]:8080`` or an
-    absolute path; ``backlog`` None is the host's ``SOMAXCONN``; ``mode``
-    and ``owner`` (``user`` or ``user:group``) are for Unix sockets only.
-    """
+    class SocketSpec(NamedTuple):
+        """One socket taskforce holds (a tuple, so events and snapshots carry
+        it as plain data).
 
-    name: str
-    listen: str
-    backlog: int | None = None
-    mode: int | None = None
-    owner: str | None = None
+        ``listen`` is canonical: ``127.0.0.1:8080``, ``[::1]:8080`` or an
+        absolute path; ``backlog`` None is the host's ``SOMAXCONN``; ``mode``
+        and ``owner`` (``user`` or ``user:group``) are for Unix sockets only.
+        """
+
+        name: str
+        listen: str
+        backlog: int | None = None
+        mode: int | None = None
+        owner: str | None = None
+
+else:
+    SocketSpec = namedtuple(
+        "SocketSpec", "name listen backlog mode owner", defaults=(None, None, None)
+    )
 
 
 def family(listen: str) -> str:

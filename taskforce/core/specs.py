@@ -15,13 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
 
 from taskforce.core.context import as_text
 from taskforce.core.environment import Environment, as_dict
 from taskforce.core.values import Whole, parse_umask
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from taskforce.core.sockets import SocketSpec
 
 CONTROLS = ("wait", "once", "event", "nowait", "adopt", "suspend", "off")

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, TypeVar
 
 from taskforce.core import effects as fx
 from taskforce.core.codec import decode, encode, freeze, from_plain, to_plain
 from taskforce.core.lifecycle import LIFECYCLE, Intent, Phase, Shutdown, SlotState, TimerPurpose
 from taskforce.core.model import HostFacts, Settings, settings_of
 from taskforce.core.slots import NO_TIMERS, Leftover, ReloadNote, Slot, TaskState
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
 
 #: the snapshot format (``restore`` refuses any other)
 FORMAT = 1
@@ -38,7 +41,8 @@ _TASK_FIELDS = tuple(
 )
 _LEFTOVER_FIELDS = tuple(f.name for f in dataclasses.fields(Leftover))
 
-_State = TypeVar("_State", bound="SupervisorState")
+if TYPE_CHECKING:
+    _State = TypeVar("_State", bound="SupervisorState")
 
 
 class SupervisorState:

@@ -14,7 +14,6 @@ IO, read a clock, or change the supervisor it is given.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
 
 from taskforce.core import events as ev
 from taskforce.core.effects import Log
@@ -22,7 +21,10 @@ from taskforce.core.lifecycle import ONE_SHOT_CONTROLS, UP_STATES, Intent, SlotS
 from taskforce.core.model import DAEMON_CONTROLS, build
 from taskforce.core.rollout import outdated_by
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from taskforce.core.model import HostFacts
     from taskforce.core.slots import Slot, TaskState
     from taskforce.core.supervisor import Supervisor

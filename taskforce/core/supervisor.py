@@ -31,12 +31,15 @@ This module must never do IO, read a clock or draw unseeded random numbers.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from taskforce.core import effects as fx
 from taskforce.core import events as ev
 from taskforce.core.handlers import EventHandlers
 from taskforce.core.requests import handle_request
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Supervisor(EventHandlers):
