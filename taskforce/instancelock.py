@@ -39,7 +39,7 @@ class InstanceLock:
     """
 
     def __init__(self, ident: str) -> None:
-        self.path = os.path.join(_private_folder(), f"{ident}.lock")
+        self.path = lock_path(ident)
         self.fd: int | None = None
 
     def claim(self) -> None:
@@ -56,6 +56,12 @@ class InstanceLock:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def lock_path(ident: str) -> str:
+    """Where the lock of the taskforce with id ``ident`` is (run by this
+    user); while it is held, the pid of its holder is written in it."""
+    return os.path.join(_private_folder(), f"{ident}.lock")
 
 
 def _private_folder() -> str:

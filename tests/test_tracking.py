@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from daemon_harness import (
@@ -225,3 +226,47 @@ def test_the_instance_id_names_config_and_roles() -> None:
     assert instance_id("/etc/a.conf", None) == instance_id("/etc/./a.conf", None)
     assert instance_id("/etc/a.conf", None) != instance_id("/etc/a.conf", "/etc/roles")
     assert instance_id("/etc/a.conf", None) != instance_id("/etc/b.conf", None)
+
+
+@pytest.mark.skipif(not FEATURES.cgroups, reason="no writable cgroup v2 here")
+def test_what_a_gone_taskforce_left_empty_is_removed_and_nothing_else(daemon: Daemon) -> None:
+    # Trees beside the one the daemon makes (it runs in this test's cgroup):
+    # a SIGKILLed taskforce's, empty, whose config never ran again; one
+    # holding a process; one whose lock names a live process (a taskforce
+    # that runs, or execs for a reset).
+    from taskforce.instancelock import lock_path
+    from taskforce.tracking import _own_cgroup
+
+    base, why = _own_cgroup()
+    assert base is not None, why
+    idents = {kind: os.urandom(8).hex() for kind in ("empty", "populated", "locked")}
+    trees = {kind: os.path.join(base, f"taskforce-{ident}") for kind, ident in idents.items()}
+    for tree in trees.values():
+        for slot in ("web.0", "web.1", "db.0"):
+            os.makedirs(os.path.join(tree, slot))
+    Path(lock_path(idents["empty"])).write_text("999999999\n")  # no such pid
+    Path(lock_path(idents["locked"])).write_text(f"{os.getpid()}\n")
+    held = subprocess.Popen(["sleep", "600"])
+    try:
+        Path(trees["populated"], "db.0", "cgroup.procs").write_text(str(held.pid))
+        m = daemon.marker
+        daemon.write_config({"tasks": {"web": task(m, "web", SLEEP)}})
+        daemon.start()
+        daemon.wait_log("removed 1 empty cgroup tree under")
+        assert not os.path.exists(trees["empty"])
+        for kind in ("populated", "locked"):
+            for slot in ("web.0", "web.1", "db.0"):
+                assert os.path.isdir(os.path.join(trees[kind], slot)), (kind, slot)
+        assert held.poll() is None, "a process of an abandoned tree was touched"
+        daemon.wait_pids("web", 1)
+        assert daemon.stop() == 0
+    finally:
+        held.kill()
+        held.wait()
+        for kind, tree in trees.items():
+            for root, dirs, _files in os.walk(tree, topdown=False):
+                for name in dirs:
+                    os.rmdir(os.path.join(root, name))
+            if os.path.isdir(tree):
+                os.rmdir(tree)
+            Path(lock_path(idents[kind])).unlink(missing_ok=True)
