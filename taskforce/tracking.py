@@ -230,10 +230,16 @@ class Tracker:
         except (OSError, StopIteration):
             return None, "cannot read /proc/self/cgroup"
         tree = os.path.join(base, f"taskforce-{self.ident}")
-        try:
-            os.makedirs(tree, exist_ok=True)
-        except OSError as exc:
-            return None, f"cannot create {tree}: {exc.strerror}"
+        # Twice: another taskforce starting now may have taken the empty
+        # tree a killed one left with this id for abandoned, and removed
+        # it just as this one came to take it over.
+        for _attempt in range(2):
+            try:
+                os.makedirs(tree, exist_ok=True)
+            except OSError as exc:
+                return None, f"cannot create {tree}: {exc.strerror}"
+            if os.path.exists(os.path.join(tree, "cgroup.procs")):
+                break
         gone = _remove_abandoned_trees(base, self.ident)
         if gone:
             log.info(
