@@ -243,10 +243,11 @@ class Tracker:
         gone = _remove_abandoned_trees(base, self.ident)
         if gone:
             log.info(
-                "removed %d empty cgroup tree%s under %s left by a taskforce that is gone",
+                "removed %d empty cgroup %s under %s left by %s",
                 gone,
-                "" if gone == 1 else "s",
+                "tree" if gone == 1 else "trees",
                 base,
+                "a taskforce that is gone" if gone == 1 else "taskforces that are gone",
             )
         for needed in ("cgroup.procs", "cgroup.events", "cgroup.kill"):
             if not os.path.exists(os.path.join(tree, needed)):
