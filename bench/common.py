@@ -596,6 +596,10 @@ class BenchDaemon:
         self.root = Path(tempfile.mkdtemp(prefix="tfbench-"))
         self.config_path = self.root / "taskforce.conf"
         self.config_path.write_text(json.dumps(config, indent=1))
+        #: How long a stop may take before the daemon is SIGKILLed: a killed
+        #: taskforce leaves its cgroup tree (until the next one to start
+        #: removes it), so a big fleet is given the time its stop takes.
+        self.stop_deadline = 20.0 + len(config.get("tasks") or ()) / 200
         self.log = self.root / "taskforce.log"
         self.env = {**os.environ, **(env or {}), MARKER_VAR: self.marker}
         if snapshot:
@@ -716,7 +720,7 @@ class BenchDaemon:
         with signals_deferred():
             killed: list[int] = []
             if self.proc is not None:
-                terminate(self.proc, 20)
+                terminate(self.proc, self.stop_deadline)
                 # Processes signalled a moment ago may still be on their way
                 # out; give them a moment before calling them left behind.
                 settle = time.monotonic() + 2.0
