@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from daemon_harness import Daemon, shell_task, task, wait_for
 from test_control import answers, short_dir, start_daemon
 
@@ -195,3 +196,19 @@ def test_simulate_says_why_a_slot_is_not_running(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert "web:0 is not running at 5s (waiting on migrate (not finished))" in done.stdout
+
+
+@pytest.mark.parametrize("columns", [None, "", "0", "-3", "abc", "40", "200"])
+def test_the_help_is_as_wide_as_shutil_would_make_it(
+    monkeypatch: pytest.MonkeyPatch, columns: str | None
+) -> None:
+    # The daemon's parser reads the terminal's width itself (no shutil).
+    import shutil
+
+    from taskforce.cli import _terminal_columns
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert _terminal_columns() == shutil.get_terminal_size().columns
