@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -136,21 +137,28 @@ time.sleep(1000)
 """
 
 
+def _early_notifier(
+    daemon: Daemon, control: str, pidfile: Path, ready_timeout: float, *delays: str
+) -> dict[str, Any]:
+    """A ``notify`` task running ``EARLY_NOTIFIER``: its daemon writes
+    ``pidfile`` and says READY=1 after ``delays``."""
+    return {
+        "control": control,
+        "pidfile": str(pidfile),
+        "ready": "notify",
+        "ready_timeout": ready_timeout,
+        "commands": {
+            "start": [sys.executable, "-c", EARLY_NOTIFIER, str(pidfile), *delays, daemon.marker]
+        },
+    }
+
+
 def test_a_nowait_daemon_that_says_ready_before_its_pidfile_is_ready(daemon: Daemon) -> None:
     """READY=1 sent while the launcher runs, before the pidfile names the
     daemon, is not lost: the slot becomes ready once the daemon is found,
     not restarted at ready_timeout."""
     pidfile = daemon.root / "early.pid"
-    early = {
-        "control": "nowait",
-        "pidfile": str(pidfile),
-        "ready": "notify",
-        "ready_timeout": 5,
-        "commands": {
-            "start": [sys.executable, "-c", EARLY_NOTIFIER, str(pidfile), "0.3", "0.5"]
-            + [daemon.marker]
-        },
-    }
+    early = _early_notifier(daemon, "nowait", pidfile, 5, "0.3", "0.5")
     sock = start_daemon(daemon, {"early": early})
     daemon.wait_log("early[0] daemon running as pid")
     wait_for(lambda: states(sock, "early") == ["ready"], what="early ready")
@@ -167,16 +175,7 @@ def test_an_adopted_notify_daemon_is_ready_after_a_reset(daemon: Daemon) -> None
     the taskforce before, and never says it again: adopted, it is ready
     (not restarted at ready_timeout)."""
     pidfile = daemon.root / "kept.pid"
-    kept = {
-        "control": "adopt",
-        "pidfile": str(pidfile),
-        "ready": "notify",
-        "ready_timeout": 2,
-        "commands": {
-            "start": [sys.executable, "-c", EARLY_NOTIFIER, str(pidfile), "0", "0.1"]
-            + [daemon.marker]
-        },
-    }
+    kept = _early_notifier(daemon, "adopt", pidfile, 2, "0", "0.1")
     daemon.write_config({"tasks": {"kept": kept}})
     daemon.start("-p", str(daemon.pidfile))
     daemon.wait_log("kept[0] ready after")
