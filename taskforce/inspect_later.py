@@ -15,6 +15,15 @@ point).  It must never answer a question the real module would answer
 differently: its one answer follows ``inspect.get_annotations(cls)`` for a
 class with the defaults (no string evaluation), as 3.12 and 3.13 define it.
 It does nothing when ``inspect`` is already loaded.
+
+One exception is made, where it is asked for and nowhere else: the control
+server imports h11 inside ``WithoutSignatures()``, and during that import
+``inspect.signature`` says "no signature" (ValueError), as it does for a
+callable it cannot read.  h11 declares one dataclass without a docstring,
+``h11._events._ResponseBase``, so ``dataclasses`` asks for its signature
+to write one, and that one question loaded ``inspect``, ``ast`` and ``dis``
+(about 0.65 MiB) into every daemon with a control socket.  Its docstring is
+now its bare name; nothing else of h11 changes.
 """
 
 from __future__ import annotations
@@ -46,6 +55,31 @@ class _InspectLater(types.ModuleType):
         if not isinstance(found, dict):
             raise ValueError(f"{obj!r}.__annotations__ is neither a dict nor None")
         return dict(found)
+
+
+class WithoutSignatures:
+    """While in force, the stand-in answers ``signature`` with ValueError.
+
+    (Only while the stand-in is ``inspect``; once the real module is loaded
+    this does nothing.)  For an import whose dataclasses lack docstrings
+    (see the module's docstring): nothing else may be run under it.
+    """
+
+    def __enter__(self) -> None:
+        stand_in = sys.modules.get("inspect")
+        if isinstance(stand_in, _InspectLater) and "signature" not in stand_in.__dict__:
+            stand_in.__dict__["signature"] = _no_signature
+            self.stand_in: _InspectLater | None = stand_in
+        else:
+            self.stand_in = None
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.stand_in is not None and self.stand_in.__dict__.get("signature") is _no_signature:
+            del self.stand_in.__dict__["signature"]
+
+
+def _no_signature(obj: Any, **options: Any) -> Any:
+    raise ValueError(f"no signature found for {obj!r} (taskforce.inspect_later)")
 
 
 def _load_real() -> types.ModuleType:

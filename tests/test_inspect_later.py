@@ -48,6 +48,52 @@ def test_a_daemon_starts_without_the_real_inspect() -> None:
     assert out.split("\n")[:2] == ["_InspectLater", "[]"]
 
 
+def test_a_daemon_with_a_control_socket_starts_without_it_too(tmp_path) -> None:
+    # h11 declares a dataclass without a docstring, for which ``dataclasses``
+    # asks ``inspect.signature``: the control server imports h11 with the
+    # stand-in answering "no signature" (``WithoutSignatures``).
+    config = tmp_path / "one.conf"
+    config.write_text("tasks: {one: {commands: {start: [sleep, '60']}}}\n")
+    out = tmp_path / "modules"
+    argv = ["taskforce", "-e", "-f", str(config), "-r", "-", "--expires", "1"]
+    argv += ["-w", str(tmp_path / "control.sock")]
+    code = f"""
+        import atexit, sys
+        atexit.register(lambda: open({str(out)!r}, "w").write("\\n".join(sys.modules)))
+        sys.argv = {argv!r}
+        from taskforce.cli import main
+        sys.exit(main())
+        """
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = set(out.read_text().split())
+    assert "h11" in loaded  # (the control server did start)
+    assert not loaded & {"ast", "dis"}, "the real inspect was loaded"
+
+
+def test_without_signatures_says_no_signature_only_while_in_force() -> None:
+    out = _run(
+        """
+        from taskforce.inspect_later import WithoutSignatures  # (before dataclasses)
+        import dataclasses
+        with WithoutSignatures():
+            @dataclasses.dataclass
+            class Quiet:
+                x: int = 1
+        @dataclasses.dataclass
+        class Asked:
+            x: int = 1
+        print(Quiet.__doc__, "|", Asked.__doc__)
+        import inspect
+        with WithoutSignatures():  # the real module is loaded: nothing changes
+            print(inspect.signature(Quiet))
+        """
+    )
+    assert out.split("\n")[:2] == ["Quiet | Asked(x: int = 1)", "(x: int = 1) -> None"]
+
+
 def test_dataclasses_come_out_as_with_the_real_inspect() -> None:
     with_stand_in = _run(_DESCRIBE)
     with_real = _run("import inspect\n" + _DESCRIBE)

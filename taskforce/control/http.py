@@ -34,8 +34,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
-import h11
-
 from taskforce import __version__
 from taskforce.control import tls
 from taskforce.control.listen import subject_text
@@ -46,6 +44,10 @@ from taskforce.control.messages import Request as Request
 from taskforce.control.messages import Response as Response
 from taskforce.control.messages import text as text
 from taskforce.control.stream import STALL
+from taskforce.inspect_later import WithoutSignatures
+
+with WithoutSignatures():  # (h11's one dataclass without a docstring: see there)
+    import h11
 
 log = logging.getLogger("taskforce")
 
