@@ -277,6 +277,9 @@ class Rollouts(SlotActions):
             )
             task.rollout = ""
             task.rollout_at = None
+            # (shown only while a rollout is under way: a task at rest keeps
+            # its rollout fields at their defaults, and holds no ``rare``)
+            task.rollout_replaced = 0
             task.rollout_surge = 0
             return 0
         # Ready processes this pass may take away: never below the floor.

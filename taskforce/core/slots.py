@@ -3,8 +3,9 @@
 Plain records with no behaviour beyond reading their own fields: every
 decision about them is the supervisor's (``convergence``, ``actions``,
 ``handlers``).  A snapshot copies every field of ``Slot``, ``TaskState`` and
-``Leftover`` (see ``state.SupervisorState.snapshot``), so a field added here
-is saved without further work -- it must hold plain, JSON-able values.
+``Leftover``, ``Rare`` ones included (see ``state.SupervisorState.snapshot``),
+so a field added here is saved without further work -- it must hold plain,
+JSON-able values.
 
 This module must never do IO, read a clock or draw random numbers.
 """
@@ -27,6 +28,7 @@ from taskforce.core.lifecycle import (
     TimerPurpose,
 )
 from taskforce.core.model import ProcessSpec, TaskSpec
+from taskforce.core.rare import Rare
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -65,7 +67,13 @@ def _no_timers() -> dict[TimerPurpose, float]:
 
 @dataclass(eq=False, slots=True)
 class Slot:
-    """One process slot of a task: ``Task_instance`` ``instance``."""
+    """One process slot of a task: ``Task_instance`` ``instance``.
+
+    One per process of every task, so what most slots leave at its default
+    nearly all the time is a ``Rare`` field (kept in ``rare`` only while it
+    differs); what a running slot or one that has restarted holds is a
+    field of its own.
+    """
 
     task: str
     instance: int
@@ -77,47 +85,50 @@ class Slot:
     exited_at: float | None = None
     last_exit: str | None = None
     restarts: int = 0
-    fails: int = 0
-    #: why the slot is stopping (None: it is not)
-    intent: Intent | None = None
     #: why it last started, stopped or restarted -- for the operator
     reason: str = ""
-    waiting_on: tuple[str, ...] = ()
     #: deadline by purpose (``NO_TIMERS`` while there is none)
     timers: dict[TimerPurpose, float] = field(default_factory=_no_timers)
-    #: nowait/adopt: how it knows its process (None: its own child)
-    phase: Phase | None = None
-    #: adopt: the pidfile was looked at once since taskforce started
-    adopt_checked: bool = False
-    #: when the current pidfile wait gives up
-    pidfile_deadline: float = 0.0
-    #: the health check running now (its ``RunCommand.run``; None: none)
-    check_run: int | None = None
-    #: health checks of this process that failed in a row
-    check_fails: int = 0
     #: when it was last started, oldest first (at most its ``start_limit``
     #: burst of them), since its last fresh attempt (see ``_retry``)
     starts: tuple[float, ...] = ()
-    #: an extra slot, after the pool's, that a rollout started (``surge``)
-    surge: bool = False
     #: the signal its last process died of (None: it exited, or none has)
     exit_signal: str | None = None
-    #: the readiness probe running now (its run number; None: none)
-    probe_run: int | None = None
-    #: started while its task's rollout is under way and not ready yet: if
-    #: it fails, the rollout halts (see ``rollout``)
-    trial: bool = False
-    #: why its process must be replaced by the rollout ("": it need not)
-    stale: str = ""
-    #: what its process last said (``STATUS=``), or its last probe's failure
-    status: str = ""
-    #: the pid its process named with ``MAINPID=`` (None: none)
-    main_pid: int | None = None
     #: when its process became ready (None: it is not)
     ready_at: float | None = None
+    #: the ``Rare`` fields below that differ from their defaults
+    rare: dict[str, Any] | None = None
+
+    fails = Rare(0)
+    #: why the slot is stopping (None: it is not)
+    intent = Rare[Intent | None](None)
+    waiting_on = Rare[tuple[str, ...]](())
+    #: nowait/adopt: how it knows its process (None: its own child)
+    phase = Rare[Phase | None](None)
+    #: adopt: the pidfile was looked at once since taskforce started
+    adopt_checked = Rare(False)
+    #: when the current pidfile wait gives up
+    pidfile_deadline = Rare(0.0)
+    #: the health check running now (its ``RunCommand.run``; None: none)
+    check_run = Rare[int | None](None)
+    #: health checks of this process that failed in a row
+    check_fails = Rare(0)
+    #: an extra slot, after the pool's, that a rollout started (``surge``)
+    surge = Rare(False)
+    #: the readiness probe running now (its run number; None: none)
+    probe_run = Rare[int | None](None)
+    #: started while its task's rollout is under way and not ready yet: if
+    #: it fails, the rollout halts (see ``rollout``)
+    trial = Rare(False)
+    #: why its process must be replaced by the rollout ("": it need not)
+    stale = Rare("")
+    #: what its process last said (``STATUS=``), or its last probe's failure
+    status = Rare("")
+    #: the pid its process named with ``MAINPID=`` (None: none)
+    main_pid = Rare[int | None](None)
     #: nowait/adopt: ``READY=1`` came while its start command ran or its
     #: pidfile was awaited; its daemon is ready as soon as it is found
-    ready_early: bool = False
+    ready_early = Rare(False)
 
     @property
     def live(self) -> bool:
@@ -151,7 +162,11 @@ _HAS_PROCESS = (*sorted(LIVE_STATES, key=lambda state: state.name), SLOT_STARTIN
 
 @dataclass(eq=False, slots=True)
 class TaskState:
-    """What the supervisor keeps of one task: its spec, its slots, its overrides."""
+    """What the supervisor keeps of one task: its spec, its slots, its overrides.
+
+    One per task; as in ``Slot``, what is seldom away from its default (an
+    override's time, a rollout under way, failed checks) is a ``Rare`` field.
+    """
 
     spec: TaskSpec
     slots: list[Slot] = field(default_factory=list)
@@ -163,28 +178,32 @@ class TaskState:
     #: config entry changes (see ``Supervisor._keep_overrides``)
     control_override: str | None = None
     count_override: int | None = None
-    #: when each override was made (core time)
-    control_override_at: float | None = None
-    count_override_at: float | None = None
     waiting_on: tuple[str, ...] = ()
-    #: health checks run, failed and timed out (for /metrics)
+    #: health checks run (for /metrics)
     check_runs: int = 0
-    check_failures: int = 0
-    check_timeouts: int = 0
-    #: why its rollout is under way ("": none is)
-    rollout: str = ""
-    #: when it began
-    rollout_at: float | None = None
-    #: why it halted ("": it did not)
-    rollout_halted: str = ""
-    #: processes of the pool it has replaced so far
-    rollout_replaced: int = 0
-    #: extra (surge) slots it runs
-    rollout_surge: int = 0
     #: a change may have outdated its processes since the last converge
     #: pass looked (its spec was replaced, or ``replace`` marked them): the
     #: pass then looks whether a rollout begins, and only then
     rollout_check: bool = False
+    #: the ``Rare`` fields below that differ from their defaults
+    rare: dict[str, Any] | None = None
+
+    #: when each override was made (core time)
+    control_override_at = Rare[float | None](None)
+    count_override_at = Rare[float | None](None)
+    #: health checks failed and timed out (for /metrics)
+    check_failures = Rare(0)
+    check_timeouts = Rare(0)
+    #: why its rollout is under way ("": none is)
+    rollout = Rare("")
+    #: when it began
+    rollout_at = Rare[float | None](None)
+    #: why it halted ("": it did not)
+    rollout_halted = Rare("")
+    #: processes of the pool it has replaced so far
+    rollout_replaced = Rare(0)
+    #: extra (surge) slots it runs
+    rollout_surge = Rare(0)
 
     @property
     def control(self) -> str:

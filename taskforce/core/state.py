@@ -24,6 +24,7 @@ from taskforce.core import effects as fx
 from taskforce.core.codec import decode, encode, freeze, from_plain, to_plain
 from taskforce.core.lifecycle import LIFECYCLE, Intent, Phase, Shutdown, SlotState, TimerPurpose
 from taskforce.core.model import HostFacts, Settings, settings_of
+from taskforce.core.rare import rare_fields
 from taskforce.core.slots import NO_TIMERS, Leftover, ReloadNote, Slot, TaskState
 
 TYPE_CHECKING = False
@@ -32,13 +33,14 @@ if TYPE_CHECKING:
 
 #: the snapshot format (``restore`` refuses any other)
 FORMAT = 1
-# Saved with their own encoding, so left out of the field-by-field copy.
+# Saved with their own encoding, so left out of the field-by-field copy;
+# ``rare`` is saved as the fields it holds (each by its name).
 _SLOT_FIELDS = tuple(
-    f.name for f in dataclasses.fields(Slot) if f.name not in ("state", "spec", "timers")
-)
+    f.name for f in dataclasses.fields(Slot) if f.name not in ("state", "spec", "timers", "rare")
+) + rare_fields(Slot)
 _TASK_FIELDS = tuple(
-    f.name for f in dataclasses.fields(TaskState) if f.name not in ("spec", "slots")
-)
+    f.name for f in dataclasses.fields(TaskState) if f.name not in ("spec", "slots", "rare")
+) + rare_fields(TaskState)
 _LEFTOVER_FIELDS = tuple(f.name for f in dataclasses.fields(Leftover))
 
 if TYPE_CHECKING:
