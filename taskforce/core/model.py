@@ -499,7 +499,13 @@ def build(
                 raise SpecError(("tasks", name, *exc.path), exc.message) from None
             except ContextError as exc:
                 raise SpecError(("tasks", name), str(exc)) from None
-    _BUILDS[:] = [(shared, entries, specs), *_BUILDS[:1]]
+    for _, built in earlier:
+        if len(built) == len(specs) and all(built.get(n) is spec for n, spec in specs.items()):
+            # The very specs of an earlier build (the core's build of the
+            # config the shell validated): keep that one table, not two.
+            specs = built
+            break
+    _BUILDS[:] = [(shared, entries, specs), *(b for b in _BUILDS if b[2] is not specs)][:2]
     kept, specs = specs, dict(specs)  # the caller's own: the kept one must not change
     if _same_links(specs):
         return specs
