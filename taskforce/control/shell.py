@@ -55,9 +55,9 @@ class Shell(Protocol):
         ...
 
     def feed(self, event: ev.Event) -> tuple[fx.Effect, ...]:
-        """Hand ``event`` to the core and perform what follows; the effects
-        the core gave for ``event`` itself (a ``ControlRequested``'s
-        ``Reply`` is among them)."""
+        """Hand ``event`` to the core and perform what follows; effects the
+        core gave for ``event`` itself, a ``ControlRequested``'s ``Reply``
+        among them (the daemon gives only the replies)."""
         ...
 
     def load_inputs(self, source: str) -> ev.Event:
