@@ -41,6 +41,13 @@ if TYPE_CHECKING:
 
     from taskforce.config.errors import KeyPath
 
+    #: (task_refs, socket_refs, role_uses), as ``checker.Checker`` collects them
+    Refs = tuple[
+        tuple[tuple[KeyPath, str, str], ...],
+        tuple[tuple[KeyPath, str], ...],
+        tuple[tuple[KeyPath, str], ...],
+    ]
+
 #: Characters that make indentation or line numbers ambiguous to a cut.
 _ODD = ("\t", "\r", "\x85", "\u2028", "\u2029", "\ufeff")
 #: ``tasks:`` alone on a line at the left margin: a block mapping follows.
@@ -62,10 +69,10 @@ class Entry:
     name: str
     #: the entry as the schema normalized it (``TaskSchema.task``)
     value: Any
-    #: what the whole config's checks need of it (see ``checker.Checker``)
-    task_refs: tuple[tuple[KeyPath, str, str], ...]
-    socket_refs: tuple[tuple[KeyPath, str], ...]
-    role_uses: tuple[tuple[KeyPath, str], ...]
+    #: what the whole config's checks need of it (see ``checker.Checker``):
+    #: its task_refs, socket_refs and role_uses, or None where all three
+    #: are empty (most tasks: one field, not three, in each of thousands)
+    refs: Refs | None
     #: YAML values it holds, its own mapping not counted
     nodes: int
     #: the text it was read from: the one copy of it kept (the cache's key,
@@ -305,15 +312,8 @@ class _Checks:
                 known[piece] = None
                 ok = False
                 continue
-            known[piece] = Entry(
-                name,
-                checked,
-                tuple(schema.task_refs),
-                tuple(schema.socket_refs),
-                tuple(schema.role_uses),
-                _nodes(value),
-                piece,
-            )
+            refs = (tuple(schema.task_refs), tuple(schema.socket_refs), tuple(schema.role_uses))
+            known[piece] = Entry(name, checked, refs if any(refs) else None, _nodes(value), piece)
         return ok
 
     def _rest(self, found: Cut, source: str) -> Parsed | None:

@@ -57,9 +57,11 @@ class Schema(TaskSchema, SettingsSchema):
         if self.checked is None:
             return super().task(name, task, path)
         entry = self.checked[name]
-        self.task_refs += entry.task_refs
-        self.socket_refs += entry.socket_refs
-        self.role_uses += entry.role_uses
+        if entry.refs is not None:
+            task_refs, socket_refs, role_uses = entry.refs
+            self.task_refs += task_refs
+            self.socket_refs += socket_refs
+            self.role_uses += role_uses
         return entry.value
 
     def misplaced(self, key: str, what: str) -> str | None:

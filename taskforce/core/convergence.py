@@ -156,7 +156,10 @@ class Convergence(Rollouts):
         while len(task.slots) < want:
             slot = Slot(task=name, instance=len(task.slots))
             LIFECYCLE.attach(slot)
-            task.slots.append(slot)
+            if task.slots:
+                task.slots.append(slot)
+            else:
+                task.slots = [slot]  # (room for one: most tasks never have more)
         if gate != task.waiting_on:
             # Info when what it waits on changes, not each time the reason
             # does (a crash-looping requirement would flood the log).
