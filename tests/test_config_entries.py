@@ -280,6 +280,26 @@ def test_the_same_text_again_keeps_one_table_and_the_one_before(
     assert read == []
 
 
+def test_building_the_config_again_keeps_one_table_of_its_specs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The shell validates a config, then the core builds it: both builds
+    # take every spec from the first, and one table of them is kept.
+    from taskforce.core import model
+
+    config = load_config_text(block(6), roles=None)
+    other = load_config_text(block(6, changed=2), roles=None)
+    monkeypatch.setattr(model, "_BUILDS", [])
+    validated = build(config, FACTS, None)
+    applied = build(config, FACTS, None)
+    assert validated == applied and validated is not applied  # (each caller's own)
+    assert all(applied[name] is spec for name, spec in validated.items())
+    assert len(model._BUILDS) == 1
+    changed = build(other, FACTS, None)
+    assert len(model._BUILDS) == 2 and model._BUILDS[0][2] is not model._BUILDS[1][2]
+    assert sum(changed[name] is not spec for name, spec in validated.items()) == 1
+
+
 def test_the_log_line_of_a_reload_writes_again_only_the_changed_entries() -> None:
     digests = eventlog.Digests("salt")
     hidden: list[object] = []
