@@ -26,6 +26,7 @@ import json
 import os
 import queue
 import threading
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
@@ -89,11 +90,14 @@ class Digests:
         #: makes it a text no config holds)
         self.marker = f"<tasks {salt}>"
         #: the last config's tasks as written: the mapping itself (not a
-        #: copy: a config is never changed once loaded), each entry's
-        #: ``"name":{...}`` by its name, and what hid them (the names
-        #: matcher, how many secret values were known)
+        #: copy: a config is never changed once loaded), its entries'
+        #: ``"name":{...}`` joined by commas, in the mapping's order, with
+        #: where each one ends (one text and one array, not a string and a
+        #: dict slot per task: 80 bytes a task less), and what hid them (the
+        #: names matcher, how many secret values were known)
         self._tasks: Mapping[Any, Any] = {}
-        self._texts: dict[Any, str] = {}
+        self._text = ""
+        self._ends = array("Q")
         self._hidden_by: tuple[secrets.SecretNames | None, int] = (None, 0)
 
     def step(self, event: ev.Event, step: dict[str, Any]) -> Any:
@@ -126,18 +130,29 @@ class Digests:
         # Secrets learnt since, or other secret names: every entry again.
         same = self._hidden_by == (is_secret, known)
         before: Mapping[Any, Any] = self._tasks if same else {}
-        written: dict[Any, str] = {}
+        old_text, old_ends = self._text, self._ends
+        old_names = list(before)
+        #: each old name's position, made only if the order changed
+        positions: dict[Any, int] | None = None
         parts = []
-        for name, entry in tasks.items():
-            if before.get(name, self) is entry:
-                text = self._texts[name]
-            else:
+        ends = array("Q")
+        end = -1
+        for at, (name, entry) in enumerate(tasks.items()):
+            if before.get(name, self) is not entry:
                 hidden = self.hider.hide(entry, False, name in secrets.ENV_HOLDERS)
                 text = json.dumps({name: hidden}, separators=_SEPARATORS)[1:-1]
-            written[name] = text
+            else:
+                if at >= len(old_names) or old_names[at] != name:
+                    if positions is None:
+                        positions = {old: index for index, old in enumerate(old_names)}
+                    at = positions[name]
+                text = old_text[old_ends[at - 1] + 1 if at else 0 : old_ends[at]]
             parts.append(text)
-        self._tasks, self._texts, self._hidden_by = tasks, written, (is_secret, known)
-        return line.replace(marker, "{" + ",".join(parts) + "}")
+            end += 1 + len(text)
+            ends.append(end)
+        self._text = ",".join(parts)
+        self._tasks, self._ends, self._hidden_by = tasks, ends, (is_secret, known)
+        return line.replace(marker, "{" + self._text + "}")
 
     def state(self, state: dict[str, Any]) -> Any:
         self.hider.learn(secrets.secret_values(state, self.hider.is_secret))

@@ -205,6 +205,26 @@ def test_the_log_line_of_a_config_is_the_whole_steps(secret: str) -> None:
         assert "hunter2" not in line and "tok-tok" not in line
 
 
+def test_the_log_line_stays_the_whole_steps_as_tasks_come_go_and_move() -> None:
+    fast, slow = eventlog.Digests("salt"), eventlog.Digests("salt")
+    lines = block(8).split("\n")
+    head, tasks, tail = lines[:4], lines[4:12], lines[12:]
+    for order in (
+        tasks,
+        tasks[:3] + tasks[4:],  # one gone
+        tasks[:3] + tasks[4:] + [tasks[3]],  # back, at the end
+        tasks[::-1],  # every one moved
+        [tasks[0].replace("w000", "zzz")] + tasks[::-1][:-1],  # a new name first
+        tasks[::-1],
+    ):
+        text = "\n".join([*head, *order, *tail])
+        config = load_config_text(text, roles=None)
+        event = ev.ConfigLoaded(at=2.5, config=config, roles=None, source="config")
+        step = {"step": 1, "event": encode(event), "effects": []}
+        expected = json.dumps(slow.step(event, step), separators=(",", ":"))
+        assert eventlog.step_line(1, event, (), fast) == expected
+
+
 def test_a_cycle_made_by_one_edit_is_found() -> None:
     text = "tasks:\n  a: {commands: {start: [x]}, requires: b}\n  b: {commands: {start: [y]}}\n"
     load_config_text(text, roles=None, facts=FACTS)
