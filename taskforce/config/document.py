@@ -57,8 +57,8 @@ class LoadedConfig(dict):  # type: ignore[type-arg]
     cleanly seldom needs it again (a socket that cannot be opened, a
     program not found), so it is not kept: it is read again from ``text``
     when first asked for.  A config read piece by piece (see ``entries``)
-    gives a function that puts its text together again from the pieces
-    that are kept anyway, rather than a second copy of it.
+    gives a function that gives its text back from a compressed copy (a
+    twentieth of the text, for a fleet's config).
     """
 
     source: str = "<config>"

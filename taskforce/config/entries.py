@@ -6,6 +6,8 @@ per task (a line as indented as the first task starts the next one), and
 parses and checks only the pieces it has not seen in the last two loads;
 every other task's checked entry is the very object of the last load, so the
 core's build and diff see at once that it did not change (``old is new``).
+Pieces are known by their SHA-256 (16 bytes of it), not kept as text: the
+text of a config, for the lines of its keys, is kept compressed, whole.
 What is outside ``tasks`` (settings, defines...) is read as one document of
 its own, with the tasks' lines left blank so every line keeps its number.
 
@@ -29,11 +31,13 @@ from __future__ import annotations
 
 import re
 import threading
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from taskforce.config.document import MAX_NODES, LoadedConfig, Parsed, parse
 from taskforce.config.errors import ConfigError
+from taskforce.core.sha import sha256
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -75,9 +79,6 @@ class Entry:
     refs: Refs | None
     #: YAML values it holds, its own mapping not counted
     nodes: int
-    #: the text it was read from: the one copy of it kept (the cache's key,
-    #: and what a config's text is put together from again)
-    piece: str
 
 
 @dataclass
@@ -92,8 +93,6 @@ class Cut:
     tasks_line: int
     #: each task's text, in file order
     pieces: list[str]
-    #: index of the first piece's first line (0-based)
-    first: int
 
 
 def cut(text: str) -> Cut | None:
@@ -180,7 +179,7 @@ def _pieces(lines: list[str], at: int, starts: list[int], end: int, *, flow: boo
     bounds = [*starts, end]
     pieces = ["\n".join(lines[bounds[i] : bounds[i + 1]]) for i in range(len(starts))]
     rest = "\n".join([*lines[: starts[0]], *[""] * (end - starts[0]), *lines[end:]])
-    return Cut(flow, rest, at + 1, pieces, starts[0])
+    return Cut(flow, rest, at + 1, pieces)
 
 
 #: New pieces read as one document (at most).
@@ -219,15 +218,22 @@ def _read(pieces: list[str], flow: bool, source: str) -> list[tuple[str, Any, Pa
     return out
 
 
+def _key(piece: str) -> bytes:
+    """What a piece is known by in the cache: 16 bytes of its SHA-256 (a
+    quarter or less of the text, and no string object per task)."""
+    digest: bytes = sha256(piece.encode()).digest()
+    return digest[:16]
+
+
 class _Checks:
     """The cache of checked pieces, and the checks of a whole cut."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        #: checked entries by their text (None: cannot be cut alone), of
-        #: the last two different loads, in the style ``flow`` says
-        self.last: dict[str, Entry | None] = {}
-        self.before: dict[str, Entry | None] = {}
+        #: checked entries by their piece's ``_key`` (None: cannot be cut
+        #: alone), of the last two different loads, in the style ``flow`` says
+        self.last: dict[bytes, Entry | None] = {}
+        self.before: dict[bytes, Entry | None] = {}
         self.flow = False
         #: the rest of the last cut, parsed
         self.rest: tuple[str, Parsed] | None = None
@@ -243,28 +249,24 @@ class _Checks:
             rest = self._rest(found, source)
             if rest is None or self.rest is None:
                 return None
-            rest_text = self.rest[0]
-        return _whole(found, rest, entries, _text_of(rest_text, found.first, entries), source)
+        return _whole(found, rest, entries, _compressed(text), source)
 
     def _entries(self, found: Cut, source: str) -> list[Entry] | None:
         if found.flow != self.flow:
             # A piece reads differently in the other style: nothing known holds.
             self.last, self.before, self.flow = {}, {}, found.flow
-        known: dict[str, Entry | None] = {}
-        missing: list[str] = []
-        alone: list[str] = []
+        known: dict[bytes, Entry | None] = {}
+        keys = [_key(piece) for piece in found.pieces]
+        missing: list[tuple[bytes, str]] = []
+        alone: list[tuple[bytes, str]] = []
         ok = True
-        for piece in found.pieces:
-            entry = (
-                self.last.get(piece, self) if piece in self.last else self.before.get(piece, self)
-            )
-            if isinstance(entry, Entry):
-                known[entry.piece] = entry  # (keyed by the copy kept, not this load's)
-            elif entry is None:
-                known[piece] = None
-                ok = False
+        for key, piece in zip(keys, found.pieces, strict=True):
+            entry = self.last.get(key, self) if key in self.last else self.before.get(key, self)
+            if isinstance(entry, Entry) or entry is None:
+                known[key] = entry
+                ok = ok and entry is not None
             else:
-                (alone if any(mark in piece for mark in _ALIASED) else missing).append(piece)
+                (alone if any(mark in piece for mark in _ALIASED) else missing).append((key, piece))
         # Read a few hundred at a time: the parse of a piece is many times
         # its checked entry, and a whole fleet's parse at once left the
         # allocator's arenas holed for good by the entries kept among it.
@@ -272,48 +274,49 @@ class _Checks:
             ok = ok and self._check_new(
                 missing[start : start + READ_AT_ONCE], found.flow, source, known
             )
-        for piece in alone:
-            ok = ok and self._check_new([piece], found.flow, source, known)
+        for one in alone:
+            ok = ok and self._check_new([one], found.flow, source, known)
         if not ok:
             # Keep what was learnt (a piece that cannot be read alone is
             # not tried again), and what the last good load knew.
             self.last.update(known)
             return None
-        if len(known) != len(self.last) or any(piece not in self.last for piece in known):
+        if len(known) != len(self.last) or any(key not in self.last for key in known):
             self.before, self.last = self.last, known
         # else the very pieces of the last load (a start's second reading, a
         # reload that changed no task): one table of them is enough.
-        return [known[piece] for piece in found.pieces]  # type: ignore[misc]
+        return [known[key] for key in keys]  # type: ignore[misc]
 
     def _check_new(
         self,
-        pieces: list[str],
+        new: list[tuple[bytes, str]],
         flow: bool,
         source: str,
-        known: dict[str, Entry | None],
+        known: dict[bytes, Entry | None],
     ) -> bool:
-        """Read and check ``pieces`` (as one document), into ``known``."""
-        if not pieces:
+        """Read and check the pieces of ``new`` (key, text) as one
+        document, into ``known``."""
+        if not new:
             return True
-        read = _read(pieces, flow, source)
+        read = _read([piece for _, piece in new], flow, source)
         if read is None:
-            if len(pieces) == 1:
-                known[pieces[0]] = None
+            if len(new) == 1:
+                known[new[0][0]] = None
             return False
         from taskforce.config.schema import Schema  # schema imports this module
 
         schema = Schema(source, read[0][2])
         ok = True
-        for piece, (name, value, _) in zip(pieces, read, strict=True):
+        for (key, _), (name, value, _) in zip(new, read, strict=True):
             schema.task_refs, schema.socket_refs, schema.role_uses = [], [], []
             errors = len(schema.errors)
             checked = schema.task(name, value, ("tasks", name))
             if len(schema.errors) > errors:
-                known[piece] = None
+                known[key] = None
                 ok = False
                 continue
             refs = (tuple(schema.task_refs), tuple(schema.socket_refs), tuple(schema.role_uses))
-            known[piece] = Entry(name, checked, refs if any(refs) else None, _nodes(value), piece)
+            known[key] = Entry(name, checked, refs if any(refs) else None, _nodes(value))
         return ok
 
     def _rest(self, found: Cut, source: str) -> Parsed | None:
@@ -345,18 +348,16 @@ def _nodes(value: Any) -> int:
     return 1
 
 
-def _text_of(rest: str, first: int, entries: list[Entry]) -> Callable[[], str]:
-    """What puts the text of a cut together again, from its rest and the
-    texts its entries keep (for the lines of its keys, seldom asked for)."""
+def _compressed(text: str) -> Callable[[], str]:
+    """What gives ``text`` back, keeping it compressed (a config's text is
+    asked for again only for the lines of its keys, seldom: a fleet's
+    config is 20 or more times smaller so)."""
+    blob = zlib.compress(text.encode(), 1)
 
-    def text() -> str:
-        lines = rest.split("\n")
-        span = sum(entry.piece.count("\n") + 1 for entry in entries)
-        return "\n".join(
-            [*lines[:first], *(entry.piece for entry in entries), *lines[first + span :]]
-        )
+    def whole() -> str:
+        return zlib.decompress(blob).decode()
 
-    return text
+    return whole
 
 
 def _whole(
