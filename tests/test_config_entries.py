@@ -205,6 +205,23 @@ def test_the_log_line_of_a_config_is_the_whole_steps(secret: str) -> None:
         assert "hunter2" not in line and "tok-tok" not in line
 
 
+def test_a_secret_first_seen_in_a_later_effect_is_hidden_in_an_earlier_one() -> None:
+    from taskforce.core.specs import ProcessSpec
+
+    fast, slow = eventlog.Digests("salt"), eventlog.Digests("salt")
+    config = load_config_text(block(3), roles=None)
+    event = ev.ConfigLoaded(at=2.5, config=config, roles=None, source="config")
+    spec = ProcessSpec(argv=("/bin/run",), env={"API_TOKEN": "zz-only-in-a-spawn-zz"})
+    effects = (
+        fx.Log("info", "about to pass zz-only-in-a-spawn-zz on"),
+        fx.Spawn.of(spec, task="w000", instance=0, generation=1),
+    )
+    line = eventlog.step_line(1, event, effects, fast)
+    step = {"step": 1, "event": encode(event), "effects": [encode(e) for e in effects]}
+    assert line == json.dumps(slow.step(event, step), separators=(",", ":"))
+    assert "zz-only" not in line
+
+
 def test_the_log_line_stays_the_whole_steps_as_tasks_come_go_and_move() -> None:
     fast, slow = eventlog.Digests("salt"), eventlog.Digests("salt")
     lines = block(8).split("\n")
