@@ -43,3 +43,23 @@ def _resident_kib() -> int:
     except OSError:
         pass
     return 0
+
+
+def test_the_event_log_writer_trims_after_a_big_line_only(tmp_path, monkeypatch) -> None:
+    # A big fleet's start-up line is freed by the writer thread, after the
+    # daemon's own trim: the writer trims again then, and only then.
+    from taskforce import eventlog
+
+    trims: list[int] = []
+    monkeypatch.setattr(heap, "trim", lambda: trims.append(1) or True)
+    recorder = eventlog.Recorder(str(tmp_path / "events.jsonl"), snapshot=dict)
+    try:
+        recorder._put("x" * 1000)
+        recorder._put("y" * (eventlog._BIG_LINE + 1))
+        recorder._put("z" * 1000)
+    finally:
+        recorder.close()
+    lines = (tmp_path / "events.jsonl").read_text().split("\n")
+    assert [len(line) for line in lines[1:-1]] == [1000, eventlog._BIG_LINE + 1, 1000]
+    assert lines[-1] == ""
+    assert trims == [1]
