@@ -18,12 +18,13 @@ It does nothing when ``inspect`` is already loaded.
 
 One exception is made, where it is asked for and nowhere else: the control
 server imports h11 inside ``WithoutSignatures()``, and during that import
-``inspect.signature`` says "no signature" (ValueError), as it does for a
-callable it cannot read.  h11 declares one dataclass without a docstring,
-``h11._events._ResponseBase``, so ``dataclasses`` asks for its signature
-to write one, and that one question loaded ``inspect``, ``ast`` and ``dis``
-(about 0.65 MiB) into every daemon with a control socket.  Its docstring is
-now its bare name; nothing else of h11 changes.
+``inspect.signature`` answers with a signature that reads as nothing.  h11
+declares one dataclass without a docstring, ``h11._events._ResponseBase``,
+so ``dataclasses`` asks for its signature to write one (the class's name
+followed by ``str()`` of it), and that one question loaded ``inspect``,
+``ast`` and ``dis`` (about 0.65 MiB) into every daemon with a control
+socket.  Its docstring is now its bare name; nothing else of h11 changes.
+(Not an error: 3.11 and later catch one there, but 3.10 does not.)
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class _InspectLater(types.ModuleType):
 
 
 class WithoutSignatures:
-    """While in force, the stand-in answers ``signature`` with ValueError.
+    """While in force, the stand-in answers ``signature`` with ``_UNREAD``.
 
     (Only while the stand-in is ``inspect``; once the real module is loaded
     this does nothing.)  For an import whose dataclasses lack docstrings
@@ -78,8 +79,22 @@ class WithoutSignatures:
             del self.stand_in.__dict__["signature"]
 
 
+class _Unread:
+    """What ``signature`` answers under ``WithoutSignatures``: it reads as
+    nothing, so a docstring ``dataclasses`` writes is the bare class name."""
+
+    def __str__(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return "<signature not read (taskforce.inspect_later)>"
+
+
+_UNREAD = _Unread()
+
+
 def _no_signature(obj: Any, **options: Any) -> Any:
-    raise ValueError(f"no signature found for {obj!r} (taskforce.inspect_later)")
+    return _UNREAD
 
 
 def _load_real() -> types.ModuleType:
