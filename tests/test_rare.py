@@ -108,3 +108,28 @@ def test_a_settled_fleet_holds_no_rare_values_even_after_a_rollout() -> None:
     assert sorted(sim.running()) == [("db", 0), ("web", 0), ("web", 1), ("web", 2)]
     assert all(slot.restarts == 1 for slot in sim.core.tasks["web"].slots)
     assert _rare_held(sim) == {}
+
+
+def test_a_slot_status_shows_its_rare_fields_once_set() -> None:
+    # status.slot_status skips the Rare fields of a slot with no rare dict.
+    from taskforce.core.status import slot_status
+
+    slot = Slot(task="web", instance=0)
+    assert set(slot_status(slot)) == {"instance", "state", "restarts"}
+    slot.fails = 2
+    slot.intent = Intent.RESTART
+    slot.waiting_on = ("db",)
+    slot.status = "warming up"
+    slot.main_pid = 42
+    slot.surge = True
+    slot.stale = "spec"
+    shown = slot_status(slot)
+    assert {key: shown[key] for key in shown if key not in ("instance", "state", "restarts")} == {
+        "backoff_step": 2,
+        "intent": str(Intent.RESTART),
+        "waiting_on": ["db"],
+        "status": "warming up",
+        "main_pid": 42,
+        "surge": True,
+        "outdated": "spec",
+    }

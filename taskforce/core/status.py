@@ -65,7 +65,10 @@ def slot_status(slot: Slot) -> dict[str, Any]:
     if slot.last_exit is not None:
         out["exit"] = slot.last_exit
     out["restarts"] = slot.restarts
-    if slot.fails:
+    # (``rare`` None: every Rare field is at its default, none is shown --
+    # the usual case, and the descriptors are not asked, ten thousand times)
+    rare = slot.rare
+    if rare is not None and slot.fails:
         out["backoff_step"] = slot.fails
     if TimerPurpose.RETRY in slot.timers:
         out["retry_at"] = slot.timers[TimerPurpose.RETRY]
@@ -73,14 +76,16 @@ def slot_status(slot: Slot) -> dict[str, Any]:
         # The original's flag for "a SIGKILL escalation is pending".
         out["exit_pending"] = True
         out["kill_at"] = slot.timers[TimerPurpose.KILL]
-    if slot.intent:
+    if rare is not None and slot.intent:
         out["intent"] = str(slot.intent)
-    if slot.waiting_on:
+    if rare is not None and slot.waiting_on:
         out["waiting_on"] = list(slot.waiting_on)
     if slot.reason:
         out["reason"] = slot.reason
     if slot.ready_at is not None:
         out["ready_at"] = slot.ready_at
+    if rare is None:
+        return out
     if slot.status:
         out["status"] = slot.status  # what it said (STATUS=), or its probe found
     if slot.main_pid is not None:
