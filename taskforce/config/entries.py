@@ -247,7 +247,7 @@ class _Checks:
             if entries is None:
                 return None
             rest = self._rest(found, source)
-            if rest is None or self.rest is None:
+            if rest is None:
                 return None
         return _whole(found, rest, entries, _compressed(text), source)
 
